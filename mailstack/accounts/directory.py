@@ -1,0 +1,150 @@
+"""An immutable in-memory view of the accounts, and the alias resolution rules.
+
+:class:`Directory` answers every :class:`~mailstack.accounts.store.AccountLookup`
+query from plain dicts, so lookups cost microseconds and can run on the reactor
+thread. A store builds a new Directory when its data changes and swaps it in
+whole; readers never see a half-updated view. Keeping resolution here, apart
+from SQL, lets every backend (and test fakes) share one set of rules.
+
+Canonical forms come from :mod:`mailstack.addresses` (RFC 5321 §2.4: local parts
+are treated case-insensitively here), with one more check for storage: no
+Unicode control, format, separator, private-use or unassigned characters
+anywhere in the address.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from mailstack import addresses
+from mailstack.accounts.store import User
+from mailstack.addresses import InvalidAddress
+
+__all__ = [
+    "MAX_ALIAS_DEPTH",
+    "Directory",
+    "canonical_address",
+    "canonical_alias_source",
+    "canonical_domain",
+    "domain_of",
+]
+
+MAX_ALIAS_DEPTH = 10
+"""Alias hops followed before a chain is cut (and a warning logged)."""
+
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+
+log = Logger()
+
+
+def _check_characters(text: str, original: str) -> None:
+    for ch in text:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise InvalidAddress(f"{original!r} has a control or invisible character")
+
+
+def canonical_domain(domain: str) -> str:
+    """Lowercased, validated domain; raises InvalidAddress."""
+    d = addresses.normalize_domain(domain)
+    _check_characters(d, domain)
+    return d
+
+
+def canonical_address(text: str) -> str:
+    """Canonical ``local@domain`` for storage and lookup; raises InvalidAddress."""
+    result = addresses.canonical(text)
+    _check_characters(result, text)
+    return result
+
+
+def canonical_alias_source(text: str) -> str:
+    """Canonical alias source: ``local@domain`` or ``@domain`` (catch-all)."""
+    if isinstance(text, str) and text.strip().startswith("@"):
+        return "@" + canonical_domain(text.strip()[1:])
+    return canonical_address(text)
+
+
+def domain_of(address: str) -> str:
+    """The domain of a canonical address or alias source."""
+    return address.rpartition("@")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """Domains, users and aliases at one moment, with the lookup rules."""
+
+    domains: frozenset[str] = frozenset()
+    users: Mapping[str, User] = field(default_factory=dict)
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """source (``local@domain`` or ``@domain``) -> targets in the order added."""
+
+    def is_local_domain(self, domain: str) -> bool:
+        try:
+            return canonical_domain(domain) in self.domains
+        except (InvalidAddress, AttributeError, TypeError):
+            return False
+
+    def get_user(self, address: str) -> User | None:
+        canon = _canonical_or_none(address)
+        return self.users.get(canon) if canon is not None else None
+
+    def resolve(self, address: str) -> tuple[str, ...]:
+        canon = _canonical_or_none(address)
+        if canon is None:
+            return ()
+        found: dict[str, None] = {}  # ordered set
+        self._expand(canon, (), found)
+        return tuple(found)
+
+    def owns(self, user_address: str, sender_address: str) -> bool:
+        user = _canonical_or_none(user_address)
+        sender = _canonical_or_none(sender_address)
+        if user is None or sender is None:
+            return False
+        if user == sender:
+            return True
+        return sender in self.aliases and user in self.resolve(sender)
+
+    def _targets(self, address: str) -> tuple[str, ...] | None:
+        """The alias targets for a local address: exact alias, else catch-all.
+
+        None when the address is a user (or nothing at all) instead.
+        """
+        exact = self.aliases.get(address)
+        if exact is not None:
+            return exact
+        if address in self.users:
+            return None
+        return self.aliases.get("@" + domain_of(address))
+
+    def _expand(self, address: str, path: tuple[str, ...], found: dict[str, None]) -> None:
+        if domain_of(address) not in self.domains:
+            found.setdefault(address)  # external: forwarded as it is
+            return
+        if address in path:  # a loop: cut, it adds nobody
+            return
+        targets = self._targets(address)
+        if targets is None:
+            if address in self.users:
+                found.setdefault(address)
+            return
+        if len(path) >= MAX_ALIAS_DEPTH:
+            log.warn("alias chain for {address} longer than {depth} hops; cut", address=path[0], depth=MAX_ALIAS_DEPTH)
+            return
+        for target in targets:
+            if target == address:  # "alice -> alice, elsewhere": keep a copy for the user
+                if address in self.users:
+                    found.setdefault(address)
+                continue
+            self._expand(target, (*path, address), found)
+
+
+def _canonical_or_none(address: str) -> str | None:
+    try:
+        return canonical_address(address)
+    except (InvalidAddress, AttributeError, TypeError):
+        return None

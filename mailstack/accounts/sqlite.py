@@ -1,0 +1,438 @@
+"""The embedded default account store: one SQLite file in WAL mode.
+
+Tables (created on first open, together with the parent directory)::
+
+    domains(name PRIMARY KEY)
+    users(address PRIMARY KEY, domain, password_hash, quota)   -- quota in bytes, 0 = unlimited
+    aliases(source, target, domain)                            -- source "local@domain" or "@domain"
+
+``PRAGMA user_version`` records the schema version for later migrations.
+
+Administrative methods (:class:`~mailstack.accounts.store.AccountAdmin`) are
+synchronous and write through their own connection in short ``BEGIN
+IMMEDIATE`` transactions; the CLI runs them in another process while servers
+keep running.
+
+How lookups avoid stalling the reactor
+--------------------------------------
+Servers call :meth:`SQLiteAccountStore.is_local_domain`, ``get_user``,
+``resolve`` and ``owns`` on the reactor thread. They are answered from an
+immutable in-memory :class:`~mailstack.accounts.directory.Directory` snapshot.
+Each lookup first asks SQLite for ``PRAGMA data_version`` on a separate read
+connection, which reads a counter from the shared-memory WAL index — no disk
+read, and in WAL mode readers never wait for a writer. The value changes only
+when another connection (the CLI, or this store's own admin connection) has
+committed, and only then is the snapshot rebuilt, in one read transaction
+(a few milliseconds for thousands of accounts) and swapped in whole. So a user
+added with ``mailstack user add`` is seen by a running server on its next
+lookup, with no restart and no polling timer. If the database cannot be read,
+the last good snapshot keeps serving and the error is logged; without one the
+lookup raises :class:`~mailstack.accounts.store.AccountError`.
+
+Password hashing (slow by design) never happens in a lookup: ``get_user``
+returns the stored hash and the cred checker verifies it in a thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from twisted.logger import Logger
+
+from mailstack.accounts.directory import (
+    Directory,
+    canonical_address,
+    canonical_alias_source,
+    canonical_domain,
+    domain_of,
+)
+from mailstack.accounts.passwords import hash_password
+from mailstack.accounts.store import AccountError, User
+from mailstack.addresses import InvalidAddress
+
+__all__ = ["SCHEMA_VERSION", "SQLiteAccountStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    address TEXT PRIMARY KEY NOT NULL,
+    domain TEXT NOT NULL REFERENCES domains(name),
+    password_hash TEXT NOT NULL,
+    quota INTEGER NOT NULL DEFAULT 0 CHECK (quota >= 0)
+);
+CREATE INDEX IF NOT EXISTS users_domain ON users(domain);
+CREATE TABLE IF NOT EXISTS aliases (
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    domain TEXT NOT NULL REFERENCES domains(name),
+    UNIQUE (source, target)
+);
+CREATE INDEX IF NOT EXISTS aliases_domain ON aliases(domain);
+"""
+
+_BUSY_TIMEOUT = 5.0  # seconds an admin write waits for another writer
+
+
+class SQLiteAccountStore:
+    """Accounts in one SQLite file; implements AccountLookup and AccountAdmin.
+
+    *hasher* chooses the argon2 parameters for new hashes (tests pass a cheap
+    one); the default is argon2-cffi's argon2id defaults.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: Path | str, *, hasher: PasswordHasher | None = None) -> None:
+        self.path = Path(path)
+        self._hasher = hasher
+        self._admin_lock = threading.Lock()
+        self._reader_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._directory: Directory | None = None
+        self._data_version: int | None = None
+        self._admin = self._connect(create=True)
+        self._create_schema()
+
+    # -- connections and schema ------------------------------------------------
+
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        try:
+            if create and not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # password hashes inside
+            # mode=rw: never create an empty database by accident (schema is made by create=True)
+            uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise AccountError(f"account store {self.path}: cannot switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            return conn
+        except (sqlite3.Error, OSError) as e:
+            raise AccountError(f"cannot open account store {self.path}: {e}") from e
+
+    def _create_schema(self) -> None:
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise AccountError(
+                    f"account store {self.path} has schema version {version}; this mailstack knows {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the admin connection; sqlite errors become AccountError."""
+        with self._admin_lock:
+            conn = self._admin
+            committed = False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+                committed = True
+            except sqlite3.Error as e:
+                raise AccountError(f"account store {self.path}: {e}") from e
+            finally:
+                if not committed and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._admin_lock:
+            try:
+                yield self._admin
+            except sqlite3.Error as e:
+                raise AccountError(f"account store {self.path}: {e}") from e
+
+    def close(self) -> None:
+        """Close both connections; the store must not be used afterwards."""
+        with self._admin_lock:
+            self._admin.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def __enter__(self) -> SQLiteAccountStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- lookups (reactor thread) -------------------------------------------------
+
+    def directory(self) -> Directory:
+        """The current snapshot, rebuilt first if the database changed."""
+        with self._reader_lock:
+            try:
+                return self._current()
+            except (sqlite3.Error, AccountError) as e:
+                if self._directory is None:
+                    if isinstance(e, AccountError):
+                        raise
+                    raise AccountError(f"account store {self.path}: {e}") from e
+                self.log.failure("account store {path} unreadable; serving the last snapshot", path=str(self.path))
+                return self._directory
+
+    def _current(self) -> Directory:
+        if self._reader is None:
+            self._reader = self._connect()
+            self._reader.execute("PRAGMA query_only=ON")
+        version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+        if self._directory is None or version != self._data_version:
+            self._directory = _load_directory(self._reader)
+            self._data_version = version
+            self.log.debug(
+                "account store {path} loaded: {domains} domains, {users} users, {aliases} aliases",
+                path=str(self.path),
+                domains=len(self._directory.domains),
+                users=len(self._directory.users),
+                aliases=len(self._directory.aliases),
+            )
+        return self._directory
+
+    def is_local_domain(self, domain: str) -> bool:
+        return self.directory().is_local_domain(domain)
+
+    def get_user(self, address: str) -> User | None:
+        return self.directory().get_user(address)
+
+    def resolve(self, address: str) -> tuple[str, ...]:
+        return self.directory().resolve(address)
+
+    def owns(self, user_address: str, sender_address: str) -> bool:
+        return self.directory().owns(user_address, sender_address)
+
+    # -- domains ---------------------------------------------------------------------
+
+    def add_domain(self, domain: str) -> None:
+        name = _domain(domain)
+        with self._transaction() as conn:
+            if _domain_exists(conn, name):
+                raise AccountError(f"domain {name} already exists")
+            conn.execute("INSERT INTO domains(name) VALUES (?)", (name,))
+        self.log.info("added domain {domain}", domain=name)
+
+    def remove_domain(self, domain: str) -> None:
+        name = _domain(domain)
+        with self._transaction() as conn:
+            if not _domain_exists(conn, name):
+                raise AccountError(f"no such domain: {name}")
+            users = conn.execute("SELECT count(*) FROM users WHERE domain = ?", (name,)).fetchone()[0]
+            aliases = conn.execute("SELECT count(*) FROM aliases WHERE domain = ?", (name,)).fetchone()[0]
+            if users or aliases:
+                left = f"{_plural(users, 'user')} and {_plural(aliases, 'alias')}"
+                raise AccountError(f"domain {name} still has {left}; remove them first")
+            conn.execute("DELETE FROM domains WHERE name = ?", (name,))
+        self.log.info("removed domain {domain}", domain=name)
+
+    def list_domains(self) -> list[str]:
+        with self._reading() as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM domains ORDER BY name")]
+
+    def ensure_domains(self, domains: Iterable[str]) -> None:
+        wanted = {_domain(d) for d in domains}
+        missing = wanted - set(self.list_domains())
+        if not missing:
+            return
+        with self._transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO domains(name) VALUES (?)", [(d,) for d in sorted(missing)])
+
+    # -- users -------------------------------------------------------------------------
+
+    def add_user(self, address: str, password: str, quota: int = 0) -> None:
+        addr = _address(address)
+        _check_password(password)
+        _check_quota(quota)
+        with self._reading() as conn:
+            self._check_new_user(conn, addr)
+        password_hash = hash_password(password, self._hasher)  # slow: outside the lock
+        with self._transaction() as conn:
+            self._check_new_user(conn, addr)
+            conn.execute(
+                "INSERT INTO users(address, domain, password_hash, quota) VALUES (?, ?, ?, ?)",
+                (addr, domain_of(addr), password_hash, quota),
+            )
+        self.log.info("added user {address}", address=addr)
+
+    def _check_new_user(self, conn: sqlite3.Connection, addr: str) -> None:
+        domain = domain_of(addr)
+        if not _domain_exists(conn, domain):
+            raise AccountError(f"unknown domain {domain} (add it first with: mailstack domain add {domain})")
+        if _user_exists(conn, addr):
+            raise AccountError(f"user {addr} already exists")
+
+    def remove_user(self, address: str) -> None:
+        addr = _address(address)
+        with self._transaction() as conn:
+            if conn.execute("DELETE FROM users WHERE address = ?", (addr,)).rowcount == 0:
+                raise AccountError(f"no such user: {addr}")
+        self.log.info("removed user {address}", address=addr)
+
+    def set_password(self, address: str, password: str) -> None:
+        addr = _address(address)
+        _check_password(password)
+        password_hash = hash_password(password, self._hasher)
+        with self._transaction() as conn:
+            cursor = conn.execute("UPDATE users SET password_hash = ? WHERE address = ?", (password_hash, addr))
+            if cursor.rowcount == 0:
+                raise AccountError(f"no such user: {addr}")
+        self.log.info("changed password of {address}", address=addr)
+
+    def set_quota(self, address: str, quota: int) -> None:
+        addr = _address(address)
+        _check_quota(quota)
+        with self._transaction() as conn:
+            if conn.execute("UPDATE users SET quota = ? WHERE address = ?", (quota, addr)).rowcount == 0:
+                raise AccountError(f"no such user: {addr}")
+
+    def list_users(self, domain: str | None = None) -> list[User]:
+        with self._reading() as conn:
+            if domain is None:
+                rows = conn.execute("SELECT address, password_hash, quota FROM users ORDER BY address")
+            else:
+                name = _domain(domain)
+                if not _domain_exists(conn, name):
+                    raise AccountError(f"no such domain: {name}")
+                rows = conn.execute(
+                    "SELECT address, password_hash, quota FROM users WHERE domain = ? ORDER BY address", (name,)
+                )
+            return [User(*row) for row in rows]
+
+    # -- aliases ---------------------------------------------------------------------
+
+    def add_alias(self, source: str, targets: str | Iterable[str]) -> None:
+        src = _alias_source(source)
+        wanted = _alias_targets(src, [targets] if isinstance(targets, str) else list(targets))
+        with self._transaction() as conn:
+            if not _domain_exists(conn, domain_of(src)):
+                raise AccountError(f"alias source {src} is not in a local domain")
+            existing = {row[0] for row in conn.execute("SELECT target FROM aliases WHERE source = ?", (src,))}
+            new = [t for t in wanted if t not in existing]
+            if not new:
+                raise AccountError(f"alias {src} -> {', '.join(wanted)} already exists")
+            for target in new:
+                _check_local_target(conn, src, target)
+            conn.executemany(
+                "INSERT INTO aliases(source, target, domain) VALUES (?, ?, ?)",
+                [(src, t, domain_of(src)) for t in new],
+            )
+        self.log.info("added alias {source} -> {targets}", source=src, targets=", ".join(new))
+
+    def remove_alias(self, source: str, target: str | None = None) -> None:
+        src = _alias_source(source)
+        with self._transaction() as conn:
+            if target is None:
+                cursor = conn.execute("DELETE FROM aliases WHERE source = ?", (src,))
+                missing = f"no such alias: {src}"
+            else:
+                tgt = _address(target)
+                cursor = conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?", (src, tgt))
+                missing = f"no such alias: {src} -> {tgt}"
+            if cursor.rowcount == 0:
+                raise AccountError(missing)
+        self.log.info("removed alias {source}", source=src)
+
+    def list_aliases(self) -> list[tuple[str, str]]:
+        with self._reading() as conn:
+            return [(s, t) for s, t in conn.execute("SELECT source, target FROM aliases ORDER BY source, rowid")]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _load_directory(conn: sqlite3.Connection) -> Directory:
+    """Read all three tables in one read transaction (a consistent view)."""
+    conn.execute("BEGIN")
+    try:
+        domains = frozenset(row[0] for row in conn.execute("SELECT name FROM domains"))
+        users = {a: User(a, h, q) for a, h, q in conn.execute("SELECT address, password_hash, quota FROM users")}
+        targets: dict[str, list[str]] = {}
+        for source, target in conn.execute("SELECT source, target FROM aliases ORDER BY rowid"):
+            targets.setdefault(source, []).append(target)
+    finally:
+        conn.execute("COMMIT")
+    return Directory(domains, users, {source: tuple(t) for source, t in targets.items()})
+
+
+def _domain(domain: str) -> str:
+    try:
+        return canonical_domain(domain)
+    except InvalidAddress as e:
+        raise AccountError(str(e)) from None
+
+
+def _address(address: str) -> str:
+    try:
+        return canonical_address(address)
+    except InvalidAddress as e:
+        raise AccountError(f"invalid address {address!r}: {e}") from None
+
+
+def _alias_source(source: str) -> str:
+    try:
+        return canonical_alias_source(source)
+    except InvalidAddress as e:
+        raise AccountError(f"invalid alias source {source!r}: {e}") from None
+
+
+def _alias_targets(source: str, targets: list[str]) -> list[str]:
+    if not targets:
+        raise AccountError(f"alias {source} needs at least one target")
+    out: dict[str, None] = {}
+    for target in targets:
+        if isinstance(target, str) and target.strip().startswith("@"):
+            raise AccountError(f"alias target {target!r} must be a full address, not a domain")
+        out.setdefault(_address(target))
+    return list(out)
+
+
+def _check_local_target(conn: sqlite3.Connection, source: str, target: str) -> None:
+    """A target in a local domain must lead somewhere (user, alias or catch-all)."""
+    domain = domain_of(target)
+    if not _domain_exists(conn, domain) or _user_exists(conn, target):
+        return
+    if target == source:
+        raise AccountError(f"alias {source} cannot point to itself unless {source} is a user")
+    sources = (target, "@" + domain)
+    if conn.execute("SELECT 1 FROM aliases WHERE source IN (?, ?) LIMIT 1", sources).fetchone() is None:
+        raise AccountError(f"alias target {target} is in a local domain but is no user or alias")
+
+
+def _check_password(password: str) -> None:
+    if not isinstance(password, str) or password == "":
+        raise AccountError("password must not be empty")
+
+
+def _check_quota(quota: int) -> None:
+    if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0:
+        raise AccountError(f"quota must be a whole number of bytes, 0 for unlimited (got {quota!r})")
+
+
+def _domain_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone() is not None
+
+
+def _user_exists(conn: sqlite3.Connection, address: str) -> bool:
+    return conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone() is not None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"

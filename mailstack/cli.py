@@ -1,0 +1,353 @@
+"""The ``mailstack`` command line: edit the account store, check the configuration.
+
+``mailstack [--config PATH] COMMAND``; the configuration is ``--config``, else
+``$MAILSTACK_CONFIG``, else ``etc/mailstack.toml`` in the current directory, else
+the built-in defaults. Commands edit the same account store the running servers
+read (``storage.accounts``); servers see a change on their next lookup, without
+a restart. Before an account command runs, the configuration's ``domains`` are
+added to the store if missing, as the service does at start.
+
+Errors print one line, ``mailstack: <message>``, on stderr and exit 1; bad
+usage exits 2. Command groups are registered in :data:`COMMAND_GROUPS`: a group
+adds its sub-parser and sets ``handler`` (``(args, context) -> int | None``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from mailstack import config
+from mailstack.accounts import AccountError, SQLiteAccountStore, open_store
+from mailstack.accounts.directory import canonical_address, canonical_alias_source, canonical_domain, domain_of
+from mailstack.addresses import InvalidAddress
+from mailstack.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    SubParsers = argparse._SubParsersAction
+
+__all__ = ["COMMAND_GROUPS", "CommandError", "Context", "build_parser", "main", "run"]
+
+PROG = "mailstack"
+
+
+class CommandError(Exception):
+    """A command was refused; the message is printed as one line."""
+
+
+@dataclass
+class Context:
+    """What a command handler may use: settings, streams and the account store."""
+
+    settings: Settings
+    config_path: Path | None
+    stdin: TextIO
+    stdout: TextIO
+    ask_password: Callable[[str], str]
+    store_factory: Callable[[Path], SQLiteAccountStore]
+    _store: SQLiteAccountStore | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> SQLiteAccountStore:
+        """The account store, opened on first use and seeded with the config's domains."""
+        if self._store is None:
+            self._store = self.store_factory(self.settings.storage.accounts)
+            self._store.ensure_domains(self.settings.domains)
+        return self._store
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stdout)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+Handler = Callable[[argparse.Namespace, Context], "int | None"]
+
+
+# -- entry points ----------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script entry point; returns the exit status."""
+    return run(argv)
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    ask_password: Callable[[str], str] = getpass.getpass,
+    store_factory: Callable[[Path], SQLiteAccountStore] = open_store,
+) -> int:
+    """Parse *argv*, load the configuration and run one command."""
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: usage error (2) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
+    ctx: Context | None = None
+    try:
+        path = args.config if args.config is not None else config.default_path()
+        settings = config.load(path)
+        ctx = Context(
+            settings=settings,
+            config_path=path,
+            stdin=stdin if stdin is not None else sys.stdin,
+            stdout=stdout if stdout is not None else sys.stdout,
+            ask_password=ask_password,
+            store_factory=store_factory,
+        )
+        handler: Handler = args.handler
+        return handler(args, ctx) or 0
+    except (ConfigError, AccountError, CommandError) as e:
+        print(f"{PROG}: {e}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print(file=err)
+        return 130
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Manage a mailstack installation.")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        type=Path,
+        help="configuration file (default: $MAILSTACK_CONFIG, else etc/mailstack.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMAND_GROUPS.values():
+        register(commands)
+    return parser
+
+
+def _group(commands: SubParsers, name: str, help: str) -> SubParsers:
+    parser = commands.add_parser(name, help=help, description=help)
+    return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+
+# -- argument parsing helpers ------------------------------------------------------------
+
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _quota(text: str) -> int:
+    """Bytes: ``1048576``, or with a binary unit, ``500M``, ``2G``; 0 is unlimited."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (bytes, or with K, M, G, T)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _address(text: str) -> str:
+    try:
+        return canonical_address(text)
+    except InvalidAddress as e:
+        raise CommandError(f"invalid address {text!r}: {e}") from None
+
+
+def _domain(text: str) -> str:
+    try:
+        return canonical_domain(text)
+    except InvalidAddress as e:
+        raise CommandError(str(e)) from None
+
+
+def _format_quota(quota: int) -> str:
+    return "unlimited" if quota == 0 else str(quota)
+
+
+def _read_password(args: argparse.Namespace, ctx: Context) -> str:
+    """One line from stdin with --password-stdin, else asked twice on the terminal."""
+    if args.password_stdin:
+        line = ctx.stdin.readline()
+        if line.endswith("\n"):
+            line = line[:-1]
+            if line.endswith("\r"):
+                line = line[:-1]
+        return line
+    if not ctx.stdin.isatty():
+        raise CommandError("no terminal to ask for the password; pipe it in with --password-stdin")
+    try:
+        first = ctx.ask_password("Password: ")
+        second = ctx.ask_password("Repeat password: ")
+    except EOFError:
+        raise CommandError("no password given") from None
+    if first != second:
+        raise CommandError("passwords do not match")
+    return first
+
+
+# -- domain ------------------------------------------------------------------------------
+
+
+def _domain_commands(commands: SubParsers) -> None:
+    actions = _group(commands, "domain", "local domains")
+    p = actions.add_parser("add", help="add a local domain")
+    p.add_argument("domain")
+    p.set_defaults(handler=_domain_add)
+    p = actions.add_parser("del", help="remove a domain that has no users or aliases left")
+    p.add_argument("domain")
+    p.set_defaults(handler=_domain_del)
+    p = actions.add_parser("list", help="list local domains")
+    p.set_defaults(handler=_domain_list)
+
+
+def _domain_add(args: argparse.Namespace, ctx: Context) -> None:
+    name = _domain(args.domain)
+    ctx.store.add_domain(name)
+    ctx.say(f"added domain {name}")
+
+
+def _domain_del(args: argparse.Namespace, ctx: Context) -> None:
+    name = _domain(args.domain)
+    if name in ctx.settings.domains:
+        where = ctx.config_path if ctx.config_path is not None else "the built-in defaults"
+        raise CommandError(f"domain {name} is listed in domains in {where}; remove it there first")
+    ctx.store.remove_domain(name)
+    ctx.say(f"removed domain {name}")
+
+
+def _domain_list(args: argparse.Namespace, ctx: Context) -> None:
+    for name in ctx.store.list_domains():
+        ctx.say(name)
+
+
+# -- user ----------------------------------------------------------------------------------
+
+
+def _user_commands(commands: SubParsers) -> None:
+    actions = _group(commands, "user", "mailbox accounts")
+    p = actions.add_parser("add", help="add a user")
+    p.add_argument("address")
+    p.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
+    p.add_argument("--quota", type=_quota, default=0, metavar="BYTES", help="mailbox size limit (0 = unlimited)")
+    p.set_defaults(handler=_user_add)
+    p = actions.add_parser("del", help="remove a user (the Maildir is left on disk)")
+    p.add_argument("address")
+    p.set_defaults(handler=_user_del)
+    p = actions.add_parser("passwd", help="change a user's password")
+    p.add_argument("address")
+    p.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
+    p.set_defaults(handler=_user_passwd)
+    p = actions.add_parser("quota", help="change a user's mailbox size limit")
+    p.add_argument("address")
+    p.add_argument("quota", type=_quota, metavar="BYTES", help="0 = unlimited; K, M, G, T units allowed")
+    p.set_defaults(handler=_user_quota)
+    p = actions.add_parser("list", help="list users with their quota")
+    p.add_argument("domain", nargs="?")
+    p.set_defaults(handler=_user_list)
+
+
+def _user_add(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    store = ctx.store
+    # refuse before asking for a password; add_user checks again
+    if not store.is_local_domain(domain_of(address)):
+        domain = domain_of(address)
+        raise CommandError(f"unknown domain {domain} (add it first with: mailstack domain add {domain})")
+    if store.get_user(address) is not None:
+        raise CommandError(f"user {address} already exists")
+    store.add_user(address, _read_password(args, ctx), quota=args.quota)
+    ctx.say(f"added user {address}")
+
+
+def _user_del(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    ctx.store.remove_user(address)
+    ctx.say(f"removed user {address}")
+
+
+def _user_passwd(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    if ctx.store.get_user(address) is None:
+        raise CommandError(f"no such user: {address}")
+    ctx.store.set_password(address, _read_password(args, ctx))
+    ctx.say(f"changed password of {address}")
+
+
+def _user_quota(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    ctx.store.set_quota(address, args.quota)
+    ctx.say(f"quota of {address} is {_format_quota(args.quota)}")
+
+
+def _user_list(args: argparse.Namespace, ctx: Context) -> None:
+    for user in ctx.store.list_users(args.domain):
+        ctx.say(f"{user.address}\t{_format_quota(user.quota)}")
+
+
+# -- alias ---------------------------------------------------------------------------------
+
+
+def _alias_commands(commands: SubParsers) -> None:
+    actions = _group(commands, "alias", "aliases, forwarding and catch-alls (@domain)")
+    p = actions.add_parser("add", help="deliver mail for SOURCE to each TARGET")
+    p.add_argument("source", help="local@domain, or @domain for a catch-all")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="local user, alias or external address")
+    p.set_defaults(handler=_alias_add)
+    p = actions.add_parser("del", help="remove an alias, or one of its targets")
+    p.add_argument("source")
+    p.add_argument("target", nargs="?")
+    p.set_defaults(handler=_alias_del)
+    p = actions.add_parser("list", help="list aliases, one SOURCE TARGET pair a line")
+    p.set_defaults(handler=_alias_list)
+
+
+def _alias_add(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.store.add_alias(args.source, args.targets)
+    targets = ", ".join(dict.fromkeys(canonical_address(t) for t in args.targets))
+    ctx.say(f"added alias {canonical_alias_source(args.source)} -> {targets}")
+
+
+def _alias_del(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.store.remove_alias(args.source, args.target)
+    target = f" -> {canonical_address(args.target)}" if args.target is not None else ""
+    ctx.say(f"removed alias {canonical_alias_source(args.source)}{target}")
+
+
+def _alias_list(args: argparse.Namespace, ctx: Context) -> None:
+    for source, target in ctx.store.list_aliases():
+        ctx.say(f"{source}\t{target}")
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+
+def _check_config_command(commands: SubParsers) -> None:
+    p = commands.add_parser("check-config", help="validate the configuration and print it in full")
+    p.set_defaults(handler=_check_config)
+
+
+def _check_config(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.stdout.write(config.render(ctx.settings))
+
+
+COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
+    "domain": _domain_commands,
+    "user": _user_commands,
+    "alias": _alias_commands,
+    "check-config": _check_config_command,
+}
+"""Command name -> function adding its sub-parser(s); each sets ``handler``."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
