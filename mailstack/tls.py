@@ -1,0 +1,149 @@
+"""TLS context factories for every listener, and the self-signed default.
+
+Server policy: TLS 1.2 or newer (RFC 8996 retired 1.0/1.1), no compression
+(CRIME), Twisted's vetted cipher list (forward secrecy, AEAD first). When the
+configured certificate and key are both missing and ``tls.self_signed`` is true,
+a certificate for the configured hostname (with subjectAltName) is generated on
+first start; the key file is written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+from mailstack.config import TLSSettings
+
+log = Logger()
+
+
+class TLSError(Exception):
+    """The certificate or key cannot be used; the message names the file and key."""
+
+
+def generate_self_signed(hostname: str, cert_path: Path, key_path: Path, *, days: int = 3650) -> None:
+    """Write a self-signed ECDSA P-256 certificate for *hostname* and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    for path in (cert_path, key_path):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_atomically(key_path, key_pem, 0o600)
+    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    log.info("generated a self-signed certificate for {hostname} in {cert}", hostname=hostname, cert=str(cert_path))
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TLSError(f"tls.{key}: {path} does not exist") from None
+    except OSError as e:
+        raise TLSError(f"tls.{key}: cannot read {path}: {e.strerror}") from None
+
+
+def _split_pem_chain(data: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    parts = []
+    for chunk in data.split(marker)[:-1]:
+        start = chunk.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            parts.append(chunk[start:] + marker + b"\n")
+    return parts
+
+
+def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptions:
+    """Load (or first generate) the certificate and key; raise TLSError when unusable."""
+    cert_missing = not settings.cert.exists()
+    key_missing = not settings.key.exists()
+    if cert_missing and key_missing and settings.self_signed:
+        generate_self_signed(hostname, settings.cert, settings.key)
+    elif cert_missing or key_missing:
+        which = "cert" if cert_missing else "key"
+        path = settings.cert if cert_missing else settings.key
+        hint = "" if settings.self_signed else " (or set tls.self_signed = true with both files absent)"
+        raise TLSError(f"tls.{which}: {path} does not exist{hint}")
+    chain_pem = _split_pem_chain(_read(settings.cert, "cert"))
+    if not chain_pem:
+        raise TLSError(f"tls.cert: no PEM certificate in {settings.cert}")
+    try:
+        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in chain_pem]
+    except crypto.Error:
+        raise TLSError(f"tls.cert: {settings.cert} is not a valid PEM certificate") from None
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, _read(settings.key, "key"))
+    except crypto.Error:
+        raise TLSError(f"tls.key: {settings.key} is not a valid unencrypted PEM private key") from None
+    options = ssl.CertificateOptions(
+        privateKey=key,
+        certificate=chain[0],
+        extraCertChain=chain[1:],
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        enableSessions=True,
+    )
+    try:
+        ctx = options.getContext()
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise TLSError(f"tls.key: {settings.key} does not match the certificate {settings.cert}") from None
+    return options
+
+
+def client_options(hostname: str | None = None) -> ssl.CertificateOptions:
+    """Opportunistic outbound TLS (RFC 3207 §4.1 between MTAs): TLS 1.2+, no verification."""
+    return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2, verify=False)
+
+
+def describe(transport: object) -> str | None:
+    """The negotiated protocol and cipher of a TLS transport, e.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384``."""
+    getter = getattr(transport, "getHandle", None)
+    conn = getter() if getter else None
+    try:
+        version = conn.get_protocol_version_name()  # type: ignore[union-attr]
+        cipher = conn.get_cipher_name()  # type: ignore[union-attr]
+    except (AttributeError, SSL.Error):
+        return None
+    if not version or not cipher:
+        return None
+    return f"{version} {cipher}"
