@@ -8,6 +8,7 @@ opened) are printed as one line naming the key and end the process with status
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,11 +36,23 @@ def _base_dir(options: usage.Options) -> Path:
     return Path(rundir or os.getcwd()).absolute()
 
 
+def _exit_zero_after_sigterm(reactor: object) -> None:
+    """A SIGTERM that led to a clean shutdown is a normal stop: exit 0, not -15.
+
+    twistd re-raises the signal that stopped the reactor once it has run down
+    (``_exitSignal``); after a completed, orderly shutdown there is nothing to
+    report, so it is cleared. SIGINT and others keep the default behaviour.
+    """
+    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
+        reactor._exitSignal = None  # type: ignore[attr-defined]  # twistd reads it after run()
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from mailstack.service import build_service
 
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_zero_after_sigterm, reactor)
     base = _base_dir(options)
     path = options["config"] or config.default_path(cwd=base)
     try:

@@ -1,0 +1,100 @@
+"""Password logins for every server: SASL decoding, the cred checker, throttling.
+
+SMTP AUTH (RFC 4954), POP3 USER/PASS and AUTH (RFC 1939, 5034) and IMAP LOGIN
+and AUTHENTICATE (RFC 3501, 4959) all come through :class:`Authenticator`, so a
+client address that fails on one protocol is slowed down on all of them. The
+answer never says whether the user exists or the password was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from dataclasses import dataclass
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from mailstack.accounts.store import AccountError
+from mailstack.throttle import AuthThrottle
+
+log = Logger()
+
+
+class SASLError(ValueError):
+    """A malformed SASL response (bad base64, wrong field count)."""
+
+
+def b64decode(text: str | bytes) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SASLError("invalid base64") from None
+
+
+def decode_plain(response: bytes) -> tuple[str, str, str]:
+    """RFC 4616 PLAIN message -> (authzid, authcid, password), UTF-8 decoded."""
+    parts = response.split(b"\0")
+    if len(parts) != 3:
+        raise SASLError("PLAIN needs authzid NUL authcid NUL passwd")
+    try:
+        authzid, authcid, password = (p.decode("utf-8") for p in parts)
+    except UnicodeDecodeError:
+        raise SASLError("PLAIN fields must be UTF-8") from None
+    if not authcid or not password:
+        raise SASLError("empty user name or password")
+    return authzid, authcid, password
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    LOCKED = "locked"  # too many failures from this address: refuse and disconnect
+    UNAVAILABLE = "unavailable"  # the account store could not answer: a temporary failure
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    outcome: Outcome
+    user: str | None = None
+
+
+class Authenticator:
+    """Checks a user name and password through twisted.cred, with per-address throttling."""
+
+    def __init__(self, checker: ICredentialsChecker, throttle: AuthThrottle, clock: IReactorTime) -> None:
+        self.checker = checker
+        self.throttle = throttle
+        self.clock = clock
+
+    def is_locked(self, ip: str) -> bool:
+        return self.throttle.is_locked(ip)
+
+    async def login(self, ip: str, username: str, password: str, *, protocol: str = "") -> LoginResult:
+        if self.throttle.is_locked(ip):
+            log.warn("{protocol} login refused for {ip}: locked out", protocol=protocol, ip=ip)
+            return LoginResult(Outcome.LOCKED)
+        creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+        try:
+            user = await self.checker.requestAvatarId(creds)
+        except AccountError:
+            log.failure("{protocol} login for {username!r}: account store unavailable",
+                        protocol=protocol, username=username)
+            return LoginResult(Outcome.UNAVAILABLE)
+        except UnauthorizedLogin:
+            delay = self.throttle.record_failure(ip)
+            log.warn("{protocol} login failed for {username!r} from {ip}", protocol=protocol,
+                     username=username, ip=ip)
+            await deferLater(self.clock, delay, lambda: None)
+            if self.throttle.is_locked(ip):
+                return LoginResult(Outcome.LOCKED)
+            return LoginResult(Outcome.FAILED)
+        self.throttle.record_success(ip)
+        address = user.decode("utf-8") if isinstance(user, bytes) else str(user)
+        log.info("{protocol} login {user} from {ip}", protocol=protocol, user=address, ip=ip)
+        return LoginResult(Outcome.OK, address)

@@ -1,0 +1,66 @@
+"""The seams between packages, as typing Protocols.
+
+Protocol code (``smtp/``, ``pop3/``, ``imap/``) depends on these, never on the
+concrete store, Maildir or queue classes; only ``service.py`` wires concrete
+classes together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mailstack.envelope import Envelope, RecipientRoute
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What a policy may know about the SMTP client."""
+
+    ip: str
+    helo: str
+    tls: bool
+    auth_user: str | None
+    trusted_network: bool
+
+
+class SMTPPolicy(Protocol):
+    """Decides what one SMTP role accepts. Methods raise ``SMTPReplyError`` to refuse.
+
+    ``check_rcpt`` must be cheap and non-blocking: it runs on the reactor thread.
+    """
+
+    auth_required: bool
+    """MAIL needs a prior successful AUTH (submission, RFC 6409 §4.3)."""
+
+    def check_sender(self, client: ClientInfo, sender: str) -> None: ...
+
+    def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute: ...
+
+    def prepare_message(self, envelope: Envelope, headers: bytes) -> bytes:
+        """Header lines to prepend (e.g. Message-ID/Date on submission); ``headers`` is the header block."""
+        ...
+
+
+class MessageRouter(Protocol):
+    """Takes responsibility for an accepted message.
+
+    ``deliver`` returns only once the message is durable: fsynced in every local
+    recipient's Maildir or in the queue for remote recipients. It raises
+    ``SMTPReplyError`` (temporary or permanent) when it cannot; then nothing was
+    made visible.
+    """
+
+    def can_relay(self) -> bool:
+        """True when remote recipients can be accepted (an outbound queue exists)."""
+        ...
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None: ...
+
+
+class Credentials(Protocol):
+    """Password verification shared by every server (wraps the cred checker)."""
+
+    async def authenticate(self, username: str, password: str) -> str | None:
+        """The canonical address on success, None on a wrong user or password."""
+        ...

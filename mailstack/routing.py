@@ -1,0 +1,83 @@
+"""Recipient routing shared by the SMTP roles, and the router that takes accepted mail.
+
+``route_recipient`` turns one RCPT address into a :class:`RecipientRoute`:
+local domains resolve through the account store (aliases, catch-all), other
+domains are relayed only when the role allows it. :class:`Router` implements
+``MessageRouter``: local mailboxes get the message through Maildir delivery
+(fsynced before ``deliver`` returns); remote recipients need an outbound queue.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from mailstack.accounts.store import AccountLookup
+from mailstack.envelope import Envelope, RecipientRoute
+from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
+from mailstack.smtp import reply as R
+from mailstack.smtp.reply import Reply, SMTPReplyError
+
+log = Logger()
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def route_recipient(store: AccountLookup, address: str, *, relay_allowed: bool) -> RecipientRoute:
+    """Where *address* goes; raises SMTPReplyError (550 5.1.1, 554 5.7.1) when nowhere."""
+    domain = domain_of(address)
+    if store.is_local_domain(domain):
+        targets = store.resolve(address)
+        if not targets:
+            raise SMTPReplyError(R.NO_SUCH_USER, cause=f"no such local recipient {address}")
+        local = tuple(t for t in targets if store.is_local_domain(domain_of(t)))
+        remote = tuple(t for t in targets if not store.is_local_domain(domain_of(t)))
+        return RecipientRoute(address, local, remote)
+    if relay_allowed:
+        return RecipientRoute(address, (), (address,))
+    raise SMTPReplyError(R.RELAY_DENIED, cause=f"relay to {address} denied")
+
+
+def reply_for(error: DeliveryError) -> Reply:
+    """Map a Maildir delivery failure to the SMTP reply (RFC 3463 status kept)."""
+    if error.status.endswith(".2.2"):
+        return Reply(452 if error.temporary else 552, error.status, "Mailbox full" if error.temporary
+                     else "Message exceeds the mailbox quota")
+    if error.status == "4.3.1":
+        return R.STORAGE_FULL
+    if error.temporary:
+        return Reply(451, error.status, "Local delivery failed, try again later")
+    return Reply(554, error.status, "Local delivery failed")
+
+
+class Router:
+    """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
+
+    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, queue: object | None = None) -> None:
+        self.store = store
+        self.maildir = maildir
+        self.queue = queue
+
+    def can_relay(self) -> bool:
+        return self.queue is not None
+
+    def recipients_for(self, envelope: Envelope) -> list[Recipient]:
+        out = []
+        for mailbox, original in envelope.local_mailboxes().items():
+            user = self.store.get_user(mailbox)
+            out.append(Recipient(mailbox, user.quota if user else 0, original))
+        return out
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        if envelope.remote_recipients() and self.queue is None:
+            raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
+        recipients = self.recipients_for(envelope)
+        if not recipients:
+            return
+        try:
+            await self.maildir.deliver(envelope.sender, recipients, message)
+        except DeliveryError as e:
+            raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+        log.info("{queue_id} delivered to {mailboxes}", queue_id=envelope.queue_id,
+                 mailboxes=", ".join(r.address for r in recipients))

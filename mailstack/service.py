@@ -1,0 +1,221 @@
+"""Composition: build the one ``MultiService`` that ``twistd mailstack`` runs.
+
+All wiring lives here: shared objects (account store, thread pools, TLS
+options, Maildir delivery) are created once and handed to the listeners that
+need them. Every listener is a named child (``smtp``, ``submission``,
+``submissions``, ``pop3``, ``pop3s``, ``imap``, ``imaps``); a listener whose
+``[listen]`` entry is empty is not added. Children stop in reverse order, so
+listeners stop accepting first, then in-flight work drains, then the thread
+pools stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailstack.accounts import AccountError, SQLiteAccountStore
+from mailstack.accounts.cred import AccountChecker
+from mailstack.auth import Authenticator
+from mailstack.config import HostPort, Settings
+from mailstack.errors import StartupError
+from mailstack.inbound import InboundPolicy
+from mailstack.interfaces import SMTPPolicy
+from mailstack.maildir import MaildirDelivery
+from mailstack.routing import Router
+from mailstack.smtp.protocol import SMTPFactory
+from mailstack.smtp.session import SessionConfig, SMTPSession
+from mailstack.submission import SubmissionPolicy
+from mailstack.throttle import AuthThrottle, ConnectionLimiter
+from mailstack.tls import TLSError, server_options
+
+log = Logger()
+
+
+class ThreadPoolService(Service):
+    """Owns a named, bounded thread pool for blocking work (fsync, argon2, SQLite)."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+        self.setName(f"threadpool-{pool.name}")
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.pool.stop()
+        return None
+
+
+@dataclass
+class Shared:
+    """The objects every listener is built from."""
+
+    settings: Settings
+    reactor: Any
+    store: SQLiteAccountStore
+    checker: AccountChecker
+    delivery: MaildirDelivery
+    tls: CertificateOptions
+    io_pool: ThreadPool
+    auth_pool: ThreadPool
+    router: Router
+    authenticator: Authenticator
+    limiter: ConnectionLimiter
+
+
+def endpoint_description(address: HostPort, *, tls: bool = False) -> str:
+    """A strports description for a listener (TLS is layered by the factory when asked)."""
+    host = address.host.replace(":", "\\:")
+    return f"tcp:{address.port}:interface={host}"
+
+
+def _open_store(settings: Settings) -> SQLiteAccountStore:
+    try:
+        store = SQLiteAccountStore(settings.storage.accounts)
+        store.ensure_domains(settings.domains)
+    except (AccountError, OSError) as e:
+        raise StartupError(f"storage.accounts: cannot open {settings.storage.accounts}: {e}") from None
+    except Exception as e:  # sqlite3.Error and friends: one line, not a traceback
+        raise StartupError(f"storage.accounts: cannot open {settings.storage.accounts}: {e}") from None
+    return store
+
+
+def _prepare_dirs(settings: Settings) -> None:
+    for key, path in (("storage.maildirs", settings.storage.maildirs), ("storage.queue", settings.storage.queue)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"{key}: cannot create {path}: {e.strerror}") from None
+
+
+def build_shared(settings: Settings, reactor: Any) -> Shared:
+    _prepare_dirs(settings)
+    try:
+        tls = server_options(settings.tls, settings.hostname)
+    except TLSError as e:
+        raise StartupError(str(e)) from None
+    store = _open_store(settings)
+    io_pool = ThreadPool(minthreads=0, maxthreads=32, name="io")
+    auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="auth")
+    checker = AccountChecker(store, reactor, auth_pool)
+    delivery = MaildirDelivery(
+        settings.storage.maildirs, hostname=settings.hostname, reactor=reactor, threadpool=io_pool
+    )
+    router = Router(store, delivery)
+    throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
+    authenticator = Authenticator(checker, throttle, reactor)
+    limiter = ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks)
+    return Shared(settings, reactor, store, checker, delivery, tls, io_pool, auth_pool,
+                  router, authenticator, limiter)
+
+
+class SequentialMultiService(MultiService):
+    """Stops its children one at a time, last added first, each after the previous finished.
+
+    Listeners stop accepting, then their sessions drain, and only then do the
+    thread pools that in-flight deliveries run on stop.
+    """
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            await maybeDeferred(child.stopService)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        d = Deferred.fromCoroutine(self._stop_children())
+        d.addErrback(lambda f: log.failure("error while stopping", f))
+        return d
+
+
+class Drain(Service):
+    """Stops a listener's open sessions cleanly (421 after in-flight work) on shutdown."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()
+        return self.factory.shutdown()
+
+
+def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, *, implicit_tls: bool) -> SMTPFactory:
+    s = shared.settings
+    config = SessionConfig(
+        hostname=s.hostname,
+        max_message_size=s.limits.message_size,
+        max_recipients=s.limits.recipients,
+        max_received=s.relay.max_received,
+        allow_plaintext_auth=s.tls.allow_plaintext_auth,
+        starttls_available=not implicit_tls,
+        postmaster_domain=s.domains[0] if s.domains else s.hostname,
+    )
+    limiter = shared.limiter
+
+    def make_session(ip: str, tls: bool, tls_info: Callable[[], str | None]) -> SMTPSession:
+        return SMTPSession(config, policy, shared.router, shared.authenticator, client_ip=ip,
+                           trusted_network=limiter.is_exempt(ip), tls=tls, tls_info=tls_info)
+
+    return SMTPFactory(
+        role=role, make_session=make_session, clock=shared.reactor, limiter=limiter,
+        tls_options=shared.tls, implicit_tls=implicit_tls, max_message_size=s.limits.message_size,
+        command_timeout=s.limits.command_timeout, data_timeout=s.limits.data_timeout,
+    )
+
+
+ListenerBuilder = Callable[[Shared], Any]
+
+
+def listener_builders() -> dict[str, ListenerBuilder]:
+    """Name -> factory builder for every listener mailstack knows."""
+    return {
+        "smtp": lambda sh: smtp_factory(sh, "smtp", InboundPolicy(sh.store), implicit_tls=False),
+        "submission": lambda sh: smtp_factory(
+            sh, "submission", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=False),
+        "submissions": lambda sh: smtp_factory(
+            sh, "submissions", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=True),
+    }
+
+
+IMPLICIT_TLS = frozenset({"submissions", "pop3s", "imaps"})
+
+
+def build_service(
+    settings: Settings,
+    reactor: IReactorTime,
+    builders: dict[str, ListenerBuilder] | None = None,
+) -> SequentialMultiService:
+    """The whole mail system as one service tree (nothing runs until it is started)."""
+    shared = build_shared(settings, reactor)
+    top = SequentialMultiService()
+    ThreadPoolService(shared.io_pool).setServiceParent(top)
+    ThreadPoolService(shared.auth_pool).setServiceParent(top)
+    for name, build in (builders if builders is not None else listener_builders()).items():
+        address = getattr(settings.listen, name)
+        if address is None:
+            continue
+        factory = build(shared)
+        Drain(factory).setServiceParent(top)
+        wire = TLSMemoryBIOFactory(shared.tls, False, factory) if name in IMPLICIT_TLS else factory
+        wire.noisy = False
+        listener = strports.service(endpoint_description(address), wire, reactor=reactor)
+        listener.setName(name)
+        listener.setServiceParent(top)
+        log.info("{name} on {address}", name=name, address=str(address))
+    return top
+
+
+__all__ = ["IService", "Shared", "build_service", "build_shared"]
