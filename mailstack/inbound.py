@@ -1,0 +1,34 @@
+"""The port-25 role: receive mail for local domains; relay only for trusted clients.
+
+Recipients in local domains must exist (user, alias or catch-all: 550 5.1.1
+otherwise). A recipient in any other domain is relayed only for a client in
+``relay.networks`` or one that authenticated (after STARTTLS); everyone else
+gets 554 5.7.1 "Relay access denied". Percent hacks, bang paths and quoted
+local parts are never routed anywhere (``user%other@local`` is just an unknown
+local user), and a source route is ignored, so ``@local:user@other`` is judged
+by ``user@other``.
+"""
+
+from __future__ import annotations
+
+from mailstack.accounts.store import AccountLookup
+from mailstack.envelope import Envelope, RecipientRoute
+from mailstack.interfaces import ClientInfo
+from mailstack.routing import route_recipient
+
+
+class InboundPolicy:
+    auth_required = False
+
+    def __init__(self, store: AccountLookup) -> None:
+        self.store = store
+
+    def check_sender(self, client: ClientInfo, sender: str) -> None:
+        return None
+
+    def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute:
+        relay_allowed = client.trusted_network or client.auth_user is not None
+        return route_recipient(self.store, address, relay_allowed=relay_allowed)
+
+    def prepare_message(self, envelope: Envelope, headers: bytes) -> bytes:
+        return b""
