@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import Envelope, RecipientRoute
+from mailstack.notify import MailboxEvents
 from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import Reply, SMTPReplyError
@@ -54,10 +55,12 @@ def reply_for(error: DeliveryError) -> Reply:
 class Router:
     """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
 
-    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, queue: object | None = None) -> None:
+    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, queue: object | None = None,
+                 events: MailboxEvents | None = None) -> None:
         self.store = store
         self.maildir = maildir
         self.queue = queue
+        self.events = events or MailboxEvents()
 
     def can_relay(self) -> bool:
         return self.queue is not None
@@ -79,5 +82,7 @@ class Router:
             await self.maildir.deliver(envelope.sender, recipients, message)
         except DeliveryError as e:
             raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+        for r in recipients:
+            self.events.publish(r.address)
         log.info("{queue_id} delivered to {mailboxes}", queue_id=envelope.queue_id,
                  mailboxes=", ".join(r.address for r in recipients))

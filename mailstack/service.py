@@ -33,6 +33,7 @@ from mailstack.errors import StartupError
 from mailstack.inbound import InboundPolicy
 from mailstack.interfaces import SMTPPolicy
 from mailstack.maildir import MaildirDelivery
+from mailstack.notify import MailboxEvents
 from mailstack.routing import Router
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
@@ -75,6 +76,7 @@ class Shared:
     router: Router
     authenticator: Authenticator
     limiter: ConnectionLimiter
+    events: MailboxEvents
 
 
 def endpoint_description(address: HostPort, *, tls: bool = False) -> str:
@@ -115,12 +117,13 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     delivery = MaildirDelivery(
         settings.storage.maildirs, hostname=settings.hostname, reactor=reactor, threadpool=io_pool
     )
-    router = Router(store, delivery)
+    events = MailboxEvents()
+    router = Router(store, delivery, events=events)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     authenticator = Authenticator(checker, throttle, reactor)
     limiter = ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks)
     return Shared(settings, reactor, store, checker, delivery, tls, io_pool, auth_pool,
-                  router, authenticator, limiter)
+                  router, authenticator, limiter, events)
 
 
 class SequentialMultiService(MultiService):

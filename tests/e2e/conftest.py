@@ -31,6 +31,18 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def built_listeners() -> list[str]:
+    """The listeners this version of mailstack can start."""
+    from mailstack.service import listener_builders
+
+    return [name for name in LISTENERS if name in listener_builders()]
+
+
+def all_ports() -> dict[str, int]:
+    names = built_listeners()
+    return dict(zip(names, free_ports(len(names)), strict=True))
+
+
 def plugin_env() -> dict[str, str]:
     """Environment for subprocesses: find the twistd plugin even when not installed."""
     env = dict(os.environ)
@@ -145,7 +157,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One running mailstack per test module, with alice and bob in example.test."""
     root = tmp_path_factory.mktemp("mailstack")
-    ports = dict(zip(("smtp", "submission", "submissions"), free_ports(3), strict=True))
+    ports = all_ports()
     config = write_config(root, ports)
     for user in ("alice@example.test", "bob@example.test"):
         result = cli(config, "user", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
