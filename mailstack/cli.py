@@ -18,6 +18,7 @@ import argparse
 import getpass
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from mailstack.accounts import AccountError, SQLiteAccountStore, open_store
 from mailstack.accounts.directory import canonical_address, canonical_alias_source, canonical_domain, domain_of
 from mailstack.addresses import InvalidAddress
 from mailstack.config import ConfigError, Settings
+from mailstack.queue.spool import FAILED, RecipientState, Spool
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -340,10 +342,80 @@ def _check_config(args: argparse.Namespace, ctx: Context) -> None:
     ctx.stdout.write(config.render(ctx.settings))
 
 
+# -- queue -------------------------------------------------------------------------------
+
+
+def _queue_commands(commands: SubParsers) -> None:
+    actions = _group(commands, "queue", "the outbound mail queue")
+    p = actions.add_parser("list", help="list queued messages with their state")
+    p.set_defaults(handler=_queue_list)
+    p = actions.add_parser("flush", help="retry now (one message, or all); a running server acts within a second")
+    p.add_argument("id", nargs="?", default="")
+    p.set_defaults(handler=_queue_flush)
+    p = actions.add_parser("delete", help="remove a message from the queue (no bounce unless --bounce)")
+    p.add_argument("id")
+    p.add_argument("--bounce", action="store_true", help="return it to the sender as undeliverable")
+    p.set_defaults(handler=_queue_delete)
+
+
+def _spool(ctx: Context) -> Spool:
+    return Spool(ctx.settings.storage.queue)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _queue_list(args: argparse.Namespace, ctx: Context) -> None:
+    messages = _spool(ctx).load_all()
+    if not messages:
+        ctx.say("queue is empty")
+        return
+    now = time.time()
+    for m in messages:
+        pending = m.pending()
+        next_try = m.next_try()
+        when = "now" if next_try <= now else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(next_try))
+        ctx.say(f"{m.queue_id}  age {_age(now - m.created)}  attempts {m.attempts()}  next {when}  "
+                f"<{m.sender}> -> {', '.join(r.address for r in pending) or '(bounce pending)'}")
+        for r in pending:
+            if r.last_error:
+                ctx.say(f"    {r.address}: {r.last_error}")
+
+
+def _queue_flush(args: argparse.Namespace, ctx: Context) -> None:
+    spool = _spool(ctx)
+    if args.id and not spool.exists(args.id):
+        raise CommandError(f"no message {args.id} in the queue")
+    spool.request("flush", args.id)
+    ctx.say(f"flush requested for {args.id or 'all messages'}")
+
+
+def _queue_delete(args: argparse.Namespace, ctx: Context) -> None:
+    spool = _spool(ctx)
+    msg = spool.load(args.id)
+    if msg is None:
+        raise CommandError(f"no message {args.id} in the queue")
+    if args.bounce:
+        failed = [RecipientState(r.address, FAILED, r.attempts, 0.0, "deleted by the administrator", "5.0.0")
+                  for r in msg.pending()]
+        spool.record(args.id, failed)
+        spool.request("flush", args.id)
+        ctx.say(f"{args.id} will be returned to <{msg.sender}>")
+        return
+    spool.remove(args.id)
+    spool.request("delete", args.id)
+    ctx.say(f"{args.id} deleted")
+
+
 COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "domain": _domain_commands,
     "user": _user_commands,
     "alias": _alias_commands,
+    "queue": _queue_commands,
     "check-config": _check_config_command,
 }
 """Command name -> function adding its sub-parser(s); each sets ``handler``."""

@@ -9,14 +9,21 @@ domains are relayed only when the role allows it. :class:`Router` implements
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
 
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.notify import MailboxEvents
+from mailstack.queue.spool import QueuedMessage, RecipientState, SpoolError
 from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import Reply, SMTPReplyError
+
+if TYPE_CHECKING:
+    from mailstack.queue.runner import QueueRunner
 
 log = Logger()
 
@@ -55,7 +62,7 @@ def reply_for(error: DeliveryError) -> Reply:
 class Router:
     """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
 
-    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, queue: object | None = None,
+    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, queue: QueueRunner | None = None,
                  events: MailboxEvents | None = None) -> None:
         self.store = store
         self.maildir = maildir
@@ -73,16 +80,36 @@ class Router:
         return out
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        if envelope.remote_recipients() and self.queue is None:
-            raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
+        """Spool for remote recipients (prepared), Maildirs for local ones, then commit the spool."""
+        remote = envelope.remote_recipients()
         recipients = self.recipients_for(envelope)
-        if not recipients:
-            return
+        queued = None
+        if remote:
+            if self.queue is None:
+                raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
+            queued = QueuedMessage(envelope.queue_id, envelope.sender, time.time(),
+                                   {r: RecipientState(r) for r in remote},
+                                   smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit)
+            try:
+                await self.queue.prepare(queued, message)
+            except SpoolError as e:
+                raise SMTPReplyError(R.STORAGE_FULL if e.full else R.TRY_AGAIN, cause=str(e)) from None
         try:
-            await self.maildir.deliver(envelope.sender, recipients, message)
+            if recipients:
+                await self.maildir.deliver(envelope.sender, recipients, message)
         except DeliveryError as e:
+            if queued is not None:
+                await self.queue.abort(queued)
             raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
-        for r in recipients:
-            self.events.publish(r.address)
-        log.info("{queue_id} delivered to {mailboxes}", queue_id=envelope.queue_id,
-                 mailboxes=", ".join(r.address for r in recipients))
+        if queued is not None:
+            try:
+                await self.queue.commit(queued)
+            except SpoolError as e:
+                log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
+                          queue_id=envelope.queue_id, remote=remote, error=str(e))
+                raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
+        if recipients:
+            for r in recipients:
+                self.events.publish(r.address)
+            log.info("{queue_id} delivered to {mailboxes}", queue_id=envelope.queue_id,
+                     mailboxes=", ".join(r.address for r in recipients))

@@ -39,7 +39,11 @@ from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
-from mailstack.tls import TLSError, server_options
+from mailstack.tls import TLSError, client_options, server_options
+from mailstack.dns import MXResolver, make_resolver
+from mailstack.queue import Spool
+from mailstack.queue.runner import QueueRunner, QueueSettings
+from mailstack.queue.relay import Relay
 
 log = Logger()
 
@@ -77,6 +81,7 @@ class Shared:
     authenticator: Authenticator
     limiter: ConnectionLimiter
     events: MailboxEvents
+    queue: QueueRunner
 
 
 def endpoint_description(address: HostPort, *, tls: bool = False) -> str:
@@ -104,6 +109,25 @@ def _prepare_dirs(settings: Settings) -> None:
             raise StartupError(f"{key}: cannot create {path}: {e.strerror}") from None
 
 
+def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, delivery: MaildirDelivery,
+                pool: ThreadPool, events: MailboxEvents) -> QueueRunner:
+    relay_settings = settings.relay
+    spool = Spool(settings.storage.queue)
+    mx = MXResolver(make_resolver(relay_settings.resolvers, reactor))
+    auth = None
+    if relay_settings.smarthost_username:
+        auth = (relay_settings.smarthost_username, relay_settings.smarthost_password)
+    relay = Relay(reactor=reactor, mx=mx, hostname=settings.hostname, port=relay_settings.port,
+                  tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth)
+    queue_settings = QueueSettings(
+        hostname=settings.hostname, retry=relay_settings.retry, max_age=relay_settings.max_age,
+        max_received=relay_settings.max_received, connections=relay_settings.connections,
+        connections_per_domain=relay_settings.connections_per_domain,
+    )
+    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, store=store,
+                       maildir=delivery, relay=relay, events=events)
+
+
 def build_shared(settings: Settings, reactor: Any) -> Shared:
     _prepare_dirs(settings)
     try:
@@ -118,12 +142,13 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         settings.storage.maildirs, hostname=settings.hostname, reactor=reactor, threadpool=io_pool
     )
     events = MailboxEvents()
-    router = Router(store, delivery, events=events)
+    queue = build_queue(settings, reactor, store, delivery, io_pool, events)
+    router = Router(store, delivery, queue=queue, events=events)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     authenticator = Authenticator(checker, throttle, reactor)
     limiter = ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks)
     return Shared(settings, reactor, store, checker, delivery, tls, io_pool, auth_pool,
-                  router, authenticator, limiter, events)
+                  router, authenticator, limiter, events, queue)
 
 
 class SequentialMultiService(MultiService):
@@ -206,6 +231,7 @@ def build_service(
     top = SequentialMultiService()
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
+    shared.queue.setServiceParent(top)  # stops after the listeners, before the pools
     for name, build in (builders if builders is not None else listener_builders()).items():
         address = getattr(settings.listen, name)
         if address is None:

@@ -179,3 +179,24 @@ def smtp_harness(
     if connect:
         protocol.makeConnection(transport)
     return harness
+
+
+class SyncThreadPool:
+    """A thread pool stand-in that runs work at once, on the caller's thread."""
+
+    def callInThreadWithCallback(self, on_result: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        from twisted.python.failure import Failure
+
+        try:
+            result = func(*args, **kwargs)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class SyncReactor(Clock):
+    """A Clock that also runs ``callFromThread`` at once: pairs with SyncThreadPool."""
+
+    def callFromThread(self, func: Any, *args: Any, **kwargs: Any) -> None:
+        func(*args, **kwargs)

@@ -15,7 +15,6 @@ or nothing: every tmp file is written and fsynced before any is renamed.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
+from mailstack.fsutil import write_fully
 from mailstack.maildir.dirsync import DirectorySyncer
 from mailstack.maildir.errors import (
     DeliveryError,
@@ -277,7 +277,7 @@ class MaildirDelivery:
         complete = False
         try:
             try:
-                _write_fully(fd, f.prefix, message)
+                write_fully(fd, f.prefix, message)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -357,20 +357,6 @@ def _header_value(text: str) -> bytes | None:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return None
-
-
-def _write_fully(fd: int, *chunks: bytes) -> None:
-    """Write all chunks with as few writev calls as the kernel allows."""
-    views = [memoryview(c) for c in chunks if len(c)]
-    while views:
-        written = os.writev(fd, views)
-        if written <= 0:
-            raise OSError(errno.EIO, "write made no progress")
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
 
 
 def _discard(files: list[_File]) -> None:

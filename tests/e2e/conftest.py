@@ -61,13 +61,14 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
                           input=stdin, capture_output=True, text=True, env=plugin_env(), timeout=60)
 
 
-def write_config(root: Path, ports: dict[str, int], extra: str = "") -> Path:
+def write_config(root: Path, ports: dict[str, int], extra: str = "", *, hostname: str = "mail.example.test",
+                 domains: tuple[str, ...] = ("example.test",)) -> Path:
     listen = "\n".join(f'{name} = "127.0.0.1:{ports[name]}"' if name in ports else f'{name} = ""'
                        for name in LISTENERS)
     config = root / "mailstack.toml"
     config.write_text(f"""
-hostname = "mail.example.test"
-domains = ["example.test"]
+hostname = "{hostname}"
+domains = [{", ".join(f'"{d}"' for d in domains)}]
 
 [listen]
 {listen}

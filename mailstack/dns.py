@@ -1,0 +1,318 @@
+# twisted.names has no type annotations:
+# mypy: disable-error-code="no-untyped-call"
+"""MX routing over twisted.names: which hosts take mail for a domain, in what order.
+
+RFC 5321 §5.1: MX records in preference order, equal preferences in random
+order; a domain without MX records has an implicit MX of preference 0 pointing
+at the domain itself (its A and AAAA records). RFC 7505: a single MX whose
+exchange is the root ``.`` (a null MX) says the domain accepts no mail.
+
+Failure policy (what the queue retries and what it bounces):
+
+- NXDOMAIN for the domain: permanent, ``5.1.2``.
+- Null MX: permanent, ``556 5.1.10`` (:class:`NullMX`).
+- No MX and the domain has no address (implicit MX unusable): permanent, ``5.1.2``.
+- SERVFAIL, refusals, timeouts, CNAME loops or chains longer than the bound:
+  temporary, ``4.4.3``.
+- MX records present but no exchange has an address: temporary. RFC 5321
+  §5.1 only says this "MUST be reported as an error"; it is almost always a
+  fixable DNS mistake at the recipient's side, so the message stays queued
+  (``4.4.3`` when a lookup failed temporarily, ``4.4.4`` otherwise) and the
+  queue's maximum age bounds the wait.
+
+Each MX host's addresses are IPv4 first, then IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import idna  # IDNA 2008 + UTS 46; a dependency of Twisted (via hyperlink)
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.names import client, dns, error, hosts, resolve
+from twisted.python.failure import Failure
+
+from mailstack.config import HostPort
+from mailstack.smtp.reply import Reply
+
+# Per-query retransmission timeouts in seconds (twisted.names retries once per
+# entry): 10 s per query in all, instead of twisted's default of a minute.
+QUERY_TIMEOUT = (1, 3, 6)
+
+# Errors that prove the name does not exist (NXDOMAIN from a server; an
+# in-process authority raises AuthoritativeDomainError).
+_NAME_ERRORS = (error.DNSNameError, error.AuthoritativeDomainError)
+
+
+def make_resolver(resolvers: tuple[HostPort, ...], reactor: Any, *,
+                  timeout: tuple[int, ...] = QUERY_TIMEOUT, resolv_conf: str = "/etc/resolv.conf") -> Any:
+    """An ``IResolver`` for MX/A/AAAA lookups.
+
+    With configured ``ip:port`` servers, only those are asked; with none, the
+    servers in ``resolv_conf`` are, after ``/etc/hosts`` (as
+    ``twisted.names.client.createResolver`` does, but with this reactor and
+    shorter timeouts).
+    """
+    if resolvers:
+        servers = [(hp.host, hp.port) for hp in resolvers]
+        return client.Resolver(servers=servers, reactor=reactor, timeout=timeout)
+    system = client.Resolver(resolv=resolv_conf, reactor=reactor, timeout=timeout)
+    return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), system])
+
+
+@dataclass(frozen=True)
+class MXHost:
+    """One next hop: the exchange's name, its preference, and its addresses."""
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+class DNSError(Exception):
+    """Routing failed. ``temporary`` tells the queue to retry; ``status`` is RFC 3463."""
+
+    def __init__(self, message: str, *, temporary: bool, status: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.temporary = temporary
+        self.status = status
+
+    @property
+    def reply(self) -> Reply:
+        """The failure as an SMTP reply, for DSNs and logs."""
+        code = 451 if self.temporary else 550
+        return Reply(code, self.status, self.message)
+
+
+class NullMX(DNSError):
+    """RFC 7505: the domain publishes a null MX and accepts no mail."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"Domain {domain} does not accept mail (null MX)", temporary=False, status="5.1.10")
+        self.domain = domain
+
+    @property
+    def reply(self) -> Reply:
+        # RFC 7505 §4.2 / §3: reply code 556, enhanced status 5.1.10.
+        return Reply(556, "5.1.10", "Recipient address has null MX")
+
+
+def _temporary(message: str, status: str = "4.4.3") -> DNSError:
+    return DNSError(message, temporary=True, status=status)
+
+
+def _permanent(message: str, status: str = "5.1.2") -> DNSError:
+    return DNSError(message, temporary=False, status=status)
+
+
+def to_ascii(domain: str) -> str:
+    """The A-label form of *domain* (lower case, no trailing dot) for DNS queries."""
+    name = domain.strip().rstrip(".")
+    if not name:
+        raise _permanent("Empty domain")
+    if name.isascii():
+        return name.lower()
+    try:
+        return str(idna.encode(name, uts46=True).decode("ascii")).lower()
+    except idna.IDNAError:
+        pass
+    try:
+        return name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise _permanent(f"Invalid domain name {domain!r}") from None
+
+
+def parse_address_literal(domain: str) -> str | None:
+    """``[192.0.2.1]`` -> ``192.0.2.1``, ``[IPv6:2001:db8::1]`` -> ``2001:db8::1``; else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return str(ipaddress.IPv6Address(inner[5:]))
+        return str(ipaddress.IPv4Address(inner))
+    except ValueError:
+        raise _permanent(f"Invalid address literal {domain}", "5.1.3") from None
+
+
+def _ip_address(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+class _NoData(Exception):
+    """The name exists but holds no record of the requested type."""
+
+
+class MXResolver:
+    """MX routing for one resolver (an ``IResolver``; see :func:`make_resolver`)."""
+
+    def __init__(self, resolver: Any, *, rng: random.Random | None = None, max_cname_depth: int = 8) -> None:
+        self._resolver = resolver
+        self._rng = rng or random.Random()
+        self._max_cname_depth = max_cname_depth
+
+    async def lookup(self, domain: str) -> list[MXHost]:
+        """Next hops for *domain*, most preferred first; raises :class:`DNSError`."""
+        literal = parse_address_literal(domain)
+        if literal is not None:
+            return [MXHost(domain, 0, (literal,))]
+        name = to_ascii(domain)
+        try:
+            records = await self._records(name, dns.MX)
+        except _NAME_ERRORS:
+            raise _permanent(f"Domain {name} not found") from None
+        if not records:
+            return [await self._implicit_mx(name)]
+        exchanges = [(r.preference, r.name.name.decode("ascii", "replace").rstrip(".").lower()) for r in records]
+        real = [(pref, host) for pref, host in exchanges if host]
+        if not real:
+            raise NullMX(name)
+        return await self._resolve_exchanges(name, self._order(real))
+
+    async def resolve_host(self, name: str) -> tuple[str, ...]:
+        """A and AAAA addresses of a host name (or the address itself); may be empty."""
+        literal = _ip_address(name.strip("[]"))
+        if literal is not None:
+            return (literal,)
+        addresses, _ = await self._addresses(to_ascii(name))
+        return addresses
+
+    def _order(self, exchanges: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Preference order; random order among equal preferences (RFC 5321 §5.1)."""
+        groups: dict[int, list[str]] = {}
+        for pref, host in exchanges:
+            if host not in groups.setdefault(pref, []):
+                groups[pref].append(host)
+        ordered: list[tuple[int, str]] = []
+        for pref in sorted(groups):
+            hosts_ = groups[pref]
+            self._rng.shuffle(hosts_)
+            ordered.extend((pref, h) for h in hosts_)
+        return ordered
+
+    async def _implicit_mx(self, name: str) -> MXHost:
+        addresses, temporary = await self._addresses(name)
+        if addresses:
+            return MXHost(name, 0, addresses)
+        if temporary:
+            raise _temporary(f"Cannot resolve the address of {name}")
+        raise _permanent(f"Domain {name} has no mail server (no MX and no address)")
+
+    async def _resolve_exchanges(self, domain: str, ordered: list[tuple[int, str]]) -> list[MXHost]:
+        results = await DeferredList(
+            [Deferred.fromCoroutine(self._host_addresses(host)) for _, host in ordered],
+            consumeErrors=True,
+        )
+        usable = []
+        any_temporary = False
+        for (pref, host), (ok, value) in zip(ordered, results, strict=True):
+            if not ok:
+                assert isinstance(value, Failure)
+                value.raiseException()
+            addresses, temporary = value
+            any_temporary = any_temporary or temporary
+            if addresses:
+                usable.append(MXHost(host, pref, addresses))
+        if usable:
+            return usable
+        if any_temporary:
+            raise _temporary(f"Cannot resolve the addresses of the mail servers of {domain}")
+        raise _temporary(f"No mail server of {domain} has an address", "4.4.4")
+
+    async def _host_addresses(self, host: str) -> tuple[tuple[str, ...], bool]:
+        ip = _ip_address(host)
+        if ip is not None:
+            return (ip,), False
+        return await self._addresses(host)
+
+    async def _addresses(self, name: str) -> tuple[tuple[str, ...], bool]:
+        """(IPv4 then IPv6 addresses, whether any lookup failed temporarily)."""
+        results = await DeferredList(
+            [Deferred.fromCoroutine(self._records(name, t)) for t in (dns.A, dns.AAAA)], consumeErrors=True
+        )
+        addresses: list[str] = []
+        temporary = False
+        for ok, value in results:
+            if ok:
+                for record in value:
+                    text = record.dottedQuad() if isinstance(record, dns.Record_A) else _ipv6(record)
+                    if text not in addresses:
+                        addresses.append(text)
+            elif isinstance(value, Failure) and value.check(*_NAME_ERRORS):
+                continue
+            elif isinstance(value, Failure) and value.check(DNSError):
+                temporary = temporary or bool(value.value.temporary)
+            else:
+                temporary = True
+        return tuple(addresses), temporary
+
+    async def _records(self, name: str, rtype: int) -> list[Any]:
+        """Records of *rtype* at *name*, following CNAMEs; [] for NODATA.
+
+        Raises the resolver's name error for NXDOMAIN and :class:`DNSError`
+        (temporary) for every other failure.
+        """
+        current = name
+        seen = {name}
+        depth = 0
+        while True:
+            answers = await self._query(current, rtype)
+            queried = current
+            while True:
+                found = [rr.payload for rr in answers if _owner(rr) == current and rr.type == rtype]
+                if found:
+                    return found
+                target = next((_target(rr) for rr in answers if _owner(rr) == current and rr.type == dns.CNAME), None)
+                if target is None:
+                    break
+                depth += 1
+                if depth > self._max_cname_depth or target in seen:
+                    raise _temporary(f"CNAME loop or chain too long at {name}")
+                seen.add(target)
+                current = target
+            if current == queried:
+                return []
+
+    async def _query(self, name: str, rtype: int) -> list[Any]:
+        try:
+            answers, _authority, _additional = await _LOOKUPS[rtype](self._resolver, name)
+        except _NAME_ERRORS:
+            raise
+        except error.DomainError as e:  # SERVFAIL, REFUSED, FORMERR, NOTIMP, no server answered
+            raise _temporary(f"DNS lookup for {name} failed ({type(e).__name__})") from None
+        except (defer.TimeoutError, TimeoutError) as e:  # includes DNSQueryTimeoutError
+            raise _temporary(f"DNS lookup for {name} timed out") from e
+        except (error.ResolverError, OSError) as e:
+            raise _temporary(f"DNS lookup for {name} failed ({e})") from None
+        return list(answers)
+
+
+def _owner(rr: Any) -> str:
+    return str(rr.name.name.decode("ascii", "replace")).rstrip(".").lower()
+
+
+def _target(rr: Any) -> str:
+    return str(rr.payload.name.name.decode("ascii", "replace")).rstrip(".").lower()
+
+
+def _ipv6(record: Any) -> str:
+    return str(ipaddress.IPv6Address(socket.inet_ntop(socket.AF_INET6, record.address)))
+
+
+_LOOKUPS = {
+    dns.MX: lambda r, n: r.lookupMailExchange(n),
+    dns.A: lambda r, n: r.lookupAddress(n),
+    dns.AAAA: lambda r, n: r.lookupIPV6Address(n),
+}
+
+__all__ = ["DNSError", "MXHost", "MXResolver", "NullMX", "make_resolver",
+           "parse_address_literal", "to_ascii"]

@@ -1,0 +1,30 @@
+"""Small file-system helpers shared by Maildir delivery and the spool."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+def write_fully(fd: int, *chunks: bytes) -> None:
+    """Write all chunks with as few writev calls as the kernel allows."""
+    views = [memoryview(c) for c in chunks if len(c)]
+    while views:
+        written = os.writev(fd, views)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
+def write_file_synced(path: str, flags: int, *chunks: bytes, mode: int = 0o600) -> None:
+    """Open ``path`` with ``flags``, write every chunk, fsync, close."""
+    fd = os.open(path, flags, mode)
+    try:
+        write_fully(fd, *chunks)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

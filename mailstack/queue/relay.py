@@ -1,0 +1,150 @@
+"""Outbound delivery of one message to the recipients of one domain.
+
+Routing: ``relay.smarthost`` when set, else the domain's MX hosts in order
+(``mailstack.dns``: preference order, random among equals, implicit MX, null
+MX). Each address of each host is tried until one answers the transaction;
+a refused or failed connection, or a whole-transaction 4xx (e.g. a 421
+greeting), moves on to the next address. TLS policy: STARTTLS is used
+whenever the peer offers it; if the handshake fails, the same host is tried
+once more without STARTTLS (opportunistic TLS, RFC 3207 §4.1 between MTAs),
+except for a smarthost with credentials, which requires TLS.
+
+Per-recipient results: 2xx delivered, 4xx deferred (retried later), 5xx
+failed (bounced). DNS: a temporary failure defers (4.4.3), no such domain or
+a null MX fails at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.logger import Logger
+
+from mailstack.config import HostPort
+from mailstack.dns import DNSError, MXHost, MXResolver
+from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState
+from mailstack.smtp.client import ClientError, TLSFailed, send_message
+from mailstack.smtp.reply import Reply
+
+log = Logger()
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _reply_text(reply: Reply) -> str:
+    code = f"{reply.code} {reply.enhanced} " if reply.enhanced else f"{reply.code} "
+    return code + " ".join(reply.lines())
+
+
+def _status(reply: Reply) -> str:
+    if reply.enhanced:
+        return reply.enhanced
+    return f"{reply.code // 100}.0.0"
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        mx: MXResolver,
+        hostname: str,
+        port: int,
+        tls_options: Any,
+        smarthost: HostPort | None = None,
+        smarthost_auth: tuple[str, str] | None = None,
+        send: Any = send_message,
+        endpoint_factory: Any = None,
+    ) -> None:
+        self.reactor = reactor
+        self.mx = mx
+        self.hostname = hostname
+        self.port = port
+        self.tls_options = tls_options
+        self.smarthost = smarthost
+        self.smarthost_auth = smarthost_auth
+        self.send = send
+        self.endpoint_factory = endpoint_factory
+
+    async def _hosts(self, domain: str) -> tuple[list[MXHost], int]:
+        if self.smarthost is None:
+            return await self.mx.lookup(domain), self.port
+        host = self.smarthost.host
+        if _is_ip(host):
+            return [MXHost(host, 0, (host,))], self.smarthost.port
+        addresses = await self.mx.resolve_host(host)
+        return [MXHost(host, 0, addresses)], self.smarthost.port
+
+    async def deliver(self, domain: str, msg: QueuedMessage, recipients: Sequence[str],
+                      body: bytes) -> list[RecipientState]:
+        try:
+            hosts, port = await self._hosts(domain)
+        except DNSError as e:
+            status = PENDING if e.temporary else FAILED
+            log.info("{queue_id} DNS for {domain}: {error}", queue_id=msg.queue_id, domain=domain, error=str(e))
+            return [RecipientState(r, status, 0, 0.0, str(e), e.status) for r in recipients]
+        last_error = "no usable mail exchanger"
+        last_status = "4.4.1"
+        last_remote = ""
+        for host in hosts:
+            for address in host.addresses:
+                try:
+                    result = await self._send(host, address, port, msg, recipients, body)
+                except ClientError as e:
+                    last_error = f"{host.name}[{address}]: {_reply_text(e.reply)}"
+                    last_status, last_remote = _status(e.reply), host.name
+                    if e.temporary or e.stage == "connect":
+                        log.info("{queue_id} {host}[{address}] {stage}: {error}", queue_id=msg.queue_id,
+                                 host=host.name, address=address, stage=e.stage, error=_reply_text(e.reply))
+                        continue
+                    return [RecipientState(r, FAILED, 0, 0.0, last_error, last_status, host.name,
+                                           _reply_text(e.reply)) for r in recipients]
+                return self._outcomes(host, address, recipients, result, msg)
+        return [RecipientState(r, PENDING, 0, 0.0, last_error, last_status, last_remote) for r in recipients]
+
+    async def _send(self, host: MXHost, address: str, port: int, msg: QueuedMessage,
+                    recipients: Sequence[str], body: bytes) -> Any:
+        required = self.smarthost is not None and self.smarthost_auth is not None
+        kwargs = dict(reactor=self.reactor, host=address, port=port, helo=self.hostname, sender=msg.sender,
+                      recipients=list(recipients), message=body, smtputf8=msg.smtputf8, body_8bit=msg.body_8bit,
+                      tls_options=self.tls_options, auth=self.smarthost_auth if self.smarthost else None)
+        if self.endpoint_factory is not None:
+            kwargs["endpoint_factory"] = self.endpoint_factory
+        try:
+            return await self.send(starttls="required" if required else "opportunistic", **kwargs)
+        except TLSFailed as e:
+            if required:
+                raise
+            log.warn("{queue_id} TLS with {host}[{address}] failed ({error}); retrying without STARTTLS",
+                     queue_id=msg.queue_id, host=host.name, address=address, error=_reply_text(e.reply))
+            return await self.send(starttls="off", **kwargs)
+
+    def _outcomes(self, host: MXHost, address: str, recipients: Sequence[str], result: Any,
+                  msg: QueuedMessage) -> list[RecipientState]:
+        out = []
+        for r in recipients:
+            reply = result.per_recipient.get(r)
+            if reply is None:
+                out.append(RecipientState(r, PENDING, 0, 0.0, "no reply", "4.4.2", host.name))
+                continue
+            text = _reply_text(reply)
+            if reply.code < 400:
+                status = DELIVERED
+            elif reply.code < 500:
+                status = PENDING
+            else:
+                status = FAILED
+            out.append(RecipientState(r, status, 0, 0.0, "" if status == DELIVERED else text, _status(reply),
+                                      host.name, text))
+        log.info("{queue_id} relayed via {host}[{address}]{tls}: {summary}", queue_id=msg.queue_id,
+                 host=host.name, address=address, tls=" with TLS" if getattr(result, "tls", False) else "",
+                 summary=", ".join(f"<{o.address}> {o.status}" for o in out))
+        return out

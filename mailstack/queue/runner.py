@@ -1,0 +1,327 @@
+"""The queue runner: delivers spooled messages, retries, expires and bounces.
+
+One attempt at a message: reload it from the spool (a deleted message is
+dropped), then deliver its pending recipients grouped by domain, local
+domains through Maildir and the others by MX (or the smarthost), each domain
+within the connection limits. Every outcome is recorded in the spool (fsynced)
+as soon as its domain is done, before anything else happens, so a recipient
+that got a 250 is never sent the message again. Failed recipients are
+reported in one bounce to the sender (never for a null sender), queued like
+any message; then the message is removed once every recipient is final.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from mailstack.accounts.store import AccountLookup
+from mailstack.envelope import new_queue_id
+from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
+from mailstack.notify import MailboxEvents
+from mailstack.queue.dsn import build_bounce
+from mailstack.queue.spool import (
+    BOUNCED, DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState, Spool,
+)
+from mailstack.smtp.message import count_received, header_block
+
+if TYPE_CHECKING:
+    from mailstack.queue.relay import Relay
+
+log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    hostname: str
+    retry: tuple[float, ...]
+    max_age: float
+    max_received: int
+    connections: int
+    connections_per_domain: int
+    control_interval: float = 1.0
+
+
+def retry_delay(schedule: Sequence[float], attempts: int) -> float:
+    """Wait after the ``attempts``-th failed attempt: the schedule, then its last interval forever."""
+    if not schedule:
+        return 3600.0
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+class QueueRunner(Service):
+    def __init__(
+        self,
+        spool: Spool,
+        settings: QueueSettings,
+        *,
+        reactor: Any,
+        clock: Any,
+        pool: Any,
+        store: AccountLookup,
+        maildir: MaildirDelivery,
+        relay: Relay,
+        events: MailboxEvents | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.reactor = reactor
+        self.clock = clock
+        self.pool = pool
+        self.store = store
+        self.maildir = maildir
+        self.relay = relay
+        self.events = events
+        self.now = now or clock.seconds
+        self.timers: dict[str, Any] = {}
+        self.active: dict[str, Deferred[None]] = {}
+        self.connections = DeferredSemaphore(settings.connections)
+        self.per_domain: defaultdict[str, DeferredSemaphore] = defaultdict(
+            lambda: DeferredSemaphore(settings.connections_per_domain))
+        self._control: LoopingCall | None = None
+        self.setName("queue")
+
+    # -- blocking work off the reactor thread ------------------------------------
+
+    def _thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    # -- service -------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        d = Deferred.fromCoroutine(self._resume())
+        d.addErrback(lambda f: log.failure("queue start-up failed", f))
+        self._control = LoopingCall(self._poll_control)
+        self._control.clock = self.clock
+        self._control.start(self.settings.control_interval, now=False).addErrback(
+            lambda f: log.failure("queue control loop failed", f))
+
+    async def _resume(self) -> None:
+        await self._thread(self.spool.ensure)
+        cleaned = await self._thread(self.spool.clean_tmp)
+        if cleaned:
+            log.info("removed {n} uncommitted spool file(s)", n=cleaned)
+        messages = await self._thread(self.spool.load_all)
+        for msg in messages:
+            self._schedule(msg.queue_id, msg.next_try())
+        if messages:
+            log.info("queue resumed with {n} message(s)", n=len(messages))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self._control is not None and self._control.running:
+            self._control.stop()
+        for timer in self.timers.values():
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+        # attempts in flight finish (their outcomes are recorded) before the pools stop
+        return DeferredList(list(self.active.values()))
+
+    # -- scheduling ------------------------------------------------------------------
+
+    def _schedule(self, queue_id: str, when: float) -> None:
+        if not self.running:
+            return
+        old = self.timers.pop(queue_id, None)
+        if old is not None and old.active():
+            old.cancel()
+        delay = max(0.0, when - self.now())
+        self.timers[queue_id] = self.clock.callLater(delay, self._start_attempt, queue_id)
+
+    def flush(self, queue_id: str = "") -> None:
+        """Try now: one message, or every message when ``queue_id`` is empty."""
+        targets = [queue_id] if queue_id else list(self.timers)
+        for qid in targets:
+            self._schedule(qid, 0)
+
+    def _start_attempt(self, queue_id: str) -> None:
+        self.timers.pop(queue_id, None)
+        if queue_id in self.active:
+            return
+        d = Deferred.fromCoroutine(self._attempt(queue_id))
+        d.addErrback(lambda f: log.failure("delivery attempt for {queue_id} failed", f, queue_id=queue_id))
+        self.active[queue_id] = d
+
+        def finished(_: object) -> None:
+            self.active.pop(queue_id, None)
+
+        d.addBoth(finished)
+
+    def _poll_control(self) -> Deferred[None]:
+        d = self._thread(self.spool.take_requests)
+
+        def apply(requests: list[tuple[str, str]]) -> None:
+            for action, queue_id in requests:
+                if action == "flush":
+                    log.info("flush requested for {what}", what=queue_id or "all messages")
+                    if queue_id and queue_id not in self.timers and queue_id not in self.active:
+                        self._schedule(queue_id, 0)  # not known yet (queued by another process)
+                    else:
+                        self.flush(queue_id)
+                elif action == "delete" and queue_id:
+                    timer = self.timers.pop(queue_id, None)
+                    if timer is not None and timer.active():
+                        timer.cancel()
+
+        d.addCallback(apply)
+        return d
+
+    # -- accepting new mail (called by the router) --------------------------------------
+
+    async def prepare(self, msg: QueuedMessage, message: bytes) -> None:
+        await self._thread(self.spool.prepare, msg, message)
+
+    async def commit(self, msg: QueuedMessage) -> None:
+        await self._thread(self.spool.commit, msg.queue_id)
+        log.info("{queue_id} queued for {recipients}", queue_id=msg.queue_id,
+                 recipients=", ".join(msg.recipients))
+        self._schedule(msg.queue_id, 0)
+
+    async def abort(self, msg: QueuedMessage) -> None:
+        await self._thread(self.spool.abort, msg.queue_id)
+
+    # -- one attempt -------------------------------------------------------------------
+
+    async def _attempt(self, queue_id: str) -> None:
+        msg = await self._thread(self.spool.load, queue_id)
+        if msg is None:
+            log.info("{queue_id} is no longer in the queue", queue_id=queue_id)
+            return
+        if msg.pending():
+            body = await self._thread(self.spool.body, queue_id)
+            await self._deliver_pending(msg, body)
+        if msg.failed():
+            await self._bounce(msg)
+        if msg.done():
+            await self._thread(self.spool.remove, queue_id)
+            log.info("{queue_id} removed from the queue: every recipient is done", queue_id=queue_id)
+        elif msg.pending():
+            self._schedule(queue_id, msg.next_try())
+
+    async def _deliver_pending(self, msg: QueuedMessage, body: bytes) -> None:
+        pending = msg.pending()
+        now = self.now()
+        if now - msg.created > self.settings.max_age:
+            await self._finish(msg, [_fail(r, "4.4.7", r.last_error or "delivery time expired",  # RFC 3463 X.4.7
+                                           r.remote_mta, r.diagnostic) for r in pending])
+            return
+        if count_received(header_block(body)) > self.settings.max_received:
+            await self._finish(msg, [_fail(r, "5.4.6", "too many Received: headers, mail loop")
+                                     for r in pending])
+            return
+        by_domain: defaultdict[str, list[RecipientState]] = defaultdict(list)
+        for r in pending:
+            by_domain[r.address.rpartition("@")[2].lower()].append(r)
+        local = [r for d, rs in by_domain.items() if self.store.is_local_domain(d) for r in rs]
+        jobs = []
+        if local:
+            jobs.append(Deferred.fromCoroutine(self._deliver_local(msg, local, body)))
+        for domain, rcpts in by_domain.items():
+            if not self.store.is_local_domain(domain):
+                jobs.append(Deferred.fromCoroutine(self._deliver_remote(msg, domain, rcpts, body)))
+        await DeferredList(jobs, consumeErrors=True)
+
+    async def _finish(self, msg: QueuedMessage, states: list[RecipientState]) -> None:
+        """Record outcomes durably, then update the in-memory view."""
+        attempts_now = self.now()
+        for s in states:
+            if s.status == PENDING:
+                s.next_try = attempts_now + retry_delay(self.settings.retry, s.attempts)
+        await self._thread(self.spool.record, msg.queue_id, states)
+        for s in states:
+            msg.recipients[s.address] = s
+            log.info("{queue_id} to <{rcpt}>: {status} {code} {error}", queue_id=msg.queue_id, rcpt=s.address,
+                     status=s.status if s.status != PENDING else "deferred", code=s.status_code,
+                     error=s.diagnostic or s.last_error)
+
+    async def _deliver_local(self, msg: QueuedMessage, rcpts: list[RecipientState], body: bytes) -> None:
+        """Local recipients (e.g. a bounce to a local sender) resolve through aliases to mailboxes."""
+        targets: dict[str, Recipient] = {}
+        unknown = []
+        for r in rcpts:
+            mailboxes = [m for m in self.store.resolve(r.address)
+                         if self.store.is_local_domain(m.rpartition("@")[2])]
+            if not mailboxes:
+                unknown.append(r)
+            for mailbox in mailboxes:
+                user = self.store.get_user(mailbox)
+                targets.setdefault(mailbox, Recipient(mailbox, user.quota if user else 0, r.address))
+        known = [r for r in rcpts if r not in unknown]
+        if unknown:
+            await self._finish(msg, [_fail(r, "5.1.1", "no such local recipient") for r in unknown])
+        if not known:
+            return
+        try:
+            await self.maildir.deliver(msg.sender, list(targets.values()), body)
+        except DeliveryError as e:
+            make = _defer if e.temporary else _fail
+            await self._finish(msg, [make(r, e.status, e.message) for r in known])
+            return
+        await self._finish(msg, [_done(r, self.settings.hostname, "") for r in known])
+        if self.events is not None:
+            for mailbox in targets:
+                self.events.publish(mailbox)
+
+    async def _deliver_remote(self, msg: QueuedMessage, domain: str, rcpts: list[RecipientState],
+                              body: bytes) -> None:
+        async def attempt() -> list[RecipientState]:
+            return await self.relay.deliver(domain, msg, [r.address for r in rcpts], body)
+
+        limited = self.per_domain[domain].run(lambda: self.connections.run(
+            lambda: Deferred.fromCoroutine(attempt())))
+        outcomes = await limited
+        by_address = {o.address: o for o in outcomes}
+        states = []
+        for r in rcpts:
+            o = by_address.get(r.address)
+            if o is None:
+                states.append(_defer(r, "4.3.0", "no result"))
+            else:
+                o.attempts = r.attempts + 1
+                states.append(o)
+        await self._finish(msg, states)
+
+    async def _bounce(self, msg: QueuedMessage) -> None:
+        failed = msg.failed()
+        if msg.sender and not msg.is_bounce:
+            body = await self._thread(self.spool.body, msg.queue_id)
+            dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
+                               arrival=msg.created, failed=failed, original=body, now=self.now())
+            bounce = QueuedMessage(new_queue_id(), "", time.time(), {msg.sender: RecipientState(msg.sender)},
+                                   smtputf8=not msg.sender.isascii(), is_bounce=True)
+            await self._thread(self.spool.add, bounce, dsn)
+            log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,
+                     bounce_id=bounce.queue_id, sender=msg.sender, n=len(failed))
+            self._schedule(bounce.queue_id, 0)
+        else:
+            log.warn("{queue_id} failed for {n} recipient(s); no bounce for a null sender",
+                     queue_id=msg.queue_id, n=len(failed))
+        done = [RecipientState(r.address, BOUNCED, r.attempts, 0.0, r.last_error, r.status_code, r.remote_mta,
+                               r.diagnostic) for r in failed]
+        await self._thread(self.spool.record, msg.queue_id, done)
+        for s in done:
+            msg.recipients[s.address] = s
+
+
+def _done(r: RecipientState, remote: str, diagnostic: str) -> RecipientState:
+    return RecipientState(r.address, DELIVERED, r.attempts + 1, 0.0, "", "2.0.0", remote, diagnostic)
+
+
+def _fail(r: RecipientState, status: str, error: str, remote: str = "", diagnostic: str = "") -> RecipientState:
+    return RecipientState(r.address, FAILED, r.attempts + 1, 0.0, error, status, remote, diagnostic)
+
+
+def _defer(r: RecipientState, status: str, error: str, remote: str = "", diagnostic: str = "") -> RecipientState:
+    return RecipientState(r.address, PENDING, r.attempts + 1, 0.0, error, status, remote, diagnostic)

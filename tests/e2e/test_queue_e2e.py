@@ -1,0 +1,256 @@
+"""Outbound mail end to end: two mailstack instances, a real DNS server, MX routing,
+retries, bounces and the queue CLI, all on loopback."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import PASSWORD, Server, cli, free_ports, plugin_env, write_config
+from .test_smtp_e2e import tls_context
+
+HERE = Path(__file__).parent
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+ZONES = {
+    "b.test": {"MX": [[10, "mx.b.test"]]},
+    "mx.b.test": {"A": ["127.0.0.1"]},
+    "c.test": {"MX": [[20, "mx2.c.test"], [10, "mx1.c.test"]]},
+    "mx1.c.test": {"A": ["127.0.0.2"]},  # nothing listens there: connection refused
+    "mx2.c.test": {"A": ["127.0.0.1"]},
+    "d.test": {"A": ["127.0.0.1"]},  # no MX: the implicit MX (RFC 5321 5.1)
+    "nullmx.test": {"MX": [[0, "."]]},  # RFC 7505
+    "down.test": {"MX": [[10, "mx.down.test"]]},
+    "mx.down.test": {"A": ["127.0.0.3"]},
+}
+
+
+class Mesh:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dns_proc = None
+        self.a: Server | None = None
+        self.b: Server | None = None
+
+    def start_dns(self) -> int:
+        zones = self.root / "zones.json"
+        zones.write_text(json.dumps(ZONES))
+        portfile = self.root / "dns.port"
+        self.dns_proc = subprocess.Popen([sys.executable, str(HERE / "dns_server.py"), str(zones), str(portfile)],
+                                         env=plugin_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(portfile.exists, what="the DNS server")
+        return int(portfile.read_text())
+
+    def stop(self) -> None:
+        for srv in (self.a, self.b):
+            if srv and srv.proc and srv.proc.poll() is None:
+                srv.stop()
+        if self.dns_proc:
+            self.dns_proc.send_signal(signal.SIGTERM)
+            self.dns_proc.wait(10)
+
+
+def make_server(root: Path, name: str, *, hostname: str, domains: tuple[str, ...], extra: str = "",
+                ports: dict[str, int] | None = None) -> Server:
+    home = root / name
+    home.mkdir()
+    ports = ports or dict(zip(("smtp", "submission"), free_ports(2), strict=True))
+    config = write_config(home, ports, extra, hostname=hostname, domains=domains)
+    return Server(home, config, ports)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mesh")
+    m = Mesh(root)
+    dns_port = m.start_dns()
+    m.b = make_server(root, "b", hostname="mx.b.test", domains=("b.test", "c.test", "d.test"))
+    for user in ("bob@b.test", "carol@c.test", "dave@d.test"):
+        assert cli(m.b.config, "user", "add", user, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    m.b.start()
+    extra = f'resolvers = ["127.0.0.1:{dns_port}"]\nport = {m.b.ports["smtp"]}\nretry = ["2s"]'
+    m.a = make_server(root, "a", hostname="mail.a.test", domains=("a.test",), extra=extra)
+    assert cli(m.a.config, "user", "add", "alice@a.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    m.a.start()
+    yield m
+    m.stop()
+    for srv in (m.a, m.b):
+        assert "Traceback" not in srv.log_text(), srv.log_text()
+
+
+def submit(mesh: Mesh, rcpts: list[str], subject: str) -> bytes:
+    message = (f"From: alice@a.test\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{uuid.uuid4().hex}@a.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n"
+               "Hello over the wire.\r\n.dot line\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", mesh.a.ports["submission"], timeout=20) as s:
+        s.starttls(context=tls_context())
+        s.login("alice@a.test", PASSWORD)
+        s.sendmail("alice@a.test", rcpts, message)
+    return message
+
+
+def find(server: Server, address: str, subject: str) -> list[bytes]:
+    return [m for m in server.messages(address) if f"Subject: {subject}\r\n".encode() in m]
+
+
+def bounce_for(mesh: Mesh, subject: str):
+    def look():
+        for m in mesh.a.messages("alice@a.test"):
+            if m.startswith(b"Return-Path: <>") and f"Subject: {subject}".encode() in m:
+                return m
+        return None
+
+    raw = wait_for(look, what="a bounce")
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_submitted_on_a_lands_in_b_byte_for_byte(mesh):
+    subject = "relay " + uuid.uuid4().hex
+    sent = submit(mesh, ["bob@b.test"], subject)
+    [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
+    assert stored.startswith(b"Return-Path: <alice@a.test>\r\nDelivered-To: bob@b.test\r\nReceived: from mail.a.test")
+    assert stored.endswith(sent)
+    headers = stored.split(b"\r\n\r\n")[0]
+    assert headers.count(b"Received: ") == 2
+    assert b"by mx.b.test with ESMTPS id" in headers  # A used STARTTLS to B
+    assert b"by mail.a.test with ESMTPSA id" in headers
+    wait_for(lambda: "queue is empty" in cli(mesh.a.config, "queue", "list").stdout, what="an empty queue")
+
+
+def test_second_mx_used_when_first_refuses_connections(mesh):
+    subject = "mx-fallback " + uuid.uuid4().hex
+    submit(mesh, ["carol@c.test"], subject)
+    wait_for(lambda: find(mesh.b, "carol@c.test", subject), what="delivery via the second MX")
+
+
+def test_domain_without_mx_uses_its_a_record(mesh):
+    subject = "implicit-mx " + uuid.uuid4().hex
+    submit(mesh, ["dave@d.test"], subject)
+    wait_for(lambda: find(mesh.b, "dave@d.test", subject), what="delivery via the A record")
+
+
+def test_null_mx_bounces_at_once(mesh):
+    subject = "null-mx " + uuid.uuid4().hex
+    submit(mesh, ["someone@nullmx.test"], subject)
+    bounce = bounce_for(mesh, subject)
+    report = bounce.get_payload()[1].get_payload()[1]
+    assert report["Final-Recipient"] == "rfc822; someone@nullmx.test"
+    assert report["Action"] == "failed" and report["Status"].startswith("5.")
+
+
+def test_one_recipient_refused_is_bounced_the_other_delivered(mesh):
+    subject = "partial " + uuid.uuid4().hex
+    submit(mesh, ["bob@b.test", "nobody@b.test"], subject)
+    wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery of the good recipient")
+    bounce = bounce_for(mesh, subject)
+    assert bounce.get_content_type() == "multipart/report"
+    report = bounce.get_payload()[1].get_payload()
+    assert [r["Final-Recipient"] for r in report[1:]] == ["rfc822; nobody@b.test"]
+    assert report[1]["Status"] == "5.1.1"
+    assert report[1]["Remote-MTA"] == "dns; mx.b.test"
+    assert report[1]["Diagnostic-Code"].startswith("smtp; 550 5.1.1")
+    assert len(find(mesh.b, "bob@b.test", subject)) == 1
+
+
+def queued_ids(server: Server) -> list[str]:
+    out = cli(server.config, "queue", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ") and "queue is" not in line]
+
+
+def test_queue_list_flush_delete_against_a_running_server(mesh):
+    subject = "stuck " + uuid.uuid4().hex
+    submit(mesh, ["x@down.test"], subject)
+    [qid] = wait_for(lambda: [i for i in queued_ids(mesh.a) if i], what="the message in the queue")
+    listing = cli(mesh.a.config, "queue", "list").stdout
+    assert "<alice@a.test> -> x@down.test" in listing
+    wait_for(lambda: "attempts 1" in cli(mesh.a.config, "queue", "list").stdout, what="a first attempt")
+    result = cli(mesh.a.config, "queue", "flush", qid)
+    assert result.returncode == 0 and "flush requested" in result.stdout
+    assert cli(mesh.a.config, "queue", "delete", "NOSUCHID").returncode == 1
+    result = cli(mesh.a.config, "queue", "delete", qid)
+    assert result.returncode == 0, result.stderr
+    assert queued_ids(mesh.a) == []
+    time.sleep(3)  # past a retry interval: the deleted message is neither retried nor bounced
+    assert queued_ids(mesh.a) == []
+    assert not any(f"Subject: {subject}".encode() in m for m in mesh.a.messages("alice@a.test"))
+
+
+def test_restart_resumes_and_delivers_exactly_once(mesh):
+    subject = "restart " + uuid.uuid4().hex
+    mesh.b.stop()
+    try:
+        submit(mesh, ["bob@b.test"], subject)
+        wait_for(lambda: "attempts 1" in cli(mesh.a.config, "queue", "list").stdout, what="a deferred attempt")
+        assert mesh.a.stop() == 0
+    finally:
+        mesh.b.start()
+    mesh.a.start()
+    wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery after the restart")
+    wait_for(lambda: "queue is empty" in cli(mesh.a.config, "queue", "list").stdout, what="an empty queue")
+    time.sleep(2.5)
+    assert len(find(mesh.b, "bob@b.test", subject)) == 1
+
+
+@pytest.mark.skipif(shutil.which("smtp-sink") is None and not Path("/usr/sbin/smtp-sink").exists(),
+                    reason="Postfix smtp-sink is not installed (.ci/run installs postfix)")
+def test_postfix_smtp_sink_as_the_remote_mx(mesh, tmp_path):
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    port = free_ports(1)[0]
+    dump = Path(tempfile.mkdtemp(prefix="smtp-sink-"))  # smtp-sink drops root: needs a path "nobody" can reach
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    dump.chmod(0o777)
+    proc = subprocess.Popen([sink, *user, "-c", "-d", str(dump / "%M%S."), f"127.0.0.1:{port}", "10"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), what="smtp-sink")
+        extra = f'smarthost = "127.0.0.1:{port}"'
+        c = make_server(tmp_path, "c", hostname="mail.c-sender.test", domains=("a.test",), extra=extra)
+        assert cli(c.config, "user", "add", "alice@a.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+        c.start()
+        try:
+            with smtplib.SMTP("127.0.0.1", c.ports["submission"], timeout=20) as s:
+                s.starttls(context=tls_context())
+                s.login("alice@a.test", PASSWORD)
+                s.sendmail("alice@a.test", ["someone@elsewhere.test"], b"Subject: to the sink\r\n\r\nhi\r\n")
+            files = wait_for(lambda: list(dump.iterdir()), what="smtp-sink to receive the message")
+            data = files[0].read_bytes()
+            assert b"Subject: to the sink" in data
+            wait_for(lambda: "queue is empty" in cli(c.config, "queue", "list").stdout, what="an empty queue")
+        finally:
+            c.stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(dump, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False

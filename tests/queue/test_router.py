@@ -1,0 +1,81 @@
+"""The router: durable before 250; local Maildirs and the spool in one step."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+
+from mailstack.envelope import Envelope, RecipientRoute
+from mailstack.maildir import MaildirDelivery
+from mailstack.queue.runner import QueueRunner, QueueSettings
+from mailstack.queue.spool import Spool
+from mailstack.routing import Router
+from mailstack.smtp.reply import SMTPReplyError
+from mailstack.testing import FakeAccounts, SyncReactor, SyncThreadPool
+
+
+class NoRelay:
+    async def deliver(self, *args):
+        raise AssertionError("not started")
+
+
+def setup(tmp_path, quota=0):
+    clock = SyncReactor()
+    accounts = FakeAccounts(users=["alice@example.test"])
+    if quota:
+        from mailstack.accounts.store import User
+
+        accounts.users["alice@example.test"] = User("alice@example.test", "", quota)
+    maildir = MaildirDelivery(tmp_path / "maildirs", hostname="mail.example.test", reactor=clock,
+                              threadpool=SyncThreadPool())
+    spool = Spool(tmp_path / "queue")
+    spool.ensure()
+    runner = QueueRunner(spool, QueueSettings("mail.example.test", (60.0,), 3600.0, 50, 4, 2), reactor=clock,
+                         clock=clock, pool=SyncThreadPool(), store=accounts, maildir=maildir, relay=NoRelay())
+    return Router(accounts, maildir, queue=runner), spool, tmp_path / "maildirs/example.test/alice/new"
+
+
+def envelope():
+    return Envelope("QID1", "s@remote.example", [
+        RecipientRoute("alice@example.test", ("alice@example.test",)),
+        RecipientRoute("far@remote.example", (), ("far@remote.example",)),
+    ])
+
+
+def run(coro):
+    d = Deferred.fromCoroutine(coro)
+    results = []
+    d.addBoth(results.append)
+    return results[0]
+
+
+def test_mixed_message_goes_to_maildir_and_spool(tmp_path):
+    router, spool, new = setup(tmp_path)
+    assert run(router.deliver(envelope(), b"Subject: x\r\n\r\nbody\r\n")) is None
+    assert len(list(new.iterdir())) == 1
+    assert spool.ids() == ["QID1"]
+    assert list(spool.load("QID1").recipients) == ["far@remote.example"]
+
+
+def test_local_failure_withdraws_the_spool_copy(tmp_path):
+    router, spool, new = setup(tmp_path, quota=10)
+    failure = run(router.deliver(envelope(), b"Subject: x\r\n\r\n" + b"y" * 100 + b"\r\n"))
+    assert failure.check(SMTPReplyError)
+    assert failure.value.reply.code == 552 and failure.value.reply.enhanced == "5.2.2"
+    assert spool.ids() == [] and list(spool.tmp.iterdir()) == []
+    assert not new.exists() or list(new.iterdir()) == []
+
+
+def test_remote_without_queue_is_refused_451(tmp_path):
+    router, spool, new = setup(tmp_path)
+    router.queue = None
+    failure = run(router.deliver(envelope(), b"x\r\n"))
+    assert failure.value.reply.code == 451
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_message_for_local_mailboxes_only_never_touches_the_spool(tmp_path, n):
+    router, spool, new = setup(tmp_path)
+    env = Envelope("QID2", "s@remote.example", [RecipientRoute("alice@example.test", ("alice@example.test",))] * n)
+    run(router.deliver(env, b"x\r\n"))
+    assert len(list(new.iterdir())) == 1 and spool.ids() == []

@@ -1,0 +1,232 @@
+"""The queue runner with a fake relay, task.Clock and a synchronous thread pool."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from mailstack.maildir import MaildirDelivery
+from mailstack.queue.runner import QueueRunner, QueueSettings, retry_delay
+from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState, Spool
+from mailstack.testing import FakeAccounts, SyncReactor, SyncThreadPool
+
+BODY = b"From: s@example.test\r\nTo: x@remote.example\r\nSubject: hello\r\nMessage-ID: <m1@example.test>\r\n\r\nhi\r\n"
+
+
+class FakeRelay:
+    """Answers per recipient from a script: a list of statuses per address, used in turn."""
+
+    def __init__(self, script):
+        self.script = {a: list(s) for a, s in script.items()}
+        self.calls = []
+
+    async def deliver(self, domain, msg, recipients, body):
+        self.calls.append((domain, list(recipients)))
+        out = []
+        for r in recipients:
+            status, code, text = self.script[r].pop(0)
+            out.append(RecipientState(r, status, 0, 0.0, "" if status == DELIVERED else text, code,
+                                      "mx.remote.example", text))
+        return out
+
+
+def make_runner(tmp_path, relay, clock=None, max_age=86400.0, retry=(60.0, 300.0)):
+    clock = clock or SyncReactor()
+    spool = Spool(tmp_path / "queue")
+    accounts = FakeAccounts(users=["s@example.test"])
+    maildir = MaildirDelivery(tmp_path / "maildirs", hostname="mail.example.test", reactor=clock,
+                              threadpool=SyncThreadPool())
+    settings = QueueSettings(hostname="mail.example.test", retry=retry, max_age=max_age, max_received=5,
+                             connections=4, connections_per_domain=2)
+    runner = QueueRunner(spool, settings, reactor=clock, clock=clock, pool=SyncThreadPool(), store=accounts,
+                         maildir=maildir, relay=relay)
+    return runner, spool, clock
+
+
+def queue(spool, clock, rcpts, sender="s@example.test", body=BODY, qid="Q1"):
+    spool.ensure()
+    spool.add(QueuedMessage(qid, sender, clock.seconds(), {r: RecipientState(r) for r in rcpts}), body)
+
+
+def maildir_messages(tmp_path, address="s@example.test"):
+    local, domain = address.split("@")
+    new = tmp_path / "maildirs" / domain / local / "new"
+    return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+
+
+OK = (DELIVERED, "2.0.0", "250 2.0.0 OK")
+BUSY = (PENDING, "4.2.0", "451 4.2.0 try later")
+NO_USER = (FAILED, "5.1.1", "550 5.1.1 no such user")
+
+
+def test_retry_schedule_then_last_interval_forever():
+    assert [retry_delay((60, 300, 900), n) for n in (1, 2, 3, 4, 10)] == [60, 300, 900, 900, 900]
+
+
+def test_delivered_on_first_attempt_and_removed(tmp_path):
+    relay = FakeRelay({"x@remote.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    assert relay.calls == [("remote.example", ["x@remote.example"])]
+    assert spool.ids() == []
+
+
+def test_4xx_then_250_delivers_once_after_the_retry(tmp_path):
+    relay = FakeRelay({"x@remote.example": [BUSY, OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    assert len(relay.calls) == 1
+    msg = spool.load("Q1")
+    assert msg.recipients["x@remote.example"].attempts == 1
+    assert msg.recipients["x@remote.example"].last_error == "451 4.2.0 try later"
+    clock.advance(59)
+    assert len(relay.calls) == 1
+    clock.advance(1)
+    assert len(relay.calls) == 2 and spool.ids() == []
+
+
+def test_one_delivered_one_bounced_as_rfc3464(tmp_path):
+    relay = FakeRelay({"x@remote.example": [OK], "y@remote.example": [NO_USER]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example", "y@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    clock.advance(0)
+    assert spool.ids() == []  # original done; the bounce was delivered locally to the sender
+    [bounce] = maildir_messages(tmp_path)
+    assert bounce.startswith(b"Return-Path: <>\r\nDelivered-To: s@example.test\r\n")
+    parsed = email.message_from_bytes(bounce, policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "delivery-status"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    text, status, headers = parsed.get_payload()
+    assert status.get_content_type() == "message/delivery-status"
+    fields = status.get_payload()
+    assert fields[0]["Reporting-MTA"] == "dns; mail.example.test"
+    assert fields[1]["Final-Recipient"] == "rfc822; y@remote.example"
+    assert fields[1]["Action"] == "failed" and fields[1]["Status"] == "5.1.1"
+    assert fields[1]["Remote-MTA"] == "dns; mx.remote.example"
+    assert fields[1]["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
+    assert headers.get_content_type() == "text/rfc822-headers"
+    assert b"Message-ID: <m1@example.test>" in headers.get_payload(decode=True)
+    assert len(relay.calls) == 1  # x was never tried again
+
+
+def test_expiry_bounces_with_the_last_error(tmp_path):
+    relay = FakeRelay({"x@remote.example": [BUSY] * 10})
+    runner, spool, clock = make_runner(tmp_path, relay, max_age=200.0, retry=(60.0,))
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    for _ in range(5):
+        clock.advance(60)
+    clock.advance(0)
+    assert spool.ids() == []
+    [bounce] = maildir_messages(tmp_path)
+    assert b"Action: failed\r\nStatus: 4.4.7\r\n" in bounce  # delivery time expired
+    assert b"Diagnostic-Code: smtp; 451 4.2.0 try later" in bounce
+    assert len(relay.calls) == 3  # at 60, 120, 180; at 240 it had expired
+
+
+def test_null_sender_failure_is_not_bounced(tmp_path):
+    relay = FakeRelay({"x@remote.example": [NO_USER]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"], sender="")
+    runner.startService()
+    clock.advance(0)
+    assert spool.ids() == [] and maildir_messages(tmp_path) == []
+
+
+def test_restart_resumes_without_redelivering(tmp_path):
+    relay = FakeRelay({"y@remote.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example", "y@remote.example"])
+    # a previous run delivered x and crashed before finishing
+    spool.record("Q1", [RecipientState("x@remote.example", DELIVERED, 1)])
+    spool.prepare(QueuedMessage("Q9", "s@example.test", 0.0, {}), b"uncommitted")
+    runner.startService()
+    clock.advance(0)
+    assert relay.calls == [("remote.example", ["y@remote.example"])]
+    assert spool.ids() == [] and list(spool.tmp.iterdir()) == []
+
+
+def test_mail_loop_bounces_with_5_4_6(tmp_path):
+    relay = FakeRelay({})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    hops = b"Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n" * 6
+    queue(spool, clock, ["x@remote.example"], body=hops + BODY)
+    runner.startService()
+    clock.advance(0)
+    assert relay.calls == []
+    [bounce] = maildir_messages(tmp_path)
+    assert b"Status: 5.4.6" in bounce
+
+
+def test_local_recipients_in_the_queue_go_to_maildir(tmp_path):
+    relay = FakeRelay({})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["s@example.test"], sender="other@remote.example")
+    runner.startService()
+    clock.advance(0)
+    [stored] = maildir_messages(tmp_path)
+    assert stored.endswith(BODY) and relay.calls == []
+
+
+def test_flush_request_from_the_cli_retries_now(tmp_path):
+    relay = FakeRelay({"x@remote.example": [BUSY, OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    spool.request("flush", "Q1")
+    clock.advance(1)  # the control poll
+    clock.advance(0)
+    assert len(relay.calls) == 2 and spool.ids() == []
+
+
+def test_deleted_message_is_dropped(tmp_path):
+    relay = FakeRelay({"x@remote.example": [BUSY, OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    spool.remove("Q1")
+    spool.request("delete", "Q1")
+    clock.advance(120)
+    assert len(relay.calls) == 1
+
+
+def test_stop_waits_for_attempts_in_flight(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    gate = Deferred()
+
+    class SlowRelay(FakeRelay):
+        async def deliver(self, domain, msg, recipients, body):
+            await gate
+            return await super().deliver(domain, msg, recipients, body)
+
+    relay = SlowRelay({"x@remote.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    stopped = runner.stopService()
+    assert not stopped.called
+    gate.callback(None)
+    assert stopped.called and spool.ids() == []
+
+
+def test_bounce_to_unknown_local_sender_is_dropped_not_looped(tmp_path):
+    relay = FakeRelay({"x@remote.example": [NO_USER]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"], sender="ghost@example.test")
+    runner.startService()
+    clock.advance(0)
+    clock.advance(0)
+    assert spool.ids() == [] and maildir_messages(tmp_path) == []
