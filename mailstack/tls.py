@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.logger import Logger
 
@@ -108,12 +108,12 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
     if not chain_pem:
         raise TLSError(f"tls.cert: no PEM certificate in {settings.cert}")
     try:
-        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in chain_pem]
-    except crypto.Error:
+        chain = [x509.load_pem_x509_certificate(pem) for pem in chain_pem]
+    except ValueError:
         raise TLSError(f"tls.cert: {settings.cert} is not a valid PEM certificate") from None
     try:
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, _read(settings.key, "key"))
-    except crypto.Error:
+        key = serialization.load_pem_private_key(_read(settings.key, "key"), password=None)
+    except (ValueError, TypeError):
         raise TLSError(f"tls.key: {settings.key} is not a valid unencrypted PEM private key") from None
     options = ssl.CertificateOptions(
         privateKey=key,
