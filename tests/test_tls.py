@@ -1,0 +1,79 @@
+"""TLS: self-signed generation and clear errors for unusable files."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+
+import pytest
+from cryptography import x509
+from OpenSSL import SSL
+
+from mailstack.config import TLSSettings
+from mailstack.tls import TLSError, generate_self_signed, server_options
+
+
+def settings(tmp_path, self_signed=True):
+    return TLSSettings(tmp_path / "tls/cert.pem", tmp_path / "tls/key.pem", self_signed, False)
+
+
+def test_self_signed_certificate_for_hostname_with_san_and_private_key(tmp_path):
+    s = settings(tmp_path)
+    server_options(s, "mail.example.test")
+    cert = x509.load_pem_x509_certificate(s.cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["mail.example.test"]
+    assert s.key.stat().st_mode & 0o777 == 0o600
+    first = s.cert.read_bytes()
+    server_options(s, "mail.example.test")  # second start: reused, not regenerated
+    assert s.cert.read_bytes() == first
+
+
+def test_missing_file_without_self_signed_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(TLSError, match=r"^tls.cert: .* does not exist"):
+        server_options(settings(tmp_path, self_signed=False), "h.test")
+
+
+def test_one_file_missing_is_an_error_even_with_self_signed(tmp_path):
+    s = settings(tmp_path)
+    generate_self_signed("h.test", s.cert, s.key)
+    s.key.unlink()
+    with pytest.raises(TLSError, match=r"^tls.key: "):
+        server_options(s, "h.test")
+
+
+def test_garbage_and_mismatched_files_are_errors(tmp_path):
+    s = settings(tmp_path)
+    generate_self_signed("h.test", s.cert, s.key)
+    other = tmp_path / "other"
+    generate_self_signed("o.test", other / "c.pem", other / "k.pem")
+    s.key.write_bytes((other / "k.pem").read_bytes())
+    with pytest.raises(TLSError, match="does not match"):
+        server_options(s, "h.test")
+    s.cert.write_text("not a certificate")
+    with pytest.raises(TLSError, match="^tls.cert: .*no PEM certificate"):
+        server_options(s, "h.test")
+
+
+def test_context_completes_a_tls_1_2_handshake(tmp_path):
+    ctx = server_options(settings(tmp_path), "h.test").getContext()
+    server_sock, client_sock = socket.socketpair()
+    conn = SSL.Connection(ctx, server_sock)
+    conn.set_accept_state()
+
+    def serve():
+        try:
+            conn.do_handshake()
+        except SSL.Error:
+            pass
+
+    t = threading.Thread(target=serve)
+    t.start()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.minimum_version = client.maximum_version = ssl.TLSVersion.TLSv1_2
+    with client.wrap_socket(client_sock) as tls:
+        assert tls.version() == "TLSv1.2"
+    t.join(5)
