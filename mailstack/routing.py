@@ -108,8 +108,5 @@ class Router:
                 log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
                           queue_id=envelope.queue_id, remote=remote, error=str(e))
                 raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
-        if recipients:
-            for r in recipients:
-                self.events.publish(r.address)
-            log.info("{queue_id} delivered to {mailboxes}", queue_id=envelope.queue_id,
-                     mailboxes=", ".join(r.address for r in recipients))
+        for r in recipients:
+            self.events.publish(r.address)

@@ -38,8 +38,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,8 +94,12 @@ class SQLiteAccountStore:
 
     log = Logger()
 
-    def __init__(self, path: Path | str, *, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, path: Path | str, *, hasher: PasswordHasher | None = None,
+                 recheck_interval: float = 0.25, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self._recheck_interval = recheck_interval
+        self._monotonic = monotonic
+        self._checked_at = -1e18
         self._hasher = hasher
         self._admin_lock = threading.Lock()
         self._reader_lock = threading.Lock()
@@ -147,6 +152,7 @@ class SQLiteAccountStore:
                 yield conn
                 conn.execute("COMMIT")
                 committed = True
+                self._checked_at = -1e18  # our own change: the next lookup rechecks
             except sqlite3.Error as e:
                 raise AccountError(f"account store {self.path}: {e}") from e
             finally:
@@ -178,8 +184,18 @@ class SQLiteAccountStore:
 
     # -- lookups (reactor thread) -------------------------------------------------
 
-    def directory(self) -> Directory:
-        """The current snapshot, rebuilt first if the database changed."""
+    def directory(self, *, fresh: bool = True) -> Directory:
+        """The current snapshot, rebuilt first if the database changed.
+
+        With ``fresh=False`` a snapshot checked within ``recheck_interval``
+        seconds is used as it is: ``PRAGMA data_version`` costs a file lock, and
+        SMTP asks several questions per recipient. A "no" answer is always
+        re-asked of a fresh snapshot (see the lookups below), so a user the CLI
+        just added is found at once; a removal shows within the interval.
+        """
+        if not fresh and self._directory is not None and \
+                self._monotonic() - self._checked_at < self._recheck_interval:
+            return self._directory
         with self._reader_lock:
             try:
                 return self._current()
@@ -196,6 +212,7 @@ class SQLiteAccountStore:
             self._reader = self._connect()
             self._reader.execute("PRAGMA query_only=ON")
         version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+        self._checked_at = self._monotonic()
         if self._directory is None or version != self._data_version:
             self._directory = _load_directory(self._reader)
             self._data_version = version
@@ -209,16 +226,17 @@ class SQLiteAccountStore:
         return self._directory
 
     def is_local_domain(self, domain: str) -> bool:
-        return self.directory().is_local_domain(domain)
+        return self.directory(fresh=False).is_local_domain(domain) or self.directory().is_local_domain(domain)
 
     def get_user(self, address: str) -> User | None:
-        return self.directory().get_user(address)
+        return self.directory(fresh=False).get_user(address) or self.directory().get_user(address)
 
     def resolve(self, address: str) -> tuple[str, ...]:
-        return self.directory().resolve(address)
+        return self.directory(fresh=False).resolve(address) or self.directory().resolve(address)
 
     def owns(self, user_address: str, sender_address: str) -> bool:
-        return self.directory().owns(user_address, sender_address)
+        return (self.directory(fresh=False).owns(user_address, sender_address)
+                or self.directory().owns(user_address, sender_address))
 
     # -- domains ---------------------------------------------------------------------
 

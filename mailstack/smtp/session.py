@@ -382,9 +382,9 @@ class SMTPSession:
             log.failure("{session_id} delivery of {queue_id} failed", session_id=self.session_id,
                         queue_id=envelope.queue_id)
             return Outcome(R.TRY_AGAIN)
-        log.info("{session_id} accepted {queue_id} from <{sender}> for {count} recipient(s), {size} octets",
-                 session_id=self.session_id, queue_id=envelope.queue_id, sender=envelope.sender,
-                 count=len(envelope.recipients), size=len(content))
+        log.info("{queue_id} accepted from <{sender}> [{ip}] for {recipients}, {size} octets",
+                 queue_id=envelope.queue_id, sender=envelope.sender, ip=envelope.client_ip,
+                 recipients=", ".join(f"<{r.original}>" for r in envelope.recipients), size=len(content))
         return Outcome(Reply(250, "2.0.0", f"OK queued as {envelope.queue_id}"))
 
     # -- AUTH (RFC 4954) ---------------------------------------------------------------

@@ -292,17 +292,39 @@ def test_owns_uses_exact_aliases(store: SQLiteAccountStore) -> None:
 
 
 def test_changes_by_another_connection_are_seen_without_reopening(store_path: Path, store: SQLiteAccountStore) -> None:
-    server = SQLiteAccountStore(store_path, hasher=CHEAP_HASHER)
+    now = [0.0]
+    server = SQLiteAccountStore(store_path, hasher=CHEAP_HASHER, monotonic=lambda: now[0])
     try:
         assert server.get_user("alice@example.test") is None
         store.add_user("alice@example.test", "pw")
-        assert server.get_user("alice@example.test") is not None
+        assert server.get_user("alice@example.test") is not None  # a "no" is always rechecked
         store.add_domain("late.test")
         assert server.is_local_domain("late.test")
         store.add_alias("info@example.test", "alice@example.test")
         assert server.resolve("info@example.test") == ("alice@example.test",)
         store.remove_user("alice@example.test")
+        now[0] += 0.1
+        assert server.get_user("alice@example.test") is not None  # a "yes" may be 0.25 s old
+        now[0] += 0.2
         assert server.get_user("alice@example.test") is None
+    finally:
+        server.close()
+
+
+def test_positive_answers_within_the_interval_do_not_touch_sqlite(store_path: Path,
+                                                                  store: SQLiteAccountStore) -> None:
+    now = [0.0]
+    server = SQLiteAccountStore(store_path, hasher=CHEAP_HASHER, monotonic=lambda: now[0])
+    try:
+        store.add_user("alice@example.test", "pw")
+        assert server.get_user("alice@example.test") is not None
+        reader = server._reader
+        server._reader = None  # any query would reconnect and show up here
+        for _ in range(100):
+            assert server.is_local_domain("example.test")
+            assert server.resolve("alice@example.test") == ("alice@example.test",)
+        assert server._reader is None
+        server._reader = reader
     finally:
         server.close()
 
