@@ -177,3 +177,28 @@ class FakeResolver:
 
     def lookupCanonicalName(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
         return self._lookup(name, dns.CNAME)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mailstack.testing_dns ZONES.json PORTFILE``: serve until SIGTERM.
+
+    Writes the port to PORTFILE once listening (for tests and benchmarks that
+    run mailstack in another process).
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from twisted.internet import reactor
+
+    args = sys.argv[1:] if argv is None else argv
+    zones = json.loads(Path(args[0]).read_text())
+    port = AuthoritativeDNS(zones).start(reactor)
+    tmp = Path(args[1] + ".tmp")
+    tmp.write_text(str(port))
+    tmp.rename(args[1])
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

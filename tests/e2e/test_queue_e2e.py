@@ -23,9 +23,6 @@ import pytest
 from .conftest import PASSWORD, Server, cli, free_ports, plugin_env, write_config
 from .test_smtp_e2e import tls_context
 
-HERE = Path(__file__).parent
-
-
 def wait_for(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,7 +57,7 @@ class Mesh:
         zones = self.root / "zones.json"
         zones.write_text(json.dumps(ZONES))
         portfile = self.root / "dns.port"
-        self.dns_proc = subprocess.Popen([sys.executable, str(HERE / "dns_server.py"), str(zones), str(portfile)],
+        self.dns_proc = subprocess.Popen([sys.executable, "-m", "mailstack.testing_dns", str(zones), str(portfile)],
                                          env=plugin_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(portfile.exists, what="the DNS server")
         return int(portfile.read_text())
