@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,9 @@ def _ip_address(text: str) -> str | None:
         return None
 
 
+_HOSTNAME_OK = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
 class _NoData(Exception):
     """The name exists but holds no record of the requested type."""
 
@@ -185,6 +189,29 @@ class MXResolver:
             return (literal,)
         addresses, _ = await self._addresses(to_ascii(name))
         return addresses
+
+    async def reverse(self, ip: str) -> str | None:
+        """The PTR name of a global address, for ``Received:`` (unverified); None when unknown.
+
+        Loopback, private and other non-global addresses are never looked up.
+        """
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if not address.is_global:
+            return None
+        try:
+            answers, _authority, _additional = await self._resolver.lookupPointer(address.reverse_pointer,
+                                                                                 timeout=(2, 4))
+        except Exception:  # any failure just means "no name": the trace header says [ip] only
+            return None
+        for rr in answers:
+            if rr.type == dns.PTR:
+                name = rr.payload.name.name.decode("ascii", "replace").rstrip(".")
+                if name and _HOSTNAME_OK.match(name):
+                    return name.lower()
+        return None
 
     def _order(self, exchanges: list[tuple[int, str]]) -> list[tuple[int, str]]:
         """Preference order; random order among equal preferences (RFC 5321 §5.1)."""

@@ -82,6 +82,7 @@ class Shared:
     limiter: ConnectionLimiter
     events: MailboxEvents
     queue: QueueRunner
+    resolver: MXResolver
 
 
 def endpoint_description(address: HostPort, *, tls: bool = False) -> str:
@@ -110,10 +111,9 @@ def _prepare_dirs(settings: Settings) -> None:
 
 
 def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, delivery: MaildirDelivery,
-                pool: ThreadPool, events: MailboxEvents) -> QueueRunner:
+                pool: ThreadPool, events: MailboxEvents, mx: MXResolver) -> QueueRunner:
     relay_settings = settings.relay
     spool = Spool(settings.storage.queue)
-    mx = MXResolver(make_resolver(relay_settings.resolvers, reactor))
     auth = None
     if relay_settings.smarthost_username:
         auth = (relay_settings.smarthost_username, relay_settings.smarthost_password)
@@ -142,13 +142,14 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         settings.storage.maildirs, hostname=settings.hostname, reactor=reactor, threadpool=io_pool
     )
     events = MailboxEvents()
-    queue = build_queue(settings, reactor, store, delivery, io_pool, events)
+    resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
+    queue = build_queue(settings, reactor, store, delivery, io_pool, events, resolver)
     router = Router(store, delivery, queue=queue, events=events)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     authenticator = Authenticator(checker, throttle, reactor)
     limiter = ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks)
     return Shared(settings, reactor, store, checker, delivery, tls, io_pool, auth_pool,
-                  router, authenticator, limiter, events, queue)
+                  router, authenticator, limiter, events, queue, resolver)
 
 
 class SequentialMultiService(MultiService):
@@ -193,14 +194,19 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, *, implicit_tls:
     )
     limiter = shared.limiter
 
-    def make_session(ip: str, tls: bool, tls_info: Callable[[], str | None]) -> SMTPSession:
+    def make_session(ip: str, tls: bool, tls_info: Callable[[], str | None],
+                     rdns: Callable[[], str | None]) -> SMTPSession:
         return SMTPSession(config, policy, shared.router, shared.authenticator, client_ip=ip,
-                           trusted_network=limiter.is_exempt(ip), tls=tls, tls_info=tls_info)
+                           trusted_network=limiter.is_exempt(ip), tls=tls, tls_info=tls_info, rdns=rdns)
+
+    def reverse_lookup(ip: str) -> Deferred[str | None]:
+        return Deferred.fromCoroutine(shared.resolver.reverse(ip))
 
     return SMTPFactory(
         role=role, make_session=make_session, clock=shared.reactor, limiter=limiter,
         tls_options=shared.tls, implicit_tls=implicit_tls, max_message_size=s.limits.message_size,
         command_timeout=s.limits.command_timeout, data_timeout=s.limits.data_timeout,
+        reverse_lookup=reverse_lookup,
     )
 
 

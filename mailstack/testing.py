@@ -150,6 +150,7 @@ def smtp_harness(
     policy: SMTPPolicy | None = None,
     tls_options: Any = None,
     connect: bool = True,
+    reverse_lookup: Any = None,
 ) -> SMTPHarness:
     """An ESMTP server of one role on a StringTransport; nothing touches the network."""
     clock = clock or Clock()
@@ -165,13 +166,14 @@ def smtp_harness(
         starttls_available=not (role == "submissions"), postmaster_domain="example.test",
     )
 
-    def make_session(ip: str, is_tls: bool, tls_info: Any) -> SMTPSession:
+    def make_session(ip: str, is_tls: bool, tls_info: Any, rdns: Any) -> SMTPSession:
         return SMTPSession(config, policy, router, authenticator, client_ip=ip,
-                           trusted_network=limiter.is_exempt(ip), tls=is_tls, tls_info=tls_info)
+                           trusted_network=limiter.is_exempt(ip), tls=is_tls, tls_info=tls_info, rdns=rdns)
 
     factory = SMTPFactory(
         role=role, make_session=make_session, clock=clock, limiter=limiter, tls_options=tls_options,
         implicit_tls=tls, max_message_size=max_message_size, command_timeout=300, data_timeout=600,
+        reverse_lookup=reverse_lookup,
     )
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))

@@ -243,3 +243,30 @@ class LoopbackDNSTests(TestCase):
             err = await self._failure("slow.test")
             self.assertEqual((err.temporary, err.status), (True, "4.4.3"))
         return defer.Deferred.fromCoroutine(go())
+
+
+def test_reverse_lookup_only_for_global_addresses():
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.names import dns as tdns
+
+    from mailstack.dns import MXResolver
+
+    asked = []
+
+    class PTRResolver:
+        def lookupPointer(self, name, timeout=None):
+            asked.append(name)
+            rr = tdns.RRHeader(name=name, type=tdns.PTR, payload=tdns.Record_PTR(b"host.example.net."))
+            return succeed(([rr], [], []))
+
+    resolver = MXResolver(PTRResolver())
+
+    def run(ip):
+        out = []
+        Deferred.fromCoroutine(resolver.reverse(ip)).addCallback(out.append)
+        return out[0]
+
+    assert run("127.0.0.1") is None and run("10.1.2.3") is None and run("::1") is None
+    assert asked == []
+    assert run("8.8.8.8") == "host.example.net"
+    assert asked == ["8.8.8.8.in-addr.arpa"]

@@ -61,6 +61,7 @@ class ESMTPProtocol(Protocol):
         self.discarding_line = False
         self.tls = factory.implicit_tls
         self.peer_ip = ""
+        self.rdns_name: str | None = None
         self.counted = False
         self._timer: Any = None
         self._finished: Deferred[None] = Deferred()
@@ -94,7 +95,11 @@ class ESMTPProtocol(Protocol):
             self.transport.loseConnection()
             return
         f.connections.add(self)
-        self.session = f.make_session(self.peer_ip, self.tls, self._tls_info)
+        self.session = f.make_session(self.peer_ip, self.tls, self._tls_info, lambda: self.rdns_name)
+        if f.reverse_lookup is not None:
+            lookup = f.reverse_lookup(self.peer_ip)
+            lookup.addCallback(self._got_rdns)
+            lookup.addErrback(lambda failure: None)  # no name: the trace header shows [ip] only
         self._timer = self.clock.callLater(f.command_timeout, self._timed_out)
         self._write(self.session.greeting())
 
@@ -109,6 +114,9 @@ class ESMTPProtocol(Protocol):
         self._chunks = []
         if not self._finished.called:
             self._finished.callback(None)
+
+    def _got_rdns(self, name: str | None) -> None:
+        self.rdns_name = name
 
     def _tls_info(self) -> str | None:
         return tlsmod.describe(self.transport)
@@ -358,7 +366,7 @@ class SMTPFactory(Factory):
         self,
         *,
         role: str,
-        make_session: Callable[[str, bool, Callable[[], str | None]], SMTPSession],
+        make_session: Callable[[str, bool, Callable[[], str | None], Callable[[], str | None]], SMTPSession],
         clock: IReactorTime,
         limiter: ConnectionLimiter,
         tls_options: Any,
@@ -366,8 +374,10 @@ class SMTPFactory(Factory):
         max_message_size: int,
         command_timeout: float,
         data_timeout: float,
+        reverse_lookup: Callable[[str], Deferred[str | None]] | None = None,
     ) -> None:
         self.role = role
+        self.reverse_lookup = reverse_lookup
         self.make_session = make_session
         self.clock = clock
         self.limiter = limiter

@@ -98,6 +98,7 @@ class SMTPSession:
         trusted_network: bool,
         tls: bool,
         tls_info: Callable[[], str | None] = lambda: None,
+        rdns: Callable[[], str | None] = lambda: None,
         session_id: str = "",
     ) -> None:
         self.config = config
@@ -108,6 +109,7 @@ class SMTPSession:
         self.trusted_network = trusted_network
         self.tls = tls
         self.tls_info = tls_info
+        self.rdns = rdns
         self.session_id = session_id or new_queue_id()
         self.helo: str | None = None
         self.esmtp = False
@@ -366,7 +368,7 @@ class SMTPSession:
         try:
             extra = self.policy.prepare_message(envelope, headers)
             trace = msg.received_header(
-                helo=envelope.helo, client_ip=envelope.client_ip, rdns=None,
+                helo=envelope.helo, client_ip=envelope.client_ip, rdns=self.rdns(),
                 hostname=self.config.hostname,
                 protocol=msg.protocol_name(esmtp=self.esmtp, tls=self.tls, auth=self.auth_user is not None,
                                            utf8=envelope.smtputf8),

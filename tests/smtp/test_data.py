@@ -211,3 +211,20 @@ def test_bdat_zero_last_completes():
     h.replies(b"BDAT 3\r\nabc")
     assert h.replies(b"BDAT 0 LAST\r\n")[0].startswith("250 2.0.0 OK queued as")
     assert body_of(h) == b"abc"
+
+
+def test_received_header_names_the_reverse_dns_when_known():
+    from twisted.internet.defer import succeed
+
+    looked_up = []
+
+    def reverse(ip):
+        looked_up.append(ip)
+        return succeed("client.example.net")
+
+    h = smtp_harness(reverse_lookup=reverse)
+    start(h)
+    h.replies("DATA\r\n")
+    h.replies(MESSAGE)
+    assert looked_up == ["192.0.2.10"]
+    assert h.router.deliveries[0][1].startswith(b"Received: from c.example (client.example.net [192.0.2.10])\r\n")
