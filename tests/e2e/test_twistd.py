@@ -51,3 +51,28 @@ def test_mismatched_certificate_is_a_clear_startup_error(tmp_path):
     assert result.returncode != 0
     assert "does not match the certificate" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_installed_plugin_is_found_without_the_checkout(tmp_path):
+    """After ``pip install .`` the plugin ships in the wheel: no PYTHONPATH needed."""
+    import os
+    from importlib import metadata
+
+    import pytest
+
+    try:
+        dist = metadata.distribution("mailstack")
+    except metadata.PackageNotFoundError:
+        pytest.skip("mailstack is not installed (CI installs it with pip install .)")
+    from pathlib import Path
+
+    plugin = Path(str(dist.locate_file("twisted/plugins/mailstack_plugin.py"))).resolve()
+    repo = Path(__file__).resolve().parents[2]
+    if not plugin.exists() or repo in plugin.parents:
+        pytest.skip("not installed from a wheel: the plugin is not in site-packages")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                             "mailstack", "--help"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout
