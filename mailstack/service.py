@@ -30,6 +30,7 @@ from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
 from mailstack.config import HostPort, Settings
 from mailstack.errors import StartupError
+from mailstack import pop3
 from mailstack.inbound import InboundPolicy
 from mailstack.interfaces import SMTPPolicy
 from mailstack.maildir import MaildirDelivery
@@ -221,6 +222,8 @@ def listener_builders() -> dict[str, ListenerBuilder]:
             sh, "submission", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=False),
         "submissions": lambda sh: smtp_factory(
             sh, "submissions", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=True),
+        "pop3": lambda sh: pop3.build_factory(sh, implicit_tls=False),
+        "pop3s": lambda sh: pop3.build_factory(sh, implicit_tls=True),
     }
 
 
