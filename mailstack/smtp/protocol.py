@@ -36,6 +36,7 @@ log = Logger()
 
 MAX_COMMAND_LINE = 512
 MAX_AUTH_LINE = 12288
+CLOSE_GRACE = 3.0  # seconds a closing peer gets before the connection is aborted
 MAX_BUFFER = 1 << 20  # pause reading when this much pipelined input waits
 _SKIPPED = b"\0skipped"  # marker: an overlong line was answered and dropped
 
@@ -86,13 +87,13 @@ class ESMTPProtocol(Protocol):
             log.warn("{role} refused {ip}: too many connections", role=f.role, ip=self.peer_ip)
             self.transport.write(R.TOO_MANY_CONNECTIONS.to_bytes())
             self.mode = Mode.CLOSED
-            self.transport.loseConnection()
+            self._lose()
             return
         self.counted = True
         if f.shutting_down:
             self.transport.write(R.SHUTTING_DOWN.to_bytes())
             self.mode = Mode.CLOSED
-            self.transport.loseConnection()
+            self._lose()
             return
         f.connections.add(self)
         self.session = f.make_session(self.peer_ip, self.tls, self._tls_info, lambda: self.rdns_name)
@@ -131,7 +132,20 @@ class ESMTPProtocol(Protocol):
             return
         self._write(reply)
         self.mode = Mode.CLOSED
+        self._lose()
+
+    def _lose(self) -> None:
+        """Close; abort if the peer has not let go within CLOSE_GRACE seconds.
+
+        A TLS close waits for the peer's close_notify, which a client may never
+        send; without the abort, one such client would hold up a shutdown.
+        """
         self.transport.loseConnection()
+        self.clock.callLater(CLOSE_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self._finished.called:
+            self.transport.abortConnection()
 
     def shutdown(self) -> Deferred[None]:
         """Say 421 and close; a delivery in flight finishes and is answered first."""
@@ -256,7 +270,7 @@ class ESMTPProtocol(Protocol):
             return
         if action is Action.CLOSE:
             self.mode = Mode.CLOSED
-            self.transport.loseConnection()
+            self._lose()
         elif action is Action.DATA:
             self._start_data()
         elif action is Action.AUTH:

@@ -80,3 +80,25 @@ def test_shutdown_lets_an_inflight_delivery_answer_first():
     assert len(h.router.deliveries) == 1
     h.protocol.connectionLost()
     assert d.called
+
+
+def test_a_peer_that_does_not_let_go_is_aborted_after_a_grace_period():
+    h = smtp_harness()
+    h.read()
+    aborted = []
+    h.transport.abortConnection = lambda: aborted.append(True)
+    h.replies("QUIT\r\n")
+    assert h.transport.disconnecting and not aborted
+    h.clock.advance(3)
+    assert aborted == [True]
+
+
+def test_a_closed_connection_is_not_aborted():
+    h = smtp_harness()
+    h.read()
+    aborted = []
+    h.transport.abortConnection = lambda: aborted.append(True)
+    h.replies("QUIT\r\n")
+    h.protocol.connectionLost()
+    h.clock.advance(3)
+    assert aborted == []
