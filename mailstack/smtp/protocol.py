@@ -197,7 +197,9 @@ class ESMTPProtocol(Protocol):
             self.transport.resumeProducing()
 
     def _next_line(self) -> bytes | None:
-        limit = MAX_AUTH_LINE if self.mode is Mode.AUTH else MAX_COMMAND_LINE
+        # RFC 4954 §4: a SASL response, or an AUTH command with an initial response, may be 12,288 octets
+        auth = self.mode is Mode.AUTH or self.buffer[:5].upper() == b"AUTH "
+        limit = MAX_AUTH_LINE if auth else MAX_COMMAND_LINE
         idx = self.buffer.find(b"\n")
         if idx < 0:
             if len(self.buffer) > limit:  # RFC 5321 §4.5.3.1.4: drop the rest of this line

@@ -118,3 +118,12 @@ def test_store_failure_during_login_is_temporary_454():
 
     h.session.authenticator.checker = Broken()
     assert h.replies(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["454 4.7.0 Temporary authentication failure"]
+
+
+def test_auth_initial_response_longer_than_512_octets_is_accepted():
+    h = tls_session()
+    long_token = b64("\0alice@example.test\0" + "x" * 600)
+    assert len(long_token) > 512
+    h.replies(f"AUTH PLAIN {long_token}\r\n")
+    h.clock.advance(1)
+    assert h.read() == b"535 5.7.8 Authentication credentials invalid\r\n"
