@@ -19,6 +19,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -105,6 +106,9 @@ class ESMTPProtocol(Protocol):
         self._write(self.session.greeting())
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if reason.check(SSL.Error):
+            log.warn("{role} TLS failure with {ip}: {error}", role=self.factory.role, ip=self.peer_ip,
+                     error=reason.getErrorMessage())
         self.mode = Mode.CLOSED
         if self.counted:
             self.factory.limiter.release(self.peer_ip)

@@ -204,3 +204,20 @@ def test_swaks_port25_pipelining_to_local_user(server):
     assert result.returncode == 0, result.stdout + result.stderr
     [stored] = new_messages(server, "alice@example.test", before)
     assert b"via swaks" in stored
+
+
+def test_broken_tls_handshake_is_logged_and_the_server_keeps_serving(server):
+    with socket.create_connection(("127.0.0.1", server.ports["submissions"]), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x00\x05garbage-that-is-not-a-client-hello\r\n")
+        try:
+            sock.recv(1024)
+        except OSError:
+            pass
+    with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], timeout=10, context=tls_context()) as s:
+        assert s.noop()[0] == 250
+    import time
+
+    deadline = time.monotonic() + 10
+    while "TLS failure with 127.0.0.1" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "submissions TLS failure with 127.0.0.1" in server.log_text()
