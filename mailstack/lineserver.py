@@ -1,0 +1,313 @@
+"""The connection skeleton shared by the line-based servers (SMTP and POP3).
+
+What every such server does the same way lives here, once:
+
+- accounting: a per-address connection limit (``ConnectionLimiter``), the set
+  of open connections, refusal during shutdown;
+- framing: command lines end in LF (a preceding CR is stripped); a line over
+  the limit is answered with the protocol's "line too long" reply and dropped
+  up to its end, and the session goes on; non-UTF-8 or NUL gets "invalid
+  characters";
+- one command in flight: pipelined input waits in a buffer (reading pauses past
+  ``max_buffer``) until the previous reply is written; a session method may
+  answer at once (an outcome value) or later (a coroutine or Deferred);
+- the session boundary: an unexpected exception becomes the protocol's
+  "try again" reply and a logged failure, never a traceback to the peer;
+- STARTTLS/STLS: buffered plaintext is discarded before the handshake
+  (RFC 3207 §4.2, RFC 2595 §4: the CVE-2011-0411 class of injection);
+- an idle timer, and closing: after the last reply the connection is closed,
+  and aborted if the peer has not let go within ``close_grace`` seconds (a TLS
+  close waits for the peer's close_notify, which it may never send); on
+  shutdown an idle session is told at once, a busy one after its reply.
+
+Subclasses supply the session, the greeting, the replies and what an outcome
+means (``apply``); SMTP adds DATA/BDAT streaming through ``take_directly`` and
+``consume_special``.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from typing import Any, ClassVar
+
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+_SKIPPED = b"\0skipped"  # marker: an overlong line was answered and dropped
+
+
+class Mode(enum.Enum):
+    COMMAND = "command"
+    AUTH = "auth"  # the next line is a SASL response
+    DATA = "data"  # SMTP DATA content
+    BDAT = "bdat"  # SMTP BDAT chunk
+    CLOSED = "closed"
+
+
+class LineServerFactory(Factory):
+    """Per-listener state shared by its connections."""
+
+    noisy = False
+
+    def __init__(self, *, role: str, clock: Any, limiter: Any, tls_options: Any, implicit_tls: bool) -> None:
+        self.role = role
+        self.clock = clock
+        self.limiter = limiter
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+        self.connections: set[LineServerProtocol] = set()
+        self.shutting_down = False
+
+    def shutdown(self) -> Deferred[Any]:
+        """Close every connection once its in-flight work is answered."""
+        self.shutting_down = True
+        return DeferredList([p.shutdown() for p in list(self.connections)])
+
+
+class LineServerProtocol(Protocol):
+    """One connection of a line-based server; see the module docstring."""
+
+    replies: ClassVar[Any]
+    """Namespace with TOO_MANY_CONNECTIONS, SHUTTING_DOWN, TIMEOUT, LINE_TOO_LONG,
+    TRY_AGAIN, INVALID_CHARACTERS (values with ``to_bytes()``)."""
+    outcome_type: ClassVar[Any]
+    """Constructor of the session's outcome value from a reply: ``outcome_type(reply)``."""
+    max_line: ClassVar[int]
+    max_auth_line: ClassVar[int]
+    max_buffer: ClassVar[int] = 1 << 20
+    close_grace: ClassVar[float] = 3.0
+    shutdown_grace: ClassVar[float | None] = None  # abort a session still busy this long after shutdown
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.clock = factory.clock
+        self.session: Any = None
+        self.mode = Mode.COMMAND
+        self.buffer = b""
+        self.busy = False
+        self.paused = False
+        self.closing = False
+        self.discarding_line = False
+        self.tls = factory.implicit_tls
+        self.peer_ip = ""
+        self.counted = False
+        self._timer: Any = None
+        self._grace: Any = None
+        self._finished: Deferred[None] = Deferred()
+
+    # -- hooks for subclasses ------------------------------------------------------
+
+    def make_session(self) -> Any:
+        raise NotImplementedError
+
+    def greeting(self) -> Any:
+        return self.session.greeting()
+
+    def idle_timeout(self) -> float:
+        raise NotImplementedError
+
+    def handle_line(self, line: str, *, auth: bool) -> Any:
+        """A command line (or a SASL response when ``auth``); returns an outcome or an awaitable."""
+        return self.session.auth_response(line) if auth else self.session.handle(line)
+
+    def apply(self, outcome: Any) -> None:
+        raise NotImplementedError
+
+    def line_limit(self) -> int:
+        return self.max_auth_line if self.mode is Mode.AUTH else self.max_line
+
+    def auth_aborted(self) -> None:
+        """An overlong SASL response was dropped."""
+
+    def take_directly(self, data: bytes) -> bool:
+        """Consume freshly received data without buffering it (SMTP DATA); True if taken."""
+        return False
+
+    def consume_special(self) -> bool:
+        """Consume buffered input in a non-line mode (SMTP DATA/BDAT); True if it did."""
+        return False
+
+    def session_closed(self) -> None:
+        """The connection is gone (POP3 releases its maildrop here)."""
+
+    def error_outcome(self, failure: Failure) -> Any:
+        log.failure("{role} session error", failure, role=self.factory.role)
+        return self.outcome_type(self.replies.TRY_AGAIN)
+
+    # -- connection lifecycle ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer_ip = getattr(peer, "host", "") or ""
+        f = self.factory
+        if not f.limiter.acquire(self.peer_ip):
+            log.warn("{role} refused {ip}: too many connections", role=f.role, ip=self.peer_ip)
+            self.close_with(self.replies.TOO_MANY_CONNECTIONS)
+            return
+        self.counted = True
+        if f.shutting_down:
+            self.close_with(self.replies.SHUTTING_DOWN)
+            return
+        f.connections.add(self)
+        self.session = self.make_session()
+        self._timer = self.clock.callLater(self.idle_timeout(), self._timed_out)
+        self.write(self.greeting())
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if reason.check(SSL.Error):
+            log.warn("{role} TLS failure with {ip}: {error}", role=self.factory.role, ip=self.peer_ip,
+                     error=reason.getErrorMessage())
+        self.mode = Mode.CLOSED
+        if self.counted:
+            self.factory.limiter.release(self.peer_ip)
+            self.counted = False
+        self.factory.connections.discard(self)
+        for timer in (self._timer, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self.session is not None:
+            self.session_closed()
+        if not self._finished.called:
+            self._finished.callback(None)
+
+    def _timed_out(self) -> None:
+        log.info("{role} {session_id} timed out", role=self.factory.role,
+                 session_id=getattr(self.session, "session_id", ""))
+        self.close_with(self.replies.TIMEOUT)
+
+    def close_with(self, reply: Any) -> None:
+        if self.mode is Mode.CLOSED:
+            return
+        self.write(reply)
+        self.hang_up()
+
+    def hang_up(self) -> None:
+        """Close after the last write; abort if the peer has not let go within ``close_grace``."""
+        self.mode = Mode.CLOSED
+        self.transport.loseConnection()
+        if self._grace is None or not self._grace.active():
+            self._grace = self.clock.callLater(self.close_grace, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self._finished.called:
+            self.transport.abortConnection()
+
+    def shutdown(self) -> Deferred[None]:
+        """Say the shutdown reply and close; work in flight is answered first."""
+        self.closing = True
+        if not self.busy:
+            self.close_with(self.replies.SHUTTING_DOWN)
+        elif self.shutdown_grace is not None and self._grace is None:
+            self._grace = self.clock.callLater(self.shutdown_grace, self._abort_if_open)
+        return self._finished
+
+    def write(self, reply: Any) -> None:
+        self.transport.write(reply.to_bytes())
+
+    def touch(self) -> None:
+        """Input or output activity: restart the idle timer."""
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.idle_timeout())
+
+    # -- input ----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.mode is Mode.CLOSED:
+            return
+        self.touch()
+        if self.buffer or self.busy or not self.take_directly(data):
+            self.buffer += data
+        if self.busy:
+            if len(self.buffer) > self.max_buffer and not self.paused:
+                self.paused = True
+                self.transport.pauseProducing()
+            return
+        self.process()
+
+    def process(self) -> None:
+        while self.buffer and not self.busy and self.mode is not Mode.CLOSED:
+            if self.consume_special():
+                continue
+            line = self._next_line()
+            if line is None:
+                break
+            if line is not _SKIPPED:
+                self._line_received(line)
+        if self.paused and not self.busy and self.mode is not Mode.CLOSED:
+            self.paused = False
+            self.transport.resumeProducing()
+
+    def _next_line(self) -> bytes | None:
+        limit = self.line_limit()
+        idx = self.buffer.find(b"\n")
+        if idx < 0:
+            if len(self.buffer) > limit:  # drop the rest of this line, answer at its end
+                self.discarding_line = True
+                self.buffer = b""
+            return None
+        line, self.buffer = self.buffer[:idx], self.buffer[idx + 1:]
+        if self.discarding_line or idx + 1 > limit:
+            self.discarding_line = False
+            self.write(self.replies.LINE_TOO_LONG)
+            if self.mode is Mode.AUTH:
+                self.mode = Mode.COMMAND
+                self.auth_aborted()
+            return _SKIPPED
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _line_received(self, raw: bytes) -> None:
+        auth = self.mode is Mode.AUTH
+        if auth:
+            self.mode = Mode.COMMAND
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = "\0"
+        if "\0" in line:
+            if auth:
+                self.auth_aborted()
+            self.write(self.replies.INVALID_CHARACTERS)
+            return
+        try:
+            result = self.handle_line(line, auth=auth)
+        except Exception:  # the session boundary: a bug answers "try again", never a traceback
+            result = self.error_outcome(Failure())
+        self.dispatch(result)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def dispatch(self, result: Any) -> None:
+        """Apply an outcome now, or once an awaitable has produced it (busy until then)."""
+        if not (inspect.iscoroutine(result) or isinstance(result, Deferred)):
+            self.apply(result)
+            return
+        self.busy = True
+        d = Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else result
+        d.addErrback(self.error_outcome)
+        d.addCallback(self.resume)
+
+    def resume(self, outcome: Any) -> None:
+        """Work in flight finished: apply its outcome, then go on with buffered input."""
+        self.busy = False
+        if self.mode is Mode.CLOSED:
+            return
+        if outcome is not None:
+            self.apply(outcome)
+        if self.busy:
+            return
+        if self.closing and self.mode is not Mode.CLOSED:
+            self.close_with(self.replies.SHUTTING_DOWN)
+            return
+        self.process()
+
+    def start_tls(self) -> None:
+        self.buffer = b""  # nothing sent before the handshake is a command
+        self.transport.startTLS(self.factory.tls_options)
+        self.tls = True
+        self.session.tls_started()
