@@ -6,7 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailstack.smtp.message import (
-    count_received, has_header, has_long_line, header_block, normalize_line_endings, received_header, unstuff,
+    count_received,
+    has_header,
+    has_long_line,
+    header_block,
+    normalize_line_endings,
+    received_header,
+    unstuff,
 )
 
 
@@ -42,3 +48,9 @@ def test_received_header_fields():
                         recipient="a@example", when=0)
     assert h == (b"Received: from c.example ([IPv6:2001:db8::1])\r\n\tby mx.example with ESMTPS id ABC\r\n"
                  b"\t(using TLSv1.3 TLS_AES_256_GCM_SHA384)\r\n\tfor <a@example>; Thu, 01 Jan 1970 00:00:00 +0000\r\n")
+
+
+def test_lines_at_the_limit_are_legal_in_bulk():
+    content = (b"x" * 998 + b"\r\n") * 1024  # 1 MB of legal 998-octet lines (bench/ measures the speed)
+    assert not has_long_line(content)
+    assert has_long_line(content + b"y" * 999)
