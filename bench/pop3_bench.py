@@ -164,7 +164,7 @@ def start_dovecot(work: Path, users: list[str]) -> tuple[subprocess.Popen[bytes]
     root.chmod(0o755)
     passwd.chmod(0o644)  # a throwaway instance with throwaway passwords
     for path in [work / "dovecot-maildirs", root / "home"]:
-        for dirpath, dirnames, filenames in os.walk(path):
+        for dirpath, _dirnames, filenames in os.walk(path):
             os.chown(dirpath, uid, gid)
             for name in filenames:
                 os.chown(os.path.join(dirpath, name), uid, gid)

@@ -16,9 +16,9 @@ from twisted.logger import Logger
 
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import Envelope, RecipientRoute
+from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
 from mailstack.notify import MailboxEvents
 from mailstack.queue.spool import QueuedMessage, RecipientState, SpoolError
-from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import Reply, SMTPReplyError
 

@@ -18,33 +18,32 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from twisted.protocols.tls import TLSMemoryBIOFactory
-
+from mailstack import pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
 from mailstack.config import HostPort, Settings
+from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
-from mailstack import pop3
 from mailstack.inbound import InboundPolicy
 from mailstack.interfaces import SMTPPolicy
 from mailstack.maildir import MaildirDelivery
 from mailstack.notify import MailboxEvents
+from mailstack.queue import Spool
+from mailstack.queue.relay import Relay
+from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.routing import Router
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
 from mailstack.tls import TLSError, client_options, server_options
-from mailstack.dns import MXResolver, make_resolver
-from mailstack.queue import Spool
-from mailstack.queue.runner import QueueRunner, QueueSettings
-from mailstack.queue.relay import Relay
 
 log = Logger()
 

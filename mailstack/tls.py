@@ -34,7 +34,7 @@ def generate_self_signed(hostname: str, cert_path: Path, key_path: Path, *, days
     """Write a self-signed ECDSA P-256 certificate for *hostname* and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

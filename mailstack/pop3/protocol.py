@@ -32,9 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailstack.lineserver import LineServerFactory, LineServerProtocol, Mode
-
 from mailstack.pop3 import reply as R
-from mailstack.pop3.reply import Reply
 from mailstack.pop3.session import Action, Outcome, POP3Session
 from mailstack.pop3.stream import MessageSender, WireEncoder, encode_whole
 from mailstack.throttle import ConnectionLimiter

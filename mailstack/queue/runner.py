@@ -30,7 +30,13 @@ from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
 from mailstack.notify import MailboxEvents
 from mailstack.queue.dsn import build_bounce
 from mailstack.queue.spool import (
-    BOUNCED, DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState, Spool,
+    BOUNCED,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    QueuedMessage,
+    RecipientState,
+    Spool,
 )
 from mailstack.smtp.message import count_received, header_block
 

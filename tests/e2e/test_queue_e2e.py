@@ -23,6 +23,7 @@ import pytest
 from .conftest import PASSWORD, Server, cli, free_ports, plugin_env, write_config
 from .test_smtp_e2e import tls_context
 
+
 def wait_for(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

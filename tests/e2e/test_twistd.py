@@ -57,10 +57,9 @@ def test_installed_plugin_is_found_without_the_checkout(tmp_path):
     """After ``pip install .`` the plugin ships in the wheel: no PYTHONPATH needed."""
     import os
     from importlib import metadata
+    from pathlib import Path
 
     import pytest
-
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
     for dist in metadata.distributions(name="mailstack"):  # the checkout's egg-info may come first

@@ -8,7 +8,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailstack.notify import MailboxEvents
-from mailstack.pop3.maildrop import Maildrops, MaildropLocks, locate, remove, scan, unique_id
+from mailstack.pop3.maildrop import MaildropLocks, Maildrops, locate, remove, scan, unique_id
 
 from .harness import maildir_of, put
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 
-import pytest
-
 from mailstack.maildir import MaildirDelivery
 from mailstack.queue.runner import QueueRunner, QueueSettings, retry_delay
 from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState, Spool

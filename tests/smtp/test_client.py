@@ -23,6 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mailstack.config import TLSSettings
 from mailstack.smtp.client import (
     MAX_LINE,
     ClientError,
@@ -34,11 +35,9 @@ from mailstack.smtp.client import (
     parse_reply,
     send_message,
 )
-from mailstack.config import TLSSettings
 from mailstack.smtp.reply import Reply
 from mailstack.testing import smtp_harness
 from mailstack.tls import client_options, server_options
-
 
 Answer = bytes | None | Callable[[str], bytes | None]
 
