@@ -73,6 +73,7 @@ class LineServerFactory(Factory):
 class LineServerProtocol(Protocol):
     """One connection of a line-based server; see the module docstring."""
 
+    transport: Any  # a TCP or TLS transport (startTLS, abortConnection, producers)
     replies: ClassVar[Any]
     """Namespace with TOO_MANY_CONNECTIONS, SHUTTING_DOWN, TIMEOUT, LINE_TOO_LONG,
     TRY_AGAIN, INVALID_CHARACTERS (values with ``to_bytes()``)."""

@@ -98,10 +98,10 @@ class Router:
             if recipients:
                 await self.maildir.deliver(envelope.sender, recipients, message)
         except DeliveryError as e:
-            if queued is not None:
+            if queued is not None and self.queue is not None:
                 await self.queue.abort(queued)
             raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
-        if queued is not None:
+        if queued is not None and self.queue is not None:
             try:
                 await self.queue.commit(queued)
             except SpoolError as e:

@@ -231,7 +231,7 @@ IMPLICIT_TLS = frozenset({"submissions", "pop3s", "imaps"})
 
 def build_service(
     settings: Settings,
-    reactor: IReactorTime,
+    reactor: Any,
     builders: dict[str, ListenerBuilder] | None = None,
 ) -> SequentialMultiService:
     """The whole mail system as one service tree (nothing runs until it is started)."""

@@ -115,10 +115,10 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
         key = serialization.load_pem_private_key(_read(settings.key, "key"), password=None)
     except (ValueError, TypeError):
         raise TLSError(f"tls.key: {settings.key} is not a valid unencrypted PEM private key") from None
-    options = ssl.CertificateOptions(
-        privateKey=key,
-        certificate=chain[0],
-        extraCertChain=chain[1:],
+    options = ssl.CertificateOptions(  # pyOpenSSL takes cryptography objects; Twisted's hints still say X509/PKey
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=chain[0],  # type: ignore[arg-type]
+        extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         enableSessions=True,
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
@@ -49,8 +49,8 @@ CLOSE_GRACE = 3.0  # then a peer that does not answer the TLS close_notify is cu
 
 
 class POP3Protocol(LineServerProtocol):
-    replies = R
-    outcome_type = Outcome
+    replies: ClassVar[Any] = R
+    outcome_type: ClassVar[Any] = Outcome
     max_line = MAX_COMMAND_LINE
     max_auth_line = MAX_AUTH_LINE
     max_buffer = MAX_BUFFER

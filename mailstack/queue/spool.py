@@ -250,7 +250,7 @@ class Spool:
         (self.ctl / name).write_bytes(b"")
 
     def take_requests(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         try:
             entries = list(os.scandir(self.ctl))
         except FileNotFoundError:

@@ -14,7 +14,7 @@ is ``mailstack.lineserver``, shared with POP3.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,8 +34,8 @@ MAX_BUFFER = 1 << 20  # pause reading when this much pipelined input waits
 
 
 class ESMTPProtocol(LineServerProtocol):
-    replies = R
-    outcome_type = Outcome
+    replies: ClassVar[Any] = R
+    outcome_type: ClassVar[Any] = Outcome
     max_line = MAX_COMMAND_LINE
     max_auth_line = MAX_AUTH_LINE
     max_buffer = MAX_BUFFER
@@ -97,7 +97,7 @@ class ESMTPProtocol(LineServerProtocol):
         self._chunks = []
 
     def error_outcome(self, failure: Failure) -> Outcome:
-        if failure.check(SMTPReplyError):
+        if isinstance(failure.value, SMTPReplyError):
             return Outcome(failure.value.reply)
         return super().error_outcome(failure)
 

@@ -55,7 +55,7 @@ class SMTPReplyError(Exception):
         self.cause = cause
 
 
-def r(code: int, enhanced: str | None, text: str) -> Reply:
+def r(code: int, enhanced: str | None, text: str | tuple[str, ...]) -> Reply:
     return Reply(code, enhanced, text)
 
 
