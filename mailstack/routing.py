@@ -80,33 +80,53 @@ class Router:
         return out
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        """Spool for remote recipients (prepared), Maildirs for local ones, then commit the spool."""
+        """Spool for remote recipients (prepared), Maildirs for local ones, then commit the spool.
+
+        With several local recipients, one whose mailbox is full does not fail
+        the message for the others: it joins the queued part and is retried from
+        the queue (or bounced when the message can never fit).
+        """
         remote = envelope.remote_recipients()
         recipients = self.recipients_for(envelope)
-        queued = None
-        if remote:
-            if self.queue is None:
-                raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
-            queued = QueuedMessage(envelope.queue_id, envelope.sender, time.time(),
-                                   {r: RecipientState(r) for r in remote},
-                                   smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit)
+        queued = await self._prepare(envelope, remote, message) if remote else None
+        held: list[str] = []
+        while recipients:
             try:
-                await self.queue.prepare(queued, message)
-            except SpoolError as e:
-                raise SMTPReplyError(R.STORAGE_FULL if e.full else R.TRY_AGAIN, cause=str(e)) from None
-        try:
-            if recipients:
                 await self.maildir.deliver(envelope.sender, recipients, message)
-        except DeliveryError as e:
+                break
+            except DeliveryError as e:
+                full = [r for r in recipients if r.address == e.recipient]
+                if len(recipients) > 1 and full and e.status.endswith(".2.2") and self.queue is not None:
+                    log.info("{queue_id} mailbox {mailbox} is full; queued for it", queue_id=envelope.queue_id,
+                             mailbox=e.recipient)
+                    held.append(full[0].address)
+                    recipients = [r for r in recipients if r.address != e.recipient]
+                    continue
+                if queued is not None and self.queue is not None:
+                    await self.queue.abort(queued)
+                raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+        if held:
             if queued is not None and self.queue is not None:
                 await self.queue.abort(queued)
-            raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+            queued = await self._prepare(envelope, remote + held, message)
         if queued is not None and self.queue is not None:
             try:
                 await self.queue.commit(queued)
             except SpoolError as e:
                 log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
-                          queue_id=envelope.queue_id, remote=remote, error=str(e))
+                          queue_id=envelope.queue_id, remote=remote + held, error=str(e))
                 raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
         for r in recipients:
             self.events.publish(r.address)
+
+    async def _prepare(self, envelope: Envelope, addresses: list[str], message: bytes) -> QueuedMessage:
+        if self.queue is None:
+            raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
+        queued = QueuedMessage(envelope.queue_id, envelope.sender, time.time(),
+                               {a: RecipientState(a) for a in addresses},
+                               smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit)
+        try:
+            await self.queue.prepare(queued, message)
+        except SpoolError as e:
+            raise SMTPReplyError(R.STORAGE_FULL if e.full else R.TRY_AGAIN, cause=str(e)) from None
+        return queued

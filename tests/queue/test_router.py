@@ -79,3 +79,25 @@ def test_message_for_local_mailboxes_only_never_touches_the_spool(tmp_path, n):
     env = Envelope("QID2", "s@remote.example", [RecipientRoute("alice@example.test", ("alice@example.test",))] * n)
     run(router.deliver(env, b"x\r\n"))
     assert len(list(new.iterdir())) == 1 and spool.ids() == []
+
+
+def test_one_full_mailbox_does_not_fail_the_others(tmp_path):
+    from mailstack.accounts.store import User
+
+    router, spool, new = setup(tmp_path)
+    router.store.users["bob@example.test"] = User("bob@example.test", "", 10)  # bob's quota: 10 octets
+    env = Envelope("QID3", "s@remote.example", [
+        RecipientRoute("alice@example.test", ("alice@example.test",)),
+        RecipientRoute("bob@example.test", ("bob@example.test",)),
+    ])
+    assert run(router.deliver(env, b"Subject: x\r\n\r\nbody\r\n")) is None
+    assert len(list(new.iterdir())) == 1  # alice has it
+    assert spool.ids() == ["QID3"]  # bob's copy waits in the queue (retried, or bounced by the runner)
+    assert list(spool.load("QID3").recipients) == ["bob@example.test"]
+
+
+def test_single_full_mailbox_is_refused_at_once(tmp_path):
+    router, spool, new = setup(tmp_path, quota=10)
+    env = Envelope("QID4", "s@remote.example", [RecipientRoute("alice@example.test", ("alice@example.test",))])
+    failure = run(router.deliver(env, b"Subject: x\r\n\r\nbody\r\n"))
+    assert failure.value.reply.code == 552 and spool.ids() == []
