@@ -7,14 +7,11 @@ whole; readers never see a half-updated view. Keeping resolution here, apart
 from SQL, lets every backend (and test fakes) share one set of rules.
 
 Canonical forms come from :mod:`mailstack.addresses` (RFC 5321 §2.4: local parts
-are treated case-insensitively here), with one more check for storage: no
-Unicode control, format, separator, private-use or unassigned characters
-anywhere in the address.
+are treated case-insensitively here).
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,29 +33,17 @@ __all__ = [
 MAX_ALIAS_DEPTH = 10
 """Alias hops followed before a chain is cut (and a warning logged)."""
 
-_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
-
 log = Logger()
-
-
-def _check_characters(text: str, original: str) -> None:
-    for ch in text:
-        if unicodedata.category(ch) in _BAD_CATEGORIES:
-            raise InvalidAddress(f"{original!r} has a control or invisible character")
 
 
 def canonical_domain(domain: str) -> str:
     """Lowercased, validated domain; raises InvalidAddress."""
-    d = addresses.normalize_domain(domain)
-    _check_characters(d, domain)
-    return d
+    return addresses.normalize_domain(domain)
 
 
 def canonical_address(text: str) -> str:
     """Canonical ``local@domain`` for storage and lookup; raises InvalidAddress."""
-    result = addresses.canonical(text)
-    _check_characters(result, text)
-    return result
+    return addresses.canonical(text)
 
 
 def canonical_alias_source(text: str) -> str:
