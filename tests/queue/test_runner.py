@@ -228,3 +228,26 @@ def test_bounce_to_unknown_local_sender_is_dropped_not_looped(tmp_path):
     clock.advance(0)
     clock.advance(0)
     assert spool.ids() == [] and maildir_messages(tmp_path) == []
+
+
+def test_full_success_removes_without_writing_a_state_log(tmp_path, monkeypatch):
+    relay = FakeRelay({"x@remote.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    recorded = []
+    real_record = spool.record
+    monkeypatch.setattr(spool, "record", lambda qid, states: (recorded.append(qid), real_record(qid, states)))
+    runner.startService()
+    clock.advance(0)
+    assert spool.ids() == [] and recorded == []
+
+
+def test_partial_success_is_recorded_before_anything_else(tmp_path, monkeypatch):
+    relay = FakeRelay({"x@remote.example": [OK], "y@other.example": [BUSY, OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example", "y@other.example"])
+    runner.startService()
+    clock.advance(0)
+    msg = spool.load("Q1")
+    assert msg.recipients["x@remote.example"].status == DELIVERED
+    assert msg.recipients["y@other.example"].status == PENDING
