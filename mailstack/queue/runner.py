@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import new_queue_id
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+RETRY_AFTER_ERROR = 60.0  # seconds before retrying a message whose attempt failed unexpectedly
+
 
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
@@ -56,6 +59,7 @@ class QueueSettings:
     connections: int
     connections_per_domain: int
     control_interval: float = 1.0
+    stop_grace: float = 10.0
 
 
 def retry_delay(schedule: Sequence[float], attempts: int) -> float:
@@ -133,8 +137,26 @@ class QueueRunner(Service):
             if timer.active():
                 timer.cancel()
         self.timers.clear()
-        # attempts in flight finish (their outcomes are recorded) before the pools stop
-        return DeferredList(list(self.active.values()))
+        # Attempts in flight finish (their outcomes are recorded) before the pools stop; one
+        # still talking to a slow remote after stop_grace is cancelled and simply retried after
+        # the restart (its recipients were not recorded as delivered).
+        in_flight = list(self.active.values())
+        if not in_flight:
+            return DeferredList([])
+
+        def cancel_stragglers() -> None:
+            for d in list(self.active.values()):
+                d.cancel()
+
+        straggler_timer = self.clock.callLater(self.settings.stop_grace, cancel_stragglers)
+        done = DeferredList(in_flight, consumeErrors=True)
+
+        def stopped(result: object) -> object:
+            if straggler_timer.active():
+                straggler_timer.cancel()
+            return result
+
+        return done.addBoth(stopped)
 
     # -- scheduling ------------------------------------------------------------------
 
@@ -158,7 +180,15 @@ class QueueRunner(Service):
         if queue_id in self.active:
             return
         d = Deferred.fromCoroutine(self._attempt(queue_id))
-        d.addErrback(lambda f: log.failure("delivery attempt for {queue_id} failed", f, queue_id=queue_id))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(CancelledError):
+                log.info("{queue_id}: attempt cancelled by shutdown; retried after restart", queue_id=queue_id)
+                return
+            log.failure("delivery attempt for {queue_id} failed", failure, queue_id=queue_id)
+            self._schedule(queue_id, self.now() + RETRY_AFTER_ERROR)  # never leave a message without a timer
+
+        d.addErrback(failed)
         self.active[queue_id] = d
 
         def finished(_: object) -> None:

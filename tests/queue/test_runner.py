@@ -251,3 +251,43 @@ def test_partial_success_is_recorded_before_anything_else(tmp_path, monkeypatch)
     msg = spool.load("Q1")
     assert msg.recipients["x@remote.example"].status == DELIVERED
     assert msg.recipients["y@other.example"].status == PENDING
+
+
+def test_an_attempt_that_breaks_is_retried_not_forgotten(tmp_path):
+    relay = FakeRelay({"x@remote.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    real_load = spool.load
+    calls = []
+
+    def flaky_load(qid):
+        calls.append(qid)
+        if len(calls) == 1:
+            raise RuntimeError("disk hiccup")
+        return real_load(qid)
+
+    runner.startService()  # resumes (loads) the queue; the attempt itself runs at the next tick
+    spool.load = flaky_load
+    clock.advance(0)
+    assert spool.ids() == ["Q1"] and relay.calls == []
+    clock.advance(60)
+    assert relay.calls == [("remote.example", ["x@remote.example"])] and spool.ids() == []
+
+
+def test_stop_cancels_an_attempt_stuck_on_a_slow_remote(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    class StuckRelay(FakeRelay):
+        async def deliver(self, domain, msg, recipients, body):
+            await Deferred()  # never answers
+            return []
+
+    runner, spool, clock = make_runner(tmp_path, StuckRelay({}))
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    clock.advance(0)
+    stopped = runner.stopService()
+    assert not stopped.called
+    clock.advance(10)
+    assert stopped.called
+    assert spool.ids() == ["Q1"]  # still queued: retried after the restart
