@@ -78,6 +78,7 @@ class RelaySettings:
     port: int
     retry: tuple[float, ...]
     max_age: float
+    delay_warning: float | None
     max_received: int
     connections: int
     connections_per_domain: int
@@ -221,6 +222,12 @@ def _optional_hostport(value: object) -> HostPort | None:
     return parse_hostport(value)
 
 
+def _optional_duration(value: object) -> float | None:
+    if value == "":
+        return None
+    return parse_duration(value)
+
+
 def _domain(value: object) -> str:
     return parse_hostname(value)
 
@@ -265,6 +272,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "port": (_port, 25),
         "retry": (_list_of(parse_duration), ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]),
         "max_age": (parse_duration, "5d"),
+        "delay_warning": (_optional_duration, "4h"),
         "max_received": (_positive_int, 50),
         "connections": (_positive_int, 50),
         "connections_per_domain": (_positive_int, 10),

@@ -121,6 +121,7 @@ def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, del
     queue_settings = QueueSettings(
         hostname=settings.hostname, retry=relay_settings.retry, max_age=relay_settings.max_age,
         max_received=relay_settings.max_received, connections=relay_settings.connections,
+        delay_warning=relay_settings.delay_warning,
         connections_per_domain=relay_settings.connections_per_domain,
     )
     return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, store=store,

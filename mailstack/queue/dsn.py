@@ -34,8 +34,14 @@ def build_bounce(
     failed: Sequence[RecipientState],
     original: bytes,
     now: float,
+    retry_until: float | None = None,
 ) -> bytes:
-    """The whole DSN message (headers and body, CRLF line ends)."""
+    """The whole DSN message (headers and body, CRLF line ends).
+
+    With ``retry_until`` it is a delay warning (``Action: delayed``) for
+    recipients still being retried, instead of a failure report.
+    """
+    delayed = retry_until is not None
     utf8 = not sender.isascii() or any(not r.address.isascii() for r in failed)
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{hostname}"
     status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
@@ -43,7 +49,7 @@ def build_bounce(
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        "Subject: " + ("Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"),
         f"Date: {rfc2822_date(now)}",
         f"Message-ID: <{queue_id}.bounce.{secrets.token_hex(4)}@{hostname}>",
         "Auto-Submitted: auto-replied",
@@ -58,7 +64,9 @@ def build_bounce(
         "",
         f"This is the mail system at host {hostname}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
+        ("Your message has not been delivered yet to the recipients below; delivery will be retried"
+         f" until {rfc2822_date(retry_until)}. You do not need to send it again." if delayed
+         else "Your message could not be delivered to one or more recipients."),
         "",
     ]
     for r in failed:
@@ -75,8 +83,9 @@ def build_bounce(
         f"Arrival-Date: {rfc2822_date(arrival)}",
     ]
     for r in failed:
-        lines += ["", f"Final-Recipient: {_address_field(r.address)}", "Action: failed",
-                  f"Status: {r.status_code or '5.0.0'}"]
+        default_status = "4.0.0" if delayed else "5.0.0"
+        lines += ["", f"Final-Recipient: {_address_field(r.address)}", f"Action: {'delayed' if delayed else 'failed'}",
+                  f"Status: {r.status_code or default_status}"]
         if r.remote_mta:
             lines.append(f"Remote-MTA: dns; {r.remote_mta}")
         if r.diagnostic:
@@ -84,6 +93,8 @@ def build_bounce(
         elif r.last_error:
             lines.append(f"Diagnostic-Code: X-mailstack; {r.last_error}")
         lines.append(f"Last-Attempt-Date: {rfc2822_date(now)}")
+        if retry_until is not None:
+            lines.append(f"Will-Retry-Until: {rfc2822_date(retry_until)}")
     lines += ["", f"--{boundary}", f"Content-Type: {headers_type}", "Content-Description: Undelivered message headers", ""]
     text = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     headers = header_block(original)

@@ -58,6 +58,7 @@ class QueueSettings:
     max_received: int
     connections: int
     connections_per_domain: int
+    delay_warning: float | None = None
     control_interval: float = 1.0
     stop_grace: float = 10.0
 
@@ -241,6 +242,8 @@ class QueueRunner(Service):
             await self._deliver_pending(msg, body)
         if msg.failed():
             await self._bounce(msg)
+        if msg.pending():
+            await self._maybe_warn(msg)
         if msg.done():
             await self._thread(self.spool.remove, queue_id)
             log.info("{queue_id} removed from the queue: every recipient is done", queue_id=queue_id)
@@ -281,6 +284,8 @@ class QueueRunner(Service):
         for s in states:
             if s.status == PENDING:
                 s.next_try = attempts_now + retry_delay(self.settings.retry, s.attempts)
+            previous = msg.recipients.get(s.address)
+            s.warned = s.warned or (previous is not None and previous.warned)
         done = {s.address for s in states if s.status == DELIVERED}
         outstanding = {a for a, r in msg.recipients.items() if r.status not in FINAL}
         if not (outstanding <= done):
@@ -337,6 +342,29 @@ class QueueRunner(Service):
                 o.attempts = r.attempts + 1
                 states.append(o)
         await self._finish(msg, states)
+
+    async def _maybe_warn(self, msg: QueuedMessage) -> None:
+        """Once, after ``delay_warning``: tell the sender delivery is still being retried."""
+        after = self.settings.delay_warning
+        pending = msg.pending()
+        if (after is None or not msg.sender or msg.is_bounce or self.now() - msg.created < after
+                or any(r.warned for r in msg.recipients.values())):
+            return
+        body = await self._thread(self.spool.body, msg.queue_id)
+        dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
+                           arrival=msg.created, failed=pending, original=body, now=self.now(),
+                           retry_until=msg.created + self.settings.max_age)
+        warning = QueuedMessage(new_queue_id(), "", time.time(), {msg.sender: RecipientState(msg.sender)},
+                                smtputf8=not msg.sender.isascii(), is_bounce=True)
+        await self._thread(self.spool.add, warning, dsn)
+        self._schedule(warning.queue_id, 0)
+        marked = [RecipientState(r.address, r.status, r.attempts, r.next_try, r.last_error, r.status_code,
+                                 r.remote_mta, r.diagnostic, warned=True) for r in pending]
+        await self._thread(self.spool.record, msg.queue_id, marked)
+        for s in marked:
+            msg.recipients[s.address] = s
+        log.info("{queue_id} delay warning {warning_id} to <{sender}>", queue_id=msg.queue_id,
+                 warning_id=warning.queue_id, sender=msg.sender)
 
     async def _bounce(self, msg: QueuedMessage) -> None:
         failed = msg.failed()

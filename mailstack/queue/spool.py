@@ -59,6 +59,7 @@ class RecipientState:
     status_code: str = ""  # RFC 3463 code of the last outcome, e.g. "4.4.1"
     remote_mta: str = ""
     diagnostic: str = ""  # the remote reply, for Diagnostic-Code
+    warned: bool = False  # a delay warning was sent for it
 
 
 @dataclass(slots=True)

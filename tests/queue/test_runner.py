@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 
@@ -291,3 +292,22 @@ def test_stop_cancels_an_attempt_stuck_on_a_slow_remote(tmp_path):
     clock.advance(10)
     assert stopped.called
     assert spool.ids() == ["Q1"]  # still queued: retried after the restart
+
+
+def test_delay_warning_is_sent_once_then_the_message_is_still_delivered(tmp_path):
+    relay = FakeRelay({"x@remote.example": [BUSY] * 5 + [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay, retry=(60.0,))
+    runner.settings = dataclasses.replace(runner.settings, delay_warning=150.0)
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    for _ in range(6):
+        clock.advance(60)
+    clock.advance(0)
+    warnings = maildir_messages(tmp_path)
+    assert len(warnings) == 1
+    parsed = email.message_from_bytes(warnings[0], policy=email.policy.default)
+    assert parsed["Subject"] == "Delayed Mail (still being retried)"
+    report = parsed.get_payload()[1].get_payload()[1]
+    assert report["Action"] == "delayed" and report["Status"] == "4.2.0"
+    assert "Will-Retry-Until" in report
+    assert spool.ids() == []  # delivered in the end
