@@ -19,7 +19,8 @@ How a message moves (maddy's queue and Postfix's qmgr are the models):
 4. Bounce. Failed recipients are reported in one RFC 3464 DSN (``dsn.py``) to
    the envelope sender, itself queued durably from the null sender; a message
    from the null sender (a bounce) is never bounced. Then the failures are
-   marked as reported.
+   marked as reported. After ``relay.delay_warning`` the sender is told once that
+   the remaining recipients are still being retried (``Action: delayed``).
 5. Remove. When every recipient is delivered or reported, the state log and
    the message are removed.
 
