@@ -438,6 +438,46 @@ def versions() -> str:
             f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}")
 
 
+def disk_ceiling(base: Path, threads: int, seconds: float = 1.5, size: int = 4096) -> float:
+    """Durable deliveries/s the disk allows with no server at all: write a file in tmp/,
+    fsync it, rename it into new/, fsync new/ (what every 250 costs both targets)."""
+    import threading
+
+    root = Path(tempfile.mkdtemp(prefix="disk-", dir=base))
+    (root / "tmp").mkdir()
+    (root / "new").mkdir()
+    data = b"x" * size
+    done = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def work(tid: int) -> None:
+        n = 0
+        new_fd = os.open(root / "new", os.O_RDONLY)
+        try:
+            while time.monotonic() < stop:
+                name = f"{tid}.{n}"
+                fd = os.open(root / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, data)
+                os.fsync(fd)
+                os.close(fd)
+                os.rename(root / "tmp" / name, root / "new" / name)
+                os.fsync(new_fd)
+                n += 1
+        finally:
+            os.close(new_fd)
+        done[tid] = n
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.monotonic() - started
+    shutil.rmtree(root, ignore_errors=True)
+    return sum(done) / elapsed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -476,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.messages} messages of {args.size} octets (body lines <= {args.line_length} characters) per "
           f"concurrency, duration cap {args.duration_cap:.0f}s, "
           f"{'pipelined' if args.pipelining else 'lock-step'} commands, workdir {args.workdir}", flush=True)
+    print(f"# disk ceiling (no server: tmp/ write + fsync, rename, fsync new/): "
+          f"{disk_ceiling(args.workdir, 1):.0f}/s with 1 thread, {disk_ceiling(args.workdir, 10):.0f}/s with 10",
+          flush=True)
     results: list[RunResult] = []
     failed = False
     # interleaved (each concurrency on every target in turn), so drift in the machine's
