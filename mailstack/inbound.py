@@ -6,7 +6,8 @@ otherwise). A recipient in any other domain is relayed only for a client in
 gets 554 5.7.1 "Relay access denied". Percent hacks, bang paths and quoted
 local parts are never routed anywhere (``user%other@local`` is just an unknown
 local user), and a source route is ignored, so ``@local:user@other`` is judged
-by ``user@other``.
+by ``user@other``. A client that authenticated (after STARTTLS) may relay, but
+only as its own address or aliases, as on submission.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.interfaces import ClientInfo
 from mailstack.routing import route_recipient
+from mailstack.smtp import reply as R
+from mailstack.smtp.reply import SMTPReplyError
 
 
 class InboundPolicy:
@@ -24,7 +27,10 @@ class InboundPolicy:
         self.store = store
 
     def check_sender(self, client: ClientInfo, sender: str) -> None:
-        return None
+        """An authenticated client sends as itself, as on submission (RFC 6409 §4.3)."""
+        user = client.auth_user
+        if user is not None and (not sender or not self.store.owns(user, sender)):
+            raise SMTPReplyError(R.SENDER_NOT_OWNED, cause=f"{user} may not send as <{sender}>")
 
     def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute:
         relay_allowed = client.trusted_network or client.auth_user is not None

@@ -3,9 +3,12 @@
 ``AuthThrottle`` slows password guessing: each failed login from an address
 adds a growing delay before the failure is answered, and after
 ``max_failures`` failures within ``lockout`` seconds the address is refused
-outright until the lockout has passed. ``ConnectionLimiter`` caps concurrent
-connections per address; trusted networks are exempt, as in Postfix
-(``smtpd_client_event_limit_exceptions``).
+outright until the lockout has passed. A successful login does not forget the
+failures (else one valid account would let its owner guess others' passwords
+for ever). ``ConnectionLimiter`` caps concurrent connections per address;
+trusted networks are exempt, as in Postfix
+(``smtpd_client_event_limit_exceptions``). Both count an IPv6 client by its
+/64, the block one customer usually holds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ class _Record:
     locked_until: float = 0.0
 
 
+def client_key(ip: str) -> str:
+    """The unit limits apply to: the address itself, or its /64 for IPv6."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
 class AuthThrottle:
     def __init__(self, clock: IReactorTime, max_failures: int, lockout: float,
                  base_delay: float = 0.5, max_delay: float = 8.0) -> None:
@@ -36,7 +52,10 @@ class AuthThrottle:
         self.max_delay = max_delay
         self._records: dict[str, _Record] = {}
 
+    PRUNE_AT = 10_000  # records kept before expired ones are swept
+
     def _record(self, ip: str) -> _Record | None:
+        ip = client_key(ip)
         rec = self._records.get(ip)
         if rec is None:
             return None
@@ -53,7 +72,10 @@ class AuthThrottle:
 
     def record_failure(self, ip: str) -> float:
         """Note a failure; return the delay (seconds) before answering it."""
-        rec = self._record(ip) or self._records.setdefault(ip, _Record())
+        if len(self._records) >= self.PRUNE_AT:
+            for key in list(self._records):
+                self._record(key)
+        rec = self._record(ip) or self._records.setdefault(client_key(ip), _Record())
         now = self.clock.seconds()
         rec.failures.append(now)
         if len(rec.failures) >= self.max_failures:
@@ -61,7 +83,7 @@ class AuthThrottle:
         return min(self.base_delay * 2 ** (len(rec.failures) - 1), self.max_delay)
 
     def record_success(self, ip: str) -> None:
-        self._records.pop(ip, None)
+        """A good login forgets nothing: failures expire only with time."""
 
 
 class ConnectionLimiter:
@@ -79,19 +101,19 @@ class ConnectionLimiter:
 
     def acquire(self, ip: str) -> bool:
         """Count a new connection; False (and nothing counted) when over the limit."""
-        if self._counts[ip] >= self.max_per_ip and not self.is_exempt(ip):
-            if self._counts[ip] == 0:
-                del self._counts[ip]
+        key = client_key(ip)
+        if self._counts.get(key, 0) >= self.max_per_ip and not self.is_exempt(ip):
             return False
-        self._counts[ip] += 1
+        self._counts[key] += 1
         return True
 
     def release(self, ip: str) -> None:
-        n = self._counts.get(ip, 0) - 1
+        key = client_key(ip)
+        n = self._counts.get(key, 0) - 1
         if n <= 0:
-            self._counts.pop(ip, None)
+            self._counts.pop(key, None)
         else:
-            self._counts[ip] = n
+            self._counts[key] = n
 
     def count(self, ip: str) -> int:
-        return self._counts.get(ip, 0)
+        return self._counts.get(client_key(ip), 0)

@@ -34,7 +34,6 @@ from mailstack.queue.spool import (
     BOUNCED,
     DELIVERED,
     FAILED,
-    FINAL,
     PENDING,
     QueuedMessage,
     RecipientState,
@@ -274,22 +273,14 @@ class QueueRunner(Service):
         await DeferredList(jobs, consumeErrors=True)
 
     async def _finish(self, msg: QueuedMessage, states: list[RecipientState]) -> None:
-        """Record outcomes durably, then update the in-memory view.
-
-        When these outcomes deliver every recipient still outstanding, the
-        message's removal (which follows at once, with a directory fsync) is
-        the durable record, so the state log is not written first.
-        """
+        """Record outcomes durably (fsynced) before anything else, then update the in-memory view."""
         attempts_now = self.now()
         for s in states:
             if s.status == PENDING:
                 s.next_try = attempts_now + retry_delay(self.settings.retry, s.attempts)
             previous = msg.recipients.get(s.address)
             s.warned = s.warned or (previous is not None and previous.warned)
-        done = {s.address for s in states if s.status == DELIVERED}
-        outstanding = {a for a, r in msg.recipients.items() if r.status not in FINAL}
-        if not (outstanding <= done):
-            await self._thread(self.spool.record, msg.queue_id, states)
+        await self._thread(self.spool.record, msg.queue_id, states)
         for s in states:
             msg.recipients[s.address] = s
             log.info("{queue_id} to <{rcpt}>: {status} {code} {error}", queue_id=msg.queue_id, rcpt=s.address,

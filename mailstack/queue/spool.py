@@ -161,13 +161,17 @@ class Spool:
             raise SpoolError(f"cannot record state of {queue_id}: {e.strerror}", e) from e
 
     def remove(self, queue_id: str) -> None:
-        """Forget a finished (or deleted) message: state first, then the message."""
-        self._unlink(str(self.state / queue_id))
+        """Forget a finished (or deleted) message: the message first (durably), then its state.
+
+        In that order a crash in between leaves an orphan state log (cleaned at
+        start-up), never a message whose recorded outcomes are gone.
+        """
         self._unlink(str(self.msg / queue_id))
         try:
             self.syncer.sync(str(self.msg))
         except OSError as e:
             log.warn("cannot sync spool directory after removing {queue_id}: {error}", queue_id=queue_id, error=e)
+        self._unlink(str(self.state / queue_id))
 
     # -- reading -----------------------------------------------------------------
 

@@ -231,16 +231,28 @@ def test_bounce_to_unknown_local_sender_is_dropped_not_looped(tmp_path):
     assert spool.ids() == [] and maildir_messages(tmp_path) == []
 
 
-def test_full_success_removes_without_writing_a_state_log(tmp_path, monkeypatch):
+def test_success_is_recorded_before_the_message_is_removed(tmp_path, monkeypatch):
     relay = FakeRelay({"x@remote.example": [OK]})
     runner, spool, clock = make_runner(tmp_path, relay)
     queue(spool, clock, ["x@remote.example"])
-    recorded = []
-    real_record = spool.record
-    monkeypatch.setattr(spool, "record", lambda qid, states: (recorded.append(qid), real_record(qid, states)))
+    events = []
+    real_record, real_remove = spool.record, spool.remove
+    monkeypatch.setattr(spool, "record", lambda qid, states: (events.append("record"), real_record(qid, states)))
+    monkeypatch.setattr(spool, "remove", lambda qid: (events.append("remove"), real_remove(qid)))
     runner.startService()
     clock.advance(0)
-    assert spool.ids() == [] and recorded == []
+    assert spool.ids() == [] and events == ["record", "remove"]
+
+
+def test_a_crash_inside_remove_never_forgets_a_delivery(tmp_path):
+    relay = FakeRelay({})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+    spool.record("Q1", [RecipientState("x@remote.example", DELIVERED, 1)])
+    (spool.msg / "Q1").unlink()  # remove() got this far, then the machine stopped
+    runner.startService()
+    clock.advance(0)
+    assert relay.calls == [] and list(spool.state.iterdir()) == []
 
 
 def test_partial_success_is_recorded_before_anything_else(tmp_path, monkeypatch):

@@ -109,3 +109,13 @@ def test_submission_keeps_existing_message_id_and_date():
     h.replies(b"Message-ID: <x@y>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nbody\r\n.\r\n")
     headers = h.router.deliveries[0][1].split(b"\r\n\r\n")[0]
     assert headers.count(b"Message-ID:") == 1 and headers.count(b"Date:") == 1
+
+
+def test_authenticated_client_on_port_25_sends_only_as_itself():
+    h = smtp_harness(tls=True)
+    h.read()
+    h.replies("EHLO c.example\r\n")
+    assert h.replies(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["235 2.7.0 Authentication successful"]
+    assert h.replies("MAIL FROM:<bob@example.test>\r\n") == [
+        "553 5.7.1 Sender address not owned by authenticated user"]
+    assert h.replies("MAIL FROM:<>\r\n") == ["553 5.7.1 Sender address not owned by authenticated user"]
