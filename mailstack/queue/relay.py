@@ -30,6 +30,10 @@ from mailstack.smtp.reply import Reply
 
 log = Logger()
 
+# A refusal before the transaction says nothing about the recipients: try the next host
+# (Postfix's smtp_skip_5xx_greeting); only a 5xx to MAIL/RCPT/DATA is about the message.
+NEXT_HOST_STAGES = frozenset({"connect", "greeting", "ehlo", "helo", "starttls"})
+
 
 def _is_ip(text: str) -> bool:
     try:
@@ -101,7 +105,7 @@ class Relay:
                 except ClientError as e:
                     last_error = f"{host.name}[{address}]: {_reply_text(e.reply)}"
                     last_status, last_remote = _status(e.reply), host.name
-                    if e.temporary or e.stage == "connect":
+                    if e.temporary or e.stage in NEXT_HOST_STAGES:
                         log.info("{queue_id} {host}[{address}] {stage}: {error}", queue_id=msg.queue_id,
                                  host=host.name, address=address, stage=e.stage, error=_reply_text(e.reply))
                         continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -31,8 +32,14 @@ from mailstack.smtp.reply import Reply, SMTPReplyError
 
 log = Logger()
 
-_HELO_ARG = re.compile(r"^[^\s()<>;\\\"]{1,255}$")
-_BDAT_ARGS = re.compile(r"^(\d{1,12})(?: +(LAST))? *$", re.IGNORECASE)
+# RFC 5321 §4.1.1.1: a domain or an address literal (UTF-8 letters allowed for U-labels, no controls)
+_HELO_ARG = re.compile(r"^[A-Za-z0-9._:\-\[\]\u00a0-\U0010ffff]{1,255}$")
+_BDAT_ARGS = re.compile(r"^([0-9]{1,12})(?: +(LAST))? *$", re.IGNORECASE)
+MAX_ERRORS = 20  # like Postfix's smtpd_hard_error_limit: then 421 and close
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() or all(unicodedata.category(c)[0] != "C" for c in text)
 
 
 class Action(enum.Enum):
@@ -116,6 +123,7 @@ class SMTPSession:
         self.auth_user: str | None = None
         self.txn: _Transaction | None = None
         self.sasl: _SASL | None = None
+        self.errors = 0
         self._commands: dict[str, Callable[[str], Result]] = {
             "EHLO": self.ehlo, "HELO": self.helo_cmd, "MAIL": self.mail, "RCPT": self.rcpt,
             "DATA": self.data, "BDAT": self.bdat, "RSET": self.rset, "NOOP": self.noop,
@@ -144,18 +152,31 @@ class SMTPSession:
         verb = verb.upper()
         handler = self._commands.get(verb)
         if handler is None:
-            if verb in ("SEND", "SOML", "SAML", "TURN"):
-                return Outcome(R.NOT_IMPLEMENTED)
-            return Outcome(R.UNKNOWN_COMMAND)
-        try:
-            return handler(args.strip(" "))
-        except SMTPReplyError as e:
-            return Outcome(e.reply)
+            outcome = Outcome(R.NOT_IMPLEMENTED if verb in ("SEND", "SOML", "SAML", "TURN") else R.UNKNOWN_COMMAND)
+        else:
+            try:
+                result = handler(args.strip(" "))
+            except SMTPReplyError as e:
+                result = Outcome(e.reply)
+            if not isinstance(result, Outcome):
+                return result
+            outcome = result
+        return self._count_errors(outcome)
+
+    def _count_errors(self, outcome: Outcome) -> Outcome:
+        """After MAX_ERRORS refused commands the client is cut off (address harvesting, junk)."""
+        if outcome.reply is not None and outcome.reply.code >= 400 and outcome.action is Action.NONE:
+            self.errors += 1
+            if self.errors >= MAX_ERRORS:
+                log.warn("{session_id} from {ip}: too many errors, disconnecting", session_id=self.session_id,
+                         ip=self.client_ip)
+                return Outcome(R.TOO_MANY_ERRORS, Action.CLOSE)
+        return outcome
 
     # -- HELO/EHLO ------------------------------------------------------------
 
     def _hello(self, args: str) -> None:
-        if not _HELO_ARG.match(args):
+        if not _HELO_ARG.match(args) or not _printable(args):
             raise SMTPReplyError(R.SYNTAX.with_text("Invalid domain name"))
         self.helo = args
         self.txn = None  # RFC 5321 §4.1.4: EHLO/HELO implies RSET
@@ -256,7 +277,7 @@ class SMTPSession:
     def _mail_params(self, params: dict[str, str | None], envelope: Envelope) -> Reply | None:
         for key, value in params.items():
             if key == "SIZE":  # RFC 1870 §6
-                if value is None or not value.isdigit():
+                if value is None or not (value.isascii() and value.isdigit()):
                     return R.SYNTAX.with_text("SIZE needs a number")
                 if int(value) > self.config.max_message_size:
                     return R.MESSAGE_TOO_BIG

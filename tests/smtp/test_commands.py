@@ -205,3 +205,38 @@ def test_utf8_address_needs_smtputf8():
     assert h.replies("MAIL FROM:<jörg@b.example>\r\n") == ["553 5.6.7 Non-ASCII address requires SMTPUTF8"]
     assert h.replies("MAIL FROM:<jörg@b.example> SMTPUTF8\r\n") == ["250 2.1.0 Sender OK"]
     assert h.replies("RCPT TO:<jürgen@example.test>\r\n") == ["250 2.1.5 Recipient OK"]
+
+
+@pytest.mark.parametrize("helo", ["a\x1b[2J", "host\x07name", "bad(host)", "a;b"])
+def test_helo_with_control_or_special_characters_is_refused(helo):
+    h = smtp_harness()
+    h.read()
+    assert h.replies(f"EHLO {helo}\r\n") == ["501 5.5.4 Invalid domain name"]
+
+
+def test_helo_accepts_address_literals_and_idn():
+    h = smtp_harness()
+    h.read()
+    ehlo(h, "[192.0.2.1]")
+    ehlo(h, "[IPv6:2001:db8::1]")
+    ehlo(h, "bücher.example")
+
+
+def test_non_ascii_digits_are_not_numbers():
+    h = smtp_harness()
+    h.read()
+    ehlo(h)
+    assert h.replies("MAIL FROM:<a@b.c> SIZE=\u00b2\r\n") == ["501 5.5.4 SIZE needs a number"]
+    h.replies("MAIL FROM:<a@b.c>\r\nRCPT TO:<alice@example.test>\r\n")
+    assert h.replies("BDAT \u0661 LAST\r\n") == ["501 5.5.4 Usage: BDAT <size> [LAST]"]
+
+
+def test_too_many_errors_close_the_session():
+    h = smtp_harness()
+    h.read()
+    ehlo(h)
+    h.replies("MAIL FROM:<a@b.c>\r\n")
+    out = h.replies("".join(f"RCPT TO:<nobody{i}@example.test>\r\n" for i in range(25)))
+    assert out[:19] == ["550 5.1.1 No such user here"] * 19
+    assert out[19:] == ["421 4.7.0 Too many errors, closing connection"]
+    assert h.transport.disconnecting

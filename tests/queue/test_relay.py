@@ -1,0 +1,78 @@
+"""Relay: MX order, next host on connection trouble or a refusing greeting, per-recipient results."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from mailstack.dns import MXHost
+from mailstack.queue.relay import Relay
+from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState
+from mailstack.smtp.client import ClientError, TransactionResult
+from mailstack.smtp.reply import Reply
+
+
+class FakeMX:
+    async def lookup(self, domain):
+        return [MXHost("mx1.remote.example", 10, ("192.0.2.1",)), MXHost("mx2.remote.example", 20, ("192.0.2.2",))]
+
+
+def relay_with(answers):
+    calls = []
+
+    async def send(**kw):
+        calls.append(kw["host"])
+        answer = answers[kw["host"]]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return Relay(reactor=None, mx=FakeMX(), hostname="mail.example.test", port=25, tls_options=None,
+                 send=send), calls
+
+
+def run(relay, rcpts):
+    msg = QueuedMessage("Q1", "s@example.test", 0.0, {r: RecipientState(r) for r in rcpts})
+    out = []
+    Deferred.fromCoroutine(relay.deliver("remote.example", msg, rcpts, b"x\r\n")).addBoth(out.append)
+    return out[0]
+
+
+def ok(rcpts, code=250):
+    reply = Reply(code, "2.0.0" if code < 400 else "5.1.1", "done")
+    return TransactionResult({r: reply for r in rcpts}, Reply(250, "2.0.0", "ok"), "mx", False)
+
+
+def test_5xx_greeting_moves_on_to_the_next_mx():
+    relay, calls = relay_with({
+        "192.0.2.1": ClientError(Reply(554, "5.3.2", "no service"), False, "greeting"),
+        "192.0.2.2": ok(["a@remote.example"]),
+    })
+    [state] = run(relay, ["a@remote.example"])
+    assert calls == ["192.0.2.1", "192.0.2.2"] and state.status == DELIVERED
+
+
+def test_5xx_to_mail_from_fails_without_trying_others():
+    relay, calls = relay_with({"192.0.2.1": ClientError(Reply(550, "5.7.1", "sender refused"), False, "mail"),
+                               "192.0.2.2": ok(["a@remote.example"])})
+    [state] = run(relay, ["a@remote.example"])
+    assert calls == ["192.0.2.1"] and state.status == FAILED and state.status_code == "5.7.1"
+
+
+def test_every_host_refusing_defers_with_the_last_error():
+    refused = ClientError(Reply(421, "4.4.1", "connection refused"), True, "connect")
+    relay, calls = relay_with({"192.0.2.1": refused, "192.0.2.2": refused})
+    [state] = run(relay, ["a@remote.example"])
+    assert calls == ["192.0.2.1", "192.0.2.2"] and state.status == PENDING
+    assert "connection refused" in state.last_error
+
+
+def test_per_recipient_results_in_one_transaction():
+    good = Reply(250, "2.1.5", "ok")
+    bad = Reply(550, "5.1.1", "no such user")
+    later = Reply(451, "4.2.0", "try later")
+    result = TransactionResult({"a@remote.example": good, "b@remote.example": bad, "c@remote.example": later},
+                               Reply(250, "2.0.0", "queued"), "mx1", True)
+    relay, calls = relay_with({"192.0.2.1": result})
+    states = run(relay, ["a@remote.example", "b@remote.example", "c@remote.example"])
+    assert [s.status for s in states] == [DELIVERED, FAILED, PENDING]
+    assert states[1].diagnostic == "550 5.1.1 no such user"
