@@ -10,12 +10,17 @@ What every such server does the same way lives here, once:
   characters";
 - one command in flight: pipelined input waits in a buffer (reading pauses past
   ``max_buffer``) until the previous reply is written; a session method may
-  answer at once (an outcome value) or later (a coroutine or Deferred);
+  answer at once (an outcome value) or later (a coroutine or Deferred); at
+  most ``max_commands_per_turn`` buffered commands are handled before other
+  connections get the reactor;
+- output backpressure: the protocol is the transport's streaming producer, so
+  when a client does not read its replies and the transport's buffer fills,
+  reading (and so answering) stops until the client catches up;
 - the session boundary: an unexpected exception becomes the protocol's
   "try again" reply and a logged failure, never a traceback to the peer;
 - STARTTLS/STLS: buffered plaintext is discarded before the handshake
   (RFC 3207 §4.2, RFC 2595 §4: the CVE-2011-0411 class of injection);
-- an idle timer, and closing: after the last reply the connection is closed,
+- an idle timer that only runs while the server waits for the client, and closing: after the last reply the connection is closed,
   and aborted if the peer has not let go within ``close_grace`` seconds (a TLS
   close waits for the peer's close_notify, which it may never send); on
   shutdown an idle session is told at once, a busy one after its reply.
@@ -33,9 +38,11 @@ from typing import Any, ClassVar
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 log = Logger()
 
@@ -55,8 +62,10 @@ class LineServerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, *, role: str, clock: Any, limiter: Any, tls_options: Any, implicit_tls: bool) -> None:
+    def __init__(self, *, role: str, clock: Any, limiter: Any, tls_options: Any, implicit_tls: bool,
+                 max_connections: int = 1000) -> None:
         self.role = role
+        self.max_connections = max_connections
         self.clock = clock
         self.limiter = limiter
         self.tls_options = tls_options
@@ -70,6 +79,7 @@ class LineServerFactory(Factory):
         return DeferredList([p.shutdown() for p in list(self.connections)])
 
 
+@implementer(IPushProducer)
 class LineServerProtocol(Protocol):
     """One connection of a line-based server; see the module docstring."""
 
@@ -82,6 +92,7 @@ class LineServerProtocol(Protocol):
     max_line: ClassVar[int]
     max_auth_line: ClassVar[int]
     max_buffer: ClassVar[int] = 1 << 20
+    max_commands_per_turn: ClassVar[int] = 100
     close_grace: ClassVar[float] = 3.0
     shutdown_grace: ClassVar[float | None] = None  # abort a session still busy this long after shutdown
 
@@ -90,9 +101,11 @@ class LineServerProtocol(Protocol):
         self.clock = factory.clock
         self.session: Any = None
         self.mode = Mode.COMMAND
-        self.buffer = b""
+        self.buffer = bytearray()  # deleting from the front of a bytearray is cheap (no quadratic copies)
         self.busy = False
-        self.paused = False
+        self.paused = False  # reading from the socket is paused
+        self.output_blocked = False  # the transport's send buffer is full: the client is not reading
+        self._continuation: Any = None
         self.closing = False
         self.discarding_line = False
         self.tls = factory.implicit_tls
@@ -147,6 +160,10 @@ class LineServerProtocol(Protocol):
         peer = self.transport.getPeer()
         self.peer_ip = getattr(peer, "host", "") or ""
         f = self.factory
+        if len(f.connections) >= f.max_connections:
+            log.warn("{role} refused {ip}: {n} connections open", role=f.role, ip=self.peer_ip, n=len(f.connections))
+            self.close_with(self.replies.TOO_MANY_CONNECTIONS)
+            return
         if not f.limiter.acquire(self.peer_ip):
             log.warn("{role} refused {ip}: too many connections", role=f.role, ip=self.peer_ip)
             self.close_with(self.replies.TOO_MANY_CONNECTIONS)
@@ -156,6 +173,7 @@ class LineServerProtocol(Protocol):
             self.close_with(self.replies.SHUTTING_DOWN)
             return
         f.connections.add(self)
+        self.transport.registerProducer(self, True)
         self.session = self.make_session()
         self._timer = self.clock.callLater(self.idle_timeout(), self._timed_out)
         self.write(self.greeting())
@@ -169,7 +187,7 @@ class LineServerProtocol(Protocol):
             self.factory.limiter.release(self.peer_ip)
             self.counted = False
         self.factory.connections.discard(self)
-        for timer in (self._timer, self._grace):
+        for timer in (self._timer, self._grace, self._continuation):
             if timer is not None and timer.active():
                 timer.cancel()
         if self.session is not None:
@@ -191,6 +209,8 @@ class LineServerProtocol(Protocol):
     def hang_up(self) -> None:
         """Close after the last write; abort if the peer has not let go within ``close_grace``."""
         self.mode = Mode.CLOSED
+        if getattr(self.transport, "producer", self) is not None:
+            self.transport.unregisterProducer()  # a TLS transport only closes once no producer is registered
         self.transport.loseConnection()
         if self._grace is None or not self._grace.active():
             self._grace = self.clock.callLater(self.close_grace, self._abort_if_open)
@@ -216,23 +236,41 @@ class LineServerProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.idle_timeout())
 
+    # -- IPushProducer: the transport tells us when the client stops reading ----------------
+
+    def pauseProducing(self) -> None:
+        self.output_blocked = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self.output_blocked = False
+        if self.mode is not Mode.CLOSED:
+            self.process()
+
+    def stopProducing(self) -> None:
+        self.output_blocked = True
+
     # -- input ----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self.mode is Mode.CLOSED:
             return
         self.touch()
-        if self.buffer or self.busy or not self.take_directly(data):
+        if self.buffer or self.busy or self.output_blocked or not self.take_directly(data):
             self.buffer += data
-        if self.busy:
-            if len(self.buffer) > self.max_buffer and not self.paused:
-                self.paused = True
-                self.transport.pauseProducing()
+        if self.busy or self.output_blocked:
+            self._update_reading()
             return
         self.process()
 
     def process(self) -> None:
-        while self.buffer and not self.busy and self.mode is not Mode.CLOSED:
+        handled = 0
+        while self.buffer and not self.busy and not self.output_blocked and self.mode is not Mode.CLOSED:
+            if handled >= self.max_commands_per_turn:  # let other connections have the reactor
+                if self._continuation is None or not self._continuation.active():
+                    self._continuation = self.clock.callLater(0, self.process)
+                break
+            handled += 1
             if self.consume_special():
                 continue
             line = self._next_line()
@@ -240,7 +278,20 @@ class LineServerProtocol(Protocol):
                 break
             if line is not _SKIPPED:
                 self._line_received(line)
-        if self.paused and not self.busy and self.mode is not Mode.CLOSED:
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read from the socket only while there is room for input and the client reads our output."""
+        if self.mode is Mode.CLOSED:
+            return
+        # Output backpressure stops the processing of input, not the reading itself (a TLS
+        # handshake must still be read); reading stops once unprocessed input piles up.
+        stop = (len(self.buffer) > self.max_buffer and (self.busy or self.output_blocked)) or \
+            len(self.buffer) > 4 * self.max_buffer
+        if stop and not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+        elif not stop and self.paused:
             self.paused = False
             self.transport.resumeProducing()
 
@@ -250,9 +301,10 @@ class LineServerProtocol(Protocol):
         if idx < 0:
             if len(self.buffer) > limit:  # drop the rest of this line, answer at its end
                 self.discarding_line = True
-                self.buffer = b""
+                self.buffer.clear()
             return None
-        line, self.buffer = self.buffer[:idx], self.buffer[idx + 1:]
+        line = bytes(self.buffer[:idx])
+        del self.buffer[:idx + 1]
         if self.discarding_line or idx + 1 > limit:
             self.discarding_line = False
             self.write(self.replies.LINE_TOO_LONG)
@@ -289,6 +341,8 @@ class LineServerProtocol(Protocol):
             self.apply(result)
             return
         self.busy = True
+        if self._timer is not None and self._timer.active():  # our turn, not the client's: no idle timeout
+            self._timer.cancel()
         d = Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else result
         d.addErrback(self.error_outcome)
         d.addCallback(self.resume)
@@ -298,6 +352,8 @@ class LineServerProtocol(Protocol):
         self.busy = False
         if self.mode is Mode.CLOSED:
             return
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(self.idle_timeout(), self._timed_out)
         if outcome is not None:
             self.apply(outcome)
         if self.busy:
@@ -308,7 +364,7 @@ class LineServerProtocol(Protocol):
         self.process()
 
     def start_tls(self) -> None:
-        self.buffer = b""  # nothing sent before the handshake is a command
+        self.buffer.clear()  # nothing sent before the handshake is a command
         self.transport.startTLS(self.factory.tls_options)
         self.tls = True
         self.session.tls_started()

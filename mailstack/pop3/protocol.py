@@ -113,8 +113,14 @@ class POP3Protocol(LineServerProtocol):
         self.transport.write(head)
         sender = MessageSender(file, WireEncoder(outcome.body_lines), _Progress(self.transport, self.touch))
         self.busy = True
+        self.transport.unregisterProducer()  # the sender is the transport's producer while it streams
         d = sender.start()
-        d.addCallbacks(lambda _: self.resume(None), self._send_failed)
+        d.addCallbacks(self._sent, self._send_failed)
+
+    def _sent(self, _: object) -> None:
+        if self.mode is not Mode.CLOSED:
+            self.transport.registerProducer(self, True)
+        self.resume(None)
 
     @staticmethod
     def _open(outcome: Outcome) -> IO[bytes] | None:

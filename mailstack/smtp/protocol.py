@@ -85,7 +85,8 @@ class ESMTPProtocol(LineServerProtocol):
 
     def consume_special(self) -> bool:
         if self.mode is Mode.DATA:
-            data, self.buffer = self.buffer, b""
+            data = bytes(self.buffer)
+            self.buffer.clear()
             self._data_input(data)
             return True
         if self.mode is Mode.BDAT:
@@ -155,7 +156,7 @@ class ESMTPProtocol(LineServerProtocol):
         content = b"".join(self._chunks)
         self._chunks = []
         problem = R.MESSAGE_TOO_BIG if self._overflow else None
-        self.buffer = rest + self.buffer
+        self.buffer[0:0] = rest
         self.dispatch(self.session.finish_message(msg.unstuff(content), problem))
 
     def _append(self, data: bytes) -> None:
@@ -191,8 +192,8 @@ class ESMTPProtocol(LineServerProtocol):
             self._bdat_done()
 
     def _bdat_input(self) -> None:
-        take = self.buffer[: self._bdat_left]
-        self.buffer = self.buffer[len(take):]
+        take = bytes(self.buffer[: self._bdat_left])
+        del self.buffer[: len(take)]
         self._bdat_left -= len(take)
         if not self._bdat_discard:
             self._chunks.append(take)

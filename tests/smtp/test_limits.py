@@ -102,3 +102,41 @@ def test_a_closed_connection_is_not_aborted():
     h.protocol.connectionLost()
     h.clock.advance(3)
     assert aborted == []
+
+
+def test_a_client_that_does_not_read_gets_no_more_replies_until_it_does():
+    h = smtp_harness()
+    h.read()
+    assert h.transport.producer is h.protocol  # the transport tells the session when its buffer is full
+    h.protocol.pauseProducing()  # what the transport does when the client stops reading
+    assert h.send(b"NOOP\r\n" * 50) == b""
+    assert h.transport.producerState == "producing"  # still reading (a TLS handshake may need it)
+    h.send(b"NOOP\r\n" * 200_000)  # 1.2 MB of unanswered commands
+    assert h.transport.producerState == "paused"  # now reading from the socket stopped too
+    h.protocol.resumeProducing()
+    h.clock.advance(0)
+    assert h.read().count(b"250 2.0.0 OK\r\n") == 200_050
+    assert h.transport.producerState == "producing"
+
+
+def test_pipelined_commands_are_handled_in_bounded_turns():
+    h = smtp_harness()
+    h.read()
+    first = h.send(b"NOOP\r\n" * 250)
+    assert first.count(b"250 2.0.0 OK\r\n") == 100  # one turn, then the reactor serves others
+    h.clock.advance(0)
+    assert h.read().count(b"250 2.0.0 OK\r\n") == 150
+
+
+def test_idle_timer_does_not_run_while_the_server_is_busy():
+    h = smtp_harness()
+    h.router.hold = True
+    h.read()
+    h.replies("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    h.send(b"x\r\n.\r\n")
+    h.clock.advance(3600)  # a very slow disk: still not the client's fault
+    assert not h.transport.disconnecting
+    h.router.release()
+    assert h.read().startswith(b"250 2.0.0 OK queued as")
+    h.clock.advance(301)
+    assert h.read().startswith(b"421 4.4.2")
