@@ -30,6 +30,7 @@ from mailstack.auth import Authenticator
 from mailstack.config import HostPort, Settings
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
+from mailstack.imap.listener import imap_factory
 from mailstack.inbound import InboundPolicy
 from mailstack.interfaces import SMTPPolicy
 from mailstack.maildir import MaildirDelivery
@@ -223,6 +224,8 @@ def listener_builders() -> dict[str, ListenerBuilder]:
             sh, "submissions", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=True),
         "pop3": lambda sh: pop3.build_factory(sh, implicit_tls=False),
         "pop3s": lambda sh: pop3.build_factory(sh, implicit_tls=True),
+        "imap": lambda sh: imap_factory(sh, implicit_tls=False),
+        "imaps": lambda sh: imap_factory(sh, implicit_tls=True),
     }
 
 

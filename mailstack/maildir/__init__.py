@@ -21,18 +21,28 @@ How a delivery works (:class:`MaildirDelivery`):
 
 Failures are :class:`DeliveryError` values with an RFC 3463 status and a
 temporary/permanent flag (:mod:`.errors`).
+
+Reading side (IMAP): :mod:`.folders` (``MailStore``: folders, subscriptions,
+special-use), :mod:`.mailbox` (``Mailbox``: UIDs, flags, \\Recent, append,
+copy, expunge), :mod:`.index` (the persistent UID index and message-facts
+cache), :mod:`.flags` (info-suffix letters and the keyword table).
 """
 
 from __future__ import annotations
 
 from mailstack.maildir.deliver import MaildirDelivery, Recipient
 from mailstack.maildir.errors import DeliveryError
+from mailstack.maildir.folders import FolderError, MailStore
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout
+from mailstack.maildir.mailbox import Mailbox
 
 __all__ = [
     "DeliveryError",
+    "FolderError",
     "InvalidFolder",
     "MaildirDelivery",
+    "MailStore",
+    "Mailbox",
     "MaildirLayout",
     "Recipient",
 ]

@@ -1,0 +1,277 @@
+"""FETCH: attribute parsing and the FETCH response (RFC 3501 §6.4.5, §7.4.2).
+
+Items: the ALL/FAST/FULL macros, FLAGS, INTERNALDATE, RFC822.SIZE, UID,
+ENVELOPE, BODY, BODYSTRUCTURE, RFC822, RFC822.HEADER, RFC822.TEXT and
+``BODY[section]<partial>`` / ``BODY.PEEK[...]`` with HEADER,
+HEADER.FIELDS (.NOT), TEXT, MIME and part numbers. Items that need only
+index facts (flags, size, date, UID) never open the message file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailstack.imap import mime
+from mailstack.imap.parse import Atom, ParseError, Token
+from mailstack.imap.response import imap_date, nstring, plist, string
+
+MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODY", "BODYSTRUCTURE",
+          "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+_SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I)
+_SPEC = re.compile(r"^((?:[1-9]\d*)(?:\.[1-9]\d*)*)?(?:^|\.)?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?(.*)$",
+                   re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    peek: bool
+    parts: tuple[int, ...]
+    text: str  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[str, ...]
+    partial: tuple[int, int] | None
+    label: str  # the section as echoed in the response
+
+    @property
+    def sets_seen(self) -> bool:
+        return not self.peek
+
+
+Item = str | Section
+
+
+def parse_items(tok: Token) -> list[Item]:
+    """The fetch-att list of a FETCH command."""
+    if isinstance(tok, Atom) and tok.upper() in MACROS:
+        return list(MACROS[tok.upper()])
+    toks = tok if isinstance(tok, list) else [tok]
+    if not toks:
+        raise ParseError("empty fetch attribute list")
+    return [parse_item(t) for t in toks]
+
+
+def parse_item(tok: Token) -> Item:
+    if not isinstance(tok, Atom):
+        raise ParseError("bad fetch attribute")
+    name = tok.upper()
+    if name in SIMPLE:
+        return name
+    m = _SECTION.match(tok.value)
+    if not m:
+        raise ParseError(f"unknown fetch attribute {tok.value[:40]}")
+    peek = m.group(1).upper() == "BODY.PEEK"
+    partial = None
+    if m.group(3) is not None:
+        length = int(m.group(4))
+        if length == 0:
+            raise ParseError("partial length must be positive")
+        partial = (int(m.group(3)), length)
+    return parse_section(m.group(2), peek, partial)
+
+
+def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Section:
+    head, _, fields_part = spec.partition(" ")
+    parts: list[int] = []
+    rest = head
+    while rest and rest[0].isdigit():
+        num, _, rest = rest.partition(".")
+        if not num.isdigit() or num.startswith("0"):
+            raise ParseError("bad section part number")
+        parts.append(int(num))
+    text = rest.upper()
+    if text not in ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"):
+        raise ParseError("bad section")
+    if head and head[-1] == ".":
+        raise ParseError("bad section")
+    if text == "MIME" and not parts:
+        raise ParseError("MIME needs a part number")
+    fields: tuple[str, ...] = ()
+    if text.startswith("HEADER.FIELDS"):
+        from mailstack.imap.parse import Tokenizer, astring
+
+        toks = Tokenizer(fields_part.encode("utf-8")).tokens()
+        if len(toks) != 1 or not isinstance(toks[0], list) or not toks[0]:
+            raise ParseError("HEADER.FIELDS needs a list of field names")
+        fields = tuple(astring(t) for t in toks[0])
+        label_fields = " (" + " ".join(f.upper() for f in fields) + ")"
+    elif fields_part:
+        raise ParseError("bad section")
+    else:
+        label_fields = ""
+    label = ".".join(str(p) for p in parts)
+    if text:
+        label = f"{label}.{text}" if label else text
+    return Section(peek, tuple(parts), text, fields, partial, label + label_fields)
+
+
+def needs_body(items: list[Item]) -> bool:
+    return any(isinstance(i, Section) or i in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822",
+                                                 "RFC822.HEADER", "RFC822.TEXT") for i in items)
+
+
+def sets_seen(items: list[Item]) -> bool:
+    return any((isinstance(i, Section) and not i.peek) or i in ("RFC822", "RFC822.TEXT") for i in items)
+
+
+# -- section content ----------------------------------------------------------------------
+
+
+def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes:
+    if not sec.parts and sec.text == "":
+        return data
+    if root is None:
+        root = mime.parse(data)
+    part = mime.find_part(root, list(sec.parts)) if sec.parts else root
+    if part is None:
+        return b""
+    if sec.text == "MIME":
+        return part.header if part is not root else part.header
+    if sec.text == "":
+        return part.body
+    target = part
+    if sec.parts:  # HEADER/TEXT of a part apply to the message it encapsulates
+        if part.message is None:
+            return b""
+        target = part.message
+    if sec.text == "TEXT":
+        return target.body
+    if sec.text == "HEADER":
+        return target.header
+    wanted = {f.lower() for f in sec.fields}
+    keep = sec.text == "HEADER.FIELDS"
+    chosen = [raw for name, raw in target.fields if (name in wanted) == keep and name]
+    return b"".join(line if line.endswith(b"\n") else line + b"\r\n" for line in chosen) + b"\r\n"
+
+
+def partial(data: bytes, spec: tuple[int, int] | None) -> bytes:
+    if spec is None:
+        return data
+    start, length = spec
+    return data[start:start + length]
+
+
+# -- ENVELOPE and BODYSTRUCTURE (RFC 3501 §7.4.2) -------------------------------------------
+
+
+def _addresses(value: str | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    addrs = mime.parse_addresses(value)
+    if not addrs:
+        return b"NIL"
+    return b"(" + b"".join(plist([nstring(x) for x in a]) for a in addrs) + b")"
+
+
+def envelope(part: mime.Part) -> bytes:
+    get = part.get
+    sender = get("sender") or get("from")
+    reply_to = get("reply-to") or get("from")
+    items = [
+        nstring(get("date")), nstring(get("subject")),
+        _addresses(get("from")), _addresses(sender), _addresses(reply_to),
+        _addresses(get("to")), _addresses(get("cc")), _addresses(get("bcc")),
+        nstring(get("in-reply-to")), nstring(get("message-id")),
+    ]
+    return plist(items)
+
+
+def _params(params: list[tuple[str, str]]) -> bytes:
+    if not params:
+        return b"NIL"
+    return plist([b for k, v in params for b in (string(k.upper()), string(v))])
+
+
+def _lines(body: bytes) -> int:
+    n = body.count(b"\n")
+    return n + 1 if body and not body.endswith(b"\n") else n
+
+
+def body_structure(part: mime.Part, extended: bool) -> bytes:
+    if part.is_multipart():
+        children = b"".join(body_structure(c, extended) for c in part.children) or \
+            b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 0 0)'
+        out = children + b" " + string(part.subtype.upper())
+        if extended:
+            out += b" " + b" ".join([_params([p for p in part.params]), *_extension(part)])
+        return b"(" + out + b")"
+    encoding = (part.get("content-transfer-encoding") or "7BIT").upper()
+    fields = [string(part.type.upper()), string(part.subtype.upper()), _params(part.params),
+              nstring(part.get("content-id")), nstring(part.get("content-description")),
+              string(encoding), str(len(part.body)).encode()]
+    if part.type == "message" and part.subtype == "rfc822" and part.message is not None:
+        fields += [envelope(part.message), body_structure(part.message, extended),
+                   str(_lines(part.body)).encode()]
+    elif part.type == "text":
+        fields.append(str(_lines(part.body)).encode())
+    if extended:
+        fields += [nstring(part.get("content-md5")), *_extension(part)]
+    return plist(fields)
+
+
+def _extension(part: mime.Part) -> list[bytes]:
+    disp = part.get("content-disposition")
+    parsed = mime.parse_disposition(disp) if disp else None
+    disposition = plist([string(parsed[0]), _params(parsed[1])]) if parsed else b"NIL"
+    lang = part.get("content-language")
+    if lang:
+        langs = [x.strip() for x in lang.split(",") if x.strip()]
+        language = string(langs[0]) if len(langs) == 1 else plist([string(x) for x in langs])
+    else:
+        language = b"NIL"
+    return [disposition, language, nstring(part.get("content-location"))]
+
+
+# -- one FETCH response -----------------------------------------------------------------------
+
+
+def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal_date: int,
+           data: bytes | None) -> bytes:
+    """The parenthesised data of ``* n FETCH (...)``; ``data`` is None when not needed."""
+    out: list[bytes] = []
+    root: mime.Part | None = None
+
+    def parsed() -> mime.Part:
+        nonlocal root
+        if root is None:
+            root = mime.parse(data or b"")
+        return root
+
+    for item in items:
+        if isinstance(item, Section):
+            tree = parsed() if (item.parts or item.text) else None
+            content = partial(section_bytes(data or b"", tree, item), item.partial)
+            origin = f"<{item.partial[0]}>" if item.partial else ""
+            out.append(f"BODY[{item.label}]{origin} ".encode() + _literal_or_quoted(content))
+        elif item == "UID":
+            out.append(b"UID %d" % uid)
+        elif item == "FLAGS":
+            out.append(b"FLAGS (" + " ".join(flags).encode("utf-8") + b")")
+        elif item == "INTERNALDATE":
+            out.append(b'INTERNALDATE "' + imap_date(internal_date).encode() + b'"')
+        elif item == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % size)
+        elif item == "ENVELOPE":
+            out.append(b"ENVELOPE " + envelope(parsed()))
+        elif item == "BODY":
+            out.append(b"BODY " + body_structure(parsed(), False))
+        elif item == "BODYSTRUCTURE":
+            out.append(b"BODYSTRUCTURE " + body_structure(parsed(), True))
+        elif item == "RFC822":
+            out.append(b"RFC822 " + _literal_or_quoted(data or b""))
+        elif item == "RFC822.HEADER":
+            out.append(b"RFC822.HEADER " + _literal_or_quoted(parsed().header))
+        elif item == "RFC822.TEXT":
+            out.append(b"RFC822.TEXT " + _literal_or_quoted(parsed().body))
+    return b"(" + b" ".join(out) + b")"
+
+
+def _literal_or_quoted(content: bytes) -> bytes:
+    return b"{%d}\r\n" % len(content) + content
+
+
+__all__ = ["Item", "Section", "needs_body", "parse_items", "render", "sets_seen"]

@@ -1,0 +1,281 @@
+"""Authenticated-state commands over mailboxes: SELECT, EXAMINE, CREATE, DELETE,
+RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND.
+
+RFC 3501 §6.3 (with §5.1 naming, §5.1.3 modified UTF-7), RFC 3348
+(\\HasChildren/\\HasNoChildren), RFC 6154 (special-use attributes on LIST),
+RFC 4315 (APPENDUID), RFC 5530 (response codes). The hierarchy delimiter is
+``.`` (Maildir++); names travel in modified UTF-7 and are stored as UTF-8.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mailstack.imap.parse import (
+    Atom,
+    ParseError,
+    String,
+    Token,
+    astring,
+    list_mailbox,
+    paren_list,
+    utf7_decode,
+    utf7_encode,
+)
+from mailstack.imap.response import astring as wire_name
+from mailstack.imap.response import parse_date_time
+from mailstack.imap.view import SYSTEM_FLAGS, Bad, No, State, View, ViewMixin, flag_lines
+from mailstack.maildir.flags import TooManyKeywords, canonical_flag
+from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_inbox, normal_name
+from mailstack.maildir.mailbox import write_tmp
+
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+
+
+def encode_name(name: str) -> bytes:
+    return wire_name(utf7_encode(name))
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST wildcards (RFC 3501 §6.3.8): ``*`` anything, ``%`` anything but the delimiter."""
+    out = []
+    for ch in pattern:
+        out.append(".*" if ch == "*" else "[^.]*" if ch == "%" else re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+def name_matches(regex: re.Pattern[str], pattern: str, name: str) -> bool:
+    if regex.match(name):
+        return True
+    if name.upper().startswith("INBOX") and pattern[:5].upper() == "INBOX":
+        return bool(pattern_regex("INBOX" + pattern[5:]).match("INBOX" + name[5:]))
+    return False
+
+
+class MailboxCommands(ViewMixin):
+    user: str | None
+    store: Any
+    state: Any
+    io: Any
+    events: Any
+    config: Any
+
+    def mailbox_name(self, tok: Token) -> str:
+        name = utf7_decode(astring(tok))
+        if "\0" in name:
+            raise ParseError("NUL in mailbox name")
+        return normal_name(name)
+
+    # -- SELECT / EXAMINE (RFC 3501 §6.3.1, §6.3.2) --------------------------------------
+
+    async def cmd_select(self, tag: str, args: list[Token]) -> Any:
+        return await self._select(tag, args, readonly=False)
+
+    async def cmd_examine(self, tag: str, args: list[Token]) -> Any:
+        return await self._select(tag, args, readonly=True)
+
+    async def _select(self, tag: str, args: list[Token], *, readonly: bool) -> Any:
+        if len(args) != 1:
+            raise Bad("SELECT needs one mailbox name")
+        name = self.mailbox_name(args[0])
+        self.deselect()
+        box = await self.store.open(self.user, name, self.io)
+        box.refresh()
+        view = View(name, box, readonly)
+        view.uids = [m.uid for m in box.messages]
+        view.known = {m.uid: m.letters for m in box.messages}
+        view.recent = set(box.unclaimed) if readonly else box.claim_recent()
+        view.version = box.version
+        view.keywords = len(box.keywords.names)
+        lines = [
+            *(line.decode().rstrip("\r\n") for line in flag_lines(box.keywords.names, readonly)),
+            f"* {len(view.uids)} EXISTS",
+            f"* {len(view.recent)} RECENT",
+        ]
+        unseen = box.first_unseen()
+        if unseen:
+            lines.append(f"* OK [UNSEEN {unseen}] First unseen")
+        lines += [f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid",
+                  f"* OK [UIDNEXT {box.uidnext}] Predicted next UID"]
+        self.send("".join(line + "\r\n" for line in lines).encode())  # type: ignore[operator]
+        self.view = view
+        self.state = State.SELECTED
+        verb = "EXAMINE" if readonly else "SELECT"
+        return self.ok(tag, verb, code="READ-ONLY" if readonly else "READ-WRITE")  # type: ignore[attr-defined]
+
+    # -- CREATE / DELETE / RENAME (RFC 3501 §6.3.3-6.3.5) -------------------------------
+
+    async def cmd_create(self, tag: str, args: list[Token]) -> Any:
+        name = self._one_name(args)
+        if any(c in name for c in "%*"):
+            raise No("Mailbox names cannot contain wildcards", "CANNOT")
+        self.store.create(self.user, name)
+        return self.ok(tag, "CREATE")  # type: ignore[attr-defined]
+
+    async def cmd_delete(self, tag: str, args: list[Token]) -> Any:
+        name = self._one_name(args)
+        if self.view is not None and self.view.name == name:
+            self.deselect()
+        self.store.delete(self.user, name)
+        return self.ok(tag, "DELETE")  # type: ignore[attr-defined]
+
+    async def cmd_rename(self, tag: str, args: list[Token]) -> Any:
+        if len(args) != 2:
+            raise Bad("RENAME needs two mailbox names")
+        old, new = self.mailbox_name(args[0]), self.mailbox_name(args[1])
+        if any(c in new for c in "%*"):
+            raise No("Mailbox names cannot contain wildcards", "CANNOT")
+        if self.view is not None and (self.view.name == old or self.view.name.startswith(old + DELIMITER)):
+            if not is_inbox(old):
+                self.deselect()
+        self.store.rename(self.user, old, new)
+        self.events.publish(self.user, None)
+        return self.ok(tag, "RENAME")  # type: ignore[attr-defined]
+
+    def _one_name(self, args: list[Token]) -> str:
+        if len(args) != 1:
+            raise Bad("Expected one mailbox name")
+        return self.mailbox_name(args[0])
+
+    # -- SUBSCRIBE / UNSUBSCRIBE / LIST / LSUB (RFC 3501 §6.3.6-6.3.9) ---------------------
+
+    async def cmd_subscribe(self, tag: str, args: list[Token]) -> Any:
+        name = self._one_name(args)
+        if not self.store.exists(self.user, name):
+            raise No("No such mailbox", "NONEXISTENT")
+        self.store.subscribe(self.user, name, True)
+        return self.ok(tag, "SUBSCRIBE")  # type: ignore[attr-defined]
+
+    async def cmd_unsubscribe(self, tag: str, args: list[Token]) -> Any:
+        name = self._one_name(args)
+        self.store.subscribe(self.user, name, False)
+        return self.ok(tag, "UNSUBSCRIBE")  # type: ignore[attr-defined]
+
+    def _list_args(self, args: list[Token]) -> tuple[str, str]:
+        if len(args) != 2:
+            raise Bad("LIST needs a reference and a mailbox pattern")
+        ref = utf7_decode(astring(args[0]) if not isinstance(args[0], Atom) else list_mailbox(args[0]))
+        pattern = utf7_decode(list_mailbox(args[1]))
+        return ref, pattern
+
+    @staticmethod
+    def _full_pattern(ref: str, pattern: str) -> str:
+        """RFC 3501 §6.3.8: the reference and the pattern, joined left to right."""
+        return ref + pattern
+
+    async def cmd_list(self, tag: str, args: list[Token]) -> Any:
+        ref, pattern = self._list_args(args)
+        if pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
+            root = ref.split(DELIMITER, 1)[0] + DELIMITER if DELIMITER in ref else ""
+            self.send(b'* LIST (\\Noselect) "." ' + encode_name(root) + b"\r\n")  # type: ignore[operator]
+            return self.ok(tag, "LIST")  # type: ignore[attr-defined]
+        full = self._full_pattern(ref, pattern)
+        regex = pattern_regex(full)
+        existing = self.store.folders(self.user)
+        names = set(existing)
+        for name in existing:
+            levels = name.split(DELIMITER)
+            for i in range(1, len(levels)):
+                names.add(DELIMITER.join(levels[:i]))
+        out = []
+        for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+            if not name_matches(regex, full, name):
+                continue
+            attrs = []
+            if name not in existing:
+                attrs.append("\\Noselect")
+            has_children = any(other.startswith(name + DELIMITER) for other in names)
+            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            if name in SPECIAL_USE:
+                attrs.append(SPECIAL_USE[name])
+            out.append(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name) + b"\r\n")
+        self.send(b"".join(out))  # type: ignore[operator]
+        return self.ok(tag, "LIST")  # type: ignore[attr-defined]
+
+    async def cmd_lsub(self, tag: str, args: list[Token]) -> Any:
+        ref, pattern = self._list_args(args)
+        full = self._full_pattern(ref, pattern)
+        regex = pattern_regex(full)
+        subs = self.store.subscriptions(self.user)
+        out: dict[str, str] = {}
+        for name in subs:
+            if name_matches(regex, full, name):
+                out.setdefault(name, "")
+            elif "%" in full:  # RFC 3501 §6.3.9: a matching parent of a subscribed name
+                levels = name.split(DELIMITER)
+                for i in range(1, len(levels)):
+                    parent = DELIMITER.join(levels[:i])
+                    if name_matches(regex, full, parent) and parent not in subs:
+                        out.setdefault(parent, "\\Noselect")
+        lines = [f"* LSUB ({attrs}) \".\" ".encode() + encode_name(name) + b"\r\n"
+                 for name, attrs in sorted(out.items(), key=lambda kv: (kv[0] != "INBOX", kv[0]))]
+        self.send(b"".join(lines))  # type: ignore[operator]
+        return self.ok(tag, "LSUB")  # type: ignore[attr-defined]
+
+    # -- STATUS (RFC 3501 §6.3.10) ---------------------------------------------------------
+
+    async def cmd_status(self, tag: str, args: list[Token]) -> Any:
+        if len(args) != 2:
+            raise Bad("STATUS needs a mailbox and a list of items")
+        name = self.mailbox_name(args[0])
+        items = []
+        for tok in paren_list(args[1]):
+            if not isinstance(tok, Atom) or tok.upper() not in STATUS_ITEMS:
+                raise Bad("Unknown STATUS item")
+            items.append(tok.upper())
+        if not items:
+            raise Bad("Empty STATUS item list")
+        box = await self.store.open(self.user, name, self.io)
+        box.refresh()
+        values = {
+            "MESSAGES": lambda: len(box.messages),
+            "RECENT": lambda: len(box.unclaimed) + (len(self.view.recent) if self.view and self.view.box is box else 0),
+            "UIDNEXT": lambda: box.uidnext,
+            "UIDVALIDITY": lambda: box.uidvalidity,
+            "UNSEEN": box.unseen_count,
+        }
+        body = " ".join(f"{item} {values[item]()}" for item in items)
+        self.send(b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode())  # type: ignore[operator]
+        return self.ok(tag, "STATUS")  # type: ignore[attr-defined]
+
+    # -- APPEND (RFC 3501 §6.3.11, RFC 4315 APPENDUID) ------------------------------------
+
+    async def cmd_append(self, tag: str, args: list[Token]) -> Any:
+        if len(args) < 2 or len(args) > 4:
+            raise Bad("APPEND needs a mailbox and a message literal")
+        name = self.mailbox_name(args[0])
+        message = args[-1]
+        if not isinstance(message, String) or not message.literal:
+            raise Bad("APPEND needs the message as a literal")
+        flags: list[str] = []
+        date: int | None = None
+        for tok in args[1:-1]:
+            if isinstance(tok, list) and not flags:
+                flags = [canonical_flag(f.value) for f in tok if isinstance(f, Atom)]
+                if len(flags) != len(tok) or any(f.startswith("\\") and f not in SYSTEM_FLAGS.split()
+                                                 for f in flags):
+                    raise Bad("Invalid flag in APPEND")
+            elif isinstance(tok, String) and date is None:
+                date = parse_date_time(tok.value.decode("ascii", "replace"))
+                if date is None:
+                    raise Bad("Invalid date-time in APPEND")
+            else:
+                raise Bad("Invalid APPEND arguments")
+        if len(message.value) > self.config.max_message_size:
+            raise No("Message too large", "TOOBIG")
+        try:
+            box = await self.store.open(self.user, name, self.io)
+        except FolderError as e:
+            if e.code == "NONEXISTENT":
+                raise No("Mailbox does not exist", "TRYCREATE") from None
+            raise
+        try:
+            letters = box.keywords.letters_of(flags)
+        except TooManyKeywords:
+            raise No("Too many keywords in this mailbox", "LIMIT") from None
+        tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
+        msg = box.add_tmp(tmp, base, letters, len(message.value), when)
+        self.events.publish(self.user, None if name == "INBOX" else name)
+        return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]
+

@@ -1,0 +1,372 @@
+"""MIME structure of a stored message, for FETCH sections, ENVELOPE and BODYSTRUCTURE.
+
+RFC 3501 §6.4.5 (section numbering), §7.4.2 (ENVELOPE, BODY, BODYSTRUCTURE),
+RFC 2045/2046 (headers, multipart boundaries, message/rfc822), RFC 5322 §3.4
+(address and group syntax). Parsing works on bytes and never fails: a damaged
+message is described as well as it can be (as text/plain when in doubt).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:", re.M)
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def split_message(data: bytes) -> tuple[bytes, bytes]:
+    """(header including the blank line that ends it, body)."""
+    if data.startswith(b"\r\n"):
+        return b"\r\n", data[2:]
+    if data.startswith(b"\n"):
+        return b"\n", data[1:]
+    m = _HEADER_END.search(data)
+    if m is None:
+        return data, b""
+    return data[:m.end()], data[m.end():]
+
+
+def header_fields(header: bytes) -> list[tuple[str, bytes]]:
+    """Raw fields: (lower-case name, raw bytes of the whole field including folding and CRLF)."""
+    out: list[tuple[str, bytes]] = []
+    lines = header.splitlines(keepends=True)
+    current: list[bytes] = []
+    name = ""
+    for line in lines:
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current:
+            out.append((name, b"".join(current)))
+        m = _FIELD.match(line)
+        name = _text(m.group(1)).lower() if m else ""
+        current = [line]
+    if current:
+        out.append((name, b"".join(current)))
+    return out
+
+
+def field_value(raw: bytes) -> str:
+    """The unfolded value of one raw field."""
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    return _text(re.sub(rb"\r?\n(?=[ \t])", b"", value)).strip()
+
+
+@dataclass
+class Part:
+    header: bytes
+    body: bytes
+    fields: list[tuple[str, bytes]]
+    type: str = "text"
+    subtype: str = "plain"
+    params: list[tuple[str, str]] = field(default_factory=list)
+    children: list[Part] = field(default_factory=list)
+    message: Part | None = None  # the encapsulated message of a message/rfc822 part
+
+    def get(self, name: str) -> str | None:
+        for n, raw in self.fields:
+            if n == name:
+                return field_value(raw)
+        return None
+
+    def is_multipart(self) -> bool:
+        return self.type == "multipart"
+
+
+def parse(data: bytes, default_type: tuple[str, str] = ("text", "plain"), depth: int = 0) -> Part:
+    header, body = split_message(data)
+    fields = header_fields(header)
+    part = Part(header, body, fields)
+    ctype = part.get("content-type")
+    part.type, part.subtype = default_type
+    if ctype:
+        parsed = parse_content_type(ctype)
+        if parsed is not None:
+            part.type, part.subtype, part.params = parsed
+        elif default_type != ("text", "plain"):
+            part.type, part.subtype = "text", "plain"
+    if not ctype and default_type == ("text", "plain"):
+        part.params = [("charset", "us-ascii")]
+    if depth > 50:
+        return part
+    if part.type == "multipart":
+        boundary = dict(part.params).get("boundary")
+        if not boundary:
+            part.type, part.subtype, part.params = "text", "plain", [("charset", "us-ascii")]
+            return part
+        child_default = ("message", "rfc822") if part.subtype == "digest" else ("text", "plain")
+        part.children = [parse(p, child_default, depth + 1) for p in split_multipart(body, boundary)]
+    elif part.type == "message" and part.subtype == "rfc822":
+        part.message = parse(body, ("text", "plain"), depth + 1)
+    return part
+
+
+def split_multipart(body: bytes, boundary: str) -> list[bytes]:
+    """Body parts between ``--boundary`` lines (RFC 2046 §5.1.1); preamble/epilogue dropped."""
+    delim = b"--" + boundary.encode("utf-8", "surrogateescape")
+    parts: list[bytes] = []
+    pattern = re.compile(rb"(?:^|\r?\n)" + re.escape(delim) + rb"(--)?[ \t]*(?:\r?\n|$)", re.M)
+    start = None
+    for m in pattern.finditer(body):
+        # the match must begin at a line start
+        if m.start() != 0 and body[m.start():m.start() + 1] not in (b"\r", b"\n"):
+            continue
+        if start is not None:
+            parts.append(body[start:m.start()])
+        if m.group(1):
+            return parts
+        start = m.end()
+    if start is not None:
+        parts.append(body[start:])
+    return parts
+
+
+_TOKEN = r"[^\x00-\x20()<>@,;:\\\"/\[\]?=\x7f]+"
+_CT = re.compile(r"^\s*(" + _TOKEN + r")\s*/\s*(" + _TOKEN + r")\s*(.*)$", re.S)
+_PARAM = re.compile(r';\s*(' + _TOKEN + r')\s*=\s*("(?:[^"\\]|\\.)*"|' + _TOKEN + r')\s*', re.S)
+
+
+def _strip_comments(value: str) -> str:
+    out, depth, quoted, i = [], 0, False, 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            if depth == 0:
+                out.append(value[i:i + 2])
+            i += 2
+            continue
+        if c == '"' and depth == 0:
+            quoted = not quoted
+        elif not quoted and c == "(":
+            depth += 1
+        elif not quoted and c == ")" and depth:
+            depth -= 1
+            i += 1
+            continue
+        if depth == 0:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_params(rest: str) -> list[tuple[str, str]]:
+    params = []
+    for m in _PARAM.finditer(rest):
+        value = m.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params.append((m.group(1).lower(), value))
+    return params
+
+
+def parse_content_type(value: str) -> tuple[str, str, list[tuple[str, str]]] | None:
+    m = _CT.match(_strip_comments(value))
+    if m is None:
+        return None
+    return m.group(1).lower(), m.group(2).lower(), parse_params(m.group(3))
+
+
+def parse_disposition(value: str) -> tuple[str, list[tuple[str, str]]] | None:
+    m = re.match(r"^\s*(" + _TOKEN + r")\s*(.*)$", _strip_comments(value), re.S)
+    if m is None:
+        return None
+    return m.group(1), parse_params(m.group(2))
+
+
+def find_part(root: Part, numbers: list[int]) -> Part | None:
+    """RFC 3501 §6.4.5 part numbers: ``[2, 1]`` is part 1 of part 2.
+
+    The parts of a message/rfc822 part are those of the message it holds; a
+    non-multipart message or part has one part, numbered 1: itself.
+    """
+    part = root
+    for n in numbers:
+        if part is not root and part.message is not None:
+            part = part.message
+        if part.is_multipart():
+            if not 1 <= n <= len(part.children):
+                return None
+            part = part.children[n - 1]
+        elif n != 1:
+            return None
+    return part
+
+
+# -- addresses (RFC 5322 §3.4) for ENVELOPE --------------------------------------------
+
+
+def _tokens(value: str) -> list[tuple[str, str]]:
+    """('q', quoted) ('a', atom-ish) ('s', special) ('l', domain literal) tokens, comments dropped."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c == "(":
+            depth = 0
+            while i < n:
+                if value[i] == "\\":
+                    i += 2
+                    continue
+                if value[i] == "(":
+                    depth += 1
+                elif value[i] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+        elif c == '"':
+            j = i + 1
+            buf = []
+            while j < n and value[j] != '"':
+                if value[j] == "\\" and j + 1 < n:
+                    j += 1
+                buf.append(value[j])
+                j += 1
+            out.append(("q", "".join(buf)))
+            i = j + 1
+        elif c == "[":
+            j = value.find("]", i)
+            j = n - 1 if j < 0 else j
+            out.append(("l", value[i:j + 1]))
+            i = j + 1
+        elif c in "<>@,;:.":
+            out.append(("s", c))
+            i += 1
+        else:
+            j = i
+            while j < n and value[j] not in ' \t\r\n()"<>@,;:[' and not (value[j] == "." and False):
+                if value[j] == ".":
+                    break
+                j += 1
+            if j == i:
+                j = i + 1
+            out.append(("a", value[i:j]))
+            i = j
+    return out
+
+
+Address = tuple[str | None, str | None, str | None, str | None]  # name, adl, mailbox, host
+
+
+def parse_addresses(value: str) -> list[Address]:
+    """Address list -> ENVELOPE address tuples, with group start/end markers."""
+    toks = _tokens(value)
+    result: list[Address] = []
+    i = 0
+    while i < len(toks):
+        # collect one mailbox or group up to a top-level ','
+        j = i
+        depth = 0
+        while j < len(toks):
+            if toks[j] == ("s", "<"):
+                depth += 1
+            elif toks[j] == ("s", ">"):
+                depth = max(0, depth - 1)
+            elif depth == 0 and toks[j] == ("s", ":"):
+                # group: name ':' list ';'
+                name = _words(toks[i:j])
+                k = j + 1
+                while k < len(toks) and toks[k] != ("s", ";"):
+                    k += 1
+                result.append((None, None, name, None))
+                result.extend(parse_addresses_tokens(toks[j + 1:k]))
+                result.append((None, None, None, None))
+                j = k + 1
+                while j < len(toks) and toks[j] == ("s", ","):
+                    j += 1
+                i = j
+                break
+            elif depth == 0 and toks[j] == ("s", ","):
+                break
+            j += 1
+        else:
+            pass
+        if i == j and i < len(toks) and toks[i] == ("s", ","):
+            i += 1
+            continue
+        if i < j:
+            one = _mailbox(toks[i:j])
+            if one is not None:
+                result.append(one)
+            i = j + 1 if j < len(toks) and toks[j] == ("s", ",") else j
+    return result
+
+
+def parse_addresses_tokens(toks: list[tuple[str, str]]) -> list[Address]:
+    out = []
+    chunk: list[tuple[str, str]] = []
+    depth = 0
+    for t in toks + [("s", ",")]:
+        if t == ("s", "<"):
+            depth += 1
+        elif t == ("s", ">"):
+            depth = max(0, depth - 1)
+        if t == ("s", ",") and depth == 0:
+            one = _mailbox(chunk)
+            if one is not None:
+                out.append(one)
+            chunk = []
+        else:
+            chunk.append(t)
+    return out
+
+
+def _words(toks: list[tuple[str, str]]) -> str:
+    words: list[str] = []
+    for kind, text in toks:
+        if kind == "s" and text == ".":
+            if words:
+                words[-1] += "."
+            continue
+        words.append(text)
+    return " ".join(words)
+
+
+def _mailbox(toks: list[tuple[str, str]]) -> Address | None:
+    if not toks:
+        return None
+    if ("s", "<") in toks:
+        lt = toks.index(("s", "<"))
+        gt = toks.index(("s", ">")) if ("s", ">") in toks else len(toks)
+        name = _words(toks[:lt]) or None
+        inner = toks[lt + 1:gt]
+        adl = None
+        if ("s", ":") in inner:  # obsolete route
+            colon = inner.index(("s", ":"))
+            adl = "".join(t for _, t in inner[:colon]) or None
+            inner = inner[colon + 1:]
+        local, host = _addr_spec(inner)
+        return (name, adl, local, host)
+    local, host = _addr_spec(toks)
+    return (None, None, local, host)
+
+
+def _addr_spec(toks: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    if ("s", "@") in toks:
+        at = len(toks) - 1 - toks[::-1].index(("s", "@"))
+        local = _join(toks[:at])
+        host = _join(toks[at + 1:])
+        return local or None, host or None
+    local = _join(toks)
+    return (local or None), None
+
+
+def _join(toks: list[tuple[str, str]]) -> str:
+    out = []
+    for kind, text in toks:
+        if kind == "q" and any(c in text for c in ' "\\()<>@,;:[]'):
+            out.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            out.append(text)
+    return "".join(out)

@@ -1,0 +1,299 @@
+"""SEARCH: criteria parsing and evaluation (RFC 3501 §6.4.4).
+
+Every RFC 3501 search key is supported. String keys match case-insensitively
+as substrings (§6.4.4 "In all search keys that use strings..."); header values
+are matched after RFC 2047 decoding. BEFORE/ON/SINCE compare the internal date
+and SENTBEFORE/SENTON/SENTSINCE the Date: header, both by date only,
+disregarding time and time zone. Keys that need only flags, sizes, dates and
+UIDs never open the message file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.header
+import email.utils
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailstack.imap import mime
+from mailstack.imap.parse import Atom, ParseError, String, Token, astring, number, resolve_set, sequence_set
+from mailstack.imap.response import parse_date
+from mailstack.maildir.flags import canonical_flag
+
+FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
+             "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
+             "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
+             "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
+HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+CHARSETS = {"US-ASCII", "UTF-8"}
+MAX_DEPTH = 100
+
+Node = tuple  # ("and", [nodes]) ("or", a, b) ("not", a) (key, args...)
+
+
+@dataclass
+class Candidate:
+    """What a search can look at for one message; ``load`` reads the file when needed."""
+
+    msn: int
+    uid: int
+    flags: list[str]
+    recent: bool
+    size: int
+    internal_date: int
+    load: Callable[[], bytes]
+    _data: bytes | None = None
+    _lower: bytes | None = None
+    _fields: list[tuple[str, bytes]] | None = None
+    _header: bytes = b""
+    _body: bytes = b""
+
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.load()
+        return self._data
+
+    def fields(self) -> list[tuple[str, bytes]]:
+        if self._fields is None:
+            self._header, self._body = mime.split_message(self.data())
+            self._fields = mime.header_fields(self._header)
+        return self._fields
+
+    def might_contain(self, needle: str) -> bool:
+        """False only when ``needle`` can be nowhere in the message, raw or RFC 2047 encoded."""
+        if self._lower is None:
+            self._lower = self.data().lower()
+        return needle.encode("utf-8") in self._lower or b"=?" in self._lower
+
+    def body(self) -> bytes:
+        self.fields()
+        return self._body
+
+    def get(self, name: str) -> str | None:
+        for n, raw in self.fields():
+            if n == name:
+                return mime.field_value(raw)
+        return None
+
+
+class Criteria:
+    def __init__(self, tokens: list[Token], *, charset: str | None = None) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.charset = charset
+        if not tokens:
+            raise ParseError("missing search criteria")
+        nodes = []
+        while self.pos < len(tokens):
+            nodes.append(self._key())
+        self.root: Node = ("and", nodes)
+        self.needs_data = _needs_data(self.root)
+        self.needs_body = _needs_body(self.root)
+
+    def _next(self) -> Token:
+        if self.pos >= len(self.tokens):
+            raise ParseError("search key needs an argument")
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def _string(self) -> str:
+        tok = self._next()
+        if isinstance(tok, String):
+            try:
+                return tok.value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ParseError("search string is not UTF-8") from None
+        return astring(tok)
+
+    def _key(self) -> Node:
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ParseError("search criteria nested too deeply")
+            return self._key_inner()
+        finally:
+            self.depth -= 1
+
+    def _key_inner(self) -> Node:
+        tok = self._next()
+        if isinstance(tok, list):
+            if not tok:
+                raise ParseError("empty parenthesised search key")
+            sub = Criteria.__new__(Criteria)
+            sub.tokens, sub.pos, sub.charset, sub.depth = tok, 0, self.charset, self.depth
+            nodes = []
+            while sub.pos < len(tok):
+                nodes.append(sub._key())
+            return ("and", nodes)
+        if not isinstance(tok, Atom):
+            raise ParseError("expected a search key")
+        key = tok.upper()
+        if key == "ALL":
+            return ("all",)
+        if key in FLAG_KEYS:
+            flag, want = FLAG_KEYS[key]
+            return ("flag", flag, want)
+        if key in ("NEW", "OLD", "RECENT"):
+            return (key.lower(),)
+        if key in ("KEYWORD", "UNKEYWORD"):
+            kw = self._next()
+            if not isinstance(kw, Atom):
+                raise ParseError("expected a keyword")
+            return ("flag", canonical_flag(kw.value), key == "KEYWORD")
+        if key in HEADER_KEYS:
+            return ("header", HEADER_KEYS[key], self._string().lower())
+        if key == "HEADER":
+            name = self._string().lower()
+            return ("header", name, self._string().lower())
+        if key in ("BODY", "TEXT"):
+            return (key.lower(), self._string().lower())
+        if key in DATE_KEYS:
+            tok = self._next()
+            text = tok.value.decode("ascii", "replace") if isinstance(tok, String) else (
+                tok.value if isinstance(tok, Atom) else "")
+            date = parse_date(text)
+            if date is None:
+                raise ParseError("bad search date")
+            return ("date", key, datetime.date(*date))
+        if key in ("LARGER", "SMALLER"):
+            return (key.lower(), number(self._next()))
+        if key == "NOT":
+            return ("not", self._key())
+        if key == "OR":
+            return ("or", self._key(), self._key())
+        if key == "UID":
+            return ("uid", sequence_set(self._next()))
+        if key[:1].isdigit() or key[:1] == "*":
+            return ("seq", sequence_set(tok))
+        raise ParseError(f"unknown search key {key[:30]}")
+
+    def matches(self, c: Candidate, largest_msn: int, largest_uid: int) -> bool:
+        return bool(_eval(self.root, c, largest_msn, largest_uid))
+
+    def prefilter(self, c: Candidate, largest_msn: int, largest_uid: int) -> bool | None:
+        """The answer from flags, sizes, dates and UIDs alone; None when the file must be read."""
+        return _eval(self.root, c, largest_msn, largest_uid, cheap=True)
+
+
+def _needs_data(node: Node) -> bool:
+    kind = node[0]
+    if kind == "and":
+        return any(_needs_data(n) for n in node[1])
+    if kind == "or":
+        return _needs_data(node[1]) or _needs_data(node[2])
+    if kind == "not":
+        return _needs_data(node[1])
+    return kind in ("header", "body", "text") or (kind == "date" and node[1].startswith("SENT"))
+
+
+def _needs_body(node: Node) -> bool:
+    kind = node[0]
+    if kind == "and":
+        return any(_needs_body(n) for n in node[1])
+    if kind == "or":
+        return _needs_body(node[1]) or _needs_body(node[2])
+    if kind == "not":
+        return _needs_body(node[1])
+    return kind in ("body", "text")
+
+
+def _decoded(value: str) -> str:
+    try:
+        parts = email.header.decode_header(value)
+        out = []
+        for text, charset in parts:
+            if isinstance(text, bytes):
+                out.append(text.decode(charset or "utf-8", "replace"))
+            else:
+                out.append(text)
+        return "".join(out)
+    except (LookupError, ValueError, AssertionError):
+        return value
+
+
+def _header_values(c: Candidate, name: str) -> list[str]:
+    return [_decoded(mime.field_value(raw)) for n, raw in c.fields() if n == name]
+
+
+def _sent_date(c: Candidate) -> datetime.date | None:
+    value = c.get("date")
+    if not value:
+        return None
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    try:
+        return datetime.date(parsed[0], parsed[1], parsed[2])
+    except ValueError:
+        return None
+
+
+def _eval(node: Node, c: Candidate, largest_msn: int, largest_uid: int,  # noqa: C901
+          cheap: bool = False) -> bool | None:
+    """Three-valued when ``cheap``: keys that need the file answer None (unknown)."""
+    kind = node[0]
+    if kind == "and":
+        result: bool | None = True
+        for n in node[1]:
+            r = _eval(n, c, largest_msn, largest_uid, cheap)
+            if r is False:
+                return False
+            if r is None:
+                result = None
+        return result
+    if kind == "or":
+        a = _eval(node[1], c, largest_msn, largest_uid, cheap)
+        if a is True:
+            return True
+        b = _eval(node[2], c, largest_msn, largest_uid, cheap)
+        if b is True:
+            return True
+        return None if a is None or b is None else False
+    if kind == "not":
+        r = _eval(node[1], c, largest_msn, largest_uid, cheap)
+        return None if r is None else not r
+    if cheap and _needs_data(node):
+        return None
+    if kind == "all":
+        return True
+    if kind == "flag":
+        lower = node[1].lower()
+        return any(f.lower() == lower for f in c.flags) == node[2]
+    if kind == "new":
+        return c.recent and "\\Seen" not in c.flags
+    if kind == "old":
+        return not c.recent
+    if kind == "recent":
+        return c.recent
+    if kind == "larger":
+        return c.size > node[1]
+    if kind == "smaller":
+        return c.size < node[1]
+    if kind == "uid":
+        return any(lo <= c.uid <= hi for lo, hi in resolve_set(node[1], largest_uid))
+    if kind == "seq":
+        return any(lo <= c.msn <= hi for lo, hi in resolve_set(node[1], largest_msn))
+    if kind == "date":
+        key, want = node[1], node[2]
+        if key.startswith("SENT"):
+            have = _sent_date(c)
+            if have is None:
+                return False
+            key = key[4:]
+        else:
+            have = datetime.datetime.fromtimestamp(c.internal_date, datetime.UTC).date()
+        return have < want if key == "BEFORE" else have == want if key == "ON" else have >= want
+    if kind == "header":
+        if node[2] and not c.might_contain(node[2]):
+            return False
+        values = _header_values(c, node[1])
+        return any(node[2] in v.lower() for v in values) if node[2] else bool(values)
+    if kind == "body":
+        return node[1] in c.body().decode("utf-8", "replace").lower()
+    if kind == "text":
+        return node[1] in c.data().decode("utf-8", "replace").lower() or any(
+            node[1] in _decoded(mime.field_value(raw)).lower() for _, raw in c.fields())
+    raise ParseError("bad search node")

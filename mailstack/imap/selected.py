@@ -1,0 +1,335 @@
+"""Selected-state commands: CHECK, CLOSE, UNSELECT, EXPUNGE, SEARCH, FETCH, STORE,
+COPY, MOVE and their UID forms.
+
+RFC 3501 §6.4 (and §6.4.8 UID), RFC 3691 (UNSELECT), RFC 4315 (UID EXPUNGE,
+COPYUID), RFC 6851 (MOVE). Message files are read on the I/O thread pool in
+batches; index facts (flags, sizes, dates) come from memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailstack.imap import fetch as F
+from mailstack.imap.mime import split_message
+from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
+from mailstack.imap.search import CHARSETS, Candidate, Criteria
+from mailstack.imap.view import Bad, No, View, ViewMixin
+from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
+from mailstack.maildir.folders import FolderError
+from mailstack.maildir.mailbox import Message, read_file
+
+BATCH_BYTES = 8 << 20
+
+
+def uid_set_text(uids: list[int]) -> str:
+    """Compact ``1:3,7`` form of ascending UIDs (RFC 4315 uid-set)."""
+    parts = []
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        parts.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+class SelectedCommands(ViewMixin):
+    user: str | None
+    store: Any
+    io: Any
+    events: Any
+
+    def _view(self) -> View:
+        assert self.view is not None
+        return self.view
+
+    def _publish(self) -> None:
+        view = self._view()
+        self.events.publish(self.user, None if view.name == "INBOX" else view.name)
+
+    def _targets(self, args_set: Token, uid: bool) -> list[tuple[int, int]]:
+        seq = sequence_set(args_set)
+        view = self._view()
+        if uid:
+            return view.select_uids(seq)
+        try:
+            return view.select_msns(seq)
+        except ValueError as e:
+            raise Bad(str(e)) from None
+
+    # -- CHECK / CLOSE / UNSELECT / EXPUNGE -------------------------------------------------
+
+    async def cmd_check(self, tag: str, args: list[Token]) -> Any:
+        self.no_args(args)  # type: ignore[attr-defined]
+        return self.ok(tag, "CHECK")  # type: ignore[attr-defined]
+
+    async def cmd_close(self, tag: str, args: list[Token]) -> Any:
+        self.no_args(args)  # type: ignore[attr-defined]
+        view = self._view()
+        if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
+            deleted = [m.uid for m in view.box.messages if "T" in m.letters]
+            if deleted:
+                view.box.expunge(deleted)
+                self._publish()
+        self.deselect()
+        return self.ok(tag, "CLOSE")  # type: ignore[attr-defined]
+
+    async def cmd_unselect(self, tag: str, args: list[Token]) -> Any:
+        self.no_args(args)  # type: ignore[attr-defined]
+        self.deselect()
+        return self.ok(tag, "UNSELECT")  # type: ignore[attr-defined]
+
+    async def cmd_expunge(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        view = self._view()
+        if uid:
+            if len(args) != 1:
+                raise ParseError("UID EXPUNGE needs a UID set")
+            allowed = {u for _, u in view.select_uids(sequence_set(args[0]))}
+        else:
+            self.no_args(args)  # type: ignore[attr-defined]
+            allowed = None
+        if view.readonly:
+            raise No("Mailbox is read-only", "READ-ONLY")
+        deleted = [m.uid for m in view.box.messages
+                   if "T" in m.letters and (allowed is None or m.uid in allowed)]
+        if deleted:
+            view.box.expunge(deleted)
+            self._publish()
+        return self.ok(tag, "EXPUNGE")  # type: ignore[attr-defined]
+
+    # -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------
+
+    async def cmd_search(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        charset = None
+        if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+            charset = args[1].value.decode() if isinstance(args[1], String) else atom(args[1])
+            if charset.upper() not in CHARSETS:
+                raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+            args = args[2:]
+        criteria = Criteria(args, charset=charset)
+        view = self._view()
+        box = view.box
+        largest_uid = view.uids[-1] if view.uids else 0
+        largest_msn = len(view.uids)
+        hits: list[int] = []
+        unknown: list[tuple[int, Candidate, Any]] = []
+        for msn, u in enumerate(list(view.uids), 1):
+            msg = box.by_uid.get(u)
+            if msg is None:
+                continue
+            cand = Candidate(msn, u, view.flags(msg), u in view.recent, msg.size, msg.internal_date,
+                             lambda: b"")
+            verdict = criteria.prefilter(cand, largest_msn, largest_uid)
+            if verdict is None:
+                unknown.append((msn, cand, box.file_path(msg)))
+            elif verdict:
+                hits.append(msn)
+        cache = None if criteria.needs_body else box.header_cache
+        if cache is not None:  # header-only keys: answer from cached headers where possible
+            missing = []
+            for item in unknown:
+                header = cache.get(item[1].uid)
+                if header is None:
+                    missing.append(item)
+                    continue
+                item[1]._data = header
+                if criteria.matches(item[1], largest_msn, largest_uid):
+                    hits.append(item[0])
+            unknown = missing
+        for start in range(0, len(unknown), 200):  # read the files that matter, in batches
+            chunk = unknown[start:start + 200]
+            paths = [p for _, _, p in chunk]
+            datas = await self.io(lambda paths=paths: [read_file(p) for p in paths])
+            for (msn, cand, _), data in zip(chunk, datas, strict=True):
+                cand._data = data or b""
+                if cache is not None and data is not None:
+                    box.remember_header(cand.uid, split_message(data)[0])
+                if criteria.matches(cand, largest_msn, largest_uid):
+                    hits.append(msn)
+        hits.sort()
+        if uid:
+            hits = [view.uids[n - 1] for n in hits]
+        self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + "\r\n").encode())  # type: ignore[operator]
+        return self.ok(tag, "UID SEARCH" if uid else "SEARCH")  # type: ignore[attr-defined]
+
+    # -- FETCH (RFC 3501 §6.4.5) ------------------------------------------------------------
+
+    async def cmd_fetch(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        if len(args) != 2:
+            raise Bad("FETCH needs a sequence set and items")
+        targets = self._targets(args[0], uid)
+        items = F.parse_items(args[1])
+        if uid and "UID" not in items:
+            items.insert(0, "UID")
+        view = self._view()
+        box = view.box
+        want_body = F.needs_body(items)
+        mark_seen = F.sets_seen(items) and not view.readonly
+        batch: list[tuple[int, Message]] = []
+        size = 0
+        for msn, u in targets:
+            msg = box.by_uid.get(u)
+            if msg is None:
+                continue
+            batch.append((msn, msg))
+            size += msg.size
+            if size >= BATCH_BYTES or len(batch) >= 500:
+                await self._fetch_batch(batch, items, want_body, mark_seen)
+                batch, size = [], 0
+        if batch:
+            await self._fetch_batch(batch, items, want_body, mark_seen)
+        return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
+
+    async def _fetch_batch(self, batch: list[tuple[int, Message]], items: list[F.Item],
+                           want_body: bool, mark_seen: bool) -> None:
+        view = self._view()
+        box = view.box
+        datas: list[bytes | None] = [None] * len(batch)
+        if want_body:
+            paths = [box.file_path(m) for _, m in batch]
+            datas = await self.io(lambda: [read_file(p) for p in paths])
+        out = []
+        changed = False
+        for (msn, msg), data in zip(batch, datas, strict=True):
+            if want_body and data is None:
+                data = box.read(msg)  # renamed meanwhile (a flag change): look again
+            its = items
+            if mark_seen and "S" not in msg.letters:
+                if box.set_letters(msg, msg.letters + "S"):
+                    changed = True
+                    view.known[msg.uid] = msg.letters
+                    if "FLAGS" not in its:
+                        its = [*its, "FLAGS"]
+            flags = view.flags(msg)
+            out.append(b"* %d FETCH " % msn + F.render(its, uid=msg.uid, flags=flags, size=msg.size,
+                                                       internal_date=msg.internal_date, data=data) + b"\r\n")
+        self.send(b"".join(out))  # type: ignore[operator]
+        if changed:
+            self._publish()
+
+    # -- STORE (RFC 3501 §6.4.6) --------------------------------------------------------------
+
+    async def cmd_store(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        if len(args) < 3:
+            raise Bad("STORE needs a sequence set, an item and flags")
+        targets = self._targets(args[0], uid)
+        item = atom(args[1]).upper()
+        silent = item.endswith(".SILENT")
+        op = item.removesuffix(".SILENT")
+        if op not in ("FLAGS", "+FLAGS", "-FLAGS"):
+            raise Bad("STORE item must be FLAGS, +FLAGS or -FLAGS")
+        raw_flags = paren_list(args[2]) if len(args) == 3 and isinstance(args[2], list) else args[2:]
+        flags = []
+        for tok in raw_flags:
+            if not isinstance(tok, Atom):
+                raise Bad("Flags must be atoms")
+            flag = canonical_flag(tok.value)
+            if flag.startswith("\\") and flag not in SYSTEM_LETTERS and flag != "\\Recent":
+                raise Bad(f"Unknown system flag {flag[:30]}")
+            if flag != "\\Recent":
+                flags.append(flag)
+        view = self._view()
+        if view.readonly:
+            raise No("Mailbox is read-only", "READ-ONLY")
+        box = view.box
+        try:
+            if op == "-FLAGS":  # removing a keyword the folder never had defines nothing
+                letters = "".join(filter(None, (box.keywords.letter(f, create=False) if not f.startswith("\\")
+                                                else SYSTEM_LETTERS.get(f) for f in flags)))
+            else:
+                letters = box.keywords.letters_of(flags)
+        except TooManyKeywords:
+            raise No("Too many keywords in this mailbox", "LIMIT") from None
+        out = self.flags_announcement()
+        for msn, u in targets:
+            msg = box.by_uid.get(u)
+            if msg is None:
+                continue
+            if op == "FLAGS":
+                new = letters
+            elif op == "+FLAGS":
+                new = msg.letters + letters
+            else:
+                new = "".join(ch for ch in msg.letters if ch not in letters)
+            box.set_letters(msg, new)
+            view.known[u] = msg.letters
+            if not silent:
+                fl = " ".join(view.flags(msg))
+                extra = f"UID {u} " if uid else ""
+                out.append(f"* {msn} FETCH ({extra}FLAGS ({fl}))\r\n".encode())
+        self.send(b"".join(out))  # type: ignore[operator]
+        self._publish()
+        return self.ok(tag, "UID STORE" if uid else "STORE")  # type: ignore[attr-defined]
+
+    # -- COPY / MOVE (RFC 3501 §6.4.7, RFC 6851, RFC 4315 COPYUID) ----------------------------
+
+    async def cmd_copy(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        return await self._copy(tag, args, uid, move=False)
+
+    async def cmd_move(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        return await self._copy(tag, args, uid, move=True)
+
+    async def _copy(self, tag: str, args: list[Token], uid: bool, *, move: bool) -> Any:
+        if len(args) != 2:
+            raise Bad("COPY needs a sequence set and a mailbox")
+        targets = self._targets(args[0], uid)
+        name = self.mailbox_name(args[1])  # type: ignore[attr-defined]
+        view = self._view()
+        if move and view.readonly:
+            raise No("Mailbox is read-only", "READ-ONLY")
+        try:
+            dest = await self.store.open(self.user, name, self.io)
+        except FolderError as e:
+            if e.code == "NONEXISTENT":
+                raise No("Mailbox does not exist", "TRYCREATE") from None
+            raise
+        src = view.box
+        same = dest is src
+        sources: list[Message] = [m for _, u in targets if (m := src.by_uid.get(u)) is not None]
+        items = []
+        try:
+            for msg in sources:
+                letters = dest.keywords.letters_of(src.flags(msg))
+                items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
+        except TooManyKeywords:
+            raise No("Too many keywords in the target mailbox", "LIMIT") from None
+        placed = dest.add_links(items, move=move and not same)
+        if move and not same:
+            src.detach(*sources)
+        pairs = [(m.uid, n.uid) for m, n in zip(sources, placed, strict=True)]
+        code = ""
+        if pairs:
+            code = f"COPYUID {dest.uidvalidity} {uid_set_text([a for a, _ in pairs])} " \
+                   f"{uid_set_text([b for _, b in pairs])}"
+        if move:
+            if same:
+                src.expunge([a for a, _ in pairs])
+            elif pairs:
+                src.save_index()
+                src.version += 1
+            if code:
+                self.send(f"* OK [{code}] Moved\r\n".encode())  # type: ignore[operator]
+            self._publish()
+            self.events.publish(self.user, None if name == "INBOX" else name)
+            self._after_move(tag)
+            return None
+        self.events.publish(self.user, None if name == "INBOX" else name)
+        return self.ok(tag, "UID COPY" if uid else "COPY", code=code)  # type: ignore[attr-defined]
+
+    def _after_move(self, tag: str) -> None:
+        self.sync(allow_expunge=True)  # RFC 6851 §3.3: EXPUNGE before the tagged OK
+        self.send(f"{tag} OK MOVE completed\r\n".encode())  # type: ignore[operator]
+
+    # -- UID (RFC 3501 §6.4.8, RFC 4315 §2.1) ---------------------------------------------------
+
+    async def cmd_uid(self, tag: str, args: list[Token]) -> Any:
+        if not args or not isinstance(args[0], Atom):
+            raise Bad("UID needs a command")
+        sub = args[0].upper()
+        handlers = {"FETCH": self.cmd_fetch, "STORE": self.cmd_store, "SEARCH": self.cmd_search,
+                    "COPY": self.cmd_copy, "MOVE": self.cmd_move, "EXPUNGE": self.cmd_expunge}
+        if sub not in handlers:
+            raise Bad(f"Unknown UID command {sub[:20]}")
+        return await handlers[sub](tag, args[1:], uid=True)

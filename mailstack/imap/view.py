@@ -1,0 +1,170 @@
+"""What one session believes about its selected mailbox, and bringing it up to date.
+
+RFC 3501 §7.3.1 (EXISTS), §7.3.2 (RECENT), §7.4.1 (EXPUNGE), §7.4.2 (FETCH
+FLAGS for flag changes by others), §5.2 (the client must be told about size
+changes). Message sequence numbers belong to the session: they change only
+when this session announces an EXPUNGE, never while answering FETCH, STORE
+or SEARCH (§7.4.1), so a message expunged by someone else keeps its number
+until the next command that may announce it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from dataclasses import dataclass, field
+
+from mailstack.imap.parse import SeqSet, resolve_set
+from mailstack.maildir.mailbox import Mailbox, Message
+
+
+class State(enum.Enum):
+    """RFC 3501 §3: the connection states."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+class Bad(Exception):
+    """A malformed or misplaced command: tagged BAD, the session goes on."""
+
+
+class No(Exception):
+    """The command was understood but failed: tagged NO with an optional response code."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass
+class View:
+    name: str
+    box: Mailbox
+    readonly: bool
+    uids: list[int] = field(default_factory=list)
+    known: dict[int, str] = field(default_factory=dict)  # uid -> flag letters the client was told
+    recent: set[int] = field(default_factory=set)
+    version: int = -1
+    keywords: int = 0  # how many keywords the client was told about in FLAGS
+
+    def msn_of(self, uid: int) -> int:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
+
+    def flags(self, msg: Message) -> list[str]:
+        flags = self.box.flags(msg)
+        if msg.uid in self.recent:
+            flags.append("\\Recent")
+        return flags
+
+    def select_msns(self, seq: SeqSet) -> list[tuple[int, int]]:
+        """(msn, uid) for a message-sequence set; raises No-worthy ValueError when out of range."""
+        largest = len(self.uids)
+        ranges = resolve_set(seq, largest)
+        out: dict[int, int] = {}
+        for lo, hi in ranges:
+            if lo < 1 or hi > largest:
+                raise ValueError("Invalid message sequence number")
+            for n in range(lo, hi + 1):
+                out[n] = self.uids[n - 1]
+        return sorted(out.items())
+
+    def select_uids(self, seq: SeqSet) -> list[tuple[int, int]]:
+        """(msn, uid) for a UID set; UIDs not in the mailbox are skipped (§6.4.8)."""
+        if not self.uids:
+            return []
+        ranges = resolve_set(seq, self.uids[-1])
+        out: dict[int, int] = {}
+        for lo, hi in ranges:
+            start = bisect.bisect_left(self.uids, lo)
+            end = bisect.bisect_right(self.uids, hi)
+            for i in range(start, end):
+                out[i + 1] = self.uids[i]
+        return sorted(out.items())
+
+
+SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+
+
+def flag_lines(keywords: list[str], readonly: bool) -> list[bytes]:
+    """The FLAGS response and the PERMANENTFLAGS code (RFC 3501 §6.3.1, §7.2.6)."""
+    flags = f"{SYSTEM_FLAGS} {' '.join(keywords)}".strip()
+    permanent = "" if readonly else (flags + (" \\*" if len(keywords) < 26 else ""))
+    return [f"* FLAGS ({flags})\r\n".encode(), f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted\r\n".encode()]
+
+
+class ViewMixin:
+    """The selected-mailbox part of a session (mixed into IMAPSession)."""
+
+    view: View | None
+    send: object
+
+    def __init__(self) -> None:
+        self.view = None
+
+    def deselect(self) -> None:
+        self.view = None
+        if getattr(self, "state", None) is State.SELECTED:
+            self.state = State.AUTHENTICATED  # type: ignore[attr-defined]
+
+    def flags_announcement(self) -> list[bytes]:
+        """``* FLAGS`` and ``PERMANENTFLAGS`` again when keywords were added (RFC 3501 §7.2.6)."""
+        view = self.view
+        if view is None or len(view.box.keywords.names) == view.keywords:
+            return []
+        view.keywords = len(view.box.keywords.names)
+        return flag_lines(view.box.keywords.names, view.readonly)
+
+    def sync(self, *, allow_expunge: bool) -> None:
+        """Send EXPUNGE/EXISTS/RECENT/FETCH FLAGS for every change since the client last heard."""
+        view = self.view
+        if view is None:
+            return
+        box = view.box
+        box.refresh()
+        out: list[bytes] = self.flags_announcement()
+        if box.version == view.version:
+            if out:
+                self.send(b"".join(out))  # type: ignore[operator]
+            return
+        by_uid = box.by_uid
+        pending_gone = False
+        if len(view.uids) != len(by_uid) or any(u not in by_uid for u in view.uids):
+            if allow_expunge:
+                gone = [i for i, u in enumerate(view.uids) if u not in by_uid]
+                for i in reversed(gone):  # descending: earlier numbers stay valid (§7.4.1)
+                    out.append(b"* %d EXPUNGE\r\n" % (i + 1))
+                    uid = view.uids[i]
+                    view.known.pop(uid, None)
+                    view.recent.discard(uid)
+                if gone:
+                    view.uids = [u for u in view.uids if u in by_uid]
+            else:
+                pending_gone = any(u not in by_uid for u in view.uids)
+        for i, uid in enumerate(view.uids):
+            msg = by_uid.get(uid)
+            if msg is not None and msg.letters != view.known.get(uid):
+                view.known[uid] = msg.letters
+                flags = " ".join(view.flags(msg))
+                out.append(f"* {i + 1} FETCH (UID {uid} FLAGS ({flags}))\r\n".encode())
+        last = view.uids[-1] if view.uids else 0
+        start = bisect.bisect_right(box.messages, last, key=lambda m: m.uid)
+        new = box.messages[start:]
+        if new or box.unclaimed:
+            if view.readonly:
+                view.recent |= {m.uid for m in new if m.uid in box.unclaimed}
+            else:
+                view.recent |= box.claim_recent()
+        if new:
+            for m in new:
+                view.uids.append(m.uid)
+                view.known[m.uid] = m.letters
+            out.append(b"* %d EXISTS\r\n" % len(view.uids))
+            out.append(b"* %d RECENT\r\n" % len(view.recent))
+        if not pending_gone:
+            view.version = box.version
+        if out:
+            self.send(b"".join(out))  # type: ignore[operator]

@@ -1,0 +1,232 @@
+"""A user's folders: listing, create, delete, rename, subscriptions, special-use.
+
+Maildir++ (Courier's layout, followed by Dovecot): INBOX is the Maildir
+itself; folder ``A.B`` is the sibling Maildir ``.A.B`` with a ``maildirfolder``
+marker, so ``.`` is the hierarchy delimiter IMAP clients see (RFC 3501 §5.1.1)
+and cannot appear inside one level of a name. Names are stored on disk as
+UTF-8 (the IMAP layer converts from modified UTF-7). Every path comes from
+:class:`MaildirLayout`, which refuses ``/``, ``..``, NUL and anything that
+would resolve outside the root.
+
+Subscriptions (RFC 3501 §6.3.6) are kept one name per line in ``subscriptions``
+at the top of the Maildir. The special-use folders of RFC 6154 are created at
+first login.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from mailstack.addresses import InvalidAddress
+from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
+from mailstack.maildir.mailbox import Mailbox
+
+SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+               "Archive": "\\Archive"}
+SUBSCRIPTIONS_FILE = "subscriptions"
+DELIMITER = "."
+
+
+class FolderError(Exception):
+    """A folder operation was refused; ``code`` is an RFC 5530 response code or ''."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def is_inbox(name: str) -> bool:
+    return name.upper() == "INBOX"
+
+
+def normal_name(name: str) -> str:
+    """INBOX in any case is INBOX (RFC 3501 §5.1); other names are case-sensitive."""
+    if is_inbox(name):
+        return "INBOX"
+    if name.upper().startswith("INBOX."):
+        return "INBOX" + name[5:]
+    return name
+
+
+class MailStore:
+    """Hands out one shared :class:`Mailbox` per folder path and manages folders."""
+
+    def __init__(self, layout: MaildirLayout, hostname: str = "localhost") -> None:
+        self.layout = layout
+        self.hostname = hostname
+        self._open: dict[Path, Mailbox] = {}
+        self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
+
+    def _path(self, user: str, name: str) -> Path:
+        try:
+            return self.layout.maildir_path(user, None if is_inbox(name) else normal_name(name))
+        except (InvalidFolder, InvalidAddress):
+            raise FolderError(f"invalid mailbox name {name!r}", "CANNOT") from None
+
+    def exists(self, user: str, name: str) -> bool:
+        return (self._path(user, name) / "cur").is_dir()
+
+    def mailbox(self, user: str, name: str, *, create_inbox: bool = True) -> Mailbox:
+        path = self._path(user, name)
+        if is_inbox(name) and create_inbox:
+            self.layout.ensure(path)
+        if not (path / "cur").is_dir():
+            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
+        box = self._open.get(path)
+        if box is None:
+            box = Mailbox(path, self.hostname)
+            self._open[path] = box
+        return box
+
+    async def open(self, user: str, name: str, io: Callable[..., Awaitable[Any]]) -> Mailbox:
+        """Like :meth:`mailbox`, but a folder not open yet is first read on ``io`` (a thread).
+
+        Reading a large folder's index and directories takes long; concurrent
+        openers of the same folder wait for the one load.
+        """
+        path = self._path(user, name)
+        box = self._open.get(path)
+        if box is not None:
+            return box
+        if not is_inbox(name) and not (path / "cur").is_dir():
+            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
+        waiters = self._loading.get(path)
+        if waiters is not None:
+            d: Deferred[Mailbox] = Deferred()
+            waiters.append(d)
+            return await d
+        self._loading[path] = []
+        try:
+            loaded = await io(self._load, user, name, path)
+        except Exception as e:
+            for waiter in self._loading.pop(path, []):
+                waiter.errback(e)
+            raise
+        box = self._open.setdefault(path, loaded)
+        for waiter in self._loading.pop(path, []):
+            waiter.callback(box)
+        return box
+
+    def _load(self, user: str, name: str, path: Path) -> Mailbox:
+        if is_inbox(name):
+            self.layout.ensure(path)
+        return Mailbox(path, self.hostname)
+
+    def setup_user(self, user: str) -> None:
+        """INBOX and the RFC 6154 special-use folders, on first login."""
+        inbox = self.layout.maildir_path(user, None)
+        self.layout.ensure(inbox)
+        marker = inbox / "mailstack-special-use"  # written once the folders exist
+        if marker.exists():
+            return
+        for name in SPECIAL_USE:
+            self.layout.ensure(self.layout.maildir_path(user, name))
+        if SUBSCRIPTIONS_FILE not in os.listdir(inbox):
+            self._write_subscriptions(user, ["INBOX", *SPECIAL_USE])
+        marker.touch()
+
+    def folders(self, user: str) -> list[str]:
+        """Every existing folder name (INBOX first), UTF-8 decoded."""
+        root = self.layout.maildir_path(user, None)
+        names = ["INBOX"]
+        try:
+            entries = os.listdir(root)
+        except FileNotFoundError:
+            return names
+        for entry in sorted(entries):
+            if entry.startswith(".") and not entry.startswith("..") and len(entry) > 1 and (
+                    root / entry / "cur").is_dir():
+                names.append(entry[1:])
+        return names
+
+    def create(self, user: str, name: str) -> None:
+        name = normal_name(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) else normal_name(name)
+        if is_inbox(name) or self.exists(user, name):
+            raise FolderError("mailbox already exists", "ALREADYEXISTS")
+        levels = name.split(DELIMITER)
+        for i in range(1, len(levels) + 1):  # RFC 3501 §6.3.3: create missing superiors
+            part = DELIMITER.join(levels[:i])
+            if not is_inbox(part):
+                self.layout.ensure(self._path(user, part))
+
+    def delete(self, user: str, name: str) -> None:
+        if is_inbox(name):
+            raise FolderError("INBOX cannot be deleted", "CANNOT")
+        path = self._path(user, name)
+        if not (path / "cur").is_dir():
+            raise FolderError("no such mailbox", "NONEXISTENT")
+        grave = path.parent / (".." + path.name[1:] + f".deleted-{os.getpid()}-{id(path)}")
+        os.rename(path, grave)  # atomic: the folder is gone for everyone at once
+        fsync_directory(str(path.parent))
+        self._open.pop(path, None)
+        self.layout.forget(path)
+        shutil.rmtree(grave, ignore_errors=True)
+
+    def rename(self, user: str, old: str, new: str) -> None:
+        old, new = normal_name(old), normal_name(new)
+        if is_inbox(new) or self.exists(user, new):
+            raise FolderError("target mailbox already exists", "ALREADYEXISTS")
+        if not self.exists(user, old):
+            raise FolderError("no such mailbox", "NONEXISTENT")
+        new_path = self._path(user, new)
+        if is_inbox(old):
+            self._rename_inbox(user, new)
+            return
+        root = self.layout.maildir_path(user, None)
+        moves = [(self._path(user, old), new_path)]
+        prefix = old + DELIMITER
+        for child in self.folders(user)[1:]:
+            if child.startswith(prefix):
+                moves.append((self._path(user, child), self._path(user, new + child[len(old):])))
+        levels = new.split(DELIMITER)
+        for i in range(1, len(levels)):
+            part = DELIMITER.join(levels[:i])
+            if not is_inbox(part) and not self.exists(user, part):
+                self.layout.ensure(self._path(user, part))
+        for src, dst in moves:
+            os.rename(src, dst)
+            self._open.pop(src, None)
+            self.layout.forget(src)
+        fsync_directory(str(root))
+
+    def _rename_inbox(self, user: str, new: str) -> None:
+        """RFC 3501 §6.3.5: move INBOX's messages to the new folder, leave INBOX empty."""
+        self.create(user, new)
+        src = self.mailbox(user, "INBOX")
+        dst = self.mailbox(user, new)
+        src.refresh(force=True)
+        moving = list(src.messages)
+        dst.add_links([(src.file_path(m), m.size, dst.keywords.letters_of(src.flags(m)), m.internal_date)
+                       for m in moving], move=True)  # keyword letters are per folder: translate
+        src.detach(*moving)
+        src.save_index()
+
+    # -- subscriptions --------------------------------------------------------------
+
+    def subscriptions(self, user: str) -> list[str]:
+        path = self.layout.maildir_path(user, None) / SUBSCRIPTIONS_FILE
+        try:
+            return [line for line in path.read_text("utf-8").splitlines() if line]
+        except FileNotFoundError:
+            return []
+
+    def subscribe(self, user: str, name: str, on: bool) -> None:
+        self._path(user, name)  # validates
+        name = normal_name(name)
+        subs = [s for s in self.subscriptions(user) if s != name]
+        if on:
+            subs.append(name)
+        self._write_subscriptions(user, subs)
+
+    def _write_subscriptions(self, user: str, names: list[str]) -> None:
+        root = self.layout.maildir_path(user, None)
+        self.layout.ensure(root)
+        tmp = root / (SUBSCRIPTIONS_FILE + ".tmp")
+        tmp.write_text("".join(n + "\n" for n in names), "utf-8")
+        os.replace(tmp, root / SUBSCRIPTIONS_FILE)

@@ -1,0 +1,230 @@
+"""IMAP over loopback with real clients: imaplib over STARTTLS and 993, after SMTP delivery;
+two sessions on one mailbox; IDLE woken by delivery; UIDs kept across a restart; mbsync."""
+
+from __future__ import annotations
+
+import imaplib
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from .conftest import PASSWORD
+
+ALICE = "alice@example.test"
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def send_mail(server, subject: str, to: str = ALICE, body: str = "Hello there") -> None:
+    msg = (f"From: Bob <bob@example.test>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{subject.replace(' ', '-')}@example.test>\r\n"
+           f"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n{body}\r\n")
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+        assert s.sendmail("bob@remote.example", [to], msg) == {}
+
+
+def starttls_client(server, user: str = ALICE) -> imaplib.IMAP4:
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=10)
+    imap.starttls(ssl_context=tls_context())
+    imap.login(user, PASSWORD)
+    return imap
+
+
+def imaps_client(server, user: str = ALICE) -> imaplib.IMAP4_SSL:
+    imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls_context(), timeout=10)
+    imap.login(user, PASSWORD)
+    return imap
+
+
+def test_login_refused_before_starttls(server):
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=10)
+    try:
+        assert "LOGINDISABLED" in imap.capabilities and "STARTTLS" in imap.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+            imap.login(ALICE, PASSWORD)
+    finally:
+        imap.logout()
+
+
+def test_smtp_delivery_read_over_starttls(server):
+    send_mail(server, "starttls one")
+    imap = starttls_client(server)
+    typ, data = imap.select("INBOX")
+    assert typ == "OK" and int(data[0]) >= 1
+    typ, data = imap.search(None, "SUBJECT", '"starttls one"')
+    [num] = data[0].split()
+    typ, data = imap.fetch(num, "(UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)] RFC822.SIZE)")
+    assert typ == "OK"
+    assert b"Subject: starttls one" in data[0][1]
+    typ, data = imap.fetch(num, "(BODY[TEXT])")
+    assert b"Hello there" in data[0][1]
+    typ, data = imap.fetch(num, "(FLAGS)")
+    assert b"\\Seen" in data[0]
+    imap.logout()
+
+
+def test_imaps_list_append_copy_move_expunge(server):
+    imap = imaps_client(server)
+    typ, folders = imap.list()
+    text = b"\n".join(folders)
+    for name, attr in ((b"Sent", b"\\Sent"), (b"Trash", b"\\Trash"), (b"Drafts", b"\\Drafts")):
+        assert attr in text and name in text
+    assert imap.create("Projects.2026")[0] == "OK"
+    typ, data = imap.append("Projects.2026", "(\\Flagged)", None, b"Subject: appended\r\n\r\nbody\r\n")
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    imap.select("Projects.2026")
+    typ, data = imap.uid("COPY", "1:*", "Trash")
+    assert typ == "OK"
+    typ, data = imap.uid("MOVE", "1:*", "Archive")
+    assert typ == "OK"
+    typ, data = imap.select("Projects.2026")
+    assert data[0] == b"0"
+    imap.select("Trash")
+    imap.store("1", "+FLAGS", "(\\Deleted)")
+    typ, data = imap.expunge()
+    assert data[0] == b"1"
+    typ, data = imap.status("Archive", "(MESSAGES UIDNEXT)")
+    assert b"MESSAGES 1" in data[0]
+    imap.logout()
+
+
+def test_two_sessions_see_flags_and_expunges(server):
+    send_mail(server, "shared one")
+    send_mail(server, "shared two")
+    a = imaps_client(server)
+    b = imaps_client(server)
+    a.select("INBOX")
+    b.select("INBOX")
+    typ, data = a.uid("SEARCH", None, "SUBJECT", '"shared one"')
+    uid = data[0].split()[-1]
+    a.uid("STORE", uid, "+FLAGS", "(\\Flagged)")
+    typ, data = b.noop()
+    fetches = b.untagged_responses.get("FETCH", [])
+    assert any(b"\\Flagged" in f for f in fetches), fetches
+    a.uid("STORE", uid, "+FLAGS", "(\\Deleted)")
+    a.expunge()
+    b.noop()
+    assert b.untagged_responses.get("EXPUNGE"), b.untagged_responses
+    a.logout()
+    b.logout()
+
+
+def test_idle_is_woken_by_smtp_delivery(server):
+    ctx = tls_context()
+    raw = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10))
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\n'.encode())
+    while not f.readline().startswith(b"a "):
+        pass
+    raw.sendall(b"b SELECT INBOX\r\n")
+    while not f.readline().startswith(b"b "):
+        pass
+    raw.sendall(b"c IDLE\r\n")
+    assert f.readline().startswith(b"+")
+    send_mail(server, "idle wake")
+    line = f.readline()
+    assert line.endswith(b"EXISTS\r\n"), line
+    raw.sendall(b"DONE\r\n")
+    while not (line := f.readline()).startswith(b"c "):
+        pass
+    assert line.startswith(b"c OK")
+    raw.close()
+
+
+def test_uids_survive_restart(server):
+    send_mail(server, "restart check")
+    imap = imaps_client(server)
+    imap.select("INBOX")
+    typ, data = imap.uid("SEARCH", None, "ALL")
+    uids_before = data[0].split()
+    typ, data = imap.response("UIDVALIDITY")
+    imap.logout()
+    server.stop()
+    server.start()
+    send_mail(server, "after restart")
+    imap = imaps_client(server)
+    typ, data = imap.select("INBOX")
+    typ, data = imap.uid("SEARCH", None, "ALL")
+    uids_after = data[0].split()
+    assert uids_after[:len(uids_before)] == uids_before
+    assert int(uids_after[-1]) > int(uids_before[-1])
+    imap.logout()
+
+
+@pytest.mark.skipif(shutil.which("mbsync") is None, reason="mbsync (Debian package isync) not installed")
+def test_mbsync_syncs_down_and_flags_up(server, tmp_path):
+    send_mail(server, "mbsync one", to="bob@example.test")
+    send_mail(server, "mbsync two", to="bob@example.test")
+    local = tmp_path / "mail"
+    local.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""
+IMAPAccount ms
+Host 127.0.0.1
+Port {server.ports["imaps"]}
+User bob@example.test
+Pass "{PASSWORD}"
+SSLType IMAPS
+CertificateFile {server.root / "var" / "tls" / "cert.pem"}
+SystemCertificates no
+
+IMAPStore remote
+Account ms
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+SubFolders Verbatim
+
+Channel ch
+Far :remote:
+Near :local:
+Patterns INBOX
+Create Both
+Expunge Both
+SyncState *
+""")
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["mbsync", "-c", str(rc), "ch"], capture_output=True, text=True, timeout=60)
+
+    result = run()
+    if result.returncode != 0 and "certificate" in (result.stderr + result.stdout).lower():
+        pytest.skip("mbsync cannot be told to accept the self-signed certificate: " + result.stderr[-200:])
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = list((local / "INBOX" / "cur").iterdir()) + list((local / "INBOX" / "new").iterdir())
+    assert len(files) >= 2
+    # mark every message seen locally and push the flags up
+    for p in (local / "INBOX" / "new").iterdir():
+        p.rename(local / "INBOX" / "cur" / (p.name + ":2,S"))
+    for p in (local / "INBOX" / "cur").iterdir():
+        if ":2," in p.name and "S" not in p.name.split(":2,")[1]:
+            p.rename(p.with_name(p.name + "S"))
+    result = run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    imap = imaps_client(server, "bob@example.test")
+    imap.select("INBOX")
+    typ, data = imap.search(None, "UNSEEN")
+    assert data[0] == b""
+    typ, data = imap.uid("SEARCH", None, "ALL")
+    uids = data[0].split()
+    imap.logout()
+    server.stop()
+    server.start()
+    imap = imaps_client(server, "bob@example.test")
+    imap.select("INBOX")
+    typ, data = imap.uid("SEARCH", None, "ALL")
+    assert data[0].split() == uids
+    imap.logout()
+    time.sleep(0)
+    assert run().returncode == 0

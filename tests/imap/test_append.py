@@ -1,0 +1,70 @@
+"""APPEND (RFC 3501 §6.3.11) with flags, internal date, synchronizing and LITERAL+ literals
+(RFC 7888), APPENDUID (RFC 4315), size limits ([TOOBIG])."""
+
+from __future__ import annotations
+
+from .harness import World
+
+
+def test_append_with_flags_and_date(client):
+    out = client.send(b'a1 APPEND Drafts (\\Draft \\Seen) "05-Jan-2026 10:20:30 +0200" {14}\r\n')
+    assert out == b"+ Ready for literal data\r\n"
+    out = client.send(b"Subject: x\r\n\r\n\r\n")
+    assert out.startswith(b"a1 OK [APPENDUID ") and out.split()[4] == b"1]"
+    client.ok("SELECT Drafts")
+    untagged = client.ok("FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
+    assert b"FLAGS (\\Draft \\Seen \\Recent)" in untagged[0]
+    assert b'INTERNALDATE " 5-Jan-2026 08:20:30 +0000"' in untagged[0]
+    assert b"RFC822.SIZE 14" in untagged[0]
+
+
+def test_append_literal_plus_needs_no_continuation(client):
+    out = client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+    assert out.startswith(b"a1 OK [APPENDUID")
+
+
+def test_append_to_selected_mailbox_announces_exists(client):
+    client.ok("SELECT INBOX")
+    untagged, tagged = client.cmd("APPEND INBOX {5+}\r\nhello")
+    assert b"* 1 EXISTS" in untagged and b"* 1 RECENT" in untagged
+
+
+def test_append_errors(client):
+    assert client.cmd("APPEND Nope {1+}\r\nx")[1].startswith(b"NO [TRYCREATE]")
+    assert client.cmd('APPEND INBOX "quoted message"')[1].startswith(b"BAD")
+    assert client.cmd("APPEND INBOX (\\Bogus) {1+}\r\nx")[1].startswith(b"BAD")
+    assert client.cmd('APPEND INBOX "31-Feb-2026 00:00:00 +0000" {1+}\r\nx')[1].startswith(b"BAD")
+    assert client.cmd("APPEND INBOX")[1].startswith(b"BAD")
+
+
+def test_oversized_sync_literal_refused_before_reading(tmp_path):
+    w = World.create(tmp_path, max_message_size=100)
+    c = w.connect().login()
+    out = c.send(b"a1 APPEND INBOX {101}\r\n")
+    assert out == b"a1 NO [TOOBIG] Message too large\r\n"
+    assert not c.closed
+    assert c.cmd("NOOP")[1].startswith(b"OK")
+
+
+def test_oversized_nonsync_literal_closes(tmp_path):
+    w = World.create(tmp_path, max_message_size=100)
+    c = w.connect().login()
+    out = c.send(b"a1 APPEND INBOX {101+}\r\n" + b"x" * 101 + b"\r\n")
+    assert out.startswith(b"a1 NO [TOOBIG]") and b"* BYE" in out and c.closed
+
+
+def test_non_append_literal_cap(client):
+    out = client.send(b"a1 LOGIN {2000000}\r\n")
+    assert out.startswith(b"a1 BAD [TOOBIG]")
+
+
+def test_large_literal_arrives_in_many_chunks(tmp_path):
+    w = World.create(tmp_path, max_message_size=8 << 20)
+    c = w.connect().login()
+    body = b"Subject: big\r\n\r\n" + b"x" * (6 << 20)
+    assert c.send(b"a1 APPEND INBOX {%d}\r\n" % len(body)) == b"+ Ready for literal data\r\n"
+    for i in range(0, len(body), 16384):
+        c.protocol.dataReceived(body[i:i + 16384])
+    assert c.send(b"\r\n").startswith(b"a1 OK [APPENDUID")
+    c.ok("SELECT INBOX")
+    assert f"RFC822.SIZE {len(body)}".encode() in c.ok("FETCH 1 RFC822.SIZE")[0]

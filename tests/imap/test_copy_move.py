@@ -1,0 +1,51 @@
+"""COPY, MOVE, UID COPY, UID MOVE (RFC 3501 §6.4.7, RFC 6851, RFC 4315 COPYUID)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .messages import SIMPLE
+
+
+@pytest.fixture
+def box(world, client):
+    for _ in range(3):
+        world.deliver(SIMPLE)
+    client.ok("SELECT INBOX")
+    client.ok("STORE 2 +FLAGS (\\Flagged kw)")
+    return client
+
+
+def test_copy_keeps_flags_and_reports_copyuid(box):
+    untagged, tagged = box.cmd("COPY 2:3 Archive")
+    assert tagged.startswith(b"OK [COPYUID ") and tagged.split()[3:5] == [b"2:3", b"1:2]"]
+    status = box.ok("STATUS Archive (MESSAGES RECENT)")
+    assert b"MESSAGES 2 RECENT 2" in status[0]
+    box.ok("EXAMINE Archive")
+    assert b"FLAGS (\\Flagged kw \\Recent)" in box.ok("FETCH 1 FLAGS")[0]
+
+
+def test_copy_to_missing_mailbox_says_trycreate(box):
+    assert box.cmd("COPY 1 Nowhere")[1].startswith(b"NO [TRYCREATE]")
+    assert box.cmd("MOVE 1 Nowhere")[1].startswith(b"NO [TRYCREATE]")
+
+
+def test_move_sends_copyuid_then_expunge(box):
+    untagged, tagged = box.cmd("MOVE 1:2 Trash")
+    assert untagged[0].startswith(b"* OK [COPYUID ") and untagged[0].split()[4:6] == [b"1:2", b"1:2]"]
+    assert untagged[1:] == [b"* 2 EXPUNGE", b"* 1 EXPUNGE"]
+    assert tagged.startswith(b"OK")
+    assert b"MESSAGES 1" in box.ok("STATUS INBOX (MESSAGES)")[0]
+    assert b"MESSAGES 2" in box.ok("STATUS Trash (MESSAGES)")[0]
+
+
+def test_uid_move_and_copy(box):
+    untagged, tagged = box.cmd("UID MOVE 3 Junk")
+    assert untagged[-1] == b"* 3 EXPUNGE"
+    assert box.cmd("UID COPY 1:2 Junk")[1].startswith(b"OK [COPYUID")
+    assert box.ok("UID COPY 99 Junk") == []
+
+
+def test_move_within_same_mailbox(box):
+    untagged, tagged = box.cmd("MOVE 1 INBOX")
+    assert tagged.startswith(b"OK") and b"* 1 EXPUNGE" in untagged and b"* 3 EXISTS" in untagged

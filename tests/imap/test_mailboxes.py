@@ -1,0 +1,105 @@
+"""CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB (RFC 3501 §6.3.3-6.3.9,
+RFC 3348, RFC 6154) and mailbox-name safety."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def list_names(lines):
+    return [ln.rsplit(b'"." ', 1)[1] for ln in lines]
+
+
+def test_first_login_creates_special_use_folders(client):
+    lines = client.ok('LIST "" *')
+    assert list_names(lines) == [b"INBOX", b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash"]
+    assert b"* LIST (\\HasNoChildren \\Sent) \".\" Sent" in lines
+    lsub = client.ok('LSUB "" *')
+    assert b"* LSUB () \".\" Sent" in lsub
+
+
+def test_list_delimiter_query(client):
+    assert client.ok('LIST "" ""') == [b'* LIST (\\Noselect) "." ""']
+
+
+def test_create_hierarchy_and_percent(client):
+    client.ok("CREATE Projects.2026.Q1")
+    assert client.cmd("CREATE Projects")[1].startswith(b"NO [ALREADYEXISTS]")
+    lines = client.ok('LIST "" %')
+    assert b'* LIST (\\HasChildren) "." Projects' in lines
+    assert list_names(client.ok('LIST "Projects." %')) == [b"Projects.2026"]
+    assert list_names(client.ok('LIST "" Projects.*')) == [b"Projects.2026", b"Projects.2026.Q1"]
+    assert list_names(client.ok('LIST "" inbox')) == [b"INBOX"]
+
+
+def test_delete_keeps_children_as_noselect(client):
+    client.ok("CREATE A.B")
+    client.ok("DELETE A")
+    assert b'* LIST (\\Noselect \\HasChildren) "." A' in client.ok('LIST "" A')
+    assert client.cmd("DELETE A")[1].startswith(b"NO [NONEXISTENT]")
+    assert client.cmd("DELETE INBOX")[1].startswith(b"NO")
+
+
+def test_rename_moves_children(client):
+    client.ok("CREATE Old.Child")
+    client.ok("RENAME Old New")
+    names = list_names(client.ok('LIST "" *'))
+    assert b"New" in names and b"New.Child" in names and b"Old" not in names
+    assert client.cmd("RENAME Missing X")[1].startswith(b"NO [NONEXISTENT]")
+    assert client.cmd("RENAME New Sent")[1].startswith(b"NO [ALREADYEXISTS]")
+
+
+def test_rename_inbox_moves_messages_and_leaves_inbox(world, client):
+    world.deliver(b"Subject: x\r\n\r\nx\r\n")
+    client.ok("RENAME INBOX Saved")
+    assert b"MESSAGES 0" in client.ok("STATUS INBOX (MESSAGES)")[0]
+    assert b"MESSAGES 1" in client.ok("STATUS Saved (MESSAGES)")[0]
+
+
+def test_subscribe_lsub_unsubscribe(client):
+    client.ok("CREATE Lists.Twisted")
+    client.ok("SUBSCRIBE Lists.Twisted")
+    assert b'* LSUB (\\Noselect) "." Lists' in client.ok('LSUB "" %')
+    assert b'* LSUB () "." Lists.Twisted' in client.ok('LSUB "" Lists.*')
+    client.ok("UNSUBSCRIBE Lists.Twisted")
+    assert client.ok('LSUB "" Lists.*') == []
+    assert client.cmd("SUBSCRIBE Nope")[1].startswith(b"NO")
+
+
+def test_modified_utf7_names_round_trip(world, client):
+    client.ok("CREATE &ZeVnLIqe-")
+    assert b'"." &ZeVnLIqe-' in b"".join(client.ok('LIST "" *'))
+    path = world.store.layout.maildir_path("alice@example.test", None)
+    assert (path / ".\u65e5\u672c\u8a9e" / "cur").is_dir()
+    assert client.cmd("CREATE caf\u00e9")[1].startswith(b"BAD")
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "/abs", ".hidden", "a..b", '"a\\\\b"',
+                                  "&AC8-etc", "&AAA-"])
+def test_unsafe_names_are_refused(world, client, name):
+    tagged = client.cmd(f"CREATE {name}")[1]
+    assert tagged.startswith((b"NO", b"BAD")), tagged
+    root = world.root
+    assert not any(p.name == "etc" for p in root.rglob("*"))
+
+
+def test_create_with_wildcards_refused(client):
+    assert client.cmd('CREATE "a*b"')[1].startswith(b"NO")
+
+
+def test_create_with_trailing_delimiter_creates_the_name(client):
+    client.ok("CREATE x.")  # RFC 3501 §6.3.3: a trailing delimiter only declares intent
+    assert list_names(client.ok('LIST "" x')) == [b"x"]
+
+
+def test_rename_inbox_keeps_keywords(world, client):
+    world.deliver(b"Subject: x\r\n\r\nx\r\n")
+    world.deliver(b"Subject: y\r\n\r\ny\r\n")
+    client.ok("SELECT INBOX")
+    client.ok("STORE 1 +FLAGS (Alpha)")  # INBOX: a = Alpha
+    client.ok("STORE 2 +FLAGS (Beta)")  # INBOX: b = Beta
+    client.ok("STORE 1 -FLAGS (Alpha)")
+    client.ok("RENAME INBOX Saved")
+    client.ok("SELECT Saved")
+    untagged = client.ok("FETCH 1:2 FLAGS")
+    assert b"Beta" in untagged[-1] and b"Alpha" not in b"".join(untagged[-2:])

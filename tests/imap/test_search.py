@@ -1,0 +1,82 @@
+"""SEARCH and UID SEARCH (RFC 3501 §6.4.4): every key, CHARSET, NOT/OR/parentheses."""
+
+from __future__ import annotations
+
+import pytest
+
+from .messages import NESTED, SIMPLE
+
+THIRD = (b"From: Carol <carol@example.test>\r\nTo: alice@example.test\r\nCc: bob@example.test\r\n"
+         b"Bcc: dave@example.test\r\nSubject: Lunch?\r\nDate: Fri, 20 Nov 2026 12:00:00 -0800\r\n\r\n"
+         b"Pizza or sushi\r\n")
+
+
+@pytest.fixture
+def box(world, client):
+    world.deliver(SIMPLE)
+    world.deliver(NESTED)
+    world.deliver(THIRD)
+    client.ok("SELECT INBOX")
+    client.ok("STORE 1 +FLAGS (\\Seen \\Answered)")
+    client.ok("STORE 2 +FLAGS (\\Flagged \\Draft $Work)")
+    client.ok("STORE 3 +FLAGS (\\Deleted)")
+    return client
+
+
+def hits(client, criteria, uid=False):
+    untagged = client.ok(("UID SEARCH " if uid else "SEARCH ") + criteria)
+    [line] = [u for u in untagged if u.startswith(b"* SEARCH")]
+    return [int(x) for x in line.split()[2:]]
+
+
+@pytest.mark.parametrize("criteria,expected", [
+    ("ALL", [1, 2, 3]),
+    ("SEEN", [1]), ("UNSEEN", [2, 3]), ("ANSWERED", [1]), ("UNANSWERED", [2, 3]),
+    ("FLAGGED", [2]), ("UNFLAGGED", [1, 3]), ("DRAFT", [2]), ("UNDRAFT", [1, 3]),
+    ("DELETED", [3]), ("UNDELETED", [1, 2]), ("KEYWORD $Work", [2]), ("UNKEYWORD $work", [1, 3]),
+    ("RECENT", [1, 2, 3]), ("NEW", [2, 3]), ("OLD", []),
+    ("FROM carol", [3]), ("TO bob", [2]), ("CC BOB@", [3]), ("BCC dave", [3]),
+    ("SUBJECT \"hello WORLD\"", [1]), ("SUBJECT café", [2]),
+    ("HEADER X-Tag one", [1]), ("HEADER Message-ID \"\"", [2]),
+    ("BODY sushi", [3]), ("TEXT sushi", [3]), ("TEXT lunch", [3]), ("TEXT carol", [2, 3]), ("BODY Carol", []),
+    ("LARGER 400", [2]), ("SMALLER 200", [1, 3]),
+    ("SENTBEFORE 23-Nov-2026", [3]), ("SENTON 23-Nov-2026", [1]), ("SENTSINCE 24-Nov-2026", [2]),
+    ("NOT SEEN", [2, 3]), ("OR SEEN FLAGGED", [1, 2]), ("(SEEN) (ANSWERED)", [1]),
+    ("NOT (OR SEEN DELETED)", [2]), ("2:*", [2, 3]), ("1,3", [1, 3]), ("UID 2", [2]),
+    ("CHARSET UTF-8 SUBJECT café", [2]), ("CHARSET US-ASCII ALL", [1, 2, 3]),
+])
+def test_search_keys(box, criteria, expected):
+    assert hits(box, criteria) == expected
+
+
+def test_internal_date_keys(box):
+    import time
+
+    today = time.strftime("%d-%b-%Y", time.gmtime())
+    assert hits(box, f"ON {today}") == [1, 2, 3]
+    assert hits(box, f"SINCE {today}") == [1, 2, 3]
+    assert hits(box, f"BEFORE {today}") == []
+    assert hits(box, "BEFORE 1-Jan-2100") == [1, 2, 3]
+
+
+def test_uid_search_returns_uids(box):
+    box.ok("STORE 1 +FLAGS (\\Deleted)")
+    box.ok("EXPUNGE")
+    assert hits(box, "ALL", uid=True) == [2]
+    assert hits(box, "ALL") == [1]
+
+
+def test_search_errors(box):
+    assert box.cmd("SEARCH CHARSET KOI8-R ALL")[1].startswith(b"NO [BADCHARSET")
+    assert box.cmd("SEARCH BOGUS")[1].startswith(b"BAD")
+    assert box.cmd("SEARCH")[1].startswith(b"BAD")
+    assert box.cmd("SEARCH SINCE yesterday")[1].startswith(b"BAD")
+    assert box.cmd("SEARCH OR SEEN")[1].startswith(b"BAD")
+    assert box.cmd("SEARCH LARGER x")[1].startswith(b"BAD")
+
+
+def test_search_with_literal_string(box):
+    out = box.send(b"s1 SEARCH CHARSET UTF-8 SUBJECT {5}\r\n")
+    assert out == b"+ Ready for literal data\r\n"
+    out = box.send("café\r\n".encode())
+    assert out.startswith(b"* SEARCH 2\r\ns1 OK")
