@@ -334,6 +334,14 @@ class QueueRunner(Service):
                 states.append(o)
         await self._finish(msg, states)
 
+    def _report_recipients(self, sender: str) -> dict[str, RecipientState]:
+        """Where a bounce or warning goes: a local sender's alias is expanded here, so a
+        forward to another domain is relayed like any remote recipient."""
+        targets: tuple[str, ...] = (sender,)
+        if self.store.is_local_domain(sender.rpartition("@")[2]):
+            targets = self.store.resolve(sender) or (sender,)
+        return {t: RecipientState(t) for t in targets}
+
     async def _maybe_warn(self, msg: QueuedMessage) -> None:
         """Once, after ``delay_warning``: tell the sender delivery is still being retried."""
         after = self.settings.delay_warning
@@ -345,7 +353,7 @@ class QueueRunner(Service):
         dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
                            arrival=msg.created, failed=pending, original=body, now=self.now(),
                            retry_until=msg.created + self.settings.max_age)
-        warning = QueuedMessage(new_queue_id(), "", time.time(), {msg.sender: RecipientState(msg.sender)},
+        warning = QueuedMessage(new_queue_id(), "", time.time(), self._report_recipients(msg.sender),
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
         await self._thread(self.spool.add, warning, dsn)
         self._schedule(warning.queue_id, 0)
@@ -363,7 +371,7 @@ class QueueRunner(Service):
             body = await self._thread(self.spool.body, msg.queue_id)
             dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
                                arrival=msg.created, failed=failed, original=body, now=self.now())
-            bounce = QueuedMessage(new_queue_id(), "", time.time(), {msg.sender: RecipientState(msg.sender)},
+            bounce = QueuedMessage(new_queue_id(), "", time.time(), self._report_recipients(msg.sender),
                                    smtputf8=not msg.sender.isascii(), is_bounce=True)
             await self._thread(self.spool.add, bounce, dsn)
             log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,

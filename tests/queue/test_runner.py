@@ -323,3 +323,15 @@ def test_delay_warning_is_sent_once_then_the_message_is_still_delivered(tmp_path
     assert report["Action"] == "delayed" and report["Status"] == "4.2.0"
     assert "Will-Retry-Until" in report
     assert spool.ids() == []  # delivered in the end
+
+
+def test_bounce_to_a_local_sender_that_forwards_off_site_is_relayed(tmp_path):
+    relay = FakeRelay({"x@remote.example": [NO_USER], "me@home.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    runner.store.aliases["fwd@example.test"] = ["me@home.example"]
+    queue(spool, clock, ["x@remote.example"], sender="fwd@example.test")
+    runner.startService()
+    clock.advance(0)
+    clock.advance(0)
+    assert ("home.example", ["me@home.example"]) in relay.calls
+    assert spool.ids() == []
