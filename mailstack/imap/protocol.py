@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailstack.imap.parse import LITERAL_AT_END, ParseError, split_tag
 from mailstack.imap.response import status
@@ -47,6 +48,7 @@ class Mode(enum.Enum):
     CLOSED = "closed"
 
 
+@implementer(IPushProducer)
 class IMAPProtocol(Protocol):
     transport: Any  # a TCP or TLS transport (startTLS, producers)
     def __init__(self, factory: IMAPFactory) -> None:
@@ -54,7 +56,8 @@ class IMAPProtocol(Protocol):
         self.clock = factory.clock
         self.session: IMAPSession | None = None
         self.mode = Mode.COMMAND
-        self.buffer = b""
+        self.buffer = bytearray()  # deleting from the front of a bytearray does not copy the rest
+        self.output_blocked = False  # the client is not reading: handle no more commands for now
         self.parts: list[bytes] = []
         self.size = 0
         self.literal_left = 0
@@ -83,6 +86,7 @@ class IMAPProtocol(Protocol):
             self._close_with(b"* BYE Server shutting down\r\n")
             return
         f.connections.add(self)
+        self.transport.registerProducer(self, True)  # told when the client stops reading
         self.session = f.make_session(self.peer_ip, self.tls, self.write)
         self._timer = self.clock.callLater(f.autologout, self._timed_out)
         self.write(self.session.greeting())
@@ -110,6 +114,8 @@ class IMAPProtocol(Protocol):
             return
         self.transport.write(data)
         self.mode = Mode.CLOSED
+        if getattr(self.transport, "producer", self) is not None:
+            self.transport.unregisterProducer()  # a TLS transport only closes once no producer is registered
         self.transport.loseConnection()
         # a TLS close waits for the peer's close_notify; do not wait for ever
         self._abort = self.clock.callLater(CLOSE_GRACE, self._abort_connection)
@@ -121,6 +127,19 @@ class IMAPProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._close_with(b"* BYE Autologout; idle for too long\r\n")
+
+    # -- IPushProducer: output backpressure ---------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.output_blocked = True
+
+    def resumeProducing(self) -> None:
+        self.output_blocked = False
+        if self.mode is not Mode.CLOSED:
+            self._process()
+
+    def stopProducing(self) -> None:
+        self.output_blocked = True
 
     def shutdown(self) -> Deferred[None]:
         """``* BYE`` and close; a command in progress is answered first."""
@@ -136,7 +155,7 @@ class IMAPProtocol(Protocol):
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.factory.autologout)
-        if self.literal_left and not self.buffer and not self.busy:
+        if self.literal_left and not self.buffer and not self.busy and not self.output_blocked:
             # literal octets go straight to the command's parts: no quadratic re-buffering
             take = data[:self.literal_left]
             self.parts.append(take)
@@ -145,7 +164,7 @@ class IMAPProtocol(Protocol):
             if not data:
                 return
         self.buffer += data
-        if self.busy:
+        if self.busy or self.output_blocked:
             if len(self.buffer) > MAX_BUFFER and not self.paused:
                 self.paused = True
                 self.transport.pauseProducing()
@@ -153,10 +172,10 @@ class IMAPProtocol(Protocol):
         self._process()
 
     def _process(self) -> None:
-        while self.buffer and not self.busy and self.mode is not Mode.CLOSED:
+        while self.buffer and not self.busy and not self.output_blocked and self.mode is not Mode.CLOSED:
             if self.literal_left:
-                take = self.buffer[:self.literal_left]
-                self.buffer = self.buffer[len(take):]
+                take = bytes(self.buffer[:self.literal_left])
+                del self.buffer[:len(take)]
                 self.literal_left -= len(take)
                 self.parts.append(take)
                 continue
@@ -164,16 +183,17 @@ class IMAPProtocol(Protocol):
             if idx < 0:
                 if len(self.buffer) > MAX_LINE:
                     self.discarding_line = True
-                    self.buffer = b""
+                    self.buffer.clear()
                 return
-            line, self.buffer = self.buffer[:idx + 1], self.buffer[idx + 1:]
+            line = bytes(self.buffer[:idx + 1])
+            del self.buffer[:idx + 1]
             if self.discarding_line or len(line) > MAX_LINE:
                 self.discarding_line = False
                 self.parts, self.size = [], 0
                 self.write(b"* BAD Line too long\r\n")
                 continue
             self._line(line)
-        if self.paused and not self.busy and self.mode is not Mode.CLOSED:
+        if self.paused and not self.busy and not self.output_blocked and self.mode is not Mode.CLOSED:
             self.paused = False
             self.transport.resumeProducing()
 
@@ -249,7 +269,7 @@ class IMAPProtocol(Protocol):
             self._close_with(b"")
             return
         if action is Action.STARTTLS:
-            self.buffer = b""
+            self.buffer.clear()
             self.transport.startTLS(self.factory.tls_options)
             self.tls = True
             assert self.session is not None

@@ -104,3 +104,13 @@ def test_disconnect_during_a_command_is_quiet(world):
     finally:
         globalLogPublisher.removeObserver(observer)
     assert c.read() == b"" and failures == []
+
+
+def test_a_client_that_does_not_read_gets_no_more_responses_until_it_does(client):
+    proto = client.protocol
+    assert client.transport.producer is proto
+    proto.pauseProducing()  # what the transport does when its send buffer is full
+    assert client.send(b"a NOOP\r\nb NOOP\r\n") == b""
+    proto.resumeProducing()
+    out = client.read()
+    assert b"a OK" in out and b"b OK" in out
