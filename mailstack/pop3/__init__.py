@@ -55,7 +55,7 @@ def build_factory(shared: Shared, *, implicit_tls: bool) -> POP3Factory:
 
     return POP3Factory(
         role="pop3s" if implicit_tls else "pop3", make_session=make_session, clock=shared.reactor,
-        limiter=shared.limiter, tls_options=shared.tls, implicit_tls=implicit_tls,
+        limiter=shared.limiter, tls_options=shared.tls, implicit_tls=implicit_tls, pool=shared.io_pool,
     )
 
 

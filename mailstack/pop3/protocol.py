@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailstack.lineserver import LineServerFactory, LineServerProtocol, Mode
 from mailstack.pop3 import reply as R
+from mailstack.pop3.reply import Reply
 from mailstack.pop3.session import Action, Outcome, POP3Session
 from mailstack.pop3.stream import MessageSender, WireEncoder, encode_whole
 from mailstack.throttle import ConnectionLimiter
@@ -42,7 +45,8 @@ log = Logger()
 MAX_COMMAND_LINE = 255
 MAX_AUTH_LINE = 8192
 MAX_BUFFER = 256 * 1024
-WHOLE_MESSAGE_LIMIT = 256 * 1024  # send smaller messages with one read and one write
+WHOLE_MESSAGE_LIMIT = 256 * 1024
+INLINE_READ_LIMIT = 64 * 1024  # larger messages are opened and read on the io pool  # send smaller messages with one read and one write
 IDLE_TIMEOUT = 600.0
 SHUTDOWN_GRACE = 30.0  # a response still streaming at shutdown gets this long
 CLOSE_GRACE = 3.0  # then a peer that does not answer the TLS close_notify is cut off
@@ -86,32 +90,38 @@ class POP3Protocol(LineServerProtocol):
     # -- RETR / TOP -----------------------------------------------------------------------
 
     def _send(self, outcome: Outcome) -> None:
-        assert outcome.path is not None and outcome.reply is not None
-        try:
-            file = self._open(outcome)
-        except OSError as e:  # permissions, a directory, I/O errors
-            log.error("{role}: cannot read {path}: {error}", role=self.factory.role,
-                      path=outcome.path, error=e)
-            self.write(R.MESSAGE_UNREADABLE)
+        """RETR/TOP: open (and, for a small message, read) the file on the io pool, then send."""
+        pool = self.factory.pool
+        if pool is None or outcome.size <= INLINE_READ_LIMIT:
+            # a small file from the page cache costs less than a trip to the pool and back
+            self._send_loaded(outcome, _load(outcome, self.factory.role))
             return
-        if file is None:
-            self.write(R.MESSAGE_GONE)
+        self.busy = True
+        d = deferToThreadPool(self.factory.clock, pool, _load, outcome, self.factory.role)
+        d.addCallbacks(lambda loaded: self._after_load(outcome, loaded), self._send_failed)
+
+    def _after_load(self, outcome: Outcome, loaded: _Loaded) -> None:
+        self.busy = False
+        if self.mode is Mode.CLOSED:
+            if loaded.file is not None:
+                loaded.file.close()
             return
-        size = os.fstat(file.fileno()).st_size
+        self._send_loaded(outcome, loaded)
+        if not self.busy:
+            self.resume(None)
+
+    def _send_loaded(self, outcome: Outcome, loaded: _Loaded) -> None:
+        assert outcome.reply is not None
+        if loaded.error is not None:
+            self.write(loaded.error)
+            return
         head = outcome.reply.to_bytes()
-        if size <= WHOLE_MESSAGE_LIMIT:
-            with file:
-                try:
-                    content = file.read()
-                except OSError as e:
-                    log.error("{role}: cannot read {path}: {error}", role=self.factory.role,
-                              path=outcome.path, error=e)
-                    self.write(R.MESSAGE_UNREADABLE)
-                    return
-            self.transport.write(head + encode_whole(content, outcome.body_lines))
+        if loaded.content is not None:
+            self.transport.write(head + encode_whole(loaded.content, outcome.body_lines))
             return
+        assert loaded.file is not None
         self.transport.write(head)
-        sender = MessageSender(file, WireEncoder(outcome.body_lines), _Progress(self.transport, self.touch))
+        sender = MessageSender(loaded.file, WireEncoder(outcome.body_lines), _Progress(self.transport, self.touch))
         self.busy = True
         self.transport.unregisterProducer()  # the sender is the transport's producer while it streams
         d = sender.start()
@@ -122,21 +132,6 @@ class POP3Protocol(LineServerProtocol):
             self.transport.registerProducer(self, True)
         self.resume(None)
 
-    @staticmethod
-    def _open(outcome: Outcome) -> IO[bytes] | None:
-        """The message file; if it moved (new/ to cur/, flags changed) find it again; None if gone."""
-        assert outcome.path is not None
-        try:
-            return open(outcome.path, "rb")
-        except FileNotFoundError:
-            moved = outcome.relocate() if outcome.relocate is not None else None
-        if moved is None:
-            return None
-        try:
-            return open(moved, "rb")
-        except FileNotFoundError:
-            return None
-
     def _send_failed(self, failure: Failure) -> None:
         self.busy = False
         if self.mode is Mode.CLOSED:
@@ -144,6 +139,45 @@ class POP3Protocol(LineServerProtocol):
         log.info("{role}: sending a message stopped: {error}", role=self.factory.role, error=failure.value)
         self.mode = Mode.CLOSED  # the response is cut short: the only safe answer is to hang up
         self.transport.abortConnection()
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What the io pool found for RETR/TOP: an error reply, a small message's bytes, or an open file."""
+
+    error: Reply | None = None
+    content: bytes | None = None
+    file: IO[bytes] | None = None
+
+
+def _open(outcome: Outcome) -> IO[bytes] | None:
+    """The message file; if it moved (new/ to cur/, flags changed) find it again; None if gone."""
+    assert outcome.path is not None
+    try:
+        return open(outcome.path, "rb")
+    except FileNotFoundError:
+        moved = outcome.relocate() if outcome.relocate is not None else None
+    if moved is None:
+        return None
+    try:
+        return open(moved, "rb")
+    except FileNotFoundError:
+        return None
+
+
+def _load(outcome: Outcome, role: str) -> _Loaded:
+    """Blocking: open the message; read it whole when small (one read, one write)."""
+    try:
+        file = _open(outcome)
+        if file is None:
+            return _Loaded(error=R.MESSAGE_GONE)
+        if os.fstat(file.fileno()).st_size > WHOLE_MESSAGE_LIMIT:
+            return _Loaded(file=file)
+        with file:
+            return _Loaded(content=file.read())
+    except OSError as e:  # permissions, a directory, I/O errors
+        log.error("{role}: cannot read {path}: {error}", role=role, path=outcome.path, error=e)
+        return _Loaded(error=R.MESSAGE_UNREADABLE)
 
 
 @implementer(IConsumer)
@@ -180,11 +214,13 @@ class POP3Factory(LineServerFactory):
         tls_options: Any,
         implicit_tls: bool,
         idle_timeout: float = IDLE_TIMEOUT,
+        pool: Any = None,
     ) -> None:
         super().__init__(role=role, clock=clock, limiter=limiter, tls_options=tls_options,
                          implicit_tls=implicit_tls)
         self.make_session = make_session
         self.idle_timeout = idle_timeout
+        self.pool = pool  # message files are opened and read here (None: inline, for tests)
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         return POP3Protocol(self)

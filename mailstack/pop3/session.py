@@ -60,6 +60,7 @@ class Outcome:
     path: str | None = None
     body_lines: int | None = None  # TOP: lines of body after the headers
     relocate: Callable[[], Path | None] | None = None  # where the file went if ``path`` is gone
+    size: int = 0  # the message's size from the maildrop listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +326,7 @@ class POP3Session:
         assert mailbox is not None
         path = os.path.join(self._maildir, message.subdir, message.name)
         return Outcome(head, Action.SEND, path=path, body_lines=body_lines,
-                       relocate=lambda: self._relocate(mailbox, message))
+                       relocate=lambda: self._relocate(mailbox, message), size=message.size)
 
     def _relocate(self, mailbox: str, message: Message) -> Path | None:
         """Find a file renamed since the snapshot (IMAP moved it to cur/ or changed flags).
