@@ -56,11 +56,3 @@ class MessageRouter(Protocol):
         ...
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None: ...
-
-
-class Credentials(Protocol):
-    """Password verification shared by every server (wraps the cred checker)."""
-
-    async def authenticate(self, username: str, password: str) -> str | None:
-        """The canonical address on success, None on a wrong user or password."""
-        ...

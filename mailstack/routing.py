@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
+from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
     from mailstack.queue.runner import QueueRunner
 
 log = Logger()
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower()
 
 
 def route_recipient(store: AccountLookup, address: str, *, relay_allowed: bool) -> RecipientRoute:

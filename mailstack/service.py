@@ -85,8 +85,8 @@ class Shared:
     resolver: MXResolver
 
 
-def endpoint_description(address: HostPort, *, tls: bool = False) -> str:
-    """A strports description for a listener (TLS is layered by the factory when asked)."""
+def endpoint_description(address: HostPort) -> str:
+    """A strports description for a TCP listener (implicit TLS is layered on the factory)."""
     host = address.host.replace(":", "\\:")
     return f"tcp:{address.port}:interface={host}"
 

@@ -130,7 +130,7 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
     return options
 
 
-def client_options(hostname: str | None = None) -> ssl.CertificateOptions:
+def client_options() -> ssl.CertificateOptions:
     """Opportunistic outbound TLS (RFC 3207 §4.1 between MTAs): TLS 1.2+, no verification."""
     return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2, verify=False)
 

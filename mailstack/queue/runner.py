@@ -12,7 +12,6 @@ any message; then the message is removed once every recipient is final.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -236,13 +235,15 @@ class QueueRunner(Service):
         if msg is None:
             log.info("{queue_id} is no longer in the queue", queue_id=queue_id)
             return
-        if msg.pending():
+        body = b""
+        if msg.pending() or msg.failed():  # read once; bounces and warnings quote its headers
             body = await self._thread(self.spool.body, queue_id)
+        if msg.pending():
             await self._deliver_pending(msg, body)
         if msg.failed():
-            await self._bounce(msg)
+            await self._bounce(msg, body)
         if msg.pending():
-            await self._maybe_warn(msg)
+            await self._maybe_warn(msg, body)
         if msg.done():
             await self._thread(self.spool.remove, queue_id)
             log.info("{queue_id} removed from the queue: every recipient is done", queue_id=queue_id)
@@ -342,18 +343,17 @@ class QueueRunner(Service):
             targets = self.store.resolve(sender) or (sender,)
         return {t: RecipientState(t) for t in targets}
 
-    async def _maybe_warn(self, msg: QueuedMessage) -> None:
+    async def _maybe_warn(self, msg: QueuedMessage, body: bytes) -> None:
         """Once, after ``delay_warning``: tell the sender delivery is still being retried."""
         after = self.settings.delay_warning
         pending = msg.pending()
         if (after is None or not msg.sender or msg.is_bounce or self.now() - msg.created < after
                 or any(r.warned for r in msg.recipients.values())):
             return
-        body = await self._thread(self.spool.body, msg.queue_id)
         dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
                            arrival=msg.created, failed=pending, original=body, now=self.now(),
                            retry_until=msg.created + self.settings.max_age)
-        warning = QueuedMessage(new_queue_id(), "", time.time(), self._report_recipients(msg.sender),
+        warning = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
         await self._thread(self.spool.add, warning, dsn)
         self._schedule(warning.queue_id, 0)
@@ -365,13 +365,12 @@ class QueueRunner(Service):
         log.info("{queue_id} delay warning {warning_id} to <{sender}>", queue_id=msg.queue_id,
                  warning_id=warning.queue_id, sender=msg.sender)
 
-    async def _bounce(self, msg: QueuedMessage) -> None:
+    async def _bounce(self, msg: QueuedMessage, body: bytes) -> None:
         failed = msg.failed()
         if msg.sender and not msg.is_bounce:
-            body = await self._thread(self.spool.body, msg.queue_id)
             dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
                                arrival=msg.created, failed=failed, original=body, now=self.now())
-            bounce = QueuedMessage(new_queue_id(), "", time.time(), self._report_recipients(msg.sender),
+            bounce = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                    smtputf8=not msg.sender.isascii(), is_bounce=True)
             await self._thread(self.spool.add, bounce, dsn)
             log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,

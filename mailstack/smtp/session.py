@@ -60,7 +60,6 @@ class Outcome:
     last: bool = False
 
 
-NONE = Action.NONE
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,3 +101,37 @@ def test_single_full_mailbox_is_refused_at_once(tmp_path):
     env = Envelope("QID4", "s@remote.example", [RecipientRoute("alice@example.test", ("alice@example.test",))])
     failure = run(router.deliver(env, b"Subject: x\r\n\r\nbody\r\n"))
     assert failure.value.reply.code == 552 and spool.ids() == []
+
+
+def test_the_250_is_sent_only_after_the_maildir_write_and_fsync_ran(tmp_path, monkeypatch):
+    import os
+
+    from mailstack.testing import smtp_harness
+
+    class HeldPool:
+        """Runs pool work only when told to, like a slow disk."""
+
+        def __init__(self):
+            self.jobs = []
+
+        def callInThreadWithCallback(self, on_result, func, *args, **kwargs):
+            self.jobs.append(lambda: SyncThreadPool().callInThreadWithCallback(on_result, func, *args, **kwargs))
+
+    pool = HeldPool()
+    clock = SyncReactor()
+    from mailstack.testing import FakeAccounts
+
+    accounts = FakeAccounts(users=["alice@example.test"])
+    maildir = MaildirDelivery(tmp_path / "maildirs", hostname="mail.example.test", reactor=clock, threadpool=pool)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    h = smtp_harness(router=Router(accounts, maildir), accounts=accounts, clock=clock)
+    h.read()
+    h.replies("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n") == b""  # the write has not run: no 250
+    new = tmp_path / "maildirs/example.test/alice/new"
+    assert not new.exists() and synced == []
+    pool.jobs.pop()()
+    assert h.read().startswith(b"250 2.0.0 OK queued as")
+    assert len(list(new.iterdir())) == 1 and len(synced) >= 2  # the file and new/ (plus new directories)
