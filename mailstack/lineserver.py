@@ -1,4 +1,4 @@
-"""The connection skeleton shared by the line-based servers (SMTP and POP3).
+"""The connection skeleton shared by every server protocol (SMTP, POP3 and IMAP).
 
 What every such server does the same way lives here, once:
 
@@ -8,11 +8,16 @@ What every such server does the same way lives here, once:
   the limit is answered with the protocol's "line too long" reply and dropped
   up to its end, and the session goes on; non-UTF-8 or NUL gets "invalid
   characters";
+- counted raw octets (``read_octets``): SMTP BDAT chunks and IMAP literals
+  bypass line framing and go to a sink as they arrive, without re-buffering;
 - one command in flight: pipelined input waits in a buffer (reading pauses past
   ``max_buffer``) until the previous reply is written; a session method may
   answer at once (an outcome value) or later (a coroutine or Deferred); at
   most ``max_commands_per_turn`` buffered commands are handled before other
-  connections get the reactor;
+  connections get the reactor. Dispatch is iterative: a command whose
+  coroutine finishes without waiting is applied in the loop that read it, and
+  ``process`` is never re-entered, so any number of pipelined commands
+  answers in order without growing the stack;
 - output backpressure: the protocol is the transport's streaming producer, so
   when a client does not read its replies and the transport's buffer fills,
   reading (and so answering) stops until the client catches up;
@@ -26,14 +31,15 @@ What every such server does the same way lives here, once:
   shutdown an idle session is told at once, a busy one after its reply.
 
 Subclasses supply the session, the greeting, the replies and what an outcome
-means (``apply``); SMTP adds DATA/BDAT streaming through ``take_directly`` and
-``consume_special``.
+means (``apply``); SMTP adds DATA streaming through ``take_directly`` and
+``consume_special``; IMAP frames commands with literals in ``line_received``.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from OpenSSL import SSL
@@ -54,6 +60,7 @@ class Mode(enum.Enum):
     AUTH = "auth"  # the next line is a SASL response
     DATA = "data"  # SMTP DATA content
     BDAT = "bdat"  # SMTP BDAT chunk
+    IDLE = "idle"  # IMAP IDLE: the next line ends it
     CLOSED = "closed"
 
 
@@ -114,6 +121,11 @@ class LineServerProtocol(Protocol):
         self._timer: Any = None
         self._grace: Any = None
         self._finished: Deferred[None] = Deferred()
+        self._processing = False  # process() is on the stack: never re-enter it
+        # counted raw octets (BDAT chunk, IMAP literal): how many are still to come, and where they go
+        self.octets_left = 0
+        self._octet_sink: Callable[[bytes], None] | None = None
+        self._octets_done: Callable[[], None] | None = None
 
     # -- hooks for subclasses ------------------------------------------------------
 
@@ -138,6 +150,32 @@ class LineServerProtocol(Protocol):
 
     def auth_aborted(self) -> None:
         """An overlong SASL response was dropped."""
+
+    def line_dropped(self) -> None:
+        """An overlong line was answered and dropped (IMAP forgets the command's earlier lines)."""
+        if self.mode is Mode.AUTH:
+            self.mode = Mode.COMMAND
+            self.auth_aborted()
+
+    def line_received(self, raw: bytes) -> None:
+        """One complete line without its line end: text commands are decoded and handled."""
+        auth = self.mode is Mode.AUTH
+        if auth:
+            self.mode = Mode.COMMAND
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = "\0"
+        if "\0" in line:
+            if auth:
+                self.auth_aborted()
+            self.write(self.replies.INVALID_CHARACTERS)
+            return
+        try:
+            result = self.handle_line(line, auth=auth)
+        except Exception:  # the session boundary: a bug answers "try again", never a traceback
+            result = self.error_outcome(Failure())
+        self.dispatch(result)
 
     def take_directly(self, data: bytes) -> bool:
         """Consume freshly received data without buffering it (SMTP DATA); True if taken."""
@@ -256,16 +294,41 @@ class LineServerProtocol(Protocol):
         if self.mode is Mode.CLOSED:
             return
         self.touch()
-        if self.buffer or self.busy or self.output_blocked or not self.take_directly(data):
+        if self.buffer or self.busy or self.output_blocked or not self._take(data):
             self.buffer += data
         if self.busy or self.output_blocked:
             self._update_reading()
             return
         self.process()
 
+    def _take(self, data: bytes) -> bool:
+        """Fresh data with nothing buffered before it: octets go straight to their sink."""
+        if self.octets_left:
+            rest = self._feed_octets(data)
+            if rest:
+                self.buffer += rest
+            return True
+        return self.take_directly(data)
+
     def process(self) -> None:
+        """Handle buffered input, one command at a time, in one loop (never recursively)."""
+        if self._processing:  # a command finished inside the loop below: the loop goes on
+            return
+        self._processing = True
+        try:
+            self._process_loop()
+        finally:
+            self._processing = False
+        self._update_reading()
+
+    def _process_loop(self) -> None:
         handled = 0
         while self.buffer and not self.busy and not self.output_blocked and self.mode is not Mode.CLOSED:
+            if self.octets_left:
+                data = bytes(self.buffer[:self.octets_left])
+                del self.buffer[:len(data)]
+                self._feed_octets(data)
+                continue
             if handled >= self.max_commands_per_turn:  # let other connections have the reactor
                 if self._continuation is None or not self._continuation.active():
                     self._continuation = self.clock.callLater(0, self.process)
@@ -277,8 +340,31 @@ class LineServerProtocol(Protocol):
             if line is None:
                 break
             if line is not _SKIPPED:
-                self._line_received(line)
-        self._update_reading()
+                self.line_received(line)
+
+    # -- counted raw octets (BDAT, literals) ------------------------------------------------
+
+    def read_octets(self, n: int, sink: Callable[[bytes], None], done: Callable[[], None]) -> None:
+        """Hand the next ``n`` octets to ``sink`` as they arrive, then call ``done``."""
+        if n <= 0:
+            done()
+            return
+        self.octets_left = n
+        self._octet_sink = sink
+        self._octets_done = done
+
+    def _feed_octets(self, data: bytes) -> bytes:
+        """Give up to ``octets_left`` octets of ``data`` to the sink; return what is left over."""
+        take = data[:self.octets_left] if len(data) > self.octets_left else data
+        self.octets_left -= len(take)
+        assert self._octet_sink is not None
+        if take:
+            self._octet_sink(take)
+        if self.octets_left == 0:
+            done, self._octet_sink, self._octets_done = self._octets_done, None, None
+            assert done is not None
+            done()
+        return data[len(take):]
 
     def _update_reading(self) -> None:
         """Read from the socket only while there is room for input and the client reads our output."""
@@ -308,30 +394,9 @@ class LineServerProtocol(Protocol):
         if self.discarding_line or idx + 1 > limit:
             self.discarding_line = False
             self.write(self.replies.LINE_TOO_LONG)
-            if self.mode is Mode.AUTH:
-                self.mode = Mode.COMMAND
-                self.auth_aborted()
+            self.line_dropped()
             return _SKIPPED
         return line[:-1] if line.endswith(b"\r") else line
-
-    def _line_received(self, raw: bytes) -> None:
-        auth = self.mode is Mode.AUTH
-        if auth:
-            self.mode = Mode.COMMAND
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = "\0"
-        if "\0" in line:
-            if auth:
-                self.auth_aborted()
-            self.write(self.replies.INVALID_CHARACTERS)
-            return
-        try:
-            result = self.handle_line(line, auth=auth)
-        except Exception:  # the session boundary: a bug answers "try again", never a traceback
-            result = self.error_outcome(Failure())
-        self.dispatch(result)
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -340,12 +405,23 @@ class LineServerProtocol(Protocol):
         if not (inspect.iscoroutine(result) or isinstance(result, Deferred)):
             self.apply(result)
             return
+        d = Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else result
+        d.addErrback(self.error_outcome)
+        early: list[Any] = []
+        d.addCallback(early.append)
+        if early:  # it finished without waiting: apply it here; the caller's loop goes on
+            self._settle(early[0])
+            return
         self.busy = True
         if self._timer is not None and self._timer.active():  # our turn, not the client's: no idle timeout
             self._timer.cancel()
-        d = Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else result
-        d.addErrback(self.error_outcome)
-        d.addCallback(self.resume)
+        d.addCallback(lambda _: self.resume(early[0]))
+
+    def _settle(self, outcome: Any) -> None:
+        if outcome is not None:
+            self.apply(outcome)
+        if self.closing and not self.busy and self.mode is not Mode.CLOSED:
+            self.close_with(self.replies.SHUTTING_DOWN)
 
     def resume(self, outcome: Any) -> None:
         """Work in flight finished: apply its outcome, then go on with buffered input."""
@@ -354,17 +430,14 @@ class LineServerProtocol(Protocol):
             return
         if self._timer is None or not self._timer.active():
             self._timer = self.clock.callLater(self.idle_timeout(), self._timed_out)
-        if outcome is not None:
-            self.apply(outcome)
-        if self.busy:
-            return
-        if self.closing and self.mode is not Mode.CLOSED:
-            self.close_with(self.replies.SHUTTING_DOWN)
+        self._settle(outcome)
+        if self.busy or self.mode is Mode.CLOSED:
             return
         self.process()
 
     def start_tls(self) -> None:
         self.buffer.clear()  # nothing sent before the handshake is a command
+        self.octets_left = 0
         self.transport.startTLS(self.factory.tls_options)
         self.tls = True
         self.session.tls_started()

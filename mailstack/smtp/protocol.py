@@ -48,8 +48,7 @@ class ESMTPProtocol(LineServerProtocol):
         self._size = 0
         self._tail = b""
         self._overflow = False
-        # BDAT state
-        self._bdat_left = 0
+        # BDAT state (the chunk's octets are read by the skeleton's read_octets)
         self._bdat_last = False
         self._bdat_discard = False
         self._bdat_reply: Reply | None = None
@@ -88,9 +87,6 @@ class ESMTPProtocol(LineServerProtocol):
             data = bytes(self.buffer)
             self.buffer.clear()
             self._data_input(data)
-            return True
-        if self.mode is Mode.BDAT:
-            self._bdat_input()
             return True
         return False
 
@@ -183,22 +179,12 @@ class ESMTPProtocol(LineServerProtocol):
 
     def _start_bdat(self, outcome: Outcome) -> None:
         self.mode = Mode.BDAT
-        self._bdat_left = outcome.size
         self._bdat_last = outcome.last
         self._bdat_discard = outcome.action is Action.BDAT_DISCARD
         self._bdat_reply = outcome.reply
         self._chunks = []
-        if outcome.size == 0:
-            self._bdat_done()
-
-    def _bdat_input(self) -> None:
-        take = bytes(self.buffer[: self._bdat_left])
-        del self.buffer[: len(take)]
-        self._bdat_left -= len(take)
-        if not self._bdat_discard:
-            self._chunks.append(take)
-        if self._bdat_left == 0:
-            self._bdat_done()
+        sink = _discard if self._bdat_discard else self._chunks.append
+        self.read_octets(outcome.size, sink, self._bdat_done)
 
     def _bdat_done(self) -> None:
         self.mode = Mode.COMMAND
@@ -209,6 +195,10 @@ class ESMTPProtocol(LineServerProtocol):
             self.write(self._bdat_reply)
             return
         self.dispatch(self.session.bdat_chunk(chunk, self._bdat_last))
+
+
+def _discard(data: bytes) -> None:
+    """The sink for a BDAT chunk that was already refused."""
 
 
 class SMTPFactory(LineServerFactory):
