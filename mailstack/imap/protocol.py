@@ -43,6 +43,7 @@ MAX_COMMAND = 1 << 20
 MAX_BUFFER = 1 << 20
 AUTOLOGOUT = 31 * 60.0
 CLOSE_GRACE = 2.0
+OUTPUT_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,11 @@ class IMAPProtocol(LineServerProtocol):
         super().__init__(factory)
         self.parts: list[bytes] = []  # the lines and literals of the command being read
         self.size = 0
+        # A command's responses are gathered and written at its end (or every 64 KiB):
+        # one TLS record and one transport write instead of one per response line.
+        self._gathering = False
+        self._out: list[bytes] = []
+        self._out_size = 0
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -93,16 +99,35 @@ class IMAPProtocol(LineServerProtocol):
 
     def send(self, data: bytes) -> None:
         """The session's one way to the client: finished response bytes."""
-        if self.mode is not Mode.CLOSED:
+        if self.mode is Mode.CLOSED:
+            return
+        if not self._gathering:
             self.transport.write(data)
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= OUTPUT_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out, self._out_size = [], 0
+            if self.mode is not Mode.CLOSED:
+                self.transport.write(data)
+
+    def _run(self, work: Any) -> None:
+        """Dispatch a session coroutine, gathering what it sends until its outcome is applied."""
+        self._gathering = True
+        self.dispatch(work)
 
     def session_closed(self) -> None:
-        self.parts = []
+        self.parts, self._out = [], []
         self.session.logout()
 
     def error_outcome(self, failure: Failure) -> Action:
         log.failure("imap session error", failure)
-        self.write(Replies.TRY_AGAIN)
+        self.send(Replies.TRY_AGAIN.data)  # after anything the command already said
         return Action.NONE
 
     def line_dropped(self) -> None:
@@ -111,6 +136,8 @@ class IMAPProtocol(LineServerProtocol):
             self.mode = Mode.COMMAND
 
     def apply(self, outcome: Action) -> None:
+        self._gathering = False
+        self._flush()
         if outcome is Action.CLOSE:
             self.hang_up()
         elif outcome is Action.STARTTLS:
@@ -127,7 +154,7 @@ class IMAPProtocol(LineServerProtocol):
         session = self.session
         if self.mode is Mode.AUTH:
             self.mode = Mode.COMMAND
-            self.dispatch(session.sasl_response(raw))
+            self._run(session.sasl_response(raw))
             return
         if self.mode is Mode.IDLE:
             self.mode = Mode.COMMAND
@@ -139,7 +166,7 @@ class IMAPProtocol(LineServerProtocol):
             self.parts.append(raw)
             command = b"".join(self.parts) if len(self.parts) > 1 else raw
             self.parts, self.size = [], 0
-            self.dispatch(session.handle(command))
+            self._run(session.handle(command))
             return
         self.parts.append(raw + b"\r\n")
         n, nonsync = int(m.group(1)), bool(m.group(2))

@@ -82,3 +82,16 @@ def test_idle_done_in_the_same_write_as_later_commands(world):
     c.ok("SELECT INBOX")
     out = c.send(b"i IDLE\r\nDONE\r\nn NOOP\r\n")
     assert out == b"+ idling\r\ni OK IDLE terminated\r\nn OK NOOP completed\r\n"
+
+
+def test_a_commands_responses_leave_in_one_write(world):
+    c = world.connect().login()
+    for i in range(20):
+        world.deliver(b"Subject: %d\r\n\r\nbody\r\n" % i)
+    c.ok("SELECT INBOX")
+    writes: list[bytes] = []
+    original = c.transport.write
+    c.transport.write = lambda data: (writes.append(data), original(data))  # type: ignore[method-assign]
+    untagged = c.ok("FETCH 1:* (UID FLAGS)")
+    assert len(untagged) == 20
+    assert len(writes) == 1
