@@ -23,9 +23,7 @@ MACROS = {
 }
 SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODY", "BODYSTRUCTURE",
           "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
-_SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I)
-_SPEC = re.compile(r"^((?:[1-9]\d*)(?:\.[1-9]\d*)*)?(?:^|\.)?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?(.*)$",
-                   re.I)
+_SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +65,22 @@ def parse_item(tok: Token) -> Item:
     peek = m.group(1).upper() == "BODY.PEEK"
     partial = None
     if m.group(3) is not None:
-        length = int(m.group(4))
-        if length == 0:
+        origin, length = int(m.group(3)), int(m.group(4))
+        if length == 0:  # RFC 3501 §9: "<" number "." nz-number ">"
             raise ParseError("partial length must be positive")
-        partial = (int(m.group(3)), length)
+        if origin >= 2**32 or length >= 2**32 or not m.group(0).isascii():
+            raise ParseError("bad partial")
+        partial = (origin, length)
     return parse_section(m.group(2), peek, partial)
 
 
 def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Section:
-    head, _, fields_part = spec.partition(" ")
+    head, space, fields_part = spec.partition(" ")
     parts: list[int] = []
     rest = head
     while rest and rest[0].isdigit():
         num, _, rest = rest.partition(".")
-        if not num.isdigit() or num.startswith("0"):
+        if not (num.isascii() and num.isdigit()) or num.startswith("0") or len(num) > 10:
             raise ParseError("bad section part number")
         parts.append(int(num))
     text = rest.upper()
@@ -99,7 +99,7 @@ def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Sec
             raise ParseError("HEADER.FIELDS needs a list of field names")
         fields = tuple(astring(t) for t in toks[0])
         label_fields = " (" + " ".join(f.upper() for f in fields) + ")"
-    elif fields_part:
+    elif space:
         raise ParseError("bad section")
     else:
         label_fields = ""

@@ -45,7 +45,12 @@ def test_fetch_section_is_one_atom():
     assert toks == [Atom("1"), [Atom("BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.10>"), Atom("UID")]]
 
 
-@pytest.mark.parametrize("raw", [b"(a", b"a)", b'"abc', b"a  b", b"(a )", b'"a\\b"', b"BODY[TEXT"])
+def test_brackets_outside_a_section_are_atom_chars():
+    # RFC 3501 §9: "[" is an ATOM-CHAR and "]" an ASTRING-CHAR; an unclosed section is no error here
+    assert tokenize(b"foo[bar a]b BODY[TEXT") == [Atom("foo[bar"), Atom("a]b"), Atom("BODY[TEXT")]
+
+
+@pytest.mark.parametrize("raw", [b"(a", b"a)", b'"abc', b"a  b", b"(a )", b'"a\\b"', b"a{b}c\x01"])
 def test_malformed(raw):
     with pytest.raises(ParseError):
         tokenize(raw)
