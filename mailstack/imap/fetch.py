@@ -121,22 +121,23 @@ def sets_seen(items: list[Item]) -> bool:
 # -- section content ----------------------------------------------------------------------
 
 
-def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes:
+def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes | None:
+    """The octets of one section (RFC 3501 §6.4.5), or None when the message has no such part."""
     if not sec.parts and sec.text == "":
         return data
     if root is None:
         root = mime.parse(data)
     part = mime.find_part(root, list(sec.parts)) if sec.parts else root
     if part is None:
-        return b""
+        return None
     if sec.text == "MIME":
-        return part.header if part is not root else part.header
+        return part.header
     if sec.text == "":
         return part.body
     target = part
-    if sec.parts:  # HEADER/TEXT of a part apply to the message it encapsulates
+    if sec.parts:  # HEADER/TEXT after a part number: that message/rfc822 part's message
         if part.message is None:
-            return b""
+            return None
         target = part.message
     if sec.text == "TEXT":
         return target.body
@@ -148,8 +149,8 @@ def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes:
     return b"".join(line if line.endswith(b"\n") else line + b"\r\n" for line in chosen) + b"\r\n"
 
 
-def partial(data: bytes, spec: tuple[int, int] | None) -> bytes:
-    if spec is None:
+def partial(data: bytes | None, spec: tuple[int, int] | None) -> bytes | None:
+    if spec is None or data is None:
         return data
     start, length = spec
     return data[start:start + length]
@@ -246,7 +247,7 @@ def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal
             tree = parsed() if (item.parts or item.text) else None
             content = partial(section_bytes(data or b"", tree, item), item.partial)
             origin = f"<{item.partial[0]}>" if item.partial else ""
-            out.append(f"BODY[{item.label}]{origin} ".encode() + _literal_or_quoted(content))
+            out.append(f"BODY[{item.label}]{origin} ".encode() + (b"NIL" if content is None else _literal_or_quoted(content)))
         elif item == "UID":
             out.append(b"UID %d" % uid)
         elif item == "FLAGS":

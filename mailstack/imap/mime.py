@@ -183,19 +183,31 @@ def parse_disposition(value: str) -> tuple[str, list[tuple[str, str]]] | None:
 def find_part(root: Part, numbers: list[int]) -> Part | None:
     """RFC 3501 §6.4.5 part numbers: ``[2, 1]`` is part 1 of part 2.
 
-    The parts of a message/rfc822 part are those of the message it holds; a
-    non-multipart message or part has one part, numbered 1: itself.
+    A multipart's parts are its children. A message that is not multipart has
+    one part, numbered 1: its body (the message itself here, whose ``body`` is
+    that part's content). The parts of a message/rfc822 part are the parts of
+    the message it encapsulates, at any depth, so ``[1, 1]`` of a top-level
+    message/rfc822 is the body of the encapsulated message.
     """
-    part = root
+    container: Part | None = root  # the message or multipart whose parts are numbered next
+    part: Part | None = None
     for n in numbers:
-        if part is not root and part.message is not None:
-            part = part.message
-        if part.is_multipart():
-            if not 1 <= n <= len(part.children):
-                return None
-            part = part.children[n - 1]
-        elif n != 1:
+        if container is None:
             return None
+        if container.is_multipart():
+            if not 1 <= n <= len(container.children):
+                return None
+            part = container.children[n - 1]
+        elif n == 1:
+            part = container
+        else:
+            return None
+        if part.message is not None:
+            container = part.message
+        elif part.is_multipart():
+            container = part
+        else:
+            container = None
     return part
 
 

@@ -9,6 +9,27 @@ import pytest
 from mailstack.imap.fetch import Section, parse_items
 from mailstack.imap.parse import Atom, ParseError, String, astring, atom, list_mailbox, tokenize
 
+from .messages import NESTED
+
+# A top-level message/rfc822 whose message is not multipart.
+FORWARD = (b"From: a@example.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+           b"From: b@example.test\r\nSubject: inner\r\n\r\ninner text\r\n")
+# 1 multipart (1.1 text, 1.2 message/rfc822 holding a multipart/alternative whose part 2 is
+# another message/rfc822), 2 text.
+DEEP = (b"From: a@example.test\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n"
+        b"--b1\r\nContent-Type: multipart/mixed; boundary=b2\r\n\r\n"
+        b"--b2\r\nContent-Type: text/plain\r\n\r\npart 1.1\r\n"
+        b"--b2\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"From: c@example.test\r\nSubject: attached\r\nContent-Type: multipart/alternative; boundary=b3\r\n\r\n"
+        b"--b3\r\nContent-Type: text/plain\r\n\r\nalt plain\r\n"
+        b"--b3\r\nContent-Type: message/rfc822\r\n\r\nSubject: deepest\r\nX-A: 1\r\nX-B: 2\r\n\r\ndeepest body\r\n"
+        b"--b3--\r\n--b2--\r\n--b1\r\nContent-Type: text/plain\r\n\r\nlast\r\n--b1--\r\n")
+# RFC 2046 §5.1.5: the parts of a digest are message/rfc822 unless they say otherwise.
+DIGEST = (b"From: list@example.test\r\nSubject: digest\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n"
+          b"--d\r\n\r\nSubject: one\r\n\r\nfirst\r\n"
+          b"--d\r\nContent-Type: message/rfc822\r\n\r\nSubject: two\r\n\r\nsecond\r\n--d--\r\n")
+
 
 class TestBracketsInAtoms:
     """RFC 3501 §9: ``[`` is an ATOM-CHAR; ``]`` is a resp-special that ASTRING-CHAR and
@@ -140,3 +161,114 @@ class TestSectionGrammar:
         assert client.raw("FETCH 1 (BODY.PEEK[TEXT]<2.3> BODY.PEEK[TEXT]<0.10> BODY.PEEK[TEXT]<11.9>)") == (
             b"* 1 FETCH (BODY[TEXT]<2> {3}\r\n234 BODY[TEXT]<0> {10}\r\n0123456789 "
             b"BODY[TEXT]<11> {1}\r\n\n)\r\nt3 OK FETCH completed\r\n")
+
+
+def _section(client, msn: int, section: str) -> bytes:
+    """The value of one BODY.PEEK[section] item as the client reads it."""
+    out = client.raw(f"FETCH {msn} BODY.PEEK[{section}]")
+    head = f"* {msn} FETCH (BODY[{section}] ".encode()
+    assert out.startswith(head) and out.endswith(b")\r\n" + f"t{client.n} OK FETCH completed\r\n".encode()), out
+    return out[len(head):-len(f")\r\nt{client.n} OK FETCH completed\r\n")]
+
+
+def _untagged(client, command: str) -> bytes:
+    """The untagged responses to one command that must complete with OK."""
+    out = client.raw(command)
+    name = command.split(" ", 1)[0]
+    done = f"t{client.n} OK {name} completed\r\n".encode()
+    assert out.endswith(done), out
+    return out[:-len(done)]
+
+
+def _lit(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+class TestEncapsulatedMessageSections:
+    """RFC 3501 §6.4.5: part numbers of a message/rfc822 part are those of its message;
+    HEADER/TEXT after such a part number are its message's header and text; a message
+    that is not multipart has one part, 1, its body."""
+
+    @pytest.fixture
+    def box(self, world, client):
+        for message in (FORWARD, DEEP, DIGEST, NESTED):
+            world.deliver(message)
+        client.ok("SELECT INBOX")
+        return client
+
+    @pytest.mark.parametrize("section,expected", [
+        ("1", _lit(b"From: b@example.test\r\nSubject: inner\r\n\r\ninner text\r\n")),
+        ("1.HEADER", _lit(b"From: b@example.test\r\nSubject: inner\r\n\r\n")),
+        ("1.TEXT", _lit(b"inner text\r\n")),
+        ("1.1", _lit(b"inner text\r\n")),
+        ("1.HEADER.FIELDS (SUBJECT)", _lit(b"Subject: inner\r\n\r\n")),
+        ("1.MIME", _lit(b"From: a@example.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+                        b"Content-Type: message/rfc822\r\n\r\n")),
+        ("TEXT", _lit(b"From: b@example.test\r\nSubject: inner\r\n\r\ninner text\r\n")),
+        ("2", b"NIL"), ("1.2", b"NIL"), ("1.1.1", b"NIL"), ("1.1.TEXT", b"NIL"),
+    ])
+    def test_top_level_message_rfc822(self, box, section, expected):
+        assert _section(box, 1, section) == expected
+
+    @pytest.mark.parametrize("section,expected", [
+        ("1.1", _lit(b"part 1.1")),
+        ("1.2.MIME", _lit(b"Content-Type: message/rfc822\r\n\r\n")),
+        ("1.2.HEADER", _lit(b"From: c@example.test\r\nSubject: attached\r\n"
+                            b"Content-Type: multipart/alternative; boundary=b3\r\n\r\n")),
+        ("1.2.TEXT", _lit(b"--b3\r\nContent-Type: text/plain\r\n\r\nalt plain\r\n--b3\r\n"
+                          b"Content-Type: message/rfc822\r\n\r\nSubject: deepest\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+                          b"deepest body\r\n--b3--")),
+        ("1.2.1", _lit(b"alt plain")),
+        ("1.2.1.MIME", _lit(b"Content-Type: text/plain\r\n\r\n")),
+        ("1.2.2", _lit(b"Subject: deepest\r\nX-A: 1\r\nX-B: 2\r\n\r\ndeepest body")),
+        ("1.2.2.HEADER", _lit(b"Subject: deepest\r\nX-A: 1\r\nX-B: 2\r\n\r\n")),
+        ("1.2.2.TEXT", _lit(b"deepest body")),
+        ("1.2.2.1", _lit(b"deepest body")),
+        ("1.2.2.HEADER.FIELDS (X-A X-B)", _lit(b"X-A: 1\r\nX-B: 2\r\n\r\n")),
+        ("1.2.2.HEADER.FIELDS.NOT (X-A)", _lit(b"Subject: deepest\r\nX-B: 2\r\n\r\n")),
+        ("2", _lit(b"last")),
+        ("1.3", b"NIL"), ("1.2.3", b"NIL"), ("1.2.2.2", b"NIL"), ("1.1.TEXT", b"NIL"), ("2.HEADER", b"NIL"),
+    ])
+    def test_message_rfc822_nested_in_multiparts(self, box, section, expected):
+        assert _section(box, 2, section) == expected
+
+    @pytest.mark.parametrize("section,expected", [
+        ("1", _lit(b"Subject: one\r\n\r\nfirst")), ("1.HEADER", _lit(b"Subject: one\r\n\r\n")),
+        ("1.1", _lit(b"first")), ("1.MIME", _lit(b"\r\n")), ("2.TEXT", _lit(b"second")), ("2.1", _lit(b"second")),
+    ])
+    def test_digest_parts_are_messages(self, box, section, expected):
+        assert _section(box, 3, section) == expected
+
+    def test_partial_of_an_encapsulated_text(self, box):
+        assert _untagged(box, "FETCH 2 BODY.PEEK[1.2.2.TEXT]<8.4>") == (
+            b"* 2 FETCH (BODY[1.2.2.TEXT]<8> {4}\r\nbody)\r\n")
+
+    def test_bodystructure_of_a_top_level_message_rfc822(self, box):
+        assert _untagged(box, "FETCH 1 BODYSTRUCTURE") == (
+            b'* 1 FETCH (BODYSTRUCTURE ("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 52 '
+            b'(NIL "inner" ((NIL NIL "b" "example.test")) ((NIL NIL "b" "example.test")) '
+            b'((NIL NIL "b" "example.test")) NIL NIL NIL NIL NIL) '
+            b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 12 1 NIL NIL NIL NIL) 4 NIL NIL NIL NIL))\r\n')
+
+    def test_body_of_message_rfc822_nested_in_multiparts(self, box):
+        assert _untagged(box, "FETCH 2 BODY") == (
+            b'* 2 FETCH (BODY ((("TEXT" "PLAIN" NIL NIL NIL "7BIT" 8 1)'
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 232 (NIL "attached" ((NIL NIL "c" "example.test")) '
+            b'((NIL NIL "c" "example.test")) ((NIL NIL "c" "example.test")) NIL NIL NIL NIL NIL) '
+            b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 9 1)("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 48 '
+            b'(NIL "deepest" NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 12 1) 5) "ALTERNATIVE") 17) "MIXED")'
+            b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 4 1) "MIXED"))\r\n')
+
+    def test_bodystructure_of_digest_parts(self, box):
+        assert _untagged(box, "FETCH 3 BODYSTRUCTURE") == (
+            b'* 3 FETCH (BODYSTRUCTURE (("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 21 '
+            b'(NIL "one" NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 5 1 NIL NIL NIL NIL) 3 NIL NIL NIL NIL)'
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 22 (NIL "two" NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 6 1 NIL NIL NIL NIL) 3 NIL NIL NIL NIL) '
+            b'"DIGEST" ("BOUNDARY" "d") NIL NIL NIL))\r\n')
+
+    def test_fetching_a_part_of_an_encapsulated_message_sets_seen(self, box):
+        assert _untagged(box, "FETCH 1 (BODY[1.1] FLAGS)") == (
+            b"* 1 FETCH (BODY[1.1] {12}\r\ninner text\r\n FLAGS (\\Seen \\Recent))\r\n")
