@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailstack.imap import mime
+from mailstack.imap import address, mime
 from mailstack.imap.parse import Atom, ParseError, Token
 from mailstack.imap.response import imap_date, nstring, plist, string
 
@@ -159,23 +159,24 @@ def partial(data: bytes | None, spec: tuple[int, int] | None) -> bytes | None:
 # -- ENVELOPE and BODYSTRUCTURE (RFC 3501 §7.4.2) -------------------------------------------
 
 
-def _addresses(value: str | None) -> bytes:
-    if value is None:
-        return b"NIL"
-    addrs = mime.parse_addresses(value)
+def _addresses(addrs: list[address.EnvelopeAddress]) -> bytes:
     if not addrs:
         return b"NIL"
     return b"(" + b"".join(plist([nstring(x) for x in a]) for a in addrs) + b")"
 
 
 def envelope(part: mime.Part) -> bytes:
+    def parsed(name: str) -> list[address.EnvelopeAddress]:
+        value = part.get(name)
+        return address.envelope_addresses(value) if value else []
+
     get = part.get
-    sender = get("sender") or get("from")
-    reply_to = get("reply-to") or get("from")
+    from_ = parsed("from")
+    # RFC 3501 §7.4.2: a Sender or Reply-To that is absent or empty is the From
     items = [
         nstring(get("date")), nstring(get("subject")),
-        _addresses(get("from")), _addresses(sender), _addresses(reply_to),
-        _addresses(get("to")), _addresses(get("cc")), _addresses(get("bcc")),
+        _addresses(from_), _addresses(parsed("sender") or from_), _addresses(parsed("reply-to") or from_),
+        _addresses(parsed("to")), _addresses(parsed("cc")), _addresses(parsed("bcc")),
         nstring(get("in-reply-to")), nstring(get("message-id")),
     ]
     return plist(items)

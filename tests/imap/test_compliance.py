@@ -272,3 +272,69 @@ class TestEncapsulatedMessageSections:
     def test_fetching_a_part_of_an_encapsulated_message_sets_seen(self, box):
         assert _untagged(box, "FETCH 1 (BODY[1.1] FLAGS)") == (
             b"* 1 FETCH (BODY[1.1] {12}\r\ninner text\r\n FLAGS (\\Seen \\Recent))\r\n")
+
+
+def _envelope_of(world, client, header: bytes) -> bytes:
+    world.deliver(header + b"\r\nbody\r\n")
+    client.ok("SELECT INBOX")
+    out = _untagged(client, "FETCH 1 ENVELOPE")
+    assert out.startswith(b"* 1 FETCH (ENVELOPE (") and out.endswith(b"))\r\n"), out
+    return out[len(b"* 1 FETCH (ENVELOPE "):-len(b")\r\n")]
+
+
+class TestEnvelopeAddresses:
+    """RFC 3501 §7.4.2 address structures from RFC 5322 §3.4 syntax."""
+
+    def test_comment_names_the_person_when_there_is_no_display_name(self, world, client):
+        env = _envelope_of(world, client, b"From: user@example.test (Real Name)\r\nSubject: s\r\n")
+        assert env == (b'(NIL "s" (("Real Name" NIL "user" "example.test")) (("Real Name" NIL "user" '
+                       b'"example.test")) (("Real Name" NIL "user" "example.test")) NIL NIL NIL NIL NIL)')
+
+    def test_display_name_wins_over_a_comment(self, world, client):
+        env = _envelope_of(world, client, b"From: Real Name <user@example.test> (work)\r\n"
+                                          b"To: (first) a@example.test (second), b@example.test ()\r\n")
+        assert env == (b'(NIL NIL (("Real Name" NIL "user" "example.test")) (("Real Name" NIL "user" '
+                       b'"example.test")) (("Real Name" NIL "user" "example.test")) '
+                       b'(("second" NIL "a" "example.test")(NIL NIL "b" "example.test")) NIL NIL NIL NIL)')
+
+    def test_route_gives_the_adl(self, world, client):
+        env = _envelope_of(world, client, b"From: Joe <@relay1.example,@relay2.example:joe@example.test>\r\n"
+                                          b"To: <@relay.example:ann@example.test>\r\n")
+        assert env == (b'(NIL NIL (("Joe" "@relay1.example,@relay2.example" "joe" "example.test")) '
+                       b'(("Joe" "@relay1.example,@relay2.example" "joe" "example.test")) '
+                       b'(("Joe" "@relay1.example,@relay2.example" "joe" "example.test")) '
+                       b'((NIL "@relay.example" "ann" "example.test")) NIL NIL NIL NIL)')
+
+    def test_groups_have_nil_host_markers(self, world, client):
+        env = _envelope_of(world, client, b"From: a@example.test\r\nTo: undisclosed-recipients:;\r\n"
+                                          b'Cc: "The Team": Carol <carol@example.test>, dave@example.test;, '
+                                          b"eve@example.test\r\nBcc: empty: ;\r\n")
+        assert env == (b'(NIL NIL ((NIL NIL "a" "example.test")) ((NIL NIL "a" "example.test")) '
+                       b'((NIL NIL "a" "example.test")) '
+                       b'((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) '
+                       b'((NIL NIL "The Team" NIL)("Carol" NIL "carol" "example.test")'
+                       b'(NIL NIL "dave" "example.test")(NIL NIL NIL NIL)(NIL NIL "eve" "example.test")) '
+                       b'((NIL NIL "empty" NIL)(NIL NIL NIL NIL)) NIL NIL)')
+
+    def test_quoting_is_removed_and_specials_survive(self, world, client):
+        env = _envelope_of(world, client, b'From: "Smith, John \\"JJ\\"" <"john doe"@example.test>\r\n'
+                                          b"To: Alice A. <a@[192.0.2.1]>, x@y (a \\(b\\) (c))\r\n")
+        assert env == (b'(NIL NIL (("Smith, John \\"JJ\\"" NIL "john doe" "example.test")) '
+                       b'(("Smith, John \\"JJ\\"" NIL "john doe" "example.test")) '
+                       b'(("Smith, John \\"JJ\\"" NIL "john doe" "example.test")) '
+                       b'(("Alice A." NIL "a" "[192.0.2.1]")("a (b) (c)" NIL "x" "y")) NIL NIL NIL NIL)')
+
+    def test_encoded_words_are_sent_as_written(self, world, client):
+        env = _envelope_of(world, client, b"From: =?utf-8?q?J=C3=B6rg?= <j@example.test>\r\n")
+        assert env.startswith(b'(NIL NIL (("=?utf-8?q?J=C3=B6rg?=" NIL "j" "example.test"))')
+
+    def test_folded_header_and_empty_sender_and_reply_to(self, world, client):
+        env = _envelope_of(world, client, b"From: Ann\r\n <ann@example.test>,\r\n\tbob@example.test\r\n"
+                                          b"Sender:\r\nReply-To: (nobody)\r\n")
+        both = b'(("Ann" NIL "ann" "example.test")(NIL NIL "bob" "example.test"))'
+        assert env == b"(NIL NIL " + both + b" " + both + b" " + both + b" NIL NIL NIL NIL NIL)"
+
+    def test_a_mailbox_without_a_host_is_not_a_group_marker(self, world, client):
+        env = _envelope_of(world, client, b"From: alice\r\nTo: <>\r\n")
+        assert env == (b'(NIL NIL ((NIL NIL "alice" "")) ((NIL NIL "alice" "")) ((NIL NIL "alice" "")) '
+                       b'((NIL NIL "" "")) NIL NIL NIL NIL)')
