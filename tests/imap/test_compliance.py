@@ -174,7 +174,7 @@ def _section(client, msn: int, section: str) -> bytes:
 def _untagged(client, command: str) -> bytes:
     """The untagged responses to one command that must complete with OK."""
     out = client.raw(command)
-    name = command.split(" ", 1)[0]
+    name = " ".join(command.split(" ", 2)[:2]) if command.startswith("UID ") else command.split(" ", 1)[0]
     done = f"t{client.n} OK {name} completed\r\n".encode()
     assert out.endswith(done), out
     return out[:-len(done)]
@@ -338,3 +338,60 @@ class TestEnvelopeAddresses:
         env = _envelope_of(world, client, b"From: alice\r\nTo: <>\r\n")
         assert env == (b'(NIL NIL ((NIL NIL "alice" "")) ((NIL NIL "alice" "")) ((NIL NIL "alice" "")) '
                        b'((NIL NIL "" "")) NIL NIL NIL NIL)')
+
+
+ADDRESSED = [
+    b'From: "Smith, John \\"JJ\\"" <john.smith@example.test>\r\nTo: alice@example.test\r\nSubject: one\r\n\r\nx\r\n',
+    b"From: jdoe@example.test (Jane Doe)\r\nTo: Alice  Liddell\r\n <alice@example.test>\r\nSubject: two\r\n\r\nx\r\n",
+    b"From: =?utf-8?q?J=C3=B6rg?= =?utf-8?q?_M=C3=BCller?= <jm@example.test>\r\nSubject: three\r\n\r\nx\r\n",
+    b"From: x@example.test\r\nTo: <@relay.example:ann@example.test>\r\nCc: The Team: carol@example.test;\r\n"
+    b"Bcc: \"bob\"@Example.TEST (=?iso-8859-1?q?B=F6b?=)\r\nSubject: four\r\n\r\nx\r\n",
+]
+
+
+class TestAddressSearch:
+    """RFC 3501 §6.4.4: FROM/TO/CC/BCC are case-insensitive substrings of the addresses."""
+
+    @pytest.fixture
+    def box(self, world, client):
+        for message in ADDRESSED:
+            world.deliver(message)
+        client.ok("SELECT INBOX")
+        return client
+
+    @pytest.mark.parametrize("criteria,expected", [
+        ('FROM "smith, john"', b"1"), ('FROM "John \\"JJ\\""', b"1"), ("FROM john.smith@example.test", b"1"),
+        ('FROM "JJ\\" <john.smith@"', b"1"),
+        ('FROM "jane doe"', b"2"), ("FROM JDOE@EXAMPLE", b"2"), ('TO "alice liddell <alice@"', b"2"),
+        ('CHARSET UTF-8 FROM "jörg müller"', b"3"), ("CHARSET UTF-8 FROM JÖRG", b"3"), ("FROM jm@", b"3"),
+        ("TO ann@example.test", b"4"), ("TO @relay.example", b"4"), ('CC "the team"', b"4"),
+        ("CC carol@example", b"4"), ("BCC bob@example.test", b"4"), ("CHARSET UTF-8 BCC böb", b"4"),
+        ("FROM example.test", b" 1 2 3 4"[1:]), ("TO alice", b"1 2"), ('FROM ""', b"1 2 3 4"),
+        ('CC ""', b"4"), ("FROM nobody", b""), ("TO jane", b""),
+        ("OR FROM jane TO ann", b"2 4"), ("NOT FROM example", b""),
+    ])
+    def test_address_keys(self, box, criteria, expected):
+        assert _untagged(box, f"SEARCH {criteria}") == b"* SEARCH" + (b" " + expected if expected else b"") + b"\r\n"
+
+    def test_header_key_still_matches_the_raw_text(self, box):
+        assert _untagged(box, 'SEARCH HEADER From "(Jane Doe)"') == b"* SEARCH 2\r\n"
+        assert _untagged(box, 'SEARCH FROM "(Jane Doe)"') == b"* SEARCH\r\n"
+
+    def test_uid_search_by_address(self, box):
+        assert _untagged(box, 'UID SEARCH FROM "jane"') == b"* SEARCH 2\r\n"
+
+    def test_addresses_are_parsed_only_for_address_keys(self, box, monkeypatch):
+        from mailstack.imap import address
+
+        calls = []
+        real = address.search_texts
+        monkeypatch.setattr(address, "search_texts", lambda v: calls.append(v) or real(v))
+        assert _untagged(box, "SEARCH SUBJECT three") == b"* SEARCH 3\r\n"
+        assert calls == []
+        # a message whose text holds none of the needle's words is refused before its header
+        # is parsed; quoted-pairs (message 1) and encoded words (3, 4) can hide words
+        assert _untagged(box, "SEARCH FROM zebra") == b"* SEARCH\r\n"
+        assert [v[:10] for v in calls] == ['"Smith, Jo', "=?utf-8?q?", "x@example."]
+        calls.clear()
+        assert _untagged(box, "SEARCH FROM jane") == b"* SEARCH 2\r\n"
+        assert "jdoe@example.test (Jane Doe)" in calls
