@@ -5,7 +5,10 @@ client reads (RFC 3501 §6.4.4, §6.4.5, §7.4.2, §9; RFC 5322 §3.4)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from mailstack.imap import address
 from mailstack.imap.fetch import Section, parse_items
 from mailstack.imap.parse import Atom, ParseError, String, astring, atom, list_mailbox, tokenize
 
@@ -395,3 +398,58 @@ class TestAddressSearch:
         calls.clear()
         assert _untagged(box, "SEARCH FROM jane") == b"* SEARCH 2\r\n"
         assert "jdoe@example.test (Jane Doe)" in calls
+
+
+class TestAddressGrammar:
+    """mailstack.imap.address against RFC 5322 §3.4 / §4.4 and RFC 2047."""
+
+    @pytest.mark.parametrize("value,expected", [
+        ("a@b", [(None, None, "a", "b")]),
+        ("a@b (Real Name)", [("Real Name", None, "a", "b")]),
+        ("(Real Name) a@b", [("Real Name", None, "a", "b")]),
+        ("a@b (one) (two)", [("two", None, "a", "b")]),
+        ("Name <a@b> (c)", [("Name", None, "a", "b")]),
+        ("<a(inside)@b>", [(None, None, "a", "b")]),
+        ("a @ b . c", [(None, None, "a", "b.c")]),
+        ('"a b"@c', [(None, None, "a b", "c")]),
+        ("John Q. Public <jqp@example.test>", [("John Q. Public", None, "jqp", "example.test")]),
+        ('"Joe \\\\ Q" <j@x>', [("Joe \\ Q", None, "j", "x")]),
+        ("<@a,@b:c@d>", [(None, "@a,@b", "c", "d")]),
+        ("Name <@a.example:c@d>", [("Name", "@a.example", "c", "d")]),
+        ("g:;", [(None, None, "g", None), (None, None, None, None)]),
+        ("g: a@b, <c@d>; e@f", [(None, None, "g", None), (None, None, "a", "b"), (None, None, "c", "d"),
+                                (None, None, None, None), (None, None, "e", "f")]),
+        ("g: a@b", [(None, None, "g", None), (None, None, "a", "b"), (None, None, None, None)]),
+        ("a@b,, ,c@d", [(None, None, "a", "b"), (None, None, "c", "d")]),
+        ("a@[IPv6:2001:db8::1]", [(None, None, "a", "[IPv6:2001:db8::1]")]),
+        ("(unterminated a@b", []),
+        ('"unterminated <a@b>', [(None, None, "unterminated <a@b>", "")]),
+        ("", []), ("  ", []),
+    ])
+    def test_envelope_addresses(self, value, expected):
+        assert address.envelope_addresses(value) == expected
+
+    def test_search_texts(self):
+        assert address.search_texts('"A, B" <a@b> (note), g: =?utf-8?q?caf=C3=A9?= <c@d>;, <@r:e@f>') == [
+            "A, B <a@b>", "note", "g", "café <c@d>", "@r:e@f"]
+
+    @pytest.mark.parametrize("text,decoded", [
+        ("=?utf-8?q?caf=C3=A9?=", "café"), ("=?UTF-8?B?Y2Fmw6k=?=", "café"), ("=?utf-8?b?Y2Fmw6k?=", "café"),
+        ("=?iso-8859-1?q?a_b?= =?iso-8859-1?q?=E9?=", "a bé"), ("x =?utf-8?q?y?= z", "x y z"),
+        ("=?utf-8*en?q?hi?=", "hi"), ("=?x-unknown?q?hi?=", "=?x-unknown?q?hi?="),
+        ("=?utf-8?b?!!!?=", "=?utf-8?b?!!!?="), ("plain", "plain"),
+    ])
+    def test_decode_words(self, text, decoded):
+        assert address.decode_words(text) == decoded
+
+    @given(st.text(alphabet='ab@.,:;<>()"\\[] \t\r\n=?', max_size=40))
+    def test_parser_never_fails_and_markers_balance(self, value):
+        addrs = address.envelope_addresses(value)
+        depth = 0
+        for name, _adl, mailbox, host in addrs:
+            if host is None:
+                depth += 1 if mailbox is not None else -1
+                assert name is None and depth in (0, 1)
+            else:
+                assert mailbox is not None
+        assert depth == 0
