@@ -51,7 +51,7 @@ class Candidate:
     internal_date: int
     load: Callable[[], bytes]
     _data: bytes | None = None
-    _lower: bytes | None = None
+    _lower: bytes | None = None  # the header, lower-cased
     _fields: list[tuple[str, bytes]] | None = None
     _header: bytes = b""
     _body: bytes = b""
@@ -67,19 +67,22 @@ class Candidate:
             self._fields = mime.header_fields(self._header)
         return self._fields
 
-    def _lowered(self) -> bytes:
+    def _lowered_header(self) -> bytes:
         if self._lower is None:
-            self._lower = self.data().lower()
+            self._lower = mime.split_message(self.data())[0].lower()
         return self._lower
 
     def might_contain(self, needle: str) -> bool:
-        """False only when ``needle`` can be nowhere in the message, raw or RFC 2047 encoded."""
-        lower = self._lowered()
-        return needle.encode("utf-8") in lower or b"=?" in lower
+        """False only when ``needle`` can be in no header field, raw or RFC 2047 encoded.
+
+        Unfolding joins lines at white space, so the needle's words are looked for one by one.
+        """
+        lower = self._lowered_header()
+        return b"=?" in lower or all(w.encode("utf-8") in lower for w in needle.split())
 
     def might_contain_address(self, needle: str) -> bool:
-        """False only when no address built from the message's tokens can hold ``needle``."""
-        lower = self._lowered()
+        """False only when no address built from the header's tokens can hold ``needle``."""
+        lower = self._lowered_header()
         if b"=?" in lower or b"\\" in lower:  # encoded words and quoted-pairs change the text
             return True
         return all(p.encode("utf-8") in lower for p in _ADDRESS_SEPARATORS.split(needle) if p)

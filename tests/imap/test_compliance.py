@@ -453,3 +453,19 @@ class TestAddressGrammar:
             else:
                 assert mailbox is not None
         assert depth == 0
+
+
+class TestHeaderSearchPrefilter:
+    """The cheap look at the raw header must never hide a match (RFC 3501 §6.4.4)."""
+
+    def test_folded_subject_matches_across_the_fold(self, world, client):
+        world.deliver(b"From: a@example.test\r\nSubject: Hello\r\n world\r\n\r\nbody\r\n")
+        world.deliver(b"From: a@example.test\r\nSubject: other\r\n\r\nHello world\r\n")
+        client.ok("SELECT INBOX")
+        assert _untagged(client, 'SEARCH SUBJECT "hello world"') == b"* SEARCH 1\r\n"
+        assert _untagged(client, 'SEARCH HEADER Subject "hello world"') == b"* SEARCH 1\r\n"
+
+    def test_a_word_only_in_the_body_does_not_match_a_header_key(self, world, client):
+        world.deliver(b"From: a@example.test\r\nSubject: s\r\n\r\nJane\r\n")
+        client.ok("SELECT INBOX")
+        assert _untagged(client, "SEARCH FROM jane") == b"* SEARCH\r\n"
