@@ -1,9 +1,12 @@
 """IMAP command parsing: bytes of one complete command (literals included) -> tokens.
 
 RFC 3501 §9 (formal syntax): atoms, quoted strings, literals (``{n}`` and the
-RFC 7888 non-synchronizing ``{n+}``), parenthesised lists, NIL. Fetch
-attributes such as ``BODY.PEEK[HEADER.FIELDS (A B)]<0.10>`` are read as one
-atom, brackets included, and taken apart in :mod:`mailstack.imap.fetch`.
+RFC 7888 non-synchronizing ``{n+}``), parenthesised lists, NIL. The tokenizer
+reads the widest bare word the grammar allows (list-char: ATOM-CHAR, ``]``,
+``%``, ``*``; ``[`` is an ATOM-CHAR) and the typed readers (:func:`atom`,
+:func:`astring`, :func:`list_mailbox`) narrow it. Fetch attributes such as
+``BODY.PEEK[HEADER.FIELDS (A B)]<0.10>`` are read as one atom, the section
+included, and taken apart in :mod:`mailstack.imap.fetch`.
 Sequence sets (§9 ``sequence-set``) and modified UTF-7 mailbox names
 (§5.1.3) live here too. Everything here is pure and raises :class:`ParseError`.
 """
