@@ -469,3 +469,68 @@ class TestHeaderSearchPrefilter:
         world.deliver(b"From: a@example.test\r\nSubject: s\r\n\r\nJane\r\n")
         client.ok("SELECT INBOX")
         assert _untagged(client, "SEARCH FROM jane") == b"* SEARCH\r\n"
+
+
+def _part(ctype: bytes, body: bytes) -> bytes:
+    return b"Content-Type: " + ctype + b"\r\n\r\n" + body
+
+
+def _multipart(boundary: bytes, subtype: bytes, *parts: bytes) -> bytes:
+    inner = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
+    return _part(b"multipart/" + subtype + b"; boundary=" + boundary, inner + b"--" + boundary + b"--")
+
+
+def _message(subject: bytes, body_part: bytes) -> bytes:
+    return b"Subject: " + subject + b"\r\n" + body_part
+
+
+# The example of RFC 3501 §6.4.5, with each leaf's body naming its part number.
+RFC3501_EXAMPLE = _message(b"top", _multipart(
+    b"m0", b"mixed",
+    _part(b"text/plain", b"part 1"),
+    _part(b"application/octet-stream", b"part 2"),
+    _part(b"message/rfc822", _message(b"three", _multipart(
+        b"m3", b"mixed", _part(b"text/plain", b"part 3.1"), _part(b"application/octet-stream", b"part 3.2")))),
+    _multipart(b"m4", b"mixed",
+               _part(b"image/gif", b"part 4.1"),
+               _part(b"message/rfc822", _message(b"four-two", _multipart(
+                   b"m42", b"mixed", _part(b"text/plain", b"part 4.2.1"),
+                   _multipart(b"m422", b"alternative", _part(b"text/plain", b"part 4.2.2.1"),
+                              _part(b"text/richtext", b"part 4.2.2.2")))))),
+))
+
+
+class TestRFC3501SectionExample:
+    """Every part specifier of the RFC 3501 §6.4.5 example names the part the RFC says."""
+
+    @pytest.fixture
+    def box(self, world, client):
+        world.deliver(RFC3501_EXAMPLE)
+        client.ok("SELECT INBOX")
+        return client
+
+    @pytest.mark.parametrize("section", ["1", "2", "3.1", "3.2", "4.1", "4.2.1", "4.2.2.1", "4.2.2.2"])
+    def test_leaf_parts(self, box, section):
+        assert _section(box, 1, section) == _lit(f"part {section}".encode())
+
+    @pytest.mark.parametrize("section,ctype", [
+        ("1", b"text/plain"), ("2", b"application/octet-stream"), ("3", b"message/rfc822"),
+        ("4", b"multipart/mixed; boundary=m4"), ("4.1", b"image/gif"), ("4.2", b"message/rfc822"),
+        ("4.2.2", b"multipart/alternative; boundary=m422"), ("4.2.2.2", b"text/richtext"),
+    ])
+    def test_mime_headers(self, box, section, ctype):
+        assert _section(box, 1, f"{section}.MIME") == _lit(b"Content-Type: " + ctype + b"\r\n\r\n")
+
+    @pytest.mark.parametrize("section,subject", [("HEADER", b"top"), ("3.HEADER", b"three"),
+                                                 ("4.2.HEADER", b"four-two")])
+    def test_message_headers(self, box, section, subject):
+        assert _section(box, 1, section).split(b"\r\n")[1] == b"Subject: " + subject
+
+    def test_message_texts(self, box):
+        assert _section(box, 1, "3.TEXT").split(b"\r\n")[1] == b"--m3"
+        assert _section(box, 1, "4.2.TEXT").split(b"\r\n")[1] == b"--m42"
+        assert _section(box, 1, "TEXT").split(b"\r\n")[1] == b"--m0"
+
+    @pytest.mark.parametrize("section", ["4.HEADER", "4.1.TEXT", "5", "3.3", "4.2.3", "4.2.2.3", "1.1"])
+    def test_parts_the_message_does_not_have_are_nil(self, box, section):
+        assert _section(box, 1, section) == b"NIL"
