@@ -17,18 +17,19 @@ import codecs
 import re
 from dataclasses import dataclass
 
-_SPECIALS = '()<>[]:;@\\,."'
-_WSP = " \t\r\n"
-
-
-@dataclass(frozen=True, slots=True)
-class _Tok:
-    kind: str  # "atom", "quoted", "comment", "literal" (domain literal) or "special"
-    text: str  # quoting and escapes removed; a literal keeps its brackets
-    space: bool  # white space or a comment came before it
-
-    def special(self, c: str) -> bool:
-        return self.kind == "special" and self.text == c
+# One token: (kind, text, space before it). kind is "a" (atom), "q" (quoted string, quoting
+# removed), "c" (comment, its text), "l" (domain literal, brackets kept) or the special itself
+# ("<", ">", "@", ",", ":", ";", ".").
+_Tok = tuple[str, str, bool]
+_SCAN = re.compile(r"""
+    (?P<ws>[ \t\r\n]+)
+  | (?P<a>[^()<>\[\]:;@\\,."\ \t\r\n]+)
+  | "(?P<q>(?:[^"\\]|\\.)*)"
+  | (?P<l>\[[^\]]*\])
+  | (?P<s>[<>:;@,.])
+""", re.X | re.S)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+_FOLD = re.compile(r"\r?\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,49 +57,42 @@ class Group:
 EnvelopeAddress = tuple[str | None, str | None, str | None, str | None]  # name, adl, mailbox, host
 
 
-def _tokens(value: str) -> list[_Tok]:  # noqa: C901 - one scanner, one branch per token kind
+def _tokens(value: str) -> list[_Tok]:
     out: list[_Tok] = []
     i, n = 0, len(value)
     space = False
+    scan = _SCAN.match
     while i < n:
-        c = value[i]
-        if c in _WSP:
-            space = True
-            i += 1
-        elif c == "(":
-            text, i = _comment(value, i)
-            out.append(_Tok("comment", text, space))
-            space = True
-        elif c == '"':
-            buf = []
-            i += 1
-            while i < n and value[i] != '"':
-                if value[i] == "\\" and i + 1 < n:
-                    i += 1
-                if value[i] not in "\r\n":  # folding inside a quoted string is not content
-                    buf.append(value[i])
+        m = scan(value, i)
+        if m is None:
+            c = value[i]
+            if c == "(":
+                text, i = _comment(value, i)
+                out.append(("c", text, space))
+                space = True
+            elif c == '"':  # unterminated: the rest is the string
+                out.append(("q", _QUOTED_PAIR.sub(r"\1", _FOLD.sub("", value[i + 1:])), space))
+                i = n
+            else:  # a stray ")", "]", "[" or backslash carries nothing
                 i += 1
-            out.append(_Tok("quoted", "".join(buf), space))
-            i += 1
-            space = False
-        elif c == "[":
-            j = value.find("]", i)
-            j = n - 1 if j < 0 else j
-            out.append(_Tok("literal", re.sub(r"[ \t\r\n]+", "", value[i:j + 1]), space))
-            i = j + 1
-            space = False
-        elif c in _SPECIALS:
-            if c not in ")]\\":  # stray closers and backslashes carry nothing
-                out.append(_Tok("special", c, space))
-            i += 1
-            space = False
+            continue
+        kind = m.lastgroup
+        i = m.end()
+        if kind == "ws":
+            space = True
+            continue
+        if kind == "q":
+            text = m.group("q")
+            if "\\" in text or "\n" in text:
+                text = _QUOTED_PAIR.sub(r"\1", _FOLD.sub("", text))
+            out.append(("q", text, space))
+        elif kind == "l":
+            out.append(("l", "".join(m.group("l").split()), space))
+        elif kind == "s":
+            out.append((m.group("s"), m.group("s"), space))
         else:
-            j = i
-            while j < n and value[j] not in _SPECIALS and value[j] not in _WSP:
-                j += 1
-            out.append(_Tok("atom", value[i:j], space))
-            i = j
-            space = False
+            out.append(("a", m.group("a"), space))
+        space = False
     return out
 
 
@@ -131,44 +125,48 @@ def _comment(value: str, i: int) -> tuple[str, int]:
 def _phrase(toks: list[_Tok]) -> str:
     """A display name or group name: words joined by one space where the header had space."""
     out: list[str] = []
-    for t in toks:
-        if t.kind == "comment":
+    for kind, text, space in toks:
+        if kind == "c":
             continue
-        if out and t.space:
+        if out and space:
             out.append(" ")
-        out.append(t.text)
+        out.append(text)
     return "".join(out)
 
 
 def _addr_spec(toks: list[_Tok]) -> tuple[str, str]:
     """(local part without quoting, domain); white space and comments inside are dropped."""
-    words = [t for t in toks if t.kind != "comment"]
-    at = max((k for k, t in enumerate(words) if t.special("@")), default=-1)
-    if at < 0:
-        return "".join(t.text for t in words), ""
-    return "".join(t.text for t in words[:at]), "".join(t.text for t in words[at + 1:])
+    words = [t[1] for t in toks if t[0] != "c"]
+    kinds = [t[0] for t in toks if t[0] != "c"]
+    if "@" not in kinds:
+        return "".join(words), ""
+    at = len(kinds) - 1 - kinds[::-1].index("@")
+    return "".join(words[:at]), "".join(words[at + 1:])
+
+
+def _last_comment(toks: list[_Tok]) -> str | None:
+    comments = [t[1] for t in toks if t[0] == "c" and t[1]]
+    return comments[-1] if comments else None
 
 
 def _mailbox(chunk: list[_Tok]) -> Mailbox | None:
-    if all(t.kind == "comment" for t in chunk):
-        return None
-    lt = next((k for k, t in enumerate(chunk) if t.special("<")), -1)
-    if lt < 0:
-        comments = [t.text for t in chunk if t.kind == "comment" and t.text]
+    kinds = [t[0] for t in chunk]
+    if "<" not in kinds:
+        if all(k == "c" for k in kinds):
+            return None
         local, domain = _addr_spec(chunk)
-        return Mailbox(None, None, local, domain, comments[-1] if comments else None)
-    gt = next((k for k in range(lt + 1, len(chunk)) if chunk[k].special(">")), len(chunk))
-    outside = chunk[:lt] + chunk[gt + 1:]
-    comments = [t.text for t in outside if t.kind == "comment" and t.text]
-    inner = [t for t in chunk[lt + 1:gt] if t.kind != "comment"]
+        return Mailbox(None, None, local, domain, _last_comment(chunk) if "c" in kinds else None)
+    lt = kinds.index("<")
+    gt = kinds.index(">", lt) if ">" in kinds[lt:] else len(chunk)
+    inner = [t for t in chunk[lt + 1:gt] if t[0] != "c"]
     adl = None
-    colon = next((k for k, t in enumerate(inner) if t.special(":")), -1)
-    if colon >= 0 and inner[0].special("@"):  # RFC 5322 §4.4 obs-route
-        adl = "".join(t.text for t in inner[:colon])
+    if inner and inner[0][0] == "@" and any(t[0] == ":" for t in inner):  # RFC 5322 §4.4 obs-route
+        colon = next(k for k, t in enumerate(inner) if t[0] == ":")
+        adl = "".join(t[1] for t in inner[:colon])
         inner = inner[colon + 1:]
     local, domain = _addr_spec(inner)
-    name = _phrase(chunk[:lt]) or None
-    return Mailbox(name, adl, local, domain, comments[-1] if comments else None)
+    comment = _last_comment(chunk[:lt] + chunk[gt + 1:]) if "c" in kinds else None
+    return Mailbox(_phrase(chunk[:lt]) or None, adl, local, domain, comment)
 
 
 def parse_address_list(value: str) -> list[Mailbox | Group]:
@@ -189,24 +187,24 @@ def parse_address_list(value: str) -> list[Mailbox | Group]:
         chunk.clear()
 
     for t in _tokens(value):
-        if t.kind == "special" and not in_angle:
-            if t.text == ":" and members is None and not any(x.special("@") for x in chunk):
-                group_name, members = _phrase(chunk), []
-                chunk.clear()
-                continue
-            if t.text == ",":
-                flush()
-                continue
-            if t.text == ";":
-                flush()
-                if members is not None:
-                    out.append(Group(group_name, tuple(members)))
-                    members = None
-                continue
-        if t.special("<"):
+        kind = t[0]
+        if in_angle:
+            in_angle = kind != ">"
+        elif kind == ",":
+            flush()
+            continue
+        elif kind == ":" and members is None and not any(x[0] == "@" for x in chunk):
+            group_name, members = _phrase(chunk), []
+            chunk.clear()
+            continue
+        elif kind == ";":
+            flush()
+            if members is not None:
+                out.append(Group(group_name, tuple(members)))
+                members = None
+            continue
+        elif kind == "<":
             in_angle = True
-        elif t.special(">"):
-            in_angle = False
         chunk.append(t)
     flush()
     if members is not None:  # a group never closed with ";"
