@@ -76,14 +76,15 @@ class Candidate:
         """False only when ``needle`` can be in no header field, raw or RFC 2047 encoded.
 
         Unfolding joins lines at white space, so the needle's words are looked for one by one.
+        Bytes are lower-cased as ASCII only, so a needle with other letters is not checked.
         """
         lower = self._lowered_header()
-        return b"=?" in lower or all(w.encode("utf-8") in lower for w in needle.split())
+        return b"=?" in lower or not needle.isascii() or all(w.encode("utf-8") in lower for w in needle.split())
 
     def might_contain_address(self, needle: str) -> bool:
         """False only when no address built from the header's tokens can hold ``needle``."""
         lower = self._lowered_header()
-        if b"=?" in lower or b"\\" in lower:  # encoded words and quoted-pairs change the text
+        if b"=?" in lower or b"\\" in lower or not needle.isascii():  # see might_contain
             return True
         return all(p.encode("utf-8") in lower for p in _ADDRESS_SEPARATORS.split(needle) if p)
 

@@ -534,3 +534,9 @@ class TestRFC3501SectionExample:
     @pytest.mark.parametrize("section", ["4.HEADER", "4.1.TEXT", "5", "3.3", "4.2.3", "4.2.2.3", "1.1"])
     def test_parts_the_message_does_not_have_are_nil(self, box, section):
         assert _section(box, 1, section) == b"NIL"
+
+    def test_raw_utf8_header_matches_case_insensitively(self, world, client):
+        world.deliver("From: JÖRG <j@example.test>\r\nSubject: CAFÉ\r\n\r\nbody\r\n".encode())
+        client.ok("SELECT INBOX")
+        assert _untagged(client, "SEARCH CHARSET UTF-8 SUBJECT café") == b"* SEARCH 1\r\n"
+        assert _untagged(client, "SEARCH CHARSET UTF-8 FROM jörg") == b"* SEARCH 1\r\n"
