@@ -369,7 +369,7 @@ class TestAddressSearch:
         ('CHARSET UTF-8 FROM "jörg müller"', b"3"), ("CHARSET UTF-8 FROM JÖRG", b"3"), ("FROM jm@", b"3"),
         ("TO ann@example.test", b"4"), ("TO @relay.example", b"4"), ('CC "the team"', b"4"),
         ("CC carol@example", b"4"), ("BCC bob@example.test", b"4"), ("CHARSET UTF-8 BCC böb", b"4"),
-        ("FROM example.test", b" 1 2 3 4"[1:]), ("TO alice", b"1 2"), ('FROM ""', b"1 2 3 4"),
+        ("FROM example.test", b"1 2 3 4"), ("TO alice", b"1 2"), ('FROM ""', b"1 2 3 4"),
         ('CC ""', b"4"), ("FROM nobody", b""), ("TO jane", b""),
         ("OR FROM jane TO ann", b"2 4"), ("NOT FROM example", b""),
     ])
@@ -470,6 +470,12 @@ class TestHeaderSearchPrefilter:
         client.ok("SELECT INBOX")
         assert _untagged(client, "SEARCH FROM jane") == b"* SEARCH\r\n"
 
+    def test_raw_utf8_header_matches_case_insensitively(self, world, client):
+        world.deliver("From: JÖRG <j@example.test>\r\nSubject: CAFÉ\r\n\r\nbody\r\n".encode())
+        client.ok("SELECT INBOX")
+        assert _untagged(client, "SEARCH CHARSET UTF-8 SUBJECT café") == b"* SEARCH 1\r\n"
+        assert _untagged(client, "SEARCH CHARSET UTF-8 FROM jörg") == b"* SEARCH 1\r\n"
+
 
 def _part(ctype: bytes, body: bytes) -> bytes:
     return b"Content-Type: " + ctype + b"\r\n\r\n" + body
@@ -534,9 +540,3 @@ class TestRFC3501SectionExample:
     @pytest.mark.parametrize("section", ["4.HEADER", "4.1.TEXT", "5", "3.3", "4.2.3", "4.2.2.3", "1.1"])
     def test_parts_the_message_does_not_have_are_nil(self, box, section):
         assert _section(box, 1, section) == b"NIL"
-
-    def test_raw_utf8_header_matches_case_insensitively(self, world, client):
-        world.deliver("From: JÖRG <j@example.test>\r\nSubject: CAFÉ\r\n\r\nbody\r\n".encode())
-        client.ok("SELECT INBOX")
-        assert _untagged(client, "SEARCH CHARSET UTF-8 SUBJECT café") == b"* SEARCH 1\r\n"
-        assert _untagged(client, "SEARCH CHARSET UTF-8 FROM jörg") == b"* SEARCH 1\r\n"
