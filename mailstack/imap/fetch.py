@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailstack.imap import mime
+from mailstack.imap import address, mime
 from mailstack.imap.parse import Atom, ParseError, Token
 from mailstack.imap.response import imap_date, nstring, plist, string
 
@@ -23,9 +23,7 @@ MACROS = {
 }
 SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODY", "BODYSTRUCTURE",
           "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
-_SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I)
-_SPEC = re.compile(r"^((?:[1-9]\d*)(?:\.[1-9]\d*)*)?(?:^|\.)?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?(.*)$",
-                   re.I)
+_SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +65,22 @@ def parse_item(tok: Token) -> Item:
     peek = m.group(1).upper() == "BODY.PEEK"
     partial = None
     if m.group(3) is not None:
-        length = int(m.group(4))
-        if length == 0:
+        origin, length = int(m.group(3)), int(m.group(4))
+        if length == 0:  # RFC 3501 §9: "<" number "." nz-number ">"
             raise ParseError("partial length must be positive")
-        partial = (int(m.group(3)), length)
+        if origin >= 2**32 or length >= 2**32 or not m.group(0).isascii():
+            raise ParseError("bad partial")
+        partial = (origin, length)
     return parse_section(m.group(2), peek, partial)
 
 
 def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Section:
-    head, _, fields_part = spec.partition(" ")
+    head, space, fields_part = spec.partition(" ")
     parts: list[int] = []
     rest = head
     while rest and rest[0].isdigit():
         num, _, rest = rest.partition(".")
-        if not num.isdigit() or num.startswith("0"):
+        if not (num.isascii() and num.isdigit()) or num.startswith("0") or len(num) > 10:
             raise ParseError("bad section part number")
         parts.append(int(num))
     text = rest.upper()
@@ -99,7 +99,7 @@ def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Sec
             raise ParseError("HEADER.FIELDS needs a list of field names")
         fields = tuple(astring(t) for t in toks[0])
         label_fields = " (" + " ".join(f.upper() for f in fields) + ")"
-    elif fields_part:
+    elif space:
         raise ParseError("bad section")
     else:
         label_fields = ""
@@ -121,22 +121,23 @@ def sets_seen(items: list[Item]) -> bool:
 # -- section content ----------------------------------------------------------------------
 
 
-def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes:
+def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes | None:
+    """The octets of one section (RFC 3501 §6.4.5), or None when the message has no such part."""
     if not sec.parts and sec.text == "":
         return data
     if root is None:
         root = mime.parse(data)
     part = mime.find_part(root, list(sec.parts)) if sec.parts else root
     if part is None:
-        return b""
+        return None
     if sec.text == "MIME":
-        return part.header if part is not root else part.header
+        return part.header
     if sec.text == "":
         return part.body
     target = part
-    if sec.parts:  # HEADER/TEXT of a part apply to the message it encapsulates
+    if sec.parts:  # HEADER/TEXT after a part number: that message/rfc822 part's message
         if part.message is None:
-            return b""
+            return None
         target = part.message
     if sec.text == "TEXT":
         return target.body
@@ -148,8 +149,8 @@ def section_bytes(data: bytes, root: mime.Part | None, sec: Section) -> bytes:
     return b"".join(line if line.endswith(b"\n") else line + b"\r\n" for line in chosen) + b"\r\n"
 
 
-def partial(data: bytes, spec: tuple[int, int] | None) -> bytes:
-    if spec is None:
+def partial(data: bytes | None, spec: tuple[int, int] | None) -> bytes | None:
+    if spec is None or data is None:
         return data
     start, length = spec
     return data[start:start + length]
@@ -158,23 +159,24 @@ def partial(data: bytes, spec: tuple[int, int] | None) -> bytes:
 # -- ENVELOPE and BODYSTRUCTURE (RFC 3501 §7.4.2) -------------------------------------------
 
 
-def _addresses(value: str | None) -> bytes:
-    if value is None:
-        return b"NIL"
-    addrs = mime.parse_addresses(value)
+def _addresses(addrs: list[address.EnvelopeAddress]) -> bytes:
     if not addrs:
         return b"NIL"
     return b"(" + b"".join(plist([nstring(x) for x in a]) for a in addrs) + b")"
 
 
 def envelope(part: mime.Part) -> bytes:
+    def parsed(name: str) -> list[address.EnvelopeAddress]:
+        value = part.get(name)
+        return address.envelope_addresses(value) if value else []
+
     get = part.get
-    sender = get("sender") or get("from")
-    reply_to = get("reply-to") or get("from")
+    from_ = parsed("from")
+    # RFC 3501 §7.4.2: a Sender or Reply-To that is absent or empty is the From
     items = [
         nstring(get("date")), nstring(get("subject")),
-        _addresses(get("from")), _addresses(sender), _addresses(reply_to),
-        _addresses(get("to")), _addresses(get("cc")), _addresses(get("bcc")),
+        _addresses(from_), _addresses(parsed("sender") or from_), _addresses(parsed("reply-to") or from_),
+        _addresses(parsed("to")), _addresses(parsed("cc")), _addresses(parsed("bcc")),
         nstring(get("in-reply-to")), nstring(get("message-id")),
     ]
     return plist(items)
@@ -246,7 +248,7 @@ def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal
             tree = parsed() if (item.parts or item.text) else None
             content = partial(section_bytes(data or b"", tree, item), item.partial)
             origin = f"<{item.partial[0]}>" if item.partial else ""
-            out.append(f"BODY[{item.label}]{origin} ".encode() + _literal_or_quoted(content))
+            out.append(f"BODY[{item.label}]{origin} ".encode() + (b"NIL" if content is None else _literal_or_quoted(content)))
         elif item == "UID":
             out.append(b"UID %d" % uid)
         elif item == "FLAGS":

@@ -1,8 +1,8 @@
 """MIME structure of a stored message, for FETCH sections, ENVELOPE and BODYSTRUCTURE.
 
-RFC 3501 §6.4.5 (section numbering), §7.4.2 (ENVELOPE, BODY, BODYSTRUCTURE),
-RFC 2045/2046 (headers, multipart boundaries, message/rfc822), RFC 5322 §3.4
-(address and group syntax). Parsing works on bytes and never fails: a damaged
+RFC 3501 §6.4.5 (section numbering), §7.4.2 (BODY, BODYSTRUCTURE), RFC 2045/2046
+(headers, multipart boundaries, message/rfc822); addresses are in
+:mod:`mailstack.imap.address`. Parsing works on bytes and never fails: a damaged
 message is described as well as it can be (as text/plain when in doubt).
 """
 
@@ -183,190 +183,29 @@ def parse_disposition(value: str) -> tuple[str, list[tuple[str, str]]] | None:
 def find_part(root: Part, numbers: list[int]) -> Part | None:
     """RFC 3501 §6.4.5 part numbers: ``[2, 1]`` is part 1 of part 2.
 
-    The parts of a message/rfc822 part are those of the message it holds; a
-    non-multipart message or part has one part, numbered 1: itself.
+    A multipart's parts are its children. A message that is not multipart has
+    one part, numbered 1: its body (the message itself here, whose ``body`` is
+    that part's content). The parts of a message/rfc822 part are the parts of
+    the message it encapsulates, at any depth, so ``[1, 1]`` of a top-level
+    message/rfc822 is the body of the encapsulated message.
     """
-    part = root
+    container: Part | None = root  # the message or multipart whose parts are numbered next
+    part: Part | None = None
     for n in numbers:
-        if part is not root and part.message is not None:
-            part = part.message
-        if part.is_multipart():
-            if not 1 <= n <= len(part.children):
-                return None
-            part = part.children[n - 1]
-        elif n != 1:
+        if container is None:
             return None
+        if container.is_multipart():
+            if not 1 <= n <= len(container.children):
+                return None
+            part = container.children[n - 1]
+        elif n == 1:
+            part = container
+        else:
+            return None
+        if part.message is not None:
+            container = part.message
+        elif part.is_multipart():
+            container = part
+        else:
+            container = None
     return part
-
-
-# -- addresses (RFC 5322 §3.4) for ENVELOPE --------------------------------------------
-
-
-def _tokens(value: str) -> list[tuple[str, str]]:
-    """('q', quoted) ('a', atom-ish) ('s', special) ('l', domain literal) tokens, comments dropped."""
-    out: list[tuple[str, str]] = []
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if c in " \t\r\n":
-            i += 1
-        elif c == "(":
-            depth = 0
-            while i < n:
-                if value[i] == "\\":
-                    i += 2
-                    continue
-                if value[i] == "(":
-                    depth += 1
-                elif value[i] == ")":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
-        elif c == '"':
-            j = i + 1
-            buf = []
-            while j < n and value[j] != '"':
-                if value[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(value[j])
-                j += 1
-            out.append(("q", "".join(buf)))
-            i = j + 1
-        elif c == "[":
-            j = value.find("]", i)
-            j = n - 1 if j < 0 else j
-            out.append(("l", value[i:j + 1]))
-            i = j + 1
-        elif c in "<>@,;:.":
-            out.append(("s", c))
-            i += 1
-        else:
-            j = i
-            while j < n and value[j] not in ' \t\r\n()"<>@,;:[' and not (value[j] == "." and False):
-                if value[j] == ".":
-                    break
-                j += 1
-            if j == i:
-                j = i + 1
-            out.append(("a", value[i:j]))
-            i = j
-    return out
-
-
-Address = tuple[str | None, str | None, str | None, str | None]  # name, adl, mailbox, host
-
-
-def parse_addresses(value: str) -> list[Address]:
-    """Address list -> ENVELOPE address tuples, with group start/end markers."""
-    toks = _tokens(value)
-    result: list[Address] = []
-    i = 0
-    while i < len(toks):
-        # collect one mailbox or group up to a top-level ','
-        j = i
-        depth = 0
-        while j < len(toks):
-            if toks[j] == ("s", "<"):
-                depth += 1
-            elif toks[j] == ("s", ">"):
-                depth = max(0, depth - 1)
-            elif depth == 0 and toks[j] == ("s", ":"):
-                # group: name ':' list ';'
-                name = _words(toks[i:j])
-                k = j + 1
-                while k < len(toks) and toks[k] != ("s", ";"):
-                    k += 1
-                result.append((None, None, name, None))
-                result.extend(parse_addresses_tokens(toks[j + 1:k]))
-                result.append((None, None, None, None))
-                j = k + 1
-                while j < len(toks) and toks[j] == ("s", ","):
-                    j += 1
-                i = j
-                break
-            elif depth == 0 and toks[j] == ("s", ","):
-                break
-            j += 1
-        else:
-            pass
-        if i == j and i < len(toks) and toks[i] == ("s", ","):
-            i += 1
-            continue
-        if i < j:
-            one = _mailbox(toks[i:j])
-            if one is not None:
-                result.append(one)
-            i = j + 1 if j < len(toks) and toks[j] == ("s", ",") else j
-    return result
-
-
-def parse_addresses_tokens(toks: list[tuple[str, str]]) -> list[Address]:
-    out = []
-    chunk: list[tuple[str, str]] = []
-    depth = 0
-    for t in toks + [("s", ",")]:
-        if t == ("s", "<"):
-            depth += 1
-        elif t == ("s", ">"):
-            depth = max(0, depth - 1)
-        if t == ("s", ",") and depth == 0:
-            one = _mailbox(chunk)
-            if one is not None:
-                out.append(one)
-            chunk = []
-        else:
-            chunk.append(t)
-    return out
-
-
-def _words(toks: list[tuple[str, str]]) -> str:
-    words: list[str] = []
-    for kind, text in toks:
-        if kind == "s" and text == ".":
-            if words:
-                words[-1] += "."
-            continue
-        words.append(text)
-    return " ".join(words)
-
-
-def _mailbox(toks: list[tuple[str, str]]) -> Address | None:
-    if not toks:
-        return None
-    if ("s", "<") in toks:
-        lt = toks.index(("s", "<"))
-        gt = toks.index(("s", ">")) if ("s", ">") in toks else len(toks)
-        name = _words(toks[:lt]) or None
-        inner = toks[lt + 1:gt]
-        adl = None
-        if ("s", ":") in inner:  # obsolete route
-            colon = inner.index(("s", ":"))
-            adl = "".join(t for _, t in inner[:colon]) or None
-            inner = inner[colon + 1:]
-        local, host = _addr_spec(inner)
-        return (name, adl, local, host)
-    local, host = _addr_spec(toks)
-    return (None, None, local, host)
-
-
-def _addr_spec(toks: list[tuple[str, str]]) -> tuple[str | None, str | None]:
-    if ("s", "@") in toks:
-        at = len(toks) - 1 - toks[::-1].index(("s", "@"))
-        local = _join(toks[:at])
-        host = _join(toks[at + 1:])
-        return local or None, host or None
-    local = _join(toks)
-    return (local or None), None
-
-
-def _join(toks: list[tuple[str, str]]) -> str:
-    out = []
-    for kind, text in toks:
-        if kind == "q" and any(c in text for c in ' "\\()<>@,;:[]'):
-            out.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
-        else:
-            out.append(text)
-    return "".join(out)

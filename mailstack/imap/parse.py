@@ -1,9 +1,12 @@
 """IMAP command parsing: bytes of one complete command (literals included) -> tokens.
 
 RFC 3501 §9 (formal syntax): atoms, quoted strings, literals (``{n}`` and the
-RFC 7888 non-synchronizing ``{n+}``), parenthesised lists, NIL. Fetch
-attributes such as ``BODY.PEEK[HEADER.FIELDS (A B)]<0.10>`` are read as one
-atom, brackets included, and taken apart in :mod:`mailstack.imap.fetch`.
+RFC 7888 non-synchronizing ``{n+}``), parenthesised lists, NIL. The tokenizer
+reads the widest bare word the grammar allows (list-char: ATOM-CHAR, ``]``,
+``%``, ``*``; ``[`` is an ATOM-CHAR) and the typed readers (:func:`atom`,
+:func:`astring`, :func:`list_mailbox`) narrow it. Fetch attributes such as
+``BODY.PEEK[HEADER.FIELDS (A B)]<0.10>`` are read as one atom, the section
+included, and taken apart in :mod:`mailstack.imap.fetch`.
 Sequence sets (§9 ``sequence-set``) and modified UTF-7 mailbox names
 (§5.1.3) live here too. Everything here is pure and raises :class:`ParseError`.
 """
@@ -17,7 +20,11 @@ from dataclasses import dataclass
 LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n?$")
 _LITERAL = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n")
 _TAG_CHARS = re.compile(r"^[\x21-\x7e]+$")
-_ATOM_END = b" ()\"\r\n"
+_ATOM_END = frozenset(b" ()\"")  # RFC 3501 §9 atom-specials that end a token
+_NOT_LIST_CHAR = ' (){"\\'  # atom-specials but list-wildcards and resp-specials
+_NOT_ASTRING = _NOT_LIST_CHAR + "%*"  # ASTRING-CHAR = ATOM-CHAR / resp-specials
+_NOT_ATOM = _NOT_ASTRING + "]"
+_SECTION_KEYWORDS = {b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"}
 MAX_DEPTH = 64  # parenthesised lists inside one another
 
 
@@ -164,32 +171,73 @@ class Tokenizer:
         raise ParseError("unterminated quoted string")
 
     def _atom(self) -> Atom:
+        """An atom, or an astring/list-mailbox run, or a fetch attribute with its section.
+
+        RFC 3501 §9: ``[`` is an ATOM-CHAR and ``]`` a resp-special that ASTRING-CHAR and
+        list-char allow, so both may appear in a name (``foo[bar``, ``a]b``). Only after
+        ``BODY``, ``BODY.PEEK`` and the RFC 3516 ``BINARY`` forms does ``[`` open a
+        ``section``, which runs to its ``]`` and may hold spaces, a header-list and
+        quoted field names; when it is never closed the run is read as a plain atom
+        (a FETCH then answers BAD for the unknown attribute).
+        """
         data = self.data
-        i = self.pos
-        depth = 0
-        while i < len(data):
-            ch = data[i:i + 1]
-            if ch == b"[":
-                depth += 1
-            elif ch == b"]":
-                if depth == 0:
-                    break
-                depth -= 1
-            elif depth == 0 and ch in _ATOM_END:
-                break
-            elif data[i] < 0x20 or data[i] == 0x7F:
-                raise ParseError("control character")
-            i += 1
-        if depth:
-            raise ParseError("unclosed [")
-        if i == self.pos:
+        start = self.pos
+        i = self._atom_run(start, start)
+        if data[i:i + 1] == b"[" and data[start:i].upper() in _SECTION_KEYWORDS:
+            end = self._section_end(i + 1)
+            # the <origin.octets> partial, if any; an unclosed "[" is just an ATOM-CHAR
+            i = self._atom_run(end, end) if end is not None else self._atom_run(i, i + 1)
+        if i == start:
             raise ParseError("expected an atom")
-        raw = data[self.pos:i]
         self.pos = i
         try:
-            return Atom(raw.decode("utf-8"))
+            return Atom(data[start:i].decode("utf-8"))
         except UnicodeDecodeError:
             raise ParseError("atom is not UTF-8") from None
+
+    def _atom_run(self, start: int, i: int) -> int:
+        """The end of a run of ASTRING-CHAR / list-char octets; stops before a section's ``[``."""
+        data = self.data
+        while i < len(data):
+            ch = data[i]
+            if ch in _ATOM_END:
+                break
+            if ch < 0x20 or ch == 0x7F:
+                raise ParseError("control character")
+            if ch == 0x5B and data[start:i].upper() in _SECTION_KEYWORDS:
+                break
+            i += 1
+        return i
+
+    def _section_end(self, i: int) -> int | None:
+        """Just past the ``]`` closing a section whose text starts at ``i``, or None.
+
+        The section text is ``section-spec`` (RFC 3501 §9): part numbers, HEADER,
+        TEXT, MIME, and ``HEADER.FIELDS (name ...)`` whose names are astrings, so
+        spaces, parentheses, quoted strings and literals are read inside it.
+        """
+        data = self.data
+        while i < len(data):
+            ch = data[i]
+            if ch == 0x5D:  # "]"
+                return i + 1
+            if ch == 0x22:  # a quoted field name
+                j = i + 1
+                while j < len(data) and data[j] != 0x22:
+                    j += 2 if data[j] == 0x5C else 1
+                if j >= len(data):
+                    return None
+                i = j + 1
+                continue
+            if ch == 0x7B:  # a literal field name
+                m = _LITERAL.match(data, i)
+                if m:
+                    i = m.end() + int(m.group(1))
+                    continue
+            if ch in (0x0D, 0x0A, 0x00, 0x5B):
+                return None
+            i += 1
+        return None
 
 
 def tokenize(rest: bytes) -> list[Token]:
@@ -200,10 +248,11 @@ def tokenize(rest: bytes) -> list[Token]:
 
 
 def astring(tok: Token) -> str:
+    """``astring`` (RFC 3501 §9): a string, or 1*ASTRING-CHAR (atom chars and ``]``)."""
     if isinstance(tok, String):
         return tok.text()
-    if isinstance(tok, Atom) and not any(c in tok.value for c in '%*(){"\\') or (
-            isinstance(tok, Atom) and tok.value.startswith("\\")):
+    if isinstance(tok, Atom) and (not any(c in _NOT_ASTRING for c in tok.value) or (
+            tok.value.startswith("\\") and " " not in tok.value)):
         return tok.value
     raise ParseError("expected a string")
 
@@ -226,13 +275,14 @@ def list_mailbox(tok: Token) -> str:
     """``list-mailbox`` (RFC 3501 §9): an astring that may hold ``%`` and ``*``."""
     if isinstance(tok, String):
         return tok.text()
-    if isinstance(tok, Atom) and not any(c in tok.value for c in '(){"\\'):
+    if isinstance(tok, Atom) and not any(c in _NOT_LIST_CHAR for c in tok.value):
         return tok.value
     raise ParseError("expected a mailbox pattern")
 
 
 def atom(tok: Token) -> str:
-    if isinstance(tok, Atom):
+    """``atom`` (RFC 3501 §9): no atom-specials, so no ``]`` and no wildcards either."""
+    if isinstance(tok, Atom) and not any(c in _NOT_ATOM for c in tok.value):
         return tok.value
     raise ParseError("expected an atom")
 

@@ -2,7 +2,10 @@
 
 Every RFC 3501 search key is supported. String keys match case-insensitively
 as substrings (§6.4.4 "In all search keys that use strings..."); header values
-are matched after RFC 2047 decoding. BEFORE/ON/SINCE compare the internal date
+are matched after RFC 2047 decoding. FROM, TO, CC and BCC match the parsed
+addresses (§6.4.4 "the envelope structure's FROM field"): ``Name <local@domain>``
+with quoting removed, the comment naming a person, and group names; HEADER
+matches the raw field text. BEFORE/ON/SINCE compare the internal date
 and SENTBEFORE/SENTON/SENTSINCE the Date: header, both by date only,
 disregarding time and time zone. Keys that need only flags, sizes, dates and
 UIDs never open the message file.
@@ -11,12 +14,12 @@ UIDs never open the message file.
 from __future__ import annotations
 
 import datetime
-import email.header
 import email.utils
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailstack.imap import mime
+from mailstack.imap import address, mime
 from mailstack.imap.parse import Atom, ParseError, String, Token, astring, number, resolve_set, sequence_set
 from mailstack.imap.response import parse_date
 from mailstack.maildir.flags import canonical_flag
@@ -25,10 +28,13 @@ FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "
              "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
              "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
              "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
-HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+ADDRESS_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "TO": "to"}
 DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 CHARSETS = {"US-ASCII", "UTF-8"}
 MAX_DEPTH = 100
+# Where a needle for an address key may be cut when it is matched against ``Name <local@domain>``
+# built from the tokens of the header: each piece between these appears in the raw header.
+_ADDRESS_SEPARATORS = re.compile(r'[\s<>@"(),.:;\[\]]+')
 
 Node = tuple  # ("and", [nodes]) ("or", a, b) ("not", a) (key, args...)
 
@@ -45,7 +51,7 @@ class Candidate:
     internal_date: int
     load: Callable[[], bytes]
     _data: bytes | None = None
-    _lower: bytes | None = None
+    _lower: bytes | None = None  # the header, lower-cased
     _fields: list[tuple[str, bytes]] | None = None
     _header: bytes = b""
     _body: bytes = b""
@@ -61,11 +67,26 @@ class Candidate:
             self._fields = mime.header_fields(self._header)
         return self._fields
 
-    def might_contain(self, needle: str) -> bool:
-        """False only when ``needle`` can be nowhere in the message, raw or RFC 2047 encoded."""
+    def _lowered_header(self) -> bytes:
         if self._lower is None:
-            self._lower = self.data().lower()
-        return needle.encode("utf-8") in self._lower or b"=?" in self._lower
+            self._lower = mime.split_message(self.data())[0].lower()
+        return self._lower
+
+    def might_contain(self, needle: str) -> bool:
+        """False only when ``needle`` can be in no header field, raw or RFC 2047 encoded.
+
+        Unfolding joins lines at white space, so the needle's words are looked for one by one.
+        Bytes are lower-cased as ASCII only, so a needle with other letters is not checked.
+        """
+        lower = self._lowered_header()
+        return b"=?" in lower or not needle.isascii() or all(w.encode("utf-8") in lower for w in needle.split())
+
+    def might_contain_address(self, needle: str) -> bool:
+        """False only when no address built from the header's tokens can hold ``needle``."""
+        lower = self._lowered_header()
+        if b"=?" in lower or b"\\" in lower or not needle.isascii():  # see might_contain
+            return True
+        return all(p.encode("utf-8") in lower for p in _ADDRESS_SEPARATORS.split(needle) if p)
 
     def body(self) -> bytes:
         self.fields()
@@ -143,8 +164,10 @@ class Criteria:
             if not isinstance(kw, Atom):
                 raise ParseError("expected a keyword")
             return ("flag", canonical_flag(kw.value), key == "KEYWORD")
-        if key in HEADER_KEYS:
-            return ("header", HEADER_KEYS[key], self._string().lower())
+        if key in ADDRESS_KEYS:
+            return ("address", ADDRESS_KEYS[key], self._string().lower())
+        if key == "SUBJECT":
+            return ("header", "subject", self._string().lower())
         if key == "HEADER":
             name = self._string().lower()
             return ("header", name, self._string().lower())
@@ -186,7 +209,7 @@ def _needs_data(node: Node) -> bool:
         return _needs_data(node[1]) or _needs_data(node[2])
     if kind == "not":
         return _needs_data(node[1])
-    return kind in ("header", "body", "text") or (kind == "date" and node[1].startswith("SENT"))
+    return kind in ("header", "address", "body", "text") or (kind == "date" and node[1].startswith("SENT"))
 
 
 def _needs_body(node: Node) -> bool:
@@ -201,21 +224,27 @@ def _needs_body(node: Node) -> bool:
 
 
 def _decoded(value: str) -> str:
-    try:
-        parts = email.header.decode_header(value)
-        out = []
-        for text, charset in parts:
-            if isinstance(text, bytes):
-                out.append(text.decode(charset or "utf-8", "replace"))
-            else:
-                out.append(text)
-        return "".join(out)
-    except (LookupError, ValueError, AssertionError):
-        return value
+    return address.decode_words(value)
 
 
 def _header_values(c: Candidate, name: str) -> list[str]:
     return [_decoded(mime.field_value(raw)) for n, raw in c.fields() if n == name]
+
+
+def _address_matches(c: Candidate, name: str, needle: str) -> bool:
+    """RFC 3501 §6.4.4 FROM/TO/CC/BCC: a substring of an address of that field."""
+    if needle and not c.might_contain_address(needle):
+        return False
+    for n, raw in c.fields():
+        if n != name:
+            continue
+        if not needle:
+            return True
+        value = mime.field_value(raw)
+        texts = address.search_texts(value) or [_decoded(value)]  # no address at all: the text
+        if any(needle in t.lower() for t in texts):
+            return True
+    return False
 
 
 def _sent_date(c: Candidate) -> datetime.date | None:
@@ -291,6 +320,8 @@ def _eval(node: Node, c: Candidate, largest_msn: int, largest_uid: int,  # noqa:
             return False
         values = _header_values(c, node[1])
         return any(node[2] in v.lower() for v in values) if node[2] else bool(values)
+    if kind == "address":
+        return _address_matches(c, node[1], node[2])
     if kind == "body":
         return node[1] in c.body().decode("utf-8", "replace").lower()
     if kind == "text":

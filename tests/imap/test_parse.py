@@ -45,7 +45,12 @@ def test_fetch_section_is_one_atom():
     assert toks == [Atom("1"), [Atom("BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.10>"), Atom("UID")]]
 
 
-@pytest.mark.parametrize("raw", [b"(a", b"a)", b'"abc', b"a  b", b"(a )", b'"a\\b"', b"BODY[TEXT"])
+def test_brackets_outside_a_section_are_atom_chars():
+    # RFC 3501 §9: "[" is an ATOM-CHAR and "]" an ASTRING-CHAR; an unclosed section is no error here
+    assert tokenize(b"foo[bar a]b BODY[TEXT") == [Atom("foo[bar"), Atom("a]b"), Atom("BODY[TEXT")]
+
+
+@pytest.mark.parametrize("raw", [b"(a", b"a)", b'"abc', b"a  b", b"(a )", b'"a\\b"', b"a{b}c\x01"])
 def test_malformed(raw):
     with pytest.raises(ParseError):
         tokenize(raw)
@@ -80,3 +85,26 @@ def test_tokenizer_never_crashes(data):
         tokenize(data)
     except ParseError:
         pass
+
+
+@given(st.text(alphabet="ab.[]%*-_&~/", min_size=1, max_size=20))
+def test_bare_names_with_brackets_and_wildcards_are_one_token(name):
+    # RFC 3501 §9 list-char = ATOM-CHAR / list-wildcards / resp-specials
+    [tok] = tokenize(name.encode())
+    assert tok == Atom(name)
+
+
+@given(st.lists(st.integers(1, 99), max_size=4),
+       st.sampled_from(["", "HEADER", "TEXT", "MIME", "HEADER.FIELDS (A B)", "HEADER.FIELDS.NOT (X)"]),
+       st.one_of(st.none(), st.tuples(st.integers(0, 500), st.integers(1, 500))))
+def test_sections_parse_back(parts, text, partial):
+    from mailstack.imap.fetch import Section, parse_items
+
+    if text == "MIME" and not parts:
+        return
+    spec = ".".join([str(p) for p in parts] + ([text] if text else []))
+    raw = f"BODY.PEEK[{spec}]" + (f"<{partial[0]}.{partial[1]}>" if partial else "")
+    [item] = parse_items(Atom(raw))
+    assert isinstance(item, Section) and item.parts == tuple(parts) and item.partial == partial
+    assert item.label == spec and item.text == text.split(" ")[0]
+    assert tokenize(f"1 ({raw} UID)".encode()) == [Atom("1"), [Atom(raw), Atom("UID")]]
