@@ -46,9 +46,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import free_port, log_problems, stop_process, wait_for_port  # noqa: E402
-from dovecot_peer import SCHEMES, Dovecot  # noqa: E402
+from dovecot_peer import SCHEMES, TUNINGS, Dovecot  # noqa: E402
 from imap_mix import STEPS, Connection, MixResult, Stats, _quote, run_mix  # noqa: E402
-from proctree import TreeSampler, hwm  # noqa: E402
+from proctree import TreeSampler, hwm, rss, tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "bench password 1"
@@ -181,8 +181,11 @@ connections_per_ip = 1000
         return log_problems(self.log, limit=20)
 
 
-def make_dovecot(root: Path, scheme: str) -> Dovecot:
-    return Dovecot(root, free_port(), PASSWORD, scheme)
+def make_dovecot(root: Path, scheme: str, tuning: str) -> Dovecot:
+    d = Dovecot(root, free_port(), PASSWORD, scheme, tuning)
+    if tuning != "default":
+        d.name = f"dovecot-{tuning[:4]}"
+    return d
 
 
 def dovecot_problems(d: Dovecot) -> list[str]:
@@ -214,17 +217,17 @@ def measure_mix(server, users: list[str], args: argparse.Namespace) -> dict[str,
 
 def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
     names = list(runs)
-    width = 12
+    width = 15
     print(f"\nIMAP mix: {args.clients} clients, {args.seconds:g} s, folders kept at {args.target} messages")
-    head = f"{'':30s}" + "".join(f"{n:>{width}s}" for n in names)
-    if len(names) == 2:
-        head += f"{names[0] + '/' + names[1]:>{width + 10}s}"
+    others = names[1:]
+    head = f"{'':31s}" + "".join(f"{n:>{width}s}" for n in names)
+    head += "".join(f"{'ms/' + n:>{width}s}" for n in others)
     print(head)
 
     def row(label: str, values: list[float], fmt: str = "{:.0f}", ratio: bool = True) -> None:
-        line = f"{label:30s}" + "".join(f"{fmt.format(v):>{width}s}" for v in values)
-        if len(values) == 2 and ratio:
-            line += f"{(values[0] / values[1]) if values[1] else float('nan'):>{width + 10}.2f}"
+        line = f"{label:31s}" + "".join(f"{fmt.format(v):>{width}s}" for v in values)
+        if ratio:
+            line += "".join(f"{(values[0] / v) if v else float('nan'):>{width}.2f}" for v in values[1:])
         print(line)
 
     results: list[MixResult] = [runs[n]["result"] for n in names]  # type: ignore[misc]
@@ -242,14 +245,15 @@ def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace) -> N
     row("server CPU % of one core", [100 * runs[n]["server_cpu"] / runs[n]["wall"] for n in names])  # type: ignore[operator]
     row("generator CPU % of one core", [100 * r.generator_cpu / r.seconds for r in results], ratio=False)
 
-    print(f"\nper command, p50 / p99 ms (count){'':4s}" + "".join(f"{n:>28s}" for n in names))
+    cell = 29
+    print(f"\n{'p50 / p99 ms (count)':16s}" + "".join(f"{n:>{cell}s}" for n in names))
     for step in STEPS:
         cells = []
         for r in results:
             s = r.per_step[step]
             err = f" !{int(s['errors'])}" if s["errors"] else ""
-            cells.append(f"{s['p50_ms']:7.2f} / {s['p99_ms']:7.2f} ({int(s['count'])}){err}")
-        print(f"{step:36s}" + "".join(f"{c:>28s}" for c in cells))
+            cells.append(f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f} ({int(s['count'])}){err}")
+        print(f"{step:16s}" + "".join(f"{c:>{cell}s}" for c in cells))
     for n, r in zip(names, results, strict=True):
         if r.per_step["session"]["errors"]:
             print(f"{n}: {int(r.per_step['session']['errors'])} sessions broke off")
@@ -260,7 +264,7 @@ def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace) -> N
 # -- the big folder -----------------------------------------------------------------------------
 
 
-async def _select_once(port: int, user: str, fetch_flags: bool) -> dict[str, float]:
+async def _select_once(port: int, user: str, fetch_flags: bool, index: Path | None) -> dict[str, float]:
     stats = Stats()
     t = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
@@ -271,13 +275,14 @@ async def _select_once(port: int, user: str, fetch_flags: bool) -> dict[str, flo
         login = time.perf_counter() - t
         if not ok:
             raise RuntimeError(f"LOGIN failed: {stats.examples}")
+        index_before = float(index is not None and index.exists())
         t = time.perf_counter()
         ok, untagged = await c.command("SELECT", b"SELECT INBOX")
         select = time.perf_counter() - t
         if not ok:
             raise RuntimeError(f"SELECT failed: {stats.examples}")
         exists = next(int(line.split()[1]) for line in untagged if line.upper().endswith(b" EXISTS\r\n"))
-        out = {"login": login, "select": select, "exists": exists}
+        out = {"login": login, "select": select, "exists": exists, "index_before_select": index_before}
         if fetch_flags:
             t = time.perf_counter()
             ok, untagged = await c.command("FETCH", b"UID FETCH 1:* (FLAGS)")
@@ -289,8 +294,13 @@ async def _select_once(port: int, user: str, fetch_flags: bool) -> dict[str, flo
         writer.close()
 
 
-def select_once(port: int, user: str, fetch_flags: bool = False) -> dict[str, float]:
-    return asyncio.run(_select_once(port, user, fetch_flags))
+def select_once(port: int, user: str, fetch_flags: bool = False, index: Path | None = None) -> dict[str, float]:
+    """Connect, LOGIN, time one SELECT INBOX (and UID FETCH 1:* (FLAGS)), LOGOUT.
+
+    *index* is the server's index file for the folder: whether it existed after
+    LOGIN, before SELECT, is reported (the first SELECT is meant to build it).
+    """
+    return asyncio.run(_select_once(port, user, fetch_flags, index))
 
 
 def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -301,7 +311,11 @@ def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]
     try:
         sampler = TreeSampler(server.pid, interval=0.02)
         sampler.start()
-        first = select_once(server.port, user, fetch_flags=True)
+        index = server.maildir(user) / ("mailstack-index" if isinstance(server, Mailstack) else "dovecot-uidlist")
+        first = select_once(server.port, user, fetch_flags=True, index=index)
+        if first["index_before_select"]:
+            print(f"  {server.name}: {index.name} existed before the first SELECT (built at LOGIN?)")
+        rss_after = sum(rss(p) for p in tree(server.pid))
         again = select_once(server.port, user)
         memory = sampler.finish()
         root_hwm = hwm(server.pid)
@@ -318,16 +332,17 @@ def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]
     return {"count": count, "login_ms": first["login"] * 1000, "first_ms": first["select"] * 1000,
             "fetch_flags_ms": first["fetch_flags"] * 1000, "again_ms": again["select"] * 1000,
             "restart_ms": restarted["select"] * 1000, "restart_login_ms": restarted["login"] * 1000,
-            "peak_rss_mb": memory.peak_rss / 1e6, "largest_hwm_mb": max(memory.peak_hwm, root_hwm) / 1e6,
+            "rss_after_mb": rss_after / 1e6, "peak_rss_mb": memory.peak_rss / 1e6, "largest_hwm_mb": max(memory.peak_hwm, root_hwm) / 1e6,
             "linked_s": linked}
 
 
 def print_big(rows: list[tuple[str, dict[str, float]]]) -> None:
     print(f"\n{'server':10s} {'messages':>8s} {'LOGIN':>7s} {'first SELECT':>12s} {'FETCH FLAGS':>11s} "
-          f"{'again':>7s} {'restarted':>9s} {'peak RSS':>8s} {'VmHWM':>6s}   (ms; MB)")
+          f"{'again':>7s} {'restarted':>9s} {'RSS after':>9s} {'peak RSS':>8s} {'VmHWM':>6s}   (ms; MB)")
     for name, r in rows:
         print(f"{name:10s} {int(r['count']):8d} {r['login_ms']:7.0f} {r['first_ms']:12.0f} {r['fetch_flags_ms']:11.0f} "
-              f"{r['again_ms']:7.0f} {r['restart_ms']:9.0f} {r['peak_rss_mb']:8.0f} {r['largest_hwm_mb']:6.0f}")
+              f"{r['again_ms']:7.0f} {r['restart_ms']:9.0f} {r['rss_after_mb']:9.0f} {r['peak_rss_mb']:8.0f} "
+              f"{r['largest_hwm_mb']:6.0f}")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -347,12 +362,20 @@ def main() -> int:
     parser.add_argument("--no-dovecot", action="store_true")
     parser.add_argument("--dovecot-scheme", choices=SCHEMES, default="SHA512-CRYPT",
                         help="password scheme in Dovecot's passwd-file (default SHA512-CRYPT)")
+    parser.add_argument("--dovecot-tuning", default="default,performance",
+                        help="comma-separated Dovecot setups to run the mix against: 'default' (a new login and "
+                             "imap process per connection) and/or 'performance' (long-lived, reused processes); "
+                             "the big-folder test uses the first (default: default,performance)")
     parser.add_argument("--sample-interval", type=float, default=0.02, help="seconds between RSS samples")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", type=Path, help="write all figures here")
     args = parser.parse_args()
     big_counts = [int(x) for x in args.big.split(",") if int(x) > 0]
+    tunings = [t for t in args.dovecot_tuning.split(",") if t]
+    for t in tunings:
+        if t not in TUNINGS:
+            parser.error(f"--dovecot-tuning: {t!r} is not one of {', '.join(TUNINGS)}")
 
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="imap-bench-", dir=args.workdir))
@@ -361,12 +384,14 @@ def main() -> int:
     if not args.no_dovecot and not use_dovecot:
         print("dovecot not installed (apt-get install dovecot-imapd): mailstack only")
     mailstack = Mailstack(base / "mailstack")
-    dovecot = make_dovecot(base / "dovecot", args.dovecot_scheme) if use_dovecot else None
-    servers = [s for s in (mailstack, dovecot) if s is not None]
+    dovecots = [make_dovecot(base / f"dovecot-{t}", args.dovecot_scheme, t) for t in tunings] if use_dovecot else []
+    dovecot = dovecots[0] if dovecots else None
+    servers: list[Mailstack | Dovecot] = [mailstack, *dovecots]
     print(f"{mailstack.version()}; {('Dovecot ' + dovecot.version() + ', passwd-file ' + args.dovecot_scheme) if dovecot else 'no Dovecot'}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {base}")
     report: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()},
-                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "loadavg_start": os.getloadavg()}
     failed = False
     try:
         users = [f"user{i}@{DOMAIN}" for i in range(args.users or args.clients)]
@@ -396,7 +421,7 @@ def main() -> int:
             t = time.perf_counter()
             fill_maildir(source, count)
             print(f"\nwrote {count} messages into {source}/cur in {time.perf_counter() - t:.1f} s")
-            for server in servers:
+            for server in servers[:2]:  # mailstack and the first Dovecot setup
                 big_rows.append((server.name, measure_big(server, user, source, count)))
             shutil.rmtree(source)
         if big_rows:
@@ -418,7 +443,8 @@ def main() -> int:
             print(f"kept {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\nwhole run: {time.monotonic() - started:.0f} s")
+    print(f"\nwhole run: {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    report["loadavg_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 1 if failed else 0
