@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,22 +213,22 @@ def measure_mix(server, users: list[str], args: argparse.Namespace) -> dict[str,
     finally:
         server.stop()
     return {"result": result, "memory": memory, "root_hwm": root_hwm, "server_cpu": sampler.cpu,
-            "wall": sampler.wall}
+            "wall": sampler.wall, "loadavg": os.getloadavg()[0]}
 
 
-def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
+def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace, title: str = "") -> None:
     names = list(runs)
     width = 15
-    print(f"\nIMAP mix: {args.clients} clients, {args.seconds:g} s, folders kept at {args.target} messages")
+    print(f"\n{title}IMAP mix: {args.clients} clients, {args.seconds:g} s, folders kept at {args.target} messages")
     others = names[1:]
     head = f"{'':31s}" + "".join(f"{n:>{width}s}" for n in names)
-    head += "".join(f"{'ms/' + n:>{width}s}" for n in others)
+    head += "".join(f"{'ms/' + n:>{width + 3}s}" for n in others)
     print(head)
 
     def row(label: str, values: list[float], fmt: str = "{:.0f}", ratio: bool = True) -> None:
         line = f"{label:31s}" + "".join(f"{fmt.format(v):>{width}s}" for v in values)
         if ratio:
-            line += "".join(f"{(values[0] / v) if v else float('nan'):>{width}.2f}" for v in values[1:])
+            line += "".join(f"{(values[0] / v) if v else float('nan'):>{width + 3}.2f}" for v in values[1:])
         print(line)
 
     results: list[MixResult] = [runs[n]["result"] for n in names]  # type: ignore[misc]
@@ -244,6 +245,7 @@ def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace) -> N
     row("processes (most at once)", [m.peak_procs for m in mems], ratio=False)  # type: ignore[attr-defined]
     row("server CPU % of one core", [100 * runs[n]["server_cpu"] / runs[n]["wall"] for n in names])  # type: ignore[operator]
     row("generator CPU % of one core", [100 * r.generator_cpu / r.seconds for r in results], ratio=False)
+    row("load average (1 min) after", [runs[n]["loadavg"] for n in names], "{:.2f}", ratio=False)  # type: ignore[misc]
 
     cell = 29
     print(f"\n{'p50 / p99 ms (count)':16s}" + "".join(f"{n:>{cell}s}" for n in names))
@@ -353,6 +355,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--clients", type=int, default=10, help="concurrent clients in the mix (default 10)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each mix run (default 20)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the mix this many times, the servers taking turns (default 1)")
     parser.add_argument("--procs", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--target", type=int, default=30, help="messages per mix folder (default 30)")
     parser.add_argument("--users", type=int, default=0, help="accounts for the mix (default: one per client)")
@@ -405,16 +409,27 @@ def main() -> int:
             for server in servers:
                 for user in users:
                     link_maildir(source, server.maildir(user))
-            runs = {}
-            for server in servers:
-                runs[server.name] = measure_mix(server, users, args)
-                r: MixResult = runs[server.name]["result"]  # type: ignore[assignment]
-                print(f"{server.name}: {r.rate:.0f} commands/s, {r.errors} errors")
-                failed |= bool(r.errors)
-            print_mix(runs, args)
-            report["mix"] = {n: {"result": v["result"].to_json(), "memory": vars(v["memory"]),  # type: ignore[attr-defined]
-                                 "root_hwm": v["root_hwm"], "server_cpu_s": v["server_cpu"], "wall_s": v["wall"]}
-                             for n, v in runs.items()}
+            rounds: list[dict[str, dict[str, object]]] = []
+            for n in range(args.rounds):
+                runs = {}
+                for server in servers:
+                    runs[server.name] = measure_mix(server, users, args)
+                    r: MixResult = runs[server.name]["result"]  # type: ignore[assignment]
+                    print(f"round {n + 1}, {server.name}: {r.rate:.0f} commands/s, {r.errors} errors, "
+                          f"load average {runs[server.name]['loadavg']:.2f}")
+                    failed |= bool(r.errors)
+                rounds.append(runs)
+                print_mix(runs, args, f"round {n + 1} of {args.rounds}: " if args.rounds > 1 else "")
+            if args.rounds > 1:
+                print("\ncommands/s by round (median)")
+                for server in servers:
+                    rates = [rn[server.name]["result"].rate for rn in rounds]  # type: ignore[attr-defined]
+                    print(f"  {server.name:14s} " + "  ".join(f"{x:6.0f}" for x in rates)
+                          + f"   ({statistics.median(rates):.0f})")
+            report["mix"] = [{n: {"result": v["result"].to_json(), "memory": vars(v["memory"]),  # type: ignore[attr-defined]
+                                  "root_hwm": v["root_hwm"], "server_cpu_s": v["server_cpu"], "wall_s": v["wall"],
+                                  "loadavg": v["loadavg"]}
+                              for n, v in runs.items()} for runs in rounds]
         big_rows: list[tuple[str, dict[str, float]]] = []
         for count, user in zip(big_counts, big_users, strict=True):
             source = base / f"big-source-{count}"
