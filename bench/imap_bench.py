@@ -244,6 +244,8 @@ def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace, titl
                                            for n, m in zip(names, mems, strict=True)])
     row("processes (most at once)", [m.peak_procs for m in mems], ratio=False)  # type: ignore[attr-defined]
     row("server CPU % of one core", [100 * runs[n]["server_cpu"] / runs[n]["wall"] for n in names])  # type: ignore[operator]
+    row("main thread running, % (R)", [100 * m.state_share("R") for m in mems], ratio=False)  # type: ignore[attr-defined]
+    row("main thread in disk wait, % (D)", [100 * m.state_share("D") for m in mems], ratio=False)  # type: ignore[attr-defined]
     row("generator CPU % of one core", [100 * r.generator_cpu / r.seconds for r in results], ratio=False)
     row("load average (1 min) after", [runs[n]["loadavg"] for n in names], "{:.2f}", ratio=False)  # type: ignore[misc]
 

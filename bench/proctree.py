@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -87,9 +87,12 @@ class Memory:
     peak_hwm: int = 0  # largest VmHWM of a single process
     peak_procs: int = 0  # most processes in the tree in one sample
     samples: int = 0
+    root_states: dict[str, int] = field(default_factory=dict)  # state letter of the root's main thread -> samples
 
-    def mb(self, value: int) -> str:
-        return f"{value / 1e6:.0f}"
+    def state_share(self, letters: str) -> float:
+        """Share of samples (0..1) in which the root's main thread was in one of these states (R, S, D)."""
+        total = sum(self.root_states.values())
+        return sum(n for s, n in self.root_states.items() if s in letters) / total if total else 0.0
 
 
 class TreeSampler(threading.Thread):
@@ -115,6 +118,13 @@ class TreeSampler(threading.Thread):
         r = self.result
         pids = tree(self.root)
         r.samples += 1
+        try:
+            with open(f"/proc/{self.root}/stat", "rb") as f:
+                stat = f.read()
+            state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3].decode()
+            r.root_states[state] = r.root_states.get(state, 0) + 1
+        except (OSError, ValueError):
+            pass
         r.peak_procs = max(r.peak_procs, len(pids))
         r.peak_rss = max(r.peak_rss, sum(rss(p) for p in pids))
         if full:
