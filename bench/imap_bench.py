@@ -239,6 +239,7 @@ def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace, titl
     row("p99 ms, all commands", [r.all_p99 for r in results], "{:.2f}")
     row("errors", [r.errors for r in results], ratio=False)
     row("peak RSS MB, sum over the tree", [m.peak_rss / 1e6 for m in mems])  # type: ignore[attr-defined]
+    row("RSS MB at the end, sum", [m.last_rss / 1e6 for m in mems])  # type: ignore[attr-defined]
     row("peak PSS MB, sum over the tree", [m.peak_pss / 1e6 for m in mems])  # type: ignore[attr-defined]
     row("largest VmHWM MB, one process", [max(m.peak_hwm, runs[n]["root_hwm"]) / 1e6  # type: ignore[attr-defined]
                                            for n, m in zip(names, mems, strict=True)])

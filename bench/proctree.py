@@ -85,6 +85,7 @@ class Memory:
     peak_rss: int = 0  # largest sum of RSS over the tree in one sample
     peak_pss: int = 0  # largest sum of PSS over the tree in one (less frequent) sample
     peak_hwm: int = 0  # largest VmHWM of a single process
+    last_rss: int = 0  # sum of RSS over the tree in the last sample (taken when sampling stops)
     peak_procs: int = 0  # most processes in the tree in one sample
     samples: int = 0
     root_states: dict[str, int] = field(default_factory=dict)  # state letter of the root's main thread -> samples
@@ -126,7 +127,8 @@ class TreeSampler(threading.Thread):
         except (OSError, ValueError):
             pass
         r.peak_procs = max(r.peak_procs, len(pids))
-        r.peak_rss = max(r.peak_rss, sum(rss(p) for p in pids))
+        r.last_rss = sum(rss(p) for p in pids)
+        r.peak_rss = max(r.peak_rss, r.last_rss)
         if full:
             r.peak_pss = max(r.peak_pss, sum(pss(p) for p in pids))
             r.peak_hwm = max([r.peak_hwm, *(hwm(p) for p in pids)])
