@@ -4,7 +4,8 @@
    sessions (connect, LOGIN, LIST/STATUS half the time, SELECT INBOX,
    FETCH 1:* (UID FLAGS), UID FETCH of 1 to 3 bodies, STORE +/-\\Seen half the
    time, STORE \\Deleted + EXPUNGE, APPEND, NOOP, LOGOUT) for a fixed time,
-   first against mailstack, then against Dovecot, each over its own copy of the
+   first against mailstack, then against Dovecot (its default setup, then its
+   high-performance one, --dovecot-tuning), each over its own copy of the
    same Maildirs. mailstack's accounts are added with its CLI, so their
    passwords are argon2id hashes; Dovecot reads a passwd-file (--dovecot-scheme).
    Reports commands/s, p50/p99 per command, errors, the servers' CPU and the
