@@ -137,7 +137,7 @@ allow_plaintext_auth = true
 connections_per_ip = 1000
 """)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.exit_status: int | None = None
+        self.bad_exits: list[int | None] = []  # statuses other than 0 after SIGTERM (None: had to be killed)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -177,7 +177,9 @@ connections_per_ip = 1000
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.exit_status, _ = stop_process(self.proc)
+            status, _ = stop_process(self.proc)
+            if status != 0:
+                self.bad_exits.append(status)
 
     def problems(self) -> list[str]:
         return log_problems(self.log, limit=20)
@@ -343,10 +345,10 @@ def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]
 
 
 def print_big(rows: list[tuple[str, dict[str, float]]]) -> None:
-    print(f"\n{'server':10s} {'messages':>8s} {'LOGIN':>7s} {'first SELECT':>12s} {'FETCH FLAGS':>11s} "
+    print(f"\n{'server':12s} {'messages':>8s} {'LOGIN':>7s} {'first SELECT':>12s} {'FETCH FLAGS':>11s} "
           f"{'again':>7s} {'restarted':>9s} {'RSS after':>9s} {'peak RSS':>8s} {'VmHWM':>6s}   (ms; MB)")
     for name, r in rows:
-        print(f"{name:10s} {int(r['count']):8d} {r['login_ms']:7.0f} {r['first_ms']:12.0f} {r['fetch_flags_ms']:11.0f} "
+        print(f"{name:12s} {int(r['count']):8d} {r['login_ms']:7.0f} {r['first_ms']:12.0f} {r['fetch_flags_ms']:11.0f} "
               f"{r['again_ms']:7.0f} {r['restart_ms']:9.0f} {r['rss_after_mb']:9.0f} {r['peak_rss_mb']:8.0f} "
               f"{r['largest_hwm_mb']:6.0f}")
 
@@ -452,9 +454,12 @@ def main() -> int:
                 print(f"\n{server.name} log ({len(problems)} lines that look like trouble):")
                 for line in problems[:20]:
                     print("  " + line)
-        if mailstack.exit_status not in (0, None):
-            print(f"mailstack exited with status {mailstack.exit_status} after SIGTERM")
+        if mailstack.bad_exits:
+            print(f"mailstack did not exit 0 after SIGTERM: {mailstack.bad_exits} (None: killed)")
             failed = True
+    except BaseException:
+        failed = True  # keep the directory and its logs
+        raise
     finally:
         for server in servers:
             server.stop()
