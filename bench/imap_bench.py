@@ -1,82 +1,107 @@
-"""IMAP load benchmark: mailstack against Dovecot (when installed) on the same messages.
+"""IMAP benchmark: an imaptest-style, login-heavy mix against mailstack and Dovecot in one run.
 
-Each of N client processes loops over one IMAP session: LOGIN, SELECT INBOX,
-FETCH the headers of the newest 50 messages, SEARCH, STORE flags, FETCH one
-body, LOGOUT, timing every command. Prints commands/s and p50/p99 latency per
-server, then SELECT times on 10,000 and 100,000 message folders (Maildirs
-written file by file, as a delivery agent would): the first SELECT, which
-builds the UID index, and one after a restart, which reads it.
+1. The mix (``imap_mix.py``): N clients (default 10), each looping over short
+   sessions (connect, LOGIN, LIST/STATUS half the time, SELECT INBOX,
+   FETCH 1:* (UID FLAGS), UID FETCH of 1 to 3 bodies, STORE +/-\\Seen half the
+   time, STORE \\Deleted + EXPUNGE, APPEND, NOOP, LOGOUT) for a fixed time,
+   first against mailstack, then against Dovecot (its default setup, then its
+   high-performance one, --dovecot-tuning), each over its own copy of the
+   same Maildirs. mailstack's accounts are added with its CLI, so their
+   passwords are argon2id hashes; Dovecot reads a passwd-file (--dovecot-scheme).
+   Reports commands/s, p50/p99 per command, errors, the servers' CPU and the
+   peak memory of each server's process tree (sampled from /proc), and the
+   ratios mailstack/Dovecot.
+2. First SELECT of a big folder (default 100,000 messages, written straight
+   into ``cur/``, without any index): a fresh connection and LOGIN, then the
+   timed SELECT, which has to build the server's index; then
+   UID FETCH 1:* (FLAGS), a SELECT in a second session, and one after a
+   restart of the server.
 
-    python bench/imap_bench.py [--clients 10] [--seconds 20] [--messages 500] [--no-dovecot] [--no-big]
+    python bench/imap_bench.py                          # both servers, about 2 minutes
+    python bench/imap_bench.py --seconds 5 --big 10000  # a quick run
+    python bench/imap_bench.py --no-dovecot --json out.json
+
+Both servers listen on free loopback ports, without TLS and with plaintext
+LOGIN allowed (``tls.allow_plaintext_auth = true`` for mailstack), in a fresh
+temporary directory that is removed afterwards (--keep keeps it). Dovecot
+(``apt-get install dovecot-imapd``) runs as its own foreground instance from a
+generated config (``dovecot_peer.py``); a system Dovecot is neither needed nor
+touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import imaplib
-import multiprocessing
+import asyncio
+import json
 import os
+import platform
 import shutil
-import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, log_problems, stop_process, wait_for_port  # noqa: E402
+from dovecot_peer import SCHEMES, TUNINGS, Dovecot  # noqa: E402
+from imap_mix import STEPS, Connection, MixResult, Stats, _quote, run_mix  # noqa: E402
+from proctree import TreeSampler, hwm, rss, tree  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-PASSWORD = "bench-password"
+PASSWORD = "bench password 1"
 DOMAIN = "example.test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# -- Maildirs -----------------------------------------------------------------------------------
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.recv(100)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not open")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def message(i: int) -> bytes:
-    body = f"line of text for message {i} in the benchmark mailbox\r\n" * 40
+def message(i: int, lines: int = 8) -> bytes:
+    """A small message (about 700 octets with the default 8 body lines), CRLF line ends."""
+    body = "".join(f"line {n} of message {i}: the quick brown fox jumps over the lazy dog\r\n"
+                   for n in range(lines))
     return (f"From: Sender {i % 17} <sender{i % 17}@example.org>\r\nTo: user@{DOMAIN}\r\n"
             f"Subject: benchmark message {i}\r\nDate: Mon, 23 Nov 2026 10:{i % 60:02d}:00 +0000\r\n"
-            f"Message-ID: <bench-{i}@example.org>\r\n\r\n{body}").encode()
+            f"Message-ID: <bench-{i}@example.org>\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{body}").encode()
 
 
-def fill_maildir(path: Path, count: int, start: float = 1_700_000_000) -> None:
+def fill_maildir(path: Path, count: int, start: int = 1_700_000_000, lines: int = 8) -> None:
+    """Write *count* messages straight into ``cur/`` (seen by a client before, no index anywhere).
+
+    Names follow the Maildir++ convention both servers read: ``,S=`` is the size
+    (and ``,W=`` the size with CRLF line ends, the same here), ``:2,`` the flags.
+    """
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
+    cur = str(path / "cur")
+    flags = ("", "S", "", "FS", "S")
     for i in range(count):
-        data = message(i)
-        name = f"{int(start) + i}.M{i % 1000000}P1Q{i}.bench,S={len(data)}"
-        (path / "new" / name).write_bytes(data)
+        data = message(i, lines)
+        name = f"{cur}/{start + i}.M{i % 1_000_000}P1Q{i}.bench,S={len(data)},W={len(data)}:2,{flags[i % 5]}"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.utime(name, (start + i, start + i))
 
 
-# -- servers -----------------------------------------------------------------------------
+def link_maildir(source: Path, target: Path) -> None:
+    """Hard-link every message of *source* into a new Maildir *target* (the files are never changed in place)."""
+    for sub in ("tmp", "new", "cur"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    for sub in ("new", "cur"):
+        src, dst = str(source / sub), str(target / sub)
+        for name in os.listdir(src):
+            os.link(f"{src}/{name}", f"{dst}/{name}")
+
+
+# -- mailstack ----------------------------------------------------------------------------------
 
 
 class Mailstack:
@@ -87,7 +112,8 @@ class Mailstack:
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config = root / "mailstack.toml"
-        self.config.write_text(f"""
+        self.log = root / "twistd.log"
+        self.config.write_text(f"""# generated by bench/imap_bench.py
 hostname = "mail.{DOMAIN}"
 domains = ["{DOMAIN}"]
 [listen]
@@ -111,13 +137,15 @@ allow_plaintext_auth = true
 connections_per_ip = 1000
 """)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bad_exits: list[int | None] = []  # statuses other than 0 after SIGTERM (None: had to be killed)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
     def add_user(self, user: str) -> None:
+        """``mailstack user add --password-stdin``: the store keeps an argon2id hash."""
         subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(self.config), "user", "add",
                         user, "--password-stdin"], input=PASSWORD + "\n", text=True, check=True,
                        env=self.env(), capture_output=True)
@@ -126,225 +154,325 @@ connections_per_ip = 1000
         local, domain = user.split("@")
         return self.root / "maildirs" / domain / local
 
+    def version(self) -> str:
+        try:
+            rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+        except OSError:
+            rev = "?"
+        return f"mailstack {rev}, Python {platform.python_version()}, Twisted {metadata.version('twisted')}"
+
     def start(self) -> None:
-        log = open(self.root / "twistd.log", "ab")
+        """``twistd -n mailstack --config ...`` with this checkout on PYTHONPATH."""
+        log = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                                       "-n", "--pidfile=", "mailstack", "--config", str(self.config)],
                                      cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=self.env())
-        wait_port(self.port, self.proc)
+        wait_for_port("127.0.0.1", self.port, self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
+        if self.proc is not None and self.proc.poll() is None:
+            status, _ = stop_process(self.proc)
+            if status != 0:
+                self.bad_exits.append(status)
+
+    def problems(self) -> list[str]:
+        return log_problems(self.log, limit=20)
 
 
-class Dovecot:
-    name = "dovecot"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.users: list[str] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("dovecot") is not None or Path("/usr/sbin/dovecot").exists()
-
-    def add_user(self, user: str) -> None:
-        self.users.append(user)
-
-    def maildir(self, user: str) -> Path:
-        local, domain = user.split("@")
-        return self.root / "maildirs" / domain / local
-
-    def start(self) -> None:
-        (self.root / "run").mkdir(parents=True, exist_ok=True)
-        (self.root / "passwd").write_text("".join(f"{u}:{{PLAIN}}{PASSWORD}::::::\n" for u in self.users))
-        uid, gid = os.getuid(), os.getgid()
-        if uid == 0:  # Dovecot refuses to run mail processes as root: hand the files to nobody
-            import pwd
-
-            nobody = pwd.getpwnam("nobody")
-            uid, gid = nobody.pw_uid, nobody.pw_gid
-            for top in (self.root / "maildirs", self.root / "home"):
-                top.mkdir(parents=True, exist_ok=True)
-                os.chown(top, uid, gid)
-                for dirpath, dirnames, filenames in os.walk(top):
-                    for name in dirnames + filenames:
-                        os.chown(os.path.join(dirpath, name), uid, gid)
-            self.root.chmod(0o755)
-        conf = self.root / "dovecot.conf"
-        conf.write_text(f"""
-protocols = imap
-listen = 127.0.0.1
-base_dir = {self.root}/run
-state_dir = {self.root}/run
-log_path = {self.root}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 0
-mail_uid = {uid}
-mail_gid = {gid}
-mail_location = maildir:{self.root}/maildirs/%d/%n
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-  process_min_avail = 2
-}}
-service imap {{
-  process_limit = 1024
-}}
-passdb {{
-  driver = passwd-file
-  args = {self.root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={self.root}/home/%d/%n
-}}
-""")
-        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
-        self.proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.root / "dovecot.err", "ab"))
-        wait_port(self.port, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
+def make_dovecot(root: Path, scheme: str, tuning: str) -> Dovecot:
+    d = Dovecot(root, free_port(), PASSWORD, scheme, tuning)
+    if tuning != "default":
+        d.name = f"dovecot-{tuning[:4]}"
+    return d
 
 
-# -- load ------------------------------------------------------------------------------------
+def dovecot_problems(d: Dovecot) -> list[str]:
+    out = []
+    for name in ("dovecot.log", "dovecot.err"):
+        for line in log_problems(d.root / name, limit=20):
+            if "Killed with signal 15" not in line:  # its master logs how the bench stopped it
+                out.append(line)
+    return out
 
 
-def client_loop(port: int, user: str, seconds: float, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    timings: list[tuple[str, float]] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-
-    def timed(fn, *args):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        result = fn(*args)
-        timings.append((fn.__name__, time.perf_counter() - t))
-        return result
-
-    while time.monotonic() < deadline:
-        try:
-            imap = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-            timed(imap.login, user, PASSWORD)
-            typ, data = timed(imap.select, "INBOX")
-            exists = int(data[0])
-            low = max(1, exists - 49)
-            timed(imap.fetch, f"{low}:{exists}", "(UID FLAGS BODY.PEEK[HEADER])")
-            timed(imap.search, None, "FROM", "sender3", "UNSEEN")
-            timed(imap.store, str(exists), "+FLAGS", "(\\Flagged)")
-            timed(imap.fetch, str(max(1, exists - 3)), "(BODY.PEEK[])")
-            timed(imap.logout)
-        except (OSError, imaplib.IMAP4.error):
-            errors += 1
-    queue.put((timings, errors))
+# -- the mix ------------------------------------------------------------------------------------
 
 
-def run_load(server, users: list[str], clients: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-    procs = [multiprocessing.Process(target=client_loop, args=(server.port, users[i % len(users)], seconds, queue))
-             for i in range(clients)]
-    start = time.monotonic()
-    for p in procs:
-        p.start()
-    results = [queue.get() for _ in procs]
-    for p in procs:
-        p.join()
-    elapsed = time.monotonic() - start
-    named = [t for r in results for t in r[0]]
-    timings = sorted(t for _, t in named)
-    by_command: dict[str, list[float]] = {}
-    for name, t in named:
-        by_command.setdefault(name, []).append(t)
-    for name, ts in sorted(by_command.items()):
-        ts.sort()
-        print(f"    {name:8s} p50 {ts[len(ts) // 2] * 1000:7.1f} ms  p99 {ts[min(len(ts) - 1, int(len(ts) * 0.99))] * 1000:7.1f} ms")
-    errors = sum(r[1] for r in results)
-    n = len(timings)
-    return {"commands": n, "ops": n / elapsed if elapsed else 0.0,
-            "p50": timings[n // 2] * 1000 if n else 0.0,
-            "p99": timings[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0, "errors": errors}
-
-
-def select_time(port: int, user: str) -> tuple[float, int]:
-    imap = imaplib.IMAP4("127.0.0.1", port, timeout=600)
-    imap.login(user, PASSWORD)
-    t = time.perf_counter()
-    typ, data = imap.select("INBOX")
-    elapsed = time.perf_counter() - t
-    t2 = time.perf_counter()
-    imap.uid("FETCH", "1:*", "(FLAGS)")
-    fetch_flags = time.perf_counter() - t2
-    imap.logout()
-    return elapsed, int(data[0]), fetch_flags  # type: ignore[return-value]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--messages", type=int, default=500)
-    parser.add_argument("--no-dovecot", action="store_true")
-    parser.add_argument("--no-big", action="store_true")
-    args = parser.parse_args()
-    users = [f"user{i}@{DOMAIN}" for i in range(args.clients)]
-    base = Path(tempfile.mkdtemp(prefix="imap-bench-"))
-    base.chmod(0o755)  # Dovecot's auth process runs as its own user and reads the passwd file
-    servers = [Mailstack(base / "mailstack")]
-    if not args.no_dovecot and Dovecot.available():
-        servers.append(Dovecot(base / "dovecot"))
-    elif not args.no_dovecot:
-        print("dovecot not installed (apt-get install dovecot-imapd): mailstack only")
+def measure_mix(server, users: list[str], args: argparse.Namespace) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    server.start()
     try:
+        sampler = TreeSampler(server.pid, interval=args.sample_interval)
+        sampler.start()
+        result = run_mix("127.0.0.1", server.port, users, PASSWORD, clients=args.clients, seconds=args.seconds,
+                         procs=args.procs, target=args.target)
+        memory = sampler.finish()
+        root_hwm = hwm(server.pid)
+    finally:
+        server.stop()
+    return {"result": result, "memory": memory, "root_hwm": root_hwm, "server_cpu": sampler.cpu,
+            "wall": sampler.wall, "loadavg": os.getloadavg()[0]}
+
+
+def print_mix(runs: dict[str, dict[str, object]], args: argparse.Namespace, title: str = "") -> None:
+    names = list(runs)
+    width = 15
+    print(f"\n{title}IMAP mix: {args.clients} clients, {args.seconds:g} s, folders kept at {args.target} messages")
+    others = names[1:]
+    head = f"{'':31s}" + "".join(f"{n:>{width}s}" for n in names)
+    head += "".join(f"{'ms/' + n:>{width + 3}s}" for n in others)
+    print(head)
+
+    def row(label: str, values: list[float], fmt: str = "{:.0f}", ratio: bool = True) -> None:
+        line = f"{label:31s}" + "".join(f"{fmt.format(v):>{width}s}" for v in values)
+        if ratio:
+            line += "".join(f"{(values[0] / v) if v else float('nan'):>{width + 3}.2f}" for v in values[1:])
+        print(line)
+
+    results: list[MixResult] = [runs[n]["result"] for n in names]  # type: ignore[misc]
+    mems = [runs[n]["memory"] for n in names]
+    row("commands/s", [r.rate for r in results])
+    row("sessions (logins)/s", [r.sessions / r.seconds for r in results])
+    row("p50 ms, all commands", [r.all_p50 for r in results], "{:.2f}")
+    row("p99 ms, all commands", [r.all_p99 for r in results], "{:.2f}")
+    row("errors", [r.errors for r in results], ratio=False)
+    row("peak RSS MB, sum over the tree", [m.peak_rss / 1e6 for m in mems])  # type: ignore[attr-defined]
+    row("RSS MB at the end, sum", [m.last_rss / 1e6 for m in mems])  # type: ignore[attr-defined]
+    row("peak PSS MB, sum over the tree", [m.peak_pss / 1e6 for m in mems])  # type: ignore[attr-defined]
+    row("largest VmHWM MB, one process", [max(m.peak_hwm, runs[n]["root_hwm"]) / 1e6  # type: ignore[attr-defined]
+                                           for n, m in zip(names, mems, strict=True)])
+    row("processes (most at once)", [m.peak_procs for m in mems], ratio=False)  # type: ignore[attr-defined]
+    row("server CPU % of one core", [100 * runs[n]["server_cpu"] / runs[n]["wall"] for n in names])  # type: ignore[operator]
+    row("main thread running, % (R)", [100 * m.state_share("R") for m in mems], ratio=False)  # type: ignore[attr-defined]
+    row("main thread in disk wait, % (D)", [100 * m.state_share("D") for m in mems], ratio=False)  # type: ignore[attr-defined]
+    row("generator CPU % of one core", [100 * r.generator_cpu / r.seconds for r in results], ratio=False)
+    row("load average (1 min) after", [runs[n]["loadavg"] for n in names], "{:.2f}", ratio=False)  # type: ignore[misc]
+
+    cell = 29
+    print(f"\n{'p50 / p99 ms (count)':16s}" + "".join(f"{n:>{cell}s}" for n in names))
+    for step in STEPS:
+        cells = []
+        for r in results:
+            s = r.per_step[step]
+            err = f" !{int(s['errors'])}" if s["errors"] else ""
+            cells.append(f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f} ({int(s['count'])}){err}")
+        print(f"{step:16s}" + "".join(f"{c:>{cell}s}" for c in cells))
+    for n, r in zip(names, results, strict=True):
+        if r.per_step["session"]["errors"]:
+            print(f"{n}: {int(r.per_step['session']['errors'])} sessions broke off")
+        for ex in r.examples:
+            print(f"{n} error: {ex}")
+
+
+# -- the big folder -----------------------------------------------------------------------------
+
+
+async def _select_once(port: int, user: str, fetch_flags: bool, index: Path | None) -> dict[str, float]:
+    stats = Stats()
+    t = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+    try:
+        await reader.readline()
+        c = Connection(reader, writer, stats)
+        ok, _ = await c.command("LOGIN", b"LOGIN " + _quote(user) + b" " + _quote(PASSWORD))
+        login = time.perf_counter() - t
+        if not ok:
+            raise RuntimeError(f"LOGIN failed: {stats.examples}")
+        index_before = float(index is not None and index.exists())
+        t = time.perf_counter()
+        ok, untagged = await c.command("SELECT", b"SELECT INBOX")
+        select = time.perf_counter() - t
+        if not ok:
+            raise RuntimeError(f"SELECT failed: {stats.examples}")
+        exists = next(int(line.split()[1]) for line in untagged if line.upper().endswith(b" EXISTS\r\n"))
+        out = {"login": login, "select": select, "exists": exists, "index_before_select": index_before}
+        if fetch_flags:
+            t = time.perf_counter()
+            ok, untagged = await c.command("FETCH", b"UID FETCH 1:* (FLAGS)")
+            out["fetch_flags"] = time.perf_counter() - t
+            out["fetched"] = len(untagged)
+        await c.command("LOGOUT", b"LOGOUT")
+        return out
+    finally:
+        writer.close()
+
+
+def select_once(port: int, user: str, fetch_flags: bool = False, index: Path | None = None) -> dict[str, float]:
+    """Connect, LOGIN, time one SELECT INBOX (and UID FETCH 1:* (FLAGS)), LOGOUT.
+
+    *index* is the server's index file for the folder: whether it existed after
+    LOGIN, before SELECT, is reported (the first SELECT is meant to build it).
+    """
+    return asyncio.run(_select_once(port, user, fetch_flags, index))
+
+
+def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    link_maildir(source, server.maildir(user))
+    linked = time.perf_counter() - t
+    server.start()
+    try:
+        sampler = TreeSampler(server.pid, interval=0.02)
+        sampler.start()
+        index = server.maildir(user) / ("mailstack-index" if isinstance(server, Mailstack) else "dovecot-uidlist")
+        first = select_once(server.port, user, fetch_flags=True, index=index)
+        if first["index_before_select"]:
+            print(f"  {server.name}: {index.name} existed before the first SELECT (built at LOGIN?)")
+        rss_after = sum(rss(p) for p in tree(server.pid))
+        again = select_once(server.port, user)
+        memory = sampler.finish()
+        root_hwm = hwm(server.pid)
+    finally:
+        server.stop()
+    server.start()
+    try:
+        restarted = select_once(server.port, user)
+    finally:
+        server.stop()
+    if first["exists"] != count or first.get("fetched") != count:
+        print(f"  {server.name}: SELECT saw {first['exists']} messages, FETCH returned {first.get('fetched')}, "
+              f"expected {count}")
+    return {"count": count, "login_ms": first["login"] * 1000, "first_ms": first["select"] * 1000,
+            "fetch_flags_ms": first["fetch_flags"] * 1000, "again_ms": again["select"] * 1000,
+            "restart_ms": restarted["select"] * 1000, "restart_login_ms": restarted["login"] * 1000,
+            "rss_after_mb": rss_after / 1e6, "peak_rss_mb": memory.peak_rss / 1e6, "largest_hwm_mb": max(memory.peak_hwm, root_hwm) / 1e6,
+            "linked_s": linked}
+
+
+def print_big(rows: list[tuple[str, dict[str, float]]]) -> None:
+    print(f"\n{'server':12s} {'messages':>8s} {'LOGIN':>7s} {'first SELECT':>12s} {'FETCH FLAGS':>11s} "
+          f"{'again':>7s} {'restarted':>9s} {'RSS after':>9s} {'peak RSS':>8s} {'VmHWM':>6s}   (ms; MB)")
+    for name, r in rows:
+        print(f"{name:12s} {int(r['count']):8d} {r['login_ms']:7.0f} {r['first_ms']:12.0f} {r['fetch_flags_ms']:11.0f} "
+              f"{r['again_ms']:7.0f} {r['restart_ms']:9.0f} {r['rss_after_mb']:9.0f} {r['peak_rss_mb']:8.0f} "
+              f"{r['largest_hwm_mb']:6.0f}")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--clients", type=int, default=10, help="concurrent clients in the mix (default 10)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each mix run (default 20)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the mix this many times, the servers taking turns (default 1)")
+    parser.add_argument("--procs", type=int, default=1, help="load generator processes (default 1)")
+    parser.add_argument("--target", type=int, default=30, help="messages per mix folder (default 30)")
+    parser.add_argument("--users", type=int, default=0, help="accounts for the mix (default: one per client)")
+    parser.add_argument("--big", default="100000",
+                        help="comma-separated sizes of the big-folder SELECT test; 0 skips it (default 100000)")
+    parser.add_argument("--no-mix", action="store_true", help="skip the mix")
+    parser.add_argument("--no-dovecot", action="store_true")
+    parser.add_argument("--dovecot-scheme", choices=SCHEMES, default="SHA512-CRYPT",
+                        help="password scheme in Dovecot's passwd-file (default SHA512-CRYPT)")
+    parser.add_argument("--dovecot-tuning", default="default,performance",
+                        help="comma-separated Dovecot setups to run the mix against: 'default' (a new login and "
+                             "imap process per connection) and/or 'performance' (long-lived, reused processes); "
+                             "the big-folder test uses the first (default: default,performance)")
+    parser.add_argument("--sample-interval", type=float, default=0.02, help="seconds between RSS samples")
+    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--json", type=Path, help="write all figures here")
+    args = parser.parse_args()
+    big_counts = [int(x) for x in args.big.split(",") if int(x) > 0]
+    tunings = [t for t in args.dovecot_tuning.split(",") if t]
+    for t in tunings:
+        if t not in TUNINGS:
+            parser.error(f"--dovecot-tuning: {t!r} is not one of {', '.join(TUNINGS)}")
+
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="imap-bench-", dir=args.workdir))
+    base.chmod(0o755)  # Dovecot's auth and mail processes run as other users
+    use_dovecot = not args.no_dovecot and Dovecot.available()
+    if not args.no_dovecot and not use_dovecot:
+        print("dovecot not installed (apt-get install dovecot-imapd): mailstack only")
+    mailstack = Mailstack(base / "mailstack")
+    dovecots = [make_dovecot(base / f"dovecot-{t}", args.dovecot_scheme, t) for t in tunings] if use_dovecot else []
+    dovecot = dovecots[0] if dovecots else None
+    servers: list[Mailstack | Dovecot] = [mailstack, *dovecots]
+    print(f"{mailstack.version()}; {('Dovecot ' + dovecot.version() + ', passwd-file ' + args.dovecot_scheme) if dovecot else 'no Dovecot'}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {base}")
+    report: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()},
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "loadavg_start": os.getloadavg()}
+    failed = False
+    try:
+        users = [f"user{i}@{DOMAIN}" for i in range(args.users or args.clients)]
+        big_users = [f"big{n}@{DOMAIN}" for n in big_counts]
         for server in servers:
-            server.root.mkdir(parents=True, exist_ok=True)
-            for user in users:
+            for user in users + big_users:
                 server.add_user(user)
-                fill_maildir(server.maildir(user), args.messages)
-            server.start()
-            # warm-up: first SELECT builds each index
-            for user in users:
-                select_time(server.port, user)
-            result = run_load(server, users, args.clients, args.seconds)
-            print(f"{server.name:10s} {args.clients} clients, {args.messages} msgs/mailbox: "
-                  f"{result['ops']:.0f} commands/s, p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
-                  f"{result['commands']} commands, {result['errors']} session errors")
-            server.stop()
-        if not args.no_big:
-            for count in (10_000, 100_000):
+        if not args.no_mix:
+            source = base / "mix-source"
+            fill_maildir(source, args.target)
+            for server in servers:
+                for user in users:
+                    link_maildir(source, server.maildir(user))
+            rounds: list[dict[str, dict[str, object]]] = []
+            for n in range(args.rounds):
+                runs = {}
                 for server in servers:
-                    user = f"big{count}@{DOMAIN}"
-                    server.add_user(user)
-                    t = time.perf_counter()
-                    fill_maildir(server.maildir(user), count)
-                    made = time.perf_counter() - t
-                    server.start()
-                    cold, exists, flags_cold = select_time(server.port, user)
-                    warm, _, flags_warm = select_time(server.port, user)
-                    server.stop()
-                    server.start()
-                    restarted, _, flags_restart = select_time(server.port, user)
-                    server.stop()
-                    print(f"{server.name:10s} SELECT {exists} msgs: first {cold * 1000:.0f} ms, again "
-                          f"{warm * 1000:.0f} ms, after restart {restarted * 1000:.0f} ms; "
-                          f"UID FETCH 1:* (FLAGS) {flags_warm * 1000:.0f} ms "
-                          f"(maildir written in {made:.1f} s)")
+                    runs[server.name] = measure_mix(server, users, args)
+                    r: MixResult = runs[server.name]["result"]  # type: ignore[assignment]
+                    print(f"round {n + 1}, {server.name}: {r.rate:.0f} commands/s, {r.errors} errors, "
+                          f"load average {runs[server.name]['loadavg']:.2f}")
+                    failed |= bool(r.errors)
+                rounds.append(runs)
+                print_mix(runs, args, f"round {n + 1} of {args.rounds}: " if args.rounds > 1 else "")
+            if args.rounds > 1:
+                print("\ncommands/s by round (median)")
+                for server in servers:
+                    rates = [rn[server.name]["result"].rate for rn in rounds]  # type: ignore[attr-defined]
+                    print(f"  {server.name:14s} " + "  ".join(f"{x:6.0f}" for x in rates)
+                          + f"   ({statistics.median(rates):.0f})")
+            report["mix"] = [{n: {"result": v["result"].to_json(), "memory": vars(v["memory"]),  # type: ignore[attr-defined]
+                                  "root_hwm": v["root_hwm"], "server_cpu_s": v["server_cpu"], "wall_s": v["wall"],
+                                  "loadavg": v["loadavg"]}
+                              for n, v in runs.items()} for runs in rounds]
+        big_rows: list[tuple[str, dict[str, float]]] = []
+        for count, user in zip(big_counts, big_users, strict=True):
+            source = base / f"big-source-{count}"
+            t = time.perf_counter()
+            fill_maildir(source, count)
+            print(f"\nwrote {count} messages into {source}/cur in {time.perf_counter() - t:.1f} s")
+            for server in servers[:2]:  # mailstack and the first Dovecot setup
+                big_rows.append((server.name, measure_big(server, user, source, count)))
+            shutil.rmtree(source)
+        if big_rows:
+            print_big(big_rows)
+            report["big"] = [{"server": n, **r} for n, r in big_rows]
+        for server in servers:
+            problems = server.problems() if isinstance(server, Mailstack) else dovecot_problems(server)
+            if problems:
+                print(f"\n{server.name} log ({len(problems)} lines that look like trouble):")
+                for line in problems[:20]:
+                    print("  " + line)
+        if mailstack.bad_exits:
+            print(f"mailstack did not exit 0 after SIGTERM: {mailstack.bad_exits} (None: killed)")
+            failed = True
+    except BaseException:
+        failed = True  # keep the directory and its logs
+        raise
     finally:
         for server in servers:
             server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep or failed:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"\nwhole run: {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    report["loadavg_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
