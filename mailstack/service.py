@@ -28,6 +28,7 @@ from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
 from mailstack.config import HostPort, Settings
+from mailstack.delivery import LocalDelivery
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
 from mailstack.imap.listener import imap_factory
@@ -77,6 +78,7 @@ class Shared:
     tls: CertificateOptions
     io_pool: ThreadPool
     auth_pool: ThreadPool
+    local: LocalDelivery
     router: Router
     authenticator: Authenticator
     limiter: ConnectionLimiter
@@ -110,8 +112,8 @@ def _prepare_dirs(settings: Settings) -> None:
             raise StartupError(f"{key}: cannot create {path}: {e.strerror}") from None
 
 
-def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, delivery: MaildirDelivery,
-                pool: ThreadPool, events: MailboxEvents, mx: MXResolver) -> QueueRunner:
+def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: ThreadPool,
+                mx: MXResolver) -> QueueRunner:
     relay_settings = settings.relay
     spool = Spool(settings.storage.queue)
     auth = None
@@ -125,8 +127,7 @@ def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, del
         delay_warning=relay_settings.delay_warning,
         connections_per_domain=relay_settings.connections_per_domain,
     )
-    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, store=store,
-                       maildir=delivery, relay=relay, events=events)
+    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay)
 
 
 def build_shared(settings: Settings, reactor: Any) -> Shared:
@@ -143,14 +144,15 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         settings.storage.maildirs, hostname=settings.hostname, reactor=reactor, threadpool=io_pool
     )
     events = MailboxEvents()
+    local = LocalDelivery(store, delivery, events)
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
-    queue = build_queue(settings, reactor, store, delivery, io_pool, events, resolver)
-    router = Router(store, delivery, queue=queue, events=events)
+    queue = build_queue(settings, reactor, local, io_pool, resolver)
+    router = Router(local, queue=queue)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     authenticator = Authenticator(checker, throttle, reactor)
     limiter = ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks)
     return Shared(settings, reactor, store, checker, delivery, tls, io_pool, auth_pool,
-                  router, authenticator, limiter, events, queue, resolver)
+                  local, router, authenticator, limiter, events, queue, resolver)
 
 
 class SequentialMultiService(MultiService):
