@@ -11,7 +11,7 @@ retries for a full mailbox) deliver through :class:`LocalDelivery`, in four step
    holds the result; the queue stores resolved mailboxes, so nothing is
    resolved twice (a second pass would give another copy to everyone an alias
    that keeps its own source also lists).
-2. **Filter** (:class:`Filter`): for each mailbox, choose the folder the copy
+2. **Filter** (:class:`~mailstack.interfaces.Filter`): for each mailbox, choose the folder the copy
    is filed into. The default files everything into INBOX. This is the step
    where a Sieve interpreter (``fileinto``) and a DMARC "quarantine to Junk"
    decision plug in; a filter decides, it never writes.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -42,8 +41,11 @@ from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.addresses import InvalidAddress
 from mailstack.envelope import RecipientRoute
+from mailstack.interfaces import Filter, LocalCopy
 from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
 from mailstack.notify import MailboxEvents
+
+__all__ = ["Filter", "InboxFilter", "LocalCopy", "LocalDelivery", "LocalResult", "resolve_route"]
 
 log = Logger()
 
@@ -58,36 +60,6 @@ def resolve_route(store: AccountLookup, address: str) -> RecipientRoute:
     local = tuple(t for t in targets if store.is_local_domain(domain_of(t)))
     remote = tuple(t for t in targets if not store.is_local_domain(domain_of(t)))
     return RecipientRoute(address, local, remote)
-
-
-@dataclass(frozen=True, slots=True)
-class LocalCopy:
-    """One mailbox's copy of a message, as a :class:`Filter` sees it."""
-
-    queue_id: str
-    sender: str
-    """The envelope sender; ``""`` for the null reverse-path."""
-    mailbox: str
-    """The canonical local mailbox (after aliases)."""
-    original: str
-    """The address the message was sent to (the alias, when it differs)."""
-    message: bytes
-    """The whole message (CRLF lines), as it will be stored after Return-Path/Delivered-To."""
-
-
-class Filter(Protocol):
-    """Chooses where a mailbox's copy is filed: the plug-in point for Sieve and DMARC quarantine.
-
-    ``folder_for`` returns a Maildir++ folder name (``"Junk"``, ``"Lists.dev"``)
-    or None for INBOX. It runs on the reactor thread for every local copy of
-    every message, so it must be quick or await blocking work on a thread
-    pool. It must not raise: a filter that cannot decide returns None (Sieve's
-    implicit keep, RFC 5228 §2.10.2). A folder name the Maildir layout refuses
-    is logged and the copy goes to INBOX; a folder that does not exist yet is
-    created.
-    """
-
-    async def folder_for(self, copy: LocalCopy) -> str | None: ...
 
 
 class InboxFilter:
