@@ -99,7 +99,7 @@ class LocalDelivery:
         """:func:`resolve_route` over this delivery's account store."""
         return resolve_route(self.store, address)
 
-    def mailboxes_for_queued(self, address: str) -> RecipientRoute:
+    def route_queued(self, address: str) -> RecipientRoute:
         """Where a local address taken from the queue goes.
 
         The queue holds resolved mailboxes (see the module docstring), so an

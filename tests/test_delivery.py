@@ -6,28 +6,16 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from mailstack.accounts.store import User
-from mailstack.delivery import LocalCopy, LocalDelivery, resolve_route
+from mailstack.delivery import LocalDelivery, resolve_route
 from mailstack.envelope import Envelope
 from mailstack.maildir import DeliveryError, MaildirDelivery
 from mailstack.notify import MailboxEvents
 from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.queue.spool import Spool
 from mailstack.routing import Router
-from mailstack.testing import FakeAccounts, SyncReactor, SyncThreadPool
+from mailstack.testing import FakeAccounts, RecordingFilter, SyncReactor, SyncThreadPool
 
 MESSAGE = b"Subject: x\r\n\r\nbody\r\n"
-
-
-class FolderFilter:
-    """Files the copies of the listed mailboxes into one folder; records what it saw."""
-
-    def __init__(self, folders: dict[str, str]) -> None:
-        self.folders = folders
-        self.seen: list[LocalCopy] = []
-
-    async def folder_for(self, copy: LocalCopy) -> str | None:
-        self.seen.append(copy)
-        return self.folders.get(copy.mailbox)
 
 
 class NoRelay:
@@ -106,7 +94,7 @@ def test_a_forward_off_site_goes_to_the_queue(tmp_path):
 
 
 def test_a_filter_files_a_copy_into_another_folder(tmp_path):
-    junk = FolderFilter({"bob@example.test": "Junk"})
+    junk = RecordingFilter({"bob@example.test": "Junk"})
     local, published = make(tmp_path, filter=junk)
     result = deliver(local, {"alice@example.test": "alice@example.test", "bob@example.test": "bob@example.test"})
     assert result.delivered == {"alice@example.test": None, "bob@example.test": "Junk"}
@@ -119,7 +107,7 @@ def test_a_filter_files_a_copy_into_another_folder(tmp_path):
 
 
 def test_a_folder_the_layout_refuses_falls_back_to_inbox(tmp_path):
-    local, _ = make(tmp_path, filter=FolderFilter({"alice@example.test": "../escape"}))
+    local, _ = make(tmp_path, filter=RecordingFilter({"alice@example.test": "../escape"}))
     result = deliver(local, {"alice@example.test": "alice@example.test"})
     assert result.delivered == {"alice@example.test": None}
     assert len(stored(tmp_path, "alice@example.test")) == 1
@@ -153,7 +141,7 @@ def test_every_mailbox_full_fails_the_message(tmp_path):
 
 def test_a_failure_in_a_second_folder_after_the_first_was_filed_is_held(tmp_path):
     # The INBOX copy is visible already, so bob's failure cannot fail the whole message.
-    local, _ = make(tmp_path, quotas={"bob@example.test": 10}, filter=FolderFilter({"bob@example.test": "Junk"}))
+    local, _ = make(tmp_path, quotas={"bob@example.test": 10}, filter=RecordingFilter({"bob@example.test": "Junk"}))
     result = deliver(local, {"alice@example.test": "alice@example.test", "bob@example.test": "bob@example.test"},
                      can_hold=False)
     assert result.delivered == {"alice@example.test": None} and list(result.held) == ["bob@example.test"]

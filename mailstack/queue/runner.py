@@ -293,7 +293,7 @@ class QueueRunner(Service):
         owners: dict[str, tuple[str, ...]] = {}  # queued address -> its mailboxes
         unknown = []
         for r in rcpts:
-            route = self.local.mailboxes_for_queued(r.address)
+            route = self.local.route_queued(r.address)
             if route.remote:
                 log.warn("{queue_id} <{rcpt}> now forwards to {remote}, which is not queued from here",
                          queue_id=msg.queue_id, rcpt=r.address, remote=", ".join(route.remote))
