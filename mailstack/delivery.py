@@ -39,10 +39,10 @@ from twisted.logger import Logger
 
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
-from mailstack.addresses import InvalidAddress
 from mailstack.envelope import RecipientRoute
 from mailstack.interfaces import Filter, LocalCopy
 from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
+from mailstack.maildir.layout import folder_dirname
 from mailstack.notify import MailboxEvents
 
 __all__ = ["Filter", "InboxFilter", "LocalCopy", "LocalDelivery", "LocalResult", "resolve_route"]
@@ -117,10 +117,9 @@ class LocalDelivery:
                       *, can_hold: bool) -> LocalResult:
         """File *message* for each mailbox (mapped to the address it was sent to).
 
-        Returns once every delivered copy is fsynced. Raises DeliveryError when
-        no copy was made visible: any failure with a single recipient or when
-        the caller cannot hold, and a failure that is not one full mailbox.
-        With ``can_hold``, a full mailbox (RFC 3463 X.2.2) among several is
+        Returns once every delivered copy is fsynced. A failed write raises
+        DeliveryError, with no copy made visible, unless it can be held: with
+        ``can_hold``, a full mailbox (RFC 3463 X.2.2) among several is
         held and the others still get the message. Copies bound for a second
         folder whose write fails after the first folder's succeeded are held
         even without ``can_hold`` (the first copies cannot be taken back); a
@@ -159,8 +158,8 @@ class LocalDelivery:
         if folder is None or folder.upper() == "INBOX":
             return None
         try:
-            self.maildir.maildir_path(copy.mailbox, folder)
-        except (InvalidAddress, InvalidFolder) as e:
+            folder_dirname(folder)  # the name only: no file system access on the reactor thread
+        except InvalidFolder as e:
             log.warn("{queue_id} filter chose folder {folder!r} for <{mailbox}>, which cannot be used ({error}); "
                      "filed into INBOX", queue_id=copy.queue_id, folder=folder, mailbox=copy.mailbox, error=str(e))
             return None
