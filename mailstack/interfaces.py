@@ -56,3 +56,33 @@ class MessageRouter(Protocol):
         ...
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCopy:
+    """One mailbox's copy of a message, as a :class:`Filter` sees it."""
+
+    queue_id: str
+    sender: str
+    """The envelope sender; ``""`` for the null reverse-path."""
+    mailbox: str
+    """The canonical local mailbox (after aliases)."""
+    original: str
+    """The address the message was sent to (the alias, when it differs)."""
+    message: bytes
+    """The whole message (CRLF lines), as it will be stored after Return-Path/Delivered-To."""
+
+
+class Filter(Protocol):
+    """Chooses where a mailbox's copy is filed: the plug-in point for Sieve and DMARC quarantine.
+
+    ``folder_for`` returns a Maildir++ folder name (``"Junk"``, ``"Lists.dev"``)
+    or None for INBOX. It runs on the reactor thread for every local copy of
+    every message, so it must be quick or await blocking work on a thread
+    pool. It must not raise: a filter that cannot decide returns None (Sieve's
+    implicit keep, RFC 5228 §2.10.2). A folder name the Maildir layout refuses
+    is logged and the copy goes to INBOX; a folder that does not exist yet is
+    created.
+    """
+
+    async def folder_for(self, copy: LocalCopy) -> str | None: ...

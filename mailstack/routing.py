@@ -1,10 +1,12 @@
 """Recipient routing shared by the SMTP roles, and the router that takes accepted mail.
 
 ``route_recipient`` turns one RCPT address into a :class:`RecipientRoute`:
-local domains resolve through the account store (aliases, catch-all), other
-domains are relayed only when the role allows it. :class:`Router` implements
-``MessageRouter``: local mailboxes get the message through Maildir delivery
-(fsynced before ``deliver`` returns); remote recipients need an outbound queue.
+local domains resolve through the account store (aliases, catch-all, by
+:func:`mailstack.delivery.resolve_route`), other domains are relayed only
+when the role allows it. :class:`Router` implements ``MessageRouter``: local
+mailboxes get the message through :class:`~mailstack.delivery.LocalDelivery`
+(fsynced before ``deliver`` returns); remote recipients, and local ones whose
+mailbox is full, go to the outbound queue.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from twisted.logger import Logger
 
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
+from mailstack.delivery import LocalDelivery, resolve_route
 from mailstack.envelope import Envelope, RecipientRoute
-from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
-from mailstack.notify import MailboxEvents
+from mailstack.maildir import DeliveryError
 from mailstack.queue.spool import QueuedMessage, RecipientState, SpoolError
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import Reply, SMTPReplyError
@@ -33,12 +35,10 @@ def route_recipient(store: AccountLookup, address: str, *, relay_allowed: bool) 
     """Where *address* goes; raises SMTPReplyError (550 5.1.1, 554 5.7.1) when nowhere."""
     domain = domain_of(address)
     if store.is_local_domain(domain):
-        targets = store.resolve(address)
-        if not targets:
+        route = resolve_route(store, address)
+        if not route.local and not route.remote:
             raise SMTPReplyError(R.NO_SUCH_USER, cause=f"no such local recipient {address}")
-        local = tuple(t for t in targets if store.is_local_domain(domain_of(t)))
-        remote = tuple(t for t in targets if not store.is_local_domain(domain_of(t)))
-        return RecipientRoute(address, local, remote)
+        return route
     if relay_allowed:
         return RecipientRoute(address, (), (address,))
     raise SMTPReplyError(R.RELAY_DENIED, cause=f"relay to {address} denied")
@@ -59,22 +59,12 @@ def reply_for(error: DeliveryError) -> Reply:
 class Router:
     """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
 
-    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, queue: QueueRunner | None = None,
-                 events: MailboxEvents | None = None) -> None:
-        self.store = store
-        self.maildir = maildir
+    def __init__(self, local: LocalDelivery, queue: QueueRunner | None = None) -> None:
+        self.local = local
         self.queue = queue
-        self.events = events or MailboxEvents()
 
     def can_relay(self) -> bool:
         return self.queue is not None
-
-    def recipients_for(self, envelope: Envelope) -> list[Recipient]:
-        out = []
-        for mailbox, original in envelope.local_mailboxes().items():
-            user = self.store.get_user(mailbox)
-            out.append(Recipient(mailbox, user.quota if user else 0, original))
-        return out
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         """Spool for remote recipients (prepared), Maildirs for local ones, then commit the spool.
@@ -84,27 +74,24 @@ class Router:
         the queue (or bounced when the message can never fit).
         """
         remote = envelope.remote_recipients()
-        recipients = self.recipients_for(envelope)
         queued = await self._prepare(envelope, remote, message) if remote else None
-        held: list[str] = []
-        while recipients:
-            try:
-                await self.maildir.deliver(envelope.sender, recipients, message)
-                break
-            except DeliveryError as e:
-                full = [r for r in recipients if r.address == e.recipient]
-                if len(recipients) > 1 and full and e.status.endswith(".2.2") and self.queue is not None:
-                    log.info("{queue_id} mailbox {mailbox} is full; queued for it", queue_id=envelope.queue_id,
-                             mailbox=e.recipient)
-                    held.append(full[0].address)
-                    recipients = [r for r in recipients if r.address != e.recipient]
-                    continue
-                if queued is not None and self.queue is not None:
-                    await self.queue.abort(queued)
-                raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
-        if held:
+        try:
+            result = await self.local.deliver(envelope.queue_id, envelope.sender, envelope.local_mailboxes(),
+                                              message, can_hold=self.queue is not None)
+        except DeliveryError as e:
             if queued is not None and self.queue is not None:
                 await self.queue.abort(queued)
+            raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+        held = list(result.held)
+        if held:
+            for mailbox, error in result.held.items():
+                log.info("{queue_id} not filed for <{mailbox}> ({status} {error}); queued for it",
+                         queue_id=envelope.queue_id, mailbox=mailbox, status=error.status, error=error.message)
+            if queued is not None and self.queue is not None:
+                await self.queue.abort(queued)
+            if self.queue is None:
+                log.error("{queue_id} delivered to {delivered} but not to {held}, and there is no queue",
+                          queue_id=envelope.queue_id, delivered=list(result.delivered), held=held)
             queued = await self._prepare(envelope, remote + held, message)
         if queued is not None and self.queue is not None:
             try:
@@ -113,8 +100,6 @@ class Router:
                 log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
                           queue_id=envelope.queue_id, remote=remote + held, error=str(e))
                 raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
-        for r in recipients:
-            self.events.publish(r.address)
 
     async def _prepare(self, envelope: Envelope, addresses: list[str], message: bytes) -> QueuedMessage:
         if self.queue is None:

@@ -1,12 +1,14 @@
 """Composition: build the one ``MultiService`` that ``twistd mailstack`` runs.
 
-All wiring lives here: shared objects (account store, thread pools, TLS
-options, Maildir delivery) are created once and handed to the listeners that
-need them. Every listener is a named child (``smtp``, ``submission``,
-``submissions``, ``pop3``, ``pop3s``, ``imap``, ``imaps``); a listener whose
-``[listen]`` entry is empty is not added. Children stop in reverse order, so
-listeners stop accepting first, then in-flight work drains, then the thread
-pools stop.
+All wiring lives here, and this is the only module that knows every concrete
+class. :func:`build_shared` creates the shared objects once (:class:`Shared`:
+account store, thread pools, TLS options, local delivery, queue, router,
+POP3's ``Maildrops``, IMAP's ``MailStore``); each listener builder then takes
+them plus its own slice of the settings. Every listener is a named child
+(``smtp``, ``submission``, ``submissions``, ``pop3``, ``pop3s``, ``imap``,
+``imaps``); one whose ``[listen]`` entry is empty is not added. Children stop
+in reverse order, so listeners stop accepting first, then in-flight work
+drains, then the thread pools stop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -27,14 +30,19 @@ from mailstack import pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
-from mailstack.config import HostPort, Settings
+from mailstack.config import HostPort, LimitsSettings, Settings
+from mailstack.delivery import LocalDelivery
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
 from mailstack.imap.listener import imap_factory
+from mailstack.imap.protocol import IMAPFactory
+from mailstack.imap.session import SessionConfig as IMAPSessionConfig
 from mailstack.inbound import InboundPolicy
 from mailstack.interfaces import SMTPPolicy
-from mailstack.maildir import MaildirDelivery
+from mailstack.maildir import MaildirDelivery, MaildirLayout, MailStore
+from mailstack.maildir.names import escape_hostname
 from mailstack.notify import MailboxEvents
+from mailstack.pop3 import Maildrops, POP3Factory
 from mailstack.queue import Spool
 from mailstack.queue.relay import Relay
 from mailstack.queue.runner import QueueRunner, QueueSettings
@@ -65,24 +73,31 @@ class ThreadPoolService(Service):
         return None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Shared:
-    """The objects every listener is built from."""
+    """The objects created once per service tree, which listeners are built from.
 
-    settings: Settings
-    reactor: Any
-    store: SQLiteAccountStore
-    checker: AccountChecker
-    delivery: MaildirDelivery
-    tls: CertificateOptions
+    ``clock`` and ``threads`` are the same reactor, named by what each user needs
+    of it. Configuration is not here: each builder is handed its own slice.
+    """
+
+    clock: IReactorTime
+    threads: IReactorFromThreads
     io_pool: ThreadPool
     auth_pool: ThreadPool
-    router: Router
+    tls: CertificateOptions
+    store: SQLiteAccountStore
     authenticator: Authenticator
     limiter: ConnectionLimiter
     events: MailboxEvents
+    local: LocalDelivery
     queue: QueueRunner
+    router: Router
     resolver: MXResolver
+    maildrops: Maildrops
+    """POP3's locks and snapshots, shared by 110 and 995."""
+    mail_store: MailStore
+    """IMAP's folders and per-folder state, shared by 143 and 993."""
 
 
 def endpoint_description(address: HostPort) -> str:
@@ -110,8 +125,8 @@ def _prepare_dirs(settings: Settings) -> None:
             raise StartupError(f"{key}: cannot create {path}: {e.strerror}") from None
 
 
-def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, delivery: MaildirDelivery,
-                pool: ThreadPool, events: MailboxEvents, mx: MXResolver) -> QueueRunner:
+def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: ThreadPool,
+                mx: MXResolver) -> QueueRunner:
     relay_settings = settings.relay
     spool = Spool(settings.storage.queue)
     auth = None
@@ -125,11 +140,11 @@ def build_queue(settings: Settings, reactor: Any, store: SQLiteAccountStore, del
         delay_warning=relay_settings.delay_warning,
         connections_per_domain=relay_settings.connections_per_domain,
     )
-    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, store=store,
-                       maildir=delivery, relay=relay, events=events)
+    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay)
 
 
 def build_shared(settings: Settings, reactor: Any) -> Shared:
+    """Create every shared object once. ``reactor`` provides time, threads, TCP and name resolution."""
     _prepare_dirs(settings)
     try:
         tls = server_options(settings.tls, settings.hostname)
@@ -139,18 +154,21 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     io_pool = ThreadPool(minthreads=0, maxthreads=32, name="io")
     auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="auth")
     checker = AccountChecker(store, reactor, auth_pool)
-    delivery = MaildirDelivery(
-        settings.storage.maildirs, hostname=settings.hostname, reactor=reactor, threadpool=io_pool
-    )
+    maildir = MaildirDelivery(settings.storage.maildirs, hostname=settings.hostname, reactor=reactor,
+                              threadpool=io_pool)
     events = MailboxEvents()
+    local = LocalDelivery(store, maildir, events)
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
-    queue = build_queue(settings, reactor, store, delivery, io_pool, events, resolver)
-    router = Router(store, delivery, queue=queue, events=events)
+    queue = build_queue(settings, reactor, local, io_pool, resolver)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
-    authenticator = Authenticator(checker, throttle, reactor)
-    limiter = ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks)
-    return Shared(settings, reactor, store, checker, delivery, tls, io_pool, auth_pool,
-                  router, authenticator, limiter, events, queue, resolver)
+    return Shared(
+        clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls, store=store,
+        authenticator=Authenticator(checker, throttle, reactor),
+        limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
+        events=events, local=local, queue=queue, router=Router(local, queue=queue), resolver=resolver,
+        maildrops=Maildrops(maildir.maildir_path, reactor=reactor, pool=io_pool, events=events),
+        mail_store=MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname)),
+    )
 
 
 class SequentialMultiService(MultiService):
@@ -171,10 +189,13 @@ class SequentialMultiService(MultiService):
         return d
 
 
+ListenerFactory = SMTPFactory | POP3Factory | IMAPFactory
+
+
 class Drain(Service):
     """Stops a listener's open sessions cleanly (421 after in-flight work) on shutdown."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: ListenerFactory) -> None:
         self.factory = factory
 
     def stopService(self) -> Deferred[Any] | None:
@@ -182,17 +203,21 @@ class Drain(Service):
         return self.factory.shutdown()
 
 
-def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, *, implicit_tls: bool) -> SMTPFactory:
-    s = shared.settings
-    config = SessionConfig(
-        hostname=s.hostname,
-        max_message_size=s.limits.message_size,
-        max_recipients=s.limits.recipients,
-        max_received=s.relay.max_received,
-        allow_plaintext_auth=s.tls.allow_plaintext_auth,
+def smtp_config(settings: Settings, *, implicit_tls: bool) -> SessionConfig:
+    """The slice of the settings an ESMTP session needs."""
+    return SessionConfig(
+        hostname=settings.hostname,
+        max_message_size=settings.limits.message_size,
+        max_recipients=settings.limits.recipients,
+        max_received=settings.relay.max_received,
+        allow_plaintext_auth=settings.tls.allow_plaintext_auth,
         starttls_available=not implicit_tls,
-        postmaster_domain=s.domains[0] if s.domains else s.hostname,
+        postmaster_domain=settings.domains[0] if settings.domains else settings.hostname,
     )
+
+
+def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionConfig,
+                 limits: LimitsSettings) -> SMTPFactory:
     limiter = shared.limiter
 
     def make_session(ip: str, tls: bool, tls_info: Callable[[], str | None],
@@ -204,28 +229,61 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, *, implicit_tls:
         return Deferred.fromCoroutine(shared.resolver.reverse(ip))
 
     return SMTPFactory(
-        role=role, make_session=make_session, clock=shared.reactor, limiter=limiter,
-        tls_options=shared.tls, implicit_tls=implicit_tls, max_message_size=s.limits.message_size,
-        command_timeout=s.limits.command_timeout, data_timeout=s.limits.data_timeout,
-        reverse_lookup=reverse_lookup,
+        role=role, make_session=make_session, clock=shared.clock, limiter=limiter,
+        tls_options=shared.tls, implicit_tls=not config.starttls_available,
+        max_message_size=limits.message_size, command_timeout=limits.command_timeout,
+        data_timeout=limits.data_timeout, reverse_lookup=reverse_lookup,
     )
 
 
-ListenerBuilder = Callable[[Shared], Any]
+def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
+    return smtp_factory(shared, "smtp", InboundPolicy(shared.store), smtp_config(settings, implicit_tls=False),
+                        settings.limits)
+
+
+def _submission(implicit_tls: bool) -> ListenerBuilder:
+    def build(shared: Shared, settings: Settings) -> SMTPFactory:
+        policy = SubmissionPolicy(shared.store, settings.hostname)
+        return smtp_factory(shared, "submissions" if implicit_tls else "submission", policy,
+                            smtp_config(settings, implicit_tls=implicit_tls), settings.limits)
+    return build
+
+
+def _pop3(implicit_tls: bool) -> ListenerBuilder:
+    def build(shared: Shared, settings: Settings) -> POP3Factory:
+        config = pop3.SessionConfig(hostname=settings.hostname,
+                                    allow_plaintext_auth=settings.tls.allow_plaintext_auth,
+                                    stls_available=not implicit_tls)
+        return pop3.build_factory(config, shared.maildrops, authenticator=shared.authenticator,
+                                  limiter=shared.limiter, tls_options=shared.tls, clock=shared.clock,
+                                  pool=shared.io_pool)
+    return build
+
+
+def _imap(implicit_tls: bool) -> ListenerBuilder:
+    def build(shared: Shared, settings: Settings) -> IMAPFactory:
+        config = IMAPSessionConfig(
+            hostname=settings.hostname, max_message_size=settings.limits.message_size,
+            allow_plaintext_auth=settings.tls.allow_plaintext_auth, starttls_available=not implicit_tls)
+        return imap_factory(config, store=shared.mail_store, authenticator=shared.authenticator,
+                            events=shared.events, limiter=shared.limiter, tls_options=shared.tls,
+                            clock=shared.clock, threads=shared.threads, pool=shared.io_pool)
+    return build
+
+
+ListenerBuilder = Callable[[Shared, Settings], ListenerFactory]
 
 
 def listener_builders() -> dict[str, ListenerBuilder]:
     """Name -> factory builder for every listener mailstack knows."""
     return {
-        "smtp": lambda sh: smtp_factory(sh, "smtp", InboundPolicy(sh.store), implicit_tls=False),
-        "submission": lambda sh: smtp_factory(
-            sh, "submission", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=False),
-        "submissions": lambda sh: smtp_factory(
-            sh, "submissions", SubmissionPolicy(sh.store, sh.settings.hostname), implicit_tls=True),
-        "pop3": lambda sh: pop3.build_factory(sh, implicit_tls=False),
-        "pop3s": lambda sh: pop3.build_factory(sh, implicit_tls=True),
-        "imap": lambda sh: imap_factory(sh, implicit_tls=False),
-        "imaps": lambda sh: imap_factory(sh, implicit_tls=True),
+        "smtp": _smtp,
+        "submission": _submission(implicit_tls=False),
+        "submissions": _submission(implicit_tls=True),
+        "pop3": _pop3(implicit_tls=False),
+        "pop3s": _pop3(implicit_tls=True),
+        "imap": _imap(implicit_tls=False),
+        "imaps": _imap(implicit_tls=True),
     }
 
 
@@ -247,7 +305,7 @@ def build_service(
         address = getattr(settings.listen, name)
         if address is None:
             continue
-        factory = build(shared)
+        factory = build(shared, settings)
         Drain(factory).setServiceParent(top)
         wire = TLSMemoryBIOFactory(shared.tls, False, factory) if name in IMPLICIT_TLS else factory
         wire.noisy = False

@@ -1,5 +1,6 @@
-"""Public fakes for tests: an in-memory account lookup, a recording router, and a
-helper that connects an ESMTP protocol to a ``StringTransport``.
+"""Public fakes for tests: an in-memory account lookup, a recording router, a
+recording delivery filter, and a helper that connects an ESMTP protocol to a
+``StringTransport``.
 
 Used by mailstack's own tests; also usable by anyone embedding mailstack's SMTP
 machinery in a test suite.
@@ -21,7 +22,7 @@ from mailstack.accounts.store import User
 from mailstack.auth import Authenticator
 from mailstack.envelope import Envelope
 from mailstack.inbound import InboundPolicy
-from mailstack.interfaces import SMTPPolicy
+from mailstack.interfaces import LocalCopy, SMTPPolicy
 from mailstack.smtp.protocol import ESMTPProtocol, SMTPFactory
 from mailstack.smtp.reply import SMTPReplyError
 from mailstack.smtp.session import SessionConfig, SMTPSession
@@ -90,6 +91,21 @@ class RecordingRouter:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
+
+
+@dataclass
+class RecordingFilter:
+    """A delivery ``Filter`` that files the listed mailboxes into fixed folders and records every copy.
+
+    ``folders`` maps a mailbox to a folder name; any other mailbox goes to INBOX.
+    """
+
+    folders: dict[str, str] = field(default_factory=dict)
+    seen: list[LocalCopy] = field(default_factory=list)
+
+    async def folder_for(self, copy: LocalCopy) -> str | None:
+        self.seen.append(copy)
+        return self.folders.get(copy.mailbox)
 
 
 def make_authenticator(clock: Clock, users: dict[str, str] | None = None,

@@ -12,50 +12,33 @@ and commands), :mod:`.protocol` (framing, STLS, timeouts, streaming),
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING
+from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.threadpool import ThreadPool
+
+from mailstack.auth import Authenticator
 from mailstack.pop3.maildrop import Maildrops
 from mailstack.pop3.protocol import POP3Factory, POP3Protocol
 from mailstack.pop3.session import POP3Session, SessionConfig
-
-if TYPE_CHECKING:
-    from mailstack.service import Shared
-
-# Shared (a plain dataclass) is not hashable, so key by id and keep a weak
-# reference to check the entry still belongs to the same live object.
-_maildrops: dict[int, tuple[weakref.ref[Shared], Maildrops]] = {}
+from mailstack.throttle import ConnectionLimiter
 
 
-def maildrops_for(shared: Shared) -> Maildrops:
-    """One :class:`Maildrops` (so one set of locks) per service tree, shared by 110 and 995."""
-    for key, (ref, _) in list(_maildrops.items()):
-        if ref() is None:
-            del _maildrops[key]
-    entry = _maildrops.get(id(shared))
-    if entry is not None and entry[0]() is shared:
-        return entry[1]
-    maildrops = Maildrops(shared.delivery.maildir_path, reactor=shared.reactor, pool=shared.io_pool,
-                          events=shared.events)
-    _maildrops[id(shared)] = (weakref.ref(shared), maildrops)
-    return maildrops
+def build_factory(config: SessionConfig, maildrops: Maildrops, *, authenticator: Authenticator,
+                  limiter: ConnectionLimiter, tls_options: Any, clock: IReactorTime,
+                  pool: ThreadPool | None) -> POP3Factory:
+    """The ``pop3`` (STLS offered) or ``pop3s`` (implicit TLS) listener's factory.
 
-
-def build_factory(shared: Shared, *, implicit_tls: bool) -> POP3Factory:
-    """The ``pop3`` (``implicit_tls=False``, STLS) or ``pop3s`` listener's factory."""
-    config = SessionConfig(
-        hostname=shared.settings.hostname,
-        allow_plaintext_auth=shared.settings.tls.allow_plaintext_auth,
-        stls_available=not implicit_tls,
-    )
-    maildrops = maildrops_for(shared)
+    Pass 110 and 995 the same ``maildrops`` so a mailbox locked on one is locked on both.
+    """
+    implicit_tls = not config.stls_available
 
     def make_session(ip: str, tls: bool) -> POP3Session:
-        return POP3Session(config, shared.authenticator, maildrops, client_ip=ip, tls=tls)
+        return POP3Session(config, authenticator, maildrops, client_ip=ip, tls=tls)
 
     return POP3Factory(
-        role="pop3s" if implicit_tls else "pop3", make_session=make_session, clock=shared.reactor,
-        limiter=shared.limiter, tls_options=shared.tls, implicit_tls=implicit_tls, pool=shared.io_pool,
+        role="pop3s" if implicit_tls else "pop3", make_session=make_session, clock=clock,
+        limiter=limiter, tls_options=tls_options, implicit_tls=implicit_tls, pool=pool,
     )
 
 

@@ -24,10 +24,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailstack.accounts.store import AccountLookup
+from mailstack.delivery import LocalDelivery
 from mailstack.envelope import new_queue_id
-from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
-from mailstack.notify import MailboxEvents
+from mailstack.maildir import DeliveryError
 from mailstack.queue.dsn import build_bounce
 from mailstack.queue.spool import (
     BOUNCED,
@@ -77,10 +76,8 @@ class QueueRunner(Service):
         reactor: Any,
         clock: Any,
         pool: Any,
-        store: AccountLookup,
-        maildir: MaildirDelivery,
+        local: LocalDelivery,
         relay: Relay,
-        events: MailboxEvents | None = None,
         now: Callable[[], float] | None = None,
     ) -> None:
         self.spool = spool
@@ -88,10 +85,8 @@ class QueueRunner(Service):
         self.reactor = reactor
         self.clock = clock
         self.pool = pool
-        self.store = store
-        self.maildir = maildir
+        self.local = local
         self.relay = relay
-        self.events = events
         self.now = now or clock.seconds
         self.timers: dict[str, Any] = {}
         self.active: dict[str, Deferred[None]] = {}
@@ -264,12 +259,12 @@ class QueueRunner(Service):
         by_domain: defaultdict[str, list[RecipientState]] = defaultdict(list)
         for r in pending:
             by_domain[r.address.rpartition("@")[2].lower()].append(r)
-        local = [r for d, rs in by_domain.items() if self.store.is_local_domain(d) for r in rs]
+        local = [r for d, rs in by_domain.items() if self.local.is_local_domain(d) for r in rs]
         jobs = []
         if local:
             jobs.append(Deferred.fromCoroutine(self._deliver_local(msg, local, body)))
         for domain, rcpts in by_domain.items():
-            if not self.store.is_local_domain(domain):
+            if not self.local.is_local_domain(domain):
                 jobs.append(Deferred.fromCoroutine(self._deliver_remote(msg, domain, rcpts, body)))
         await DeferredList(jobs, consumeErrors=True)
 
@@ -289,32 +284,43 @@ class QueueRunner(Service):
                      error=s.diagnostic or s.last_error)
 
     async def _deliver_local(self, msg: QueuedMessage, rcpts: list[RecipientState], body: bytes) -> None:
-        """Local recipients (e.g. a bounce to a local sender) resolve through aliases to mailboxes."""
-        targets: dict[str, Recipient] = {}
+        """Local recipients (a bounce to a local sender, a full mailbox's retry) through local delivery.
+
+        Each recipient's outcome is its own: one whose mailbox is still full is
+        deferred while the others are delivered.
+        """
+        mailboxes: dict[str, str] = {}  # mailbox -> queued address
+        owners: dict[str, tuple[str, ...]] = {}  # queued address -> its mailboxes
         unknown = []
         for r in rcpts:
-            mailboxes = [m for m in self.store.resolve(r.address)
-                         if self.store.is_local_domain(m.rpartition("@")[2])]
-            if not mailboxes:
+            route = self.local.route_queued(r.address)
+            if route.remote:
+                log.warn("{queue_id} <{rcpt}> now forwards to {remote}, which is not queued from here",
+                         queue_id=msg.queue_id, rcpt=r.address, remote=", ".join(route.remote))
+            if not route.local:
                 unknown.append(r)
-            for mailbox in mailboxes:
-                user = self.store.get_user(mailbox)
-                targets.setdefault(mailbox, Recipient(mailbox, user.quota if user else 0, r.address))
+            owners[r.address] = route.local
+            for mailbox in route.local:
+                mailboxes.setdefault(mailbox, r.address)
         known = [r for r in rcpts if r not in unknown]
         if unknown:
             await self._finish(msg, [_fail(r, "5.1.1", "no such local recipient") for r in unknown])
         if not known:
             return
         try:
-            await self.maildir.deliver(msg.sender, list(targets.values()), body)
+            result = await self.local.deliver(msg.queue_id, msg.sender, mailboxes, body, can_hold=True)
         except DeliveryError as e:
             make = _defer if e.temporary else _fail
             await self._finish(msg, [make(r, e.status, e.message) for r in known])
             return
-        await self._finish(msg, [_done(r, self.settings.hostname, "") for r in known])
-        if self.events is not None:
-            for mailbox in targets:
-                self.events.publish(mailbox)
+        states = []
+        for r in known:
+            errors = [result.held[m] for m in owners[r.address] if m in result.held]
+            if not errors:
+                states.append(_done(r, self.settings.hostname, ""))
+            else:
+                states.append((_defer if errors[0].temporary else _fail)(r, errors[0].status, errors[0].message))
+        await self._finish(msg, states)
 
     async def _deliver_remote(self, msg: QueuedMessage, domain: str, rcpts: list[RecipientState],
                               body: bytes) -> None:
@@ -339,8 +345,9 @@ class QueueRunner(Service):
         """Where a bounce or warning goes: a local sender's alias is expanded here, so a
         forward to another domain is relayed like any remote recipient."""
         targets: tuple[str, ...] = (sender,)
-        if self.store.is_local_domain(sender.rpartition("@")[2]):
-            targets = self.store.resolve(sender) or (sender,)
+        if self.local.is_local_domain(sender.rpartition("@")[2]):
+            route = self.local.route(sender)
+            targets = (*route.local, *route.remote) or (sender,)
         return {t: RecipientState(t) for t in targets}
 
     async def _maybe_warn(self, msg: QueuedMessage, body: bytes) -> None:

@@ -1,16 +1,13 @@
-"""build_factory: the pop3 and pop3s listeners share one set of maildrop locks per service tree."""
+"""build_factory: the pop3 and pop3s listeners given one Maildrops share its maildrop locks."""
 
 from __future__ import annotations
-
-from pathlib import Path
-from types import SimpleNamespace
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mailstack.notify import MailboxEvents
-from mailstack.pop3 import build_factory
+from mailstack.pop3 import Maildrops, SessionConfig, build_factory
 from mailstack.service import listener_builders
 from mailstack.testing import make_authenticator
 from mailstack.throttle import ConnectionLimiter
@@ -18,18 +15,16 @@ from mailstack.throttle import ConnectionLimiter
 from .harness import USERS, maildir_of, put
 
 
-class FakeShared:
-    def __init__(self, root: Path, *, allow_plaintext_auth: bool = False) -> None:
-        clock = Clock()
-        self.settings = SimpleNamespace(hostname="mail.example.test",
-                                        tls=SimpleNamespace(allow_plaintext_auth=allow_plaintext_auth))
-        self.reactor = clock
-        self.io_pool = None
-        self.events = MailboxEvents()
-        self.authenticator = make_authenticator(clock, USERS)
-        self.limiter = ConnectionLimiter(20)
-        self.tls = object()
-        self.delivery = SimpleNamespace(maildir_path=lambda address, folder=None: maildir_of(root, address))
+def factories(root, maildrops=None):
+    """``pop3`` and ``pop3s`` factories over one Maildrops, as service.py builds them."""
+    clock = Clock()
+    maildrops = maildrops or Maildrops(lambda address: maildir_of(root, address), events=MailboxEvents())
+    authenticator = make_authenticator(clock, USERS)
+    limiter = ConnectionLimiter(20)
+    return [build_factory(SessionConfig("mail.example.test", allow_plaintext_auth=False, stls_available=stls),
+                          maildrops, authenticator=authenticator, limiter=limiter, tls_options=object(),
+                          clock=clock, pool=None)
+            for stls in (True, False)]
 
 
 def connect(factory):
@@ -52,8 +47,7 @@ def test_listeners_are_registered():
 
 def test_pop3_and_pop3s_share_locks(tmp_path):
     put(tmp_path, "alice@example.test", b"Subject: x\r\n\r\n")
-    shared = FakeShared(tmp_path)
-    plain, implicit = build_factory(shared, implicit_tls=False), build_factory(shared, implicit_tls=True)
+    plain, implicit = factories(tmp_path)
     assert (plain.role, plain.implicit_tls, implicit.role, implicit.implicit_tls) == ("pop3", False, "pop3s", True)
     p1, t1 = connect(implicit)
     assert send(p1, t1, "USER alice@example.test") == b"+OK Send PASS\r\n"
@@ -64,7 +58,7 @@ def test_pop3_and_pop3s_share_locks(tmp_path):
     assert send(p2, t2, "STLS") == b"+OK Begin TLS negotiation\r\n"
     send(p2, t2, "USER alice@example.test")
     assert send(p2, t2, "PASS secret") == b"-ERR [IN-USE] Mailbox is in use by another POP3 session\r\n"
-    other = build_factory(FakeShared(tmp_path), implicit_tls=True)  # another service tree
+    other = factories(tmp_path)[1]  # another service tree, another Maildrops
     p3, t3 = connect(other)
     send(p3, t3, "USER alice@example.test")
     assert send(p3, t3, "PASS secret").startswith(b"+OK")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import Deferred
 
+from mailstack.delivery import LocalDelivery
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.maildir import MaildirDelivery
+from mailstack.notify import MailboxEvents
 from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.queue.spool import Spool
 from mailstack.routing import Router
@@ -30,9 +32,10 @@ def setup(tmp_path, quota=0):
                               threadpool=SyncThreadPool())
     spool = Spool(tmp_path / "queue")
     spool.ensure()
+    local = LocalDelivery(accounts, maildir, MailboxEvents())
     runner = QueueRunner(spool, QueueSettings("mail.example.test", (60.0,), 3600.0, 50, 4, 2), reactor=clock,
-                         clock=clock, pool=SyncThreadPool(), store=accounts, maildir=maildir, relay=NoRelay())
-    return Router(accounts, maildir, queue=runner), spool, tmp_path / "maildirs/example.test/alice/new"
+                         clock=clock, pool=SyncThreadPool(), local=local, relay=NoRelay())
+    return Router(local, queue=runner), spool, tmp_path / "maildirs/example.test/alice/new"
 
 
 def envelope():
@@ -85,7 +88,7 @@ def test_one_full_mailbox_does_not_fail_the_others(tmp_path):
     from mailstack.accounts.store import User
 
     router, spool, new = setup(tmp_path)
-    router.store.users["bob@example.test"] = User("bob@example.test", "", 10)  # bob's quota: 10 octets
+    router.local.store.users["bob@example.test"] = User("bob@example.test", "", 10)  # bob's quota: 10 octets
     env = Envelope("QID3", "s@remote.example", [
         RecipientRoute("alice@example.test", ("alice@example.test",)),
         RecipientRoute("bob@example.test", ("bob@example.test",)),
@@ -126,7 +129,8 @@ def test_the_250_is_sent_only_after_the_maildir_write_and_fsync_ran(tmp_path, mo
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    h = smtp_harness(router=Router(accounts, maildir), accounts=accounts, clock=clock)
+    h = smtp_harness(router=Router(LocalDelivery(accounts, maildir, MailboxEvents())), accounts=accounts,
+                     clock=clock)
     h.read()
     h.replies("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
     assert h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n") == b""  # the write has not run: no 250

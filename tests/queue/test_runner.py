@@ -6,7 +6,9 @@ import dataclasses
 import email
 import email.policy
 
+from mailstack.delivery import LocalDelivery
 from mailstack.maildir import MaildirDelivery
+from mailstack.notify import MailboxEvents
 from mailstack.queue.runner import QueueRunner, QueueSettings, retry_delay
 from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState, Spool
 from mailstack.testing import FakeAccounts, SyncReactor, SyncThreadPool
@@ -39,8 +41,8 @@ def make_runner(tmp_path, relay, clock=None, max_age=86400.0, retry=(60.0, 300.0
                               threadpool=SyncThreadPool())
     settings = QueueSettings(hostname="mail.example.test", retry=retry, max_age=max_age, max_received=5,
                              connections=4, connections_per_domain=2)
-    runner = QueueRunner(spool, settings, reactor=clock, clock=clock, pool=SyncThreadPool(), store=accounts,
-                         maildir=maildir, relay=relay)
+    runner = QueueRunner(spool, settings, reactor=clock, clock=clock, pool=SyncThreadPool(),
+                         local=LocalDelivery(accounts, maildir, MailboxEvents()), relay=relay)
     return runner, spool, clock
 
 
@@ -328,10 +330,42 @@ def test_delay_warning_is_sent_once_then_the_message_is_still_delivered(tmp_path
 def test_bounce_to_a_local_sender_that_forwards_off_site_is_relayed(tmp_path):
     relay = FakeRelay({"x@remote.example": [NO_USER], "me@home.example": [OK]})
     runner, spool, clock = make_runner(tmp_path, relay)
-    runner.store.aliases["fwd@example.test"] = ["me@home.example"]
+    runner.local.store.aliases["fwd@example.test"] = ["me@home.example"]
     queue(spool, clock, ["x@remote.example"], sender="fwd@example.test")
     runner.startService()
     clock.advance(0)
     clock.advance(0)
     assert ("home.example", ["me@home.example"]) in relay.calls
+    assert spool.ids() == []
+
+
+def test_a_full_local_mailbox_is_deferred_while_the_other_local_recipient_gets_it(tmp_path):
+    from mailstack.accounts.store import User
+
+    runner, spool, clock = make_runner(tmp_path, FakeRelay({}))
+    users = runner.local.store.users
+    users["full@example.test"] = User("full@example.test", "", 200)
+    (tmp_path / "maildirs/example.test/full/new").mkdir(parents=True)
+    (tmp_path / "maildirs/example.test/full/new/1.M1.x,S=190").write_bytes(b"x" * 190)
+    queue(spool, clock, ["s@example.test", "full@example.test"], sender="other@remote.example")
+    runner.startService()
+    clock.advance(0)
+    assert len(maildir_messages(tmp_path)) == 1
+    msg = spool.load("Q1")
+    assert msg.recipients["s@example.test"].status == DELIVERED
+    full = msg.recipients["full@example.test"]
+    assert (full.status, full.status_code, full.attempts) == (PENDING, "4.2.2", 1)
+
+
+def test_a_queued_mailbox_is_not_resolved_again(tmp_path):
+    # "s -> s, t" keeps a copy for s and gives one to t; t had its copy when the message was
+    # accepted, so a retry for s (queued because s was full) must not reach t a second time.
+    runner, spool, clock = make_runner(tmp_path, FakeRelay({}))
+    runner.local.store.users["t@example.test"] = dataclasses.replace(runner.local.store.users["s@example.test"],
+                                                                     address="t@example.test")
+    runner.local.store.aliases["s@example.test"] = ["s@example.test", "t@example.test"]
+    queue(spool, clock, ["s@example.test"], sender="other@remote.example")
+    runner.startService()
+    clock.advance(0)
+    assert len(maildir_messages(tmp_path)) == 1 and maildir_messages(tmp_path, "t@example.test") == []
     assert spool.ids() == []

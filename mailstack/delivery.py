@@ -1,0 +1,181 @@
+"""Local delivery: the one path from an accepted address to the Maildir files of its mailboxes.
+
+Both the SMTP router (mail accepted on 25/587/465) and the queue runner (bounces,
+retries for a full mailbox) deliver through :class:`LocalDelivery`, in four steps:
+
+1. **Resolve** (:func:`resolve_route`): an address goes through
+   ``AccountLookup.resolve`` once (exact alias, user, catch-all; chains and
+   loops are the store's rules) and comes back as local mailboxes plus
+   forwards (addresses outside the local domains, which the caller hands to
+   the queue). The SMTP session resolves at RCPT time, so the envelope already
+   holds the result; the queue stores resolved mailboxes, so nothing is
+   resolved twice (a second pass would give another copy to everyone an alias
+   that keeps its own source also lists).
+2. **Filter** (:class:`~mailstack.interfaces.Filter`): for each mailbox, choose the folder the copy
+   is filed into. The default files everything into INBOX. This is the step
+   where a Sieve interpreter (``fileinto``) and a DMARC "quarantine to Junk"
+   decision plug in; a filter decides, it never writes.
+3. **File** (:class:`~mailstack.maildir.MaildirDelivery`): every copy with the
+   recipient's quota, tmp/ + fsync, rename into new/, fsync new/. Copies for
+   one folder are written all or nothing. A recipient whose mailbox is full is
+   *held* (left for the queue to retry or bounce) instead of failing the
+   message for the others, when the caller can hold (it has a queue).
+4. **Notify** (:class:`~mailstack.notify.MailboxEvents`): each delivered
+   mailbox and folder is published, so IMAP sessions (IDLE) see it at once.
+
+Copies that go to different folders are written one folder after the other
+(``MaildirDelivery`` takes one folder per call). If a later folder's write
+fails after an earlier one succeeded, the recipients of the later folder are
+held rather than failing the message, because the earlier copies are already
+visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from mailstack.accounts.directory import domain_of
+from mailstack.accounts.store import AccountLookup
+from mailstack.envelope import RecipientRoute
+from mailstack.interfaces import Filter, LocalCopy
+from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
+from mailstack.maildir.layout import folder_dirname
+from mailstack.notify import MailboxEvents
+
+__all__ = ["Filter", "InboxFilter", "LocalCopy", "LocalDelivery", "LocalResult", "resolve_route"]
+
+log = Logger()
+
+
+def resolve_route(store: AccountLookup, address: str) -> RecipientRoute:
+    """Where *address* goes: local mailboxes and forwards; both empty when nowhere.
+
+    For an address in a local domain, aliases and the catch-all are followed
+    (``AccountLookup.resolve``); an address outside them comes back as a forward.
+    """
+    targets = store.resolve(address)
+    local = tuple(t for t in targets if store.is_local_domain(domain_of(t)))
+    remote = tuple(t for t in targets if not store.is_local_domain(domain_of(t)))
+    return RecipientRoute(address, local, remote)
+
+
+class InboxFilter:
+    """The default :class:`Filter`: every copy goes to INBOX."""
+
+    async def folder_for(self, copy: LocalCopy) -> str | None:
+        return None
+
+
+@dataclass(slots=True)
+class LocalResult:
+    """What one :meth:`LocalDelivery.deliver` did, per mailbox."""
+
+    delivered: dict[str, str | None] = field(default_factory=dict)
+    """Mailbox -> folder it was filed into (None: INBOX); durable and published."""
+    held: dict[str, DeliveryError] = field(default_factory=dict)
+    """Mailbox -> why it did not get the message; nothing of it is visible. The caller
+    queues these (temporary errors are retried, permanent ones bounced)."""
+
+
+class LocalDelivery:
+    """Resolves, filters, files and announces local copies; see the module docstring."""
+
+    def __init__(self, store: AccountLookup, maildir: MaildirDelivery, events: MailboxEvents,
+                 filter: Filter | None = None) -> None:
+        self.store = store
+        self.maildir = maildir
+        self.events = events
+        self.filter: Filter = filter if filter is not None else InboxFilter()
+
+    # -- step 1: resolve ------------------------------------------------------------
+
+    def is_local_domain(self, domain: str) -> bool:
+        return self.store.is_local_domain(domain)
+
+    def route(self, address: str) -> RecipientRoute:
+        """:func:`resolve_route` over this delivery's account store."""
+        return resolve_route(self.store, address)
+
+    def route_queued(self, address: str) -> RecipientRoute:
+        """Where a local address taken from the queue goes.
+
+        The queue holds resolved mailboxes (see the module docstring), so an
+        address that is a user's mailbox is final and not resolved again. Any
+        other address (a user removed since, or a message queued unresolved) is
+        resolved now.
+        """
+        if self.store.get_user(address) is not None:
+            return RecipientRoute(address, (address,))
+        return self.route(address)
+
+    # -- steps 2 to 4 ---------------------------------------------------------------
+
+    async def deliver(self, queue_id: str, sender: str, mailboxes: Mapping[str, str], message: bytes,
+                      *, can_hold: bool) -> LocalResult:
+        """File *message* for each mailbox (mapped to the address it was sent to).
+
+        Returns once every delivered copy is fsynced. A failed write raises
+        DeliveryError, with no copy made visible, unless it can be held: with
+        ``can_hold``, a full mailbox (RFC 3463 X.2.2) among several is
+        held and the others still get the message. Copies bound for a second
+        folder whose write fails after the first folder's succeeded are held
+        even without ``can_hold`` (the first copies cannot be taken back); a
+        caller that cannot queue them must answer with a temporary error.
+        """
+        by_folder: dict[str | None, list[Recipient]] = {}
+        for mailbox, original in mailboxes.items():
+            folder = await self._folder_for(LocalCopy(queue_id, sender, mailbox, original, message))
+            user = self.store.get_user(mailbox)
+            recipient = Recipient(mailbox, user.quota if user else 0, original)
+            by_folder.setdefault(folder, []).append(recipient)
+        result = LocalResult()
+        remaining = len(mailboxes)
+        for folder, group in by_folder.items():
+            while group:
+                try:
+                    await self.maildir.deliver(sender, group, message, folder)
+                except DeliveryError as e:
+                    held = self._hold(e, group, result, remaining, can_hold)
+                    remaining -= len(held)
+                    group = [r for r in group if r not in held]
+                    continue
+                for r in group:
+                    result.delivered[r.address] = folder
+                remaining -= len(group)
+                break
+        for mailbox, folder in result.delivered.items():
+            log.info("{queue_id} filed for <{mailbox}> in {folder}", queue_id=queue_id, mailbox=mailbox,
+                     folder=folder or "INBOX")
+            self.events.publish(mailbox, folder)
+        return result
+
+    async def _folder_for(self, copy: LocalCopy) -> str | None:
+        """Step 2: the filter's choice, checked against the Maildir layout."""
+        folder = await self.filter.folder_for(copy)
+        if folder is None or folder.upper() == "INBOX":
+            return None
+        try:
+            folder_dirname(folder)  # the name only: no file system access on the reactor thread
+        except InvalidFolder as e:
+            log.warn("{queue_id} filter chose folder {folder!r} for <{mailbox}>, which cannot be used ({error}); "
+                     "filed into INBOX", queue_id=copy.queue_id, folder=folder, mailbox=copy.mailbox, error=str(e))
+            return None
+        return folder
+
+    def _hold(self, error: DeliveryError, group: list[Recipient], result: LocalResult, remaining: int,
+              can_hold: bool) -> list[Recipient]:
+        """After a failed write of *group*: the recipients to leave for the queue, or raise *error*."""
+        if result.delivered:
+            # Copies in another folder are visible already: failing now would make the
+            # client send them again. This group waits in the queue instead.
+            for r in group:
+                result.held[r.address] = error
+            return group
+        full = [r for r in group if r.address == error.recipient and error.status.endswith(".2.2")]
+        if can_hold and full and remaining > 1:
+            result.held[full[0].address] = error
+            return full[:1]
+        raise error
