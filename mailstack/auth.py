@@ -80,6 +80,7 @@ class Authenticator:
             log.warn("{protocol} login refused for {ip}: locked out", protocol=protocol, ip=ip)
             return LoginResult(Outcome.LOCKED)
         creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+        started = self.clock.seconds()
         try:
             user = await self.checker.requestAvatarId(creds)
         except AccountError:
@@ -90,7 +91,11 @@ class Authenticator:
             delay = self.throttle.record_failure(ip)
             log.warn("{protocol} login failed for {username!r} from {ip}", protocol=protocol,
                      username=username, ip=ip)
-            await deferLater(self.clock, delay, lambda: None)
+            # The failure is answered ``delay`` after the attempt began, not after the check
+            # ended: an unknown user, a wrong password and a hash made with other cost
+            # parameters all take the same time, so timing does not tell which accounts exist.
+            wait = max(0.0, started + delay - self.clock.seconds())
+            await deferLater(self.clock, wait, lambda: None)
             if self.throttle.is_locked(ip):
                 return LoginResult(Outcome.LOCKED)
             return LoginResult(Outcome.FAILED)
