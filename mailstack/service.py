@@ -153,7 +153,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     store = _open_store(settings)
     io_pool = ThreadPool(minthreads=0, maxthreads=32, name="io")
     auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="auth")
-    checker = AccountChecker(store, reactor, auth_pool)
+    checker = AccountChecker(store, reactor, auth_pool, renew=store)
     maildir = MaildirDelivery(settings.storage.maildirs, hostname=settings.hostname, reactor=reactor,
                               threadpool=io_pool)
     events = MailboxEvents()

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -45,6 +45,18 @@ from mailstack.addresses import InvalidAddress
 __all__ = ["AccountChecker"]
 
 Verifier = Callable[[str, bytes], bool]
+
+
+class Renewer(Protocol):
+    """Where a hash made with older argon2 cost parameters is replaced after a good login."""
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """Cheap, on the reactor thread: are these not today's parameters?"""
+        ...
+
+    def rehash_password(self, address: str, old_hash: str, password: str) -> bool:
+        """Blocking (hashes and writes): replace ``old_hash`` unless the password changed meanwhile."""
+        ...
 
 
 @implementer(ICredentialsChecker)
@@ -70,6 +82,7 @@ class AccountChecker:
         *,
         cache_size: int = 10_000,
         verify: Verifier = verify_password,
+        renew: Renewer | None = None,
     ) -> None:
         self._store = store
         self._reactor = reactor
@@ -78,6 +91,7 @@ class AccountChecker:
         self._cache_ttl = cache_ttl
         self._cache_size = cache_size
         self._verify = verify
+        self._renew = renew
         self._secret = secrets.token_bytes(32)
         # key -> (expiry, password hash verified against); insertion order = expiry order
         self._cache: dict[bytes, tuple[float, str]] = {}
@@ -104,7 +118,22 @@ class AccountChecker:
             self.log.debug("login failed for {address}: wrong password", address=address)
             raise UnauthorizedLogin()
         self._remember(key, user.password_hash)
+        if self._renew is not None and self._renew.needs_rehash(user.password_hash):
+            self._renew_hash(address, user.password_hash, secret)
         return address
+
+    def _renew_hash(self, address: str, old_hash: str, secret: bytes) -> None:
+        """After a good login with a hash of older cost parameters, store a current one (in the
+        background: the login does not wait, and a failure only leaves the old hash)."""
+        assert self._renew is not None
+        try:
+            password = secret.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        d = deferToThreadPool(self._reactor, self._threadpool, self._renew.rehash_password, address, old_hash,
+                              password)
+        d.addErrback(lambda f: self.log.failure("renewing the password hash of {address} failed", f,
+                                                address=address))
 
     def _verify_dummy(self, secret: bytes) -> bool:
         """Spend the time of a real verification; always False."""

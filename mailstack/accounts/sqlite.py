@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError
 from twisted.logger import Logger
 
 from mailstack.accounts.directory import (
@@ -54,7 +55,7 @@ from mailstack.accounts.directory import (
     canonical_domain,
     domain_of,
 )
-from mailstack.accounts.passwords import hash_password
+from mailstack.accounts.passwords import DEFAULT_HASHER, hash_password
 from mailstack.accounts.store import AccountError, User
 from mailstack.addresses import InvalidAddress
 
@@ -313,6 +314,26 @@ class SQLiteAccountStore:
             if cursor.rowcount == 0:
                 raise AccountError(f"no such user: {addr}")
         self.log.info("changed password of {address}", address=addr)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """True when ``password_hash`` was made with other cost parameters than new hashes get."""
+        hasher = self._hasher or DEFAULT_HASHER
+        try:
+            return hasher.check_needs_rehash(password_hash)
+        except (InvalidHashError, ValueError):
+            return False  # not ours to replace: it cannot have verified
+
+    def rehash_password(self, address: str, old_hash: str, password: str) -> bool:
+        """Store a fresh hash of ``password`` (just verified against ``old_hash``) with today's
+        parameters; nothing happens if the password was changed meanwhile. Blocking."""
+        addr = _address(address)
+        password_hash = hash_password(password, self._hasher)
+        with self._transaction() as conn:
+            cursor = conn.execute("UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
+                                  (password_hash, addr, old_hash))
+        if cursor.rowcount:
+            self.log.info("password hash of {address} renewed with current parameters", address=addr)
+        return bool(cursor.rowcount)
 
     def set_quota(self, address: str, quota: int) -> None:
         addr = _address(address)

@@ -223,3 +223,45 @@ class RealThreadPoolTests(CheckerTestsBase):
         self.failureResultOf(bad, UnauthorizedLogin)
         self.assertEqual(len(self.verify.threads), 2)
         self.assertNotIn(threading.current_thread(), self.verify.threads)
+
+
+class HashRenewalTests(SynchronousTestCase):
+    """A hash made with older cost parameters is replaced after a good login, and only then."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        self.old = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        self.new = PasswordHasher(time_cost=2, memory_cost=16, parallelism=1)
+        self.store = SQLiteAccountStore(self.dir / "accounts.sqlite3", hasher=self.old)
+        self.addCleanup(self.store.close)
+        self.store.ensure_domains(["example.test"])
+        self.store.add_user("alice@example.test", "right")
+        self.store._hasher = self.new  # the parameters changed since alice's password was set
+        self.checker = AccountChecker(self.store, ImmediateReactor(), SyncThreadPool(), Clock(),
+                                      renew=self.store)  # type: ignore[arg-type]
+
+    def stored_hash(self) -> str:
+        user = self.store.get_user("alice@example.test")
+        assert user is not None
+        return user.password_hash
+
+    def test_good_login_renews_an_old_hash(self) -> None:
+        before = self.stored_hash()
+        self.assertTrue(self.store.needs_rehash(before))
+        self.successResultOf(self.checker.requestAvatarId(creds(b"alice@example.test", b"right")))
+        after = self.stored_hash()
+        self.assertNotEqual(after, before)
+        self.assertIn("m=16,t=2,p=1", after)
+        self.assertFalse(self.store.needs_rehash(after))
+        self.successResultOf(self.checker.requestAvatarId(creds(b"alice@example.test", b"right")))
+
+    def test_failed_login_renews_nothing(self) -> None:
+        before = self.stored_hash()
+        self.failureResultOf(self.checker.requestAvatarId(creds(b"alice@example.test", b"wrong")), UnauthorizedLogin)
+        self.assertEqual(self.stored_hash(), before)
+
+    def test_a_password_changed_meanwhile_is_not_overwritten(self) -> None:
+        old_hash = self.stored_hash()
+        self.store.set_password("alice@example.test", "changed")
+        self.assertFalse(self.store.rehash_password("alice@example.test", old_hash, "right"))
+        self.assertTrue(verify_password(self.stored_hash(), "changed"))
