@@ -438,6 +438,7 @@ class LineServerProtocol(Protocol):
     def start_tls(self) -> None:
         self.buffer.clear()  # nothing sent before the handshake is a command
         self.octets_left = 0
+        self._octet_sink = self._octets_done = None
         self.transport.startTLS(self.factory.tls_options)
         self.tls = True
         self.session.tls_started()

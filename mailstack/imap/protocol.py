@@ -23,7 +23,6 @@ the server waits for the client.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from twisted.internet.interfaces import IReactorTime
@@ -31,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailstack.imap.parse import LITERAL_AT_END, ParseError, split_tag
-from mailstack.imap.response import status
+from mailstack.imap.response import Response, status
 from mailstack.imap.session import Action, IMAPSession
 from mailstack.lineserver import LineServerFactory, LineServerProtocol, Mode
 from mailstack.throttle import ConnectionLimiter
@@ -46,27 +45,16 @@ CLOSE_GRACE = 2.0
 OUTPUT_CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Wire:
-    """Finished response bytes, in the skeleton's reply shape (``to_bytes``)."""
-
-    data: bytes
-
-    def to_bytes(self) -> bytes:
-        return self.data
-
-
 class Replies:
     """What the skeleton says on its own (RFC 3501 §7.1.5 BYE, §7.1.3 BAD)."""
 
-    TOO_MANY_CONNECTIONS = Wire(b"* BYE Too many connections, try again later\r\n")
-    SHUTTING_DOWN = Wire(b"* BYE Server shutting down\r\n")
-    TIMEOUT = Wire(b"* BYE Autologout; idle for too long\r\n")
-    LINE_TOO_LONG = Wire(b"* BAD Line too long\r\n")
-    TRY_AGAIN = Wire(b"* BAD Internal server error, try again\r\n")
-    INVALID_CHARACTERS = Wire(b"* BAD Invalid characters\r\n")
-    LITERAL_TOO_LARGE = Wire(b"* BYE Literal too large\r\n")
-    CLOSE = Wire(b"")
+    TOO_MANY_CONNECTIONS = Response(b"* BYE Too many connections, try again later\r\n")
+    SHUTTING_DOWN = Response(b"* BYE Server shutting down\r\n")
+    TIMEOUT = Response(b"* BYE Autologout; idle for too long\r\n")
+    LINE_TOO_LONG = Response(b"* BAD Line too long\r\n")
+    TRY_AGAIN = Response(b"* BAD Internal server error, try again\r\n")
+    INVALID_CHARACTERS = Response(b"* BAD Invalid characters\r\n")
+    LITERAL_TOO_LARGE = Response(b"* BYE Literal too large\r\n")
 
 
 class IMAPProtocol(LineServerProtocol):
@@ -85,14 +73,15 @@ class IMAPProtocol(LineServerProtocol):
         self._gathering = False
         self._out: list[bytes] = []
         self._out_size = 0
+        self._tag = "*"  # the tag of the command in progress (a SASL exchange keeps AUTHENTICATE's)
 
     # -- hooks ---------------------------------------------------------------------------
 
     def make_session(self) -> IMAPSession:
         return self.factory.make_session(self.peer_ip, self.tls, self.send)
 
-    def greeting(self) -> Wire:
-        return Wire(self.session.greeting())
+    def greeting(self) -> Response:
+        return Response(self.session.greeting())
 
     def idle_timeout(self) -> float:
         return float(self.factory.autologout)
@@ -127,13 +116,21 @@ class IMAPProtocol(LineServerProtocol):
 
     def error_outcome(self, failure: Failure) -> Action:
         log.failure("imap session error", failure)
-        self.send(Replies.TRY_AGAIN.data)  # after anything the command already said
+        # after anything the command already said; the command's tag, so the client stops waiting
+        if self._tag == "*":
+            self.send(Replies.TRY_AGAIN.data)
+        else:
+            self.send(status(self._tag, "NO", "Internal error, try again later", "SERVERBUG").data)
         return Action.NONE
 
     def line_dropped(self) -> None:
         self.parts, self.size = [], 0  # the rest of an overlong command is not a command
-        if self.mode is Mode.AUTH or self.mode is Mode.IDLE:
+        if self.mode is Mode.IDLE:  # not DONE: IDLE ends with BAD (RFC 2177 §3)
             self.mode = Mode.COMMAND
+            self.session.idle_done(b"")
+        elif self.mode is Mode.AUTH:  # an overlong SASL response cancels the exchange (RFC 3501 §6.2.2)
+            self.mode = Mode.COMMAND
+            self._run(self.session.sasl_response(b"*"))
 
     def apply(self, outcome: Action) -> None:
         self._gathering = False
@@ -166,6 +163,7 @@ class IMAPProtocol(LineServerProtocol):
             self.parts.append(raw)
             command = b"".join(self.parts) if len(self.parts) > 1 else raw
             self.parts, self.size = [], 0
+            self._tag = _tag_of(command)
             self._run(session.handle(command))
             return
         self.parts.append(raw + b"\r\n")
@@ -191,13 +189,20 @@ class IMAPProtocol(LineServerProtocol):
             tag, name, _ = split_tag(self.parts[0])
         except ParseError:
             tag, name = "*", ""
-        if name == "APPEND":
-            if n > self.factory.max_message_size:
+        if name == "APPEND":  # one message literal, plus the command's own words
+            if n > self.factory.max_message_size or self.size + n > self.factory.max_message_size + MAX_COMMAND:
                 return status(tag, "NO", "Message too large", "TOOBIG").data
             return None
         if self.size + n > MAX_COMMAND:
             return status(tag, "BAD", "Command too long", "TOOBIG").data
         return None
+
+
+def _tag_of(command: bytes) -> str:
+    """The command's tag for a last-resort answer (the session checks the grammar)."""
+    end = command.find(b" ", 0, 100)
+    tag = command[:end] if end > 0 else b""
+    return tag.decode("ascii") if tag and tag.isascii() and tag.isalnum() else "*"
 
 
 def _nothing() -> None:

@@ -19,6 +19,10 @@ class Response:
 
     data: bytes
 
+    def to_bytes(self) -> bytes:
+        """The connection skeleton's reply shape."""
+        return self.data
+
     @staticmethod
     def untagged(text: str | bytes) -> Response:
         raw = text.encode("utf-8") if isinstance(text, str) else text
