@@ -269,7 +269,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             self.send(status(tag, "NO", "Authentication failed", "AUTHENTICATIONFAILED").data)
             return Action.NONE
         self.user = result.user
-        await self.io(self.store.setup_user, self.user)
+        await self.store.setup_user(self.user, self.io)
         self.state = State.AUTHENTICATED
         self._unsubscribe = self.events.subscribe(self.user, self._mailbox_changed)
         self.send(status(tag, "OK", "Logged in", "CAPABILITY " + self.capabilities()).data)

@@ -11,19 +11,27 @@ would resolve outside the root.
 Subscriptions (RFC 3501 §6.3.6) are kept one name per line in ``subscriptions``
 at the top of the Maildir. The special-use folders of RFC 6154 are created at
 first login.
+
+The :class:`MailStore` is the one owner of every user's Maildir state in this
+process: changes to a user's folder tree and files (first-login setup,
+subscriptions, create, delete, rename) run one at a time per user, on the
+``io`` thread pool, and every file is replaced through a temp file of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 
 from mailstack.addresses import InvalidAddress
+from mailstack.fsutil import write_file_synced
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
 from mailstack.maildir.mailbox import Mailbox
 
@@ -31,6 +39,8 @@ SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk
                "Archive": "\\Archive"}
 SUBSCRIPTIONS_FILE = "subscriptions"
 DELIMITER = "."
+
+IO = Callable[..., Awaitable[Any]]
 
 
 class FolderError(Exception):
@@ -62,6 +72,25 @@ class MailStore:
         self.hostname = hostname
         self._open: dict[Path, Mailbox] = {}
         self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
+        self._owners: dict[str, DeferredLock] = {}  # user -> one change to their folders at a time
+        self._temp_names = itertools.count()
+
+    async def _as_owner(self, user: str, io: IO, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on ``io`` once no other change to ``user``'s folders is running."""
+        lock = self._owners.get(user)
+        if lock is None:
+            lock = self._owners[user] = DeferredLock()
+        await lock.acquire()
+        try:
+            return await io(fn, *args)
+        finally:
+            lock.release()
+            if not lock.locked:
+                self._owners.pop(user, None)
+
+    def _temp_path(self, directory: Path, name: str) -> Path:
+        """A temp file name no other writer in any process uses at the same time."""
+        return directory / f"{name}.tmp.{os.getpid()}.{threading.get_ident()}.{next(self._temp_names)}"
 
     def _path(self, user: str, name: str) -> Path:
         try:
@@ -118,8 +147,11 @@ class MailStore:
             self.layout.ensure(path)
         return Mailbox(path, self.hostname)
 
-    def setup_user(self, user: str) -> None:
-        """INBOX and the RFC 6154 special-use folders, on first login."""
+    async def setup_user(self, user: str, io: IO) -> None:
+        """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""
+        await self._as_owner(user, io, self._setup_user, user)
+
+    def _setup_user(self, user: str) -> None:
         inbox = self.layout.maildir_path(user, None)
         self.layout.ensure(inbox)
         marker = inbox / "mailstack-special-use"  # written once the folders exist
@@ -227,6 +259,10 @@ class MailStore:
     def _write_subscriptions(self, user: str, names: list[str]) -> None:
         root = self.layout.maildir_path(user, None)
         self.layout.ensure(root)
-        tmp = root / (SUBSCRIPTIONS_FILE + ".tmp")
-        tmp.write_text("".join(n + "\n" for n in names), "utf-8")
-        os.replace(tmp, root / SUBSCRIPTIONS_FILE)
+        tmp = self._temp_path(root, SUBSCRIPTIONS_FILE)
+        try:
+            write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              "".join(n + "\n" for n in names).encode("utf-8"))
+            os.replace(tmp, root / SUBSCRIPTIONS_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left if the write failed

@@ -109,7 +109,7 @@ def test_cache_answers_without_opening_messages(tmp_path, monkeypatch):
 def test_append_and_copy_and_move(tmp_path):
     path = make_box(tmp_path)
     store = MailStore(MaildirLayout(tmp_path))
-    store.setup_user(USER)
+    store._setup_user(USER)
     inbox = store.mailbox(USER, "INBOX")
     msg = inbox.add_file(b"hello", "S", 1_700_000_000)
     assert msg.uid == 1 and (path / "cur" / f"{msg.base}:2,S").read_bytes() == b"hello"
@@ -121,7 +121,7 @@ def test_append_and_copy_and_move(tmp_path):
 
 def test_folder_names_cannot_escape(tmp_path):
     store = MailStore(MaildirLayout(tmp_path))
-    store.setup_user(USER)
+    store._setup_user(USER)
     from mailstack.maildir.folders import FolderError
 
     for bad in ("../x", "a/b", "..", "a\0b", ".x"):
