@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 
 from mailstack.addresses import InvalidAddress
 from mailstack.fsutil import write_file_synced
+from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
 from mailstack.maildir.mailbox import Mailbox
 
@@ -74,6 +75,19 @@ class MailStore:
         self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
         self._owners: dict[str, DeferredLock] = {}  # user -> one change to their folders at a time
         self._temp_names = itertools.count()
+        self._uidvalidity_lock = threading.Lock()  # io threads issue UIDVALIDITY values
+        self._last_uidvalidity: dict[str, int] = {}
+
+    def _issue_uidvalidity(self, user: str) -> int:
+        """Strictly increasing per user, also when the user's Maildir was removed meanwhile."""
+        root = self.layout.maildir_path(user, None)
+        with self._uidvalidity_lock:
+            value = issue_uidvalidity(root, self._last_uidvalidity.get(user, 0) + 1)
+            self._last_uidvalidity[user] = value
+        return value
+
+    def _new_mailbox(self, user: str, path: Path) -> Mailbox:
+        return Mailbox(path, self.hostname, uidvalidity=lambda: self._issue_uidvalidity(user))
 
     async def _as_owner(self, user: str, io: IO, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on ``io`` once no other change to ``user``'s folders is running."""
@@ -109,7 +123,7 @@ class MailStore:
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
         box = self._open.get(path)
         if box is None:
-            box = Mailbox(path, self.hostname)
+            box = self._new_mailbox(user, path)
             self._open[path] = box
         return box
 
@@ -145,7 +159,7 @@ class MailStore:
     def _load(self, user: str, name: str, path: Path) -> Mailbox:
         if is_inbox(name):
             self.layout.ensure(path)
-        return Mailbox(path, self.hostname)
+        return self._new_mailbox(user, path)
 
     async def setup_user(self, user: str, io: IO) -> None:
         """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""

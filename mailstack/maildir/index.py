@@ -14,6 +14,12 @@ rename, fsync the directory): a crash leaves the old or the new index, and a
 UID is only shown to a client after the index that records it (and the
 UIDNEXT past it) is durable. A missing or unreadable index is rebuilt with a
 new UIDVALIDITY, as the RFC requires when UIDs cannot be kept.
+
+UIDVALIDITY values are issued per user by :func:`issue_uidvalidity`: strictly
+increasing (the last one issued is kept in ``mailstack-uidvalidity`` at the top
+of the user's Maildir), so a folder deleted and created again within one
+second, or after the clock went back, never shows an old UIDVALIDITY with new
+UIDs behind it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INDEX_FILE = "mailstack-index"
+UIDVALIDITY_FILE = "mailstack-uidvalidity"
 _MAGIC = "mailstack-index 1"
 
 
@@ -45,7 +52,29 @@ class IndexData:
 
 
 def new_uidvalidity() -> int:
+    """A time-based UIDVALIDITY, for a folder outside any user's Maildir (tests, tools)."""
     return max(1, int(time.time()) & 0xFFFFFFFF)
+
+
+def issue_uidvalidity(user_root: Path, floor: int = 0) -> int:
+    """The next UIDVALIDITY for one user: max(now, last issued + 1, floor), recorded durably.
+
+    Blocks (a small file write and fsync); callers serialise calls per user.
+    """
+    path = user_root / UIDVALIDITY_FILE
+    try:
+        last = int(path.read_text("ascii").strip() or 0)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        last = 0
+    value = max(new_uidvalidity(), last + 1, floor)
+    tmp = user_root / f"{UIDVALIDITY_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(b"%d\n" % value)
+        f.flush()
+        os.fsync(fd)
+    os.replace(tmp, path)
+    return value
 
 
 def read_index(folder: Path) -> IndexData | None:

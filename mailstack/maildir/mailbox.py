@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,10 @@ class Message:
 class Mailbox:
     """The state of one Maildir folder; every method runs on one thread at a time."""
 
-    def __init__(self, path: Path, hostname: str = "localhost") -> None:
+    def __init__(self, path: Path, hostname: str = "localhost", *,
+                 uidvalidity: Callable[[], int] = new_uidvalidity) -> None:
         self.path = path
+        self._new_uidvalidity = uidvalidity
         self._dir = str(path)
         self.hostname = hostname
         self.keywords = Keywords(path)
@@ -73,7 +75,7 @@ class Mailbox:
     def _load(self) -> None:
         data = read_index(self.path)
         if data is None:
-            data = IndexData(new_uidvalidity(), 1, [])
+            data = IndexData(self._new_uidvalidity(), 1, [])
             self._index_known = False
         else:
             self._index_known = True
