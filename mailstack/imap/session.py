@@ -29,6 +29,7 @@ from mailstack.imap.response import Response, status, string
 from mailstack.imap.selected import SelectedCommands
 from mailstack.imap.view import Bad, No, State
 from mailstack.maildir.folders import FolderError, MailStore
+from mailstack.maildir.mailbox import MailboxGone
 from mailstack.notify import MailboxEvents
 
 log = Logger()
@@ -134,6 +135,9 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             self.send(status(tag, "NO", str(e), e.code).data)
         except FolderError as e:
             self.send(status(tag, "NO", str(e).capitalize(), e.code).data)
+        except MailboxGone:
+            self._after_command(name)
+            self.send(status(tag, "NO", "Mailbox was removed on the server", "NONEXISTENT").data)
         except Exception:  # never a traceback to the peer; the session goes on
             if self.state is State.LOGOUT:  # the connection went away mid-command
                 return Action.CLOSE

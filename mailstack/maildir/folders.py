@@ -73,6 +73,7 @@ class MailStore:
         self.hostname = hostname
         self._open: dict[Path, Mailbox] = {}
         self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
+        self._replaced: set[Path] = set()  # vanished while open: load with a new UIDVALIDITY
         self._owners: dict[str, DeferredLock] = {}  # user -> one change to their folders at a time
         self._temp_names = itertools.count()
         self._uidvalidity_lock = threading.Lock()  # io threads issue UIDVALIDITY values
@@ -87,7 +88,33 @@ class MailStore:
         return value
 
     def _new_mailbox(self, user: str, path: Path) -> Mailbox:
-        return Mailbox(path, self.hostname, uidvalidity=lambda: self._issue_uidvalidity(user))
+        fresh = path in self._replaced
+        box = Mailbox(path, self.hostname, uidvalidity=lambda: self._issue_uidvalidity(user), fresh=fresh)
+        self._replaced.discard(path)
+        return box
+
+    def _cached(self, path: Path) -> Mailbox | None:
+        """The open mailbox of ``path``, unless its directory vanished or was replaced.
+
+        A dropped one is loaded again with a new UIDVALIDITY (whatever index a
+        restored backup brought), so no client mistakes new UIDs for old ones.
+        """
+        box = self._open.get(path)
+        if box is None:
+            return None
+        box.refresh()
+        if not box.gone:
+            return box
+        del self._open[path]
+        self._replaced.add(path)
+        self.layout.forget(path)
+        return None
+
+    def _ensure(self, path: Path) -> None:
+        """Create a Maildir, also when it was created before and removed since."""
+        if not (path / "cur").is_dir():
+            self.layout.forget(path)
+        self.layout.ensure(path)
 
     async def _as_owner(self, user: str, io: IO, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on ``io`` once no other change to ``user``'s folders is running."""
@@ -117,11 +144,11 @@ class MailStore:
 
     def mailbox(self, user: str, name: str, *, create_inbox: bool = True) -> Mailbox:
         path = self._path(user, name)
+        box = self._cached(path)
         if is_inbox(name) and create_inbox:
-            self.layout.ensure(path)
+            self._ensure(path)
         if not (path / "cur").is_dir():
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
-        box = self._open.get(path)
         if box is None:
             box = self._new_mailbox(user, path)
             self._open[path] = box
@@ -134,7 +161,7 @@ class MailStore:
         openers of the same folder wait for the one load.
         """
         path = self._path(user, name)
-        box = self._open.get(path)
+        box = self._cached(path)
         if box is not None:
             return box
         if not is_inbox(name) and not (path / "cur").is_dir():
@@ -158,7 +185,7 @@ class MailStore:
 
     def _load(self, user: str, name: str, path: Path) -> Mailbox:
         if is_inbox(name):
-            self.layout.ensure(path)
+            self._ensure(path)
         return self._new_mailbox(user, path)
 
     async def setup_user(self, user: str, io: IO) -> None:
@@ -167,12 +194,12 @@ class MailStore:
 
     def _setup_user(self, user: str) -> None:
         inbox = self.layout.maildir_path(user, None)
-        self.layout.ensure(inbox)
+        self._ensure(inbox)  # also after the whole Maildir was removed under a running server
         marker = inbox / "mailstack-special-use"  # written once the folders exist
         if marker.exists():
             return
         for name in SPECIAL_USE:
-            self.layout.ensure(self.layout.maildir_path(user, name))
+            self._ensure(self.layout.maildir_path(user, name))
         if SUBSCRIPTIONS_FILE not in os.listdir(inbox):
             self._write_subscriptions(user, ["INBOX", *SPECIAL_USE])
         marker.touch()
@@ -199,7 +226,7 @@ class MailStore:
         for i in range(1, len(levels) + 1):  # RFC 3501 §6.3.3: create missing superiors
             part = DELIMITER.join(levels[:i])
             if not is_inbox(part):
-                self.layout.ensure(self._path(user, part))
+                self._ensure(self._path(user, part))
 
     def delete(self, user: str, name: str) -> None:
         if is_inbox(name):
@@ -234,7 +261,7 @@ class MailStore:
         for i in range(1, len(levels)):
             part = DELIMITER.join(levels[:i])
             if not is_inbox(part) and not self.exists(user, part):
-                self.layout.ensure(self._path(user, part))
+                self._ensure(self._path(user, part))
         for src, dst in moves:
             os.rename(src, dst)
             self._open.pop(src, None)
@@ -272,7 +299,7 @@ class MailStore:
 
     def _write_subscriptions(self, user: str, names: list[str]) -> None:
         root = self.layout.maildir_path(user, None)
-        self.layout.ensure(root)
+        self._ensure(root)
         tmp = self._temp_path(root, SUBSCRIPTIONS_FILE)
         try:
             write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,

@@ -22,13 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.maildir.flags import Keywords, split_name
-from mailstack.maildir.index import Entry, IndexData, new_uidvalidity, read_index, write_index
+from mailstack.maildir.index import INDEX_FILE, Entry, IndexData, new_uidvalidity, read_index, write_index
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 
 MTIME_SLACK_NS = 1_000_000_000
 HEADER_CACHE_LIMIT = 20_000
 HEADER_CACHE_BYTES = 8192
+
+
+class MailboxGone(Exception):
+    """The folder's directory was removed (or replaced by another) while it was open."""
 
 
 @dataclass(slots=True)
@@ -51,7 +55,7 @@ class Mailbox:
     """The state of one Maildir folder; every method runs on one thread at a time."""
 
     def __init__(self, path: Path, hostname: str = "localhost", *,
-                 uidvalidity: Callable[[], int] = new_uidvalidity) -> None:
+                 uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False) -> None:
         self.path = path
         self._new_uidvalidity = uidvalidity
         self._dir = str(path)
@@ -68,12 +72,16 @@ class Mailbox:
         self.version = 0  # bumped on every change, so sessions know when to compare
         self._stamp: tuple[int, int] | None = None
         self._stamp_taken = 0
-        self._load()
+        self.gone = False  # the directory vanished: the mailbox reads as empty from now on
+        self._identity = self._dir_identity()
+        self._load(fresh)
 
     # -- loading and refreshing --------------------------------------------------
 
-    def _load(self) -> None:
-        data = read_index(self.path)
+    def _load(self, fresh: bool) -> None:
+        """``fresh``: ignore any index (a Maildir restored under a running server)."""
+        self._index_seen = self._index_identity()
+        data = None if fresh else read_index(self.path)
         if data is None:
             data = IndexData(self._new_uidvalidity(), 1, [])
             self._index_known = False
@@ -95,19 +103,50 @@ class Mailbox:
         self._stamp = self._dir_stamp()
         self._stamp_taken = time.time_ns()
 
+    def _dir_identity(self) -> tuple[int, int]:
+        st = os.stat(f"{self._dir}/cur")
+        return (st.st_dev, st.st_ino)
+
+    def _index_identity(self) -> tuple[int, int] | None:
+        """Which index file is there: a removed and re-created folder has none or another one."""
+        try:
+            st = os.stat(self.path / INDEX_FILE)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _vanish(self) -> None:
+        """The directory is gone or another took its place: every message is expunged."""
+        self.gone = True
+        self.messages = []
+        self.by_base.clear()
+        self.by_uid.clear()
+        self.unclaimed.clear()
+        self.header_cache.clear()
+        self.version += 1
+
     def _dir_stamp(self) -> tuple[int, int]:
         return (os.stat(f"{self._dir}/new").st_mtime_ns, os.stat(f"{self._dir}/cur").st_mtime_ns)
 
     def refresh(self, force: bool = False) -> bool:
         """Bring the state in line with the directories; True when something changed."""
+        if self.gone:
+            return False
         try:
+            identity = self._dir_identity()
             stamp = self._dir_stamp()
         except FileNotFoundError:
-            stamp = (0, 0)
+            identity = None
+        if identity != self._identity:
+            self._vanish()
+            return True
         # A directory changed twice within one mtime tick shows one mtime: trust an unchanged
         # stamp only if it was taken a full second after that mtime (coarse file systems).
         if not force and stamp == self._stamp and self._stamp_taken > max(stamp) + MTIME_SLACK_NS:
             return False
+        if self._index_known and self._index_identity() != self._index_seen:
+            self._vanish()  # the directory came back (same inode), but not with our index
+            return True
         self._stamp = stamp
         self._stamp_taken = time.time_ns()
         self.keywords.load()
@@ -185,10 +224,13 @@ class Mailbox:
         return (size if size is not None else st.st_size), int(st.st_mtime)
 
     def save_index(self, *, durable: bool = True) -> None:
+        if self.gone:
+            return
         entries = [Entry(m.uid, m.size, m.internal_date, m.base) for m in self.messages]
         write_index(self.path, IndexData(self.uidvalidity, self.uidnext, entries, self.last_claimed),
                     durable=durable)
         self._index_known = True
+        self._index_seen = self._index_identity()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -266,6 +308,8 @@ class Mailbox:
     def add_tmp(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
         """Publish a file already written and fsynced in ``tmp/`` (by :func:`write_tmp`)."""
         self.refresh()
+        if self.gone:
+            raise MailboxGone(str(self.path))
         return self._publish(tmp, base, letters, size, date)
 
     def add_link(self, source: Path | str, size: int, letters: str, internal_date: int, *, move: bool) -> Message:
@@ -275,6 +319,8 @@ class Mailbox:
     def add_links(self, items: list[tuple[Path | str, int, str, int]], *, move: bool) -> list[Message]:
         """Many files at once: one directory fsync and one index write for the lot."""
         self.refresh()
+        if self.gone:
+            raise MailboxGone(str(self.path))
         placed = []
         for source, size, letters, date in items:
             base = unique_name(self.hostname, size)
