@@ -20,7 +20,7 @@ def mail_store(shared: Any) -> MailStore:
     store = getattr(shared, "_imap_store", None)
     if store is None:
         store = MailStore(MaildirLayout(shared.settings.storage.maildirs),
-                          escape_hostname(shared.settings.hostname))
+                          escape_hostname(shared.settings.hostname), accounts=shared.store)
         shared._imap_store = store
     return store
 

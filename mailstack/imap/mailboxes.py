@@ -274,8 +274,10 @@ class MailboxCommands(ViewMixin):
             letters = box.keywords.letters_of(flags)
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
+        await self.store.check_quota(self.user, len(message.value), self.io)
         tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
         msg = box.add_tmp(tmp, base, letters, len(message.value), when)
+        self.store.usage_added(self.user, len(message.value))
         self.events.publish(self.user, None if name == "INBOX" else name)
         return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]
 

@@ -72,6 +72,7 @@ class SelectedCommands(ViewMixin):
             deleted = [m.uid for m in view.box.messages if "T" in m.letters]
             if deleted:
                 view.box.expunge(deleted)
+                self.store.usage_changed(self.user)
                 self._publish()
         self.deselect()
         return self.ok(tag, "CLOSE")  # type: ignore[attr-defined]
@@ -96,6 +97,7 @@ class SelectedCommands(ViewMixin):
                    if "T" in m.letters and (allowed is None or m.uid in allowed)]
         if deleted:
             view.box.expunge(deleted)
+            self.store.usage_changed(self.user)
             self._publish()
         return self.ok(tag, "EXPUNGE")  # type: ignore[attr-defined]
 
@@ -295,7 +297,10 @@ class SelectedCommands(ViewMixin):
                 items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
         except TooManyKeywords:
             raise No("Too many keywords in the target mailbox", "LIMIT") from None
+        added = 0 if move else sum(m.size for m in sources)  # MOVE within the account uses no space
+        await self.store.check_quota(self.user, added, self.io)
         placed = dest.add_links(items, move=move and not same)
+        self.store.usage_added(self.user, added)
         if move and not same:
             src.detach(*sources)
         pairs = [(m.uid, n.uid) for m, n in zip(sources, placed, strict=True)]

@@ -12,6 +12,10 @@ Subscriptions (RFC 3501 §6.3.6) are kept one name per line in ``subscriptions``
 at the top of the Maildir. The special-use folders of RFC 6154 are created at
 first login.
 
+IMAP APPEND and COPY are held to the user's quota (the account store's
+``User.quota``) the way local delivery is: a soft quota over the usage of the
+whole Maildir, measured by :class:`~mailstack.maildir.quota.UsageCache`.
+
 The :class:`MailStore` is the one owner of every user's Maildir state in this
 process: changes to a user's folder tree and files (first-login setup,
 subscriptions, create, delete, rename) run one at a time per user, on the
@@ -26,15 +30,22 @@ import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
 from mailstack.fsutil import write_file_synced
 from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
 from mailstack.maildir.mailbox import Mailbox
+from mailstack.maildir.quota import UsageCache
+
+if TYPE_CHECKING:
+    from mailstack.accounts.store import AccountLookup
+
+log = Logger()
 
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
                "Archive": "\\Archive"}
@@ -68,9 +79,12 @@ def normal_name(name: str) -> str:
 class MailStore:
     """Hands out one shared :class:`Mailbox` per folder path and manages folders."""
 
-    def __init__(self, layout: MaildirLayout, hostname: str = "localhost") -> None:
+    def __init__(self, layout: MaildirLayout, hostname: str = "localhost", *,
+                 accounts: AccountLookup | None = None) -> None:
         self.layout = layout
         self.hostname = hostname
+        self.accounts = accounts  # quotas; None: no limits
+        self._usage = UsageCache()
         self._open: dict[Path, Mailbox] = {}
         self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
         self._replaced: set[Path] = set()  # vanished while open: load with a new UIDVALIDITY
@@ -128,6 +142,33 @@ class MailStore:
             lock.release()
             if not lock.locked:
                 self._owners.pop(user, None)
+
+    # -- quota ------------------------------------------------------------------------
+
+    def quota_of(self, user: str) -> int:
+        """The user's limit in bytes (0: none), read from the account store's memory each time."""
+        account = self.accounts.get_user(user) if self.accounts is not None else None
+        return account.quota if account is not None else 0
+
+    async def check_quota(self, user: str, size: int, io: IO) -> None:
+        """Refuse ``size`` more bytes that would not fit (RFC 5530 OVERQUOTA); usage is read on ``io``."""
+        quota = self.quota_of(user)
+        if quota <= 0 or size <= 0:
+            return
+        root = str(self.layout.maildir_path(user, None))
+        used = await io(self._usage.usage, root)
+        if used + size > quota:
+            log.info("quota refused {size} bytes for {user}: {used} of {quota} used",
+                     size=size, user=user, used=used, quota=quota)
+            raise FolderError("Mailbox is full" if size <= quota else "Message exceeds the mailbox quota",
+                              "OVERQUOTA")
+
+    def usage_added(self, user: str, size: int) -> None:
+        self._usage.add(str(self.layout.maildir_path(user, None)), size)
+
+    def usage_changed(self, user: str) -> None:
+        """Messages were removed: measure again next time."""
+        self._usage.invalidate(str(self.layout.maildir_path(user, None)))
 
     def _temp_path(self, directory: Path, name: str) -> Path:
         """A temp file name no other writer in any process uses at the same time."""
