@@ -81,7 +81,6 @@ class MailboxCommands(ViewMixin):
         name = self.mailbox_name(args[0])
         self.deselect()
         box = await self.store.open(self.user, name, self.io)
-        box.refresh()
         view = View(name, box, readonly)
         view.uids = [m.uid for m in box.messages]
         view.known = {m.uid: m.letters for m in box.messages}
@@ -110,14 +109,14 @@ class MailboxCommands(ViewMixin):
         name = self._one_name(args)
         if any(c in name for c in "%*"):
             raise No("Mailbox names cannot contain wildcards", "CANNOT")
-        self.store.create(self.user, name)
+        await self.store.create(self.user, name, self.io)
         return self.ok(tag, "CREATE")  # type: ignore[attr-defined]
 
     async def cmd_delete(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
         if self.view is not None and self.view.name == name:
             self.deselect()
-        self.store.delete(self.user, name)
+        await self.store.delete(self.user, name, self.io)
         return self.ok(tag, "DELETE")  # type: ignore[attr-defined]
 
     async def cmd_rename(self, tag: str, args: list[Token]) -> Any:
@@ -129,7 +128,7 @@ class MailboxCommands(ViewMixin):
         if self.view is not None and (self.view.name == old or self.view.name.startswith(old + DELIMITER)):
             if not is_inbox(old):
                 self.deselect()
-        self.store.rename(self.user, old, new)
+        await self.store.rename(self.user, old, new, self.io)
         self.events.publish(self.user, None)
         return self.ok(tag, "RENAME")  # type: ignore[attr-defined]
 
@@ -142,14 +141,14 @@ class MailboxCommands(ViewMixin):
 
     async def cmd_subscribe(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
-        if not self.store.exists(self.user, name):
+        if not await self.store.exists(self.user, name, self.io):
             raise No("No such mailbox", "NONEXISTENT")
-        self.store.subscribe(self.user, name, True)
+        await self.store.subscribe(self.user, name, True, self.io)
         return self.ok(tag, "SUBSCRIBE")  # type: ignore[attr-defined]
 
     async def cmd_unsubscribe(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
-        self.store.subscribe(self.user, name, False)
+        await self.store.subscribe(self.user, name, False, self.io)
         return self.ok(tag, "UNSUBSCRIBE")  # type: ignore[attr-defined]
 
     def _list_args(self, args: list[Token]) -> tuple[str, str]:
@@ -172,7 +171,7 @@ class MailboxCommands(ViewMixin):
             return self.ok(tag, "LIST")  # type: ignore[attr-defined]
         full = self._full_pattern(ref, pattern)
         regex = pattern_regex(full)
-        existing = self.store.folders(self.user)
+        existing = await self.store.folders(self.user, self.io)
         names = set(existing)
         for name in existing:
             levels = name.split(DELIMITER)
@@ -197,7 +196,7 @@ class MailboxCommands(ViewMixin):
         ref, pattern = self._list_args(args)
         full = self._full_pattern(ref, pattern)
         regex = pattern_regex(full)
-        subs = self.store.subscriptions(self.user)
+        subs = await self.store.subscriptions(self.user, self.io)
         out: dict[str, str] = {}
         for name in subs:
             if name_matches(regex, full, name):
@@ -227,7 +226,6 @@ class MailboxCommands(ViewMixin):
         if not items:
             raise Bad("Empty STATUS item list")
         box = await self.store.open(self.user, name, self.io)
-        box.refresh()
         values = {
             "MESSAGES": lambda: len(box.messages),
             "RECENT": lambda: len(box.unclaimed) + (len(self.view.recent) if self.view and self.view.box is box else 0),
@@ -276,7 +274,7 @@ class MailboxCommands(ViewMixin):
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         await self.store.check_quota(self.user, len(message.value), self.io)
         tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
-        msg = box.add_tmp(tmp, base, letters, len(message.value), when)
+        msg = await box.append(tmp, base, letters, len(message.value), when)
         self.store.usage_added(self.user, len(message.value))
         self.events.publish(self.user, None if name == "INBOX" else name)
         return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]

@@ -71,7 +71,7 @@ class SelectedCommands(ViewMixin):
         if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
             deleted = [m.uid for m in view.box.messages if "T" in m.letters]
             if deleted:
-                view.box.expunge(deleted)
+                await view.box.expunge(deleted)
                 self.store.usage_changed(self.user)
                 self._publish()
         self.deselect()
@@ -96,7 +96,7 @@ class SelectedCommands(ViewMixin):
         deleted = [m.uid for m in view.box.messages
                    if "T" in m.letters and (allowed is None or m.uid in allowed)]
         if deleted:
-            view.box.expunge(deleted)
+            await view.box.expunge(deleted)
             self.store.usage_changed(self.user)
             self._publish()
         return self.ok(tag, "EXPUNGE")  # type: ignore[attr-defined]
@@ -192,23 +192,25 @@ class SelectedCommands(ViewMixin):
         if want_body:
             paths = [box.file_path(m) for _, m in batch]
             datas = await self.io(lambda: [read_file(p) for p in paths])
-        out = []
-        changed = False
-        for (msn, msg), data in zip(batch, datas, strict=True):
+        for i, ((_, msg), data) in enumerate(zip(batch, datas, strict=True)):
             if want_body and data is None:
-                data = box.read(msg)  # renamed meanwhile (a flag change): look again
+                datas[i] = await box.read(msg)  # renamed meanwhile (a flag change): look again
+        seen: set[int] = set()
+        if mark_seen:  # RFC 3501 §6.4.5: BODY[] sets \Seen; one trip to the io pool per batch
+            unseen = [(msg, msg.letters + "S") for _, msg in batch if "S" not in msg.letters]
+            seen = {msg.uid for msg in await box.set_letters(unseen)} if unseen else set()
+        out = []
+        for (msn, msg), data in zip(batch, datas, strict=True):
             its = items
-            if mark_seen and "S" not in msg.letters:
-                if box.set_letters(msg, msg.letters + "S"):
-                    changed = True
-                    view.known[msg.uid] = msg.letters
-                    if "FLAGS" not in its:
-                        its = [*its, "FLAGS"]
+            if msg.uid in seen:
+                view.known[msg.uid] = msg.letters
+                if "FLAGS" not in its:
+                    its = [*its, "FLAGS"]
             flags = view.flags(msg)
             out.append(b"* %d FETCH " % msn + F.render(its, uid=msg.uid, flags=flags, size=msg.size,
                                                        internal_date=msg.internal_date, data=data) + b"\r\n")
         self.send(b"".join(out))  # type: ignore[operator]
-        if changed:
+        if seen:
             self._publish()
 
     # -- STORE (RFC 3501 §6.4.6) --------------------------------------------------------------
@@ -245,17 +247,19 @@ class SelectedCommands(ViewMixin):
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         out = self.flags_announcement()
-        for msn, u in targets:
-            msg = box.by_uid.get(u)
-            if msg is None:
-                continue
+        chosen = [(msn, msg) for msn, u in targets if (msg := box.by_uid.get(u)) is not None]
+        changes = []
+        for _, msg in chosen:
             if op == "FLAGS":
                 new = letters
             elif op == "+FLAGS":
                 new = msg.letters + letters
             else:
                 new = "".join(ch for ch in msg.letters if ch not in letters)
-            box.set_letters(msg, new)
+            changes.append((msg, new))
+        await box.set_letters(changes)  # one trip to the io pool for every rename
+        for msn, msg in chosen:
+            u = msg.uid
             view.known[u] = msg.letters
             if not silent:
                 fl = " ".join(view.flags(msg))
@@ -299,21 +303,19 @@ class SelectedCommands(ViewMixin):
             raise No("Too many keywords in the target mailbox", "LIMIT") from None
         added = 0 if move else sum(m.size for m in sources)  # MOVE within the account uses no space
         await self.store.check_quota(self.user, added, self.io)
-        placed = dest.add_links(items, move=move and not same)
+        placed = await dest.add_links(items, move=move and not same)
         self.store.usage_added(self.user, added)
+        done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]
         if move and not same:
-            src.detach(*sources)
-        pairs = [(m.uid, n.uid) for m, n in zip(sources, placed, strict=True)]
+            await src.detach(*(m for m, _ in done))
+        pairs = [(m.uid, n.uid) for m, n in done]
         code = ""
         if pairs:
             code = f"COPYUID {dest.uidvalidity} {uid_set_text([a for a, _ in pairs])} " \
                    f"{uid_set_text([b for _, b in pairs])}"
         if move:
             if same:
-                src.expunge([a for a, _ in pairs])
-            elif pairs:
-                src.save_index()
-                src.version += 1
+                await src.expunge([a for a, _ in pairs])
             if code:
                 self.send(f"* OK [{code}] Moved\r\n".encode())  # type: ignore[operator]
             self._publish()

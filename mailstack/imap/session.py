@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailstack.auth import Authenticator, Outcome, SASLError, b64decode, decode_plain
 from mailstack.imap.mailboxes import MailboxCommands
@@ -29,7 +31,7 @@ from mailstack.imap.response import Response, status, string
 from mailstack.imap.selected import SelectedCommands
 from mailstack.imap.view import Bad, No, State
 from mailstack.maildir.folders import FolderError, MailStore
-from mailstack.maildir.mailbox import MailboxGone
+from mailstack.maildir.mailbox import Mailbox, MailboxGone
 from mailstack.notify import MailboxEvents
 
 log = Logger()
@@ -95,6 +97,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         self._sasl_tag: str | None = None
         self._idle_tag: str | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._pending: set[Deferred[None]] = set()  # IDLE updates under way
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -153,6 +156,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         if self.state not in states:
             raise Bad(f"{name} is not valid in the {self.state.value} state")
         args = tokenize(rest)
+        if self.view is not None:  # changes by other processes, found on the io pool
+            await self.view.box.refresh()
         method = getattr(self, method_name)
         result = await method(tag, args)
         return result if isinstance(result, Action) else Action.NONE
@@ -180,9 +185,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         return self.ok(tag, "CAPABILITY")
 
     async def cmd_noop(self, tag: str, args: list[Token]) -> Action:
-        self.no_args(args)
-        if self.view is not None:
-            self.view.box.refresh()
+        self.no_args(args)  # the selected mailbox was refreshed before every command
         return self.ok(tag, "NOOP")
 
     async def cmd_logout(self, tag: str, args: list[Token]) -> Action:
@@ -322,7 +325,19 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         if folder and folder != view.name and folder.upper() != "INBOX":
             return
         if self.idling:
+            pending = Deferred.fromCoroutine(self._idle_update(view.box))
+            self._pending.add(pending)
+            pending.addBoth(self._idle_update_done, pending)
+
+    async def _idle_update(self, box: Mailbox) -> None:
+        await box.refresh()  # a delivery by another writer: find it on the io pool
+        if self.idling and self.view is not None and self.view.box is box:
             self.sync(allow_expunge=True)
+
+    def _idle_update_done(self, result: object, pending: Deferred[None]) -> None:
+        self._pending.discard(pending)
+        if isinstance(result, Failure):
+            log.failure("IMAP IDLE update failed for {user}", result, user=self.user)
 
     def quote(self, text: str) -> bytes:
         return string(text)

@@ -124,8 +124,7 @@ class ViewMixin:
         view = self.view
         if view is None:
             return
-        box = view.box
-        box.refresh()
+        box = view.box  # brought up to date before the command ran (IMAPSession.handle)
         out: list[bytes] = self.flags_announcement()
         if box.version == view.version:
             if out:

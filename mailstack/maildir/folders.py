@@ -18,8 +18,11 @@ whole Maildir, measured by :class:`~mailstack.maildir.quota.UsageCache`.
 
 The :class:`MailStore` is the one owner of every user's Maildir state in this
 process: changes to a user's folder tree and files (first-login setup,
-subscriptions, create, delete, rename) run one at a time per user, on the
-``io`` thread pool, and every file is replaced through a temp file of its own.
+subscriptions, create, delete, rename) run one at a time per user, and each
+folder's changes one at a time through its :class:`Mailbox`. All file-system
+work runs on ``io`` (the bounded io thread pool); the store's own maps (open
+mailboxes, loads in progress) change only on the calling (reactor) thread.
+Every file is replaced through a temp file of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
 from mailstack.fsutil import write_file_synced
+from mailstack.maildir.flags import TooManyKeywords
 from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
 from mailstack.maildir.mailbox import Mailbox
@@ -93,6 +97,12 @@ class MailStore:
         self._uidvalidity_lock = threading.Lock()  # io threads issue UIDVALIDITY values
         self._last_uidvalidity: dict[str, int] = {}
 
+    def _path(self, user: str, name: str) -> Path:
+        try:
+            return self.layout.maildir_path(user, None if is_inbox(name) else normal_name(name))
+        except (InvalidFolder, InvalidAddress):
+            raise FolderError(f"invalid mailbox name {name!r}", "CANNOT") from None
+
     def _issue_uidvalidity(self, user: str) -> int:
         """Strictly increasing per user, also when the user's Maildir was removed meanwhile."""
         root = self.layout.maildir_path(user, None)
@@ -101,40 +111,21 @@ class MailStore:
             self._last_uidvalidity[user] = value
         return value
 
-    def _new_mailbox(self, user: str, path: Path) -> Mailbox:
-        fresh = path in self._replaced
-        box = Mailbox(path, self.hostname, uidvalidity=lambda: self._issue_uidvalidity(user), fresh=fresh)
-        self._replaced.discard(path)
-        return box
-
-    def _cached(self, path: Path) -> Mailbox | None:
-        """The open mailbox of ``path``, unless its directory vanished or was replaced.
-
-        A dropped one is loaded again with a new UIDVALIDITY (whatever index a
-        restored backup brought), so no client mistakes new UIDs for old ones.
-        """
-        box = self._open.get(path)
-        if box is None:
-            return None
-        box.refresh()
-        if not box.gone:
-            return box
-        del self._open[path]
-        self._replaced.add(path)
-        self.layout.forget(path)
-        return None
-
     def _ensure(self, path: Path) -> None:
-        """Create a Maildir, also when it was created before and removed since."""
+        """Create a Maildir, also when it was created before and removed since (io thread)."""
         if not (path / "cur").is_dir():
             self.layout.forget(path)
         self.layout.ensure(path)
 
-    async def _as_owner(self, user: str, io: IO, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on ``io`` once no other change to ``user``'s folders is running."""
+    def _lock(self, user: str) -> DeferredLock:
         lock = self._owners.get(user)
         if lock is None:
             lock = self._owners[user] = DeferredLock()
+        return lock
+
+    async def _as_owner(self, user: str, io: IO, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on ``io`` once no other change to ``user``'s folders is running."""
+        lock = self._lock(user)
         await lock.acquire()
         try:
             return await io(fn, *args)
@@ -142,6 +133,10 @@ class MailStore:
             lock.release()
             if not lock.locked:
                 self._owners.pop(user, None)
+
+    def _temp_path(self, directory: Path, name: str) -> Path:
+        """A temp file name no other writer in any process uses at the same time."""
+        return directory / f"{name}.tmp.{os.getpid()}.{threading.get_ident()}.{next(self._temp_names)}"
 
     # -- quota ------------------------------------------------------------------------
 
@@ -170,64 +165,56 @@ class MailStore:
         """Messages were removed: measure again next time."""
         self._usage.invalidate(str(self.layout.maildir_path(user, None)))
 
-    def _temp_path(self, directory: Path, name: str) -> Path:
-        """A temp file name no other writer in any process uses at the same time."""
-        return directory / f"{name}.tmp.{os.getpid()}.{threading.get_ident()}.{next(self._temp_names)}"
+    # -- mailboxes --------------------------------------------------------------------
 
-    def _path(self, user: str, name: str) -> Path:
-        try:
-            return self.layout.maildir_path(user, None if is_inbox(name) else normal_name(name))
-        except (InvalidFolder, InvalidAddress):
-            raise FolderError(f"invalid mailbox name {name!r}", "CANNOT") from None
+    async def exists(self, user: str, name: str, io: IO) -> bool:
+        return bool(await io(os.path.isdir, self._path(user, name) / "cur"))
 
-    def exists(self, user: str, name: str) -> bool:
-        return (self._path(user, name) / "cur").is_dir()
-
-    def mailbox(self, user: str, name: str, *, create_inbox: bool = True) -> Mailbox:
-        path = self._path(user, name)
-        box = self._cached(path)
-        if is_inbox(name) and create_inbox:
-            self._ensure(path)
-        if not (path / "cur").is_dir():
-            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
-        if box is None:
-            box = self._new_mailbox(user, path)
-            self._open[path] = box
-        return box
-
-    async def open(self, user: str, name: str, io: Callable[..., Awaitable[Any]]) -> Mailbox:
-        """Like :meth:`mailbox`, but a folder not open yet is first read on ``io`` (a thread).
+    async def open(self, user: str, name: str, io: IO) -> Mailbox:
+        """The folder's shared :class:`Mailbox`, refreshed; a folder not open yet is read on ``io``.
 
         Reading a large folder's index and directories takes long; concurrent
-        openers of the same folder wait for the one load.
+        openers of the same folder wait for the one load. An open mailbox whose
+        directory vanished or was replaced is dropped and loaded again with a
+        new UIDVALIDITY (whatever index a restored backup brought), so no client
+        mistakes new UIDs for old ones.
         """
         path = self._path(user, name)
-        box = self._cached(path)
+        box = self._open.get(path)
         if box is not None:
-            return box
-        if not is_inbox(name) and not (path / "cur").is_dir():
-            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
+            await box.refresh()
+            if not box.gone:
+                return box
+            if self._open.get(path) is box:
+                del self._open[path]
+                self._replaced.add(path)
         waiters = self._loading.get(path)
         if waiters is not None:
             d: Deferred[Mailbox] = Deferred()
             waiters.append(d)
             return await d
         self._loading[path] = []
+        fresh = path in self._replaced
         try:
-            loaded = await io(self._load, user, name, path)
+            loaded = await io(self._load, user, name, path, io, fresh)
         except Exception as e:
             for waiter in self._loading.pop(path, []):
                 waiter.errback(e)
             raise
+        self._replaced.discard(path)
         box = self._open.setdefault(path, loaded)
         for waiter in self._loading.pop(path, []):
             waiter.callback(box)
         return box
 
-    def _load(self, user: str, name: str, path: Path) -> Mailbox:
+    def _load(self, user: str, name: str, path: Path, io: IO, fresh: bool) -> Mailbox:
         if is_inbox(name):
             self._ensure(path)
-        return self._new_mailbox(user, path)
+        try:
+            return Mailbox.load(path, self.hostname, io=io, uidvalidity=lambda: self._issue_uidvalidity(user),
+                                fresh=fresh)
+        except FileNotFoundError:
+            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
 
     async def setup_user(self, user: str, io: IO) -> None:
         """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""
@@ -245,8 +232,12 @@ class MailStore:
             self._write_subscriptions(user, ["INBOX", *SPECIAL_USE])
         marker.touch()
 
-    def folders(self, user: str) -> list[str]:
-        """Every existing folder name (INBOX first), UTF-8 decoded."""
+    async def folders(self, user: str, io: IO) -> list[str]:
+        """Every existing folder name (INBOX first), UTF-8 decoded; listed on ``io``."""
+        names: list[str] = await io(self._folders, user)
+        return names
+
+    def _folders(self, user: str) -> list[str]:
         root = self.layout.maildir_path(user, None)
         names = ["INBOX"]
         try:
@@ -259,9 +250,18 @@ class MailStore:
                 names.append(entry[1:])
         return names
 
-    def create(self, user: str, name: str) -> None:
+    def _exists(self, user: str, name: str) -> bool:
+        return (self._path(user, name) / "cur").is_dir()
+
+    # -- CREATE / DELETE / RENAME -------------------------------------------------------
+
+    async def create(self, user: str, name: str, io: IO) -> None:
+        self._path(user, name.rstrip(DELIMITER) or name)  # validates before queueing
+        await self._as_owner(user, io, self._create, user, name)
+
+    def _create(self, user: str, name: str) -> None:
         name = normal_name(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) else normal_name(name)
-        if is_inbox(name) or self.exists(user, name):
+        if is_inbox(name) or self._exists(user, name):
             raise FolderError("mailbox already exists", "ALREADYEXISTS")
         levels = name.split(DELIMITER)
         for i in range(1, len(levels) + 1):  # RFC 3501 §6.3.3: create missing superiors
@@ -269,71 +269,90 @@ class MailStore:
             if not is_inbox(part):
                 self._ensure(self._path(user, part))
 
-    def delete(self, user: str, name: str) -> None:
+    async def delete(self, user: str, name: str, io: IO) -> None:
         if is_inbox(name):
             raise FolderError("INBOX cannot be deleted", "CANNOT")
         path = self._path(user, name)
+        await self._as_owner(user, io, self._delete, path)
+        self._open.pop(path, None)  # sessions that still hold it find it gone at their next refresh
+
+    def _delete(self, path: Path) -> None:
         if not (path / "cur").is_dir():
             raise FolderError("no such mailbox", "NONEXISTENT")
-        grave = path.parent / (".." + path.name[1:] + f".deleted-{os.getpid()}-{id(path)}")
+        grave = path.parent / (".." + path.name[1:] + f".deleted-{os.getpid()}-{next(self._temp_names)}")
         os.rename(path, grave)  # atomic: the folder is gone for everyone at once
         fsync_directory(str(path.parent))
-        self._open.pop(path, None)
         self.layout.forget(path)
         shutil.rmtree(grave, ignore_errors=True)
 
-    def rename(self, user: str, old: str, new: str) -> None:
+    async def rename(self, user: str, old: str, new: str, io: IO) -> None:
         old, new = normal_name(old), normal_name(new)
-        if is_inbox(new) or self.exists(user, new):
+        self._path(user, old), self._path(user, new)  # validates
+        lock = self._lock(user)
+        async with lock:
+            if is_inbox(old):
+                await self._rename_inbox(user, new, io)
+                return
+            moved: list[Path] = await io(self._rename, user, old, new)
+        for src in moved:
+            self._open.pop(src, None)
+
+    def _rename(self, user: str, old: str, new: str) -> list[Path]:
+        if is_inbox(new) or self._exists(user, new):
             raise FolderError("target mailbox already exists", "ALREADYEXISTS")
-        if not self.exists(user, old):
+        if not self._exists(user, old):
             raise FolderError("no such mailbox", "NONEXISTENT")
-        new_path = self._path(user, new)
-        if is_inbox(old):
-            self._rename_inbox(user, new)
-            return
         root = self.layout.maildir_path(user, None)
-        moves = [(self._path(user, old), new_path)]
+        moves = [(self._path(user, old), self._path(user, new))]
         prefix = old + DELIMITER
-        for child in self.folders(user)[1:]:
+        for child in self._folders(user)[1:]:
             if child.startswith(prefix):
                 moves.append((self._path(user, child), self._path(user, new + child[len(old):])))
         levels = new.split(DELIMITER)
         for i in range(1, len(levels)):
             part = DELIMITER.join(levels[:i])
-            if not is_inbox(part) and not self.exists(user, part):
+            if not is_inbox(part) and not self._exists(user, part):
                 self._ensure(self._path(user, part))
         for src, dst in moves:
             os.rename(src, dst)
-            self._open.pop(src, None)
             self.layout.forget(src)
         fsync_directory(str(root))
+        return [src for src, _ in moves]
 
-    def _rename_inbox(self, user: str, new: str) -> None:
+    async def _rename_inbox(self, user: str, new: str, io: IO) -> None:
         """RFC 3501 §6.3.5: move INBOX's messages to the new folder, leave INBOX empty."""
-        self.create(user, new)
-        src = self.mailbox(user, "INBOX")
-        dst = self.mailbox(user, new)
-        src.refresh(force=True)
+        await io(self._create, user, new)
+        src = await self.open(user, "INBOX", io)
+        dst = await self.open(user, new, io)
+        await src.refresh(force=True)
         moving = list(src.messages)
-        dst.add_links([(src.file_path(m), m.size, dst.keywords.letters_of(src.flags(m)), m.internal_date)
-                       for m in moving], move=True)  # keyword letters are per folder: translate
-        src.detach(*moving)
-        src.save_index()
+        try:  # keyword letters are per folder: translate
+            items = [(src.file_path(m), m.size, dst.keywords.letters_of(src.flags(m)), m.internal_date)
+                     for m in moving]
+        except TooManyKeywords:
+            raise FolderError("too many keywords in the target mailbox", "LIMIT") from None
+        placed = await dst.add_links(items, move=True)
+        await src.detach(*(m for m, p in zip(moving, placed, strict=True) if p is not None))
 
     # -- subscriptions --------------------------------------------------------------
 
-    def subscriptions(self, user: str) -> list[str]:
+    async def subscriptions(self, user: str, io: IO) -> list[str]:
+        names: list[str] = await io(self._subscriptions, user)
+        return names
+
+    def _subscriptions(self, user: str) -> list[str]:
         path = self.layout.maildir_path(user, None) / SUBSCRIPTIONS_FILE
         try:
             return [line for line in path.read_text("utf-8").splitlines() if line]
         except FileNotFoundError:
             return []
 
-    def subscribe(self, user: str, name: str, on: bool) -> None:
+    async def subscribe(self, user: str, name: str, on: bool, io: IO) -> None:
         self._path(user, name)  # validates
-        name = normal_name(name)
-        subs = [s for s in self.subscriptions(user) if s != name]
+        await self._as_owner(user, io, self._subscribe, user, normal_name(name), on)
+
+    def _subscribe(self, user: str, name: str, on: bool) -> None:
+        subs = [s for s in self._subscriptions(user) if s != name]
         if on:
             subs.append(name)
         self._write_subscriptions(user, subs)

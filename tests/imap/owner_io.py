@@ -70,3 +70,32 @@ def world_with_io(root: Path, io: Any, store: MailStore | None = None) -> World:
     factory = IMAPFactory(make_session=make_session, clock=clock, limiter=ConnectionLimiter(20),
                           tls_options=None, implicit_tls=False, max_message_size=100_000)
     return World(root, clock, store, events, factory)
+
+
+class GuardedIO(HeldIO):
+    """``io`` that runs at once and notes when it is running, so disk calls elsewhere show up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.running = 0
+        self.off_io: list[str] = []
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any]) -> None:  # type: ignore[override]
+        self.running += 1
+        try:
+            HeldIO._run(fn, args, d)
+        finally:
+            self.running -= 1
+
+    def guard(self, monkeypatch: Any, module: Any, names: tuple[str, ...]) -> None:
+        """Record every call of ``module.<name>`` made outside ``io``."""
+        for name in names:
+            real = getattr(module, name)
+
+            def guarded(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                if not self.running:
+                    self.off_io.append(f"{_name}{args[:1]}")
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, guarded)

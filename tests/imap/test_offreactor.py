@@ -1,0 +1,87 @@
+"""Storage work runs on the io pool: the reactor thread lists, renames, links, unlinks and fsyncs nothing."""
+
+from __future__ import annotations
+
+import os
+
+from .harness import USER
+from .owner_io import GuardedIO, HeldIO, world_with_io
+
+DISK_CALLS = ("listdir", "scandir", "rename", "replace", "unlink", "link", "fsync", "open", "mkdir", "rmdir")
+
+
+def fill(world, count, folder=None):
+    path = world.store.layout.maildir_path(USER, folder)
+    world.store.layout.ensure(path)
+    for i in range(count):
+        body = b"Subject: m%d\r\n\r\nbody\r\n" % i
+        (path / "cur" / f"{1_700_000_000 + i}.M{i}P1Q{i}.h,S={len(body)}:2,").write_bytes(body)
+
+
+def test_every_command_does_its_disk_work_on_io(tmp_path, monkeypatch):
+    io = GuardedIO()
+    world = world_with_io(tmp_path / "maildirs", io)
+    fill(world, 50)
+    a = world.connect().login()
+    io.guard(monkeypatch, os, DISK_CALLS)
+    a.ok("CREATE Work.Old")
+    a.ok('LIST "" "*"')
+    a.ok("SUBSCRIBE Work")
+    a.ok('LSUB "" "*"')
+    a.ok("STATUS INBOX (MESSAGES UIDNEXT)")
+    a.ok("SELECT INBOX")
+    a.ok("APPEND INBOX {5+}\r\nhello")
+    a.ok("FETCH 1:3 (FLAGS BODY[])")
+    a.ok("STORE 4:6 +FLAGS (\\Deleted \\Flagged)")
+    a.ok("SEARCH BODY body")
+    a.ok("COPY 1:10 Work")
+    a.ok("MOVE 11:12 Work.Old")
+    a.ok("EXPUNGE")
+    world.deliver(b"Subject: new\r\n\r\nnew\r\n")  # the test writing, not the server
+    io.off_io.clear()
+    assert b"EXISTS" in b"".join(a.ok("NOOP"))
+    a.ok("RENAME Work Done")
+    a.ok("DELETE Done.Old")
+    a.ok("CLOSE")
+    a.ok("RENAME INBOX Saved")
+    assert io.off_io == []
+
+
+def test_a_big_refresh_waits_on_io_while_other_sessions_are_answered(tmp_path):
+    io = HeldIO()
+    io.hold = False
+    world = world_with_io(tmp_path / "maildirs", io)
+    fill(world, 3000)
+    a = world.connect().login()
+    b = world.connect().login()
+    a.ok("SELECT INBOX")
+    b.ok("SELECT Sent")
+    world.deliver(b"Subject: new\r\n\r\nnew\r\n")
+    io.hold = True
+    io.calls.clear()
+    a.protocol.dataReceived(b"a1 NOOP\r\n")
+    assert a.read() == b"" and io.calls == ["_refresh_work"]  # listing INBOX waits for the pool
+    assert b.send(b"b1 NOOP\r\n") == b""
+    fn, args, d = io.pending.pop()  # the pool finishes b's small refresh first
+    io._run(fn, args, d)
+    assert b.read() == b"b1 OK NOOP completed\r\n"
+    io.run_all()
+    assert a.read() == b"* 3001 EXISTS\r\n* 1 RECENT\r\na1 OK NOOP completed\r\n"
+
+
+def test_uids_are_durable_before_a_client_sees_them(tmp_path):
+    io = HeldIO()
+    io.hold = False
+    world = world_with_io(tmp_path / "maildirs", io)
+    a = world.connect().login()
+    a.ok("SELECT INBOX")
+    log_file = world.store.layout.maildir_path(USER) / "mailstack-index.log"
+    world.deliver(b"Subject: new\r\n\r\nnew\r\n")
+    io.hold = True
+    a.protocol.dataReceived(b"a1 NOOP\r\n")
+    assert a.read() == b""
+    assert not log_file.exists() or b"+ 1 " not in log_file.read_bytes()
+    io.run_all()
+    assert a.read().startswith(b"* 1 EXISTS")
+    assert b"+ 1 " in log_file.read_bytes()
+
