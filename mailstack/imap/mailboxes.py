@@ -269,7 +269,7 @@ class MailboxCommands(ViewMixin):
                 raise No("Mailbox does not exist", "TRYCREATE") from None
             raise
         try:
-            letters = box.keywords.letters_of(flags)
+            letters = await box.letters_of(flags)
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         await self.store.check_quota(self.user, len(message.value), self.io)

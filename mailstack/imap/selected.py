@@ -243,7 +243,7 @@ class SelectedCommands(ViewMixin):
                 letters = "".join(filter(None, (box.keywords.letter(f, create=False) if not f.startswith("\\")
                                                 else SYSTEM_LETTERS.get(f) for f in flags)))
             else:
-                letters = box.keywords.letters_of(flags)
+                letters = await box.letters_of(flags)
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         out = self.flags_announcement()
@@ -297,7 +297,7 @@ class SelectedCommands(ViewMixin):
         items = []
         try:
             for msg in sources:
-                letters = dest.keywords.letters_of(src.flags(msg))
+                letters = await dest.letters_of(src.flags(msg))
                 items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
         except TooManyKeywords:
             raise No("Too many keywords in the target mailbox", "LIMIT") from None

@@ -86,13 +86,27 @@ class Keywords:
         return chr(ord("a") + len(self.names) - 1)
 
     def _save(self) -> None:
+        self.apply(self.write(self.names))
+
+    def write(self, names: list[str]) -> tuple[int, list[str]]:
+        """Store ``names`` as the table (blocking; thread safe); what :meth:`apply` then takes."""
         tmp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}.{threading.get_ident()}")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(n + "\n" for n in self.names))
+            f.write("".join(n + "\n" for n in names))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self._mtime = self.path.stat().st_mtime_ns
+        return self.path.stat().st_mtime_ns, list(names)
+
+    def missing(self, flags: set[str] | frozenset[str] | list[str]) -> list[str]:
+        """Keywords among ``flags`` that have no letter yet (in order, without repeats)."""
+        out: list[str] = []
+        for flag in flags:
+            if flag.startswith("\\") or self.letter(flag, create=False) is not None:
+                continue
+            if flag.lower() not in (o.lower() for o in out):
+                out.append(flag)
+        return out
 
     def flags_of(self, letters: str) -> list[str]:
         out = []

@@ -327,7 +327,7 @@ class MailStore:
         await src.refresh(force=True)
         moving = list(src.messages)
         try:  # keyword letters are per folder: translate
-            items = [(src.file_path(m), m.size, dst.keywords.letters_of(src.flags(m)), m.internal_date)
+            items = [(src.file_path(m), m.size, await dst.letters_of(src.flags(m)), m.internal_date)
                      for m in moving]
         except TooManyKeywords:
             raise FolderError("too many keywords in the target mailbox", "LIMIT") from None

@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailstack.maildir.flags import Keywords, split_name
+from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
 from mailstack.maildir.index import INDEX_FILE, Entry, IndexData, IndexLog, new_uidvalidity
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
@@ -415,6 +415,24 @@ class Mailbox:
         return 0
 
     # -- changing -----------------------------------------------------------------------------
+
+    async def letters_of(self, flags: list[str]) -> str:
+        """Flags -> info letters; keywords new to this folder are added to its table on ``io``.
+
+        Raises TooManyKeywords when the table (26 letters) is full.
+        """
+        if self.keywords.missing(flags):
+            await self._owned(self._add_keywords(flags))
+        return self.keywords.letters_of(flags)
+
+    async def _add_keywords(self, flags: list[str]) -> None:
+        missing = self.keywords.missing(flags)  # again: an earlier change may have added them
+        if not missing:
+            return
+        names = self.keywords.names + missing
+        if len(names) > MAX_KEYWORDS:
+            raise TooManyKeywords(missing[0])
+        self.keywords.apply(await self._disk(self.keywords.write, names))
 
     def claim_recent(self) -> set[int]:
         """Take every unclaimed recent message for the calling session (RFC 3501 §2.3.2).

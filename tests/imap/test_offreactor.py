@@ -33,6 +33,8 @@ def test_every_command_does_its_disk_work_on_io(tmp_path, monkeypatch):
     a.ok("APPEND INBOX {5+}\r\nhello")
     a.ok("FETCH 1:3 (FLAGS BODY[])")
     a.ok("STORE 4:6 +FLAGS (\\Deleted \\Flagged)")
+    a.ok("STORE 7 +FLAGS (Project $Later)")  # new keywords: the folder's table is written on io
+    a.ok("APPEND Work (Other) {5+}\r\nhello")
     a.ok("SEARCH BODY body")
     a.ok("COPY 1:10 Work")
     a.ok("MOVE 11:12 Work.Old")
