@@ -274,7 +274,7 @@ class MailStore:
             raise FolderError("INBOX cannot be deleted", "CANNOT")
         path = self._path(user, name)
         await self._as_owner(user, io, self._delete, path)
-        self._open.pop(path, None)  # sessions that still hold it find it gone at their next refresh
+        self._retire(path)
 
     def _delete(self, path: Path) -> None:
         if not (path / "cur").is_dir():
@@ -295,7 +295,13 @@ class MailStore:
                 return
             moved: list[Path] = await io(self._rename, user, old, new)
         for src in moved:
-            self._open.pop(src, None)
+            self._retire(src)
+
+    def _retire(self, path: Path) -> None:
+        """Forget the mailbox of a folder deleted or renamed; sessions holding it see it gone."""
+        box = self._open.pop(path, None)
+        if box is not None:
+            box.retire()
 
     def _rename(self, user: str, old: str, new: str) -> list[Path]:
         if is_inbox(new) or self._exists(user, new):

@@ -181,7 +181,10 @@ class Mailbox:
         """:meth:`refresh` for a caller that already is the owner."""
         if self.gone:
             return False
-        change = await self._io(self._refresh_work, force, None)
+        try:
+            change = await self._disk(self._refresh_work, force, None)
+        except MailboxGone:
+            return True
         if change is None:
             return False
         changed = self._apply(change)
@@ -266,6 +269,18 @@ class Mailbox:
         if changed:
             self.version += 1
         return changed
+
+    def retire(self) -> None:
+        """This process deleted or renamed the folder: the object owns it no more.
+
+        Sessions that still hold it see every message expunged; changes queued
+        before this one finish first.
+        """
+        self._in_background(self._retire())
+
+    async def _retire(self) -> None:
+        if not self.gone:
+            self._vanish()
 
     def _vanish(self) -> None:
         """The directory is gone or another took its place: every message is expunged."""

@@ -81,3 +81,20 @@ def test_restored_maildir_seen_missing_first_gets_a_new_uidvalidity(world, clien
     shutil.copytree(backup, maildir)
     untagged = client.ok("SELECT INBOX")
     assert b"* 1 EXISTS" in untagged and uidvalidity(untagged) > before
+
+
+def test_folder_renamed_away_and_back_is_not_owned_twice(world, client):
+    client.ok("CREATE Work")
+    client.ok("APPEND Work {4+}\r\nmail")
+    client.ok("SELECT Work")
+    other = world.connect().login()
+    other.ok("RENAME Work Tmp")
+    other.ok("RENAME Tmp Work")
+    untagged, tagged = client.cmd("NOOP")  # the old selection is gone, whatever the inodes say
+    assert tagged.startswith(b"OK") and b"* 1 EXPUNGE" in untagged
+    world.deliver(b"Subject: new\r\n\r\nnew\r\n", folder="Work")
+    client.ok("NOOP")
+    untagged = other.ok("SELECT Work")
+    assert b"* 2 EXISTS" in untagged
+    fetched = b"".join(other.ok("FETCH 1:* UID"))
+    assert b"UID 1)" in fetched and b"UID 2)" in fetched
