@@ -75,6 +75,8 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
     "EXPUNGE": ("cmd_expunge", SEL), "SEARCH": ("cmd_search", SEL), "FETCH": ("cmd_fetch", SEL),
     "STORE": ("cmd_store", SEL), "COPY": ("cmd_copy", SEL), "MOVE": ("cmd_move", SEL), "UID": ("cmd_uid", SEL),
 }
+# Clients poll with these: look at the directories at once, not at most once a second.
+EAGER_REFRESH = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
 # RFC 3501 §7.4.1: no EXPUNGE responses while answering these (their UID forms may).
 NO_EXPUNGE_NOTICE = frozenset({"FETCH", "STORE", "SEARCH"})
 
@@ -157,7 +159,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             raise Bad(f"{name} is not valid in the {self.state.value} state")
         args = tokenize(rest)
         if self.view is not None:  # changes by other processes, found on the io pool
-            await self.view.box.refresh()
+            await self.view.box.refresh(eager=name in EAGER_REFRESH)
         method = getattr(self, method_name)
         result = await method(tag, args)
         return result if isinstance(result, Action) else Action.NONE
@@ -324,6 +326,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             return
         if folder and folder != view.name and folder.upper() != "INBOX":
             return
+        view.box.mark_stale()  # a delivery wrote into new/: the next command looks
         if self.idling:
             pending = Deferred.fromCoroutine(self._idle_update(view.box))
             self._pending.add(pending)

@@ -31,6 +31,7 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,8 +85,10 @@ class MailStore:
     """Hands out one shared :class:`Mailbox` per folder path and manages folders."""
 
     def __init__(self, layout: MaildirLayout, hostname: str = "localhost", *,
-                 accounts: AccountLookup | None = None) -> None:
+                 accounts: AccountLookup | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.layout = layout
+        self.monotonic = monotonic
         self.hostname = hostname
         self.accounts = accounts  # quotas; None: no limits
         self._usage = UsageCache()
@@ -212,7 +215,7 @@ class MailStore:
             self._ensure(path)
         try:
             return Mailbox.load(path, self.hostname, io=io, uidvalidity=lambda: self._issue_uidvalidity(user),
-                                fresh=fresh)
+                                fresh=fresh, monotonic=self.monotonic)
         except FileNotFoundError:
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
 

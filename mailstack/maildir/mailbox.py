@@ -42,6 +42,7 @@ from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 
 MTIME_SLACK_NS = 1_000_000_000
+RECHECK_SECONDS = 1.0  # between commands, the directories are looked at again after this long
 HEADER_CACHE_LIMIT = 20_000
 HEADER_CACHE_BYTES = 8192
 
@@ -95,8 +96,12 @@ class Mailbox:
     """The state of one Maildir folder; see the module docstring for who may change what."""
 
     def __init__(self, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
-                 uidvalidity: Callable[[], int] = new_uidvalidity) -> None:
+                 uidvalidity: Callable[[], int] = new_uidvalidity,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self._monotonic = monotonic
+        self._checked = float("-inf")  # when the directories were last compared (monotonic)
+        self._stale = True  # someone said the folder changed: look at the next chance
         self._dir = str(path)
         self.hostname = hostname
         self._io = io
@@ -122,19 +127,21 @@ class Mailbox:
 
     @classmethod
     def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
-             uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False) -> Mailbox:
+             uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False,
+             monotonic: Callable[[], float] = time.monotonic) -> Mailbox:
         """Read a folder (blocking: call it on the io pool; the object is not shared yet).
 
         ``fresh``: ignore any index, as for a Maildir restored under a running server.
         Raises FileNotFoundError when the folder does not exist.
         """
-        box = cls(path, hostname, io=io, uidvalidity=uidvalidity)
+        box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic)
         box._load(fresh)
         return box
 
     # -- loading (on the io thread, before the object is shared) ------------------------------
 
     def _load(self, fresh: bool) -> None:
+        self._checked, self._stale = self._monotonic(), False
         self._identity = self._dir_identity()
         self._index_seen = self._index_identity()
         data = None if fresh else self._log.load()
@@ -171,20 +178,37 @@ class Mailbox:
     def _dir_stamp(self) -> tuple[int, int]:
         return (os.stat(f"{self._dir}/new").st_mtime_ns, os.stat(f"{self._dir}/cur").st_mtime_ns)
 
-    async def refresh(self, force: bool = False) -> bool:
-        """Bring the state in line with the directories; True when something changed."""
+    async def refresh(self, force: bool = False, *, eager: bool = True) -> bool:
+        """Bring the state in line with the directories; True when something changed.
+
+        ``force`` lists the directories even if their modification times did not
+        move. Without ``eager`` (the check before an ordinary command), nothing is
+        looked at if that was done less than RECHECK_SECONDS ago and nobody
+        called :meth:`mark_stale` since: a trip to the io pool per pipelined
+        command would cost more than the command. Changes made through this
+        process reach the shared object at once anyway.
+        """
         if self.gone:
             return False
+        if not (force or eager or self._stale) and self._monotonic() - self._checked < RECHECK_SECONDS:
+            return False
         return await self._owned(self._refresh(force))
+
+    def mark_stale(self) -> None:
+        """Another writer (local delivery) changed the folder: look at the next refresh."""
+        self._stale = True
 
     async def _refresh(self, force: bool = False) -> bool:
         """:meth:`refresh` for a caller that already is the owner."""
         if self.gone:
             return False
+        self._stale = False
+        started = self._monotonic()
         try:
             change = await self._disk(self._refresh_work, force, None)
         except MailboxGone:
             return True
+        self._checked = started
         if change is None:
             return False
         changed = self._apply(change)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from mailstack.maildir.folders import MailStore
+from mailstack.maildir.layout import MaildirLayout
+
 from .harness import USER
 from .owner_io import GuardedIO, HeldIO, world_with_io
 
@@ -87,3 +90,26 @@ def test_uids_are_durable_before_a_client_sees_them(tmp_path):
     assert a.read().startswith(b"* 1 EXISTS")
     assert b"+ 1 " in log_file.read_bytes()
 
+
+
+def test_pipelined_commands_look_at_the_directories_at_most_once_a_second(tmp_path):
+    now = [100.0]
+    io = HeldIO()
+    io.hold = False
+    store = MailStore(MaildirLayout(tmp_path / "maildirs"), "test.host", monotonic=lambda: now[0])
+    world = world_with_io(tmp_path / "maildirs", io, store)
+    fill(world, 20)
+    a = world.connect().login()
+    a.ok("SELECT INBOX")
+    io.calls.clear()
+    for _ in range(20):
+        a.ok("FETCH 1:* (FLAGS)")
+    assert io.calls.count("_refresh_work") == 0
+    now[0] += 1.5
+    a.ok("FETCH 1 (FLAGS)")
+    assert io.calls.count("_refresh_work") == 1
+    world.deliver(b"Subject: new\r\n\r\nnew\r\n")  # local delivery says so: the next command looks
+    assert b"* 21 EXISTS" in a.ok("FETCH 1 (FLAGS)")
+    io.calls.clear()
+    a.ok("NOOP")  # a client polling with NOOP always gets a look
+    assert io.calls.count("_refresh_work") == 1
