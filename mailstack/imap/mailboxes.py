@@ -59,6 +59,7 @@ class MailboxCommands(ViewMixin):
     state: Any
     io: Any
     events: Any
+    publish_change: Any
     config: Any
 
     def mailbox_name(self, tok: Token) -> str:
@@ -129,7 +130,7 @@ class MailboxCommands(ViewMixin):
             if not is_inbox(old):
                 self.deselect()
         await self.store.rename(self.user, old, new, self.io)
-        self.events.publish(self.user, None)
+        self.publish_change(None)
         return self.ok(tag, "RENAME")  # type: ignore[attr-defined]
 
     def _one_name(self, args: list[Token]) -> str:
@@ -276,6 +277,6 @@ class MailboxCommands(ViewMixin):
         tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
         msg = await box.append(tmp, base, letters, len(message.value), when)
         self.store.usage_added(self.user, len(message.value))
-        self.events.publish(self.user, None if name == "INBOX" else name)
+        self.publish_change(None if name == "INBOX" else name)
         return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]
 

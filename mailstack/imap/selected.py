@@ -40,6 +40,7 @@ class SelectedCommands(ViewMixin):
     store: Any
     io: Any
     events: Any
+    publish_change: Any
 
     def _view(self) -> View:
         assert self.view is not None
@@ -47,7 +48,7 @@ class SelectedCommands(ViewMixin):
 
     def _publish(self) -> None:
         view = self._view()
-        self.events.publish(self.user, None if view.name == "INBOX" else view.name)
+        self.publish_change(None if view.name == "INBOX" else view.name)
 
     def _targets(self, args_set: Token, uid: bool) -> list[tuple[int, int]]:
         seq = sequence_set(args_set)
@@ -319,10 +320,10 @@ class SelectedCommands(ViewMixin):
             if code:
                 self.send(f"* OK [{code}] Moved\r\n".encode())  # type: ignore[operator]
             self._publish()
-            self.events.publish(self.user, None if name == "INBOX" else name)
+            self.publish_change(None if name == "INBOX" else name)
             self._after_move(tag)
             return None
-        self.events.publish(self.user, None if name == "INBOX" else name)
+        self.publish_change(None if name == "INBOX" else name)
         return self.ok(tag, "UID COPY" if uid else "COPY", code=code)  # type: ignore[attr-defined]
 
     def _after_move(self, tag: str) -> None:

@@ -318,6 +318,14 @@ class IMAPSession(MailboxCommands, SelectedCommands):
     def idling(self) -> bool:
         return self._idle_tag is not None
 
+    def publish_change(self, folder: str | None) -> None:
+        """Tell the user's other sessions (IDLE) about a change made through the shared Mailbox."""
+        self.store.own_change = True  # it is in memory already: nobody needs to look at the disk
+        try:
+            self.events.publish(self.user, folder)
+        finally:
+            self.store.own_change = False
+
     def _mailbox_changed(self, address: str, folder: str | None) -> None:
         view = self.view
         if view is None:
@@ -326,7 +334,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             return
         if folder and folder != view.name and folder.upper() != "INBOX":
             return
-        view.box.mark_stale()  # a delivery wrote into new/: the next command looks
+        if not self.store.own_change:
+            view.box.mark_stale()  # a delivery wrote into new/: the next command looks
         if self.idling:
             pending = Deferred.fromCoroutine(self._idle_update(view.box))
             self._pending.add(pending)

@@ -89,6 +89,7 @@ class MailStore:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.layout = layout
         self.monotonic = monotonic
+        self.own_change = False  # set while IMAP sessions announce a change made through a Mailbox
         self.hostname = hostname
         self.accounts = accounts  # quotas; None: no limits
         self._usage = UsageCache()
