@@ -114,3 +114,27 @@ def test_pipelined_commands_look_at_the_directories_at_most_once_a_second(tmp_pa
     io.calls.clear()
     a.ok("NOOP")  # a client polling with NOOP always gets a look
     assert io.calls.count("_refresh_work") == 1
+
+
+def test_a_change_whose_caller_went_away_still_finishes(tmp_path):
+    from twisted.internet.defer import CancelledError, Deferred
+
+    from mailstack.maildir.mailbox import Mailbox, write_tmp
+
+    layout = MaildirLayout(tmp_path)
+    path = layout.maildir_path(USER)
+    layout.ensure(path)
+    io = HeldIO()
+    box = Mailbox.load(path, io=io)
+    tmp, base, date = write_tmp(path, "h", b"hello", None)
+    waiting = Deferred.fromCoroutine(box.append(tmp, base, "", 5, date))
+    io.run_one()  # the refresh before it
+    assert io.calls[-1] == "_publish"  # the rename into cur/ and the log line are on their way
+    waiting.cancel()  # the connection was lost
+    failures = []
+    waiting.addErrback(failures.append)
+    assert failures and failures[0].check(CancelledError)
+    io.run_all()
+    assert [m.base for m in box.messages] == [base] and box.uidnext == 2  # memory follows the disk
+    again = Mailbox.load(path)
+    assert [(m.uid, m.base) for m in again.messages] == [(1, base)]
