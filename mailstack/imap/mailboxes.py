@@ -26,9 +26,9 @@ from mailstack.imap.parse import (
 from mailstack.imap.response import astring as wire_name
 from mailstack.imap.response import parse_date_time
 from mailstack.imap.view import SYSTEM_FLAGS, Bad, No, State, View, ViewMixin, flag_lines
+from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_inbox, normal_name
-from mailstack.maildir.mailbox import write_tmp
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 

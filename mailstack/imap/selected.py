@@ -15,9 +15,10 @@ from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
 from mailstack.imap.view import Bad, No, View, ViewMixin
+from mailstack.maildir.files import read_file
 from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import FolderError
-from mailstack.maildir.mailbox import Message, read_file
+from mailstack.maildir.mailbox import Message
 
 BATCH_BYTES = 8 << 20
 

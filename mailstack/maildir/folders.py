@@ -32,11 +32,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
@@ -45,6 +45,7 @@ from mailstack.maildir.flags import TooManyKeywords
 from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
 from mailstack.maildir.mailbox import Mailbox
+from mailstack.maildir.owner import Owner
 from mailstack.maildir.quota import UsageCache
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ SUBSCRIPTIONS_FILE = "subscriptions"
 DELIMITER = "."
 
 IO = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
 class FolderError(Exception):
@@ -96,7 +98,7 @@ class MailStore:
         self._open: dict[Path, Mailbox] = {}
         self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
         self._replaced: set[Path] = set()  # vanished while open: load with a new UIDVALIDITY
-        self._owners: dict[str, DeferredLock] = {}  # user -> one change to their folders at a time
+        self._owners: dict[str, Owner] = {}  # user -> one change to their folders at a time
         self._temp_names = itertools.count()
         self._uidvalidity_lock = threading.Lock()  # io threads issue UIDVALIDITY values
         self._last_uidvalidity: dict[str, int] = {}
@@ -121,22 +123,24 @@ class MailStore:
             self.layout.forget(path)
         self.layout.ensure(path)
 
-    def _lock(self, user: str) -> DeferredLock:
-        lock = self._owners.get(user)
-        if lock is None:
-            lock = self._owners[user] = DeferredLock()
-        return lock
-
-    async def _as_owner(self, user: str, io: IO, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on ``io`` once no other change to ``user``'s folders is running."""
-        lock = self._lock(user)
-        await lock.acquire()
+    async def _as_owner(self, user: str, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` once no other change to ``user``'s folders is running (to its end)."""
+        owner = self._owners.get(user)
+        if owner is None:
+            owner = self._owners[user] = Owner(user)
         try:
-            return await io(fn, *args)
+            return await owner.run(work)
         finally:
-            lock.release()
-            if not lock.locked:
+            if not owner.busy:
                 self._owners.pop(user, None)
+
+    async def _on_io(self, user: str, io: IO, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``io`` as the owner of ``user``'s folders."""
+        async def call() -> T:
+            result: T = await io(fn, *args)
+            return result
+
+        return await self._as_owner(user, call())
 
     def _temp_path(self, directory: Path, name: str) -> Path:
         """A temp file name no other writer in any process uses at the same time."""
@@ -222,7 +226,7 @@ class MailStore:
 
     async def setup_user(self, user: str, io: IO) -> None:
         """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""
-        await self._as_owner(user, io, self._setup_user, user)
+        await self._on_io(user, io, self._setup_user, user)
 
     def _setup_user(self, user: str) -> None:
         inbox = self.layout.maildir_path(user, None)
@@ -261,7 +265,7 @@ class MailStore:
 
     async def create(self, user: str, name: str, io: IO) -> None:
         self._path(user, name.rstrip(DELIMITER) or name)  # validates before queueing
-        await self._as_owner(user, io, self._create, user, name)
+        await self._on_io(user, io, self._create, user, name)
 
     def _create(self, user: str, name: str) -> None:
         name = normal_name(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) else normal_name(name)
@@ -277,8 +281,12 @@ class MailStore:
         if is_inbox(name):
             raise FolderError("INBOX cannot be deleted", "CANNOT")
         path = self._path(user, name)
-        await self._as_owner(user, io, self._delete, path)
-        self._retire(path)
+
+        async def delete() -> None:
+            await io(self._delete, path)
+            self._retire(path)
+
+        await self._as_owner(user, delete())
 
     def _delete(self, path: Path) -> None:
         if not (path / "cur").is_dir():
@@ -292,14 +300,16 @@ class MailStore:
     async def rename(self, user: str, old: str, new: str, io: IO) -> None:
         old, new = normal_name(old), normal_name(new)
         self._path(user, old), self._path(user, new)  # validates
-        lock = self._lock(user)
-        async with lock:
+
+        async def rename() -> None:
             if is_inbox(old):
                 await self._rename_inbox(user, new, io)
                 return
             moved: list[Path] = await io(self._rename, user, old, new)
-        for src in moved:
-            self._retire(src)
+            for src in moved:
+                self._retire(src)
+
+        await self._as_owner(user, rename())
 
     def _retire(self, path: Path) -> None:
         """Forget the mailbox of a folder deleted or renamed; sessions holding it see it gone."""
@@ -359,7 +369,7 @@ class MailStore:
 
     async def subscribe(self, user: str, name: str, on: bool, io: IO) -> None:
         self._path(user, name)  # validates
-        await self._as_owner(user, io, self._subscribe, user, normal_name(name), on)
+        await self._on_io(user, io, self._subscribe, user, normal_name(name), on)
 
     def _subscribe(self, user: str, name: str, on: bool) -> None:
         subs = [s for s in self._subscriptions(user) if s != name]

@@ -25,21 +25,18 @@ them; EXAMINE and STATUS count unclaimed ones without claiming.
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-
+from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
 from mailstack.maildir.index import INDEX_FILE, Entry, IndexData, IndexLog, new_uidvalidity
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
+from mailstack.maildir.owner import Owner
 
 MTIME_SLACK_NS = 1_000_000_000
 RECHECK_SECONDS = 1.0  # between commands, the directories are looked at again after this long
@@ -49,8 +46,6 @@ HEADER_CACHE_BYTES = 8192
 IO = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
 Where = tuple[str, str, str]  # (subdir, sorted info letters, file name) of a message found on disk
-
-log = Logger()
 
 
 async def inline_io(fn: Callable[..., Any], *args: Any) -> Any:
@@ -122,8 +117,7 @@ class Mailbox:
         self._identity: tuple[int, int] | None = None
         self._index_seen: tuple[int, int] | None = None
         self._log = IndexLog(path)
-        self._owner = DeferredLock()
-        self._background: set[Deferred[Any]] = set()
+        self._owner = Owner(str(path))
 
     @classmethod
     def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
@@ -192,7 +186,7 @@ class Mailbox:
             return False
         if not (force or eager or self._stale) and self._monotonic() - self._checked < RECHECK_SECONDS:
             return False
-        return await self._owned(self._refresh(force))
+        return await self._owner.run(self._refresh(force))
 
     def mark_stale(self) -> None:
         """Another writer (local delivery) changed the folder: look at the next refresh."""
@@ -256,7 +250,7 @@ class Mailbox:
             e = cached[base]
             sub, letters, name = found[base]
             change.added.append(Message(e.uid, base, sub, letters, e.size, e.internal_date, name))
-        fresh = sorted((b for b in new_bases if b not in cached), key=_delivery_order)
+        fresh = sorted((b for b in new_bases if b not in cached), key=delivery_order)
         for base in fresh:
             sub, letters, name = found[base]
             size, date = self._facts(sub, name)
@@ -300,7 +294,7 @@ class Mailbox:
         Sessions that still hold it see every message expunged; changes queued
         before this one finish first.
         """
-        self._in_background(self._retire())
+        self._owner.in_background(self._retire())
 
     async def _retire(self) -> None:
         if not self.gone:
@@ -364,44 +358,6 @@ class Mailbox:
 
     # -- ownership ----------------------------------------------------------------------------
 
-    def _owned(self, work: Coroutine[Any, Any, T]) -> Deferred[T]:
-        """Run one change as the folder's owner, after the changes queued before it.
-
-        The change runs to its end even when the caller stops waiting (a lost
-        connection cancels its command), so disk and memory stay in step.
-        """
-
-        async def run() -> T:
-            async with self._owner:
-                return await work
-
-        inner = Deferred.fromCoroutine(run())
-        outer: Deferred[T] = Deferred(lambda _: None)
-
-        def done(result: T | Failure) -> None:
-            if outer.called:
-                if isinstance(result, Failure):
-                    log.failure("change of {path} failed after its caller left", result, path=self._dir)
-                return
-            if isinstance(result, Failure):
-                outer.errback(result)
-            else:
-                outer.callback(result)
-
-        inner.addBoth(done)
-        return outer
-
-    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
-        d = self._owned(work)
-        self._background.add(d)
-
-        def finished(result: Any) -> None:
-            self._background.discard(d)
-            if isinstance(result, Failure):
-                log.failure("background change of {path} failed", result, path=self._dir)
-
-        d.addBoth(finished)
-
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         """``io`` for a change; a folder that vanished underneath raises MailboxGone."""
         try:
@@ -461,7 +417,7 @@ class Mailbox:
         Raises TooManyKeywords when the table (26 letters) is full.
         """
         if self.keywords.missing(flags):
-            await self._owned(self._add_keywords(flags))
+            await self._owner.run(self._add_keywords(flags))
         return self.keywords.letters_of(flags)
 
     async def _add_keywords(self, flags: list[str]) -> None:
@@ -482,7 +438,7 @@ class Mailbox:
         claimed, self.unclaimed = self.unclaimed, set()
         if claimed:
             self.last_claimed = max(self.last_claimed, max(claimed))
-            self._in_background(self._record_claim())
+            self._owner.in_background(self._record_claim())
         return claimed
 
     async def _record_claim(self) -> None:
@@ -491,7 +447,7 @@ class Mailbox:
 
     async def set_letters(self, changes: list[tuple[Message, str]]) -> list[Message]:
         """Rename files to carry new flag letters (one io trip); the messages that changed."""
-        return await self._owned(self._set_letters(changes))
+        return await self._owner.run(self._set_letters(changes))
 
     async def _set_letters(self, changes: list[tuple[Message, str]]) -> list[Message]:
         plan = []
@@ -502,7 +458,7 @@ class Mailbox:
             plan.append((msg, letters, self.file_path(msg), f"{self._dir}/cur/{msg.base}:2,{letters}"))
         if not plan:
             return []
-        done, stamp = await self._disk(_rename_all, [(src, dst) for _, _, src, dst in plan], self._dir)
+        done, stamp = await self._disk(rename_all, [(src, dst) for _, _, src, dst in plan], self._dir)
         changed = []
         for (msg, letters, _, dst), ok in zip(plan, done, strict=True):
             if ok:
@@ -528,7 +484,7 @@ class Mailbox:
 
     async def append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
         """Publish a file already written and fsynced in ``tmp/`` (by :func:`write_tmp`) under a new UID."""
-        return await self._owned(self._append(tmp, base, letters, size, date))
+        return await self._owner.run(self._append(tmp, base, letters, size, date))
 
     async def _append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
         await self._refresh()
@@ -565,7 +521,7 @@ class Mailbox:
         new message for each, or None where the source had vanished. One
         directory fsync and one log append cover the lot.
         """
-        return await self._owned(self._add_links(items, move))
+        return await self._owner.run(self._add_links(items, move))
 
     async def _add_links(self, items: list[tuple[str, int, str, int]], move: bool) -> list[Message | None]:
         await self._refresh()
@@ -595,7 +551,7 @@ class Mailbox:
                 if move:
                     os.rename(source, tmp)
                 else:
-                    _link_or_copy(source, tmp, date)
+                    link_or_copy(source, tmp, date)
             except FileNotFoundError:
                 if not os.path.isdir(f"{self._dir}/tmp"):
                     raise
@@ -611,7 +567,7 @@ class Mailbox:
 
     async def expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove messages; returns the UIDs actually removed."""
-        return await self._owned(self._expunge(sorted(set(uids))))
+        return await self._owner.run(self._expunge(sorted(set(uids))))
 
     async def _expunge(self, uids: list[int]) -> list[int]:
         msgs = [m for u in uids if (m := self.by_uid.get(u)) is not None]
@@ -636,7 +592,7 @@ class Mailbox:
 
     async def detach(self, *msgs: Message) -> None:
         """Forget messages whose files were moved elsewhere (MOVE)."""
-        await self._owned(self._detach(list(msgs)))
+        await self._owner.run(self._detach(list(msgs)))
 
     async def _detach(self, msgs: list[Message]) -> None:
         present = [m for m in msgs if m.uid in self.by_uid]
@@ -645,68 +601,3 @@ class Mailbox:
         self._forget(present)
         self.version += 1
         await self._disk(self._log.append, [f"- {m.uid}" for m in present], False)
-
-
-def _rename_all(moves: list[tuple[str, str]], folder: str) -> tuple[list[bool], tuple[int, int]]:
-    done = []
-    for src, dst in moves:
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            if not os.path.isdir(f"{folder}/cur"):
-                raise
-            done.append(False)
-        else:
-            done.append(True)
-    return done, (os.stat(f"{folder}/new").st_mtime_ns, os.stat(f"{folder}/cur").st_mtime_ns)
-
-
-def _link_or_copy(source: str, target: str, date: int) -> None:
-    try:
-        os.link(source, target)
-        return
-    except FileNotFoundError:
-        raise
-    except OSError:  # another file system, or no hard links: copy durably
-        pass
-    with open(source, "rb") as f:
-        data = f.read()
-    with open(target, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.utime(target, (date, date))
-
-
-def write_tmp(folder: Path, hostname: str, data: bytes, internal_date: int | None) -> tuple[Path, str, int]:
-    """Write and fsync a message into ``folder/tmp``; thread safe, touches no shared state."""
-    base = unique_name(hostname, len(data))
-    tmp = folder / "tmp" / base
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(fd)
-    date = int(time.time()) if internal_date is None else internal_date
-    os.utime(tmp, (date, date))
-    return tmp, base, date
-
-
-def read_file(path: Path | str) -> bytes | None:
-    """A message file's bytes, or None when it is gone; thread safe."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-_ORDER = re.compile(r"^(\d+)(?:\.M(\d+))?")
-
-
-def _delivery_order(base: str) -> tuple[int, int, str]:
-    """Seconds and microseconds from ``<sec>.M<usec>...`` names; the name breaks ties."""
-    m = _ORDER.match(base)
-    if m is None:
-        return (0, 0, base)
-    return (int(m.group(1)), int(m.group(2) or 0), base)

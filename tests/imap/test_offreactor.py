@@ -119,7 +119,8 @@ def test_pipelined_commands_look_at_the_directories_at_most_once_a_second(tmp_pa
 def test_a_change_whose_caller_went_away_still_finishes(tmp_path):
     from twisted.internet.defer import CancelledError, Deferred
 
-    from mailstack.maildir.mailbox import Mailbox, write_tmp
+    from mailstack.maildir.files import write_tmp
+    from mailstack.maildir.mailbox import Mailbox
 
     layout = MaildirLayout(tmp_path)
     path = layout.maildir_path(USER)

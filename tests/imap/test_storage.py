@@ -8,11 +8,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import Keywords, split_name
 from mailstack.maildir.folders import MailStore
 from mailstack.maildir.index import INDEX_FILE, LOG_FILE, IndexLog, read_index
 from mailstack.maildir.layout import MaildirLayout
-from mailstack.maildir.mailbox import Mailbox, inline_io, write_tmp
+from mailstack.maildir.mailbox import Mailbox, inline_io
 
 USER = "alice@example.test"
 
