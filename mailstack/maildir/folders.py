@@ -178,14 +178,16 @@ class MailStore:
     async def exists(self, user: str, name: str, io: IO) -> bool:
         return bool(await io(os.path.isdir, self._path(user, name) / "cur"))
 
-    async def open(self, user: str, name: str, io: IO) -> Mailbox:
+    async def open(self, user: str, name: str, io: IO, *, restore_folders: bool = True) -> Mailbox:
         """The folder's shared :class:`Mailbox`, refreshed; a folder not open yet is read on ``io``.
 
         Reading a large folder's index and directories takes long; concurrent
         openers of the same folder wait for the one load. An open mailbox whose
         directory vanished or was replaced is dropped and loaded again with a
         new UIDVALIDITY (whatever index a restored backup brought), so no client
-        mistakes new UIDs for old ones.
+        mistakes new UIDs for old ones. When INBOX vanished, the whole Maildir
+        did: the special-use folders are made again too, unless the caller
+        already owns the user's folder tree (``restore_folders=False``).
         """
         path = self._path(user, name)
         box = self._open.get(path)
@@ -196,6 +198,8 @@ class MailStore:
             if self._open.get(path) is box:
                 del self._open[path]
                 self._replaced.add(path)
+            if is_inbox(name) and restore_folders:  # the Maildir went: special-use folders come back
+                await self.setup_user(user, io)
         waiters = self._loading.get(path)
         if waiters is not None:
             d: Deferred[Mailbox] = Deferred()
@@ -342,7 +346,7 @@ class MailStore:
     async def _rename_inbox(self, user: str, new: str, io: IO) -> None:
         """RFC 3501 §6.3.5: move INBOX's messages to the new folder, leave INBOX empty."""
         await io(self._create, user, new)
-        src = await self.open(user, "INBOX", io)
+        src = await self.open(user, "INBOX", io, restore_folders=False)  # we own the folder tree now
         dst = await self.open(user, new, io)
         await src.refresh(force=True)
         moving = list(src.messages)

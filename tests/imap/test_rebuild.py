@@ -47,6 +47,7 @@ def test_selected_session_sees_removed_mailbox_as_expunged_not_a_server_bug(worl
     assert tagged.startswith(b"OK"), tagged
     untagged = client.ok("SELECT INBOX")
     assert b"* 1 EXISTS" in untagged
+    assert client.cmd("APPEND Sent {4+}\r\nsent")[1].startswith(b"OK")  # without logging in again
 
 
 def test_restored_maildir_gets_a_new_uidvalidity_and_never_reuses_uids(world, client, tmp_path):
@@ -98,3 +99,13 @@ def test_folder_renamed_away_and_back_is_not_owned_twice(world, client):
     assert b"* 2 EXISTS" in untagged
     fetched = b"".join(other.ok("FETCH 1:* UID"))
     assert b"UID 1)" in fetched and b"UID 2)" in fetched
+
+
+def test_rename_inbox_after_the_maildir_vanished_answers(world, client):
+    client.ok("APPEND INBOX {4+}\r\nmail")
+    client.ok("SELECT INBOX")
+    client.ok("UNSELECT")
+    shutil.rmtree(world.store.layout.maildir_path(USER))
+    untagged, tagged = client.cmd("RENAME INBOX Old")  # no wait on ourselves for the folder tree
+    assert tagged.startswith(b"OK"), tagged
+    assert b"* 0 EXISTS" in client.ok("SELECT INBOX")
