@@ -26,9 +26,9 @@ from mailstack.imap.parse import (
 from mailstack.imap.response import astring as wire_name
 from mailstack.imap.response import parse_date_time
 from mailstack.imap.view import SYSTEM_FLAGS, Bad, No, State, View, ViewMixin, flag_lines
+from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_inbox, normal_name
-from mailstack.maildir.mailbox import write_tmp
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
@@ -59,6 +59,7 @@ class MailboxCommands(ViewMixin):
     state: Any
     io: Any
     events: Any
+    publish_change: Any
     config: Any
 
     def mailbox_name(self, tok: Token) -> str:
@@ -81,7 +82,6 @@ class MailboxCommands(ViewMixin):
         name = self.mailbox_name(args[0])
         self.deselect()
         box = await self.store.open(self.user, name, self.io)
-        box.refresh()
         view = View(name, box, readonly)
         view.uids = [m.uid for m in box.messages]
         view.known = {m.uid: m.letters for m in box.messages}
@@ -110,14 +110,14 @@ class MailboxCommands(ViewMixin):
         name = self._one_name(args)
         if any(c in name for c in "%*"):
             raise No("Mailbox names cannot contain wildcards", "CANNOT")
-        self.store.create(self.user, name)
+        await self.store.create(self.user, name, self.io)
         return self.ok(tag, "CREATE")  # type: ignore[attr-defined]
 
     async def cmd_delete(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
         if self.view is not None and self.view.name == name:
             self.deselect()
-        self.store.delete(self.user, name)
+        await self.store.delete(self.user, name, self.io)
         return self.ok(tag, "DELETE")  # type: ignore[attr-defined]
 
     async def cmd_rename(self, tag: str, args: list[Token]) -> Any:
@@ -129,8 +129,8 @@ class MailboxCommands(ViewMixin):
         if self.view is not None and (self.view.name == old or self.view.name.startswith(old + DELIMITER)):
             if not is_inbox(old):
                 self.deselect()
-        self.store.rename(self.user, old, new)
-        self.events.publish(self.user, None)
+        await self.store.rename(self.user, old, new, self.io)
+        self.publish_change(None)
         return self.ok(tag, "RENAME")  # type: ignore[attr-defined]
 
     def _one_name(self, args: list[Token]) -> str:
@@ -142,14 +142,14 @@ class MailboxCommands(ViewMixin):
 
     async def cmd_subscribe(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
-        if not self.store.exists(self.user, name):
+        if not await self.store.exists(self.user, name, self.io):
             raise No("No such mailbox", "NONEXISTENT")
-        self.store.subscribe(self.user, name, True)
+        await self.store.subscribe(self.user, name, True, self.io)
         return self.ok(tag, "SUBSCRIBE")  # type: ignore[attr-defined]
 
     async def cmd_unsubscribe(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
-        self.store.subscribe(self.user, name, False)
+        await self.store.subscribe(self.user, name, False, self.io)
         return self.ok(tag, "UNSUBSCRIBE")  # type: ignore[attr-defined]
 
     def _list_args(self, args: list[Token]) -> tuple[str, str]:
@@ -172,7 +172,7 @@ class MailboxCommands(ViewMixin):
             return self.ok(tag, "LIST")  # type: ignore[attr-defined]
         full = self._full_pattern(ref, pattern)
         regex = pattern_regex(full)
-        existing = self.store.folders(self.user)
+        existing = await self.store.folders(self.user, self.io)
         names = set(existing)
         for name in existing:
             levels = name.split(DELIMITER)
@@ -197,7 +197,7 @@ class MailboxCommands(ViewMixin):
         ref, pattern = self._list_args(args)
         full = self._full_pattern(ref, pattern)
         regex = pattern_regex(full)
-        subs = self.store.subscriptions(self.user)
+        subs = await self.store.subscriptions(self.user, self.io)
         out: dict[str, str] = {}
         for name in subs:
             if name_matches(regex, full, name):
@@ -227,7 +227,6 @@ class MailboxCommands(ViewMixin):
         if not items:
             raise Bad("Empty STATUS item list")
         box = await self.store.open(self.user, name, self.io)
-        box.refresh()
         values = {
             "MESSAGES": lambda: len(box.messages),
             "RECENT": lambda: len(box.unclaimed) + (len(self.view.recent) if self.view and self.view.box is box else 0),
@@ -271,11 +270,13 @@ class MailboxCommands(ViewMixin):
                 raise No("Mailbox does not exist", "TRYCREATE") from None
             raise
         try:
-            letters = box.keywords.letters_of(flags)
+            letters = await box.letters_of(flags)
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
+        await self.store.check_quota(self.user, len(message.value), self.io)
         tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
-        msg = box.add_tmp(tmp, base, letters, len(message.value), when)
-        self.events.publish(self.user, None if name == "INBOX" else name)
+        msg = await box.append(tmp, base, letters, len(message.value), when)
+        self.store.usage_added(self.user, len(message.value))
+        self.publish_change(None if name == "INBOX" else name)
         return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]
 

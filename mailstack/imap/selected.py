@@ -15,9 +15,10 @@ from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
 from mailstack.imap.view import Bad, No, View, ViewMixin
+from mailstack.maildir.files import read_file
 from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import FolderError
-from mailstack.maildir.mailbox import Message, read_file
+from mailstack.maildir.mailbox import Message
 
 BATCH_BYTES = 8 << 20
 
@@ -40,6 +41,7 @@ class SelectedCommands(ViewMixin):
     store: Any
     io: Any
     events: Any
+    publish_change: Any
 
     def _view(self) -> View:
         assert self.view is not None
@@ -47,7 +49,7 @@ class SelectedCommands(ViewMixin):
 
     def _publish(self) -> None:
         view = self._view()
-        self.events.publish(self.user, None if view.name == "INBOX" else view.name)
+        self.publish_change(None if view.name == "INBOX" else view.name)
 
     def _targets(self, args_set: Token, uid: bool) -> list[tuple[int, int]]:
         seq = sequence_set(args_set)
@@ -71,7 +73,8 @@ class SelectedCommands(ViewMixin):
         if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
             deleted = [m.uid for m in view.box.messages if "T" in m.letters]
             if deleted:
-                view.box.expunge(deleted)
+                await view.box.expunge(deleted)
+                self.store.usage_changed(self.user)
                 self._publish()
         self.deselect()
         return self.ok(tag, "CLOSE")  # type: ignore[attr-defined]
@@ -95,7 +98,8 @@ class SelectedCommands(ViewMixin):
         deleted = [m.uid for m in view.box.messages
                    if "T" in m.letters and (allowed is None or m.uid in allowed)]
         if deleted:
-            view.box.expunge(deleted)
+            await view.box.expunge(deleted)
+            self.store.usage_changed(self.user)
             self._publish()
         return self.ok(tag, "EXPUNGE")  # type: ignore[attr-defined]
 
@@ -190,23 +194,25 @@ class SelectedCommands(ViewMixin):
         if want_body:
             paths = [box.file_path(m) for _, m in batch]
             datas = await self.io(lambda: [read_file(p) for p in paths])
-        out = []
-        changed = False
-        for (msn, msg), data in zip(batch, datas, strict=True):
+        for i, ((_, msg), data) in enumerate(zip(batch, datas, strict=True)):
             if want_body and data is None:
-                data = box.read(msg)  # renamed meanwhile (a flag change): look again
+                datas[i] = await box.read(msg)  # renamed meanwhile (a flag change): look again
+        seen: set[int] = set()
+        if mark_seen:  # RFC 3501 §6.4.5: BODY[] sets \Seen; one trip to the io pool per batch
+            unseen = [(msg, msg.letters + "S") for _, msg in batch if "S" not in msg.letters]
+            seen = {msg.uid for msg in await box.set_letters(unseen)} if unseen else set()
+        out = []
+        for (msn, msg), data in zip(batch, datas, strict=True):
             its = items
-            if mark_seen and "S" not in msg.letters:
-                if box.set_letters(msg, msg.letters + "S"):
-                    changed = True
-                    view.known[msg.uid] = msg.letters
-                    if "FLAGS" not in its:
-                        its = [*its, "FLAGS"]
+            if msg.uid in seen:
+                view.known[msg.uid] = msg.letters
+                if "FLAGS" not in its:
+                    its = [*its, "FLAGS"]
             flags = view.flags(msg)
             out.append(b"* %d FETCH " % msn + F.render(its, uid=msg.uid, flags=flags, size=msg.size,
                                                        internal_date=msg.internal_date, data=data) + b"\r\n")
         self.send(b"".join(out))  # type: ignore[operator]
-        if changed:
+        if seen:
             self._publish()
 
     # -- STORE (RFC 3501 §6.4.6) --------------------------------------------------------------
@@ -239,21 +245,23 @@ class SelectedCommands(ViewMixin):
                 letters = "".join(filter(None, (box.keywords.letter(f, create=False) if not f.startswith("\\")
                                                 else SYSTEM_LETTERS.get(f) for f in flags)))
             else:
-                letters = box.keywords.letters_of(flags)
+                letters = await box.letters_of(flags)
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         out = self.flags_announcement()
-        for msn, u in targets:
-            msg = box.by_uid.get(u)
-            if msg is None:
-                continue
+        chosen = [(msn, msg) for msn, u in targets if (msg := box.by_uid.get(u)) is not None]
+        changes = []
+        for _, msg in chosen:
             if op == "FLAGS":
                 new = letters
             elif op == "+FLAGS":
                 new = msg.letters + letters
             else:
                 new = "".join(ch for ch in msg.letters if ch not in letters)
-            box.set_letters(msg, new)
+            changes.append((msg, new))
+        await box.set_letters(changes)  # one trip to the io pool for every rename
+        for msn, msg in chosen:
+            u = msg.uid
             view.known[u] = msg.letters
             if not silent:
                 fl = " ".join(view.flags(msg))
@@ -291,31 +299,32 @@ class SelectedCommands(ViewMixin):
         items = []
         try:
             for msg in sources:
-                letters = dest.keywords.letters_of(src.flags(msg))
+                letters = await dest.letters_of(src.flags(msg))
                 items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
         except TooManyKeywords:
             raise No("Too many keywords in the target mailbox", "LIMIT") from None
-        placed = dest.add_links(items, move=move and not same)
+        added = 0 if move else sum(m.size for m in sources)  # MOVE within the account uses no space
+        await self.store.check_quota(self.user, added, self.io)
+        placed = await dest.add_links(items, move=move and not same)
+        self.store.usage_added(self.user, added)
+        done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]
         if move and not same:
-            src.detach(*sources)
-        pairs = [(m.uid, n.uid) for m, n in zip(sources, placed, strict=True)]
+            await src.detach(*(m for m, _ in done))
+        pairs = [(m.uid, n.uid) for m, n in done]
         code = ""
         if pairs:
             code = f"COPYUID {dest.uidvalidity} {uid_set_text([a for a, _ in pairs])} " \
                    f"{uid_set_text([b for _, b in pairs])}"
         if move:
             if same:
-                src.expunge([a for a, _ in pairs])
-            elif pairs:
-                src.save_index()
-                src.version += 1
+                await src.expunge([a for a, _ in pairs])
             if code:
                 self.send(f"* OK [{code}] Moved\r\n".encode())  # type: ignore[operator]
             self._publish()
-            self.events.publish(self.user, None if name == "INBOX" else name)
+            self.publish_change(None if name == "INBOX" else name)
             self._after_move(tag)
             return None
-        self.events.publish(self.user, None if name == "INBOX" else name)
+        self.publish_change(None if name == "INBOX" else name)
         return self.ok(tag, "UID COPY" if uid else "COPY", code=code)  # type: ignore[attr-defined]
 
     def _after_move(self, tag: str) -> None:

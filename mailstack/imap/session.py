@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailstack.auth import Authenticator, Outcome, SASLError, b64decode, decode_plain
 from mailstack.imap.mailboxes import MailboxCommands
@@ -29,6 +31,7 @@ from mailstack.imap.response import Response, status, string
 from mailstack.imap.selected import SelectedCommands
 from mailstack.imap.view import Bad, No, State
 from mailstack.maildir.folders import FolderError, MailStore
+from mailstack.maildir.mailbox import Mailbox, MailboxGone
 from mailstack.notify import MailboxEvents
 
 log = Logger()
@@ -72,6 +75,8 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
     "EXPUNGE": ("cmd_expunge", SEL), "SEARCH": ("cmd_search", SEL), "FETCH": ("cmd_fetch", SEL),
     "STORE": ("cmd_store", SEL), "COPY": ("cmd_copy", SEL), "MOVE": ("cmd_move", SEL), "UID": ("cmd_uid", SEL),
 }
+# Clients poll with these: look at the directories at once, not at most once a second.
+EAGER_REFRESH = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
 # RFC 3501 §7.4.1: no EXPUNGE responses while answering these (their UID forms may).
 NO_EXPUNGE_NOTICE = frozenset({"FETCH", "STORE", "SEARCH"})
 
@@ -94,6 +99,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         self._sasl_tag: str | None = None
         self._idle_tag: str | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._pending: set[Deferred[None]] = set()  # IDLE updates under way
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -134,6 +140,9 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             self.send(status(tag, "NO", str(e), e.code).data)
         except FolderError as e:
             self.send(status(tag, "NO", str(e).capitalize(), e.code).data)
+        except MailboxGone:
+            self._after_command(name)
+            self.send(status(tag, "NO", "Mailbox was removed on the server", "NONEXISTENT").data)
         except Exception:  # never a traceback to the peer; the session goes on
             if self.state is State.LOGOUT:  # the connection went away mid-command
                 return Action.CLOSE
@@ -149,6 +158,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         if self.state not in states:
             raise Bad(f"{name} is not valid in the {self.state.value} state")
         args = tokenize(rest)
+        if self.view is not None:  # changes by other processes, found on the io pool
+            await self.view.box.refresh(eager=name in EAGER_REFRESH)
         method = getattr(self, method_name)
         result = await method(tag, args)
         return result if isinstance(result, Action) else Action.NONE
@@ -176,9 +187,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         return self.ok(tag, "CAPABILITY")
 
     async def cmd_noop(self, tag: str, args: list[Token]) -> Action:
-        self.no_args(args)
-        if self.view is not None:
-            self.view.box.refresh()
+        self.no_args(args)  # the selected mailbox was refreshed before every command
         return self.ok(tag, "NOOP")
 
     async def cmd_logout(self, tag: str, args: list[Token]) -> Action:
@@ -269,7 +278,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             self.send(status(tag, "NO", "Authentication failed", "AUTHENTICATIONFAILED").data)
             return Action.NONE
         self.user = result.user
-        await self.io(self.store.setup_user, self.user)
+        await self.store.setup_user(self.user, self.io)
         self.state = State.AUTHENTICATED
         self._unsubscribe = self.events.subscribe(self.user, self._mailbox_changed)
         self.send(status(tag, "OK", "Logged in", "CAPABILITY " + self.capabilities()).data)
@@ -309,6 +318,14 @@ class IMAPSession(MailboxCommands, SelectedCommands):
     def idling(self) -> bool:
         return self._idle_tag is not None
 
+    def publish_change(self, folder: str | None) -> None:
+        """Tell the user's other sessions (IDLE) about a change made through the shared Mailbox."""
+        self.store.own_change = True  # it is in memory already: nobody needs to look at the disk
+        try:
+            self.events.publish(self.user, folder)
+        finally:
+            self.store.own_change = False
+
     def _mailbox_changed(self, address: str, folder: str | None) -> None:
         view = self.view
         if view is None:
@@ -317,8 +334,22 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             return
         if folder and folder != view.name and folder.upper() != "INBOX":
             return
+        if not self.store.own_change:
+            view.box.mark_stale()  # a delivery wrote into new/: the next command looks
         if self.idling:
+            pending = Deferred.fromCoroutine(self._idle_update(view.box))
+            self._pending.add(pending)
+            pending.addBoth(self._idle_update_done, pending)
+
+    async def _idle_update(self, box: Mailbox) -> None:
+        await box.refresh()  # a delivery by another writer: find it on the io pool
+        if self.idling and self.view is not None and self.view.box is box:
             self.sync(allow_expunge=True)
+
+    def _idle_update_done(self, result: object, pending: Deferred[None]) -> None:
+        self._pending.discard(pending)
+        if isinstance(result, Failure):
+            log.failure("IMAP IDLE update failed for {user}", result, user=self.user)
 
     def quote(self, text: str) -> bytes:
         return string(text)

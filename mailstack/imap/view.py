@@ -49,6 +49,7 @@ class View:
     recent: set[int] = field(default_factory=set)
     version: int = -1
     keywords: int = 0  # how many keywords the client was told about in FLAGS
+    told_gone: bool = False  # the client was warned that the folder was removed
 
     def msn_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.uids, uid)
@@ -123,8 +124,7 @@ class ViewMixin:
         view = self.view
         if view is None:
             return
-        box = view.box
-        box.refresh()
+        box = view.box  # brought up to date before the command ran (IMAPSession.handle)
         out: list[bytes] = self.flags_announcement()
         if box.version == view.version:
             if out:
@@ -166,5 +166,8 @@ class ViewMixin:
             out.append(b"* %d RECENT\r\n" % len(view.recent))
         if not pending_gone:
             view.version = box.version
+            if box.gone and not view.told_gone:  # RFC 3501 §7.1.2: an untagged NO is a warning
+                view.told_gone = True
+                out.append(b"* NO Mailbox was removed on the server, select it again\r\n")
         if out:
             self.send(b"".join(out))  # type: ignore[operator]

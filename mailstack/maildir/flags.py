@@ -13,6 +13,7 @@ keyword per line (line n is letter n), the scheme Dovecot's
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 SYSTEM_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
@@ -50,16 +51,26 @@ class Keywords:
         self.load()
 
     def load(self) -> None:
+        self.apply(self.read())
+
+    def read(self) -> tuple[int, list[str]] | None:
+        """The file's (mtime, names) if it changed since it was last applied; thread safe."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self.names = []
-            return
+            return (-1, [])
         if st.st_mtime_ns == self._mtime:
-            return
-        self._mtime = st.st_mtime_ns
-        text = self.path.read_text("utf-8", errors="replace")
-        self.names = [line.strip() for line in text.splitlines() if line.strip()][:MAX_KEYWORDS]
+            return None
+        try:
+            text = self.path.read_text("utf-8", errors="replace")
+        except FileNotFoundError:
+            return (-1, [])
+        return st.st_mtime_ns, [line.strip() for line in text.splitlines() if line.strip()][:MAX_KEYWORDS]
+
+    def apply(self, read: tuple[int, list[str]] | None) -> None:
+        """Take what :meth:`read` found (on the thread that owns the in-memory state)."""
+        if read is not None:
+            self._mtime, self.names = read
 
     def letter(self, keyword: str, *, create: bool) -> str | None:
         low = keyword.lower()
@@ -75,13 +86,27 @@ class Keywords:
         return chr(ord("a") + len(self.names) - 1)
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.apply(self.write(self.names))
+
+    def write(self, names: list[str]) -> tuple[int, list[str]]:
+        """Store ``names`` as the table (blocking; thread safe); what :meth:`apply` then takes."""
+        tmp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}.{threading.get_ident()}")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(n + "\n" for n in self.names))
+            f.write("".join(n + "\n" for n in names))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self._mtime = self.path.stat().st_mtime_ns
+        return self.path.stat().st_mtime_ns, list(names)
+
+    def missing(self, flags: set[str] | frozenset[str] | list[str]) -> list[str]:
+        """Keywords among ``flags`` that have no letter yet (in order, without repeats)."""
+        out: list[str] = []
+        for flag in flags:
+            if flag.startswith("\\") or self.letter(flag, create=False) is not None:
+                continue
+            if flag.lower() not in (o.lower() for o in out):
+                out.append(flag)
+        return out
 
     def flags_of(self, letters: str) -> list[str]:
         out = []

@@ -11,26 +11,55 @@ would resolve outside the root.
 Subscriptions (RFC 3501 §6.3.6) are kept one name per line in ``subscriptions``
 at the top of the Maildir. The special-use folders of RFC 6154 are created at
 first login.
+
+IMAP APPEND and COPY are held to the user's quota (the account store's
+``User.quota``) the way local delivery is: a soft quota over the usage of the
+whole Maildir, measured by :class:`~mailstack.maildir.quota.UsageCache`.
+
+The :class:`MailStore` is the one owner of every user's Maildir state in this
+process: changes to a user's folder tree and files (first-login setup,
+subscriptions, create, delete, rename) run one at a time per user, and each
+folder's changes one at a time through its :class:`Mailbox`. All file-system
+work runs on ``io`` (the bounded io thread pool); the store's own maps (open
+mailboxes, loads in progress) change only on the calling (reactor) thread.
+Every file is replaced through a temp file of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
+from mailstack.fsutil import write_file_synced
+from mailstack.maildir.flags import TooManyKeywords
+from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
 from mailstack.maildir.mailbox import Mailbox
+from mailstack.maildir.owner import Owner
+from mailstack.maildir.quota import UsageCache
+
+if TYPE_CHECKING:
+    from mailstack.accounts.store import AccountLookup
+
+log = Logger()
 
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
                "Archive": "\\Archive"}
 SUBSCRIPTIONS_FILE = "subscriptions"
 DELIMITER = "."
+
+IO = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
 class FolderError(Exception):
@@ -57,11 +86,22 @@ def normal_name(name: str) -> str:
 class MailStore:
     """Hands out one shared :class:`Mailbox` per folder path and manages folders."""
 
-    def __init__(self, layout: MaildirLayout, hostname: str = "localhost") -> None:
+    def __init__(self, layout: MaildirLayout, hostname: str = "localhost", *,
+                 accounts: AccountLookup | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.layout = layout
+        self.monotonic = monotonic
+        self.own_change = False  # set while IMAP sessions announce a change made through a Mailbox
         self.hostname = hostname
+        self.accounts = accounts  # quotas; None: no limits
+        self._usage = UsageCache()
         self._open: dict[Path, Mailbox] = {}
         self._loading: dict[Path, list[Deferred[Mailbox]]] = {}
+        self._replaced: set[Path] = set()  # vanished while open: load with a new UIDVALIDITY
+        self._owners: dict[str, Owner] = {}  # user -> one change to their folders at a time
+        self._temp_names = itertools.count()
+        self._uidvalidity_lock = threading.Lock()  # io threads issue UIDVALIDITY values
+        self._last_uidvalidity: dict[str, int] = {}
 
     def _path(self, user: str, name: str) -> Path:
         try:
@@ -69,70 +109,147 @@ class MailStore:
         except (InvalidFolder, InvalidAddress):
             raise FolderError(f"invalid mailbox name {name!r}", "CANNOT") from None
 
-    def exists(self, user: str, name: str) -> bool:
-        return (self._path(user, name) / "cur").is_dir()
+    def _issue_uidvalidity(self, user: str) -> int:
+        """Strictly increasing per user, also when the user's Maildir was removed meanwhile."""
+        root = self.layout.maildir_path(user, None)
+        with self._uidvalidity_lock:
+            value = issue_uidvalidity(root, self._last_uidvalidity.get(user, 0) + 1)
+            self._last_uidvalidity[user] = value
+        return value
 
-    def mailbox(self, user: str, name: str, *, create_inbox: bool = True) -> Mailbox:
-        path = self._path(user, name)
-        if is_inbox(name) and create_inbox:
-            self.layout.ensure(path)
+    def _ensure(self, path: Path) -> None:
+        """Create a Maildir, also when it was created before and removed since (io thread)."""
         if not (path / "cur").is_dir():
-            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
-        box = self._open.get(path)
-        if box is None:
-            box = Mailbox(path, self.hostname)
-            self._open[path] = box
-        return box
+            self.layout.forget(path)
+        self.layout.ensure(path)
 
-    async def open(self, user: str, name: str, io: Callable[..., Awaitable[Any]]) -> Mailbox:
-        """Like :meth:`mailbox`, but a folder not open yet is first read on ``io`` (a thread).
+    async def _as_owner(self, user: str, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` once no other change to ``user``'s folders is running (to its end)."""
+        owner = self._owners.get(user)
+        if owner is None:
+            owner = self._owners[user] = Owner(user)
+        try:
+            return await owner.run(work)
+        finally:
+            if not owner.busy:
+                self._owners.pop(user, None)
+
+    async def _on_io(self, user: str, io: IO, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``io`` as the owner of ``user``'s folders."""
+        async def call() -> T:
+            result: T = await io(fn, *args)
+            return result
+
+        return await self._as_owner(user, call())
+
+    def _temp_path(self, directory: Path, name: str) -> Path:
+        """A temp file name no other writer in any process uses at the same time."""
+        return directory / f"{name}.tmp.{os.getpid()}.{threading.get_ident()}.{next(self._temp_names)}"
+
+    # -- quota ------------------------------------------------------------------------
+
+    def quota_of(self, user: str) -> int:
+        """The user's limit in bytes (0: none), read from the account store's memory each time."""
+        account = self.accounts.get_user(user) if self.accounts is not None else None
+        return account.quota if account is not None else 0
+
+    async def check_quota(self, user: str, size: int, io: IO) -> None:
+        """Refuse ``size`` more bytes that would not fit (RFC 5530 OVERQUOTA); usage is read on ``io``."""
+        quota = self.quota_of(user)
+        if quota <= 0 or size <= 0:
+            return
+        root = str(self.layout.maildir_path(user, None))
+        used = await io(self._usage.usage, root)
+        if used + size > quota:
+            log.info("quota refused {size} bytes for {user}: {used} of {quota} used",
+                     size=size, user=user, used=used, quota=quota)
+            raise FolderError("Mailbox is full" if size <= quota else "Message exceeds the mailbox quota",
+                              "OVERQUOTA")
+
+    def usage_added(self, user: str, size: int) -> None:
+        self._usage.add(str(self.layout.maildir_path(user, None)), size)
+
+    def usage_changed(self, user: str) -> None:
+        """Messages were removed: measure again next time."""
+        self._usage.invalidate(str(self.layout.maildir_path(user, None)))
+
+    # -- mailboxes --------------------------------------------------------------------
+
+    async def exists(self, user: str, name: str, io: IO) -> bool:
+        return bool(await io(os.path.isdir, self._path(user, name) / "cur"))
+
+    async def open(self, user: str, name: str, io: IO, *, restore_folders: bool = True) -> Mailbox:
+        """The folder's shared :class:`Mailbox`, refreshed; a folder not open yet is read on ``io``.
 
         Reading a large folder's index and directories takes long; concurrent
-        openers of the same folder wait for the one load.
+        openers of the same folder wait for the one load. An open mailbox whose
+        directory vanished or was replaced is dropped and loaded again with a
+        new UIDVALIDITY (whatever index a restored backup brought), so no client
+        mistakes new UIDs for old ones. When INBOX vanished, the whole Maildir
+        did: the special-use folders are made again too, unless the caller
+        already owns the user's folder tree (``restore_folders=False``).
         """
         path = self._path(user, name)
         box = self._open.get(path)
         if box is not None:
-            return box
-        if not is_inbox(name) and not (path / "cur").is_dir():
-            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT")
+            await box.refresh()
+            if not box.gone:
+                return box
+            if self._open.get(path) is box:
+                del self._open[path]
+                self._replaced.add(path)
+            if is_inbox(name) and restore_folders:  # the Maildir went: special-use folders come back
+                await self.setup_user(user, io)
         waiters = self._loading.get(path)
         if waiters is not None:
             d: Deferred[Mailbox] = Deferred()
             waiters.append(d)
             return await d
         self._loading[path] = []
+        fresh = path in self._replaced
         try:
-            loaded = await io(self._load, user, name, path)
+            loaded = await io(self._load, user, name, path, io, fresh)
         except Exception as e:
             for waiter in self._loading.pop(path, []):
                 waiter.errback(e)
             raise
+        self._replaced.discard(path)
         box = self._open.setdefault(path, loaded)
         for waiter in self._loading.pop(path, []):
             waiter.callback(box)
         return box
 
-    def _load(self, user: str, name: str, path: Path) -> Mailbox:
+    def _load(self, user: str, name: str, path: Path, io: IO, fresh: bool) -> Mailbox:
         if is_inbox(name):
-            self.layout.ensure(path)
-        return Mailbox(path, self.hostname)
+            self._ensure(path)
+        try:
+            return Mailbox.load(path, self.hostname, io=io, uidvalidity=lambda: self._issue_uidvalidity(user),
+                                fresh=fresh, monotonic=self.monotonic)
+        except FileNotFoundError:
+            raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
 
-    def setup_user(self, user: str) -> None:
-        """INBOX and the RFC 6154 special-use folders, on first login."""
+    async def setup_user(self, user: str, io: IO) -> None:
+        """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""
+        await self._on_io(user, io, self._setup_user, user)
+
+    def _setup_user(self, user: str) -> None:
         inbox = self.layout.maildir_path(user, None)
-        self.layout.ensure(inbox)
+        self._ensure(inbox)  # also after the whole Maildir was removed under a running server
         marker = inbox / "mailstack-special-use"  # written once the folders exist
         if marker.exists():
             return
         for name in SPECIAL_USE:
-            self.layout.ensure(self.layout.maildir_path(user, name))
+            self._ensure(self.layout.maildir_path(user, name))
         if SUBSCRIPTIONS_FILE not in os.listdir(inbox):
             self._write_subscriptions(user, ["INBOX", *SPECIAL_USE])
         marker.touch()
 
-    def folders(self, user: str) -> list[str]:
-        """Every existing folder name (INBOX first), UTF-8 decoded."""
+    async def folders(self, user: str, io: IO) -> list[str]:
+        """Every existing folder name (INBOX first), UTF-8 decoded; listed on ``io``."""
+        names: list[str] = await io(self._folders, user)
+        return names
+
+    def _folders(self, user: str) -> list[str]:
         root = self.layout.maildir_path(user, None)
         names = ["INBOX"]
         try:
@@ -145,88 +262,132 @@ class MailStore:
                 names.append(entry[1:])
         return names
 
-    def create(self, user: str, name: str) -> None:
+    def _exists(self, user: str, name: str) -> bool:
+        return (self._path(user, name) / "cur").is_dir()
+
+    # -- CREATE / DELETE / RENAME -------------------------------------------------------
+
+    async def create(self, user: str, name: str, io: IO) -> None:
+        self._path(user, name.rstrip(DELIMITER) or name)  # validates before queueing
+        await self._on_io(user, io, self._create, user, name)
+
+    def _create(self, user: str, name: str) -> None:
         name = normal_name(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) else normal_name(name)
-        if is_inbox(name) or self.exists(user, name):
+        if is_inbox(name) or self._exists(user, name):
             raise FolderError("mailbox already exists", "ALREADYEXISTS")
         levels = name.split(DELIMITER)
         for i in range(1, len(levels) + 1):  # RFC 3501 §6.3.3: create missing superiors
             part = DELIMITER.join(levels[:i])
             if not is_inbox(part):
-                self.layout.ensure(self._path(user, part))
+                self._ensure(self._path(user, part))
 
-    def delete(self, user: str, name: str) -> None:
+    async def delete(self, user: str, name: str, io: IO) -> None:
         if is_inbox(name):
             raise FolderError("INBOX cannot be deleted", "CANNOT")
         path = self._path(user, name)
+
+        async def delete() -> None:
+            await io(self._delete, path)
+            self._retire(path)
+
+        await self._as_owner(user, delete())
+
+    def _delete(self, path: Path) -> None:
         if not (path / "cur").is_dir():
             raise FolderError("no such mailbox", "NONEXISTENT")
-        grave = path.parent / (".." + path.name[1:] + f".deleted-{os.getpid()}-{id(path)}")
+        grave = path.parent / (".." + path.name[1:] + f".deleted-{os.getpid()}-{next(self._temp_names)}")
         os.rename(path, grave)  # atomic: the folder is gone for everyone at once
         fsync_directory(str(path.parent))
-        self._open.pop(path, None)
         self.layout.forget(path)
         shutil.rmtree(grave, ignore_errors=True)
 
-    def rename(self, user: str, old: str, new: str) -> None:
+    async def rename(self, user: str, old: str, new: str, io: IO) -> None:
         old, new = normal_name(old), normal_name(new)
-        if is_inbox(new) or self.exists(user, new):
+        self._path(user, old), self._path(user, new)  # validates
+
+        async def rename() -> None:
+            if is_inbox(old):
+                await self._rename_inbox(user, new, io)
+                return
+            moved: list[Path] = await io(self._rename, user, old, new)
+            for src in moved:
+                self._retire(src)
+
+        await self._as_owner(user, rename())
+
+    def _retire(self, path: Path) -> None:
+        """Forget the mailbox of a folder deleted or renamed; sessions holding it see it gone."""
+        box = self._open.pop(path, None)
+        if box is not None:
+            box.retire()
+
+    def _rename(self, user: str, old: str, new: str) -> list[Path]:
+        if is_inbox(new) or self._exists(user, new):
             raise FolderError("target mailbox already exists", "ALREADYEXISTS")
-        if not self.exists(user, old):
+        if not self._exists(user, old):
             raise FolderError("no such mailbox", "NONEXISTENT")
-        new_path = self._path(user, new)
-        if is_inbox(old):
-            self._rename_inbox(user, new)
-            return
         root = self.layout.maildir_path(user, None)
-        moves = [(self._path(user, old), new_path)]
+        moves = [(self._path(user, old), self._path(user, new))]
         prefix = old + DELIMITER
-        for child in self.folders(user)[1:]:
+        for child in self._folders(user)[1:]:
             if child.startswith(prefix):
                 moves.append((self._path(user, child), self._path(user, new + child[len(old):])))
         levels = new.split(DELIMITER)
         for i in range(1, len(levels)):
             part = DELIMITER.join(levels[:i])
-            if not is_inbox(part) and not self.exists(user, part):
-                self.layout.ensure(self._path(user, part))
+            if not is_inbox(part) and not self._exists(user, part):
+                self._ensure(self._path(user, part))
         for src, dst in moves:
             os.rename(src, dst)
-            self._open.pop(src, None)
             self.layout.forget(src)
         fsync_directory(str(root))
+        return [src for src, _ in moves]
 
-    def _rename_inbox(self, user: str, new: str) -> None:
+    async def _rename_inbox(self, user: str, new: str, io: IO) -> None:
         """RFC 3501 §6.3.5: move INBOX's messages to the new folder, leave INBOX empty."""
-        self.create(user, new)
-        src = self.mailbox(user, "INBOX")
-        dst = self.mailbox(user, new)
-        src.refresh(force=True)
+        await io(self._create, user, new)
+        src = await self.open(user, "INBOX", io, restore_folders=False)  # we own the folder tree now
+        dst = await self.open(user, new, io)
+        await src.refresh(force=True)
         moving = list(src.messages)
-        dst.add_links([(src.file_path(m), m.size, dst.keywords.letters_of(src.flags(m)), m.internal_date)
-                       for m in moving], move=True)  # keyword letters are per folder: translate
-        src.detach(*moving)
-        src.save_index()
+        try:  # keyword letters are per folder: translate
+            items = [(src.file_path(m), m.size, await dst.letters_of(src.flags(m)), m.internal_date)
+                     for m in moving]
+        except TooManyKeywords:
+            raise FolderError("too many keywords in the target mailbox", "LIMIT") from None
+        placed = await dst.add_links(items, move=True)
+        await src.detach(*(m for m, p in zip(moving, placed, strict=True) if p is not None))
 
     # -- subscriptions --------------------------------------------------------------
 
-    def subscriptions(self, user: str) -> list[str]:
+    async def subscriptions(self, user: str, io: IO) -> list[str]:
+        names: list[str] = await io(self._subscriptions, user)
+        return names
+
+    def _subscriptions(self, user: str) -> list[str]:
         path = self.layout.maildir_path(user, None) / SUBSCRIPTIONS_FILE
         try:
             return [line for line in path.read_text("utf-8").splitlines() if line]
         except FileNotFoundError:
             return []
 
-    def subscribe(self, user: str, name: str, on: bool) -> None:
+    async def subscribe(self, user: str, name: str, on: bool, io: IO) -> None:
         self._path(user, name)  # validates
-        name = normal_name(name)
-        subs = [s for s in self.subscriptions(user) if s != name]
+        await self._on_io(user, io, self._subscribe, user, normal_name(name), on)
+
+    def _subscribe(self, user: str, name: str, on: bool) -> None:
+        subs = [s for s in self._subscriptions(user) if s != name]
         if on:
             subs.append(name)
         self._write_subscriptions(user, subs)
 
     def _write_subscriptions(self, user: str, names: list[str]) -> None:
         root = self.layout.maildir_path(user, None)
-        self.layout.ensure(root)
-        tmp = root / (SUBSCRIPTIONS_FILE + ".tmp")
-        tmp.write_text("".join(n + "\n" for n in names), "utf-8")
-        os.replace(tmp, root / SUBSCRIPTIONS_FILE)
+        self._ensure(root)
+        tmp = self._temp_path(root, SUBSCRIPTIONS_FILE)
+        try:
+            write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              "".join(n + "\n" for n in names).encode("utf-8"))
+            os.replace(tmp, root / SUBSCRIPTIONS_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left if the write failed

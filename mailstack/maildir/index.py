@@ -1,19 +1,36 @@
 """The per-folder UID index: UIDVALIDITY, UIDNEXT and a cache of message facts.
 
 RFC 3501 §2.3.1.1: UIDs are strictly ascending and never reused within one
-UIDVALIDITY. The file ``mailstack-index`` in each folder holds::
+UIDVALIDITY. The index is a snapshot, ``mailstack-index``::
 
     mailstack-index 1 <uidvalidity> <uidnext> <highest UID whose \\Recent was claimed>
     <uid> <size> <internal date, epoch seconds> <base name>
     ...
 
+plus an append-only log of what changed since, ``mailstack-index.log``::
+
+    + <uid> <size> <internal date> <base name>     a message got a UID
+    - <uid>                                         a message went away
+    r <uid>                                         \\Recent claimed up to this UID
+
 so SELECT, STATUS and ``FETCH (FLAGS RFC822.SIZE INTERNALDATE)`` are answered
-from a directory listing (flags live in file names) plus this file, without
-opening messages. It is replaced atomically (write to a temp file, fsync,
-rename, fsync the directory): a crash leaves the old or the new index, and a
-UID is only shown to a client after the index that records it (and the
-UIDNEXT past it) is durable. A missing or unreadable index is rebuilt with a
-new UIDVALIDITY, as the RFC requires when UIDs cannot be kept.
+from a directory listing (flags live in file names) plus these files, without
+opening messages. A new UID costs one appended line, fsynced before a client
+sees the UID (so UIDNEXT survives restarts); removals and \\Recent claims are
+appended without waiting for the disk (losing them only costs a rescan or a
+message shown as recent again). When the log outgrows the folder, the snapshot
+is rewritten atomically (temp file, fsync, rename, directory fsync) and the log
+removed; replaying a log over a newer snapshot skips what the snapshot already
+holds, so a crash between the two steps is harmless. A missing or damaged index
+is rebuilt with a new UIDVALIDITY, as the RFC requires when UIDs cannot be kept;
+a log whose last line was torn by a crash loses only that line (it was never
+fsynced, so no client saw its UID).
+
+UIDVALIDITY values are issued per user by :func:`issue_uidvalidity`: strictly
+increasing (the last one issued is kept in ``mailstack-uidvalidity`` at the top
+of the user's Maildir), so a folder deleted and created again within one
+second, or after the clock went back, never shows an old UIDVALIDITY with new
+UIDs behind it.
 """
 
 from __future__ import annotations
@@ -25,6 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INDEX_FILE = "mailstack-index"
+LOG_FILE = "mailstack-index.log"
+COMPACT_MIN_RECORDS = 1000  # the log is folded into the snapshot past max(this, message count) lines
+UIDVALIDITY_FILE = "mailstack-uidvalidity"
 _MAGIC = "mailstack-index 1"
 
 
@@ -45,7 +65,29 @@ class IndexData:
 
 
 def new_uidvalidity() -> int:
+    """A time-based UIDVALIDITY, for a folder outside any user's Maildir (tests, tools)."""
     return max(1, int(time.time()) & 0xFFFFFFFF)
+
+
+def issue_uidvalidity(user_root: Path, floor: int = 0) -> int:
+    """The next UIDVALIDITY for one user: max(now, last issued + 1, floor), recorded durably.
+
+    Blocks (a small file write and fsync); callers serialise calls per user.
+    """
+    path = user_root / UIDVALIDITY_FILE
+    try:
+        last = int(path.read_text("ascii").strip() or 0)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        last = 0
+    value = max(new_uidvalidity(), last + 1, floor)
+    tmp = user_root / f"{UIDVALIDITY_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(b"%d\n" % value)
+        f.flush()
+        os.fsync(fd)
+    os.replace(tmp, path)
+    return value
 
 
 def read_index(folder: Path) -> IndexData | None:
@@ -92,9 +134,102 @@ def write_index(folder: Path, data: IndexData, *, durable: bool = True) -> None:
         if durable:
             os.fsync(fd)
     os.replace(tmp, folder / INDEX_FILE)
-    if not durable:
-        return
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if durable:
+        _fsync_dir(folder)
+
+
+class IndexLog:
+    """One folder's snapshot and log. Blocking; used by one thread at a time (the folder's owner)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.records = 0  # lines in the log since the last snapshot
+        self._log_durable = False  # the log's directory entry is known to be on disk
+
+    def load(self) -> IndexData | None:
+        """Snapshot plus log replayed, or None when either is damaged."""
+        data = read_index(self.folder)
+        if data is None:
+            return None
+        try:
+            with open(self.folder / LOG_FILE, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            self.records = 0
+            return data
+        except UnicodeDecodeError:
+            return None
+        lines = text.split("\n")
+        lines.pop()  # after the last newline: empty, or a line torn by a crash
+        if not _replay(data, lines):
+            return None
+        self.records = len(lines)
+        self._log_durable = True
+        return data
+
+    def append(self, records: list[str], durable: bool) -> None:
+        """Add lines to the log; with ``durable``, they are on disk when this returns."""
+        if not records:
+            return
+        path = self.folder / LOG_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            data = "".join(r + "\n" for r in records).encode("utf-8")
+            while data:
+                data = data[os.write(fd, data):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.records += len(records)
+        if durable and not self._log_durable:  # a new log file: make its name durable too
+            _fsync_dir(self.folder)
+            self._log_durable = True
+
+    def needs_compaction(self, messages: int) -> bool:
+        return self.records > max(COMPACT_MIN_RECORDS, messages)
+
+    def compact(self, data: IndexData) -> None:
+        """Write ``data`` as the new snapshot, then drop the log it covers."""
+        write_index(self.folder, data)
+        try:
+            os.unlink(self.folder / LOG_FILE)
+        except FileNotFoundError:
+            pass
+        self.records = 0
+        self._log_durable = False
+
+
+def _replay(data: IndexData, lines: list[str]) -> bool:
+    """Apply log lines to a snapshot; False when a line makes no sense (damage)."""
+    snapshot_next = data.uidnext
+    by_uid = {e.uid: e for e in data.entries}
+    try:
+        for line in lines:
+            kind, _, rest = line.partition(" ")
+            if kind == "+":
+                uid_text, size, date, base = rest.split(" ", 3)
+                uid = int(uid_text)
+                if uid < snapshot_next:  # already in the snapshot (a crash during compaction)
+                    continue
+                if uid < data.uidnext or not base:
+                    return False
+                by_uid[uid] = Entry(uid, int(size), int(date), base)
+                data.uidnext = uid + 1
+            elif kind == "-":
+                by_uid.pop(int(rest), None)
+            elif kind == "r":
+                data.last_claimed = max(data.last_claimed, int(rest))
+            else:
+                return False
+    except ValueError:
+        return False
+    data.entries = [by_uid[u] for u in sorted(by_uid)]
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
     finally:

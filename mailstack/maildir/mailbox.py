@@ -6,29 +6,55 @@ path), so a flag change or expunge by one session is visible to the others at
 once; changes by other processes are found by :meth:`Mailbox.refresh`, which
 lists ``new/`` and ``cur/`` only when their modification times moved.
 
+The mailbox is the one owner of its folder in this process. Its changes
+(refresh, append, copy, move, flag renames, expunge) run one at a time, in
+order, through a lock; their disk work runs through ``io`` (the bounded io
+thread pool) and the in-memory state is changed afterwards on the calling
+(reactor) thread. While a change holds the lock its disk half may read the
+in-memory state, because nothing else changes it meanwhile. A change, once
+started, runs to its end even if the session that asked stops waiting, so the
+disk and the memory never disagree. New UIDs are appended to the index log
+(:mod:`.index`) and fsynced before the change is applied, so no client sees
+a UID the disk does not know.
+
 \\Recent (RFC 3501 §2.3.2): a message is recent for exactly one session. New
 messages start "unclaimed"; the first read-write session to see them claims
-them (and moves them from ``new/`` to ``cur/``, as Maildir readers do);
-EXAMINE and STATUS count unclaimed ones without claiming.
+them; EXAMINE and STATUS count unclaimed ones without claiming.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from mailstack.maildir.flags import Keywords, split_name
-from mailstack.maildir.index import Entry, IndexData, new_uidvalidity, read_index, write_index
+from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
+from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
+from mailstack.maildir.index import INDEX_FILE, Entry, IndexData, IndexLog, new_uidvalidity
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
+from mailstack.maildir.owner import Owner
 
 MTIME_SLACK_NS = 1_000_000_000
+RECHECK_SECONDS = 1.0  # between commands, the directories are looked at again after this long
 HEADER_CACHE_LIMIT = 20_000
 HEADER_CACHE_BYTES = 8192
+
+IO = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
+Where = tuple[str, str, str]  # (subdir, sorted info letters, file name) of a message found on disk
+
+
+async def inline_io(fn: Callable[..., Any], *args: Any) -> Any:
+    """``io`` for tools and tests: the work runs at once on the calling thread."""
+    return fn(*args)
+
+
+class MailboxGone(Exception):
+    """The folder's directory was removed (or replaced by another) while it was open."""
 
 
 @dataclass(slots=True)
@@ -47,13 +73,34 @@ class Message:
         return self.base if self.subdir == "new" else f"{self.base}:2,{self.letters}"
 
 
-class Mailbox:
-    """The state of one Maildir folder; every method runs on one thread at a time."""
+@dataclass(slots=True)
+class Change:
+    """What a refresh found on disk (made on the io thread, applied on the owner's thread)."""
 
-    def __init__(self, path: Path, hostname: str = "localhost") -> None:
+    stamp: tuple[int, int] = (0, 0)
+    taken: int = 0
+    vanished: bool = False
+    keywords: tuple[int, list[str]] | None = None
+    removed: list[Message] = field(default_factory=list)
+    renamed: list[tuple[Message, Where]] = field(default_factory=list)
+    added: list[Message] = field(default_factory=list)  # with their UIDs, already in the log
+    uidnext: int = 0
+
+
+class Mailbox:
+    """The state of one Maildir folder; see the module docstring for who may change what."""
+
+    def __init__(self, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
+                 uidvalidity: Callable[[], int] = new_uidvalidity,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self._monotonic = monotonic
+        self._checked = float("-inf")  # when the directories were last compared (monotonic)
+        self._stale = True  # someone said the folder changed: look at the next chance
         self._dir = str(path)
         self.hostname = hostname
+        self._io = io
+        self._new_uidvalidity = uidvalidity
         self.keywords = Keywords(path)
         self.messages: list[Message] = []
         self.by_base: dict[str, Message] = {}
@@ -64,52 +111,121 @@ class Mailbox:
         self.unclaimed: set[int] = set()
         self.header_cache: dict[int, bytes] = {}  # UID -> header bytes, for SEARCH on headers
         self.version = 0  # bumped on every change, so sessions know when to compare
+        self.gone = False  # the directory vanished: the mailbox reads as empty from now on
         self._stamp: tuple[int, int] | None = None
         self._stamp_taken = 0
-        self._load()
+        self._identity: tuple[int, int] | None = None
+        self._index_seen: tuple[int, int] | None = None
+        self._log = IndexLog(path)
+        self._owner = Owner(str(path))
 
-    # -- loading and refreshing --------------------------------------------------
+    @classmethod
+    def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
+             uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False,
+             monotonic: Callable[[], float] = time.monotonic) -> Mailbox:
+        """Read a folder (blocking: call it on the io pool; the object is not shared yet).
 
-    def _load(self) -> None:
-        data = read_index(self.path)
+        ``fresh``: ignore any index, as for a Maildir restored under a running server.
+        Raises FileNotFoundError when the folder does not exist.
+        """
+        box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic)
+        box._load(fresh)
+        return box
+
+    # -- loading (on the io thread, before the object is shared) ------------------------------
+
+    def _load(self, fresh: bool) -> None:
+        self._checked, self._stale = self._monotonic(), False
+        self._identity = self._dir_identity()
+        self._index_seen = self._index_identity()
+        data = None if fresh else self._log.load()
+        rebuilt = data is None
         if data is None:
-            data = IndexData(new_uidvalidity(), 1, [])
-            self._index_known = False
-        else:
-            self._index_known = True
+            data = IndexData(self._new_uidvalidity(), 1, [])
         self.uidvalidity, self.uidnext = data.uidvalidity, data.uidnext
         self.last_claimed = data.last_claimed
-        self._cached = {e.base: e for e in data.entries}
-        rebuilt = not self._index_known
-        self.refresh(force=True)
+        change = self._refresh_work(True, {e.base: e for e in data.entries})
+        assert change is not None
+        self._apply(change)
         if rebuilt:  # a Maildir without our index: what readers left in new/ is recent
             in_new = [m.uid for m in self.messages if m.subdir == "new"]
             self.last_claimed = (min(in_new) if in_new else self.uidnext) - 1
-            self.save_index()
+            self._compact()
+        elif self._log.needs_compaction(len(self.messages)):
+            self._compact()
         self.unclaimed = {m.uid for m in self.messages if m.uid > self.last_claimed}
 
-    def _restamp(self) -> None:
-        """After our own change: the new stamp, so it is not mistaken for someone else's."""
-        self._stamp = self._dir_stamp()
-        self._stamp_taken = time.time_ns()
+    # -- refreshing ---------------------------------------------------------------------------
+
+    def _dir_identity(self) -> tuple[int, int]:
+        st = os.stat(f"{self._dir}/cur")
+        return (st.st_dev, st.st_ino)
+
+    def _index_identity(self) -> tuple[int, int] | None:
+        """Which index file is there: a removed and re-created folder has none or another one."""
+        try:
+            st = os.stat(self.path / INDEX_FILE)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
 
     def _dir_stamp(self) -> tuple[int, int]:
         return (os.stat(f"{self._dir}/new").st_mtime_ns, os.stat(f"{self._dir}/cur").st_mtime_ns)
 
-    def refresh(self, force: bool = False) -> bool:
-        """Bring the state in line with the directories; True when something changed."""
+    async def refresh(self, force: bool = False, *, eager: bool = True) -> bool:
+        """Bring the state in line with the directories; True when something changed.
+
+        ``force`` lists the directories even if their modification times did not
+        move. Without ``eager`` (the check before an ordinary command), nothing is
+        looked at if that was done less than RECHECK_SECONDS ago and nobody
+        called :meth:`mark_stale` since: a trip to the io pool per pipelined
+        command would cost more than the command. Changes made through this
+        process reach the shared object at once anyway.
+        """
+        if self.gone:
+            return False
+        if not (force or eager or self._stale) and self._monotonic() - self._checked < RECHECK_SECONDS:
+            return False
+        return await self._owner.run(self._refresh(force))
+
+    def mark_stale(self) -> None:
+        """Another writer (local delivery) changed the folder: look at the next refresh."""
+        self._stale = True
+
+    async def _refresh(self, force: bool = False) -> bool:
+        """:meth:`refresh` for a caller that already is the owner."""
+        if self.gone:
+            return False
+        self._stale = False
+        started = self._monotonic()
         try:
+            change = await self._disk(self._refresh_work, force, None)
+        except MailboxGone:
+            return True
+        self._checked = started
+        if change is None:
+            return False
+        changed = self._apply(change)
+        await self._compact_if_due()
+        return changed
+
+    def _refresh_work(self, force: bool, cached: dict[str, Entry] | None) -> Change | None:
+        """The disk half of a refresh (io thread): list, compare, give new files UIDs in the log."""
+        try:
+            identity: tuple[int, int] | None = self._dir_identity()
             stamp = self._dir_stamp()
         except FileNotFoundError:
-            stamp = (0, 0)
+            identity, stamp = None, (0, 0)
+        if identity != self._identity:
+            return Change(vanished=True)
         # A directory changed twice within one mtime tick shows one mtime: trust an unchanged
         # stamp only if it was taken a full second after that mtime (coarse file systems).
         if not force and stamp == self._stamp and self._stamp_taken > max(stamp) + MTIME_SLACK_NS:
-            return False
-        self._stamp = stamp
-        self._stamp_taken = time.time_ns()
-        self.keywords.load()
-        found: dict[str, tuple[str, str, str]] = {}
+            return None
+        if cached is None and self._index_identity() != self._index_seen:
+            return Change(vanished=True)  # the directory came back (same inode), not with our index
+        change = Change(stamp, time.time_ns(), keywords=self.keywords.read(), uidnext=self.uidnext)
+        found: dict[str, Where] = {}
         for sub in ("new", "cur"):
             try:
                 names = os.listdir(f"{self._dir}/{sub}")
@@ -120,52 +236,79 @@ class Mailbox:
                     continue
                 base, letters = split_name(name)
                 found[base] = (sub, "".join(sorted(letters)) if sub == "cur" else "", name)
-        changed = self._reconcile(found)
+        for m in self.messages:
+            where = found.get(m.base)
+            if where is None:
+                change.removed.append(m)
+            elif (m.subdir, m.letters, m.name) != where:
+                change.renamed.append((m, where))
+        new_bases = [b for b in found if b not in self.by_base]
+        cached = cached or {}
+        records = [f"- {m.uid}" for m in change.removed]
+        records += [f"- {e.uid}" for b, e in cached.items() if b not in found]
+        for base in sorted((b for b in new_bases if b in cached), key=lambda b: cached[b].uid):
+            e = cached[base]
+            sub, letters, name = found[base]
+            change.added.append(Message(e.uid, base, sub, letters, e.size, e.internal_date, name))
+        fresh = sorted((b for b in new_bases if b not in cached), key=delivery_order)
+        for base in fresh:
+            sub, letters, name = found[base]
+            size, date = self._facts(sub, name)
+            msg = Message(change.uidnext, base, sub, letters, size, date, name)
+            change.uidnext += 1
+            change.added.append(msg)
+            records.append(f"+ {msg.uid} {size} {date} {base}")
+        self._log.append(records, durable=bool(fresh))  # durable before any client sees these UIDs
+        return change
+
+    def _apply(self, change: Change) -> bool:
+        """The in-memory half of a refresh (the owner's thread)."""
+        if change.vanished:
+            self._vanish()
+            return True
+        self._stamp, self._stamp_taken = change.stamp, change.taken
+        self.keywords.apply(change.keywords)
+        changed = False
+        for m, where in change.renamed:
+            if (m.subdir, m.letters) != where[:2]:
+                changed = True
+            m.subdir, m.letters, m.name = where
+        if change.removed:
+            self._forget(change.removed)
+            changed = True
+        if change.added:
+            known = {m.uid for m in change.added if m.uid < self.uidnext}
+            for msg in change.added:
+                self._add(msg)
+                if msg.uid not in known:
+                    self.unclaimed.add(msg.uid)
+            changed = True
+        self.uidnext = max(self.uidnext, change.uidnext)
         if changed:
             self.version += 1
         return changed
 
-    def _reconcile(self, found: dict[str, tuple[str, str, str]]) -> bool:
-        changed = False
-        index_dirty = False
-        if self.by_base:
-            keep = []
-            for m in self.messages:
-                where = found.get(m.base)
-                if where is None:
-                    del self.by_base[m.base], self.by_uid[m.uid]
-                    self.unclaimed.discard(m.uid)
-                    changed = index_dirty = True
-                    continue
-                if (m.subdir, m.letters, m.name) != where:
-                    if (m.subdir, m.letters) != where[:2]:
-                        changed = True
-                    m.subdir, m.letters, m.name = where
-                keep.append(m)
-            self.messages = keep
-        new_bases = [b for b in found if b not in self.by_base]
-        if new_bases:
-            known = [b for b in new_bases if b in self._cached]
-            fresh = sorted((b for b in new_bases if b not in self._cached), key=_delivery_order)
-            for base in sorted(known, key=lambda b: self._cached[b].uid):
-                e = self._cached[base]
-                sub, letters, name = found[base]
-                self._add(Message(e.uid, base, sub, letters, e.size, e.internal_date, name))
-            for base in fresh:
-                sub, letters, name = found[base]
-                size, date = self._facts(sub, name)
-                msg = Message(self.uidnext, base, sub, letters, size, date, name)
-                self.uidnext += 1
-                self._add(msg)
-                self.unclaimed.add(msg.uid)
-            if known and fresh:
-                self.messages.sort(key=lambda m: m.uid)
-            changed = True
-            index_dirty = index_dirty or bool(fresh) or len(known) != len(self._cached)
-        self._cached = {}
-        if index_dirty or not self._index_known:
-            self.save_index()
-        return changed
+    def retire(self) -> None:
+        """This process deleted or renamed the folder: the object owns it no more.
+
+        Sessions that still hold it see every message expunged; changes queued
+        before this one finish first.
+        """
+        self._owner.in_background(self._retire())
+
+    async def _retire(self) -> None:
+        if not self.gone:
+            self._vanish()
+
+    def _vanish(self) -> None:
+        """The directory is gone or another took its place: every message is expunged."""
+        self.gone = True
+        self.messages = []
+        self.by_base.clear()
+        self.by_uid.clear()
+        self.unclaimed.clear()
+        self.header_cache.clear()
+        self.version += 1
 
     def _add(self, msg: Message) -> None:
         if self.messages and msg.uid < self.messages[-1].uid:
@@ -176,34 +319,75 @@ class Mailbox:
         self.by_base[msg.base] = msg
         self.by_uid[msg.uid] = msg
 
+    def _forget(self, msgs: Iterable[Message]) -> None:
+        gone = set()
+        for msg in msgs:
+            if self.by_uid.pop(msg.uid, None) is None:
+                continue
+            self.by_base.pop(msg.base, None)
+            self.unclaimed.discard(msg.uid)
+            self.header_cache.pop(msg.uid, None)
+            gone.add(msg.uid)
+        if gone:
+            self.messages = [m for m in self.messages if m.uid not in gone]
+
     def _facts(self, sub: str, name: str) -> tuple[int, int]:
         base = name.split(":", 1)[0]
-        st = os.stat(f"{self._dir}/{sub}/{name}")
+        try:
+            st = os.stat(f"{self._dir}/{sub}/{name}")
+        except FileNotFoundError:  # renamed or removed while we looked: the name still tells the size
+            size = size_from_name(base)
+            return (size or 0), int(time.time())
         size = size_from_name(base)
         return (size if size is not None else st.st_size), int(st.st_mtime)
 
-    def save_index(self, *, durable: bool = True) -> None:
-        entries = [Entry(m.uid, m.size, m.internal_date, m.base) for m in self.messages]
-        write_index(self.path, IndexData(self.uidvalidity, self.uidnext, entries, self.last_claimed),
-                    durable=durable)
-        self._index_known = True
+    # -- the index ----------------------------------------------------------------------------
 
-    # -- reading ------------------------------------------------------------------------
+    def _snapshot(self) -> IndexData:
+        entries = [Entry(m.uid, m.size, m.internal_date, m.base) for m in self.messages]
+        return IndexData(self.uidvalidity, self.uidnext, entries, self.last_claimed)
+
+    def _compact(self) -> None:
+        """Fold the log into a new snapshot (io thread, as the owner)."""
+        self._log.compact(self._snapshot())
+        self._index_seen = self._index_identity()
+
+    async def _compact_if_due(self) -> None:
+        if not self.gone and self._log.needs_compaction(len(self.messages)):
+            await self._io(self._compact)
+
+    # -- ownership ----------------------------------------------------------------------------
+
+    async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
+        """``io`` for a change; a folder that vanished underneath raises MailboxGone."""
+        try:
+            result: T = await self._io(fn, *args)
+        except FileNotFoundError:
+            if await self._io(os.path.isdir, f"{self._dir}/cur"):
+                raise
+            self._vanish()
+            raise MailboxGone(self._dir) from None
+        return result
+
+    def _check_gone(self) -> None:
+        if self.gone:
+            raise MailboxGone(self._dir)
+
+    # -- reading ------------------------------------------------------------------------------
 
     def file_path(self, msg: Message) -> str:
         """The message file's path (a str: this is on every FETCH's path)."""
         return f"{self._dir}/{msg.subdir}/{msg.filename()}"
 
-    def read(self, msg: Message) -> bytes:
-        """The message bytes; a message removed meanwhile reads as empty."""
+    async def read(self, msg: Message) -> bytes:
+        """The message bytes, read on ``io``; a message removed meanwhile reads as empty."""
         for _ in range(3):
-            try:
-                with open(self.file_path(msg), "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                self.refresh(force=True)
-                if msg.base not in self.by_base:
-                    return b""
+            data = await self._io(read_file, self.file_path(msg))
+            if data is not None:
+                return bytes(data)
+            await self.refresh(force=True)
+            if msg.base not in self.by_base:
+                return b""
         return b""
 
     def remember_header(self, uid: int, header: bytes) -> None:
@@ -225,162 +409,195 @@ class Mailbox:
                 return i
         return 0
 
-    # -- changing -----------------------------------------------------------------------
+    # -- changing -----------------------------------------------------------------------------
+
+    async def letters_of(self, flags: list[str]) -> str:
+        """Flags -> info letters; keywords new to this folder are added to its table on ``io``.
+
+        Raises TooManyKeywords when the table (26 letters) is full.
+        """
+        if self.keywords.missing(flags):
+            await self._owner.run(self._add_keywords(flags))
+        return self.keywords.letters_of(flags)
+
+    async def _add_keywords(self, flags: list[str]) -> None:
+        missing = self.keywords.missing(flags)  # again: an earlier change may have added them
+        if not missing:
+            return
+        names = self.keywords.names + missing
+        if len(names) > MAX_KEYWORDS:
+            raise TooManyKeywords(missing[0])
+        self.keywords.apply(await self._disk(self.keywords.write, names))
 
     def claim_recent(self) -> set[int]:
         """Take every unclaimed recent message for the calling session (RFC 3501 §2.3.2).
 
-        The claim is recorded in the index (the highest claimed UID), so it
-        survives restarts; files stay where they are.
+        The claim (the highest claimed UID) is appended to the index log in the
+        background, so it survives restarts; files stay where they are.
         """
         claimed, self.unclaimed = self.unclaimed, set()
         if claimed:
             self.last_claimed = max(self.last_claimed, max(claimed))
-            self.save_index()
+            self._owner.in_background(self._record_claim())
         return claimed
 
-    def set_letters(self, msg: Message, letters: str) -> bool:
-        """Rename the file to carry ``letters``; False if it vanished."""
-        letters = "".join(sorted(set(letters)))
-        if letters == msg.letters and msg.subdir == "cur":
-            return True
-        src = self.file_path(msg)
-        dst = self.path / "cur" / f"{msg.base}:2,{letters}"
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            self.refresh(force=True)
-            return False
-        msg.subdir, msg.letters, msg.name = "cur", letters, dst.name
-        self.version += 1
-        self._restamp()
-        return True
+    async def _record_claim(self) -> None:
+        if not self.gone:
+            await self._disk(self._log.append, [f"r {self.last_claimed}"], False)
 
-    def add_file(self, data: bytes, letters: str, internal_date: int | None) -> Message:
-        """Write a new message durably into ``cur/`` and give it the next UID (RFC 4315 APPENDUID)."""
-        tmp, base, date = write_tmp(self.path, self.hostname, data, internal_date)
-        return self.add_tmp(tmp, base, letters, len(data), date)
+    async def set_letters(self, changes: list[tuple[Message, str]]) -> list[Message]:
+        """Rename files to carry new flag letters (one io trip); the messages that changed."""
+        return await self._owner.run(self._set_letters(changes))
 
-    def add_tmp(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
-        """Publish a file already written and fsynced in ``tmp/`` (by :func:`write_tmp`)."""
-        self.refresh()
-        return self._publish(tmp, base, letters, size, date)
-
-    def add_link(self, source: Path | str, size: int, letters: str, internal_date: int, *, move: bool) -> Message:
-        """Hard-link (COPY) or rename (MOVE) one file from another folder into this one."""
-        return self.add_links([(source, size, letters, internal_date)], move=move)[0]
-
-    def add_links(self, items: list[tuple[Path | str, int, str, int]], *, move: bool) -> list[Message]:
-        """Many files at once: one directory fsync and one index write for the lot."""
-        self.refresh()
-        placed = []
-        for source, size, letters, date in items:
-            base = unique_name(self.hostname, size)
-            tmp = self.path / "tmp" / base
-            if move:
-                os.rename(source, tmp)
-            else:
-                try:
-                    os.link(source, tmp)
-                except OSError:  # another file system, or no hard links: copy durably
-                    with open(source, "rb") as f:
-                        data = f.read()
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.utime(tmp, (date, date))
+    async def _set_letters(self, changes: list[tuple[Message, str]]) -> list[Message]:
+        plan = []
+        for msg, letters in changes:
             letters = "".join(sorted(set(letters)))
-            os.rename(tmp, f"{self._dir}/cur/{base}:2,{letters}")
-            msg = Message(self.uidnext, base, "cur", letters, size, date)
-            self.uidnext += 1
-            self._add(msg)
-            self.unclaimed.add(msg.uid)
-            placed.append(msg)
-        if placed:
-            fsync_directory(f"{self._dir}/cur")
-            self.save_index()
+            if msg.uid not in self.by_uid or (letters == msg.letters and msg.subdir == "cur"):
+                continue
+            plan.append((msg, letters, self.file_path(msg), f"{self._dir}/cur/{msg.base}:2,{letters}"))
+        if not plan:
+            return []
+        done, stamp = await self._disk(rename_all, [(src, dst) for _, _, src, dst in plan], self._dir)
+        changed = []
+        for (msg, letters, _, dst), ok in zip(plan, done, strict=True):
+            if ok:
+                msg.subdir, msg.letters, msg.name = "cur", letters, dst.rsplit("/", 1)[1]
+                changed.append(msg)
+        if changed:
             self.version += 1
-            self._restamp()
-        return placed
+        self._restamp(stamp)
+        if len(changed) < len(plan):  # renamed or removed by someone else: look again
+            await self._refresh(force=True)
+        return changed
 
-    def _publish(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
+    def _restamp(self, stamp: tuple[int, int]) -> None:
+        """After our own change: the new stamp, so it is not mistaken for someone else's."""
+        self._stamp = stamp
+        self._stamp_taken = time.time_ns()
+
+    def _reserve(self, count: int) -> int:
+        """The first of ``count`` new UIDs; a change that fails after this leaves a gap, never a reuse."""
+        first = self.uidnext
+        self.uidnext += count
+        return first
+
+    async def append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
+        """Publish a file already written and fsynced in ``tmp/`` (by :func:`write_tmp`) under a new UID."""
+        return await self._owner.run(self._append(tmp, base, letters, size, date))
+
+    async def _append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
+        await self._refresh()
+        self._check_gone()
+        uid = self._reserve(1)
         letters = "".join(sorted(set(letters)))
-        os.rename(tmp, self.path / "cur" / f"{base}:2,{letters}")
-        msg = Message(self.uidnext, base, "cur", letters, size, date)
-        self.uidnext += 1
-        self._add(msg)
-        self.unclaimed.add(msg.uid)
-        fsync_directory(str(self.path / "cur"))
-        self.save_index()
-        self.version += 1
-        self._restamp()
+        name = f"{base}:2,{letters}"
+        stamp = await self._disk(self._publish, [(str(tmp), name)], [f"+ {uid} {size} {date} {base}"])
+        msg = Message(uid, base, "cur", letters, size, date, name)
+        self._placed([msg], stamp)
+        await self._compact_if_due()
         return msg
 
-    def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Remove messages; returns the UIDs actually removed."""
-        gone = []
-        for uid in sorted(set(uids)):
-            msg = self.by_uid.get(uid)
-            if msg is None:
-                continue
+    def _publish(self, moves: list[tuple[str, str]], records: list[str]) -> tuple[int, int]:
+        """Rename files from tmp/ into cur/, make it durable, then log their UIDs (io thread)."""
+        for src, name in moves:
+            os.rename(src, f"{self._dir}/cur/{name}")
+        fsync_directory(f"{self._dir}/cur")
+        self._log.append(records, durable=True)
+        return self._dir_stamp()
+
+    def _placed(self, msgs: list[Message], stamp: tuple[int, int]) -> None:
+        for msg in msgs:
+            self._add(msg)
+            self.unclaimed.add(msg.uid)
+        if msgs:
+            self.version += 1
+        self._restamp(stamp)
+
+    async def add_links(self, items: list[tuple[str, int, str, int]], *, move: bool) -> list[Message | None]:
+        """Hard-link (COPY) or rename (MOVE) files from another folder into this one.
+
+        ``items`` are (path, size, letters, internal date); the answer has the
+        new message for each, or None where the source had vanished. One
+        directory fsync and one log append cover the lot.
+        """
+        return await self._owner.run(self._add_links(items, move))
+
+    async def _add_links(self, items: list[tuple[str, int, str, int]], move: bool) -> list[Message | None]:
+        await self._refresh()
+        self._check_gone()
+        first = self._reserve(len(items))
+        plan = []
+        for i, (source, size, letters, date) in enumerate(items):
+            letters = "".join(sorted(set(letters)))
+            base = unique_name(self.hostname, size)
+            plan.append((source, base, f"{base}:2,{letters}", date,
+                         f"+ {first + i} {size} {date} {base}"))
+        placed_ok, stamp = await self._disk(self._link_all, plan, move)
+        out: list[Message | None] = []
+        for i, ((_, base, name, date, _), ok) in enumerate(zip(plan, placed_ok, strict=True)):
+            size, letters = items[i][1], name.rsplit(",", 1)[1]
+            out.append(Message(first + i, base, "cur", letters, size, date, name) if ok else None)
+        self._placed([m for m in out if m is not None], stamp)
+        await self._compact_if_due()
+        return out
+
+    def _link_all(self, plan: list[tuple[str, str, str, int, str]], move: bool) -> tuple[list[bool], tuple[int, int]]:
+        done = []
+        records = []
+        for source, base, name, date, record in plan:
+            tmp = f"{self._dir}/tmp/{base}"
             try:
-                os.unlink(self.file_path(msg))
+                if move:
+                    os.rename(source, tmp)
+                else:
+                    link_or_copy(source, tmp, date)
+            except FileNotFoundError:
+                if not os.path.isdir(f"{self._dir}/tmp"):
+                    raise
+                done.append(False)  # the source went away meanwhile
+                continue
+            os.rename(tmp, f"{self._dir}/cur/{name}")
+            done.append(True)
+            records.append(record)
+        if records:
+            fsync_directory(f"{self._dir}/cur")
+            self._log.append(records, durable=True)
+        return done, self._dir_stamp()
+
+    async def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages; returns the UIDs actually removed."""
+        return await self._owner.run(self._expunge(sorted(set(uids))))
+
+    async def _expunge(self, uids: list[int]) -> list[int]:
+        msgs = [m for u in uids if (m := self.by_uid.get(u)) is not None]
+        if not msgs:
+            return []
+        stamp = await self._disk(self._unlink_all, [self.file_path(m) for m in msgs],
+                                 [f"- {m.uid}" for m in msgs])
+        self._forget(msgs)
+        self.version += 1
+        self._restamp(stamp)
+        await self._compact_if_due()
+        return [m.uid for m in msgs]
+
+    def _unlink_all(self, paths: list[str], records: list[str]) -> tuple[int, int]:
+        for path in paths:
+            try:
+                os.unlink(path)
             except FileNotFoundError:
                 pass
-            gone.append(uid)
-            del self.by_uid[uid], self.by_base[msg.base]
-            self.unclaimed.discard(uid)
-            self.header_cache.pop(uid, None)
-        if gone:
-            removed = set(gone)
-            self.messages = [m for m in self.messages if m.uid not in removed]
-            self.save_index()
-            self.version += 1
-            self._restamp()
-        return gone
+        self._log.append(records, durable=False)
+        return self._dir_stamp()
 
-    def detach(self, *msgs: Message) -> None:
+    async def detach(self, *msgs: Message) -> None:
         """Forget messages whose files were moved elsewhere (MOVE)."""
-        gone = {m.uid for m in msgs}
-        for msg in msgs:
-            self.by_uid.pop(msg.uid, None)
-            self.by_base.pop(msg.base, None)
-            self.unclaimed.discard(msg.uid)
-            self.header_cache.pop(msg.uid, None)
-        self.messages = [m for m in self.messages if m.uid not in gone]
+        await self._owner.run(self._detach(list(msgs)))
+
+    async def _detach(self, msgs: list[Message]) -> None:
+        present = [m for m in msgs if m.uid in self.by_uid]
+        if not present or self.gone:
+            return
+        self._forget(present)
         self.version += 1
-
-
-def write_tmp(folder: Path, hostname: str, data: bytes, internal_date: int | None) -> tuple[Path, str, int]:
-    """Write and fsync a message into ``folder/tmp``; thread safe, touches no shared state."""
-    base = unique_name(hostname, len(data))
-    tmp = folder / "tmp" / base
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(fd)
-    date = int(time.time()) if internal_date is None else internal_date
-    os.utime(tmp, (date, date))
-    return tmp, base, date
-
-
-def read_file(path: Path | str) -> bytes | None:
-    """A message file's bytes, or None when it is gone; thread safe."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-_ORDER = re.compile(r"^(\d+)(?:\.M(\d+))?")
-
-
-def _delivery_order(base: str) -> tuple[int, int, str]:
-    """Seconds and microseconds from ``<sec>.M<usec>...`` names; the name breaks ties."""
-    m = _ORDER.match(base)
-    if m is None:
-        return (0, 0, base)
-    return (int(m.group(1)), int(m.group(2) or 0), base)
+        await self._disk(self._log.append, [f"- {m.uid}" for m in present], False)

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import Keywords, split_name
 from mailstack.maildir.folders import MailStore
-from mailstack.maildir.index import INDEX_FILE, read_index
+from mailstack.maildir.index import INDEX_FILE, LOG_FILE, IndexLog, read_index
 from mailstack.maildir.layout import MaildirLayout
-from mailstack.maildir.mailbox import Mailbox
+from mailstack.maildir.mailbox import Mailbox, inline_io
 
 USER = "alice@example.test"
+
+
+def run(coro: Any) -> Any:
+    """The result of a coroutine whose io runs inline (it finishes at once)."""
+    results: list[Any] = []
+    Deferred.fromCoroutine(coro).addBoth(results.append)
+    assert results, "the coroutine is still waiting"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
 
 
 def make_box(tmp_path):
@@ -28,30 +43,30 @@ def test_uids_assigned_in_delivery_order_and_persisted(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1700000002.M2P1Q2.h,S=17")
     drop(path, "1700000001.M1P1Q1.h,S=17")
-    box = Mailbox(path)
+    box = Mailbox.load(path)
     assert [(m.uid, m.base.split(".")[0]) for m in box.messages] == [(1, "1700000001"), (2, "1700000002")]
-    data = read_index(path)
+    data = IndexLog(path).load()
     assert data is not None and data.uidnext == 3 and [e.uid for e in data.entries] == [1, 2]
-    again = Mailbox(path)
+    again = Mailbox.load(path)
     assert again.uidvalidity == box.uidvalidity and [m.uid for m in again.messages] == [1, 2]
 
 
 def test_uidnext_after_restart_and_external_delivery(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1.M1P1Q1.h")
-    box = Mailbox(path)
-    box.expunge([1])
+    box = Mailbox.load(path)
+    run(box.expunge([1]))
     drop(path, "2.M1P1Q2.h")
-    box2 = Mailbox(path)  # a new process
+    box2 = Mailbox.load(path)  # a new process
     assert [m.uid for m in box2.messages] == [2] and box2.uidnext == 3
 
 
 def test_flag_renames_and_moves_by_others_keep_uids(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1.M1P1Q1.h")
-    box = Mailbox(path)
+    box = Mailbox.load(path)
     os.rename(path / "new" / "1.M1P1Q1.h", path / "cur" / "1.M1P1Q1.h:2,FS")
-    box.refresh(force=True)
+    run(box.refresh(force=True))
     [m] = box.messages
     assert m.uid == 1 and m.letters == "FS" and box.flags(m) == ["\\Flagged", "\\Seen"]
 
@@ -59,40 +74,90 @@ def test_flag_renames_and_moves_by_others_keep_uids(tmp_path):
 def test_damaged_index_is_rebuilt_with_new_uidvalidity(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1.M1P1Q1.h")
-    Mailbox(path)
+    Mailbox.load(path)
     (path / INDEX_FILE).write_text("garbage")
-    box = Mailbox(path)
+    box = Mailbox.load(path)
     assert [m.uid for m in box.messages] == [1]
-    assert read_index(path) is not None
+    assert read_index(path) is not None and not (path / LOG_FILE).exists()
 
 
-def test_index_write_is_atomic(tmp_path, monkeypatch):
+def test_log_torn_by_a_crash_loses_only_its_last_line(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1.M1P1Q1.h")
-    box = Mailbox(path)
-    before = (path / INDEX_FILE).read_text()
+    box = Mailbox.load(path)
+    drop(path, "2.M1P1Q2.h")
+    run(box.refresh(force=True))
+    with open(path / LOG_FILE, "a") as f:
+        f.write("+ 3 17 17000")  # a line half written when the power went
+    again = Mailbox.load(path)
+    assert again.uidvalidity == box.uidvalidity and [m.uid for m in again.messages] == [1, 2]
+    assert again.uidnext == 3
+
+
+def test_damaged_log_is_rebuilt_with_new_uidvalidity(tmp_path):
+    path = make_box(tmp_path)
+    drop(path, "1.M1P1Q1.h")
+    box = Mailbox.load(path, uidvalidity=lambda: 7)
+    drop(path, "2.M1P1Q2.h")
+    run(box.refresh(force=True))
+    (path / LOG_FILE).write_text("+ 2 1 1 x\nnonsense\n")
+    again = Mailbox.load(path, uidvalidity=lambda: 8)
+    assert again.uidvalidity == 8 and len(again.messages) == 2
+
+
+def test_new_uids_are_appended_not_rewritten(tmp_path):
+    path = make_box(tmp_path)
+    drop(path, "1.M1P1Q1.h")
+    box = Mailbox.load(path)
+    snapshot = (path / INDEX_FILE).read_text()
+    for i in range(2, 6):
+        drop(path, f"{i}.M1P1Q{i}.h")
+        run(box.refresh(force=True))
+    assert (path / INDEX_FILE).read_text() == snapshot  # the snapshot is left alone
+    assert [line.split()[:2] for line in (path / LOG_FILE).read_text().splitlines()] == [
+        ["+", "2"], ["+", "3"], ["+", "4"], ["+", "5"]]
+    run(box.expunge([2, 3]))
+    again = Mailbox.load(path)
+    assert [m.uid for m in again.messages] == [1, 4, 5] and again.uidnext == 6
+
+
+def test_log_is_compacted_into_the_snapshot(tmp_path, monkeypatch):
     import mailstack.maildir.index as idx
 
-    def boom(*a):
-        raise OSError("disk gone")
+    monkeypatch.setattr(idx, "COMPACT_MIN_RECORDS", 3)
+    path = make_box(tmp_path)
+    box = Mailbox.load(path)
+    for i in range(1, 6):
+        drop(path, f"{i}.M1P1Q{i}.h")
+        run(box.refresh(force=True))
+    assert box._log.records == 5  # not more lines than messages yet
+    run(box.expunge([1, 2, 3, 4]))  # 9 lines for one message: fold them in
+    assert box._log.records == 0 and not (path / LOG_FILE).exists()
+    data = read_index(path)
+    assert data is not None and data.uidnext == 6 and [e.uid for e in data.entries] == [5]
+    again = Mailbox.load(path)
+    assert [m.uid for m in again.messages] == [5] and again.uidnext == 6
 
-    monkeypatch.setattr(idx.os, "replace", boom)
+
+def test_crash_between_snapshot_and_log_removal_is_harmless(tmp_path):
+    path = make_box(tmp_path)
+    drop(path, "1.M1P1Q1.h")
+    box = Mailbox.load(path)
     drop(path, "2.M1P1Q2.h")
-    try:
-        box.refresh(force=True)
-    except OSError:
-        pass
-    assert (path / INDEX_FILE).read_text() == before  # the old index is intact
-    monkeypatch.undo()
-    fresh = Mailbox(path)
-    assert sorted(m.uid for m in fresh.messages) == [1, 2]
+    run(box.refresh(force=True))
+    run(box.expunge([1]))
+    old_log = (path / LOG_FILE).read_text()
+    box._compact()
+    (path / LOG_FILE).write_text(old_log)  # the old log survived the crash
+    again = Mailbox.load(path)
+    assert [m.uid for m in again.messages] == [2] and again.uidnext == 3
 
 
 def test_cache_answers_without_opening_messages(tmp_path, monkeypatch):
     path = make_box(tmp_path)
     for i in range(50):
         drop(path, f"{i + 1}.M{i}P1Q{i}.h,S=17")
-    Mailbox(path)
+    Mailbox.load(path)
     import builtins
 
     real_open = builtins.open
@@ -102,31 +167,33 @@ def test_cache_answers_without_opening_messages(tmp_path, monkeypatch):
         return real_open(file, *a, **k)
 
     monkeypatch.setattr(builtins, "open", guarded)
-    box = Mailbox(path)
+    box = Mailbox.load(path)
     assert len(box.messages) == 50 and box.messages[0].size == 17
 
 
 def test_append_and_copy_and_move(tmp_path):
     path = make_box(tmp_path)
     store = MailStore(MaildirLayout(tmp_path))
-    store.setup_user(USER)
-    inbox = store.mailbox(USER, "INBOX")
-    msg = inbox.add_file(b"hello", "S", 1_700_000_000)
+    run(store.setup_user(USER, inline_io))
+    inbox = run(store.open(USER, "INBOX", inline_io))
+    tmp, base, date = write_tmp(inbox.path, inbox.hostname, b"hello", 1_700_000_000)
+    msg = run(inbox.append(tmp, base, "S", 5, date))
     assert msg.uid == 1 and (path / "cur" / f"{msg.base}:2,S").read_bytes() == b"hello"
-    trash = store.mailbox(USER, "Trash")
-    copied = trash.add_link(inbox.file_path(msg), msg.size, msg.letters, msg.internal_date, move=False)
-    assert copied.uid == 1 and trash.read(copied) == b"hello"
+    trash = run(store.open(USER, "Trash", inline_io))
+    [copied] = run(trash.add_links([(inbox.file_path(msg), msg.size, msg.letters, msg.internal_date)],
+                                   move=False))
+    assert copied.uid == 1 and run(trash.read(copied)) == b"hello"
     assert os.stat(trash.file_path(copied)).st_mtime == 1_700_000_000
 
 
 def test_folder_names_cannot_escape(tmp_path):
     store = MailStore(MaildirLayout(tmp_path))
-    store.setup_user(USER)
+    run(store.setup_user(USER, inline_io))
     from mailstack.maildir.folders import FolderError
 
     for bad in ("../x", "a/b", "..", "a\0b", ".x"):
         try:
-            store.create(USER, bad)
+            run(store.create(USER, bad, inline_io))
         except FolderError:
             continue
         raise AssertionError(f"{bad!r} accepted")
@@ -143,9 +210,9 @@ def test_recent_claims_survive_restart(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1.M1P1Q1.h", sub="cur")
     drop(path, "2.M1P1Q2.h")
-    box = Mailbox(path)
+    box = Mailbox.load(path)
     assert box.unclaimed == {2}  # a fresh index: only new/ is recent
     assert box.claim_recent() == {2}
     drop(path, "3.M1P1Q3.h")
-    again = Mailbox(path)  # restart
+    again = Mailbox.load(path)  # restart
     assert again.unclaimed == {3}

@@ -1,0 +1,66 @@
+"""APPEND and COPY respect the user's quota like local delivery does (RFC 5530 [OVERQUOTA])."""
+
+from __future__ import annotations
+
+from mailstack.accounts.store import User
+from mailstack.testing import FakeAccounts
+
+from .harness import USER
+
+MSG = b"Subject: q\r\n\r\n" + b"x" * 36 + b"\r\n"  # 52 bytes
+
+
+def limit(world, quota):
+    accounts = FakeAccounts(users=[USER])
+    accounts.users[USER] = User(USER, "", quota)
+    world.store.accounts = accounts
+
+
+def append(client, folder="INBOX"):
+    return client.cmd(b"APPEND " + folder.encode() + b" {%d+}\r\n" % len(MSG) + MSG)[1]
+
+
+def test_append_over_quota_gets_overquota(world, client):
+    limit(world, 120)
+    assert append(client).startswith(b"OK")
+    assert append(client, "Drafts").startswith(b"OK")  # folders count towards the one quota
+    tagged = append(client)
+    assert tagged.startswith(b"NO [OVERQUOTA]"), tagged
+    assert client.ok("STATUS INBOX (MESSAGES)")[0].endswith(b"(MESSAGES 1)")
+
+
+def test_expunge_frees_space_at_once(world, client):
+    limit(world, 60)
+    append(client)
+    client.ok("SELECT INBOX")
+    client.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    client.ok("EXPUNGE")
+    assert append(client).startswith(b"OK")
+
+
+def test_quota_change_takes_effect_without_a_new_login(world, client):
+    limit(world, 60)
+    assert append(client).startswith(b"OK")
+    assert append(client).startswith(b"NO [OVERQUOTA]")
+    limit(world, 0)  # unlimited
+    assert append(client).startswith(b"OK")
+
+
+def test_copy_over_quota_gets_overquota_and_copies_nothing(world, client):
+    limit(world, 120)
+    append(client)
+    append(client)
+    client.ok("SELECT INBOX")
+    untagged, tagged = client.cmd("COPY 1:2 Archive")
+    assert tagged.startswith(b"NO [OVERQUOTA]"), tagged
+    assert client.ok("STATUS Archive (MESSAGES)")[0].endswith(b"(MESSAGES 0)")
+
+
+def test_move_within_the_account_uses_no_space_and_is_allowed_when_full(world, client):
+    limit(world, 110)
+    append(client)
+    append(client)
+    assert append(client).startswith(b"NO [OVERQUOTA]")
+    client.ok("SELECT INBOX")
+    untagged, tagged = client.cmd("MOVE 1 Trash")
+    assert tagged.startswith(b"OK"), tagged  # cleaning up must stay possible
