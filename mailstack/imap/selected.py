@@ -21,6 +21,7 @@ from mailstack.maildir.folders import FolderError
 from mailstack.maildir.mailbox import Message
 
 BATCH_BYTES = 8 << 20
+COPY_STEP = 1000  # messages linked per step of a COPY or MOVE
 
 
 def uid_set_text(uids: list[int]) -> str:
@@ -296,16 +297,19 @@ class SelectedCommands(ViewMixin):
         src = view.box
         same = dest is src
         sources: list[Message] = [m for _, u in targets if (m := src.by_uid.get(u)) is not None]
-        items = []
-        try:
-            for msg in sources:
-                letters = await dest.letters_of(src.flags(msg))
-                items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
-        except TooManyKeywords:
-            raise No("Too many keywords in the target mailbox", "LIMIT") from None
         added = 0 if move else sum(m.size for m in sources)  # MOVE within the account uses no space
         await self.store.check_quota(self.user, added, self.io)
-        placed = await dest.add_links(items, move=move and not same)
+        placed: list[Message | None] = []
+        # In steps of COPY_STEP messages: between steps the reactor serves every other session.
+        for start in range(0, len(sources), COPY_STEP):
+            items = []
+            try:
+                for msg in sources[start:start + COPY_STEP]:
+                    letters = await dest.letters_of(src.flags(msg))
+                    items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
+            except TooManyKeywords:
+                raise No("Too many keywords in the target mailbox", "LIMIT") from None
+            placed += await dest.add_links(items, move=move and not same)
         self.store.usage_added(self.user, added)
         done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]
         if move and not same:
