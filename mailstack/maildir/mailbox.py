@@ -25,6 +25,7 @@ them; EXAMINE and STATUS count unclaimed ones without claiming.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
 
+# ``<seconds>.M<micros>...,S=<size>``: delivery order, internal date and size of a new file
+_NAME_FACTS = re.compile(r"(\d{1,11})\.(?:M(\d+))?(?:[^,]*,)*?S=(\d+)(?=,|$)")
 MTIME_SLACK_NS = 1_000_000_000
 RECHECK_SECONDS = 1.0  # between commands, the directories are looked at again after this long
 HEADER_CACHE_LIMIT = 20_000
@@ -144,7 +147,8 @@ class Mailbox:
             data = IndexData(self._new_uidvalidity(), 1, [])
         self.uidvalidity, self.uidnext = data.uidvalidity, data.uidnext
         self.last_claimed = data.last_claimed
-        change = self._refresh_work(True, {e.base: e for e in data.entries})
+        # A folder without our index gets a whole new snapshot below: no log lines for it first.
+        change = self._refresh_work(True, {e.base: e for e in data.entries}, log=not rebuilt)
         assert change is not None
         self._apply(change)
         if rebuilt:  # a Maildir without our index: what readers left in new/ is recent
@@ -209,7 +213,7 @@ class Mailbox:
         await self._compact_if_due()
         return changed
 
-    def _refresh_work(self, force: bool, cached: dict[str, Entry] | None) -> Change | None:
+    def _refresh_work(self, force: bool, cached: dict[str, Entry] | None, log: bool = True) -> Change | None:
         """The disk half of a refresh (io thread): list, compare, give new files UIDs in the log."""
         try:
             identity: tuple[int, int] | None = self._dir_identity()
@@ -231,11 +235,16 @@ class Mailbox:
                 names = os.listdir(f"{self._dir}/{sub}")
             except FileNotFoundError:
                 continue
+            in_cur = sub == "cur"
             for name in names:
-                if name.startswith("."):
+                if name[0] == ".":
                     continue
                 base, letters = split_name(name)
-                found[base] = (sub, "".join(sorted(letters)) if sub == "cur" else "", name)
+                if not in_cur:
+                    letters = ""
+                elif len(letters) > 1:
+                    letters = "".join(sorted(letters))
+                found[base] = (sub, letters, name)
         for m in self.messages:
             where = found.get(m.base)
             if where is None:
@@ -250,15 +259,33 @@ class Mailbox:
             e = cached[base]
             sub, letters, name = found[base]
             change.added.append(Message(e.uid, base, sub, letters, e.size, e.internal_date, name))
-        fresh = sorted((b for b in new_bases if b not in cached), key=delivery_order)
-        for base in fresh:
+        # One pattern match per new file gives its order, size and date (see _facts).
+        fresh: list[tuple[int, int, str, str | None]] = []
+        for base in new_bases:
+            if base in cached:
+                continue
+            facts = _NAME_FACTS.match(base)
+            if facts is None:
+                seconds, micros, _ = delivery_order(base)
+                fresh.append((seconds, micros, base, None))
+            else:
+                fresh.append((int(facts.group(1)), int(facts.group(2) or 0), base, facts.group(3)))
+        fresh.sort()
+        uid = change.uidnext
+        added = change.added
+        for seconds, _, base, size_text in fresh:
             sub, letters, name = found[base]
-            size, date = self._facts(sub, name)
-            msg = Message(change.uidnext, base, sub, letters, size, date, name)
-            change.uidnext += 1
-            change.added.append(msg)
-            records.append(f"+ {msg.uid} {size} {date} {base}")
-        self._log.append(records, durable=bool(fresh))  # durable before any client sees these UIDs
+            if size_text is not None and seconds:
+                size, date = int(size_text), seconds
+            else:
+                size, date = self._facts(sub, name)
+            added.append(Message(uid, base, sub, letters, size, date, name))
+            if log:
+                records.append(f"+ {uid} {size} {date} {base}")
+            uid += 1
+        change.uidnext = uid
+        if log:
+            self._log.append(records, durable=bool(fresh))  # durable before any client sees these UIDs
         return change
 
     def _apply(self, change: Change) -> bool:
@@ -332,7 +359,17 @@ class Mailbox:
             self.messages = [m for m in self.messages if m.uid not in gone]
 
     def _facts(self, sub: str, name: str) -> tuple[int, int]:
+        """Size and internal date of a file we have no record of.
+
+        Both come from the name when it has them (``,S=`` and the delivery time that
+        starts every Maildir name), so a first look at a big folder costs no stat per
+        message; otherwise from the file.
+        """
         base = name.split(":", 1)[0]
+        size = size_from_name(base)
+        seconds = base.partition(".")[0]
+        if size is not None and seconds.isdigit() and len(seconds) <= 11:
+            return size, int(seconds)
         try:
             st = os.stat(f"{self._dir}/{sub}/{name}")
         except FileNotFoundError:  # renamed or removed while we looked: the name still tells the size
@@ -527,13 +564,7 @@ class Mailbox:
         await self._refresh()
         self._check_gone()
         first = self._reserve(len(items))
-        plan = []
-        for i, (source, size, letters, date) in enumerate(items):
-            letters = "".join(sorted(set(letters)))
-            base = unique_name(self.hostname, size)
-            plan.append((source, base, f"{base}:2,{letters}", date,
-                         f"+ {first + i} {size} {date} {base}"))
-        placed_ok, stamp = await self._disk(self._link_all, plan, move)
+        plan, placed_ok, stamp = await self._disk(self._link_all, items, first, move)
         out: list[Message | None] = []
         for i, ((_, base, name, date, _), ok) in enumerate(zip(plan, placed_ok, strict=True)):
             size, letters = items[i][1], name.rsplit(",", 1)[1]
@@ -542,7 +573,15 @@ class Mailbox:
         await self._compact_if_due()
         return out
 
-    def _link_all(self, plan: list[tuple[str, str, str, int, str]], move: bool) -> tuple[list[bool], tuple[int, int]]:
+    def _link_all(self, items: list[tuple[str, int, str, int]], first: int, move: bool
+                  ) -> tuple[list[tuple[str, str, str, int, str]], list[bool], tuple[int, int]]:
+        """Name, link (or rename) and log each item (io thread): the names are made here too,
+        so a COPY of many messages costs the reactor nothing per message but its record."""
+        plan = []
+        for i, (source, size, letters, date) in enumerate(items):
+            base = unique_name(self.hostname, size)
+            plan.append((source, base, f"{base}:2,{''.join(sorted(set(letters)))}", date,
+                         f"+ {first + i} {size} {date} {base}"))
         done = []
         records = []
         for source, base, name, date, record in plan:
@@ -563,7 +602,7 @@ class Mailbox:
         if records:
             fsync_directory(f"{self._dir}/cur")
             self._log.append(records, durable=True)
-        return done, self._dir_stamp()
+        return plan, done, self._dir_stamp()
 
     async def expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove messages; returns the UIDs actually removed."""
