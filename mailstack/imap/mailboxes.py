@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.logger import Logger
+
 from mailstack.imap.parse import (
     Atom,
     ParseError,
@@ -52,6 +54,9 @@ def name_matches(regex: re.Pattern[str], pattern: str, name: str) -> bool:
         return bool(pattern_regex("INBOX" + pattern[5:]).match("INBOX" + name[5:]))
     return False
 
+
+
+log = Logger()
 
 class MailboxCommands(ViewMixin):
     user: str | None
@@ -102,6 +107,9 @@ class MailboxCommands(ViewMixin):
         self.view = view
         self.state = State.SELECTED
         verb = "EXAMINE" if readonly else "SELECT"
+        log.info("imap {session_id}: {user} {verb} {mailbox} ({exists} messages)",
+                 session_id=self.session_id, user=self.user, verb=verb.lower(), mailbox=name,  # type: ignore[attr-defined]
+                 exists=len(view.uids))
         return self.ok(tag, verb, code="READ-ONLY" if readonly else "READ-WRITE")  # type: ignore[attr-defined]
 
     # -- CREATE / DELETE / RENAME (RFC 3501 §6.3.3-6.3.5) -------------------------------
@@ -277,6 +285,9 @@ class MailboxCommands(ViewMixin):
         tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
         msg = await box.append(tmp, base, letters, len(message.value), when)
         self.store.usage_added(self.user, len(message.value))
+        log.info("imap {session_id}: {user} appended UID {uid} ({size} octets) to {mailbox}",
+                 session_id=self.session_id, user=self.user, uid=msg.uid, size=len(message.value),  # type: ignore[attr-defined]
+                 mailbox=name)
         self.publish_change(None if name == "INBOX" else name)
         return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]
 

@@ -115,7 +115,7 @@ class IMAPProtocol(LineServerProtocol):
         self.session.logout()
 
     def error_outcome(self, failure: Failure) -> Action:
-        log.failure("imap session error", failure)
+        log.failure("imap {session_id}: session error", failure, session_id=self.session.session_id)
         # after anything the command already said; the command's tag, so the client stops waiting
         if self._tag == "*":
             self.send(Replies.TRY_AGAIN.data)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
+
 from mailstack.imap import fetch as F
 from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
@@ -20,6 +22,7 @@ from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_f
 from mailstack.maildir.folders import FolderError
 from mailstack.maildir.mailbox import Message
 
+log = Logger()
 BATCH_BYTES = 8 << 20
 COPY_STEP = 1000  # messages linked per step of a COPY or MOVE
 
@@ -99,7 +102,10 @@ class SelectedCommands(ViewMixin):
         deleted = [m.uid for m in view.box.messages
                    if "T" in m.letters and (allowed is None or m.uid in allowed)]
         if deleted:
-            await view.box.expunge(deleted)
+            removed = await view.box.expunge(deleted)
+            log.info("imap {session_id}: {user} expunged {count} from {mailbox}",
+                     session_id=self.session_id, user=self.user, count=len(removed),  # type: ignore[attr-defined]
+                     mailbox=view.name)
             self.store.usage_changed(self.user)
             self._publish()
         return self.ok(tag, "EXPUNGE")  # type: ignore[attr-defined]

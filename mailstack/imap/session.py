@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailstack.auth import Authenticator, Outcome, SASLError, b64decode, decode_plain
+from mailstack.envelope import new_queue_id
 from mailstack.imap.mailboxes import MailboxCommands
 from mailstack.imap.parse import ParseError, Token, astring, atom, split_tag, tokenize
 from mailstack.imap.response import Response, status, string
@@ -84,8 +85,9 @@ NO_EXPUNGE_NOTICE = frozenset({"FETCH", "STORE", "SEARCH"})
 class IMAPSession(MailboxCommands, SelectedCommands):
     def __init__(self, config: SessionConfig, store: MailStore, authenticator: Authenticator,
                  events: MailboxEvents, *, client_ip: str, tls: bool, send: Callable[[bytes], None],
-                 io: Callable[..., Awaitable[Any]]) -> None:
+                 io: Callable[..., Awaitable[Any]], session_id: str = "") -> None:
         super().__init__()
+        self.session_id = session_id or new_queue_id()
         self.config = config
         self.store = store
         self.authenticator = authenticator
@@ -146,7 +148,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         except Exception:  # never a traceback to the peer; the session goes on
             if self.state is State.LOGOUT:  # the connection went away mid-command
                 return Action.CLOSE
-            log.failure("IMAP {name} failed for {user}", name=name, user=self.user)
+            log.failure("imap {session_id}: {name} failed for {user}", session_id=self.session_id, name=name,
+                        user=self.user)
             self.send(status(tag, "NO", "Internal error, try again later", "SERVERBUG").data)
         return Action.NONE
 
@@ -204,6 +207,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         return self.ok(tag, "ID")
 
     def logout(self) -> None:
+        if self.user is not None and self.state is not State.LOGOUT:
+            log.info("imap {session_id}: {user} logged out", session_id=self.session_id, user=self.user)
         self.state = State.LOGOUT
         self.deselect()
         if self._unsubscribe is not None:
@@ -280,6 +285,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         self.user = result.user
         await self.store.setup_user(self.user, self.io)
         self.state = State.AUTHENTICATED
+        log.info("imap {session_id}: {user} logged in from {ip}", session_id=self.session_id, user=self.user,
+                 ip=self.client_ip)
         self._unsubscribe = self.events.subscribe(self.user, self._mailbox_changed)
         self.send(status(tag, "OK", "Logged in", "CAPABILITY " + self.capabilities()).data)
         return Action.NONE
@@ -349,7 +356,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
     def _idle_update_done(self, result: object, pending: Deferred[None]) -> None:
         self._pending.discard(pending)
         if isinstance(result, Failure):
-            log.failure("IMAP IDLE update failed for {user}", result, user=self.user)
+            log.failure("imap {session_id}: IDLE update failed for {user}", result, session_id=self.session_id,
+                        user=self.user)
 
     def quote(self, text: str) -> bytes:
         return string(text)
