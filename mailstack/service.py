@@ -167,7 +167,8 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue), resolver=resolver,
         maildrops=Maildrops(maildir.maildir_path, reactor=reactor, pool=io_pool, events=events),
-        mail_store=MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname)),
+        mail_store=MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
+                             accounts=store),
     )
 
 
