@@ -20,7 +20,7 @@ from mailstack.imap.view import Bad, No, View, ViewMixin
 from mailstack.maildir.files import read_file
 from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import FolderError
-from mailstack.maildir.mailbox import Message
+from mailstack.maildir.mailbox import LetterChange, Message
 
 log = Logger()
 BATCH_BYTES = 8 << 20
@@ -206,7 +206,8 @@ class SelectedCommands(ViewMixin):
                 datas[i] = await box.read(msg)  # renamed meanwhile (a flag change): look again
         seen: set[int] = set()
         if mark_seen:  # RFC 3501 §6.4.5: BODY[] sets \Seen; one trip to the io pool per batch
-            unseen = [(msg, msg.letters + "S") for _, msg in batch if "S" not in msg.letters]
+            unseen: list[tuple[Message, LetterChange]] = [(msg, _add_seen) for _, msg in batch
+                                                          if "S" not in msg.letters]
             seen = {msg.uid for msg in await box.set_letters(unseen)} if unseen else set()
         out = []
         for (msn, msg), data in zip(batch, datas, strict=True):
@@ -257,16 +258,16 @@ class SelectedCommands(ViewMixin):
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         out = self.flags_announcement()
         chosen = [(msn, msg) for msn, u in targets if (msg := box.by_uid.get(u)) is not None]
-        changes = []
-        for _, msg in chosen:
-            if op == "FLAGS":
-                new = letters
-            elif op == "+FLAGS":
-                new = msg.letters + letters
-            else:
-                new = "".join(ch for ch in msg.letters if ch not in letters)
-            changes.append((msg, new))
-        await box.set_letters(changes)  # one trip to the io pool for every rename
+        change: LetterChange  # applied to each message's letters by the folder's owner, not here
+        if op == "FLAGS":
+            change = letters
+        elif op == "+FLAGS":
+            def change(current: str) -> str:
+                return current + letters
+        else:
+            def change(current: str) -> str:
+                return "".join(ch for ch in current if ch not in letters)
+        await box.set_letters([(msg, change) for _, msg in chosen])  # one trip to the io pool
         for msn, msg in chosen:
             u = msg.uid
             view.known[u] = msg.letters
@@ -352,3 +353,7 @@ class SelectedCommands(ViewMixin):
         if sub not in handlers:
             raise Bad(f"Unknown UID command {sub[:20]}")
         return await handlers[sub](tag, args[1:], uid=True)
+
+
+def _add_seen(letters: str) -> str:
+    return letters + "S"

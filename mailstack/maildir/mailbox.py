@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twisted.logger import Logger
+
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
 from mailstack.maildir.index import INDEX_FILE, Entry, IndexData, IndexLog, new_uidvalidity
@@ -46,6 +48,7 @@ RECHECK_SECONDS = 1.0  # between commands, the directories are looked at again a
 HEADER_CACHE_LIMIT = 20_000
 HEADER_CACHE_BYTES = 8192
 
+log = Logger()
 IO = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
 Where = tuple[str, str, str]  # (subdir, sorted info letters, file name) of a message found on disk
@@ -88,6 +91,10 @@ class Change:
     renamed: list[tuple[Message, Where]] = field(default_factory=list)
     added: list[Message] = field(default_factory=list)  # with their UIDs, already in the log
     uidnext: int = 0
+
+
+LetterChange = str | Callable[[str], str]
+"""New flag letters, or how to make them from the current ones."""
 
 
 class Mailbox:
@@ -390,8 +397,13 @@ class Mailbox:
         self._index_seen = self._index_identity()
 
     async def _compact_if_due(self) -> None:
+        """Fold the log into the snapshot when it has grown; the change before it is already
+        durable, so a failure here (a full disk) is logged and tried again at the next change."""
         if not self.gone and self._log.needs_compaction(len(self.messages)):
-            await self._io(self._compact)
+            try:
+                await self._io(self._compact)
+            except OSError as e:
+                log.warn("cannot compact the index of {folder}: {error}", folder=self._dir, error=e)
 
     # -- ownership ----------------------------------------------------------------------------
 
@@ -482,14 +494,19 @@ class Mailbox:
         if not self.gone:
             await self._disk(self._log.append, [f"r {self.last_claimed}"], False)
 
-    async def set_letters(self, changes: list[tuple[Message, str]]) -> list[Message]:
-        """Rename files to carry new flag letters (one io trip); the messages that changed."""
+    async def set_letters(self, changes: list[tuple[Message, LetterChange]]) -> list[Message]:
+        """Rename files to carry new flag letters (one io trip); the messages that changed.
+
+        A change is the new letters, or a function from the message's letters to its new
+        ones, applied under the folder's owner: two sessions adding different flags at
+        once both keep theirs (``+FLAGS``/``-FLAGS`` must not be computed before).
+        """
         return await self._owner.run(self._set_letters(changes))
 
-    async def _set_letters(self, changes: list[tuple[Message, str]]) -> list[Message]:
+    async def _set_letters(self, changes: list[tuple[Message, LetterChange]]) -> list[Message]:
         plan = []
-        for msg, letters in changes:
-            letters = "".join(sorted(set(letters)))
+        for msg, change in changes:
+            letters = "".join(sorted(set(change if isinstance(change, str) else change(msg.letters))))
             if msg.uid not in self.by_uid or (letters == msg.letters and msg.subdir == "cur"):
                 continue
             plan.append((msg, letters, self.file_path(msg), f"{self._dir}/cur/{msg.base}:2,{letters}"))
@@ -585,20 +602,27 @@ class Mailbox:
         done = []
         records = []
         for source, base, name, date, record in plan:
-            tmp = f"{self._dir}/tmp/{base}"
-            try:
-                if move:
-                    os.rename(source, tmp)
-                else:
-                    link_or_copy(source, tmp, date)
-            except FileNotFoundError:
-                if not os.path.isdir(f"{self._dir}/tmp"):
-                    raise
-                done.append(False)  # the source went away meanwhile
-                continue
-            os.rename(tmp, f"{self._dir}/cur/{name}")
-            done.append(True)
-            records.append(record)
+            placed = False
+            for path in (source, None):  # the source as named, then as renamed meanwhile (a flag change)
+                path = path or find_again(source)
+                if path is None:
+                    break
+                try:
+                    if move:  # one atomic rename: the message is always in exactly one folder
+                        os.rename(path, f"{self._dir}/cur/{name}")
+                    else:
+                        tmp = f"{self._dir}/tmp/{base}"
+                        link_or_copy(path, tmp, date)
+                        os.rename(tmp, f"{self._dir}/cur/{name}")
+                except FileNotFoundError:
+                    if not os.path.isdir(f"{self._dir}/cur") or not os.path.isdir(f"{self._dir}/tmp"):
+                        raise  # our own folder went away, not the source
+                    continue
+                placed = True
+                break
+            done.append(placed)  # False: the source was expunged meanwhile
+            if placed:
+                records.append(record)
         if records:
             fsync_directory(f"{self._dir}/cur")
             self._log.append(records, durable=True)
@@ -640,3 +664,20 @@ class Mailbox:
         self._forget(present)
         self.version += 1
         await self._disk(self._log.append, [f"- {m.uid}" for m in present], False)
+
+
+def find_again(path: str) -> str | None:
+    """Where a message file is now if it was renamed (new/ to cur/, other flags) since ``path``
+    was taken; None if it is gone. Blocking: one listing, only after a rename was missed."""
+    folder, name = os.path.split(path)
+    folder = os.path.dirname(folder)
+    base = name.split(":", 1)[0]
+    for sub in ("cur", "new"):
+        try:
+            names = os.listdir(f"{folder}/{sub}")
+        except FileNotFoundError:
+            continue
+        for candidate in names:
+            if candidate == base or candidate.startswith(base + ":"):
+                return f"{folder}/{sub}/{candidate}"
+    return None
