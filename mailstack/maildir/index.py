@@ -35,6 +35,7 @@ UIDs behind it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -128,12 +129,17 @@ def write_index(folder: Path, data: IndexData, *, durable: bool = True) -> None:
     parts.extend(f"{e.uid} {e.size} {e.internal_date} {e.base}\n" for e in data.entries)
     tmp = folder / f"{INDEX_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write("".join(parts).encode("utf-8"))
-        f.flush()
-        if durable:
-            os.fsync(fd)
-    os.replace(tmp, folder / INDEX_FILE)
+    try:
+        with open(fd, "wb") as f:
+            f.write("".join(parts).encode("utf-8"))
+            f.flush()
+            if durable:
+                os.fsync(fd)
+        os.replace(tmp, folder / INDEX_FILE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk leaves no half-written snapshot behind
+        raise
     if durable:
         _fsync_dir(folder)
 
@@ -151,16 +157,26 @@ class IndexLog:
         data = read_index(self.folder)
         if data is None:
             return None
+        path = self.folder / LOG_FILE
         try:
-            with open(self.folder / LOG_FILE, encoding="utf-8") as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             self.records = 0
             return data
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):  # a line torn by a crash: cut it off, or the next line would be glued to it
+            os.truncate(path, end)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            lines = raw[:end].decode("utf-8").split("\n")
         except UnicodeDecodeError:
             return None
-        lines = text.split("\n")
-        lines.pop()  # after the last newline: empty, or a line torn by a crash
+        lines.pop()  # after the last newline: empty
         if not _replay(data, lines):
             return None
         self.records = len(lines)
