@@ -24,6 +24,7 @@ them; EXAMINE and STATUS count unclaimed ones without claiming.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -554,10 +555,18 @@ class Mailbox:
 
     def _publish(self, moves: list[tuple[str, str]], records: list[str]) -> tuple[int, int]:
         """Rename files from tmp/ into cur/, make it durable, then log their UIDs (io thread)."""
-        for src, name in moves:
-            os.rename(src, f"{self._dir}/cur/{name}")
-        fsync_directory(f"{self._dir}/cur")
-        self._log.append(records, durable=True)
+        placed: list[str] = []
+        try:
+            for src, name in moves:
+                os.rename(src, f"{self._dir}/cur/{name}")
+                placed.append(f"{self._dir}/cur/{name}")
+            fsync_directory(f"{self._dir}/cur")
+            self._log.append(records, durable=True)
+        except OSError:
+            for path in placed:  # the client is told NO: the message must not turn up later
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
         return self._dir_stamp()
 
     def _placed(self, msgs: list[Message], stamp: tuple[int, int]) -> None:
@@ -601,6 +610,7 @@ class Mailbox:
                          f"+ {first + i} {size} {date} {base}"))
         done = []
         records = []
+        made: list[tuple[str, str]] = []  # (source it came from, file placed in cur/)
         for source, base, name, date, record in plan:
             placed = False
             for path in (source, None):  # the source as named, then as renamed meanwhile (a flag change)
@@ -623,9 +633,16 @@ class Mailbox:
             done.append(placed)  # False: the source was expunged meanwhile
             if placed:
                 records.append(record)
+                made.append((path or source, f"{self._dir}/cur/{name}"))
         if records:
-            fsync_directory(f"{self._dir}/cur")
-            self._log.append(records, durable=True)
+            try:
+                fsync_directory(f"{self._dir}/cur")
+                self._log.append(records, durable=True)
+            except OSError:  # the client is told NO: undo, so nothing turns up later twice
+                for path, dst in made:
+                    with contextlib.suppress(OSError):
+                        os.rename(dst, path) if move else os.unlink(dst)
+                raise
         return plan, done, self._dir_stamp()
 
     async def expunge(self, uids: Iterable[int]) -> list[int]:
@@ -649,7 +666,10 @@ class Mailbox:
             try:
                 os.unlink(path)
             except FileNotFoundError:
-                pass
+                moved = find_again(path)  # renamed meanwhile by another program: remove it there
+                if moved is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(moved)
         self._log.append(records, durable=False)
         return self._dir_stamp()
 

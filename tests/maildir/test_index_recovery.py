@@ -62,3 +62,25 @@ def test_expunge_on_a_full_disk_is_answered_ok_when_the_files_are_gone(tmp_path,
     assert tagged.startswith(b"OK")
     assert untagged == [b"* 3 EXPUNGE", b"* 2 EXPUNGE", b"* 1 EXPUNGE"]
     assert os.listdir(tmp_path / "example.test" / "alice" / "cur") == []
+
+
+def test_an_append_answered_no_leaves_no_message_behind(tmp_path, monkeypatch):
+    import mailstack.maildir.index as index
+    from tests.imap.harness import World
+
+    world = World.create(tmp_path)
+    c = world.connect().login()
+    c.ok("SELECT INBOX")
+    real = index.IndexLog.append
+
+    def full(self, records, durable):
+        if records and records[0].startswith("+"):
+            raise OSError(28, "No space left on device")
+        return real(self, records, durable)
+
+    monkeypatch.setattr(index.IndexLog, "append", full)
+    _, tagged = c.cmd("APPEND INBOX {5+}\r\nhello")
+    monkeypatch.undo()
+    assert tagged.startswith(b"NO")
+    c.ok("NOOP")
+    assert c.ok("UID SEARCH ALL") == [b"* SEARCH"]  # a retry will not make a duplicate

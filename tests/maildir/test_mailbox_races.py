@@ -85,3 +85,15 @@ def test_move_is_one_rename_never_through_tmp(tmp_path, monkeypatch):
     assert out and out[0][0] is not None
     assert [(s, d.rsplit("/", 2)[1]) for s, d in renames] == [(str(source), "cur")]
     assert os.listdir(b / "tmp") == [] and not os.listdir(a / "cur")
+
+
+def test_expunge_removes_a_file_another_program_renamed_meanwhile(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "cur" / "1700000000.M1P1.h,S=3:2,").write_bytes(b"abc")
+    box = Mailbox.load(tmp_path)
+    os.rename(tmp_path / "cur" / "1700000000.M1P1.h,S=3:2,", tmp_path / "cur" / "1700000000.M1P1.h,S=3:2,S")
+    removed: list = []
+    ensureDeferred(box.expunge([1])).addCallback(removed.extend)
+    assert removed == [1]
+    ensureDeferred(box.refresh(force=True))
+    assert box.messages == [] and os.listdir(tmp_path / "cur") == []
