@@ -326,3 +326,13 @@ def test_maildrop_moved_wholesale_by_imap_is_listed_once(h, tmp_path):
     h.reply("DELE 2\r\n")
     assert h.reply("QUIT\r\n").startswith("+OK")
     assert len(file_bytes(tmp_path, ALICE)) == 2
+
+
+def test_pipelined_retrievals_of_files_renamed_by_another_process(h, tmp_path):
+    maildir = maildir_of(tmp_path, ALICE)
+    for m in h.session.messages:
+        os.rename(maildir / "new" / m.name, maildir / "cur" / (m.name + ":2,S"))
+    out = h.send("RETR 1\r\nRETR 2\r\nTOP 3 0\r\nNOOP\r\n")
+    expected = (b"+OK %d octets\r\n" % len(M1) + encode_whole(M1) + b"+OK %d octets\r\n" % len(M2)
+                + encode_whole(M2) + b"+OK Top of message follows\r\n" + encode_whole(M3, 0) + b"+OK\r\n")
+    assert out == expected
