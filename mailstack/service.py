@@ -161,14 +161,15 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
     queue = build_queue(settings, reactor, local, io_pool, resolver)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
+    mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
+                           accounts=store)
     return Shared(
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls, store=store,
         authenticator=Authenticator(checker, throttle, reactor),
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue), resolver=resolver,
-        maildrops=Maildrops(maildir.maildir_path, reactor=reactor, pool=io_pool, events=events),
-        mail_store=MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
-                             accounts=store),
+        maildrops=Maildrops(mail_store, io=pop3.pool_io(reactor, io_pool), events=events),
+        mail_store=mail_store,
     )
 
 

@@ -440,6 +440,17 @@ class Mailbox:
                 return b""
         return b""
 
+    async def locate(self, msg: Message) -> str | None:
+        """The path of ``msg``'s file after a forced look at the disk; None when it is gone.
+
+        For readers whose open of :meth:`file_path` failed because another
+        process renamed the file (new/ to cur/, flags) since the last refresh.
+        """
+        await self.refresh(force=True)
+        if self.by_uid.get(msg.uid) is not msg:
+            return None
+        return self.file_path(msg)
+
     def remember_header(self, uid: int, header: bytes) -> None:
         if len(header) > HEADER_CACHE_BYTES:
             return

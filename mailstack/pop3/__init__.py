@@ -7,14 +7,17 @@ is not offered: passwords are stored as argon2id hashes.
 Modules: :mod:`.reply` (response values and codes), :mod:`.session` (states
 and commands), :mod:`.protocol` (framing, STLS, timeouts, streaming),
 :mod:`.stream` (CRLF and byte-stuffing in bulk, TOP), :mod:`.maildrop`
-(snapshot, unique-ids, sizes, deletion, locks).
+(the INBOX through the mail store shared with IMAP, unique-ids, deletion, locks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from mailstack.auth import Authenticator
@@ -22,6 +25,15 @@ from mailstack.pop3.maildrop import Maildrops
 from mailstack.pop3.protocol import POP3Factory, POP3Protocol
 from mailstack.pop3.session import POP3Session, SessionConfig
 from mailstack.throttle import ConnectionLimiter
+
+
+def pool_io(threads: IReactorFromThreads, pool: ThreadPool) -> Callable[..., Deferred[Any]]:
+    """The ``io`` callable for :class:`Maildrops`: file-system work on ``pool``, results on the reactor."""
+
+    def io(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(threads, pool, fn, *args)
+
+    return io
 
 
 def build_factory(config: SessionConfig, maildrops: Maildrops, *, authenticator: Authenticator,
@@ -42,4 +54,4 @@ def build_factory(config: SessionConfig, maildrops: Maildrops, *, authenticator:
     )
 
 
-__all__ = ["Maildrops", "POP3Factory", "POP3Protocol", "POP3Session", "SessionConfig", "build_factory"]
+__all__ = ["Maildrops", "POP3Factory", "POP3Protocol", "POP3Session", "SessionConfig", "build_factory", "pool_io"]

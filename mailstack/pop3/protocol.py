@@ -11,7 +11,10 @@ the CVE-2011-0411 class of injection) and the session starts again. That
 skeleton (limits, framing, timers, closing) is ``mailstack.lineserver``,
 shared with SMTP.
 
-RETR and TOP responses: a message up to 256 KiB is read and sent in one
+RETR and TOP responses: a message up to 64 KiB is read inline, a larger one
+is opened on the io pool; a file renamed since the mail store last looked is
+found again through the session (``Outcome.relocate``, one look at the folder
+on the io pool). A message up to 256 KiB is read and sent in one
 write; a larger one is streamed by :class:`mailstack.pop3.stream.MessageSender`
 in 64 KiB chunks as the transport drains.
 
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -91,14 +95,38 @@ class POP3Protocol(LineServerProtocol):
 
     def _send(self, outcome: Outcome) -> None:
         """RETR/TOP: open (and, for a small message, read) the file on the io pool, then send."""
-        pool = self.factory.pool
-        if pool is None or outcome.size <= INLINE_READ_LIMIT:
+        assert outcome.path is not None
+        loaded = None
+        if self._inline(outcome):
             # a small file from the page cache costs less than a trip to the pool and back
-            self._send_loaded(outcome, _load(outcome, self.factory.role))
-            return
+            loaded = _load(outcome.path, self.factory.role)
+            if not loaded.missing or outcome.relocate is None:
+                self._send_loaded(outcome, loaded)
+                return
         self.busy = True
-        d = deferToThreadPool(self.factory.clock, pool, _load, outcome, self.factory.role)
+        d = Deferred.fromCoroutine(self._load_elsewhere(outcome, loaded))
         d.addCallbacks(lambda loaded: self._after_load(outcome, loaded), self._send_failed)
+
+    def _inline(self, outcome: Outcome) -> bool:
+        return self.factory.pool is None or outcome.size <= INLINE_READ_LIMIT
+
+    async def _load_elsewhere(self, outcome: Outcome, loaded: _Loaded | None) -> _Loaded:
+        """Load on the io pool; a file gone from ``outcome.path`` is looked for once through the session."""
+        assert outcome.path is not None
+        if loaded is None:
+            loaded = await self._load_from(outcome, outcome.path)
+        if loaded.missing and outcome.relocate is not None:
+            moved = await outcome.relocate()
+            if moved is not None:
+                loaded = await self._load_from(outcome, moved)
+        return loaded
+
+    async def _load_from(self, outcome: Outcome, path: str) -> _Loaded:
+        if self._inline(outcome):
+            return _load(path, self.factory.role)
+        loaded: _Loaded = await deferToThreadPool(self.factory.clock, self.factory.pool, _load, path,
+                                                  self.factory.role)
+        return loaded
 
     def _after_load(self, outcome: Outcome, loaded: _Loaded) -> None:
         self.busy = False
@@ -112,6 +140,9 @@ class POP3Protocol(LineServerProtocol):
 
     def _send_loaded(self, outcome: Outcome, loaded: _Loaded) -> None:
         assert outcome.reply is not None
+        if loaded.missing:
+            self.write(R.MESSAGE_GONE)
+            return
         if loaded.error is not None:
             self.write(loaded.error)
             return
@@ -143,40 +174,31 @@ class POP3Protocol(LineServerProtocol):
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    """What the io pool found for RETR/TOP: an error reply, a small message's bytes, or an open file."""
+    """What the io pool found for RETR/TOP: no file, an error reply, a small message's bytes, or an open file."""
 
+    missing: bool = False
     error: Reply | None = None
     content: bytes | None = None
     file: IO[bytes] | None = None
 
 
-def _open(outcome: Outcome) -> IO[bytes] | None:
-    """The message file; if it moved (new/ to cur/, flags changed) find it again; None if gone."""
-    assert outcome.path is not None
-    try:
-        return open(outcome.path, "rb")
-    except FileNotFoundError:
-        moved = outcome.relocate() if outcome.relocate is not None else None
-    if moved is None:
-        return None
-    try:
-        return open(moved, "rb")
-    except FileNotFoundError:
-        return None
-
-
-def _load(outcome: Outcome, role: str) -> _Loaded:
+def _load(path: str, role: str) -> _Loaded:
     """Blocking: open the message; read it whole when small (one read, one write)."""
     try:
-        file = _open(outcome)
-        if file is None:
-            return _Loaded(error=R.MESSAGE_GONE)
+        file = open(path, "rb")
+    except FileNotFoundError:
+        return _Loaded(missing=True)  # renamed (new/ to cur/, flags) or removed since the store looked
+    except OSError as e:  # permissions, a directory, I/O errors
+        log.error("{role}: cannot read {path}: {error}", role=role, path=path, error=e)
+        return _Loaded(error=R.MESSAGE_UNREADABLE)
+    try:
         if os.fstat(file.fileno()).st_size > WHOLE_MESSAGE_LIMIT:
             return _Loaded(file=file)
         with file:
             return _Loaded(content=file.read())
-    except OSError as e:  # permissions, a directory, I/O errors
-        log.error("{role}: cannot read {path}: {error}", role=role, path=outcome.path, error=e)
+    except OSError as e:
+        file.close()
+        log.error("{role}: cannot read {path}: {error}", role=role, path=path, error=e)
         return _Loaded(error=R.MESSAGE_UNREADABLE)
 
 

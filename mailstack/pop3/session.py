@@ -11,26 +11,26 @@ The protocol (``protocol.py``) hands in one command line at a time; the
 session answers with an :class:`Outcome`: a :class:`Reply` plus what the
 protocol does next (close, start TLS, read a SASL response, send a message
 file). Logins go through the shared :class:`mailstack.auth.Authenticator`
-(growing delay and lockout per client address); the maildrop comes from
-:class:`mailstack.pop3.maildrop.Maildrops`.
+(growing delay and lockout per client address); the maildrop is the user's
+INBOX in the mail store, opened through :class:`mailstack.pop3.maildrop.Maildrops`.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from twisted.logger import Logger
 
 from mailstack import auth as sasl
 from mailstack.auth import Outcome as LoginOutcome
 from mailstack.envelope import new_queue_id
+from mailstack.maildir.folders import FolderError
+from mailstack.maildir.mailbox import Mailbox, Message
 from mailstack.pop3 import reply as R
-from mailstack.pop3.maildrop import Maildrops, Message
+from mailstack.pop3.maildrop import Maildrops, unique_id
 from mailstack.pop3.reply import Reply
 
 log = Logger()
@@ -50,7 +50,7 @@ class Action(enum.Enum):
     CLOSE = "close"  # write the reply, then close
     STLS = "stls"  # write the reply, drop buffered input, start TLS
     AUTH = "auth"  # write "+ ", the next line is a SASL response for auth_response()
-    SEND = "send"  # open ``path`` (else ``relocate()``); write the reply and the message
+    SEND = "send"  # open ``path`` (else ``await relocate()``); write the reply and the message
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class Outcome:
     action: Action = Action.NONE
     path: str | None = None
     body_lines: int | None = None  # TOP: lines of body after the headers
-    relocate: Callable[[], Path | None] | None = None  # where the file went if ``path`` is gone
+    relocate: Callable[[], Awaitable[str | None]] | None = None  # where the file went if ``path`` is gone
     size: int = 0  # the message's size from the maildrop listing
 
 
@@ -91,9 +91,8 @@ class POP3Session:
         self.state = State.AUTHORIZATION
         self.user: str | None = None  # after USER, before PASS
         self.mailbox: str | None = None  # the locked maildrop's address
-        self.messages: list[Message] = []
-        self._maildir = ""  # the locked maildrop's directory, as a string for cheap joins
-        self._moved: dict[str, Path] = {}  # base name -> path, for files renamed since the snapshot
+        self.box: Mailbox | None = None  # the locked maildrop's INBOX in the mail store
+        self.messages: list[Message] = []  # the snapshot taken at login, in UID (delivery) order
         self.deleted: set[int] = set()  # 0-based indexes marked by DELE
         self.closed = False
         self._commands: dict[str, tuple[_Handler, frozenset[State]]] = {
@@ -239,21 +238,21 @@ class POP3Session:
             return Outcome(R.MAILDROP_IN_USE)
         self.mailbox = address
         try:
-            messages = await self.maildrops.snapshot(address)
-        except (OSError, ValueError):
-            log.failure("pop3 {session_id}: cannot scan maildrop of {user}",
+            box = await self.maildrops.open(address)
+        except (OSError, ValueError, FolderError):
+            log.failure("pop3 {session_id}: cannot open maildrop of {user}",
                         session_id=self.session_id, user=address)
             self._release()
             return Outcome(R.MAILDROP_UNAVAILABLE)
         if self.closed:
             self._release()
             return Outcome(None)
-        self.messages = messages
-        self._maildir = str(self.maildrops.maildir_path(address))
+        self.box = box
+        self.messages = list(box.messages)  # nothing is claimed as \Recent, no file is renamed
         self.deleted = set()
         self.state = State.TRANSACTION
         log.debug("pop3 {session_id}: {user} opened maildrop with {count} messages",
-                 session_id=self.session_id, user=address, count=len(messages))
+                 session_id=self.session_id, user=address, count=len(self.messages))
         count, octets = self._totals()
         return Outcome(R.LOGGED_IN.with_text(f"Logged in, {count} messages ({octets} octets)"))
 
@@ -291,7 +290,7 @@ class POP3Session:
         return self._listing(args, lambda m: str(m.size))
 
     def uidl(self, args: str) -> Outcome:
-        return self._listing(args, lambda m: m.uid)
+        return self._listing(args, lambda m: unique_id(m.base))
 
     def _listing(self, args: str, value: Callable[[Message], str]) -> Outcome:
         if args:
@@ -322,24 +321,24 @@ class POP3Session:
         return self._send(index, R.ok("Top of message follows"), int(parts[1]))
 
     def _send(self, index: int, head: Reply, body_lines: int | None) -> Outcome:
-        mailbox, message = self.mailbox, self.messages[index]
-        assert mailbox is not None
-        path = os.path.join(self._maildir, message.subdir, message.name)
-        return Outcome(head, Action.SEND, path=path, body_lines=body_lines,
-                       relocate=lambda: self._relocate(mailbox, message), size=message.size)
+        box, message = self.box, self.messages[index]
+        assert box is not None
+        # The store's record follows renames made through it (IMAP flags, new/ to cur/) at once.
+        return Outcome(head, Action.SEND, path=box.file_path(message), body_lines=body_lines,
+                       relocate=lambda: self._relocate(box, message), size=message.size)
 
-    def _relocate(self, mailbox: str, message: Message) -> Path | None:
-        """Find a file renamed since the snapshot (IMAP moved it to cur/ or changed flags).
+    async def _relocate(self, box: Mailbox, message: Message) -> str | None:
+        """Find a file renamed since the store last looked (by another process); None if gone.
 
-        The directories are listed again only when the last listing does not
-        know the file, so a maildrop that IMAP moved wholesale costs one
-        listing, not one per message.
+        The store lists the folder again and updates every message's record, so
+        a maildrop moved wholesale costs one listing, not one per message.
         """
-        path = self._moved.get(message.base)
-        if path is not None and path.exists():
-            return path
-        self._moved = self.maildrops.current_paths(mailbox)
-        return self._moved.get(message.base)
+        try:
+            return await box.locate(message)
+        except OSError:
+            log.failure("pop3 {session_id}: cannot look for a message of {user}",
+                        session_id=self.session_id, user=self.mailbox)
+            return None
 
     def dele(self, args: str) -> Outcome:
         try:
@@ -366,19 +365,17 @@ class POP3Session:
     async def _update(self) -> Outcome:
         """RFC 1939 §6: remove the messages marked as deleted, then release the maildrop."""
         self.state = State.UPDATE
-        address = self.mailbox
-        assert address is not None
+        address, box = self.mailbox, self.box
+        assert address is not None and box is not None
         marked = [self.messages[i] for i in sorted(self.deleted)]
         try:
-            failed = await self.maildrops.remove(address, marked) if marked else []
+            failed = await self.maildrops.remove(address, box, marked) if marked else []
         except OSError:
             log.failure("pop3 {session_id}: removing messages of {user} failed",
                         session_id=self.session_id, user=address)
             failed = marked
         finally:
             self._release()
-        if len(failed) < len(marked):
-            self.maildrops.published(address)
         (log.info if marked else log.debug)(
             "pop3 {session_id}: {user} logged out, {removed} removed, {failed} not removed",
             session_id=self.session_id, user=address, removed=len(marked) - len(failed), failed=len(failed))

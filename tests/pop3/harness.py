@@ -13,6 +13,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mailstack.auth import Authenticator
+from mailstack.maildir.folders import MailStore
+from mailstack.maildir.layout import MaildirLayout
 from mailstack.notify import MailboxEvents
 from mailstack.pop3.maildrop import Maildrops
 from mailstack.pop3.protocol import POP3Factory, POP3Protocol
@@ -41,6 +43,11 @@ def put(root: Path, address: str, content: bytes, *, subdir: str = "new", second
         base += f",S={len(content)}"
     (maildir / subdir / (base + info)).write_bytes(content)
     return base
+
+
+def mail_store(root: Path) -> MailStore:
+    """The process's one owner of the Maildirs under ``root`` (IMAP's harness makes the same)."""
+    return MailStore(MaildirLayout(root), "test.host")
 
 
 class TLSStringTransport(StringTransport):
@@ -106,12 +113,13 @@ def pop3_harness(
     maildrops: Maildrops | None = None,
     limiter: ConnectionLimiter | None = None,
     events: MailboxEvents | None = None,
+    store: MailStore | None = None,
     peer: str = "192.0.2.10",
     connect: bool = True,
 ) -> Harness:
     clock = clock or Clock()
     authenticator = authenticator or make_authenticator(clock, USERS)
-    maildrops = maildrops or Maildrops(lambda a: maildir_of(root, a), events=events)
+    maildrops = maildrops or Maildrops(store or mail_store(root), events=events)
     limiter = limiter or ConnectionLimiter(20)
     config = SessionConfig(hostname="mail.example.test", allow_plaintext_auth=allow_plaintext_auth,
                            stls_available=not implicit_tls)

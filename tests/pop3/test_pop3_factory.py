@@ -12,13 +12,13 @@ from mailstack.service import listener_builders
 from mailstack.testing import make_authenticator
 from mailstack.throttle import ConnectionLimiter
 
-from .harness import USERS, maildir_of, put
+from .harness import USERS, mail_store, put
 
 
 def factories(root, maildrops=None):
     """``pop3`` and ``pop3s`` factories over one Maildrops, as service.py builds them."""
     clock = Clock()
-    maildrops = maildrops or Maildrops(lambda address: maildir_of(root, address), events=MailboxEvents())
+    maildrops = maildrops or Maildrops(mail_store(root), events=MailboxEvents())
     authenticator = make_authenticator(clock, USERS)
     limiter = ConnectionLimiter(20)
     return [build_factory(SessionConfig("mail.example.test", allow_plaintext_auth=False, stls_available=stls),

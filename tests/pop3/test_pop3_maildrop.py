@@ -1,56 +1,99 @@
-"""The maildrop snapshot: order, sizes without reading bodies, unique-ids, removal, locks."""
+"""The maildrop through the mail store: order, sizes without reading bodies, unique-ids, removal, locks."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailstack.notify import MailboxEvents
-from mailstack.pop3.maildrop import MaildropLocks, Maildrops, locate, remove, scan, unique_id
+from mailstack.pop3.maildrop import MaildropLocks, Maildrops, unique_id
 
-from .harness import maildir_of, put
+from .harness import mail_store, maildir_of, put
 
 ALICE = "alice@example.test"
 
 
-def test_missing_maildir_is_an_empty_maildrop(tmp_path):
-    assert scan(tmp_path / "nobody") == []
+def _d(coro):
+    return Deferred.fromCoroutine(coro)
 
 
-def test_order_is_delivery_time_then_name_across_new_and_cur(tmp_path):
-    late = put(tmp_path, ALICE, b"late\r\n", seconds=1700000300)
-    early = put(tmp_path, ALICE, b"early\r\n", subdir="cur", info=":2,S", seconds=1700000100)
-    middle = put(tmp_path, ALICE, b"middle\r\n", seconds=1700000200)
-    (maildir_of(tmp_path, ALICE) / "new" / "zzz-foreign").write_bytes(b"x\r\n")
-    (maildir_of(tmp_path, ALICE) / "new" / ".hidden").write_bytes(b"x\r\n")
-    names = [m.base for m in scan(maildir_of(tmp_path, ALICE))]
-    assert names == [early, middle, late, "zzz-foreign"]
+class MaildropsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.events = MailboxEvents()
+        self.seen: list[str] = []
+        self.events.subscribe(ALICE, lambda address, folder: self.seen.append(address))
+        self.drops = Maildrops(mail_store(self.root), events=self.events)
 
+    def open(self):
+        return self.successResultOf(_d(self.drops.open(ALICE)))
 
-def test_sizes_come_from_the_name_without_reading(tmp_path):
-    base = put(tmp_path, ALICE, b"twelve bytes")
-    maildir = maildir_of(tmp_path, ALICE)
-    os.rename(maildir / "new" / base, maildir / "new" / "1700000000.M1P1.host,S=999")
-    [m] = scan(maildir)
-    assert m.size == 999 and m.uid == "1700000000.M1P1.host"
+    def test_missing_maildir_is_an_empty_maildrop(self):
+        self.assertEqual(self.open().messages, [])
+        self.assertTrue((maildir_of(self.root, ALICE) / "cur").is_dir())
 
+    def test_order_is_delivery_time_then_name_across_new_and_cur(self):
+        late = put(self.root, ALICE, b"late\r\n", seconds=1700000300)
+        early = put(self.root, ALICE, b"early\r\n", subdir="cur", info=":2,S", seconds=1700000100)
+        middle = put(self.root, ALICE, b"middle\r\n", seconds=1700000200)
+        (maildir_of(self.root, ALICE) / "new" / ".hidden").write_bytes(b"x\r\n")
+        self.assertEqual([m.base for m in self.open().messages], [early, middle, late])
 
-def test_size_falls_back_to_stat(tmp_path):
-    put(tmp_path, ALICE, b"12345", sized=False)
-    [m] = scan(maildir_of(tmp_path, ALICE))
-    assert m.size == 5
+    def test_sizes_come_from_the_name_without_reading(self):
+        base = put(self.root, ALICE, b"twelve bytes")
+        maildir = maildir_of(self.root, ALICE)
+        os.rename(maildir / "new" / base, maildir / "new" / "1700000000.M1P1.host,S=999")
+        [m] = self.open().messages
+        self.assertEqual((m.size, unique_id(m.base)), (999, "1700000000.M1P1.host"))
 
+    def test_size_falls_back_to_stat(self):
+        put(self.root, ALICE, b"12345", sized=False)
+        [m] = self.open().messages
+        self.assertEqual(m.size, 5)
 
-def test_uid_is_stable_when_moved_to_cur_with_flags(tmp_path):
-    base = put(tmp_path, ALICE, b"hi\r\n")
-    maildir = maildir_of(tmp_path, ALICE)
-    [before] = scan(maildir)
-    os.rename(maildir / "new" / base, maildir / "cur" / (base + ":2,S"))
-    [after] = scan(maildir)
-    assert before.uid == after.uid == base.split(",")[0]
-    assert locate(maildir, before) == maildir / "cur" / (base + ":2,S")
+    def test_opening_renames_nothing(self):
+        base = put(self.root, ALICE, b"hi\r\n")
+        box = self.open()
+        self.assertEqual(os.listdir(maildir_of(self.root, ALICE) / "new"), [base])
+        self.assertEqual(box.unclaimed, {box.messages[0].uid})  # still \Recent for IMAP
+
+    def test_remove_expunges_even_after_a_move_and_counts_gone_as_removed(self):
+        maildir = maildir_of(self.root, ALICE)
+        a = put(self.root, ALICE, b"a\r\n")
+        b = put(self.root, ALICE, b"b\r\n")
+        c = put(self.root, ALICE, b"c\r\n")
+        box = self.open()
+        msgs = list(box.messages)
+        os.rename(maildir / "new" / a, maildir / "cur" / (a + ":2,S"))
+        os.unlink(maildir / "new" / b)
+        self.assertEqual(self.successResultOf(_d(self.drops.remove(ALICE, box, msgs[:2]))), [])
+        self.assertEqual(os.listdir(maildir / "cur") + os.listdir(maildir / "new"), [c])
+        self.assertEqual([m.base for m in box.messages], [c])
+        self.assertEqual(self.seen, [ALICE])
+
+    def test_remove_reports_failures_and_removes_the_rest(self):
+        maildir = maildir_of(self.root, ALICE)
+        put(self.root, ALICE, b"a\r\n")
+        (maildir / "new" / "1700000999.M1P1.host,S=3").mkdir()  # unlink() of a directory fails
+        box = self.open()
+        failed = self.successResultOf(_d(self.drops.remove(ALICE, box, list(box.messages))))
+        self.assertEqual([m.base for m in failed], ["1700000999.M1P1.host,S=3"])
+        self.assertEqual(os.listdir(maildir / "new"), ["1700000999.M1P1.host,S=3"])
+        self.assertEqual([m.base for m in box.messages], ["1700000999.M1P1.host,S=3"])
+
+    def test_remove_tells_the_quota_cache(self):
+        put(self.root, ALICE, b"a\r\n")
+        told: list[str] = []
+        self.drops.store.usage_changed = told.append  # type: ignore[method-assign]
+        box = self.open()
+        self.successResultOf(_d(self.drops.remove(ALICE, box, list(box.messages))))
+        self.assertEqual(told, [ALICE])
 
 
 def test_unique_id_obeys_rfc1939_limits():
@@ -63,28 +106,6 @@ def test_unique_id_obeys_rfc1939_limits():
     assert unique_id("has space").startswith("H")
 
 
-def test_remove_unlinks_even_after_a_move_and_counts_gone_as_removed(tmp_path):
-    maildir = maildir_of(tmp_path, ALICE)
-    a = put(tmp_path, ALICE, b"a\r\n")
-    b = put(tmp_path, ALICE, b"b\r\n")
-    c = put(tmp_path, ALICE, b"c\r\n")
-    msgs = scan(maildir)
-    os.rename(maildir / "new" / a, maildir / "cur" / (a + ":2,S"))
-    os.unlink(maildir / "new" / b)
-    assert remove(maildir, msgs[:2]) == []
-    assert [m.base for m in scan(maildir)] == [c]
-
-
-def test_remove_reports_failures(tmp_path):
-    maildir = maildir_of(tmp_path, ALICE)
-    put(tmp_path, ALICE, b"a\r\n")
-    (maildir / "new" / "1700000999.M1P1.host,S=3").mkdir()  # unlink() of a directory fails
-    msgs = scan(maildir)
-    failed = remove(maildir, msgs)
-    assert [m.name for m in failed] == ["1700000999.M1P1.host,S=3"]
-    assert [m.name for m in scan(maildir)] == ["1700000999.M1P1.host,S=3"]
-
-
 def test_locks_are_exclusive_per_mailbox():
     locks = MaildropLocks()
     assert locks.acquire(ALICE)
@@ -92,24 +113,3 @@ def test_locks_are_exclusive_per_mailbox():
     assert locks.acquire("bob@example.test")
     locks.release(ALICE)
     assert locks.acquire(ALICE)
-
-
-class MaildropsTests(SynchronousTestCase):
-    def test_snapshot_remove_and_publish_inline(self):
-        root = Path(self.mktemp())
-        put(root, ALICE, b"x\r\n")
-        events = MailboxEvents()
-        seen: list[str] = []
-        events.subscribe(ALICE, lambda address, folder: seen.append(address))
-        drops = Maildrops(lambda a: maildir_of(root, a), events=events)
-        msgs = self.successResultOf(_d(drops.snapshot(ALICE)))
-        self.assertEqual(len(msgs), 1)
-        self.assertEqual(self.successResultOf(_d(drops.remove(ALICE, msgs))), [])
-        drops.published(ALICE)
-        self.assertEqual(seen, [ALICE])
-
-
-def _d(coro):
-    from twisted.internet.defer import Deferred
-
-    return Deferred.fromCoroutine(coro)
