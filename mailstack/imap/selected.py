@@ -308,15 +308,19 @@ class SelectedCommands(ViewMixin):
         await self.store.check_quota(self.user, added, self.io)
         placed: list[Message | None] = []
         # In steps of COPY_STEP messages: between steps the reactor serves every other session.
-        for start in range(0, len(sources), COPY_STEP):
-            items = []
-            try:
+        try:
+            for start in range(0, len(sources), COPY_STEP):
+                items = []
                 for msg in sources[start:start + COPY_STEP]:
                     letters = await dest.letters_of(src.flags(msg))
                     items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
-            except TooManyKeywords:
+                placed += await dest.add_links(items, move=move and not same)
+        except Exception as e:
+            if not move:  # RFC 3501 §6.4.7: a COPY that fails leaves the destination as it was
+                await dest.expunge([n.uid for n in placed if n is not None])
+            if isinstance(e, TooManyKeywords):
                 raise No("Too many keywords in the target mailbox", "LIMIT") from None
-            placed += await dest.add_links(items, move=move and not same)
+            raise
         self.store.usage_added(self.user, added)
         done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]
         if move and not same:

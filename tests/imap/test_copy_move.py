@@ -49,3 +49,23 @@ def test_uid_move_and_copy(box):
 def test_move_within_same_mailbox(box):
     untagged, tagged = box.cmd("MOVE 1 INBOX")
     assert tagged.startswith(b"OK") and b"* 1 EXPUNGE" in untagged and b"* 3 EXISTS" in untagged
+
+
+def test_a_copy_that_fails_part_way_leaves_the_destination_as_it_was(tmp_path, monkeypatch):
+    import mailstack.imap.selected as selected
+
+    from .harness import World
+
+    monkeypatch.setattr(selected, "COPY_STEP", 1)  # message 2 stands for message 1001 of a big COPY
+    world = World.create(tmp_path)
+    c = world.connect().login()
+    c.ok("CREATE Dest")
+    keywords = " ".join(f"k{i}" for i in range(26))  # every keyword letter of Dest is taken
+    c.ok(f"APPEND Dest ({keywords}) {{5+}}\r\nhello")
+    world.deliver(b"Subject: 1\r\n\r\nx\r\n")
+    world.deliver(b"Subject: 2\r\n\r\nx\r\n")
+    c.ok("SELECT INBOX")
+    c.ok("STORE 2 +FLAGS.SILENT (NewKeyword)")
+    _, tagged = c.cmd("COPY 1:2 Dest")
+    assert tagged.startswith(b"NO [LIMIT]")
+    assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 1)"]  # RFC 3501 §6.4.7
