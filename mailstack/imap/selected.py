@@ -306,20 +306,25 @@ class SelectedCommands(ViewMixin):
         sources: list[Message] = [m for _, u in targets if (m := src.by_uid.get(u)) is not None]
         added = 0 if move else sum(m.size for m in sources)  # MOVE within the account uses no space
         await self.store.check_quota(self.user, added, self.io)
+        # The destination's letters for each source's letters, all settled before anything is
+        # placed: a keyword the destination has no room for refuses the whole COPY or MOVE.
+        translated: dict[str, str] = {}
+        try:
+            for msg in sources:
+                if msg.letters not in translated:
+                    translated[msg.letters] = await dest.letters_of(src.flags(msg))
+        except TooManyKeywords:
+            raise No("Too many keywords in the target mailbox", "LIMIT") from None
         placed: list[Message | None] = []
         # In steps of COPY_STEP messages: between steps the reactor serves every other session.
         try:
             for start in range(0, len(sources), COPY_STEP):
-                items = []
-                for msg in sources[start:start + COPY_STEP]:
-                    letters = await dest.letters_of(src.flags(msg))
-                    items.append((src.file_path(msg), msg.size, letters, msg.internal_date))
+                items = [(src.file_path(msg), msg.size, translated[msg.letters], msg.internal_date)
+                         for msg in sources[start:start + COPY_STEP]]
                 placed += await dest.add_links(items, move=move and not same)
-        except Exception as e:
+        except Exception:
             if not move:  # RFC 3501 §6.4.7: a COPY that fails leaves the destination as it was
                 await dest.expunge([n.uid for n in placed if n is not None])
-            if isinstance(e, TooManyKeywords):
-                raise No("Too many keywords in the target mailbox", "LIMIT") from None
             raise
         self.store.usage_added(self.user, added)
         done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]

@@ -69,3 +69,32 @@ def test_a_copy_that_fails_part_way_leaves_the_destination_as_it_was(tmp_path, m
     _, tagged = c.cmd("COPY 1:2 Dest")
     assert tagged.startswith(b"NO [LIMIT]")
     assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 1)"]  # RFC 3501 §6.4.7
+
+
+def test_a_copy_whose_second_step_fails_on_disk_takes_back_the_first(tmp_path, monkeypatch):
+    import mailstack.imap.selected as selected
+    from mailstack.maildir.mailbox import Mailbox
+
+    from .harness import World
+
+    monkeypatch.setattr(selected, "COPY_STEP", 1)
+    world = World.create(tmp_path)
+    c = world.connect().login()
+    c.ok("CREATE Dest")
+    world.deliver(b"Subject: 1\r\n\r\nx\r\n")
+    world.deliver(b"Subject: 2\r\n\r\nx\r\n")
+    c.ok("SELECT INBOX")
+    real = Mailbox.add_links
+    calls: list[int] = []
+
+    async def second_fails(self, items, *, move):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return await real(self, items, move=move)
+
+    monkeypatch.setattr(Mailbox, "add_links", second_fails)
+    _, tagged = c.cmd("COPY 1:2 Dest")
+    assert tagged.startswith(b"NO")
+    assert calls == [1, 1]
+    assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 0)"]
