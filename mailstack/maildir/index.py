@@ -39,8 +39,10 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 INDEX_FILE = "mailstack-index"
 LOG_FILE = "mailstack-index.log"
@@ -57,11 +59,24 @@ class Entry:
     base: str
 
 
+class IndexEntry(Protocol):
+    """What the snapshot keeps of a message (an :class:`Entry`, or a mailbox's own message record)."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def internal_date(self) -> int: ...
+    @property
+    def base(self) -> str: ...
+
+
 @dataclass(slots=True)
 class IndexData:
     uidvalidity: int
     uidnext: int
-    entries: list[Entry]
+    entries: Sequence[IndexEntry]
     last_claimed: int = 0
 
 

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
-from mailstack.maildir.index import INDEX_FILE, Entry, IndexData, IndexLog, new_uidvalidity
+from mailstack.maildir.index import INDEX_FILE, IndexData, IndexEntry, IndexLog, new_uidvalidity
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
@@ -221,7 +221,7 @@ class Mailbox:
         await self._compact_if_due()
         return changed
 
-    def _refresh_work(self, force: bool, cached: dict[str, Entry] | None, log: bool = True) -> Change | None:
+    def _refresh_work(self, force: bool, cached: dict[str, IndexEntry] | None, log: bool = True) -> Change | None:
         """The disk half of a refresh (io thread): list, compare, give new files UIDs in the log."""
         try:
             identity: tuple[int, int] | None = self._dir_identity()
@@ -389,8 +389,9 @@ class Mailbox:
     # -- the index ----------------------------------------------------------------------------
 
     def _snapshot(self) -> IndexData:
-        entries = [Entry(m.uid, m.size, m.internal_date, m.base) for m in self.messages]
-        return IndexData(self.uidvalidity, self.uidnext, entries, self.last_claimed)
+        # The message records themselves (their UID, size, date and base never change): no
+        # second object per message, which for a 100,000-message folder was a fifth of a first load.
+        return IndexData(self.uidvalidity, self.uidnext, list(self.messages), self.last_claimed)
 
     def _compact(self) -> None:
         """Fold the log into a new snapshot (io thread, as the owner)."""
