@@ -138,3 +138,12 @@ def fetch_map(lines: list[bytes]) -> dict[int, bytes]:
         if m:
             out[int(m.group(1))] = m.group(2)
     return out
+
+
+def uidvalidity(lines: list[bytes]) -> int:
+    """The UIDVALIDITY a SELECT or STATUS answer carries."""
+    for line in lines:
+        m = re.search(rb"UIDVALIDITY (\d+)", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(lines)

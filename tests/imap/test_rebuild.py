@@ -5,17 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 
-from .harness import USER
+from .harness import USER, uidvalidity
 
 MSG = b"Subject: x\r\n\r\nbody\r\n"
-
-
-def uidvalidity(lines: list[bytes]) -> int:
-    for line in lines:
-        m = re.search(rb"UIDVALIDITY (\d+)", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(lines)
 
 
 def test_deleted_maildir_is_rebuilt_at_next_login(world, client):

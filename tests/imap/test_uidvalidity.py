@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from mailstack.maildir import index
 
-
-def uidvalidity(lines: list[bytes]) -> int:
-    for line in lines:
-        m = re.search(rb"UIDVALIDITY (\d+)", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(lines)
+from .harness import uidvalidity
 
 
 def test_folder_deleted_and_recreated_in_the_same_second_gets_a_higher_uidvalidity(client, monkeypatch):
