@@ -223,6 +223,26 @@ class SelectedCommands(ViewMixin):
         if seen:
             self._publish()
 
+    async def _take_back(self, src: Any, dest: Any, placed: list[Message], *, move: bool) -> None:
+        """A COPY or MOVE failed part way: undo the steps done (RFC 3501 §6.4.7, RFC 6851 §3.3).
+
+        Copies are expunged from the destination; moved messages go back to the source
+        (under new UIDs there: the client was told NO, and nothing is lost or doubled).
+        """
+        if not placed:
+            return
+        try:
+            if not move:
+                await dest.expunge([n.uid for n in placed])
+                return
+            back = [(dest.file_path(n), n.size, await src.letters_of(dest.flags(n)), n.internal_date)
+                    for n in placed]
+            await src.add_links(back, move=True)
+            await dest.detach(*placed)
+        except Exception:
+            log.failure("imap {session_id}: undoing a failed COPY/MOVE of {count} messages failed",
+                        session_id=self.session_id, count=len(placed))  # type: ignore[attr-defined]
+
     # -- STORE (RFC 3501 §6.4.6) --------------------------------------------------------------
 
     async def cmd_store(self, tag: str, args: list[Token], uid: bool = False) -> Any:
@@ -323,8 +343,7 @@ class SelectedCommands(ViewMixin):
                          for msg in sources[start:start + COPY_STEP]]
                 placed += await dest.add_links(items, move=move and not same)
         except Exception:
-            if not move:  # RFC 3501 §6.4.7: a COPY that fails leaves the destination as it was
-                await dest.expunge([n.uid for n in placed if n is not None])
+            await self._take_back(src, dest, [n for n in placed if n is not None], move=move and not same)
             raise
         self.store.usage_added(self.user, added)
         done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]

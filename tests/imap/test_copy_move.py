@@ -98,3 +98,38 @@ def test_a_copy_whose_second_step_fails_on_disk_takes_back_the_first(tmp_path, m
     assert tagged.startswith(b"NO")
     assert calls == [1, 1]
     assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 0)"]
+
+
+def test_a_move_whose_second_step_fails_on_disk_moves_the_first_back(tmp_path, monkeypatch):
+    import mailstack.imap.selected as selected
+    from mailstack.maildir.mailbox import Mailbox
+
+    from .harness import World
+
+    monkeypatch.setattr(selected, "COPY_STEP", 1)
+    world = World.create(tmp_path)
+    c = world.connect().login()
+    c.ok("CREATE Dest")
+    world.deliver(b"Subject: 1\r\n\r\nx\r\n")
+    world.deliver(b"Subject: 2\r\n\r\nx\r\n")
+    c.ok("SELECT INBOX")
+    c.ok("STORE 1 +FLAGS (\\Flagged)")
+    real = Mailbox.add_links
+    calls: list[bool] = []
+
+    async def second_fails(self, items, *, move):
+        calls.append(move)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return await real(self, items, move=move)
+
+    monkeypatch.setattr(Mailbox, "add_links", second_fails)
+    _, tagged = c.cmd("MOVE 1:2 Dest")
+    assert tagged.startswith(b"NO")
+    assert calls == [True, True, True]  # step one, step two (failed), the way back
+    monkeypatch.undo()
+    status = [ln for ln in c.ok("STATUS Dest (MESSAGES)") if ln.startswith(b"* STATUS")]
+    assert status == [b"* STATUS Dest (MESSAGES 0)"]
+    c.ok("NOOP")
+    flags = [ln for ln in c.ok("FETCH 1:* (FLAGS)") if b"FETCH" in ln]
+    assert len(flags) == 2 and sum(b"\\Flagged" in ln for ln in flags) == 1
