@@ -71,7 +71,10 @@ def test_a_copy_that_fails_part_way_leaves_the_destination_as_it_was(tmp_path, m
     assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 1)"]  # RFC 3501 §6.4.7
 
 
-def test_a_copy_whose_second_step_fails_on_disk_takes_back_the_first(tmp_path, monkeypatch):
+def _two_messages_and_a_failing_second_step(tmp_path, monkeypatch):
+    """A session with INBOX (two messages) selected and a Dest folder; COPY/MOVE work one
+    message per step and the second step fails on disk. Returns (client, calls), where calls
+    records the ``move`` argument of every step."""
     import mailstack.imap.selected as selected
     from mailstack.maildir.mailbox import Mailbox
 
@@ -84,36 +87,6 @@ def test_a_copy_whose_second_step_fails_on_disk_takes_back_the_first(tmp_path, m
     world.deliver(b"Subject: 1\r\n\r\nx\r\n")
     world.deliver(b"Subject: 2\r\n\r\nx\r\n")
     c.ok("SELECT INBOX")
-    real = Mailbox.add_links
-    calls: list[int] = []
-
-    async def second_fails(self, items, *, move):
-        calls.append(len(items))
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return await real(self, items, move=move)
-
-    monkeypatch.setattr(Mailbox, "add_links", second_fails)
-    _, tagged = c.cmd("COPY 1:2 Dest")
-    assert tagged.startswith(b"NO")
-    assert calls == [1, 1]
-    assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 0)"]
-
-
-def test_a_move_whose_second_step_fails_on_disk_moves_the_first_back(tmp_path, monkeypatch):
-    import mailstack.imap.selected as selected
-    from mailstack.maildir.mailbox import Mailbox
-
-    from .harness import World
-
-    monkeypatch.setattr(selected, "COPY_STEP", 1)
-    world = World.create(tmp_path)
-    c = world.connect().login()
-    c.ok("CREATE Dest")
-    world.deliver(b"Subject: 1\r\n\r\nx\r\n")
-    world.deliver(b"Subject: 2\r\n\r\nx\r\n")
-    c.ok("SELECT INBOX")
-    c.ok("STORE 1 +FLAGS (\\Flagged)")
     real = Mailbox.add_links
     calls: list[bool] = []
 
@@ -124,6 +97,20 @@ def test_a_move_whose_second_step_fails_on_disk_moves_the_first_back(tmp_path, m
         return await real(self, items, move=move)
 
     monkeypatch.setattr(Mailbox, "add_links", second_fails)
+    return c, calls
+
+
+def test_a_copy_whose_second_step_fails_on_disk_takes_back_the_first(tmp_path, monkeypatch):
+    c, calls = _two_messages_and_a_failing_second_step(tmp_path, monkeypatch)
+    _, tagged = c.cmd("COPY 1:2 Dest")
+    assert tagged.startswith(b"NO")
+    assert calls == [False, False]
+    assert c.ok("STATUS Dest (MESSAGES)") == [b"* STATUS Dest (MESSAGES 0)"]
+
+
+def test_a_move_whose_second_step_fails_on_disk_moves_the_first_back(tmp_path, monkeypatch):
+    c, calls = _two_messages_and_a_failing_second_step(tmp_path, monkeypatch)
+    c.ok("STORE 1 +FLAGS (\\Flagged)")
     _, tagged = c.cmd("MOVE 1:2 Dest")
     assert tagged.startswith(b"NO")
     assert calls == [True, True, True]  # step one, step two (failed), the way back
