@@ -50,8 +50,10 @@ def _exit_zero_after_sigterm(reactor: object) -> None:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from mailstack.memory import return_large_blocks
     from mailstack.service import build_service
 
+    return_large_blocks()
     reactor.addSystemEventTrigger("after", "shutdown", _exit_zero_after_sigterm, reactor)
     base = _base_dir(options)
     path = options["config"] or config.default_path(cwd=base)
