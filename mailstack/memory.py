@@ -10,13 +10,19 @@ the dynamic adjustment off (mallopt(3)), so each check's memory is returned
 when the check ends.
 
 Elsewhere (musl, macOS) nothing is changed.
+
+Also here: pausing the cyclic garbage collector around bulk loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import sys
+import threading
+from collections.abc import Iterator
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 THRESHOLD = 1 << 20  # blocks from 1 MiB up get their own mapping (glibc's default starts at 128 KiB)
@@ -38,3 +44,33 @@ def return_large_blocks() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD))
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_was_enabled = False
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a bulk load runs (any thread; nests).
+
+    Reading a 100,000-message folder makes a few hundred thousand objects, and
+    the collector, triggered by allocation counts, walked every live object
+    several times over during it: about a sixth of the load. Reference counting
+    still frees everything that is not in a cycle; the collector runs as usual
+    once the last load ends.
+    """
+    global _pauses, _was_enabled
+    with _pause_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()

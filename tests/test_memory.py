@@ -43,3 +43,16 @@ def test_password_checks_on_two_threads_leave_no_memory_behind() -> None:
     # Each argon2id check works in 19 MiB; without the fixed threshold two threads kept about 40.
     assert int(grown) < 8
     assert int(grown_mib("default")) >= 19  # the test can tell the difference
+
+
+def test_collector_pauses_nest_and_end_with_the_last() -> None:
+    import gc
+
+    from mailstack.memory import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()

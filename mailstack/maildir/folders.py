@@ -215,6 +215,8 @@ class MailStore:
             raise
         self._replaced.discard(path)
         box = self._open.setdefault(path, loaded)
+        if box is loaded:
+            box.save_in_background()
         for waiter in self._loading.pop(path, []):
             waiter.callback(box)
         return box
@@ -224,7 +226,7 @@ class MailStore:
             self._ensure(path)
         try:
             return Mailbox.load(path, self.hostname, io=io, uidvalidity=lambda: self._issue_uidvalidity(user),
-                                fresh=fresh, monotonic=self.monotonic)
+                                fresh=fresh, monotonic=self.monotonic, save_later=True)
         except FileNotFoundError:
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
 

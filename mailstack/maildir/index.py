@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 INDEX_FILE = "mailstack-index"
 LOG_FILE = "mailstack-index.log"
@@ -51,8 +51,7 @@ UIDVALIDITY_FILE = "mailstack-uidvalidity"
 _MAGIC = "mailstack-index 1"
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(NamedTuple):
     uid: int
     size: int
     internal_date: int
@@ -141,7 +140,7 @@ def write_index(folder: Path, data: IndexData, *, durable: bool = True) -> None:
     unsynced rename would be rebuilt with a new UIDVALIDITY, forcing clients to resync.
     """
     parts = [f"{_MAGIC} {data.uidvalidity} {data.uidnext} {data.last_claimed}\n"]
-    parts.extend(f"{e.uid} {e.size} {e.internal_date} {e.base}\n" for e in data.entries)
+    parts += [f"{e.uid} {e.size} {e.internal_date} {e.base}\n" for e in data.entries]
     tmp = folder / f"{INDEX_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:

@@ -28,7 +28,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,11 +36,12 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
-from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
+from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords
 from mailstack.maildir.index import INDEX_FILE, IndexData, IndexEntry, IndexLog, new_uidvalidity
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
+from mailstack.memory import collector_paused
 
 # ``<seconds>.M<micros>...,S=<size>``: delivery order, internal date and size of a new file
 _NAME_FACTS = re.compile(r"(\d{1,11})\.(?:M(\d+))?(?:[^,]*,)*?S=(\d+)(?=,|$)")
@@ -72,7 +73,7 @@ class Message:
     letters: str  # sorted info letters
     size: int
     internal_date: int
-    name: str = ""  # the file name as found (a name in cur/ may lack the ":2," info)
+    name: str = ""  # the file name where it is not the usual one below (kept only then: memory)
 
     def filename(self) -> str:
         if self.name:
@@ -128,20 +129,33 @@ class Mailbox:
         self._identity: tuple[int, int] | None = None
         self._index_seen: tuple[int, int] | None = None
         self._log = IndexLog(path)
+        self._unsaved = False  # the folder has no snapshot of the UIDs it shows yet
         self._owner = Owner(str(path))
 
     @classmethod
     def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
              uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False,
-             monotonic: Callable[[], float] = time.monotonic) -> Mailbox:
+             monotonic: Callable[[], float] = time.monotonic, save_later: bool = False) -> Mailbox:
         """Read a folder (blocking: call it on the io pool; the object is not shared yet).
 
         ``fresh``: ignore any index, as for a Maildir restored under a running server.
-        Raises FileNotFoundError when the folder does not exist.
+        ``save_later``: a folder that had no usable index gets its snapshot written by
+        :meth:`save_in_background` rather than before this returns. That is safe because
+        its UIDVALIDITY is new and already recorded: after a crash before the snapshot
+        lands, the folder is read again under a newer UIDVALIDITY, so no client keeps
+        UIDs that were not saved. Raises FileNotFoundError when the folder does not exist.
         """
         box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic)
-        box._load(fresh)
+        with collector_paused():
+            box._load(fresh)
+        if box._unsaved and not save_later:
+            box._compact()
         return box
+
+    def save_in_background(self) -> None:
+        """Write the snapshot that a load with ``save_later`` left for later (as the owner)."""
+        if self._unsaved:
+            self._owner.in_background(self._compact_if_due())
 
     # -- loading (on the io thread, before the object is shared) ------------------------------
 
@@ -156,13 +170,13 @@ class Mailbox:
         self.uidvalidity, self.uidnext = data.uidvalidity, data.uidnext
         self.last_claimed = data.last_claimed
         # A folder without our index gets a whole new snapshot below: no log lines for it first.
-        change = self._refresh_work(True, {e.base: e for e in data.entries}, log=not rebuilt)
+        change = self._refresh_work(True, data.entries, log=not rebuilt)
         assert change is not None
         self._apply(change)
         if rebuilt:  # a Maildir without our index: what readers left in new/ is recent
             in_new = [m.uid for m in self.messages if m.subdir == "new"]
             self.last_claimed = (min(in_new) if in_new else self.uidnext) - 1
-            self._compact()
+            self._unsaved = True  # written by load() or save_in_background()
         elif self._log.needs_compaction(len(self.messages)):
             self._compact()
         self.unclaimed = {m.uid for m in self.messages if m.uid > self.last_claimed}
@@ -221,8 +235,11 @@ class Mailbox:
         await self._compact_if_due()
         return changed
 
-    def _refresh_work(self, force: bool, cached: dict[str, IndexEntry] | None, log: bool = True) -> Change | None:
-        """The disk half of a refresh (io thread): list, compare, give new files UIDs in the log."""
+    def _refresh_work(self, force: bool, cached: Sequence[IndexEntry] | None, log: bool = True) -> Change | None:
+        """The disk half of a refresh (io thread): list, compare, give new files UIDs in the log.
+
+        ``cached``: at load, the index's records in UID order; files they name keep their UIDs.
+        """
         try:
             identity: tuple[int, int] | None = self._dir_identity()
             stamp = self._dir_stamp()
@@ -237,56 +254,59 @@ class Mailbox:
         if cached is None and self._index_identity() != self._index_seen:
             return Change(vanished=True)  # the directory came back (same inode), not with our index
         change = Change(stamp, time.time_ns(), keywords=self.keywords.read(), uidnext=self.uidnext)
-        found: dict[str, Where] = {}
-        for sub in ("new", "cur"):
-            try:
-                names = os.listdir(f"{self._dir}/{sub}")
-            except FileNotFoundError:
-                continue
-            in_cur = sub == "cur"
-            for name in names:
-                if name[0] == ".":
-                    continue
-                base, letters = split_name(name)
-                if not in_cur:
-                    letters = ""
-                elif len(letters) > 1:
-                    letters = "".join(sorted(letters))
-                found[base] = (sub, letters, name)
+        # base name -> file name in each directory; what is matched below is taken out, so what
+        # is left at the end are files new to us.
+        in_new, in_cur = self._listing("new"), self._listing("cur")
+        records: list[str] = []
         for m in self.messages:
-            where = found.get(m.base)
-            if where is None:
-                change.removed.append(m)
-            elif (m.subdir, m.letters, m.name) != where:
-                change.renamed.append((m, where))
-        new_bases = [b for b in found if b not in self.by_base]
-        cached = cached or {}
-        records = [f"- {m.uid}" for m in change.removed]
-        records += [f"- {e.uid}" for b, e in cached.items() if b not in found]
-        for base in sorted((b for b in new_bases if b in cached), key=lambda b: cached[b].uid):
-            e = cached[base]
-            sub, letters, name = found[base]
-            change.added.append(Message(e.uid, base, sub, letters, e.size, e.internal_date, name))
-        # One pattern match per new file gives its order, size and date (see _facts).
-        fresh: list[tuple[int, int, str, str | None]] = []
-        for base in new_bases:
-            if base in cached:
+            suffix = in_cur.pop(m.base, None)
+            if suffix is not None:
+                if m.subdir != "cur" or _suffix_of(m) != suffix:
+                    change.renamed.append((m, ("cur", *_in_cur(m.base, suffix))))
                 continue
-            facts = _NAME_FACTS.match(base)
-            if facts is None:
-                seconds, micros, _ = delivery_order(base)
-                fresh.append((seconds, micros, base, None))
-            else:
-                fresh.append((int(facts.group(1)), int(facts.group(2) or 0), base, facts.group(3)))
-        fresh.sort()
-        uid = change.uidnext
+            suffix = in_new.pop(m.base, None)
+            if suffix is None:
+                change.removed.append(m)
+                records.append(f"- {m.uid}")
+            elif m.subdir != "new" or _suffix_of(m) != suffix:
+                change.renamed.append((m, ("new", "", m.base + suffix if suffix else "")))
         added = change.added
-        for seconds, _, base, size_text in fresh:
-            sub, letters, name = found[base]
+        for e in cached or ():
+            base = e.base
+            suffix = in_cur.pop(base, None)
+            if suffix is not None:
+                letters, name = _in_cur(base, suffix)
+                added.append(Message(e.uid, base, "cur", letters, e.size, e.internal_date, name))
+                continue
+            suffix = in_new.pop(base, None)
+            if suffix is None:
+                records.append(f"- {e.uid}")
+            else:
+                added.append(Message(e.uid, base, "new", "", e.size, e.internal_date, base + suffix if suffix else ""))
+        # One pattern match per new file gives its order, size and date (see _facts).
+        fresh: list[tuple[int, int, str, str | None, dict[str, str]]] = []
+        for found in (in_new, in_cur):
+            for base in found:
+                facts = _NAME_FACTS.match(base)
+                if facts is None:
+                    seconds, micros, _ = delivery_order(base)
+                    fresh.append((seconds, micros, base, None, found))
+                else:
+                    seconds_text, micros_text, size_text = facts.groups()
+                    fresh.append((int(seconds_text), int(micros_text or 0), base, size_text, found))
+        fresh.sort()  # bases differ, so the directories are never compared
+        uid = change.uidnext
+        for seconds, _, base, size_text, found in fresh:
+            suffix = found[base]
+            sub = "new" if found is in_new else "cur"
             if size_text is not None and seconds:
                 size, date = int(size_text), seconds
             else:
-                size, date = self._facts(sub, name)
+                size, date = self._facts(sub, base + suffix)
+            if found is in_cur:
+                letters, name = _in_cur(base, suffix)
+            else:
+                letters, name = "", (base + suffix if suffix else "")
             added.append(Message(uid, base, sub, letters, size, date, name))
             if log:
                 records.append(f"+ {uid} {size} {date} {base}")
@@ -295,6 +315,19 @@ class Mailbox:
         if log:
             self._log.append(records, durable=bool(fresh))  # durable before any client sees these UIDs
         return change
+
+    def _listing(self, sub: str) -> dict[str, str]:
+        """Base name -> the rest of the file name (``:2,FS`` or ``""``) of the messages in ``sub``."""
+        try:
+            names = os.listdir(f"{self._dir}/{sub}")
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for name in names:
+            if name[0] != ".":  # dot files are not messages
+                base, colon, info = name.partition(":")
+                out[base] = colon + info
+        return out
 
     def _apply(self, change: Change) -> bool:
         """The in-memory half of a refresh (the owner's thread)."""
@@ -312,11 +345,7 @@ class Mailbox:
             self._forget(change.removed)
             changed = True
         if change.added:
-            known = {m.uid for m in change.added if m.uid < self.uidnext}
-            for msg in change.added:
-                self._add(msg)
-                if msg.uid not in known:
-                    self.unclaimed.add(msg.uid)
+            self._add_all(change.added, self.uidnext)
             changed = True
         self.uidnext = max(self.uidnext, change.uidnext)
         if changed:
@@ -345,14 +374,16 @@ class Mailbox:
         self.header_cache.clear()
         self.version += 1
 
-    def _add(self, msg: Message) -> None:
-        if self.messages and msg.uid < self.messages[-1].uid:
-            self.messages.append(msg)
+    def _add_all(self, msgs: list[Message], known_below: int) -> None:
+        """Add messages (in UID order); those from ``known_below`` up are new, so recent."""
+        if self.messages and msgs[0].uid < self.messages[-1].uid:
+            self.messages.extend(msgs)
             self.messages.sort(key=lambda m: m.uid)
         else:
-            self.messages.append(msg)
-        self.by_base[msg.base] = msg
-        self.by_uid[msg.uid] = msg
+            self.messages.extend(msgs)
+        self.by_base.update({m.base: m for m in msgs})
+        self.by_uid.update({m.uid: m for m in msgs})
+        self.unclaimed.update(m.uid for m in msgs if m.uid >= known_below)
 
     def _forget(self, msgs: Iterable[Message]) -> None:
         gone = set()
@@ -397,11 +428,12 @@ class Mailbox:
         """Fold the log into a new snapshot (io thread, as the owner)."""
         self._log.compact(self._snapshot())
         self._index_seen = self._index_identity()
+        self._unsaved = False
 
     async def _compact_if_due(self) -> None:
         """Fold the log into the snapshot when it has grown; the change before it is already
         durable, so a failure here (a full disk) is logged and tried again at the next change."""
-        if not self.gone and self._log.needs_compaction(len(self.messages)):
+        if not self.gone and (self._unsaved or self._log.needs_compaction(len(self.messages))):
             try:
                 await self._io(self._compact)
             except OSError as e:
@@ -519,7 +551,7 @@ class Mailbox:
     async def _set_letters(self, changes: list[tuple[Message, LetterChange]]) -> list[Message]:
         plan = []
         for msg, change in changes:
-            letters = "".join(sorted(set(change if isinstance(change, str) else change(msg.letters))))
+            letters = shared_letters("".join(sorted(set(change if isinstance(change, str) else change(msg.letters)))))
             if msg.uid not in self.by_uid or (letters == msg.letters and msg.subdir == "cur"):
                 continue
             plan.append((msg, letters, self.file_path(msg), f"{self._dir}/cur/{msg.base}:2,{letters}"))
@@ -527,9 +559,9 @@ class Mailbox:
             return []
         done, stamp = await self._disk(rename_all, [(src, dst) for _, _, src, dst in plan], self._dir)
         changed = []
-        for (msg, letters, _, dst), ok in zip(plan, done, strict=True):
+        for (msg, letters, _, _), ok in zip(plan, done, strict=True):
             if ok:
-                msg.subdir, msg.letters, msg.name = "cur", letters, dst.rsplit("/", 1)[1]
+                msg.subdir, msg.letters, msg.name = "cur", letters, ""
                 changed.append(msg)
         if changed:
             self.version += 1
@@ -557,10 +589,10 @@ class Mailbox:
         await self._refresh()
         self._check_gone()
         uid = self._reserve(1)
-        letters = "".join(sorted(set(letters)))
+        letters = shared_letters("".join(sorted(set(letters))))
         name = f"{base}:2,{letters}"
         stamp = await self._disk(self._publish, [(str(tmp), name)], [f"+ {uid} {size} {date} {base}"])
-        msg = Message(uid, base, "cur", letters, size, date, name)
+        msg = Message(uid, base, "cur", letters, size, date)
         self._placed([msg], stamp)
         await self._compact_if_due()
         return msg
@@ -582,10 +614,8 @@ class Mailbox:
         return self._dir_stamp()
 
     def _placed(self, msgs: list[Message], stamp: tuple[int, int]) -> None:
-        for msg in msgs:
-            self._add(msg)
-            self.unclaimed.add(msg.uid)
         if msgs:
+            self._add_all(msgs, 0)
             self.version += 1
         self._restamp(stamp)
 
@@ -605,8 +635,8 @@ class Mailbox:
         plan, placed_ok, stamp = await self._disk(self._link_all, items, first, move)
         out: list[Message | None] = []
         for i, ((_, base, name, date, _), ok) in enumerate(zip(plan, placed_ok, strict=True)):
-            size, letters = items[i][1], name.rsplit(",", 1)[1]
-            out.append(Message(first + i, base, "cur", letters, size, date, name) if ok else None)
+            size, letters = items[i][1], shared_letters(name.rsplit(",", 1)[1])
+            out.append(Message(first + i, base, "cur", letters, size, date) if ok else None)
         self._placed([m for m in out if m is not None], stamp)
         await self._compact_if_due()
         return out
@@ -696,6 +726,41 @@ class Mailbox:
         self._forget(present)
         self.version += 1
         await self._disk(self._log.append, [f"- {m.uid}" for m in present], False)
+
+
+_LETTERS: dict[str, str] = {}  # one string per set of info letters, shared by every message
+_LETTERS_LIMIT = 4096
+
+
+_SUFFIXES: dict[str, tuple[str, bool]] = {}  # ":2,SF" -> ("FS", False): letters, and usual form?
+
+
+def _in_cur(base: str, suffix: str) -> tuple[str, str]:
+    """Sorted info letters of a file in cur/, and its name where it is not ``base:2,letters``."""
+    known = _SUFFIXES.get(suffix)
+    if known is None:
+        if suffix.startswith(":2,"):
+            letters = shared_letters("".join(sorted(suffix[3:])))
+            known = (letters, suffix[3:] == letters)
+        else:
+            known = ("", False)
+        if len(_SUFFIXES) < _LETTERS_LIMIT:
+            _SUFFIXES[suffix] = known
+    return known[0], ("" if known[1] else base + suffix)
+
+
+def _suffix_of(m: Message) -> str:
+    """What follows the base name in ``m``'s file name."""
+    if m.name:
+        return m.name[len(m.base):]
+    return "" if m.subdir == "new" else ":2," + m.letters
+
+
+def shared_letters(letters: str) -> str:
+    """One string object for each set of letters (a 100,000-message folder has a few sets)."""
+    if len(letters) < 2 or len(_LETTERS) >= _LETTERS_LIMIT:
+        return letters  # single characters are shared by Python already
+    return _LETTERS.setdefault(letters, letters)
 
 
 def find_again(path: str) -> str | None:

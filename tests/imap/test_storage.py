@@ -71,6 +71,47 @@ def test_flag_renames_and_moves_by_others_keep_uids(tmp_path):
     assert m.uid == 1 and m.letters == "FS" and box.flags(m) == ["\\Flagged", "\\Seen"]
 
 
+def test_names_other_programs_wrote_are_kept_as_found(tmp_path):
+    path = make_box(tmp_path)
+    drop(path, "1.M1P1Q1.h:2,SF", sub="cur")  # letters out of order
+    drop(path, "2.M1P1Q2.h", sub="cur")  # no info at all
+    box = Mailbox.load(path)
+    first, second = box.messages
+    assert (first.letters, first.filename()) == ("FS", "1.M1P1Q1.h:2,SF")
+    assert (second.letters, second.filename()) == ("", "2.M1P1Q2.h")
+    assert run(box.read(first)) and run(box.read(second))
+    assert not run(box.refresh(force=True))  # found as they are: nothing changed
+    run(box.set_letters([(first, "S"), (second, "D")]))
+    assert sorted(os.listdir(path / "cur")) == ["1.M1P1Q1.h:2,S", "2.M1P1Q2.h:2,D"]
+    assert [m.filename() for m in box.messages] == ["1.M1P1Q1.h:2,S", "2.M1P1Q2.h:2,D"]
+
+
+def test_snapshot_of_a_rebuilt_folder_can_follow_the_load(tmp_path):
+    path = make_box(tmp_path)
+    drop(path, "1.M1P1Q1.h")
+    issued = iter(range(100, 200))
+    box = Mailbox.load(path, uidvalidity=lambda: next(issued), save_later=True)
+    assert box.uidvalidity == 100 and [m.uid for m in box.messages] == [1]
+    assert not (path / INDEX_FILE).exists()
+    # A crash before the snapshot: the folder is read again under a newer UIDVALIDITY.
+    again = Mailbox.load(path, uidvalidity=lambda: next(issued), save_later=True)
+    assert again.uidvalidity == 101
+    again.save_in_background()
+    data = read_index(path)
+    assert data is not None and data.uidvalidity == 101 and [e.uid for e in data.entries] == [1]
+    assert Mailbox.load(path, uidvalidity=lambda: next(issued)).uidvalidity == 101
+
+
+def test_store_writes_the_snapshot_of_a_folder_it_rebuilt(tmp_path):
+    store = MailStore(MaildirLayout(tmp_path))
+    run(store.setup_user(USER, inline_io))
+    drop(store.layout.maildir_path(USER), "1.M1P1Q1.h")
+    box = run(store.open(USER, "INBOX", inline_io))
+    assert [m.uid for m in box.messages] == [1]
+    data = read_index(box.path)
+    assert data is not None and data.uidvalidity == box.uidvalidity and [e.uid for e in data.entries] == [1]
+
+
 def test_damaged_index_is_rebuilt_with_new_uidvalidity(tmp_path):
     path = make_box(tmp_path)
     drop(path, "1.M1P1Q1.h")

@@ -155,13 +155,13 @@ def test_snapshot_ignores_mail_delivered_during_the_session(h, tmp_path):
 def test_message_moved_to_cur_is_still_retrieved(h, tmp_path):
     m = h.session.messages[0]
     maildir = maildir_of(tmp_path, ALICE)
-    os.rename(maildir / "new" / m.name, maildir / "cur" / (m.name + ":2,S"))
+    os.rename(maildir / "new" / m.filename(), maildir / "cur" / (m.filename() + ":2,S"))
     assert h.send("RETR 1\r\n").endswith(encode_whole(M1))
 
 
 def test_message_removed_by_another_session(h, tmp_path):
     m = h.session.messages[0]
-    os.unlink(maildir_of(tmp_path, ALICE) / "new" / m.name)
+    os.unlink(maildir_of(tmp_path, ALICE) / "new" / m.filename())
     assert h.reply("RETR 1\r\n") == "-ERR Message was removed by another session"
     assert h.reply("NOOP\r\n") == "+OK"
 
@@ -315,7 +315,7 @@ def test_unreadable_message_is_sys_temp(tmp_path):
 def test_maildrop_moved_wholesale_by_imap_is_listed_once(h, tmp_path):
     maildir = maildir_of(tmp_path, ALICE)
     for m in h.session.messages:
-        os.rename(maildir / "new" / m.name, maildir / "cur" / (m.name + ":2,S"))
+        os.rename(maildir / "new" / m.filename(), maildir / "cur" / (m.filename() + ":2,S"))
     calls = []
     box = h.session.box
     original = box._refresh_work
@@ -331,7 +331,7 @@ def test_maildrop_moved_wholesale_by_imap_is_listed_once(h, tmp_path):
 def test_pipelined_retrievals_of_files_renamed_by_another_process(h, tmp_path):
     maildir = maildir_of(tmp_path, ALICE)
     for m in h.session.messages:
-        os.rename(maildir / "new" / m.name, maildir / "cur" / (m.name + ":2,S"))
+        os.rename(maildir / "new" / m.filename(), maildir / "cur" / (m.filename() + ":2,S"))
     out = h.send("RETR 1\r\nRETR 2\r\nTOP 3 0\r\nNOOP\r\n")
     expected = (b"+OK %d octets\r\n" % len(M1) + encode_whole(M1) + b"+OK %d octets\r\n" % len(M2)
                 + encode_whole(M2) + b"+OK Top of message follows\r\n" + encode_whole(M3, 0) + b"+OK\r\n")
