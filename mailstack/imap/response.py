@@ -60,8 +60,19 @@ def plist(items: list[bytes]) -> bytes:
 
 def imap_date(epoch: int) -> str:
     """``17-Jul-1996 02:44:25 +0000`` (RFC 3501 §9 date-time), in UTC."""
-    t = time.gmtime(epoch)
-    return f"{t.tm_mday:2d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    day, second = divmod(epoch, 86400)
+    prefix = _DAYS.get(day)
+    if prefix is None:  # the date part is worked out once per day (FETCH 1:* INTERNALDATE)
+        t = time.gmtime(day * 86400)
+        prefix = f"{t.tm_mday:2d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} "
+        if len(_DAYS) >= 4096:
+            _DAYS.clear()
+        _DAYS[day] = prefix
+    hour, rest = divmod(second, 3600)
+    return f"{prefix}{hour:02d}:{rest // 60:02d}:{rest % 60:02d} +0000"
+
+
+_DAYS: dict[int, str] = {}
 
 
 def parse_date_time(text: str) -> int | None:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from mailstack.imap import fetch as F
 from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
+from mailstack.imap.response import imap_date
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
 from mailstack.imap.view import Bad, No, View, ViewMixin
 from mailstack.maildir.files import read_file
@@ -176,6 +177,10 @@ class SelectedCommands(ViewMixin):
             items.insert(0, "UID")
         view = self._view()
         box = view.box
+        quick = F.metadata_fetch(items)
+        if quick is not None:
+            self._fetch_metadata(targets, quick)
+            return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
         want_body = F.needs_body(items)
         mark_seen = F.sets_seen(items) and not view.readonly
         batch: list[tuple[int, Message]] = []
@@ -192,6 +197,28 @@ class SelectedCommands(ViewMixin):
         if batch:
             await self._fetch_batch(batch, items, want_body, mark_seen)
         return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
+
+    def _fetch_metadata(self, targets: list[tuple[int, int]], fetch: F.MetadataFetch) -> None:
+        """FETCH of flags, sizes, dates and UIDs only: from memory, flags rendered once per set."""
+        view = self._view()
+        by_uid, recent, flags_of = view.box.by_uid, view.recent, view.box.keywords.flags_of
+        template, pick, dated = fetch.template, fetch.pick, fetch.dated
+        rendered: dict[tuple[str, bool], bytes] = {}
+        out = []
+        date = b""
+        for msn, u in targets:
+            msg = by_uid.get(u)
+            if msg is None:
+                continue
+            key = (msg.letters, u in recent)
+            flags = rendered.get(key)
+            if flags is None:
+                names = flags_of(msg.letters) + (["\\Recent"] if key[1] else [])
+                flags = rendered[key] = " ".join(names).encode("utf-8")
+            if dated:
+                date = imap_date(msg.internal_date).encode()
+            out.append(template % pick((msn, u, flags, msg.size, date)))
+        self.send(b"".join(out))  # type: ignore[operator]
 
     async def _fetch_batch(self, batch: list[tuple[int, Message]], items: list[F.Item],
                            want_body: bool, mark_seen: bool) -> None:

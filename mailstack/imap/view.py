@@ -64,27 +64,33 @@ class View:
     def select_msns(self, seq: SeqSet) -> list[tuple[int, int]]:
         """(msn, uid) for a message-sequence set; raises No-worthy ValueError when out of range."""
         largest = len(self.uids)
-        ranges = resolve_set(seq, largest)
-        out: dict[int, int] = {}
-        for lo, hi in ranges:
+        spans = []
+        for lo, hi in resolve_set(seq, largest):
             if lo < 1 or hi > largest:
                 raise ValueError("Invalid message sequence number")
-            for n in range(lo, hi + 1):
-                out[n] = self.uids[n - 1]
-        return sorted(out.items())
+            spans.append((lo - 1, hi))
+        return self._pairs(spans)
 
     def select_uids(self, seq: SeqSet) -> list[tuple[int, int]]:
         """(msn, uid) for a UID set; UIDs not in the mailbox are skipped (§6.4.8)."""
         if not self.uids:
             return []
-        ranges = resolve_set(seq, self.uids[-1])
-        out: dict[int, int] = {}
-        for lo, hi in ranges:
-            start = bisect.bisect_left(self.uids, lo)
-            end = bisect.bisect_right(self.uids, hi)
-            for i in range(start, end):
-                out[i + 1] = self.uids[i]
-        return sorted(out.items())
+        uids = self.uids
+        spans = [(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi))
+                 for lo, hi in resolve_set(seq, uids[-1])]
+        return self._pairs(spans)
+
+    def _pairs(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(msn, uid) for index spans [start, end) of ``uids``: in order, each message once."""
+        spans = sorted(s for s in spans if s[0] < s[1])
+        out: list[tuple[int, int]] = []
+        done = 0  # every index below this is in ``out``
+        for start, end in spans:
+            start = max(start, done)
+            if start < end:
+                out += zip(range(start + 1, end + 1), self.uids[start:end], strict=True)
+                done = end
+        return out
 
 
 SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"

@@ -130,3 +130,38 @@ def test_flags_only_fetch_does_not_open_files(world, client, monkeypatch):
 
     monkeypatch.setattr(sel, "read_file", lambda p: (_ for _ in ()).throw(AssertionError("opened")))
     assert len(client.ok("UID FETCH 1:* (FLAGS RFC822.SIZE INTERNALDATE)")) == 1
+
+
+def test_metadata_items_render_as_the_general_path_does(world, client):
+    from mailstack.imap import fetch as F
+    from mailstack.imap.response import imap_date
+
+    world.deliver(SIMPLE)
+    world.deliver(NESTED)
+    client.ok("SELECT INBOX")
+    client.ok("STORE 1 +FLAGS (\\Flagged $Work)")
+    items = "UID RFC822.SIZE FLAGS INTERNALDATE UID"
+    got = fetch_map(client.ok(f"FETCH 1:2 ({items})"))
+    assert F.metadata_fetch(["UID", "RFC822.SIZE", "FLAGS", "INTERNALDATE", "UID"]) is not None  # the quick path
+    session = client.protocol.session
+    box = session.view.box
+    for msn, msg in enumerate(box.messages, 1):
+        flags = session.view.flags(msg)
+        general = F.render(["UID", "RFC822.SIZE", "FLAGS", "INTERNALDATE", "UID"], uid=msg.uid, flags=flags,
+                           size=msg.size, internal_date=msg.internal_date, data=None)
+        assert got[msn] == general
+    assert b"FLAGS (\\Flagged $Work \\Recent)" in got[1]
+    assert f'INTERNALDATE "{imap_date(box.messages[0].internal_date)}"'.encode() in got[1]
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("FETCH 3:2,1,2:3 UID", [1, 2, 3]),  # overlapping and out of order: each once, in order
+    ("FETCH *:1 UID", [1, 2, 3]),
+    ("UID FETCH 3,1:2,2 UID", [1, 2, 3]),
+    ("UID FETCH 2:2,9:* UID", [2, 3]),
+])
+def test_sets_name_each_message_once_in_order(world, client, command, expected):
+    for _ in range(3):
+        world.deliver(SIMPLE)
+    client.ok("SELECT INBOX")
+    assert list(fetch_map(client.ok(command))) == expected
