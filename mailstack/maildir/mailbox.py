@@ -445,12 +445,24 @@ class Mailbox:
         """``io`` for a change; a folder that vanished underneath raises MailboxGone."""
         try:
             result: T = await self._io(fn, *args)
+        except MailboxGone:
+            self._vanish()
+            raise
         except FileNotFoundError:
             if await self._io(os.path.isdir, f"{self._dir}/cur"):
                 raise
             self._vanish()
             raise MailboxGone(self._dir) from None
         return result
+
+    def _still_ours(self) -> None:
+        """Raise MailboxGone when the directory was replaced (a restore) since it was read (io thread)."""
+        try:
+            same = self._dir_identity() == self._identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise MailboxGone(self._dir)
 
     def _check_gone(self) -> None:
         if self.gone:
@@ -586,7 +598,8 @@ class Mailbox:
         return await self._owner.run(self._append(tmp, base, letters, size, date))
 
     async def _append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
-        await self._refresh()
+        if self._stale:  # another writer of this process said so: their mail gets the lower UIDs
+            await self._refresh()
         self._check_gone()
         uid = self._reserve(1)
         letters = shared_letters("".join(sorted(set(letters))))
@@ -599,6 +612,7 @@ class Mailbox:
 
     def _publish(self, moves: list[tuple[str, str]], records: list[str]) -> tuple[int, int]:
         """Rename files from tmp/ into cur/, make it durable, then log their UIDs (io thread)."""
+        self._still_ours()
         placed: list[str] = []
         try:
             for src, name in moves:
@@ -629,7 +643,8 @@ class Mailbox:
         return await self._owner.run(self._add_links(items, move))
 
     async def _add_links(self, items: list[tuple[str, int, str, int]], move: bool) -> list[Message | None]:
-        await self._refresh()
+        if self._stale:  # another writer of this process said so: their mail gets the lower UIDs
+            await self._refresh()
         self._check_gone()
         first = self._reserve(len(items))
         plan, placed_ok, stamp = await self._disk(self._link_all, items, first, move)
@@ -645,6 +660,7 @@ class Mailbox:
                   ) -> tuple[list[tuple[str, str, str, int, str]], list[bool], tuple[int, int]]:
         """Name, link (or rename) and log each item (io thread): the names are made here too,
         so a COPY of many messages costs the reactor nothing per message but its record."""
+        self._still_ours()
         plan = []
         for i, (source, size, letters, date) in enumerate(items):
             base = unique_name(self.hostname, size)

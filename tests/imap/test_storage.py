@@ -257,3 +257,19 @@ def test_recent_claims_survive_restart(tmp_path):
     drop(path, "3.M1P1Q3.h")
     again = Mailbox.load(path)  # restart
     assert again.unclaimed == {3}
+
+
+def test_append_into_a_folder_replaced_underneath_lands_nowhere(tmp_path):
+    import pytest
+
+    from mailstack.maildir.mailbox import MailboxGone
+
+    path = make_box(tmp_path)
+    box = Mailbox.load(path)
+    tmp, base, date = write_tmp(path, "h", b"hello", None)
+    os.rename(path, tmp_path / "old")  # restored from a backup while open: another directory
+    make_box(tmp_path)
+    with pytest.raises(MailboxGone):
+        run(box.append(tmp_path / "old" / "tmp" / tmp.name, base, "", 5, date))
+    assert box.gone and box.messages == []
+    assert os.listdir(path / "cur") == [] and not (path / LOG_FILE).exists()
