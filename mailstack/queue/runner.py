@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -276,6 +276,8 @@ class QueueRunner(Service):
                 s.next_try = attempts_now + retry_delay(self.settings.retry, s.attempts)
             previous = msg.recipients.get(s.address)
             s.warned = s.warned or (previous is not None and previous.warned)
+            if previous is not None and previous.delivered_to and s.status != DELIVERED:
+                s.delivered_to = sorted(set(s.delivered_to) | set(previous.delivered_to))
         await self._thread(self.spool.record, msg.queue_id, states)
         for s in states:
             msg.recipients[s.address] = s
@@ -290,8 +292,8 @@ class QueueRunner(Service):
         deferred while the others are delivered.
         """
         mailboxes: dict[str, str] = {}  # mailbox -> queued address
-        owners: dict[str, tuple[str, ...]] = {}  # queued address -> its mailboxes
-        unknown = []
+        owners: dict[str, tuple[str, ...]] = {}  # queued address -> its mailboxes still to do
+        unknown, finished = [], []
         for r in rcpts:
             route = self.local.route_queued(r.address)
             if route.remote:
@@ -299,12 +301,17 @@ class QueueRunner(Service):
                          queue_id=msg.queue_id, rcpt=r.address, remote=", ".join(route.remote))
             if not route.local:
                 unknown.append(r)
-            owners[r.address] = route.local
-            for mailbox in route.local:
+                continue
+            owners[r.address] = tuple(m for m in route.local if m not in r.delivered_to)
+            if not owners[r.address]:  # every mailbox got it at an earlier try
+                finished.append(r)
+            for mailbox in owners[r.address]:
                 mailboxes.setdefault(mailbox, r.address)
-        known = [r for r in rcpts if r not in unknown]
-        if unknown:
-            await self._finish(msg, [_fail(r, "5.1.1", "no such local recipient") for r in unknown])
+        known = [r for r in rcpts if r not in unknown and r not in finished]
+        outcomes = [_fail(r, "5.1.1", "no such local recipient") for r in unknown]
+        outcomes += [_done(r, self.settings.hostname, "") for r in finished]
+        if outcomes:
+            await self._finish(msg, outcomes)
         if not known:
             return
         try:
@@ -318,8 +325,12 @@ class QueueRunner(Service):
             errors = [result.held[m] for m in owners[r.address] if m in result.held]
             if not errors:
                 states.append(_done(r, self.settings.hostname, ""))
-            else:
-                states.append((_defer if errors[0].temporary else _fail)(r, errors[0].status, errors[0].message))
+                continue
+            state = (_defer if errors[0].temporary else _fail)(r, errors[0].status, errors[0].message)
+            # The mailboxes that have it now are remembered (merged with earlier ones in _finish),
+            # so the retry gives it only to the others: every mailbox gets it exactly once.
+            state.delivered_to = sorted(m for m in owners[r.address] if m in result.delivered)
+            states.append(state)
         await self._finish(msg, states)
 
     async def _deliver_remote(self, msg: QueuedMessage, domain: str, rcpts: list[RecipientState],
@@ -364,8 +375,7 @@ class QueueRunner(Service):
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
         await self._thread(self.spool.add, warning, dsn)
         self._schedule(warning.queue_id, 0)
-        marked = [RecipientState(r.address, r.status, r.attempts, r.next_try, r.last_error, r.status_code,
-                                 r.remote_mta, r.diagnostic, warned=True) for r in pending]
+        marked = [replace(r, warned=True) for r in pending]
         await self._thread(self.spool.record, msg.queue_id, marked)
         for s in marked:
             msg.recipients[s.address] = s

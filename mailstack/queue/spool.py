@@ -60,6 +60,9 @@ class RecipientState:
     remote_mta: str = ""
     diagnostic: str = ""  # the remote reply, for Diagnostic-Code
     warned: bool = False  # a delay warning was sent for it
+    delivered_to: list[str] = field(default_factory=list)
+    """Local mailboxes that already have the message, for an address that stands for several
+    (an alias queued unresolved, a bounce to a local sender): a retry skips them."""
 
 
 @dataclass(slots=True)

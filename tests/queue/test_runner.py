@@ -369,3 +369,32 @@ def test_a_queued_mailbox_is_not_resolved_again(tmp_path):
     clock.advance(0)
     assert len(maildir_messages(tmp_path)) == 1 and maildir_messages(tmp_path, "t@example.test") == []
     assert spool.ids() == []
+
+
+def test_an_address_for_several_mailboxes_reaches_each_once_when_one_was_full(tmp_path):
+    # A queued address that stands for two mailboxes (an alias queued before it was one,
+    # or a bounce to a local alias): one is full at the first try. The retry must give
+    # the message to that one only; the other already has it.
+    from mailstack.accounts.store import User
+
+    runner, spool, clock = make_runner(tmp_path, FakeRelay({}), retry=(60.0,))
+    users = runner.local.store.users
+    users["full@example.test"] = User("full@example.test", "", 200)
+    full_new = tmp_path / "maildirs/example.test/full/new"
+    full_new.mkdir(parents=True)
+    (full_new / "1.M1.x,S=190").write_bytes(b"x" * 190)
+    runner.local.store.aliases["team@example.test"] = ["s@example.test", "full@example.test"]
+    queue(spool, clock, ["team@example.test"], sender="other@remote.example")
+    runner.startService()
+    clock.advance(0)
+    assert len(maildir_messages(tmp_path)) == 1  # s has it
+    team = spool.load("Q1").recipients["team@example.test"]
+    assert (team.status, team.status_code, team.delivered_to) == (PENDING, "4.2.2", ["s@example.test"])
+    clock.advance(60)  # still full: s is not given a second copy
+    assert len(maildir_messages(tmp_path)) == 1
+    assert spool.load("Q1").recipients["team@example.test"].delivered_to == ["s@example.test"]
+    users["full@example.test"] = User("full@example.test", "", 100_000)  # the quota was raised
+    clock.advance(120)
+    clock.advance(0)
+    assert len(maildir_messages(tmp_path)) == 1 and len(maildir_messages(tmp_path, "full@example.test")) == 2
+    assert spool.ids() == []
