@@ -41,6 +41,7 @@ from mailstack.inbound import InboundPolicy
 from mailstack.interfaces import SMTPPolicy
 from mailstack.maildir import MaildirDelivery, MaildirLayout, MailStore
 from mailstack.maildir.names import escape_hostname
+from mailstack.maildir.watch import Watcher
 from mailstack.notify import MailboxEvents
 from mailstack.pop3 import Maildrops, POP3Factory
 from mailstack.queue import Spool
@@ -73,6 +74,25 @@ class ThreadPoolService(Service):
         return None
 
 
+class WatcherService(Service):
+    """Reads the folder change reports (:mod:`mailstack.maildir.watch`) while the server runs."""
+
+    def __init__(self, watcher: Watcher, reactor: Any) -> None:
+        self.watcher = watcher
+        self.reactor = reactor
+        self.setName("folder-watcher")
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.addReader(self.watcher)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.reactor.removeReader(self.watcher)
+        self.watcher.close()
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Shared:
     """The objects created once per service tree, which listeners are built from.
@@ -98,6 +118,8 @@ class Shared:
     """POP3's locks and snapshots, shared by 110 and 995."""
     mail_store: MailStore
     """IMAP's folders and per-folder state, shared by 143 and 993."""
+    watcher: Watcher | None = None
+    """Reports of changes to open folders; None where inotify is not available."""
 
 
 def endpoint_description(address: HostPort) -> str:
@@ -161,15 +183,16 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
     queue = build_queue(settings, reactor, local, io_pool, resolver)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
+    watcher = Watcher.create()
     mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
-                           accounts=store)
+                           accounts=store, watcher=watcher)
     return Shared(
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls, store=store,
         authenticator=Authenticator(checker, throttle, reactor),
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue), resolver=resolver,
         maildrops=Maildrops(mail_store, io=pop3.pool_io(reactor, io_pool), events=events),
-        mail_store=mail_store,
+        mail_store=mail_store, watcher=watcher,
     )
 
 
@@ -302,6 +325,8 @@ def build_service(
     top = SequentialMultiService()
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
+    if shared.watcher is not None:
+        WatcherService(shared.watcher, reactor).setServiceParent(top)
     shared.queue.setServiceParent(top)  # stops after the listeners, before the pools
     for name, build in (builders if builders is not None else listener_builders()).items():
         address = getattr(settings.listen, name)

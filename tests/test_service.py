@@ -132,3 +132,28 @@ def test_protocol_packages_never_import_the_composition_modules(package):
             else:
                 continue
             assert not names & banned, f"{path.relative_to(PACKAGE)} imports {names & banned}"
+
+
+def test_the_folder_watcher_is_read_by_the_reactor_while_the_service_runs(tmp_path):
+    import sys
+
+    reactor = MemoryReactorClock()
+    top = build_service(settings_for(tmp_path, {"imap": "127.0.0.1:1143"}), reactor)
+    try:
+        watcher = top.getServiceNamed("folder-watcher").watcher
+    except KeyError:
+        assert not sys.platform.startswith("linux"), "inotify is there on Linux"
+        return
+    service = top.getServiceNamed("folder-watcher")
+    service.startService()
+    assert watcher in reactor.getReaders()
+    service.stopService()
+    assert watcher not in reactor.getReaders() and watcher.fileno() == -1
+
+
+def test_imap_and_pop3_share_the_watcher_of_the_one_mail_store(tmp_path):
+    from mailstack.service import build_shared
+
+    shared = build_shared(settings_for(tmp_path, {"imap": "127.0.0.1:1143"}), MemoryReactorClock())
+    assert shared.mail_store.watcher is shared.watcher
+    assert shared.maildrops.store is shared.mail_store

@@ -47,6 +47,7 @@ from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directo
 from mailstack.maildir.mailbox import Mailbox
 from mailstack.maildir.owner import Owner
 from mailstack.maildir.quota import UsageCache
+from mailstack.maildir.watch import Watcher
 
 if TYPE_CHECKING:
     from mailstack.accounts.store import AccountLookup
@@ -88,8 +89,9 @@ class MailStore:
 
     def __init__(self, layout: MaildirLayout, hostname: str = "localhost", *,
                  accounts: AccountLookup | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, watcher: Watcher | None = None) -> None:
         self.layout = layout
+        self.watcher = watcher  # tells open folders of changes by others (see .watch); None: look
         self.monotonic = monotonic
         self.own_change = False  # set while IMAP sessions announce a change made through a Mailbox
         self.hostname = hostname
@@ -226,7 +228,7 @@ class MailStore:
             self._ensure(path)
         try:
             return Mailbox.load(path, self.hostname, io=io, uidvalidity=lambda: self._issue_uidvalidity(user),
-                                fresh=fresh, monotonic=self.monotonic, save_later=True)
+                                fresh=fresh, monotonic=self.monotonic, save_later=True, watcher=self.watcher)
         except FileNotFoundError:
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
 

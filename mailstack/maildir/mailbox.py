@@ -41,6 +41,7 @@ from mailstack.maildir.index import INDEX_FILE, IndexData, IndexEntry, IndexLog,
 from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
+from mailstack.maildir.watch import Watch, Watcher
 from mailstack.memory import collector_paused
 
 # ``<seconds>.M<micros>...,S=<size>``: delivery order, internal date and size of a new file
@@ -104,8 +105,10 @@ class Mailbox:
 
     def __init__(self, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
                  uidvalidity: Callable[[], int] = new_uidvalidity,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, watcher: Watcher | None = None) -> None:
         self.path = path
+        self._watcher = watcher
+        self._watch: Watch | None = None
         self._monotonic = monotonic
         self._checked = float("-inf")  # when the directories were last compared (monotonic)
         self._stale = True  # someone said the folder changed: look at the next chance
@@ -135,7 +138,8 @@ class Mailbox:
     @classmethod
     def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
              uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False,
-             monotonic: Callable[[], float] = time.monotonic, save_later: bool = False) -> Mailbox:
+             monotonic: Callable[[], float] = time.monotonic, save_later: bool = False,
+             watcher: Watcher | None = None) -> Mailbox:
         """Read a folder (blocking: call it on the io pool; the object is not shared yet).
 
         ``fresh``: ignore any index, as for a Maildir restored under a running server.
@@ -145,7 +149,7 @@ class Mailbox:
         lands, the folder is read again under a newer UIDVALIDITY, so no client keeps
         UIDs that were not saved. Raises FileNotFoundError when the folder does not exist.
         """
-        box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic)
+        box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic, watcher=watcher)
         with collector_paused():
             box._load(fresh)
         if box._unsaved and not save_later:
@@ -160,6 +164,8 @@ class Mailbox:
     # -- loading (on the io thread, before the object is shared) ------------------------------
 
     def _load(self, fresh: bool) -> None:
+        if self._watcher is not None:  # before the listing: a change while it runs is reported
+            self._watch = self._watcher.watch([f"{self._dir}/new", f"{self._dir}/cur"], self.mark_stale)
         self._checked, self._stale = self._monotonic(), False
         self._identity = self._dir_identity()
         self._index_seen = self._index_identity()
@@ -208,11 +214,26 @@ class Mailbox:
         command would cost more than the command. Changes made through this
         process reach the shared object at once anyway.
         """
-        if self.gone:
-            return False
-        if not (force or eager or self._stale) and self._monotonic() - self._checked < RECHECK_SECONDS:
+        if self.gone or (not force and self._unchanged(eager)):
             return False
         return await self._owner.run(self._refresh(force))
+
+    def _unchanged(self, eager: bool) -> bool:
+        """True when the folder is known not to have changed since it was last read.
+
+        Looked at less than RECHECK_SECONDS ago and not marked stale; for an eager
+        check also watched (:mod:`.watch`) since before that look, with every report
+        the kernel has queued read first.
+        """
+        if self._stale or self._monotonic() - self._checked >= RECHECK_SECONDS:
+            return False
+        if not eager:
+            return True
+        watch = self._watch
+        if watch is None or not watch.alive or watch.since > self._checked or self._watcher is None:
+            return False
+        self._watcher.drain()  # a change another program just made is in the queue by now
+        return not self._stale
 
     def mark_stale(self) -> None:
         """Another writer (local delivery) changed the folder: look at the next refresh."""
@@ -222,6 +243,8 @@ class Mailbox:
         """:meth:`refresh` for a caller that already is the owner."""
         if self.gone:
             return False
+        if self._watcher is not None:
+            self._watcher.drain()  # so a lost watch is known before the directories are read
         self._stale = False
         started = self._monotonic()
         try:
@@ -245,8 +268,8 @@ class Mailbox:
             stamp = self._dir_stamp()
         except FileNotFoundError:
             identity, stamp = None, (0, 0)
-        if identity != self._identity:
-            return Change(vanished=True)
+        if identity != self._identity or (self._watch is not None and not self._watch.alive):
+            return Change(vanished=True)  # gone, or removed and put back (a restore): not what we read
         # A directory changed twice within one mtime tick shows one mtime: trust an unchanged
         # stamp only if it was taken a full second after that mtime (coarse file systems).
         if not force and stamp == self._stamp and self._stamp_taken > max(stamp) + MTIME_SLACK_NS:
@@ -367,6 +390,9 @@ class Mailbox:
     def _vanish(self) -> None:
         """The directory is gone or another took its place: every message is expunged."""
         self.gone = True
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self.messages = []
         self.by_base.clear()
         self.by_uid.clear()
@@ -463,6 +489,13 @@ class Mailbox:
             same = False
         if not same:
             raise MailboxGone(self._dir)
+
+    def _expect(self, path: str) -> None:
+        """Announce a change of ours to ``path`` before making it, so its report is not
+        taken for another program's (any thread; a path in this or another watched folder)."""
+        if self._watcher is not None:
+            folder, _, name = path.rpartition("/")
+            self._watcher.expect(folder, name)
 
     def _check_gone(self) -> None:
         if self.gone:
@@ -569,6 +602,9 @@ class Mailbox:
             plan.append((msg, letters, self.file_path(msg), f"{self._dir}/cur/{msg.base}:2,{letters}"))
         if not plan:
             return []
+        for _, _, src, dst in plan:
+            self._expect(src)
+            self._expect(dst)
         done, stamp = await self._disk(rename_all, [(src, dst) for _, _, src, dst in plan], self._dir)
         changed = []
         for (msg, letters, _, _), ok in zip(plan, done, strict=True):
@@ -616,6 +652,7 @@ class Mailbox:
         placed: list[str] = []
         try:
             for src, name in moves:
+                self._expect(f"{self._dir}/cur/{name}")
                 os.rename(src, f"{self._dir}/cur/{name}")
                 placed.append(f"{self._dir}/cur/{name}")
             fsync_directory(f"{self._dir}/cur")
@@ -676,7 +713,9 @@ class Mailbox:
                 if path is None:
                     break
                 try:
+                    self._expect(f"{self._dir}/cur/{name}")
                     if move:  # one atomic rename: the message is always in exactly one folder
+                        self._expect(path)
                         os.rename(path, f"{self._dir}/cur/{name}")
                     else:
                         tmp = f"{self._dir}/tmp/{base}"
@@ -722,6 +761,7 @@ class Mailbox:
     def _unlink_all(self, paths: list[str], records: list[str]) -> tuple[int, int]:
         for path in paths:
             try:
+                self._expect(path)
                 os.unlink(path)
             except FileNotFoundError:
                 moved = find_again(path)  # renamed meanwhile by another program: remove it there
