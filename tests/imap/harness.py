@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from mailstack.imap.protocol import IMAPFactory, IMAPProtocol
 from mailstack.imap.session import IMAPSession, SessionConfig
@@ -21,6 +23,16 @@ from mailstack.throttle import ConnectionLimiter
 
 USER = "alice@example.test"
 PASSWORD = "secret"
+
+
+def run(coro: Any) -> Any:
+    """The result of a coroutine whose io runs inline (it finishes at once)."""
+    results: list[Any] = []
+    Deferred.fromCoroutine(coro).addBoth(results.append)
+    assert results, "the coroutine is still waiting"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
 
 
 async def sync_io(fn: Any, *args: Any) -> Any:

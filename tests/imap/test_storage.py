@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import Keywords, split_name
@@ -15,17 +11,9 @@ from mailstack.maildir.index import INDEX_FILE, LOG_FILE, IndexLog, read_index
 from mailstack.maildir.layout import MaildirLayout
 from mailstack.maildir.mailbox import Mailbox, inline_io
 
+from .harness import run
+
 USER = "alice@example.test"
-
-
-def run(coro: Any) -> Any:
-    """The result of a coroutine whose io runs inline (it finishes at once)."""
-    results: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(results.append)
-    assert results, "the coroutine is still waiting"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def make_box(tmp_path):

@@ -9,26 +9,17 @@ import sys
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from mailstack.maildir.files import write_tmp
 from mailstack.maildir.layout import MaildirLayout
 from mailstack.maildir.mailbox import Mailbox
 from mailstack.maildir.watch import IN_MOVED_TO, IN_Q_OVERFLOW, Watcher
 
+from .harness import run
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 
 USER = "alice@example.test"
-
-
-def run(coro: Any) -> Any:
-    results: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(results.append)
-    assert results, "still waiting"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 class Counted:
