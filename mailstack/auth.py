@@ -75,22 +75,25 @@ class Authenticator:
     def is_locked(self, ip: str) -> bool:
         return self.throttle.is_locked(ip)
 
-    async def login(self, ip: str, username: str, password: str, *, protocol: str = "") -> LoginResult:
+    async def login(self, ip: str, username: str, password: str, *, protocol: str = "",
+                    session_id: str = "") -> LoginResult:
+        """Check a login; every outcome is logged with the protocol and the session's id."""
         if self.throttle.is_locked(ip):
-            log.warn("{protocol} login refused for {ip}: locked out", protocol=protocol, ip=ip)
+            log.warn("{protocol} {session_id}: login refused for {ip}: locked out", protocol=protocol,
+                     session_id=session_id, ip=ip)
             return LoginResult(Outcome.LOCKED)
         creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
         started = self.clock.seconds()
         try:
             user = await self.checker.requestAvatarId(creds)
         except AccountError:
-            log.failure("{protocol} login for {username!r}: account store unavailable",
-                        protocol=protocol, username=username)
+            log.failure("{protocol} {session_id}: login for {username!r}: account store unavailable",
+                        protocol=protocol, session_id=session_id, username=username)
             return LoginResult(Outcome.UNAVAILABLE)
         except UnauthorizedLogin:
             delay = self.throttle.record_failure(ip)
-            log.warn("{protocol} login failed for {username!r} from {ip}", protocol=protocol,
-                     username=username, ip=ip)
+            log.warn("{protocol} {session_id}: login failed for {username!r} from {ip}", protocol=protocol,
+                     session_id=session_id, username=username, ip=ip)
             # The failure is answered ``delay`` after the attempt began, not after the check
             # ended: an unknown user, a wrong password and a hash made with other cost
             # parameters all take the same time, so timing does not tell which accounts exist.
@@ -101,5 +104,6 @@ class Authenticator:
             return LoginResult(Outcome.FAILED)
         self.throttle.record_success(ip)
         address = user.decode("utf-8") if isinstance(user, bytes) else str(user)
-        log.info("{protocol} login {user} from {ip}", protocol=protocol, user=address, ip=ip)
+        log.info("{protocol} {session_id}: {user} logged in from {ip}", protocol=protocol, session_id=session_id,
+                 user=address, ip=ip)
         return LoginResult(Outcome.OK, address)

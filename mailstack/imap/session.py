@@ -271,7 +271,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         return await self._login(tag, user, password)
 
     async def _login(self, tag: str, user: str, password: str) -> Action:
-        result = await self.authenticator.login(self.client_ip, user, password, protocol="imap")
+        result = await self.authenticator.login(self.client_ip, user, password, protocol="imap",
+                                                session_id=self.session_id)
         if result.outcome is Outcome.LOCKED:
             self.send(status("*", "BYE", "Too many failed logins, try again later").data)
             self.send(status(tag, "NO", "Authentication failed", "AUTHENTICATIONFAILED").data)
@@ -285,8 +286,6 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         self.user = result.user
         await self.store.setup_user(self.user, self.io)
         self.state = State.AUTHENTICATED
-        log.info("imap {session_id}: {user} logged in from {ip}", session_id=self.session_id, user=self.user,
-                 ip=self.client_ip)
         self._unsubscribe = self.events.subscribe(self.user, self._mailbox_changed)
         self.send(status(tag, "OK", "Logged in", "CAPABILITY " + self.capabilities()).data)
         return Action.NONE

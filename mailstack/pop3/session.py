@@ -221,7 +221,8 @@ class POP3Session:
         return self._login(authcid, password)
 
     async def _login(self, username: str, password: str) -> Outcome:
-        result = await self.authenticator.login(self.client_ip, username, password, protocol="pop3")
+        result = await self.authenticator.login(self.client_ip, username, password, protocol="pop3",
+                                                session_id=self.session_id)
         if result.outcome is LoginOutcome.LOCKED:
             return Outcome(R.LOCKED_OUT, Action.CLOSE)
         if result.outcome is LoginOutcome.UNAVAILABLE:

@@ -465,7 +465,8 @@ class SMTPSession:
 
     async def _check_password(self, username: str, password: str) -> Outcome:
         assert self.authenticator is not None
-        result = await self.authenticator.login(self.client_ip, username, password, protocol="smtp")
+        result = await self.authenticator.login(self.client_ip, username, password, protocol="smtp",
+                                                session_id=self.session_id)
         if result.outcome is sasl.Outcome.OK:
             self.auth_user = result.user
             return Outcome(R.AUTH_OK)
