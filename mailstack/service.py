@@ -185,7 +185,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     watcher = Watcher.create()
     mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
-                           accounts=store, watcher=watcher)
+                           accounts=store, watcher=watcher, events=events)
     return Shared(
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls, store=store,
         authenticator=Authenticator(checker, throttle, reactor),

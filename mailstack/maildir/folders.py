@@ -48,6 +48,7 @@ from mailstack.maildir.mailbox import Mailbox
 from mailstack.maildir.owner import Owner
 from mailstack.maildir.quota import UsageCache
 from mailstack.maildir.watch import Watcher
+from mailstack.notify import MailboxEvents
 
 if TYPE_CHECKING:
     from mailstack.accounts.store import AccountLookup
@@ -89,9 +90,11 @@ class MailStore:
 
     def __init__(self, layout: MaildirLayout, hostname: str = "localhost", *,
                  accounts: AccountLookup | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, watcher: Watcher | None = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, watcher: Watcher | None = None,
+                 events: MailboxEvents | None = None) -> None:
         self.layout = layout
         self.watcher = watcher  # tells open folders of changes by others (see .watch); None: look
+        self.events = events  # where such a change is published (IDLE sessions wake up)
         self.monotonic = monotonic
         self.own_change = False  # set while IMAP sessions announce a change made through a Mailbox
         self.hostname = hostname
@@ -223,12 +226,21 @@ class MailStore:
             waiter.callback(box)
         return box
 
+    def _publisher(self, user: str, name: str) -> Callable[[], None] | None:
+        """What a folder calls when another program changed it: publish it, as a delivery does."""
+        events = self.events
+        if events is None:
+            return None
+        folder = None if is_inbox(name) else normal_name(name)
+        return lambda: events.publish(user, folder)
+
     def _load(self, user: str, name: str, path: Path, io: IO, fresh: bool) -> Mailbox:
         if is_inbox(name):
             self._ensure(path)
         try:
             return Mailbox.load(path, self.hostname, io=io, uidvalidity=lambda: self._issue_uidvalidity(user),
-                                fresh=fresh, monotonic=self.monotonic, save_later=True, watcher=self.watcher)
+                                fresh=fresh, monotonic=self.monotonic, save_later=True, watcher=self.watcher,
+                                on_change=self._publisher(user, name))
         except FileNotFoundError:
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
 

@@ -105,9 +105,11 @@ class Mailbox:
 
     def __init__(self, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
                  uidvalidity: Callable[[], int] = new_uidvalidity,
-                 monotonic: Callable[[], float] = time.monotonic, watcher: Watcher | None = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, watcher: Watcher | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.path = path
         self._watcher = watcher
+        self._on_change = on_change
         self._watch: Watch | None = None
         self._monotonic = monotonic
         self._checked = float("-inf")  # when the directories were last compared (monotonic)
@@ -139,7 +141,7 @@ class Mailbox:
     def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
              uidvalidity: Callable[[], int] = new_uidvalidity, fresh: bool = False,
              monotonic: Callable[[], float] = time.monotonic, save_later: bool = False,
-             watcher: Watcher | None = None) -> Mailbox:
+             watcher: Watcher | None = None, on_change: Callable[[], None] | None = None) -> Mailbox:
         """Read a folder (blocking: call it on the io pool; the object is not shared yet).
 
         ``fresh``: ignore any index, as for a Maildir restored under a running server.
@@ -149,7 +151,8 @@ class Mailbox:
         lands, the folder is read again under a newer UIDVALIDITY, so no client keeps
         UIDs that were not saved. Raises FileNotFoundError when the folder does not exist.
         """
-        box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic, watcher=watcher)
+        box = cls(path, hostname, io=io, uidvalidity=uidvalidity, monotonic=monotonic, watcher=watcher,
+                  on_change=on_change)
         with collector_paused():
             box._load(fresh)
         if box._unsaved and not save_later:
@@ -165,7 +168,7 @@ class Mailbox:
 
     def _load(self, fresh: bool) -> None:
         if self._watcher is not None:  # before the listing: a change while it runs is reported
-            self._watch = self._watcher.watch([f"{self._dir}/new", f"{self._dir}/cur"], self.mark_stale)
+            self._watch = self._watcher.watch([f"{self._dir}/new", f"{self._dir}/cur"], self._changed_by_others)
         self._checked, self._stale = self._monotonic(), False
         self._identity = self._dir_identity()
         self._index_seen = self._index_identity()
@@ -234,6 +237,12 @@ class Mailbox:
             return False
         self._watcher.drain()  # a change another program just made is in the queue by now
         return not self._stale
+
+    def _changed_by_others(self) -> None:
+        """A watch report (reactor thread): look at the next chance, and say so (IDLE sessions)."""
+        self._stale = True
+        if self._on_change is not None and not self.gone:
+            self._on_change()
 
     def mark_stale(self) -> None:
         """Another writer (local delivery) changed the folder: look at the next refresh."""

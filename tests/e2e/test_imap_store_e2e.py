@@ -113,3 +113,25 @@ def test_sessions_are_answered_while_a_big_copy_runs(server):
     assert probe.status("Archive", "(MESSAGES)")[1] == [b'Archive (MESSAGES 20000)']
     probe.logout()
     copier.logout()
+
+
+def test_idle_hears_of_a_message_another_program_put_in_the_maildir(server):
+    address = "idler@example.test"
+    add_user(server, address)
+    imap = connect(server)
+    imap.login(address, PASSWORD)
+    imap.select("INBOX")
+    imap.send(b"i1 IDLE\r\n")
+    assert imap.readline().startswith(b"+ ")
+    body = b"Subject: from elsewhere\r\n\r\nbody\r\n"
+    new = server.maildir(address) / "new"
+    tmp = server.maildir(address) / "tmp" / "1700000000.M1P1Q1.elsewhere"
+    tmp.write_bytes(body)
+    tmp.rename(new / f"1700000000.M1P1Q1.elsewhere,S={len(body)}")  # as another delivery agent does
+    imap.sock.settimeout(10)
+    assert imap.readline() == b"* 1 EXISTS\r\n"  # at once: the kernel reported it, nobody polled
+    imap.send(b"DONE\r\n")
+    while not (line := imap.readline()).startswith(b"i1 "):
+        pass
+    assert line.startswith(b"i1 OK")
+    imap.logout()

@@ -51,10 +51,10 @@ class World:
 
     @classmethod
     def create(cls, root: Path, *, allow_plaintext_auth: bool = True, implicit_tls: bool = False,
-               max_message_size: int = 100_000, max_failures: int = 5) -> World:
+               max_message_size: int = 100_000, max_failures: int = 5, watcher: Any = None) -> World:
         clock = Clock()
-        store = MailStore(MaildirLayout(root), "test.host")
         events = MailboxEvents()
+        store = MailStore(MaildirLayout(root), "test.host", watcher=watcher, events=events)
         auth = make_authenticator(clock, {USER: PASSWORD, "bob@example.test": PASSWORD},
                                   max_failures=max_failures)
         config = SessionConfig("mail.example.test", max_message_size, allow_plaintext_auth,

@@ -62,3 +62,33 @@ def test_external_delivery_seen_at_next_command(world, client):
     client.ok("SELECT INBOX")
     world.deliver(SIMPLE)
     assert client.ok("NOOP") == [b"* 1 EXISTS", b"* 1 RECENT"]
+
+
+def test_idle_hears_at_once_of_mail_another_program_put_in_the_folder(tmp_path):
+    import sys
+
+    import pytest
+
+    from mailstack.maildir.watch import Watcher
+
+    from .harness import World
+
+    watcher = Watcher.create() if sys.platform.startswith("linux") else None
+    if watcher is None:
+        pytest.skip("no inotify here")
+    try:
+        world = World.create(tmp_path, watcher=watcher)
+        client = world.connect().login()
+        client.ok("SELECT INBOX")
+        assert client.raw("IDLE") == b"+ idling\r\n"
+        new = world.store.layout.maildir_path("alice@example.test") / "new"
+        (new / f"1700000000.M1P1Q1.elsewhere,S={len(SIMPLE)}").write_bytes(SIMPLE)  # not through mailstack
+        assert client.read() == b""  # nobody was told...
+        watcher.drain()  # ...until the reactor reads the kernel's report
+        assert client.read() == b"* 1 EXISTS\r\n* 1 RECENT\r\n"
+        assert client.send(b"DONE\r\n").endswith(b" OK IDLE terminated\r\n")
+        client.ok("STORE 1 +FLAGS (\\Seen)")  # our own change: no report taken for someone else's
+        watcher.drain()
+        assert not world.store._open[world.store.layout.maildir_path("alice@example.test")]._stale
+    finally:
+        watcher.close()
