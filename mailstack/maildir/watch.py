@@ -77,6 +77,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._targets: dict[int, tuple[str, Callable[[], None], Watch]] = {}  # wd -> directory, on_change, watch
         self._expected: dict[tuple[str, str], int] = {}
+        self._watched: dict[str, int] = {}  # directory -> how many watches name it
         self._full_logged = False
 
     @classmethod
@@ -119,6 +120,7 @@ class Watcher:
                 os.close(self._fd)
             self._fd = -1
         self._targets.clear()
+        self._watched.clear()
 
     # -- folders -------------------------------------------------------------------------------
 
@@ -136,13 +138,14 @@ class Watcher:
                     err = ctypes.get_errno()
                     for done in watch.wds:
                         self._libc.inotify_rm_watch(self._fd, done)
-                        self._targets.pop(done, None)
+                        self._drop(done)
                     if err == errno.ENOSPC and not self._full_logged:
                         self._full_logged = True
                         log.warn("inotify watch limit reached (fs.inotify.max_user_watches): "
                                  "further folders are listed before each poll")
                     return None
                 self._targets[wd] = (path, on_change, watch)
+                self._watched[path] = self._watched.get(path, 0) + 1
                 watch.wds.append(wd)
         watch.since = self._monotonic()
         return watch
@@ -151,14 +154,28 @@ class Watcher:
         with self._lock:
             watch.alive = False
             for wd in watch.wds:
-                if self._targets.pop(wd, None) is not None and self._fd >= 0:
+                if self._drop(wd) and self._fd >= 0:
                     self._libc.inotify_rm_watch(self._fd, wd)
             watch.wds = []
+
+    def _drop(self, wd: int) -> bool:
+        """Forget a watch descriptor (the lock is held); False when it was not known."""
+        target = self._targets.pop(wd, None)
+        if target is None:
+            return False
+        left = self._watched.get(target[0], 0) - 1
+        if left > 0:
+            self._watched[target[0]] = left
+        else:
+            self._watched.pop(target[0], None)
+        return True
 
     def expect(self, directory: str, name: str) -> None:
         """This process is about to create, remove or rename ``directory/name`` (any thread)."""
         key = (directory, name)
         with self._lock:
+            if directory not in self._watched:
+                return  # no report will come
             if len(self._expected) >= EXPECTED_LIMIT:  # reports that never came (a failed call)
                 self._expected.clear()
             self._expected[key] = self._expected.get(key, 0) + 1
@@ -206,7 +223,7 @@ class Watcher:
             if mask & _SELF:  # removed, moved away (a restore) or otherwise lost: look, and keep looking
                 watch.alive = False
                 if mask & IN_IGNORED:
-                    del self._targets[wd]
+                    self._drop(wd)
                 changed.append(on_change)
                 continue
             name = os.fsdecode(raw.rstrip(b"\0"))

@@ -151,3 +151,46 @@ def test_without_a_watch_every_poll_lists_and_a_second_later_even_with_one(tmp_p
     watched = open_box(path, watcher, now, io)
     now[0] += 1.5  # a change on another NFS client is never reported: still looked at each second
     assert run(watched.refresh()) is False and io.listings() == 2
+
+
+class FullLibc:
+    """inotify_add_watch as at fs.inotify.max_user_watches: ENOSPC."""
+
+    def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
+        import ctypes
+        import errno
+
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    def inotify_rm_watch(self, fd: int, wd: int) -> int:
+        return 0
+
+
+def test_past_the_watch_limit_a_folder_is_listed_before_each_poll(tmp_path, now):
+    from twisted.logger import globalLogPublisher
+
+    read, write = os.pipe()
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        full = Watcher(read, FullLibc(), lambda: now[0])
+        io = Counted()
+        box = open_box(folder(tmp_path), full, now, io)
+        again = open_box(folder(tmp_path / "other"), full, now, io)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        os.close(write)
+        full.close()
+    assert box._watch is None and again._watch is None
+    assert run(box.refresh()) is False and io.listings() == 1  # as before watches: looked
+    warnings = [e for e in logged if "max_user_watches" in e.get("log_format", "")]
+    assert len(warnings) == 1  # said once, not per folder
+
+
+def test_announcements_for_unwatched_directories_are_not_kept(tmp_path, watcher, now):
+    watcher.expect(str(tmp_path / "nowhere" / "cur"), "x:2,S")
+    assert watcher._expected == {}
+    box = open_box(folder(tmp_path), watcher, now, Counted())
+    watcher.expect(f"{box.path}/cur", "x:2,S")
+    assert watcher._expected == {(f"{box.path}/cur", "x:2,S"): 1}
