@@ -1,4 +1,4 @@
-"""Small file-system helpers shared by Maildir delivery and the spool."""
+"""Small file-system helpers shared by Maildir delivery, the spool and the DKIM key files."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def write_file_synced(path: str, flags: int, *chunks: bytes, mode: int = 0o600) 
     fd = os.open(path, flags, mode)
     try:
         write_fully(fd, *chunks)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make the entries of one directory durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -22,7 +22,7 @@ import errno
 import threading
 from collections.abc import Callable
 
-from mailstack.maildir.layout import fsync_directory
+from mailstack.fsutil import fsync_directory
 
 
 class _Batch:

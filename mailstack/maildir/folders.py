@@ -40,10 +40,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
-from mailstack.fsutil import write_file_synced
+from mailstack.fsutil import fsync_directory, write_file_synced
 from mailstack.maildir.flags import TooManyKeywords
 from mailstack.maildir.index import issue_uidvalidity
-from mailstack.maildir.layout import InvalidFolder, MaildirLayout, fsync_directory
+from mailstack.maildir.layout import InvalidFolder, MaildirLayout
 from mailstack.maildir.mailbox import Mailbox
 from mailstack.maildir.owner import Owner
 from mailstack.maildir.quota import UsageCache

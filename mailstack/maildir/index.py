@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from mailstack.fsutil import fsync_directory
+
 INDEX_FILE = "mailstack-index"
 LOG_FILE = "mailstack-index.log"
 COMPACT_MIN_RECORDS = 1000  # the log is folded into the snapshot past max(this, message count) lines
@@ -155,7 +157,7 @@ def write_index(folder: Path, data: IndexData, *, durable: bool = True) -> None:
             os.unlink(tmp)  # a full disk leaves no half-written snapshot behind
         raise
     if durable:
-        _fsync_dir(folder)
+        fsync_directory(folder)
 
 
 class IndexLog:
@@ -213,7 +215,7 @@ class IndexLog:
             os.close(fd)
         self.records += len(records)
         if durable and not self._log_durable:  # a new log file: make its name durable too
-            _fsync_dir(self.folder)
+            fsync_directory(self.folder)
             self._log_durable = True
 
     def needs_compaction(self, messages: int) -> bool:
@@ -257,10 +259,3 @@ def _replay(data: IndexData, lines: list[str]) -> bool:
     data.entries = [by_uid[u] for u in sorted(by_uid)]
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from mailstack.addresses import Address, InvalidAddress, parse
+from mailstack.fsutil import fsync_directory
 
 SUBDIRS = ("tmp", "new", "cur")
 FOLDER_MARKER = "maildirfolder"
@@ -78,15 +79,6 @@ def mailbox_components(address: str) -> Address:
 def mailbox_of(maildir: Path) -> Path:
     """The mailbox a Maildir belongs to: itself, or for a ``.Folder`` its parent."""
     return maildir.parent if maildir.name.startswith(".") else maildir
-
-
-def fsync_directory(path: str) -> None:
-    """Make the entries of one directory durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MaildirLayout:

@@ -35,10 +35,10 @@ from typing import Any, TypeVar
 
 from twisted.logger import Logger
 
+from mailstack.fsutil import fsync_directory
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords
 from mailstack.maildir.index import INDEX_FILE, IndexData, IndexEntry, IndexLog, new_uidvalidity
-from mailstack.maildir.layout import fsync_directory
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
 from mailstack.maildir.watch import Watch, Watcher
