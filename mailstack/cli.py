@@ -29,6 +29,8 @@ from mailstack.accounts import AccountError, SQLiteAccountStore, open_store
 from mailstack.accounts.directory import canonical_address, canonical_alias_source, canonical_domain, domain_of
 from mailstack.addresses import InvalidAddress
 from mailstack.config import ConfigError, Settings
+from mailstack.dkim.keys import ALGORITHMS, DKIMKeyError, KeyDirectory
+from mailstack.dnsrecords import txt, zone_text
 from mailstack.queue.spool import FAILED, RecipientState, Spool
 
 if TYPE_CHECKING:
@@ -411,12 +413,86 @@ def _queue_delete(args: argparse.Namespace, ctx: Context) -> None:
     ctx.say(f"{args.id} deleted")
 
 
+# -- dkim and dns-records --------------------------------------------------------------
+
+
+def _keys(ctx: Context) -> KeyDirectory:
+    return KeyDirectory(ctx.settings.storage.dkim)
+
+
+def _signing_domain(ctx: Context, text: str) -> str:
+    """A domain that may have DKIM keys: a local domain, or the server's own host name (bounces)."""
+    name = _domain(text)
+    if name != ctx.settings.hostname and name not in ctx.store.list_domains():
+        raise CommandError(f"{name} is not a local domain (add it with: {PROG} domain add {name})")
+    return name
+
+
+def _dkim_commands(commands: SubParsers) -> None:
+    actions = _group(commands, "dkim", "DKIM signing keys")
+    p = actions.add_parser("generate", help="make a key for DOMAIN and print its DNS record")
+    p.add_argument("domain")
+    p.add_argument("--selector", help="DNS label for the key (default: YYYYMM-ALGORITHM)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="rsa", help="rsa (2048-bit, default) or ed25519")
+    p.set_defaults(handler=_dkim_generate)
+    p = actions.add_parser("list", help="list keys: domain, selector, algorithm, created, signing or published")
+    p.set_defaults(handler=_dkim_list)
+    p = actions.add_parser("retire", help="stop using a key; the next key of its algorithm signs")
+    p.add_argument("domain")
+    p.add_argument("selector")
+    p.set_defaults(handler=_dkim_retire)
+    p = commands.add_parser("dns-records", help="print the DNS records DOMAIN needs, in zone-file form")
+    p.add_argument("domain")
+    p.set_defaults(handler=_dns_records)
+
+
+def _dkim_generate(args: argparse.Namespace, ctx: Context) -> None:
+    domain = _signing_domain(ctx, args.domain)
+    try:
+        key = _keys(ctx).generate(domain, args.algorithm, args.selector)
+    except DKIMKeyError as e:
+        raise CommandError(str(e)) from None
+    state = "signs now" if key.signing else "published only: it signs once the older key is retired"
+    ctx.say(f"; {domain} {key.selector} ({key.algorithm}): {state}. Publish:")
+    ctx.say(f"{key.record_name()}. IN TXT {txt(key.record_text())}")
+
+
+def _dkim_list(args: argparse.Namespace, ctx: Context) -> None:
+    keys = _keys(ctx)
+    found = False
+    for domain in keys.domains():
+        for key in keys.keys(domain):
+            found = True
+            when = time.strftime("%Y-%m-%d", time.gmtime(key.created))
+            ctx.say(f"{domain}  {key.selector}  {key.algorithm}  {when}  {'signing' if key.signing else 'published'}")
+    if not found:
+        ctx.say("no DKIM keys")
+
+
+def _dkim_retire(args: argparse.Namespace, ctx: Context) -> None:
+    domain = _domain(args.domain)
+    try:
+        _keys(ctx).retire(domain, args.selector)
+    except DKIMKeyError as e:
+        raise CommandError(str(e)) from None
+    ctx.say(f"retired {args.selector} of {domain}; keep its DNS record a few days for mail still in transit")
+
+
+def _dns_records(args: argparse.Namespace, ctx: Context) -> None:
+    domain = _signing_domain(ctx, args.domain)
+    listen = ctx.settings.listen
+    listeners = {name for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+                 if getattr(listen, name) is not None}
+    ctx.stdout.write(zone_text(domain, ctx.settings.hostname, _keys(ctx).keys(domain), listeners))
+
+
 COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "domain": _domain_commands,
     "user": _user_commands,
     "alias": _alias_commands,
     "queue": _queue_commands,
     "check-config": _check_config_command,
+    "dkim": _dkim_commands,
 }
 """Command name -> function adding its sub-parser(s); each sets ``handler``."""
 

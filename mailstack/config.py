@@ -58,6 +58,7 @@ class StorageSettings:
     accounts: Path
     maildirs: Path
     queue: Path
+    dkim: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +257,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "accounts": (_Str, "var/accounts.sqlite3"),
         "maildirs": (_Str, "maildirs"),
         "queue": (_Str, "var/queue"),
+        "dkim": (_Str, "var/dkim"),
     },
     "tls": {
         "cert": (_Str, "var/tls/cert.pem"),

@@ -86,3 +86,13 @@ class Filter(Protocol):
     """
 
     async def folder_for(self, copy: LocalCopy) -> str | None: ...
+
+
+class MessageSigner(Protocol):
+    """Adds the headers that authenticate mail a local user sends (DKIM-Signature).
+
+    Returns the message as it is to be sent; a message it cannot or need not sign
+    comes back unchanged. Blocking work (the signature) runs off the reactor.
+    """
+
+    async def sign(self, message: bytes, queue_id: str) -> bytes: ...

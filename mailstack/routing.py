@@ -20,6 +20,7 @@ from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.delivery import LocalDelivery, resolve_route
 from mailstack.envelope import Envelope, RecipientRoute
+from mailstack.interfaces import MessageSigner
 from mailstack.maildir import DeliveryError
 from mailstack.queue.spool import QueuedMessage, RecipientState, SpoolError
 from mailstack.smtp import reply as R
@@ -59,9 +60,11 @@ def reply_for(error: DeliveryError) -> Reply:
 class Router:
     """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
 
-    def __init__(self, local: LocalDelivery, queue: QueueRunner | None = None) -> None:
+    def __init__(self, local: LocalDelivery, queue: QueueRunner | None = None, *,
+                 signer: MessageSigner | None = None) -> None:
         self.local = local
         self.queue = queue
+        self.signer = signer  # DKIM for mail that authenticated users send off-site
 
     def can_relay(self) -> bool:
         return self.queue is not None
@@ -74,6 +77,8 @@ class Router:
         the queue (or bounced when the message can never fit).
         """
         remote = envelope.remote_recipients()
+        if remote and envelope.auth_user is not None and self.signer is not None:
+            message = await self.signer.sign(message, envelope.queue_id)  # local copies carry it too
         queued = await self._prepare(envelope, remote, message) if remote else None
         try:
             result = await self.local.deliver(envelope.queue_id, envelope.sender, envelope.local_mailboxes(),

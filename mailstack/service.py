@@ -32,6 +32,7 @@ from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import LocalDelivery
+from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
 from mailstack.imap.listener import imap_factory
@@ -148,7 +149,7 @@ def _prepare_dirs(settings: Settings) -> None:
 
 
 def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: ThreadPool,
-                mx: MXResolver) -> QueueRunner:
+                mx: MXResolver, signer: DKIMSigner | None = None) -> QueueRunner:
     relay_settings = settings.relay
     spool = Spool(settings.storage.queue)
     auth = None
@@ -162,7 +163,8 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
         delay_warning=relay_settings.delay_warning,
         connections_per_domain=relay_settings.connections_per_domain,
     )
-    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay)
+    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay,
+                       signer=signer.sign if signer is not None else None)
 
 
 def build_shared(settings: Settings, reactor: Any) -> Shared:
@@ -181,7 +183,9 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     events = MailboxEvents()
     local = LocalDelivery(store, maildir, events)
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
-    queue = build_queue(settings, reactor, local, io_pool, resolver)
+    io = pop3.pool_io(reactor, io_pool)  # blocking work for the POP3 maildrops and DKIM signing
+    dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)))  # keys are reread when they change
+    queue = build_queue(settings, reactor, local, io_pool, resolver, dkim)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     watcher = Watcher.create()
     mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
@@ -190,8 +194,8 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls, store=store,
         authenticator=Authenticator(checker, throttle, reactor),
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
-        events=events, local=local, queue=queue, router=Router(local, queue=queue), resolver=resolver,
-        maildrops=Maildrops(mail_store, io=pop3.pool_io(reactor, io_pool), events=events),
+        events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io)), resolver=resolver,
+        maildrops=Maildrops(mail_store, io=io, events=events),
         mail_store=mail_store, watcher=watcher,
     )
 

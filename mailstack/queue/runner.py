@@ -79,6 +79,7 @@ class QueueRunner(Service):
         local: LocalDelivery,
         relay: Relay,
         now: Callable[[], float] | None = None,
+        signer: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
         self.spool = spool
         self.settings = settings
@@ -87,6 +88,7 @@ class QueueRunner(Service):
         self.pool = pool
         self.local = local
         self.relay = relay
+        self.signer = signer  # DKIM for the notices the queue writes (blocking: runs on the pool)
         self.now = now or clock.seconds
         self.timers: dict[str, Any] = {}
         self.active: dict[str, Deferred[None]] = {}
@@ -352,6 +354,12 @@ class QueueRunner(Service):
                 states.append(o)
         await self._finish(msg, states)
 
+    def _add_notice(self, notice: QueuedMessage, data: bytes) -> None:
+        """Spool a bounce or delay warning written here, signed like users' mail (pool thread)."""
+        if self.signer is not None:
+            data = self.signer(data, notice.queue_id)
+        self.spool.add(notice, data)
+
     def _report_recipients(self, sender: str) -> dict[str, RecipientState]:
         """Where a bounce or warning goes: a local sender's alias is expanded here, so a
         forward to another domain is relayed like any remote recipient."""
@@ -373,7 +381,7 @@ class QueueRunner(Service):
                            retry_until=msg.created + self.settings.max_age)
         warning = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
-        await self._thread(self.spool.add, warning, dsn)
+        await self._thread(self._add_notice, warning, dsn)
         self._schedule(warning.queue_id, 0)
         marked = [replace(r, warned=True) for r in pending]
         await self._thread(self.spool.record, msg.queue_id, marked)
@@ -389,7 +397,7 @@ class QueueRunner(Service):
                                arrival=msg.created, failed=failed, original=body, now=self.now())
             bounce = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                    smtputf8=not msg.sender.isascii(), is_bounce=True)
-            await self._thread(self.spool.add, bounce, dsn)
+            await self._thread(self._add_notice, bounce, dsn)
             log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,
                      bounce_id=bounce.queue_id, sender=msg.sender, n=len(failed))
             self._schedule(bounce.queue_id, 0)

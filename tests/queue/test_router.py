@@ -139,3 +139,33 @@ def test_the_250_is_sent_only_after_the_maildir_write_and_fsync_ran(tmp_path, mo
     pool.jobs.pop()()
     assert h.read().startswith(b"250 2.0.0 OK queued as")
     assert len(list(new.iterdir())) == 1 and len(synced) >= 2  # the file and new/ (plus new directories)
+
+
+class RecordingSigner:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def sign(self, message: bytes, queue_id: str) -> bytes:
+        self.calls.append(queue_id)
+        return b"DKIM-Signature: v=1; test\r\n" + message
+
+
+def test_mail_an_authenticated_user_sends_off_site_is_signed_before_it_is_queued(tmp_path):
+    router, spool, new = setup(tmp_path)
+    router.signer = signer = RecordingSigner()
+    sent = envelope()
+    sent.auth_user = "alice@example.test"
+    assert run(router.deliver(sent, b"From: alice@example.test\r\n\r\nbody\r\n")) is None
+    assert signer.calls == ["QID1"]
+    assert spool.body("QID1").startswith(b"DKIM-Signature: v=1; test\r\n")
+
+
+def test_mail_from_unauthenticated_clients_or_only_for_local_mailboxes_is_not_signed(tmp_path):
+    router, spool, new = setup(tmp_path)
+    router.signer = signer = RecordingSigner()
+    assert run(router.deliver(envelope(), b"From: s@remote.example\r\n\r\nbody\r\n")) is None  # port 25, no AUTH
+    local_only = Envelope("QID2", "alice@example.test", [RecipientRoute("alice@example.test", ("alice@example.test",))])
+    local_only.auth_user = "alice@example.test"
+    assert run(router.deliver(local_only, b"From: alice@example.test\r\n\r\nbody\r\n")) is None
+    assert signer.calls == []
+    assert not spool.body("QID1").startswith(b"DKIM-Signature")

@@ -398,3 +398,24 @@ def test_an_address_for_several_mailboxes_reaches_each_once_when_one_was_full(tm
     clock.advance(0)
     assert len(maildir_messages(tmp_path)) == 1 and len(maildir_messages(tmp_path, "full@example.test")) == 2
     assert spool.ids() == []
+
+
+def test_bounces_and_delay_warnings_are_signed_like_users_mail(tmp_path):
+    from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore
+
+    keys = KeyDirectory(tmp_path / "dkim")
+    keys.generate("mail.example.test", "ed25519")  # the notices come from MAILER-DAEMON@<hostname>
+    relay = FakeRelay({"x@remote.example": [BUSY, BUSY, NO_USER]})
+    runner, spool, clock = make_runner(tmp_path, relay, retry=(60.0,))
+    runner.settings = dataclasses.replace(runner.settings, delay_warning=30.0)
+    runner.signer = DKIMSigner(KeyStore(keys)).sign
+    queue(spool, clock, ["x@remote.example"])
+    runner.startService()
+    for _ in range(3):
+        clock.advance(60)
+    clock.advance(0)
+    notices = maildir_messages(tmp_path)
+    assert len(notices) == 2  # the delay warning, then the bounce
+    for notice in notices:
+        assert b"\r\nDKIM-Signature: v=1; a=ed25519-sha256;" in notice
+        assert b"d=mail.example.test;" in notice
