@@ -8,6 +8,7 @@ Both read the same zone description, a dict from owner name to its records::
         "example.test": {"MX": [(10, "mx1.example.test"), (20, "mx2.example.test")]},
         "mx1.example.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
         "alias.test": {"CNAME": "example.test"},
+        "s1._domainkey.example.test": {"TXT": ["v=DKIM1; k=ed25519; p=..."]},  # strings split at 255
         "nomail.test": {"MX": [(0, ".")]},          # null MX (RFC 7505)
         "empty.test": {},                           # exists, no records (NODATA)
         "broken.test": SERVFAIL,
@@ -60,6 +61,10 @@ def _records(spec: Mapping[str, Any]) -> list[Any]:
             out.extend(dns.Record_AAAA(addr, ttl=60) for addr in value)
         elif kind == "CNAME":
             out.append(dns.Record_CNAME(_name(value), ttl=60))
+        elif kind == "TXT":  # each value one record, split into strings of up to 255 octets
+            for text in value:
+                raw = text.encode("utf-8")
+                out.append(dns.Record_TXT(*[raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""], ttl=60))
         else:
             raise ValueError(f"unsupported record type {rtype!r}")
     return out

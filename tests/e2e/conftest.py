@@ -77,6 +77,7 @@ domains = [{", ".join(f'"{d}"' for d in domains)}]
 accounts = "{root}/var/accounts.sqlite3"
 maildirs = "{root}/maildirs"
 queue = "{root}/var/queue"
+dkim = "{root}/var/dkim"
 
 [tls]
 cert = "{root}/var/tls/cert.pem"
