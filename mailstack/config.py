@@ -97,6 +97,11 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ChecksSettings:
+    dkim_max_signatures: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     hostname: str
     domains: tuple[str, ...]
@@ -105,6 +110,7 @@ class Settings:
     tls: TLSSettings
     relay: RelaySettings
     limits: LimitsSettings
+    checks: ChecksSettings
 
 
 # -- value parsers -----------------------------------------------------------
@@ -288,6 +294,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "auth_failures": (_positive_int, 10),
         "auth_lockout": (parse_duration, "15m"),
     },
+    "checks": {
+        "dkim_max_signatures": (_positive_int, 5),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -296,6 +305,7 @@ _SECTION_TYPES: dict[str, type] = {
     "tls": TLSSettings,
     "relay": RelaySettings,
     "limits": LimitsSettings,
+    "checks": ChecksSettings,
 }
 
 

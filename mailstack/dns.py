@@ -282,6 +282,22 @@ class MXResolver:
                 temporary = True
         return tuple(addresses), temporary
 
+    async def lookup_txt(self, name: str, limit: int = 65536) -> list[bytes]:
+        """The TXT records at ``name``, each with its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+
+        [] when the name does not exist or has none; :class:`DNSError` (temporary) when the
+        lookup failed or timed out. Answers larger than ``limit`` octets in all are refused
+        the same way, so an enormous record costs nothing further.
+        """
+        try:
+            found = await self._records(to_ascii(name), dns.TXT)
+        except _NAME_ERRORS:
+            return []
+        texts = [b"".join(record.data) for record in found]
+        if sum(map(len, texts)) > limit:
+            raise _temporary(f"TXT records of {name} are larger than {limit} octets")
+        return texts
+
     async def _records(self, name: str, rtype: int) -> list[Any]:
         """Records of *rtype* at *name*, following CNAMEs; [] for NODATA.
 
@@ -339,6 +355,7 @@ _LOOKUPS = {
     dns.MX: lambda r, n: r.lookupMailExchange(n),
     dns.A: lambda r, n: r.lookupAddress(n),
     dns.AAAA: lambda r, n: r.lookupIPV6Address(n),
+    dns.TXT: lambda r, n: r.lookupText(n),
 }
 
 __all__ = ["DNSError", "MXHost", "MXResolver", "NullMX", "make_resolver",

@@ -13,6 +13,7 @@ only as its own address or aliases, as on submission.
 from __future__ import annotations
 
 from mailstack.accounts.store import AccountLookup
+from mailstack.checks import InboundChecks
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.interfaces import ClientInfo
 from mailstack.routing import route_recipient
@@ -23,8 +24,9 @@ from mailstack.smtp.reply import SMTPReplyError
 class InboundPolicy:
     auth_required = False
 
-    def __init__(self, store: AccountLookup) -> None:
+    def __init__(self, store: AccountLookup, checks: InboundChecks | None = None) -> None:
         self.store = store
+        self.checks = checks
 
     def check_sender(self, client: ClientInfo, sender: str) -> None:
         """An authenticated client sends as itself, as on submission (RFC 6409 §4.3)."""
@@ -38,3 +40,8 @@ class InboundPolicy:
 
     def prepare_message(self, envelope: Envelope, headers: bytes) -> bytes:
         return b""
+
+    async def check_message(self, client: ClientInfo, envelope: Envelope, message: bytes) -> bytes:
+        if self.checks is None:
+            return message
+        return await self.checks.check(client, envelope, message)

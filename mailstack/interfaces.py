@@ -41,6 +41,11 @@ class SMTPPolicy(Protocol):
         """Header lines to prepend (e.g. Message-ID/Date on submission); ``headers`` is the header block."""
         ...
 
+    async def check_message(self, client: ClientInfo, envelope: Envelope, message: bytes) -> bytes:
+        """The message as it is to be delivered after this role's checks of its origin
+        (DKIM and Authentication-Results on port 25); may raise ``SMTPReplyError``."""
+        ...
+
 
 class MessageRouter(Protocol):
     """Takes responsibility for an accepted message.

@@ -30,6 +30,7 @@ from mailstack import pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
+from mailstack.checks import DKIMVerifier, InboundChecks
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
@@ -119,6 +120,8 @@ class Shared:
     """POP3's locks and snapshots, shared by 110 and 995."""
     mail_store: MailStore
     """IMAP's folders and per-folder state, shared by 143 and 993."""
+    io: Callable[..., Deferred[Any]]
+    """Blocking work on the io pool, results on the reactor (POP3 maildrops, DKIM)."""
     watcher: Watcher | None = None
     """Reports of changes to open folders; None where inotify is not available."""
 
@@ -196,7 +199,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io)), resolver=resolver,
         maildrops=Maildrops(mail_store, io=io, events=events),
-        mail_store=mail_store, watcher=watcher,
+        mail_store=mail_store, io=io, watcher=watcher,
     )
 
 
@@ -266,7 +269,9 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
 
 
 def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
-    return smtp_factory(shared, "smtp", InboundPolicy(shared.store), smtp_config(settings, implicit_tls=False),
+    checks = InboundChecks(settings.hostname, DKIMVerifier(shared.resolver.lookup_txt, shared.io,
+                                                           max_signatures=settings.checks.dkim_max_signatures))
+    return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks), smtp_config(settings, implicit_tls=False),
                         settings.limits)
 
 

@@ -386,6 +386,7 @@ class SMTPSession:
         if msg.count_received(headers) >= self.config.max_received:
             return Outcome(R.TOO_MANY_HOPS)
         try:
+            content = await self.policy.check_message(self.client(), envelope, content)
             extra = self.policy.prepare_message(envelope, headers)
             trace = msg.received_header(
                 helo=envelope.helo, client_ip=envelope.client_ip, rdns=self.rdns(),

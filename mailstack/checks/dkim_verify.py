@@ -1,0 +1,173 @@
+"""DKIM verification (RFC 6376 §6) of mail arriving on port 25, with results for RFC 8601.
+
+Each ``DKIM-Signature`` header, up to ``max_signatures`` (the rest are
+``policy``, "not checked"), is taken in three steps:
+
+1. its tags are parsed and checked here (a missing or malformed tag is a
+   ``permerror`` naming it);
+2. its key record, ``<s>._domainkey.<d>``, is looked up through the server's
+   twisted.names resolver, on the reactor and never blocking it (no record is a
+   ``permerror``, a lookup that failed or timed out a ``temperror``; a record
+   that is not a usable key, or an RSA key under 1024 bits, a ``permerror``);
+3. dkimpy checks the body hash and the signature on the io pool, with the
+   record handed to it (its own DNS is never used): ``pass`` or ``fail``.
+
+A message dkimpy cannot parse gives ``permerror``; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dkim
+from twisted.logger import Logger
+
+from mailstack.dns import DNSError
+
+log = Logger()
+
+MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers must not accept smaller keys
+_SIGNATURE_HEADER = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE)
+
+LookupTXT = Callable[[str], Awaitable[list[bytes]]]
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class DKIMResult:
+    """One signature's outcome, as RFC 8601 reports it."""
+
+    result: str  # pass, fail, neutral, policy, temperror, permerror
+    domain: str = ""  # header.d
+    selector: str = ""  # header.s
+    b: str = ""  # the start of b=, to tell signatures apart (RFC 6008 header.b)
+    reason: str = ""
+
+    def resinfo(self) -> str:
+        text = f"dkim={self.result}"
+        if self.reason:
+            text += f" ({_comment(self.reason)})"
+        if self.domain:
+            text += f" header.d={self.domain}"
+        if self.selector:
+            text += f" header.s={self.selector}"
+        if self.b:
+            text += f" header.b={self.b}"
+        return text
+
+
+def _comment(text: str) -> str:
+    """Text safe inside an RFC 5322 comment: no parentheses, backslashes or line breaks, short."""
+    cleaned = re.sub(r"[()\\\r\n]", " ", text)
+    return " ".join(cleaned.split())[:120]
+
+
+def signature_headers(message: bytes) -> list[bytes]:
+    """The values of the message's DKIM-Signature headers, unfolded, in order."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[:end]
+    out: list[bytes] = []
+    current: list[bytes] | None = None
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        if current is not None:
+            out.append(b"".join(current))
+        current = [line.split(b":", 1)[1]] if _SIGNATURE_HEADER.match(line) else None
+    if current is not None:
+        out.append(b"".join(current))
+    return out
+
+
+class DKIMVerifier:
+    """Verifies every signature of a message (see the module docstring)."""
+
+    def __init__(self, lookup_txt: LookupTXT, run_blocking: RunBlocking, *, max_signatures: int = 5) -> None:
+        self.lookup_txt = lookup_txt
+        self.run_blocking = run_blocking
+        self.max_signatures = max_signatures
+
+    async def verify(self, message: bytes) -> list[DKIMResult]:
+        """One result per DKIM-Signature header, in order; [] when the message has none."""
+        results = []
+        for index, value in enumerate(signature_headers(message)):
+            if index >= self.max_signatures:
+                results.append(DKIMResult("policy", reason=f"not checked: over {self.max_signatures} signatures"))
+                continue
+            results.append(await self._one(message, index, value))
+        return results
+
+    async def _one(self, message: bytes, index: int, value: bytes) -> DKIMResult:
+        try:
+            tags = dkim.parse_tag_value(value)
+            dkim.validate_signature_fields(tags)
+        except Exception as e:  # InvalidTagValueList, ValidationError: the header is broken
+            if "expired" in str(e):  # well formed, but past its x= (RFC 6376 §3.5)
+                return DKIMResult("fail", _text(tags.get(b"d", b"")).lower(), _text(tags.get(b"s", b"")).lower(),
+                                  reason="signature expired")
+            return DKIMResult("permerror", reason=f"malformed signature: {e}")
+        domain = _text(tags.get(b"d", b"")).lower()
+        selector = _text(tags.get(b"s", b"")).lower()
+        b = _text(tags.get(b"b", b"")).replace(" ", "")[:8]
+        found = DKIMResult("neutral", domain, selector, b)
+        name = f"{selector}._domainkey.{domain}"
+        try:
+            records = await self.lookup_txt(name)
+        except DNSError as e:
+            if not e.temporary:
+                return _with(found, "permerror", f"bad key name: {e.message}")
+            return _with(found, "temperror", f"key lookup: {e.message}")
+        if not records:
+            return _with(found, "permerror", "no key")
+        record = records[0]  # RFC 6376 §3.6.2.2: several records give undefined results; take the first
+        try:
+            _pk, keysize, ktag, _ = dkim.evaluate_pk(name.encode("ascii", "replace"), record)
+        except Exception as e:  # KeyFormatError and friends: the record is not a usable key
+            return _with(found, "permerror", f"bad key: {e}")
+        if ktag == b"rsa" and keysize is not None and keysize < MIN_RSA_BITS:
+            return _with(found, "permerror", f"key too short ({keysize} bits)")
+        try:
+            ok = await self.run_blocking(_verify, message, index, name, record)
+        except dkim.ValidationError as e:  # the body hash does not match: the message was changed
+            return _with(found, "fail", str(e).split(" (", 1)[0])
+        except dkim.DKIMException as e:
+            return _with(found, "permerror", f"unverifiable: {e}")
+        except Exception as e:  # a message dkimpy cannot take apart
+            log.info("DKIM check of a signature by {domain} failed: {error}", domain=domain, error=e)
+            return _with(found, "permerror", f"unverifiable: {e}")
+        return _with(found, "pass" if ok else "fail", "" if ok else "signature did not verify")
+
+
+def _with(base: DKIMResult, result: str, reason: str) -> DKIMResult:
+    return DKIMResult(result, base.domain, base.selector, base.b, reason)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("ascii", "replace").strip()
+
+
+def _verify(message: bytes, index: int, name: str, record: bytes) -> bool:
+    """dkimpy's check of one signature with its key record given (blocking: io pool)."""
+    wanted = (name + ".").encode("ascii", "replace")
+
+    def dnsfunc(query: bytes, timeout: int = 5) -> bytes:
+        return record if query.lower() == wanted.lower() else b""
+
+    return bool(dkim.DKIM(message, logger=_QUIET).verify(idx=index, dnsfunc=dnsfunc))
+
+
+class _Quiet:
+    """dkimpy logs every failed signature at error level; the result says it already."""
+
+    def debug(self, *args: object) -> None:
+        pass
+
+    info = warning = error = debug
+
+
+_QUIET: Any = _Quiet()

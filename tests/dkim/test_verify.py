@@ -1,0 +1,144 @@
+"""DKIM verification on port 25 (RFC 6376 §6) and the Authentication-Results header (RFC 8601)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mailstack.checks import DKIMVerifier, InboundChecks
+from mailstack.checks.results import header, strip_claims
+from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore
+from mailstack.dns import DNSError
+from mailstack.envelope import Envelope
+from mailstack.interfaces import ClientInfo
+
+MESSAGE = (b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: hello\r\n"
+           b"Date: Tue, 01 Dec 2026 00:00:00 +0000\r\nMessage-ID: <m1@a.test>\r\n\r\nHi Bob.\r\n")
+
+
+SMALL_KEY = b"""-----BEGIN RSA PRIVATE KEY-----
+MIIBOgIBAAJBAMpHa89izv2zxqCQx8H6ctTGuzXv/v3KwHokrBungkyUF36lJIiJ
+zuFFZ+IZFoaRw+1z7vMSqoaapD/ZxgdN5XECAwEAAQJAEHzt3sOxF6D1ydTDU550
+ib+BNw5O/KTwN4SRutdWmaM7hGp0swShGBTABFHwILQnEnbOsT2Ov4g5KA9S+OQR
+uQIhAOe4EE4Cmog/0Bkl1RylA6yociAqcHX/nCG9vSYNhmJ/AiEA33meqBBdruAN
+T9WSEVUIr7psCynOxfd4Ad8nT1xB4A8CIBCy+CHXGDHnf2TAkDovPjOMNCVTSaWH
+VUYtOVtrsBqbAiAKpG8Sz9y2REM+BwyyuJr2S2lzyqTnNpbHeAoWNG2KrwIhANfU
+7tG0jK+OQv7JcxxPzmRY2+4iijqWJ4aXfbz51hRX
+-----END RSA PRIVATE KEY-----
+"""
+
+
+def run(coro: Any) -> Any:
+    results: list[Any] = []
+    Deferred.fromCoroutine(coro).addBoth(results.append)
+    assert results, "still waiting"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+async def inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+class Zone:
+    """TXT answers by name, as the server's resolver gives them (or its errors)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[bytes]] = {}
+        self.errors: dict[str, DNSError] = {}
+        self.asked: list[str] = []
+
+    async def lookup_txt(self, name: str) -> list[bytes]:
+        self.asked.append(name)
+        if name in self.errors:
+            raise self.errors[name]
+        return self.records.get(name, [])
+
+
+@pytest.fixture
+def signed(tmp_path):
+    keys = KeyDirectory(tmp_path / "dkim")
+    keys.generate("a.test", "rsa", selector="r1")
+    keys.generate("a.test", "ed25519", selector="e1")
+    zone = Zone()
+    for key in keys.keys("a.test"):
+        zone.records[key.record_name()] = [key.record_text().encode()]
+    return DKIMSigner(KeyStore(keys)).sign(MESSAGE), zone
+
+
+def results(message: bytes, zone: Zone, **kw: Any) -> list[tuple[str, str, str]]:
+    found = run(DKIMVerifier(zone.lookup_txt, inline, **kw).verify(message))
+    return [(r.result, r.domain, r.selector) for r in found]
+
+
+def test_good_signatures_pass_and_a_changed_message_fails(signed):
+    message, zone = signed
+    assert results(message, zone) == [("pass", "a.test", "r1"), ("pass", "a.test", "e1")]
+    changed = message.replace(b"Hi Bob.", b"Hi Eve.")
+    assert results(changed, zone) == [("fail", "a.test", "r1"), ("fail", "a.test", "e1")]
+    assert results(MESSAGE, zone) == []  # unsigned: nothing to report but "none"
+
+
+def test_missing_or_broken_keys_are_permerrors_and_dns_trouble_a_temperror(signed):
+    message, zone = signed
+    zone.records["e1._domainkey.a.test"] = [b"v=DKIM1; k=ed25519; p=!!!"]
+    del zone.records["r1._domainkey.a.test"]
+    assert results(message, zone) == [("permerror", "a.test", "r1"), ("permerror", "a.test", "e1")]
+    zone.errors["r1._domainkey.a.test"] = DNSError("timed out", temporary=True, status="4.4.3")
+    assert results(message, zone)[0] == ("temperror", "a.test", "r1")
+
+
+def test_rsa_keys_under_1024_bits_are_refused(tmp_path):
+    pem = SMALL_KEY  # `openssl genrsa -traditional 512`: cryptography will not make one
+    small = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(small, rsa.RSAPrivateKey) and small.key_size == 512
+    message = dkim.sign(MESSAGE, b"s", b"a.test", pem, canonicalize=(b"relaxed", b"relaxed")) + MESSAGE
+    der = small.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    zone = Zone()
+    zone.records["s._domainkey.a.test"] = [b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)]
+    [found] = run(DKIMVerifier(zone.lookup_txt, inline).verify(message))
+    assert (found.result, found.reason) == ("permerror", "key too short (512 bits)")
+
+
+def test_malformed_signature_headers_are_permerrors_without_a_lookup(signed):
+    _, zone = signed
+    for bad in (b"DKIM-Signature: garbage\r\n", b"DKIM-Signature: v=1; a=rsa-sha256; d=a.test\r\n",
+                b"DKIM-Signature: v=1; a=rsa-sha256; d=a.test; s=r1; h=from; bh=; b=;;;=\r\n"):
+        [found] = run(DKIMVerifier(zone.lookup_txt, inline).verify(bad + MESSAGE))
+        assert found.result == "permerror" and found.reason.startswith("malformed signature")
+    assert zone.asked == []
+
+
+def test_at_most_the_configured_number_of_signatures_is_checked(signed):
+    message, zone = signed
+    first = message[:message.index(b"DKIM-Signature", 10)]  # the first signature header
+    flood = first * 50 + message
+    found = results(flood, zone, max_signatures=3)
+    assert len(found) == 52 and [r[0] for r in found[3:]] == ["policy"] * 49
+    assert len(zone.asked) == 3
+
+
+def test_results_header_and_forged_claims(signed):
+    message, zone = signed
+    assert header("mx.b.test", []) == b"Authentication-Results: mx.b.test; none\r\n"
+    forged = (b"Authentication-Results: MX.B.TEST (forged);\r\n\tdkim=pass header.d=bank.test\r\n"
+              b"Authentication-Results: other.example; dkim=fail\r\n" + message)
+    stripped = strip_claims(forged, "mx.b.test")
+    assert stripped.startswith(b"Authentication-Results: other.example; dkim=fail\r\n")
+    assert b"bank.test" not in stripped and stripped.endswith(message)
+    checks = InboundChecks("mx.b.test", DKIMVerifier(zone.lookup_txt, inline))
+    stranger = ClientInfo("192.0.2.1", "mail.a.test", True, None, False)
+    out = run(checks.check(stranger, Envelope("Q1", "alice@a.test"), forged))
+    first = out.split(b"\r\n\r\n")[0]
+    assert first.startswith(b"Authentication-Results: mx.b.test;\r\n\tdkim=pass header.d=a.test header.s=r1 header.b=")
+    assert first.count(b"mx.b.test") == 1 and b"bank.test" not in first
+    for trusted in (ClientInfo("127.0.0.1", "x", False, None, True), ClientInfo("192.0.2.1", "x", True, "u@b.test", False)):
+        assert run(checks.check(trusted, Envelope("Q2", "alice@a.test"), forged)) == forged  # ours: unchecked
