@@ -286,8 +286,8 @@ class MXResolver:
         """The TXT records at ``name``, each with its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
 
         [] when the name does not exist or has none; :class:`DNSError` (temporary) when the
-        lookup failed or timed out. Answers larger than ``limit`` octets in all are refused
-        the same way, so an enormous record costs nothing further.
+        lookup failed or timed out. Answers larger than ``limit`` octets in all raise a
+        permanent :class:`DNSError`, so an enormous record costs nothing further.
         """
         try:
             found = await self._records(to_ascii(name), dns.TXT)
@@ -295,7 +295,7 @@ class MXResolver:
             return []
         texts = [b"".join(record.data) for record in found]
         if sum(map(len, texts)) > limit:
-            raise _temporary(f"TXT records of {name} are larger than {limit} octets")
+            raise _permanent(f"TXT records of {name} are larger than {limit} octets")
         return texts
 
     async def _records(self, name: str, rtype: int) -> list[Any]:

@@ -144,7 +144,7 @@ def start_dns_server(zones: Zones, reactor: Any) -> tuple[int, Callable[[], defe
 
 
 class FakeResolver:
-    """An in-memory ``IResolver`` subset (MX, A, AAAA, CNAME) over a zones dict.
+    """An in-memory ``IResolver`` subset (MX, A, AAAA, CNAME, TXT) over a zones dict.
 
     Answers fire synchronously; NXDOMAIN raises ``DNSNameError``, SERVFAIL
     ``DNSServerError`` and TIMEOUT ``DNSQueryTimeoutError``, as
@@ -182,6 +182,9 @@ class FakeResolver:
 
     def lookupCanonicalName(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
         return self._lookup(name, dns.CNAME)
+
+    def lookupText(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.TXT)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,6 +40,10 @@ ZONES: dict[str, Any] = {
     "mxalias.test": {"MX": [(10, "alias-host.mxalias.test")]},
     "alias-host.mxalias.test": {"CNAME": "mx1.example.test"},
     "xn--bcher-kva.test": {"MX": [(10, "mx1.example.test")]},
+    "s1._domainkey.example.test": {"TXT": ["v=DKIM1; k=rsa; p=" + "A" * 400]},  # > 255: several strings
+    "txt-alias.test": {"CNAME": "s1._domainkey.example.test"},
+    "two.txt.test": {"TXT": ["first", "second"]},
+    "huge.txt.test": {"TXT": ["x" * 250] * 300},
 }
 
 
@@ -116,6 +120,23 @@ class MXResolverTests(SynchronousTestCase):
         err = self.fail_lookup("slow.test")
         self.assertTrue(err.temporary)
         self.assertEqual(err.status, "4.4.3")
+
+    def txt(self, name: str) -> list[bytes]:
+        resolver = MXResolver(FakeResolver(ZONES))
+        return self.successResultOf(defer.Deferred.fromCoroutine(resolver.lookup_txt(name)))  # type: ignore[no-any-return]
+
+    def test_txt_records_joined_and_following_cnames(self) -> None:
+        self.assertEqual(self.txt("s1._domainkey.example.test"), [b"v=DKIM1; k=rsa; p=" + b"A" * 400])
+        self.assertEqual(self.txt("txt-alias.test"), [b"v=DKIM1; k=rsa; p=" + b"A" * 400])
+        self.assertEqual(sorted(self.txt("two.txt.test")), [b"first", b"second"])
+        self.assertEqual(self.txt("nowhere.test"), [])  # NXDOMAIN: no record
+        self.assertEqual(self.txt("empty.test"), [])  # NODATA
+
+    def test_txt_trouble_is_temporary_and_enormous_answers_refused(self) -> None:
+        resolver = MXResolver(FakeResolver(ZONES))
+        for name in ("broken.test", "slow.test", "huge.txt.test"):
+            failure = self.failureResultOf(defer.Deferred.fromCoroutine(resolver.lookup_txt(name)), DNSError)
+            self.assertEqual(failure.value.temporary, name != "huge.txt.test", name)
 
     def test_cname_chain(self) -> None:
         self.assertEqual([h.name for h in self.lookup("alias.test")], ["mx1.example.test", "mx2.example.test"])
@@ -210,6 +231,13 @@ class LoopbackDNSTests(TestCase):
             hosts = await self.mx.lookup("example.test")
             self.assertEqual(hosts, [MXHost("mx1.example.test", 10, ("192.0.2.1",)),
                                      MXHost("mx2.example.test", 20, ("192.0.2.2", "2001:db8::2"))])
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_txt_over_the_wire(self) -> defer.Deferred[None]:
+        async def go() -> None:
+            self.assertEqual(await self.mx.lookup_txt("s1._domainkey.example.test"),
+                             [b"v=DKIM1; k=rsa; p=" + b"A" * 400])
+            self.assertEqual(await self.mx.lookup_txt("nowhere.test"), [])
         return defer.Deferred.fromCoroutine(go())
 
     def test_equal_preferences(self) -> defer.Deferred[None]:

@@ -119,8 +119,8 @@ class DKIMVerifier:
         try:
             records = await self.lookup_txt(name)
         except DNSError as e:
-            if not e.temporary:
-                return _with(found, "permerror", f"bad key name: {e.message}")
+            if not e.temporary:  # a name that cannot be asked for, or an enormous answer
+                return _with(found, "permerror", f"key lookup: {e.message}")
             return _with(found, "temperror", f"key lookup: {e.message}")
         if not records:
             return _with(found, "permerror", "no key")
