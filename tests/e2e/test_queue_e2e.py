@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,9 +55,9 @@ class Mesh:
         self.a: Server | None = None
         self.b: Server | None = None
 
-    def start_dns(self) -> int:
+    def start_dns(self, extra: dict[str, Any] | None = None) -> int:
         zones = self.root / "zones.json"
-        zones.write_text(json.dumps(ZONES))
+        zones.write_text(json.dumps({**ZONES, **(extra or {})}))
         portfile = self.root / "dns.port"
         self.dns_proc = subprocess.Popen([sys.executable, "-m", "mailstack.testing_dns", str(zones), str(portfile)],
                                          env=plugin_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -85,13 +86,19 @@ def make_server(root: Path, name: str, *, hostname: str, domains: tuple[str, ...
 def mesh(tmp_path_factory):
     root = tmp_path_factory.mktemp("mesh")
     m = Mesh(root)
-    dns_port = m.start_dns()
-    m.b = make_server(root, "b", hostname="mx.b.test", domains=("b.test", "c.test", "d.test"))
+    from mailstack.dkim import KeyDirectory
+
+    a_keys = KeyDirectory(root / "a-keys")  # A signs with it; B finds it in DNS
+    key = a_keys.generate("a.test", "rsa", selector="mesh-rsa")
+    dns_port = m.start_dns({key.record_name(): {"TXT": [key.record_text()]}})
+    m.b = make_server(root, "b", hostname="mx.b.test", domains=("b.test", "c.test", "d.test"),
+                      extra=f'resolvers = ["127.0.0.1:{dns_port}"]')
     for user in ("bob@b.test", "carol@c.test", "dave@d.test"):
         assert cli(m.b.config, "user", "add", user, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
     m.b.start()
     extra = f'resolvers = ["127.0.0.1:{dns_port}"]\nport = {m.b.ports["smtp"]}\nretry = ["2s"]'
     m.a = make_server(root, "a", hostname="mail.a.test", domains=("a.test",), extra=extra)
+    shutil.copytree(root / "a-keys", root / "a" / "var" / "dkim")
     assert cli(m.a.config, "user", "add", "alice@a.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
     m.a.start()
     yield m
@@ -137,6 +144,28 @@ def test_submitted_on_a_lands_in_b_byte_for_byte(mesh):
     assert b"by mx.b.test with ESMTPS id" in headers  # A used STARTTLS to B
     assert b"by mail.a.test with ESMTPSA id" in headers
     wait_for(lambda: "queue is empty" in cli(mesh.a.config, "queue", "list").stdout, what="an empty queue")
+
+
+def test_b_checks_the_signature_a_made_and_says_so(mesh):
+    subject = "checked " + uuid.uuid4().hex
+    submit(mesh, ["bob@b.test"], subject)
+    [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
+    head = stored.split(b"\r\n\r\n")[0]
+    assert head.count(b"Authentication-Results: ") == 1
+    assert b"Authentication-Results: mx.b.test;\r\n\tdkim=pass header.d=a.test header.s=mesh-rsa header.b=" in head
+    # What B wrote is the first Authentication-Results a reader meets, above A's signature.
+    assert head.index(b"Authentication-Results: mx.b.test") < head.index(b"DKIM-Signature: ")
+
+
+def test_a_forged_result_claiming_b_is_removed_and_unsigned_mail_is_dkim_none(mesh):
+    subject = "forged " + uuid.uuid4().hex
+    forged = (f"Authentication-Results: mx.b.test; dkim=pass header.d=bank.test\r\n"
+              f"From: someone@nowhere.test\r\nTo: bob@b.test\r\nSubject: {subject}\r\n\r\nbody\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", mesh.b.ports["smtp"], timeout=20) as s:  # straight to B's MX
+        s.sendmail("someone@nowhere.test", ["bob@b.test"], forged)
+    [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
+    assert b"bank.test" not in stored
+    assert b"Authentication-Results: mx.b.test;\r\n\tdkim=none\r\n" in stored
 
 
 def test_second_mx_used_when_first_refuses_connections(mesh):
