@@ -298,6 +298,15 @@ class MXResolver:
             raise _permanent(f"TXT records of {name} are larger than {limit} octets")
         return texts
 
+    async def lookup_records(self, name: str, rtype: int) -> list[Any]:
+        """Payloads of the ``rtype`` records at ``name`` (A, AAAA, MX, TXT or PTR), CNAMEs
+        followed; [] for NXDOMAIN or NODATA; :class:`DNSError` (temporary) on failure.
+        For checks that walk DNS themselves (SPF)."""
+        try:
+            return await self._records(to_ascii(name), rtype)
+        except _NAME_ERRORS:
+            return []
+
     async def _records(self, name: str, rtype: int) -> list[Any]:
         """Records of *rtype* at *name*, following CNAMEs; [] for NODATA.
 
@@ -356,6 +365,7 @@ _LOOKUPS = {
     dns.A: lambda r, n: r.lookupAddress(n),
     dns.AAAA: lambda r, n: r.lookupIPV6Address(n),
     dns.TXT: lambda r, n: r.lookupText(n),
+    dns.PTR: lambda r, n: r.lookupPointer(n),
 }
 
 __all__ = ["DNSError", "MXHost", "MXResolver", "NullMX", "make_resolver",

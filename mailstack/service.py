@@ -30,7 +30,8 @@ from mailstack import pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
-from mailstack.checks import DKIMVerifier, InboundChecks
+from mailstack.checks import DKIMVerifier, InboundChecks, SPFChecker
+from mailstack.checks.spf import pooled
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
@@ -107,6 +108,8 @@ class Shared:
     threads: IReactorFromThreads
     io_pool: ThreadPool
     auth_pool: ThreadPool
+    checks_pool: ThreadPool
+    """Where SPF evaluations wait on their DNS queries (apart from the io pool's fsyncs)."""
     tls: CertificateOptions
     store: SQLiteAccountStore
     authenticator: Authenticator
@@ -180,6 +183,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     store = _open_store(settings)
     io_pool = ThreadPool(minthreads=0, maxthreads=32, name="io")
     auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="auth")
+    checks_pool = ThreadPool(minthreads=0, maxthreads=4, name="checks")
     checker = AccountChecker(store, reactor, auth_pool, renew=store)
     maildir = MaildirDelivery(settings.storage.maildirs, hostname=settings.hostname, reactor=reactor,
                               threadpool=io_pool)
@@ -194,7 +198,8 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
                            accounts=store, watcher=watcher, events=events)
     return Shared(
-        clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls, store=store,
+        clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, checks_pool=checks_pool, tls=tls,
+        store=store,
         authenticator=Authenticator(checker, throttle, reactor),
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io)), resolver=resolver,
@@ -269,8 +274,11 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
 
 
 def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
-    checks = InboundChecks(settings.hostname, DKIMVerifier(shared.resolver.lookup_txt, shared.io,
-                                                           max_signatures=settings.checks.dkim_max_signatures))
+    run, call = pooled(shared.threads, shared.checks_pool)
+    checks = InboundChecks(settings.hostname,
+                           DKIMVerifier(shared.resolver.lookup_txt, shared.io,
+                                        max_signatures=settings.checks.dkim_max_signatures),
+                           SPFChecker(shared.resolver, run, call, hostname=settings.hostname))
     return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks), smtp_config(settings, implicit_tls=False),
                         settings.limits)
 
@@ -334,6 +342,7 @@ def build_service(
     top = SequentialMultiService()
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
+    ThreadPoolService(shared.checks_pool).setServiceParent(top)
     if shared.watcher is not None:
         WatcherService(shared.watcher, reactor).setServiceParent(top)
     shared.queue.setServiceParent(top)  # stops after the listeners, before the pools

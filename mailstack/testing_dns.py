@@ -61,6 +61,8 @@ def _records(spec: Mapping[str, Any]) -> list[Any]:
             out.extend(dns.Record_AAAA(addr, ttl=60) for addr in value)
         elif kind == "CNAME":
             out.append(dns.Record_CNAME(_name(value), ttl=60))
+        elif kind == "PTR":
+            out.extend(dns.Record_PTR(_name(host), ttl=60) for host in value)
         elif kind == "TXT":  # each value one record, split into strings of up to 255 octets
             for text in value:
                 raw = text.encode("utf-8")
@@ -144,7 +146,7 @@ def start_dns_server(zones: Zones, reactor: Any) -> tuple[int, Callable[[], defe
 
 
 class FakeResolver:
-    """An in-memory ``IResolver`` subset (MX, A, AAAA, CNAME, TXT) over a zones dict.
+    """An in-memory ``IResolver`` subset (MX, A, AAAA, CNAME, TXT, PTR) over a zones dict.
 
     Answers fire synchronously; NXDOMAIN raises ``DNSNameError``, SERVFAIL
     ``DNSServerError`` and TIMEOUT ``DNSQueryTimeoutError``, as
@@ -185,6 +187,9 @@ class FakeResolver:
 
     def lookupText(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
         return self._lookup(name, dns.TXT)
+
+    def lookupPointer(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.PTR)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,7 +90,8 @@ def mesh(tmp_path_factory):
 
     a_keys = KeyDirectory(root / "a-keys")  # A signs with it; B finds it in DNS
     key = a_keys.generate("a.test", "rsa", selector="mesh-rsa")
-    dns_port = m.start_dns({key.record_name(): {"TXT": [key.record_text()]}})
+    dns_port = m.start_dns({key.record_name(): {"TXT": [key.record_text()]},
+                            "a.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]}})  # A sends from loopback
     m.b = make_server(root, "b", hostname="mx.b.test", domains=("b.test", "c.test", "d.test"),
                       extra=f'resolvers = ["127.0.0.1:{dns_port}"]')
     for user in ("bob@b.test", "carol@c.test", "dave@d.test"):
@@ -152,7 +153,8 @@ def test_b_checks_the_signature_a_made_and_says_so(mesh):
     [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
     head = stored.split(b"\r\n\r\n")[0]
     assert head.count(b"Authentication-Results: ") == 1
-    assert b"Authentication-Results: mx.b.test;\r\n\tdkim=pass header.d=a.test header.s=mesh-rsa header.b=" in head
+    assert (b"Authentication-Results: mx.b.test;\r\n\tspf=pass smtp.mailfrom=alice@a.test;\r\n"
+            b"\tdkim=pass header.d=a.test header.s=mesh-rsa header.b=") in head
     # What B wrote is the first Authentication-Results a reader meets, above A's signature.
     assert head.index(b"Authentication-Results: mx.b.test") < head.index(b"DKIM-Signature: ")
 
@@ -165,7 +167,8 @@ def test_a_forged_result_claiming_b_is_removed_and_unsigned_mail_is_dkim_none(me
         s.sendmail("someone@nowhere.test", ["bob@b.test"], forged)
     [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
     assert b"bank.test" not in stored
-    assert b"Authentication-Results: mx.b.test;\r\n\tdkim=none\r\n" in stored
+    assert (b"Authentication-Results: mx.b.test;\r\n\tspf=none smtp.mailfrom=someone@nowhere.test;\r\n"
+            b"\tdkim=none\r\n") in stored
 
 
 def test_second_mx_used_when_first_refuses_connections(mesh):

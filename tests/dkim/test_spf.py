@@ -1,0 +1,108 @@
+"""SPF (RFC 7208) through the server's resolver: results, limits, macros, HELO for null senders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mailstack.checks import SPFChecker
+from mailstack.dns import MXResolver
+from mailstack.testing_dns import SERVFAIL, TIMEOUT, FakeResolver
+
+
+def settle(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "still waiting"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+async def inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+def call_now(fn: Any, *args: Any) -> Any:
+    """The reactor-side call, here at once: the fake resolver answers synchronously."""
+    return settle(Deferred.fromCoroutine(fn(*args)))
+
+
+ZONES: dict[str, Any] = {
+    "a.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"], "MX": [(10, "mx.a.test")]},
+    "mx.a.test": {"A": ["192.0.2.20"]},
+    "soft.test": {"TXT": ["v=spf1 ~all"]},
+    "neutral.test": {"TXT": ["v=spf1 ?all"]},
+    "mx.test": {"TXT": ["v=spf1 mx:a.test -all"]},
+    "inc.test": {"TXT": ["v=spf1 include:a.test -all"]},
+    "redir.test": {"TXT": ["v=spf1 redirect=a.test"]},
+    "loop.test": {"TXT": ["v=spf1 include:loop.test -all"]},
+    "many.test": {"TXT": ["v=spf1 " + " ".join(f"a:h{i}.many.test" for i in range(11)) + " -all"]},
+    **{f"h{i}.many.test": {"A": ["198.51.100.1"]} for i in range(11)},
+    "void.test": {"TXT": ["v=spf1 a:v1.void.test a:v2.void.test a:v3.void.test -all"]},
+    "macro.test": {"TXT": ["v=spf1 exists:%{ir}.%{l}.allow.macro.test -all"]},
+    "10.2.0.192.alice.allow.macro.test": {"A": ["127.0.0.2"]},
+    "junk.test": {"TXT": ["v=spf1 ip4:192.0.2.300 -all"]},
+    "two.test": {"TXT": ["v=spf1 -all", "v=spf1 +all"]},
+    "dnsfail.test": {"TXT": ["v=spf1 include:broken.test -all"]},
+    "broken.test": SERVFAIL,
+    "slow.test": TIMEOUT,
+    "nospf.test": {"TXT": ["some other text"]},
+    "helo.a.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"]},
+    "ptr.test": {"TXT": ["v=spf1 ptr -all"]},
+    "10.2.0.192.in-addr.arpa": {"PTR": ["host.ptr.test"]},
+    "host.ptr.test": {"A": ["192.0.2.10"]},
+}
+
+
+def spf(sender: str, ip: str = "192.0.2.10", helo: str = "client.example") -> tuple[str, str]:
+    checker = SPFChecker(MXResolver(FakeResolver(ZONES)), inline, call_now, hostname="mx.b.test")
+    found = settle(Deferred.fromCoroutine(checker.check(ip, sender, helo)))
+    return found.result, found.resinfo()
+
+
+@pytest.mark.parametrize(("sender", "ip", "expected"), [
+    ("alice@a.test", "192.0.2.10", "pass"),
+    ("alice@a.test", "192.0.2.99", "fail"),
+    ("alice@soft.test", "192.0.2.99", "softfail"),
+    ("alice@neutral.test", "192.0.2.99", "neutral"),
+    ("alice@mx.test", "192.0.2.20", "pass"),  # mx:a.test -> mx.a.test -> 192.0.2.20
+    ("alice@inc.test", "192.0.2.10", "pass"),
+    ("alice@redir.test", "192.0.2.99", "fail"),
+    ("alice@macro.test", "192.0.2.10", "pass"),  # exists with %{ir} and %{l}
+    ("bob@macro.test", "192.0.2.10", "fail"),
+    ("alice@ptr.test", "192.0.2.10", "pass"),
+    ("alice@nospf.test", "192.0.2.10", "none"),
+    ("alice@nowhere.test", "192.0.2.10", "none"),
+])
+def test_results(sender, ip, expected):
+    assert spf(sender, ip)[0] == expected
+
+
+@pytest.mark.parametrize(("sender", "expected"), [
+    ("alice@loop.test", "permerror"),  # include loop
+    ("alice@many.test", "permerror"),  # more than 10 DNS-querying terms (RFC 7208 §4.6.4)
+    ("alice@void.test", "permerror"),  # more than 2 void lookups
+    ("alice@junk.test", "permerror"),  # a record that does not parse
+    ("alice@two.test", "permerror"),  # two SPF records (RFC 7208 §4.5)
+    ("alice@dnsfail.test", "temperror"),
+    ("alice@slow.test", "temperror"),
+])
+def test_errors_have_defined_results(sender, expected):
+    assert spf(sender, "192.0.2.99")[0] == expected
+
+
+def test_null_sender_checks_the_helo_name():
+    assert spf("", helo="helo.a.test") == ("pass", "spf=pass smtp.helo=helo.a.test")
+    result, text = spf("", ip="192.0.2.99", helo="helo.a.test")
+    assert result == "fail" and text.endswith(" smtp.helo=helo.a.test")
+    assert spf("", helo="[192.0.2.10]")[0] == "none"  # an address literal names no domain
+
+
+def test_resinfo_names_the_identity():
+    assert spf("alice@a.test") == ("pass", "spf=pass smtp.mailfrom=alice@a.test")
+    result, text = spf("alice@a.test", "192.0.2.99")
+    assert result == "fail" and text.startswith("spf=fail (") and text.endswith(" smtp.mailfrom=alice@a.test")
