@@ -6,24 +6,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from mailstack.checks import SPFChecker
 from mailstack.dns import MXResolver
 from mailstack.testing_dns import SERVFAIL, TIMEOUT, FakeResolver
 
-
-def settle(d: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "still waiting"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-async def inline(fn: Any, *args: Any) -> Any:
-    return fn(*args)
+from .helpers import inline, settle
 
 
 def call_now(fn: Any, *args: Any) -> Any:

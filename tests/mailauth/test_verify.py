@@ -5,19 +5,19 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
+import dkim
 from mailstack.checks import DKIMVerifier, InboundChecks
 from mailstack.checks.results import header, strip_claims
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore
 from mailstack.dns import DNSError
 from mailstack.envelope import Envelope
 from mailstack.interfaces import ClientInfo
+
+from .helpers import inline, run
 
 MESSAGE = (b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: hello\r\n"
            b"Date: Tue, 01 Dec 2026 00:00:00 +0000\r\nMessage-ID: <m1@a.test>\r\n\r\nHi Bob.\r\n")
@@ -33,19 +33,6 @@ VUYtOVtrsBqbAiAKpG8Sz9y2REM+BwyyuJr2S2lzyqTnNpbHeAoWNG2KrwIhANfU
 7tG0jK+OQv7JcxxPzmRY2+4iijqWJ4aXfbz51hRX
 -----END RSA PRIVATE KEY-----
 """
-
-
-def run(coro: Any) -> Any:
-    results: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(results.append)
-    assert results, "still waiting"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-async def inline(fn: Any, *args: Any) -> Any:
-    return fn(*args)
 
 
 class Zone:
