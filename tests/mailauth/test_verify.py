@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import dkim
 from mailstack.checks import DKIMVerifier, InboundChecks
 from mailstack.checks.results import header, strip_claims
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore
