@@ -99,6 +99,10 @@ class LimitsSettings:
 @dataclass(frozen=True, slots=True)
 class ChecksSettings:
     dkim_max_signatures: int
+    dmarc_reject: bool
+    dmarc_quarantine: bool
+    spf_fail: str
+    temperror: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +243,15 @@ def _domain(value: object) -> str:
     return parse_hostname(value)
 
 
+def _one_of(*choices: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return str(value)
+
+    return check
+
+
 # -- schema ---------------------------------------------------------------------
 
 _Str = _expect(str, "a string")
@@ -296,6 +309,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
     },
     "checks": {
         "dkim_max_signatures": (_positive_int, 5),
+        "dmarc_reject": (_Bool, True),
+        "dmarc_quarantine": (_Bool, True),
+        "spf_fail": (_one_of("tag", "reject"), "tag"),
+        "temperror": (_one_of("accept", "defer"), "accept"),
     },
 }
 

@@ -30,10 +30,10 @@ from mailstack import pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
-from mailstack.checks import DKIMVerifier, InboundChecks, SPFChecker
+from mailstack.checks import CheckPolicy, DKIMVerifier, DMARCChecker, InboundChecks, QuarantineFilter, SPFChecker
 from mailstack.checks.spf import pooled
 from mailstack.config import HostPort, LimitsSettings, Settings
-from mailstack.delivery import LocalDelivery
+from mailstack.delivery import InboxFilter, LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
@@ -188,7 +188,8 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     maildir = MaildirDelivery(settings.storage.maildirs, hostname=settings.hostname, reactor=reactor,
                               threadpool=io_pool)
     events = MailboxEvents()
-    local = LocalDelivery(store, maildir, events)
+    # The Filter step: DMARC quarantine files into Junk; everything else goes to INBOX.
+    local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, InboxFilter()))
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
     io = pop3.pool_io(reactor, io_pool)  # blocking work for the POP3 maildrops and DKIM signing
     dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)))  # keys are reread when they change
@@ -275,10 +276,15 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
 
 def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
     run, call = pooled(shared.threads, shared.checks_pool)
+    wanted = settings.checks
     checks = InboundChecks(settings.hostname,
                            DKIMVerifier(shared.resolver.lookup_txt, shared.io,
-                                        max_signatures=settings.checks.dkim_max_signatures),
-                           SPFChecker(shared.resolver, run, call, hostname=settings.hostname))
+                                        max_signatures=wanted.dkim_max_signatures),
+                           SPFChecker(shared.resolver, run, call, hostname=settings.hostname),
+                           DMARCChecker(shared.resolver.lookup_txt),
+                           CheckPolicy(dmarc_reject=wanted.dmarc_reject, dmarc_quarantine=wanted.dmarc_quarantine,
+                                       spf_reject=wanted.spf_fail == "reject",
+                                       defer_temperror=wanted.temperror == "defer"))
     return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks), smtp_config(settings, implicit_tls=False),
                         settings.limits)
 

@@ -1,38 +1,115 @@
 """Checks of mail arriving on port 25 from other servers: what it proves about its origin.
 
 :class:`InboundChecks` removes forged ``Authentication-Results`` headers,
-evaluates SPF (:mod:`.spf`), verifies the DKIM signatures (:mod:`.dkim_verify`)
-and prepends one ``Authentication-Results`` header (:mod:`.results`). Mail from authenticated
-clients and relay networks is not checked: it is ours.
+evaluates SPF (:mod:`.spf`), verifies the DKIM signatures (:mod:`.dkim_verify`),
+evaluates DMARC (:mod:`.dmarc`) and prepends one ``Authentication-Results`` header
+(:mod:`.results`). Then :class:`CheckPolicy` decides: a DMARC ``reject`` is refused
+with 550 5.7.1; a DMARC ``quarantine`` is delivered, and :class:`QuarantineFilter`
+files it into Junk; an SPF ``fail`` without a DMARC policy is tagged, or refused with
+550 5.7.23; a ``temperror`` is accepted as it is, or deferred with 451 4.4.3. Mail from
+authenticated clients and relay networks is not checked: it is ours.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
 from mailstack.checks import results
 from mailstack.checks.dkim_verify import DKIMResult, DKIMVerifier
+from mailstack.checks.dmarc import DMARCChecker, DMARCResult
 from mailstack.checks.spf import SPFChecker, SPFResult
 from mailstack.envelope import Envelope
-from mailstack.interfaces import ClientInfo
+from mailstack.interfaces import ClientInfo, Filter, LocalCopy
+from mailstack.smtp import reply as R
+from mailstack.smtp.reply import SMTPReplyError
 
-__all__ = ["DKIMResult", "DKIMVerifier", "InboundChecks", "SPFChecker", "SPFResult"]
+__all__ = ["CheckPolicy", "DKIMResult", "DKIMVerifier", "DMARCChecker", "DMARCResult", "InboundChecks",
+           "QuarantineFilter", "SPFChecker", "SPFResult"]
+
+log = Logger()
+
+JUNK = "Junk"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPolicy:
+    """What is done with a message the checks found wanting (``[checks]`` in the configuration)."""
+
+    dmarc_reject: bool = True  # p=reject failures get 550 5.7.1 (else: quarantined)
+    dmarc_quarantine: bool = True  # p=quarantine failures go to Junk (else: delivered, tagged)
+    spf_reject: bool = False  # an SPF fail with no DMARC policy gets 550 5.7.23 (else: tagged)
+    defer_temperror: bool = False  # a DNS failure during the checks gets 451 4.4.3 (else: tagged)
 
 
 class InboundChecks:
     """What the port-25 policy runs on each message at the end of DATA (see the module docstring)."""
 
-    def __init__(self, authserv_id: str, dkim: DKIMVerifier, spf: SPFChecker | None = None) -> None:
+    def __init__(self, authserv_id: str, dkim: DKIMVerifier, spf: SPFChecker | None = None,
+                 dmarc: DMARCChecker | None = None, policy: CheckPolicy | None = None) -> None:
         self.authserv_id = authserv_id
         self.dkim = dkim
         self.spf = spf
+        self.dmarc = dmarc
+        self.policy = policy or CheckPolicy()
 
     async def check(self, client: ClientInfo, envelope: Envelope, message: bytes) -> bytes:
-        """The message as it is to be delivered: forged results removed, our results prepended."""
+        """The message as it is to be delivered: forged results removed, our results prepended.
+
+        Raises SMTPReplyError when the policy refuses it.
+        """
         if client.auth_user is not None or client.trusted_network:
             return message
         message = results.strip_claims(message, self.authserv_id)
         resinfo = []
+        spf = None
         if self.spf is not None:
-            resinfo.append((await self.spf.check(client.ip, envelope.sender, client.helo)).resinfo())
+            spf = await self.spf.check(client.ip, envelope.sender, client.helo)
+            resinfo.append(spf.resinfo())
         found = await self.dkim.verify(message)
         resinfo += [r.resinfo() for r in found] or ["dkim=none"]
+        dmarc = None
+        if self.dmarc is not None:
+            dmarc = await self.dmarc.check(message, spf, found)
+            if dmarc.disposition == "reject" and not self.policy.dmarc_reject:
+                dmarc = DMARCResult(dmarc.result, dmarc.from_domain, dmarc.policy, "quarantine")
+            if dmarc.disposition == "quarantine" and not self.policy.dmarc_quarantine:
+                dmarc = DMARCResult(dmarc.result, dmarc.from_domain, dmarc.policy, "none")
+            resinfo.append(dmarc.resinfo())
+        self._decide(envelope, spf, found, dmarc)
         return results.header(self.authserv_id, resinfo) + message
+
+    def _decide(self, envelope: Envelope, spf: SPFResult | None, dkim: list[DKIMResult],
+                dmarc: DMARCResult | None) -> None:
+        """Raise the refusal the policy asks for, if any (the reason goes to the log)."""
+        results_seen = [r.result for r in dkim] + [x.result for x in (spf, dmarc) if x is not None]
+        if self.policy.defer_temperror and "temperror" in results_seen:
+            raise SMTPReplyError(R.CHECKS_TEMPFAIL, cause="a DNS lookup failed during the checks")
+        if dmarc is not None and dmarc.disposition == "reject":
+            raise SMTPReplyError(R.DMARC_REJECT.with_text(
+                f"Message rejected: {dmarc.from_domain} publishes a DMARC reject policy and neither "
+                "SPF nor DKIM confirms it sent this message"),
+                cause=f"DMARC fail for {dmarc.from_domain} (p={dmarc.policy})")
+        no_policy = dmarc is None or dmarc.result in ("none", "permerror")
+        if self.policy.spf_reject and spf is not None and spf.result == "fail" and no_policy:
+            raise SMTPReplyError(R.SPF_FAIL, cause=f"SPF fail for {spf.value}")
+
+
+class QuarantineFilter:
+    """Files a copy into Junk when our own Authentication-Results says DMARC asked for quarantine.
+
+    The header is trusted because :class:`InboundChecks` removed every incoming one that
+    claims our name before adding its own; the first one naming us is ours. Any other copy
+    is left to ``then`` (the next filter: INBOX by default, Sieve later).
+    """
+
+    def __init__(self, authserv_id: str, then: Filter) -> None:
+        self.authserv_id = authserv_id
+        self.then = then
+
+    async def folder_for(self, copy: LocalCopy) -> str | None:
+        ours = results.our_header(copy.message, self.authserv_id)
+        if ours is not None and b"dis=quarantine" in ours:
+            return JUNK
+        return await self.then.folder_for(copy)

@@ -67,3 +67,23 @@ def strip_claims(message: bytes, authserv_id: str) -> bytes:
     if not changed:
         return message
     return b"\r\n".join(kept) + message[end:]
+
+
+def our_header(message: bytes, authserv_id: str) -> bytes | None:
+    """The value of the first Authentication-Results header that names ``authserv_id``, unfolded."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[:end]
+    ours = authserv_id.lower().encode("ascii", "replace")
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        if not _NAME.match(line):
+            continue
+        field = [line]
+        for more in lines[i + 1:]:
+            if more[:1] not in (b" ", b"\t"):
+                break
+            field.append(more)
+        value = b" ".join(field).split(b":", 1)[1]
+        if _authserv_id(value) == ours:
+            return value
+    return None

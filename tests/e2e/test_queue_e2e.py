@@ -91,7 +91,9 @@ def mesh(tmp_path_factory):
     a_keys = KeyDirectory(root / "a-keys")  # A signs with it; B finds it in DNS
     key = a_keys.generate("a.test", "rsa", selector="mesh-rsa")
     dns_port = m.start_dns({key.record_name(): {"TXT": [key.record_text()]},
-                            "a.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]}})  # A sends from loopback
+                            "a.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},  # A sends from loopback
+                            "_dmarc.a.test": {"TXT": ["v=DMARC1; p=reject; rua=mailto:postmaster@a.test"]},
+                            "_dmarc.q.test": {"TXT": ["v=DMARC1; p=quarantine"]}})
     m.b = make_server(root, "b", hostname="mx.b.test", domains=("b.test", "c.test", "d.test"),
                       extra=f'resolvers = ["127.0.0.1:{dns_port}"]')
     for user in ("bob@b.test", "carol@c.test", "dave@d.test"):
@@ -168,7 +170,36 @@ def test_a_forged_result_claiming_b_is_removed_and_unsigned_mail_is_dkim_none(me
     [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
     assert b"bank.test" not in stored
     assert (b"Authentication-Results: mx.b.test;\r\n\tspf=none smtp.mailfrom=someone@nowhere.test;\r\n"
-            b"\tdkim=none\r\n") in stored
+            b"\tdkim=none;\r\n\tdmarc=none header.from=nowhere.test\r\n") in stored
+
+
+def test_forged_from_a_sent_straight_to_b_is_refused_by_a_dmarc_reject_policy(mesh):
+    subject = "spoof " + uuid.uuid4().hex
+    spoof = (f"From: ceo@a.test\r\nTo: bob@b.test\r\nSubject: {subject}\r\n\r\nwire the money\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", mesh.b.ports["smtp"], timeout=20) as s:
+        s.ehlo("attacker.example")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            s.sendmail("bounce@attacker.example", ["bob@b.test"], spoof)
+    assert refused.value.smtp_code == 550
+    assert b"5.7.1" in refused.value.smtp_error and b"a.test publishes a DMARC reject policy" in refused.value.smtp_error
+    assert find(mesh.b, "bob@b.test", subject) == []
+    assert "DMARC fail for a.test (p=reject)" in mesh.b.log_text()
+
+
+def test_forged_from_a_quarantine_domain_lands_in_junk(mesh):
+    subject = "dodgy " + uuid.uuid4().hex
+    spoof = (f"From: news@q.test\r\nTo: bob@b.test\r\nSubject: {subject}\r\n\r\nclick here\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", mesh.b.ports["smtp"], timeout=20) as s:
+        s.sendmail("bounce@attacker.example", ["bob@b.test"], spoof)
+    junk = mesh.b.maildir("bob@b.test") / ".Junk" / "new"
+
+    def in_junk() -> list[bytes]:
+        return [p.read_bytes() for p in junk.iterdir() if f"Subject: {subject}".encode() in p.read_bytes()] \
+            if junk.exists() else []
+
+    [stored] = wait_for(in_junk, what="delivery to Junk")
+    assert b"dmarc=fail (p=quarantine dis=quarantine) header.from=q.test" in stored
+    assert find(mesh.b, "bob@b.test", subject) == []  # not in INBOX
 
 
 def test_second_mx_used_when_first_refuses_connections(mesh):
