@@ -444,6 +444,9 @@ def _dkim_commands(commands: SubParsers) -> None:
     p = commands.add_parser("dns-records", help="print the DNS records DOMAIN needs, in zone-file form")
     p.add_argument("domain")
     p.set_defaults(handler=_dns_records)
+    p = commands.add_parser("dns-check", help="look DOMAIN's records up in DNS; exit 1 when one is wrong")
+    p.add_argument("domain")
+    p.set_defaults(handler=_dns_check)
 
 
 def _dkim_generate(args: argparse.Namespace, ctx: Context) -> None:
@@ -478,12 +481,44 @@ def _dkim_retire(args: argparse.Namespace, ctx: Context) -> None:
     ctx.say(f"retired {args.selector} of {domain}; keep its DNS record a few days for mail still in transit")
 
 
+def _listeners(ctx: Context) -> set[str]:
+    listen = ctx.settings.listen
+    return {name for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+            if getattr(listen, name) is not None}
+
+
 def _dns_records(args: argparse.Namespace, ctx: Context) -> None:
     domain = _signing_domain(ctx, args.domain)
-    listen = ctx.settings.listen
-    listeners = {name for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-                 if getattr(listen, name) is not None}
-    ctx.stdout.write(zone_text(domain, ctx.settings.hostname, _keys(ctx).keys(domain), listeners))
+    ctx.stdout.write(zone_text(domain, ctx.settings.hostname, _keys(ctx).keys(domain), _listeners(ctx)))
+
+
+def _dns_check(args: argparse.Namespace, ctx: Context) -> int:
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    from mailstack.dns import MXResolver, make_resolver
+    from mailstack.dnscheck import check_domain
+
+    domain = _signing_domain(ctx, args.domain)
+    keys, listeners = _keys(ctx).keys(domain), _listeners(ctx)
+    outcome: list[object] = []
+
+    def go() -> None:
+        resolver = MXResolver(make_resolver(ctx.settings.relay.resolvers, reactor))
+        d = Deferred.fromCoroutine(check_domain(resolver, domain, ctx.settings.hostname, keys, listeners))
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(go)  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined, call-arg]
+    if not outcome or not isinstance(outcome[0], list):
+        raise CommandError(f"checking {domain} failed: {outcome[0] if outcome else 'no answer'}")
+    findings = outcome[0]
+    for finding in findings:
+        ctx.say(finding.line())
+    wrong = [f for f in findings if f.wrong]
+    ctx.say(f"{domain}: {len(wrong)} problem(s)" if wrong else f"{domain}: all required records are in place")
+    return 1 if wrong else 0
 
 
 COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {

@@ -299,7 +299,7 @@ class MXResolver:
         return texts
 
     async def lookup_records(self, name: str, rtype: int) -> list[Any]:
-        """Payloads of the ``rtype`` records at ``name`` (A, AAAA, MX, TXT or PTR), CNAMEs
+        """Payloads of the ``rtype`` records at ``name`` (A, AAAA, MX, TXT, PTR or SRV), CNAMEs
         followed; [] for NXDOMAIN or NODATA; :class:`DNSError` (temporary) on failure.
         For checks that walk DNS themselves (SPF)."""
         try:
@@ -366,6 +366,7 @@ _LOOKUPS = {
     dns.AAAA: lambda r, n: r.lookupIPV6Address(n),
     dns.TXT: lambda r, n: r.lookupText(n),
     dns.PTR: lambda r, n: r.lookupPointer(n),
+    dns.SRV: lambda r, n: r.lookupService(n),
 }
 
 __all__ = ["DNSError", "MXHost", "MXResolver", "NullMX", "make_resolver",

@@ -61,6 +61,8 @@ def _records(spec: Mapping[str, Any]) -> list[Any]:
             out.extend(dns.Record_AAAA(addr, ttl=60) for addr in value)
         elif kind == "CNAME":
             out.append(dns.Record_CNAME(_name(value), ttl=60))
+        elif kind == "SRV":  # [priority, weight, port, target]
+            out.extend(dns.Record_SRV(pri, weight, port, _name(target), ttl=60) for pri, weight, port, target in value)
         elif kind == "PTR":
             out.extend(dns.Record_PTR(_name(host), ttl=60) for host in value)
         elif kind == "TXT":  # each value one record, split into strings of up to 255 octets
@@ -146,7 +148,7 @@ def start_dns_server(zones: Zones, reactor: Any) -> tuple[int, Callable[[], defe
 
 
 class FakeResolver:
-    """An in-memory ``IResolver`` subset (MX, A, AAAA, CNAME, TXT, PTR) over a zones dict.
+    """An in-memory ``IResolver`` subset (MX, A, AAAA, CNAME, TXT, PTR, SRV) over a zones dict.
 
     Answers fire synchronously; NXDOMAIN raises ``DNSNameError``, SERVFAIL
     ``DNSServerError`` and TIMEOUT ``DNSQueryTimeoutError``, as
@@ -190,6 +192,9 @@ class FakeResolver:
 
     def lookupPointer(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
         return self._lookup(name, dns.PTR)
+
+    def lookupService(self, name: str | bytes, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.SRV)
 
 
 def main(argv: list[str] | None = None) -> None:
