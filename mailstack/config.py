@@ -103,6 +103,8 @@ class ChecksSettings:
     dmarc_quarantine: bool
     spf_fail: str
     temperror: str
+    dnsbl: tuple[str, ...]
+    dnswl: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +315,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "dmarc_quarantine": (_Bool, True),
         "spf_fail": (_one_of("tag", "reject"), "tag"),
         "temperror": (_one_of("accept", "defer"), "accept"),
+        "dnsbl": (_list_of(_domain), []),
+        "dnswl": (_list_of(_domain), []),
     },
 }
 

@@ -30,7 +30,15 @@ from mailstack import pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
-from mailstack.checks import CheckPolicy, DKIMVerifier, DMARCChecker, InboundChecks, QuarantineFilter, SPFChecker
+from mailstack.checks import (
+    CheckPolicy,
+    DKIMVerifier,
+    DMARCChecker,
+    DNSLists,
+    InboundChecks,
+    QuarantineFilter,
+    SPFChecker,
+)
 from mailstack.checks.spf import pooled
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import InboxFilter, LocalDelivery
@@ -284,7 +292,8 @@ def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
                            DMARCChecker(shared.resolver.lookup_txt),
                            CheckPolicy(dmarc_reject=wanted.dmarc_reject, dmarc_quarantine=wanted.dmarc_quarantine,
                                        spf_reject=wanted.spf_fail == "reject",
-                                       defer_temperror=wanted.temperror == "defer"))
+                                       defer_temperror=wanted.temperror == "defer"),
+                           DNSLists(shared.resolver, wanted.dnsbl, wanted.dnswl) if wanted.dnsbl else None)
     return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks), smtp_config(settings, implicit_tls=False),
                         settings.limits)
 

@@ -19,13 +19,14 @@ from twisted.logger import Logger
 from mailstack.checks import results
 from mailstack.checks.dkim_verify import DKIMResult, DKIMVerifier
 from mailstack.checks.dmarc import DMARCChecker, DMARCResult
+from mailstack.checks.dnsbl import DNSLists
 from mailstack.checks.spf import SPFChecker, SPFResult
 from mailstack.envelope import Envelope
 from mailstack.interfaces import ClientInfo, Filter, LocalCopy
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
 
-__all__ = ["CheckPolicy", "DKIMResult", "DKIMVerifier", "DMARCChecker", "DMARCResult", "InboundChecks",
+__all__ = ["CheckPolicy", "DKIMResult", "DKIMVerifier", "DMARCChecker", "DMARCResult", "DNSLists", "InboundChecks",
            "QuarantineFilter", "SPFChecker", "SPFResult"]
 
 log = Logger()
@@ -47,8 +48,10 @@ class InboundChecks:
     """What the port-25 policy runs on each message at the end of DATA (see the module docstring)."""
 
     def __init__(self, authserv_id: str, dkim: DKIMVerifier, spf: SPFChecker | None = None,
-                 dmarc: DMARCChecker | None = None, policy: CheckPolicy | None = None) -> None:
+                 dmarc: DMARCChecker | None = None, policy: CheckPolicy | None = None,
+                 lists: DNSLists | None = None) -> None:
         self.authserv_id = authserv_id
+        self.lists = lists
         self.dkim = dkim
         self.spf = spf
         self.dmarc = dmarc
@@ -61,6 +64,11 @@ class InboundChecks:
         """
         if client.auth_user is not None or client.trusted_network:
             return message
+        if self.lists is not None:
+            zone = await self.lists.blocked_by(client.ip)
+            if zone is not None:
+                raise SMTPReplyError(R.BLOCK_LISTED.with_text(f"Client host [{client.ip}] is listed at {zone}"),
+                                     cause=f"[{client.ip}] listed at {zone}")
         message = results.strip_claims(message, self.authserv_id)
         resinfo = []
         spf = None

@@ -106,6 +106,7 @@ NO_SUCH_USER = r(550, "5.1.1", "No such user here")
 RELAY_DENIED = r(554, "5.7.1", "Relay access denied")
 DMARC_REJECT = r(550, "5.7.1", "Message rejected: the sender's domain publishes a DMARC reject policy "
                                "and neither SPF nor DKIM confirms it sent this message")
+BLOCK_LISTED = r(554, "5.7.1", "Client host is listed in a DNS block list")
 SPF_FAIL = r(550, "5.7.23", "Message rejected: the sender's domain does not allow this server to send for it (SPF)")
 MESSAGE_TOO_BIG = r(552, "5.3.4", "Message size exceeds fixed maximum message size")
 MAILBOX_FULL = r(552, "5.2.2", "Mailbox full")
