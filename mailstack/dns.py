@@ -29,6 +29,7 @@ import ipaddress
 import random
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,9 @@ QUERY_TIMEOUT = (1, 3, 6)
 # Errors that prove the name does not exist (NXDOMAIN from a server; an
 # in-process authority raises AuthoritativeDomainError).
 _NAME_ERRORS = (error.DNSNameError, error.AuthoritativeDomainError)
+CACHE_SECONDS = 300.0
+NEGATIVE_SECONDS = 60.0
+CACHE_ENTRIES = 10_000
 
 
 def make_resolver(resolvers: tuple[HostPort, ...], reactor: Any, *,
@@ -159,10 +163,15 @@ class _NoData(Exception):
 class MXResolver:
     """MX routing for one resolver (an ``IResolver``; see :func:`make_resolver`)."""
 
-    def __init__(self, resolver: Any, *, rng: random.Random | None = None, max_cname_depth: int = 8) -> None:
+    def __init__(self, resolver: Any, *, rng: random.Random | None = None, max_cname_depth: int = 8,
+                 clock: Callable[[], float] | None = None) -> None:
         self._resolver = resolver
         self._rng = rng or random.Random()
         self._max_cname_depth = max_cname_depth
+        # Answers are kept for their TTL (at most CACHE_SECONDS; a name that does not exist for
+        # NEGATIVE_SECONDS): each message's SPF, DKIM and DMARC checks ask for the same few names.
+        self._clock = clock
+        self._cache: dict[tuple[str, int], tuple[float, list[Any] | None]] = {}
 
     async def lookup(self, domain: str) -> list[MXHost]:
         """Next hops for *domain*, most preferred first; raises :class:`DNSError`."""
@@ -335,6 +344,31 @@ class MXResolver:
                 return []
 
     async def _query(self, name: str, rtype: int) -> list[Any]:
+        now = self._clock() if self._clock is not None else None
+        key = (name.lower(), rtype)
+        if now is not None:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > now:
+                if hit[1] is None:
+                    raise error.DNSNameError(name)
+                return hit[1]
+        try:
+            answers = await self._ask(name, rtype)
+        except _NAME_ERRORS:
+            if now is not None:
+                self._remember(key, now + NEGATIVE_SECONDS, None)
+            raise
+        if now is not None:
+            ttl = min((rr.ttl for rr in answers), default=NEGATIVE_SECONDS)
+            self._remember(key, now + max(0, min(ttl, CACHE_SECONDS)), answers)
+        return answers
+
+    def _remember(self, key: tuple[str, int], until: float, answers: list[Any] | None) -> None:
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()  # crude, bounded: the next lookups refill it
+        self._cache[key] = (until, answers)
+
+    async def _ask(self, name: str, rtype: int) -> list[Any]:
         try:
             answers, _authority, _additional = await _LOOKUPS[rtype](self._resolver, name)
         except _NAME_ERRORS:

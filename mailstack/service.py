@@ -198,7 +198,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     events = MailboxEvents()
     # The Filter step: DMARC quarantine files into Junk; everything else goes to INBOX.
     local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, InboxFilter()))
-    resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor))
+    resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
     io = pop3.pool_io(reactor, io_pool)  # blocking work for the POP3 maildrops and DKIM signing
     dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)))  # keys are reread when they change
     queue = build_queue(settings, reactor, local, io_pool, resolver, dkim)

@@ -298,3 +298,28 @@ def test_reverse_lookup_only_for_global_addresses():
     assert asked == []
     assert run("8.8.8.8") == "host.example.net"
     assert asked == ["8.8.8.8.in-addr.arpa"]
+
+
+class CacheTests(SynchronousTestCase):
+    def test_answers_are_kept_for_their_ttl_and_missing_names_for_a_minute(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        fake = FakeResolver(ZONES)
+        resolver = MXResolver(fake, clock=clock.seconds)
+
+        def txt(name: str) -> list[bytes]:
+            return self.successResultOf(defer.Deferred.fromCoroutine(resolver.lookup_txt(name)))  # type: ignore[no-any-return]
+
+        for _ in range(3):
+            self.assertEqual(txt("two.txt.test"), [b"first", b"second"])
+            self.assertEqual(txt("nowhere.test"), [])
+        self.assertEqual(len(fake.queries), 2)  # one each: the rest came from the cache
+        clock.advance(61)  # the test records' TTL and the negative time have passed
+        txt("two.txt.test")
+        txt("nowhere.test")
+        self.assertEqual(len(fake.queries), 4)
+        failure = self.failureResultOf(defer.Deferred.fromCoroutine(resolver.lookup_txt("broken.test")), DNSError)
+        self.assertTrue(failure.value.temporary)
+        self.failureResultOf(defer.Deferred.fromCoroutine(resolver.lookup_txt("broken.test")), DNSError)
+        self.assertEqual(len(fake.queries), 6)  # failures are never cached
