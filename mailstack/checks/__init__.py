@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mailstack.checks import results
@@ -71,11 +72,15 @@ class InboundChecks:
                                      cause=f"[{client.ip}] listed at {zone}")
         message = results.strip_claims(message, self.authserv_id)
         resinfo = []
-        spf = None
-        if self.spf is not None:
-            spf = await self.spf.check(client.ip, envelope.sender, client.helo)
+        # SPF (its own pool, DNS on the reactor) and DKIM (DNS, then the io pool) run side by side.
+        pending_spf = (Deferred.fromCoroutine(self.spf.check(client.ip, envelope.sender, client.helo))
+                       if self.spf is not None else None)
+        try:
+            found = await self.dkim.verify(message)
+        finally:
+            spf = await pending_spf if pending_spf is not None else None
+        if spf is not None:
             resinfo.append(spf.resinfo())
-        found = await self.dkim.verify(message)
         resinfo += [r.resinfo() for r in found] or ["dkim=none"]
         dmarc = None
         if self.dmarc is not None:

@@ -26,11 +26,11 @@ import dkim
 from twisted.logger import Logger
 
 from mailstack.dns import DNSError
+from mailstack.smtp.message import header_values
 
 log = Logger()
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers must not accept smaller keys
-_SIGNATURE_HEADER = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE)
 
 LookupTXT = Callable[[str], Awaitable[list[bytes]]]
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -67,21 +67,7 @@ def _comment(text: str) -> str:
 
 def signature_headers(message: bytes) -> list[bytes]:
     """The values of the message's DKIM-Signature headers, unfolded, in order."""
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end]
-    out: list[bytes] = []
-    current: list[bytes] | None = None
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        if current is not None:
-            out.append(b"".join(current))
-        current = [line.split(b":", 1)[1]] if _SIGNATURE_HEADER.match(line) else None
-    if current is not None:
-        out.append(b"".join(current))
-    return out
+    return header_values(message, b"dkim-signature")
 
 
 class DKIMVerifier:

@@ -52,6 +52,27 @@ def header_block(message: bytes) -> bytes:
     return message[: m.start() + 2] if m else message
 
 
+def header_values(message: bytes, name: bytes) -> list[bytes]:
+    """The values of every header field called ``name`` (case-insensitive), unfolded, in order."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[:end]
+    wanted = name.lower()
+    out: list[bytes] = []
+    current: list[bytes] | None = None
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        if current is not None:
+            out.append(b"".join(current))
+        field, colon, value = line.partition(b":")
+        current = [value] if colon and field.rstrip(b" \t").lower() == wanted else None
+    if current is not None:
+        out.append(b"".join(current))
+    return out
+
+
 def count_received(headers: bytes) -> int:
     return len(_RECEIVED.findall(headers))
 
