@@ -55,6 +55,7 @@ USER = "user"
 RECIPIENT = f"{USER}@{DOMAIN}"
 SENDER = "loadgen@sender.example"
 TARGETS = ("mailstack", "aiosmtpd")
+EXTRA_TARGETS = ("mailstack-checks",)  # mailstack with SPF, DKIM and DMARC checks on (see start_mailstack_checks)
 REPLY_TIMEOUT = 120.0  # seconds to wait for any one reply before calling the session failed
 WARMUP = 5  # untimed messages per run, so first-use costs (store load, imports) are not measured
 
@@ -70,6 +71,7 @@ class Server:
     maildir: Path  # the recipient's Maildir
     log: Path
     workdir: Path
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # e.g. a DNS server
 
 
 def _env() -> dict[str, str]:
@@ -79,7 +81,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def mailstack_config(workdir: Path, port: int) -> str:
+def mailstack_config(workdir: Path, port: int, extra: str = "") -> str:
     return f"""\
 # written by bench/smtp_bench.py: only the port-25 role listens
 hostname = "mail.{DOMAIN}"
@@ -103,13 +105,39 @@ queue = "{workdir}/queue"
 cert = "{workdir}/tls/cert.pem"
 key = "{workdir}/tls/key.pem"
 self_signed = true
-"""
+{extra}"""
 
 
-def start_mailstack(workdir: Path) -> Server:
+def start_mailstack_checks(workdir: Path) -> Server:
+    """mailstack with the port-25 checks on: the load generator is not a relay network, and the
+    sender's domain publishes SPF (pass for 127.0.0.1), a DKIM key and DMARC p=reject on a local
+    DNS server, so every message costs an SPF evaluation, a DKIM verification and a DMARC lookup."""
+    from mailstack.dkim import KeyDirectory
+
+    domain = SENDER.rpartition("@")[2]
+    key = KeyDirectory(workdir / "sender-dkim").generate(domain, "rsa", selector="bench")
+    zones = {domain: {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]}, key.record_name(): {"TXT": [key.record_text()]},
+             f"_dmarc.{domain}": {"TXT": ["v=DMARC1; p=reject"]}}
+    (workdir / "zones.json").write_text(json.dumps(zones))
+    dns = subprocess.Popen([sys.executable, "-m", "mailstack.testing_dns", str(workdir / "zones.json"),
+                            str(workdir / "dns.port")], env=_env(), cwd=workdir,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (workdir / "dns.port").exists():
+        if time.monotonic() > deadline or dns.poll() is not None:
+            raise RuntimeError("the local DNS server did not start")
+        time.sleep(0.05)
+    extra = f'[relay]\nnetworks = []\nresolvers = ["127.0.0.1:{(workdir / "dns.port").read_text().strip()}"]\n'
+    server = start_mailstack(workdir, extra)
+    server.target = "mailstack-checks"
+    server.helpers.append(dns)
+    return server
+
+
+def start_mailstack(workdir: Path, extra: str = "") -> Server:
     port = free_port(HOST)
     config = workdir / "mailstack.toml"
-    config.write_text(mailstack_config(workdir, port))
+    config.write_text(mailstack_config(workdir, port, extra))
     env = _env()
     add = subprocess.run(
         [sys.executable, "-m", "mailstack.cli", "--config", str(config), "user", "add", RECIPIENT, "--password-stdin"],
@@ -153,7 +181,23 @@ def _wait(server: Server) -> None:
         raise RuntimeError(f"{server.target}: {e}\n--- {server.log} (tail) ---\n{tail}") from None
 
 
-STARTERS = {"mailstack": start_mailstack, "aiosmtpd": start_aiosmtpd}
+STARTERS = {"mailstack": start_mailstack, "aiosmtpd": start_aiosmtpd, "mailstack-checks": start_mailstack_checks}
+
+
+def signed_prefix(workdir: Path, prefix: bytes, rest: bytes, mid_width: int) -> bytes:
+    """``prefix`` with a DKIM signature of the sender's key in front. Message-ID is left out of
+    ``h=``, so the one signature is valid for every message of the run (they differ only there)."""
+    import dkim as dkimpy
+
+    from mailstack.dkim import KeyDirectory
+
+    domain = SENDER.rpartition("@")[2]
+    [key] = KeyDirectory(workdir / "sender-dkim").keys(domain)
+    sample = prefix + b"Message-ID: <" + b"x" * (mid_width - 2) + b">\r\n" + rest[: -len(b".\r\n")]
+    names = [b"from", b"to", b"subject", b"date", b"mime-version", b"content-type", b"from"]
+    signature = dkimpy.sign(sample, b"bench", domain.encode(), key.private_for_signing(),
+                            canonicalize=(b"relaxed", b"relaxed"), include_headers=names)
+    return bytes(signature) + prefix
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -362,6 +406,8 @@ def one_run(target: str, sessions: int, args: argparse.Namespace, base: Path) ->
                                  line_length=args.line_length)
     expected_tail = rest[: -len(b".\r\n")][-200:]
     server = STARTERS[target](workdir)
+    if target == "mailstack-checks":
+        prefix = signed_prefix(workdir, prefix, rest, mid_width)
     try:
         warm = asyncio.run(warm_up(server.port, prefix, rest, "warm" + tag))
         cpu0, ccpu0 = cpu_seconds(server.proc.pid), time.process_time()
@@ -370,6 +416,8 @@ def one_run(target: str, sessions: int, args: argparse.Namespace, base: Path) ->
         cpu1, ccpu1 = cpu_seconds(server.proc.pid), time.process_time()
     finally:
         status, stop_secs = stop_process(server.proc)
+        for helper in server.helpers:
+            stop_process(helper)
     v: Verification = verify_maildir(server.maildir, load.acknowledged | warm, expected_tail,
                                      queue=workdir / "queue")
     delivered = v.files - len(warm)
@@ -487,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=4096, help="message size in octets (default 4096)")
     p.add_argument("--line-length", type=int, default=72, metavar="L",
                    help="body line length in characters, 20..998 (default 72; RFC 5322 recommends <= 78)")
-    p.add_argument("--target", choices=TARGETS + ("both",), default="both")
+    p.add_argument("--target", choices=TARGETS + EXTRA_TARGETS + ("both", "checks"), default="both",
+                   help="both: mailstack and aiosmtpd; checks: mailstack with checks off, then on")
     p.add_argument("--duration-cap", type=float, default=30.0, metavar="S",
                    help="stop starting new messages after S seconds per run (default 30); capped runs are marked *")
     p.add_argument("--pipelining", action="store_true",
@@ -509,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeat must be at least 1")
     if not 20 <= args.line_length <= 998:
         p.error("--line-length must be between 20 and 998")
-    targets = TARGETS if args.target == "both" else (args.target,)
+    targets = {"both": TARGETS, "checks": ("mailstack", "mailstack-checks")}.get(args.target, (args.target,))
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     print(f"# smtp_bench {time.strftime('%Y-%m-%d %H:%M:%S %z')}: {versions()}", flush=True)
