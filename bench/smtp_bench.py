@@ -127,7 +127,9 @@ def start_mailstack_checks(workdir: Path) -> Server:
         if time.monotonic() > deadline or dns.poll() is not None:
             raise RuntimeError("the local DNS server did not start")
         time.sleep(0.05)
-    extra = f'[relay]\nnetworks = []\nresolvers = ["127.0.0.1:{(workdir / "dns.port").read_text().strip()}"]\n'
+    port = (workdir / "dns.port").read_text().strip()
+    # Not a relay network, so the per-address connection cap applies: raised for 50 sessions from one address.
+    extra = f'[relay]\nnetworks = []\nresolvers = ["127.0.0.1:{port}"]\n[limits]\nconnections_per_ip = 200\n'
     server = start_mailstack(workdir, extra)
     server.target = "mailstack-checks"
     server.helpers.append(dns)
