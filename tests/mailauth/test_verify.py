@@ -9,6 +9,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet.defer import Deferred
 
 from mailstack.checks import DKIMVerifier, InboundChecks
 from mailstack.checks.results import header, strip_claims
@@ -17,7 +18,7 @@ from mailstack.dns import DNSError
 from mailstack.envelope import Envelope
 from mailstack.interfaces import ClientInfo
 
-from .helpers import inline, run
+from .helpers import inline, run, settle
 
 MESSAGE = (b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: hello\r\n"
            b"Date: Tue, 01 Dec 2026 00:00:00 +0000\r\nMessage-ID: <m1@a.test>\r\n\r\nHi Bob.\r\n")
@@ -129,3 +130,32 @@ def test_results_header_and_forged_claims(signed):
     assert first.count(b"mx.b.test") == 1 and b"bank.test" not in first
     for trusted in (ClientInfo("127.0.0.1", "x", False, None, True), ClientInfo("192.0.2.1", "x", True, "u@b.test", False)):
         assert run(checks.check(trusted, Envelope("Q2", "alice@a.test"), forged)) == forged  # ours: unchecked
+
+
+def test_a_key_lookup_that_times_out_is_a_temperror_and_nothing_waits_forever():
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+    from twisted.names import error
+
+    from mailstack.checks import DMARCChecker
+    from mailstack.dns import MXResolver
+
+    clock = Clock()
+
+    class SilentResolver:
+        """A resolver whose queries are never answered: its own timeout fires on the clock."""
+
+        def lookupText(self, name: bytes | str, timeout: object = None) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            clock.callLater(10, d.errback, error.DNSQueryTimeoutError(name))
+            return d
+
+    resolver = MXResolver(SilentResolver())
+    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=a.test; s=r1; h=from; bh=AAAA; b=BBBB\r\n" + MESSAGE
+    verifying = Deferred.fromCoroutine(DKIMVerifier(resolver.lookup_txt, inline).verify(signed))
+    policy = Deferred.fromCoroutine(DMARCChecker(resolver.lookup_txt).check(MESSAGE, None, []))
+    assert not verifying.called and not policy.called  # waiting on the network, not blocking
+    clock.advance(10)
+    [found] = settle(verifying)
+    assert (found.result, found.domain, found.selector) == ("temperror", "a.test", "r1")
+    assert settle(policy).result == "temperror"
