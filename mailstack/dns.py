@@ -373,6 +373,8 @@ class MXResolver:
             answers, _authority, _additional = await _LOOKUPS[rtype](self._resolver, name)
         except _NAME_ERRORS:
             raise
+        except UnicodeError:  # an empty label or one over 63 octets: not a name to ask for
+            raise _permanent(f"{name!r} is not a valid domain name") from None
         except error.DomainError as e:  # SERVFAIL, REFUSED, FORMERR, NOTIMP, no server answered
             raise _temporary(f"DNS lookup for {name} failed ({type(e).__name__})") from None
         except (defer.TimeoutError, TimeoutError) as e:  # includes DNSQueryTimeoutError

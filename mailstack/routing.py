@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.delivery import LocalDelivery, resolve_route
+from mailstack.dkim.signer import from_address
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.interfaces import MessageSigner
 from mailstack.maildir import DeliveryError
@@ -77,7 +78,7 @@ class Router:
         the queue (or bounced when the message can never fit).
         """
         remote = envelope.remote_recipients()
-        if remote and envelope.auth_user is not None and self.signer is not None:
+        if remote and envelope.auth_user is not None and self.signer is not None and self._may_sign(envelope, message):
             message = await self.signer.sign(message, envelope.queue_id)  # local copies carry it too
         queued = await self._prepare(envelope, remote, message) if remote else None
         try:
@@ -105,6 +106,17 @@ class Router:
                 log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
                           queue_id=envelope.queue_id, remote=remote + held, error=str(e))
                 raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
+
+    def _may_sign(self, envelope: Envelope, message: bytes) -> bool:
+        """Sign only mail whose From address the user owns (as for the envelope sender): the key
+        goes by the From domain, and one tenant must not get mail signed as another's."""
+        address = from_address(message)
+        user = envelope.auth_user
+        if address is None or user is None or not self.local.store.owns(user, address):
+            log.info("{queue_id} not DKIM-signed: {user} does not own the From address {address}",
+                     queue_id=envelope.queue_id, user=user, address=address)
+            return False
+        return True
 
     async def _prepare(self, envelope: Envelope, addresses: list[str], message: bytes) -> QueuedMessage:
         if self.queue is None:

@@ -39,6 +39,7 @@ from mailstack.checks import (
     QuarantineFilter,
     SPFChecker,
 )
+from mailstack.checks.dmarc import organizational_domain
 from mailstack.checks.spf import pooled
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import InboxFilter, LocalDelivery
@@ -283,6 +284,7 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
 
 
 def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
+    organizational_domain("example.com")  # the Public Suffix List is read now, not on the first message
     run, call = pooled(shared.threads, shared.checks_pool)
     wanted = settings.checks
     checks = InboundChecks(settings.hostname,

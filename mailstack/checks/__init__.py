@@ -64,7 +64,7 @@ class InboundChecks:
         Raises SMTPReplyError when the policy refuses it.
         """
         if client.auth_user is not None or client.trusted_network:
-            return message
+            return results.strip_claims(message, self.authserv_id)  # ours, not checked: no verdict either
         if self.lists is not None:
             zone = await self.lists.blocked_by(client.ip)
             if zone is not None:
@@ -99,6 +99,10 @@ class InboundChecks:
         results_seen = [r.result for r in dkim] + [x.result for x in (spf, dmarc) if x is not None]
         if self.policy.defer_temperror and "temperror" in results_seen:
             raise SMTPReplyError(R.CHECKS_TEMPFAIL, cause="a DNS lookup failed during the checks")
+        if dmarc is not None and dmarc.disposition == "reject" and not dmarc.from_domain:
+            raise SMTPReplyError(R.DMARC_REJECT.with_text(
+                "Message rejected: it must have exactly one From address (RFC 5322, RFC 7489 section 6.6.1)"),
+                cause="several From addresses")
         if dmarc is not None and dmarc.disposition == "reject":
             raise SMTPReplyError(R.DMARC_REJECT.with_text(
                 f"Message rejected: {dmarc.from_domain} publishes a DMARC reject policy and neither "

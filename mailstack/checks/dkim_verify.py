@@ -25,6 +25,7 @@ from typing import Any
 import dkim
 from twisted.logger import Logger
 
+from mailstack.dkim.signer import dns_name
 from mailstack.dns import DNSError
 from mailstack.smtp.message import header_values
 
@@ -89,16 +90,21 @@ class DKIMVerifier:
         return results
 
     async def _one(self, message: bytes, index: int, value: bytes) -> DKIMResult:
+        tags: dict[bytes, bytes] = {}
         try:
             tags = dkim.parse_tag_value(value)
             dkim.validate_signature_fields(tags)
-        except Exception as e:  # InvalidTagValueList, ValidationError: the header is broken
-            if "expired" in str(e):  # well formed, but past its x= (RFC 6376 §3.5)
-                return DKIMResult("fail", _text(tags.get(b"d", b"")).lower(), _text(tags.get(b"s", b"")).lower(),
+        except dkim.ValidationError as e:
+            if "x= value is past" in str(e):  # well formed, but past its x= (RFC 6376 §3.5)
+                return DKIMResult("fail", _name(tags.get(b"d", b"")) or "", _name(tags.get(b"s", b""), 1) or "",
                                   reason="signature expired")
             return DKIMResult("permerror", reason=f"malformed signature: {e}")
-        domain = _text(tags.get(b"d", b"")).lower()
-        selector = _text(tags.get(b"s", b"")).lower()
+        except Exception as e:  # InvalidTagValueList and friends: the header is broken
+            return DKIMResult("permerror", reason=f"malformed signature: {e}")
+        domain = _name(tags.get(b"d", b""))
+        selector = _name(tags.get(b"s", b""), 1)
+        if domain is None or selector is None:  # never looked up, never copied into our header
+            return DKIMResult("permerror", reason="malformed signature: d= or s= is not a domain name")
         b = _text(tags.get(b"b", b"")).replace(" ", "")[:8]
         found = DKIMResult("neutral", domain, selector, b)
         name = f"{selector}._domainkey.{domain}"
@@ -131,6 +137,14 @@ class DKIMVerifier:
 
 def _with(base: DKIMResult, result: str, reason: str) -> DKIMResult:
     return DKIMResult(result, base.domain, base.selector, base.b, reason)
+
+
+def _name(value: bytes, labels: int = 2) -> str | None:
+    """A d= or s= value as a lower-case A-label name (``labels``: at least this many), or None."""
+    name = dns_name(_text(value) + ("" if labels > 1 else ".x"))
+    if name is None:
+        return None
+    return name if labels > 1 else name[:-2]
 
 
 def _text(value: bytes) -> str:

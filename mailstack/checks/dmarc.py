@@ -20,13 +20,15 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import getaddresses
 
 from publicsuffixlist import PublicSuffixList
 
 from mailstack.checks.dkim_verify import DKIMResult
 from mailstack.checks.spf import SPFResult
-from mailstack.dkim.signer import from_domain
+from mailstack.dkim.signer import dns_name, from_domain
 from mailstack.dns import DNSError
+from mailstack.smtp.message import header_values
 
 POLICIES = ("none", "quarantine", "reject")
 _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
@@ -108,7 +110,13 @@ class DMARCChecker:
     async def check(self, message: bytes, spf: SPFResult | None, dkim: list[DKIMResult]) -> DMARCResult:
         domain = from_domain(message)
         if domain is None:
-            return DMARCResult("permerror", reason="not exactly one From address")
+            values = header_values(message, b"from")
+            addresses = [a for _, a in getaddresses([v.decode("utf-8", "replace") for v in values]) if a]
+            if len(values) <= 1 and len(addresses) <= 1:
+                return DMARCResult("none", reason="no From domain" if not addresses else "the From domain is not a domain name")
+            # §6.6.1: several From headers or addresses (a second one can hide a forged first one
+            # from the reader) are refused, like an unaligned message under p=reject
+            return DMARCResult("permerror", reason="not exactly one From address", disposition="reject")
         org = organizational_domain(domain)
         try:
             policy, found = await self._policy(domain)
@@ -116,7 +124,7 @@ class DMARCChecker:
             if not found and org != domain:
                 (policy, found), inherited = await self._policy(org), True
         except DNSError as e:
-            return DMARCResult("temperror", domain, reason=e.message)
+            return DMARCResult("temperror" if e.temporary else "permerror", domain, reason=e.message)
         if policy is None:
             return DMARCResult("none", domain, reason="several DMARC records" if found else "")
         dkim_ok = any(r.result == "pass" and _aligned(r.domain, domain, policy.adkim) for r in dkim)
@@ -130,16 +138,18 @@ class DMARCChecker:
         return DMARCResult("fail", domain, applied, disposition)
 
     async def _policy(self, domain: str) -> tuple[Policy | None, bool]:
-        """The policy published for ``domain``, and whether any DMARC record was there
-        (several of them: none applies, and discovery stops, §6.6.3)."""
-        records = [p for p in (parse_record(t) for t in await self.lookup_txt(f"_dmarc.{domain}")) if p]
-        return (records[0] if len(records) == 1 else None), bool(records)
+        """The policy published for ``domain``, and whether any DMARC record was there (several
+        of them, or one without a usable policy: none applies, and discovery stops, §6.6.3)."""
+        texts = [t for t in await self.lookup_txt(f"_dmarc.{domain}") if t.replace(b" ", b"").startswith(b"v=DMARC1")]
+        records = [p for p in map(parse_record, texts) if p is not None]
+        return (records[0] if len(records) == 1 and len(texts) == 1 else None), bool(texts)
 
 
 def _aligned(identifier: str, from_dom: str, mode: str) -> bool:
-    identifier = identifier.lower().rstrip(".")
-    if not identifier:
+    name = dns_name(identifier)  # A-labels on both sides: an IDN From aligns with its xn-- d=
+    if name is None:
         return False
+    identifier = name
     if mode == "s":
         return identifier == from_dom
     return organizational_domain(identifier) == organizational_domain(from_dom)

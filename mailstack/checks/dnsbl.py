@@ -22,6 +22,7 @@ log = Logger()
 
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _REFUSED = ipaddress.ip_network("127.255.255.0/24")
+_DNSWL_REFUSED = ipaddress.ip_address("127.0.0.255")  # list.dnswl.org: "too many queries", not a listing
 
 
 def query_name(ip: str, zone: str) -> str | None:
@@ -30,6 +31,8 @@ def query_name(ip: str, zone: str) -> str | None:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
     if address.version == 4:
         labels = reversed(str(address).split("."))
     else:
@@ -45,11 +48,11 @@ class DNSLists:
 
     async def blocked_by(self, ip: str) -> str | None:
         """The first block list that lists ``ip`` (None when none does, or an allow list does)."""
-        if not self.block or await self._first_listing(ip, self.allow):
+        if not self.block or await self._first_listing(ip, self.allow, allow=True):
             return None
         return await self._first_listing(ip, self.block)
 
-    async def _first_listing(self, ip: str, zones: tuple[str, ...]) -> str | None:
+    async def _first_listing(self, ip: str, zones: tuple[str, ...], allow: bool = False) -> str | None:
         for zone in zones:
             name = query_name(ip, zone)
             if name is None:
@@ -61,6 +64,6 @@ class DNSLists:
                 continue
             for record in found:
                 answer = ipaddress.ip_address(record.dottedQuad())
-                if answer in _LOOPBACK and answer not in _REFUSED:
+                if answer in _LOOPBACK and answer not in _REFUSED and not (allow and answer == _DNSWL_REFUSED):
                     return zone
         return None

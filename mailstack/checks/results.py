@@ -3,14 +3,16 @@
 RFC 8601 §5: a border MTA adds one header naming itself (the ``authserv-id``,
 here ``hostname``) and removes any incoming one that claims that name, since
 only it can have written them and a sender could otherwise forge a pass.
+
+Every scan here is one linear pass (a sender controls these headers, and they
+are read on the reactor): the authserv-id is read with a comment-depth counter
+that also knows quoted strings, and a message without a blank line is all
+header.
 """
 
 from __future__ import annotations
 
-import re
-
-_NAME = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE)
-_COMMENT = re.compile(rb"\([^()]*\)")
+_NAME = b"authentication-results"
 
 
 def header(authserv_id: str, resinfo: list[str]) -> bytes:
@@ -21,69 +23,92 @@ def header(authserv_id: str, resinfo: list[str]) -> bytes:
     return f"Authentication-Results: {body}\r\n".encode()
 
 
-def _authserv_id(value: bytes) -> bytes:
-    """The authserv-id a header value names (comments and whitespace dropped, lower case)."""
-    first = value.split(b";", 1)[0]
-    while True:
-        stripped = _COMMENT.sub(b" ", first)
-        if stripped == first:
+def authserv_id(value: bytes) -> bytes:
+    """The authserv-id a header value names: its first token, outside comments, unquoted, lower case."""
+    out = bytearray()
+    depth = 0
+    quoted = False
+    escaped = False
+    for byte in value[:4096]:  # a host name, perhaps after a comment: never the whole of a huge header
+        c = bytes((byte,))
+        if escaped:
+            escaped = False
+            if depth == 0:
+                out += c
+            continue
+        if c == b"\\" and (quoted or depth):
+            escaped = True
+            continue
+        if quoted:
+            if c == b'"':
+                quoted = False
+            else:
+                out += c
+            continue
+        if depth:
+            depth += {b"(": 1, b")": -1}.get(c, 0)
+            continue
+        if c == b"(":
+            depth = 1
+        elif c == b'"':
+            quoted = True
+        elif c == b";":
             break
-        first = stripped
-    words = first.split()
-    return words[0].lower() if words else b""
-
-
-def strip_claims(message: bytes, authserv_id: str) -> bytes:
-    """``message`` without the Authentication-Results headers that claim ``authserv_id``."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        return message
-    ours = authserv_id.lower().encode("ascii", "replace")
-    lines = message[:end].split(b"\r\n")
-    kept: list[bytes] = []
-    dropping = False
-    changed = False
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            i += 1
-            continue
-        dropping = False
-        if _NAME.match(line):
-            field = [line]
-            j = i + 1
-            while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
-                field.append(lines[j])
-                j += 1
-            if _authserv_id(b" ".join(field).split(b":", 1)[1]) == ours:
-                dropping = changed = True
-                i += 1
-                continue
-        kept.append(line)
-        i += 1
-    if not changed:
-        return message
-    return b"\r\n".join(kept) + message[end:]
-
-
-def our_header(message: bytes, authserv_id: str) -> bytes | None:
-    """The value of the first Authentication-Results header that names ``authserv_id``, unfolded."""
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end]
-    ours = authserv_id.lower().encode("ascii", "replace")
-    lines = head.split(b"\r\n")
-    for i, line in enumerate(lines):
-        if not _NAME.match(line):
-            continue
-        field = [line]
-        for more in lines[i + 1:]:
-            if more[:1] not in (b" ", b"\t"):
+        elif c in b" \t\r\n":
+            if out:
                 break
-            field.append(more)
-        value = b" ".join(field).split(b":", 1)[1]
-        if _authserv_id(value) == ours:
-            return value
+        else:
+            out += c
+    return bytes(out).lower()
+
+
+def _fields(message: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
+    """(start, end, name) of each header field (offsets into ``message``), and where the header ends."""
+    end = message.find(b"\r\n\r\n")
+    limit = len(message) if end < 0 else end + 2
+    fields: list[tuple[int, int, bytes]] = []
+    pos = 0
+    while pos < limit:
+        nl = message.find(b"\r\n", pos, limit)
+        stop = limit if nl < 0 else nl + 2
+        if message[pos:pos + 1] in (b" ", b"\t") and fields:
+            start, _, name = fields[-1]
+            fields[-1] = (start, stop, name)
+        else:
+            colon = message.find(b":", pos, stop)
+            name = message[pos:colon].rstrip(b" \t").lower() if colon >= 0 else b""
+            fields.append((pos, stop, name))
+        pos = stop
+    return fields, limit
+
+
+def strip_claims(message: bytes, authserv: str) -> bytes:
+    """``message`` without the Authentication-Results headers that claim ``authserv``."""
+    ours = authserv.lower().encode("ascii", "replace")
+    fields, _ = _fields(message)
+    drop = [(start, stop) for start, stop, name in fields
+            if name == _NAME and authserv_id(_value(message, start, stop)) == ours]
+    if not drop:
+        return message
+    parts, pos = [], 0
+    for start, stop in drop:
+        parts.append(message[pos:start])
+        pos = stop
+    parts.append(message[pos:])
+    return b"".join(parts)
+
+
+def our_header(message: bytes, authserv: str) -> bytes | None:
+    """The value of the first Authentication-Results header that names ``authserv``."""
+    ours = authserv.lower().encode("ascii", "replace")
+    for start, stop, name in _fields(message)[0]:
+        if name == _NAME:
+            value = _value(message, start, stop)
+            if authserv_id(value) == ours:
+                return value
     return None
+
+
+def _value(message: bytes, start: int, stop: int) -> bytes:
+    field = message[start:stop]
+    return field.split(b":", 1)[1] if b":" in field else b""

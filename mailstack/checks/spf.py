@@ -99,8 +99,10 @@ class SPFChecker:
         """pyspf's check (pool thread), its queries answered through the reactor."""
         _current.lookup = self._blocking_lookup
         try:
+            # querytime bounds the whole evaluation, every lookup included (pyspf's timeout= alone
+            # only reaches the DNS driver, which is ours); past it pyspf answers temperror.
             query = spf.query(i=ip, s=mail_from, h=helo or "unknown", receiver=self.hostname,
-                              timeout=self.timeout)
+                              timeout=self.timeout, querytime=self.timeout)
             return tuple(query.check())  # type: ignore[return-value]
         except Exception as e:  # a record pyspf cannot take apart: an error, never a crash
             return ("permerror", 550, f"SPF evaluation failed: {e}")

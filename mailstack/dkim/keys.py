@@ -211,7 +211,7 @@ class KeyStore:
             return []
         try:
             stamp = os.stat(folder).st_mtime_ns
-        except FileNotFoundError:
+        except (OSError, ValueError):  # no such domain, or a name no file system takes (NUL, too long)
             return []
         with self._lock:
             cached = self._cache.get(folder.name)

@@ -15,6 +15,7 @@ callers run it on the io pool.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from email.utils import getaddresses
 from typing import Any
@@ -23,6 +24,7 @@ import dkim
 from twisted.logger import Logger
 
 from mailstack.dkim.keys import DKIMKey, KeyStore
+from mailstack.dns import DNSError, to_ascii
 from mailstack.smtp.message import header_values
 
 log = Logger()
@@ -41,8 +43,35 @@ def from_domain(message: bytes) -> str | None:
     if len(addresses) != 1:
         return None
     local, at, domain = addresses[0].rpartition("@")
-    domain = domain.strip().lower().rstrip(".")
-    return domain if at and local and domain and " " not in domain else None
+    if not (at and local):
+        return None
+    return dns_name(domain)
+
+
+def from_address(message: bytes) -> str | None:
+    """The single address of the single ``From:``, when it has a valid domain."""
+    values = header_values(message, b"from")
+    if len(values) != 1:
+        return None
+    addresses = [a for _, a in getaddresses([values[0].decode("utf-8", "replace")]) if a]
+    if len(addresses) != 1 or from_domain(message) is None:
+        return None
+    return addresses[0]
+
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def dns_name(text: str) -> str | None:
+    """``text`` as a lower-case A-label domain name, or None when it cannot be one."""
+    try:
+        name = to_ascii(text.strip())
+    except DNSError:
+        return None
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        return None
+    return name
 
 
 class DKIMSigner:

@@ -150,12 +150,18 @@ class RecordingSigner:
         return b"DKIM-Signature: v=1; test\r\n" + message
 
 
-def test_mail_an_authenticated_user_sends_off_site_is_signed_before_it_is_queued(tmp_path):
-    router, spool, new = setup(tmp_path)
+def sent_by_alice(tmp_path, from_line: bytes):
+    """A message alice submits for a local and a remote recipient, through a recording signer."""
+    router, spool, _ = setup(tmp_path)
     router.signer = signer = RecordingSigner()
     sent = envelope()
     sent.auth_user = "alice@example.test"
-    assert run(router.deliver(sent, b"From: alice@example.test\r\n\r\nbody\r\n")) is None
+    assert run(router.deliver(sent, from_line + b"\r\n\r\nbody\r\n")) is None
+    return spool, signer
+
+
+def test_mail_an_authenticated_user_sends_off_site_is_signed_before_it_is_queued(tmp_path):
+    spool, signer = sent_by_alice(tmp_path, b"From: alice@example.test")
     assert signer.calls == ["QID1"]
     assert spool.body("QID1").startswith(b"DKIM-Signature: v=1; test\r\n")
 
@@ -169,3 +175,8 @@ def test_mail_from_unauthenticated_clients_or_only_for_local_mailboxes_is_not_si
     assert run(router.deliver(local_only, b"From: alice@example.test\r\n\r\nbody\r\n")) is None
     assert signer.calls == []
     assert not spool.body("QID1").startswith(b"DKIM-Signature")
+
+
+def test_mail_whose_from_the_user_does_not_own_is_not_signed(tmp_path):
+    _, signer = sent_by_alice(tmp_path, b"From: ceo@other-tenant.test")
+    assert signer.calls == []  # the key goes by the From domain: never lend another domain's
