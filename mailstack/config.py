@@ -59,6 +59,7 @@ class StorageSettings:
     maildirs: Path
     queue: Path
     dkim: Path
+    srs_secret: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +280,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "maildirs": (_Str, "maildirs"),
         "queue": (_Str, "var/queue"),
         "dkim": (_Str, "var/dkim"),
+        "srs_secret": (_Str, "var/srs.key"),
     },
     "tls": {
         "cert": (_Str, "var/tls/cert.pem"),

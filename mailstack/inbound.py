@@ -12,6 +12,7 @@ only as its own address or aliases, as on submission.
 
 from __future__ import annotations
 
+from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.checks import InboundChecks
 from mailstack.envelope import Envelope, RecipientRoute
@@ -19,14 +20,16 @@ from mailstack.interfaces import ClientInfo
 from mailstack.routing import route_recipient
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
+from mailstack.srs import SRS
 
 
 class InboundPolicy:
     auth_required = False
 
-    def __init__(self, store: AccountLookup, checks: InboundChecks | None = None) -> None:
+    def __init__(self, store: AccountLookup, checks: InboundChecks | None = None, srs: SRS | None = None) -> None:
         self.store = store
         self.checks = checks
+        self.srs = srs
 
     def check_sender(self, client: ClientInfo, sender: str) -> None:
         """An authenticated client sends as itself, as on submission (RFC 6409 §4.3)."""
@@ -35,6 +38,11 @@ class InboundPolicy:
             raise SMTPReplyError(R.SENDER_NOT_OWNED, cause=f"{user} may not send as <{sender}>")
 
     def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute:
+        if self.srs is not None and SRS.is_srs(address) and self.store.is_local_domain(domain_of(address)):
+            original = self.srs.reverse(address)  # a bounce of mail one of our aliases forwarded
+            if original is None:
+                raise SMTPReplyError(R.NO_SUCH_USER, cause=f"invalid or expired SRS address {address}")
+            return RecipientRoute(address, (), (original,))
         relay_allowed = client.trusted_network or client.auth_user is not None
         return route_recipient(self.store, address, relay_allowed=relay_allowed)
 

@@ -26,6 +26,7 @@ from mailstack.maildir import DeliveryError
 from mailstack.queue.spool import QueuedMessage, RecipientState, SpoolError
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import Reply, SMTPReplyError
+from mailstack.srs import SRS
 
 if TYPE_CHECKING:
     from mailstack.queue.runner import QueueRunner
@@ -62,10 +63,11 @@ class Router:
     """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
 
     def __init__(self, local: LocalDelivery, queue: QueueRunner | None = None, *,
-                 signer: MessageSigner | None = None) -> None:
+                 signer: MessageSigner | None = None, srs: SRS | None = None) -> None:
         self.local = local
         self.queue = queue
         self.signer = signer  # DKIM for mail that authenticated users send off-site
+        self.srs = srs  # the envelope sender of mail an alias forwards off-site
 
     def can_relay(self) -> bool:
         return self.queue is not None
@@ -80,14 +82,25 @@ class Router:
         remote = envelope.remote_recipients()
         if remote and envelope.auth_user is not None and self.signer is not None and self._may_sign(envelope, message):
             message = await self.signer.sign(message, envelope.queue_id)  # local copies carry it too
+        forwarded, srs_sender = self._forwarded(envelope)
+        remote = [a for a in remote if a not in forwarded]
         queued = await self._prepare(envelope, remote, message) if remote else None
+        rewritten = None
         try:
+            if forwarded:  # a second spool entry: the same message under the rewritten sender
+                rewritten = await self._prepare(envelope, forwarded, message, sender=srs_sender,
+                                                queue_id=envelope.queue_id + "S")
             result = await self.local.deliver(envelope.queue_id, envelope.sender, envelope.local_mailboxes(),
                                               message, can_hold=self.queue is not None)
-        except DeliveryError as e:
-            if queued is not None and self.queue is not None:
-                await self.queue.abort(queued)
+        except (DeliveryError, SMTPReplyError) as e:
+            for entry in (queued, rewritten):
+                if entry is not None and self.queue is not None:
+                    await self.queue.abort(entry)
+            if isinstance(e, SMTPReplyError):
+                raise
             raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+        if rewritten is not None and self.queue is not None:
+            await self._commit(envelope, rewritten)
         held = list(result.held)
         if held:
             for mailbox, error in result.held.items():
@@ -100,12 +113,31 @@ class Router:
                           queue_id=envelope.queue_id, delivered=list(result.delivered), held=held)
             queued = await self._prepare(envelope, remote + held, message)
         if queued is not None and self.queue is not None:
-            try:
-                await self.queue.commit(queued)
-            except SpoolError as e:
-                log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
-                          queue_id=envelope.queue_id, remote=remote + held, error=str(e))
-                raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
+            await self._commit(envelope, queued)
+
+    async def _commit(self, envelope: Envelope, queued: QueuedMessage) -> None:
+        assert self.queue is not None
+        try:
+            await self.queue.commit(queued)
+        except SpoolError as e:
+            log.error("{queue_id} delivered locally but not queued for {remote}: {error}",
+                      queue_id=envelope.queue_id, remote=list(queued.recipients), error=str(e))
+            raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
+
+    def _forwarded(self, envelope: Envelope) -> tuple[list[str], str]:
+        """Remote addresses reached through a local alias, and the rewritten sender for them
+        (none without SRS, for the null sender, or when nothing is forwarded)."""
+        if self.srs is None or not envelope.sender:
+            return [], envelope.sender
+        out: dict[str, str] = {}
+        for route in envelope.recipients:
+            domain = domain_of(route.original)
+            if route.remote and self.local.is_local_domain(domain):
+                for address in route.remote:
+                    out.setdefault(address, domain)
+        if not out:
+            return [], envelope.sender
+        return list(out), self.srs.forward(envelope.sender, next(iter(out.values())))
 
     def _may_sign(self, envelope: Envelope, message: bytes) -> bool:
         """Sign only mail whose From address the user owns (as for the envelope sender): the key
@@ -118,10 +150,12 @@ class Router:
             return False
         return True
 
-    async def _prepare(self, envelope: Envelope, addresses: list[str], message: bytes) -> QueuedMessage:
+    async def _prepare(self, envelope: Envelope, addresses: list[str], message: bytes, *,
+                       sender: str | None = None, queue_id: str | None = None) -> QueuedMessage:
         if self.queue is None:
             raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
-        queued = QueuedMessage(envelope.queue_id, envelope.sender, time.time(),
+        queued = QueuedMessage(queue_id or envelope.queue_id, envelope.sender if sender is None else sender,
+                               time.time(),
                                {a: RecipientState(a) for a in addresses},
                                smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit)
         try:

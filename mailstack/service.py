@@ -62,6 +62,7 @@ from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.routing import Router
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
+from mailstack.srs import SRS, load_secret
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
 from mailstack.tls import TLSError, client_options, server_options
@@ -132,6 +133,8 @@ class Shared:
     """POP3's locks and snapshots, shared by 110 and 995."""
     mail_store: MailStore
     """IMAP's folders and per-folder state, shared by 143 and 993."""
+    srs: SRS
+    """The rewritten senders of forwarded mail: made by the router, read back on port 25 and by the queue."""
     io: Callable[..., Deferred[Any]]
     """Blocking work on the io pool, results on the reactor (POP3 maildrops, DKIM)."""
     watcher: Watcher | None = None
@@ -164,7 +167,7 @@ def _prepare_dirs(settings: Settings) -> None:
 
 
 def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: ThreadPool,
-                mx: MXResolver, signer: DKIMSigner | None = None) -> QueueRunner:
+                mx: MXResolver, signer: DKIMSigner | None = None, srs: SRS | None = None) -> QueueRunner:
     relay_settings = settings.relay
     spool = Spool(settings.storage.queue)
     auth = None
@@ -179,7 +182,7 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
         connections_per_domain=relay_settings.connections_per_domain,
     )
     return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay,
-                       signer=signer.sign if signer is not None else None)
+                       signer=signer.sign if signer is not None else None, srs=srs)
 
 
 def build_shared(settings: Settings, reactor: Any) -> Shared:
@@ -202,7 +205,12 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
     io = pop3.pool_io(reactor, io_pool)  # blocking work for the POP3 maildrops and DKIM signing
     dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)))  # keys are reread when they change
-    queue = build_queue(settings, reactor, local, io_pool, resolver, dkim)
+    try:
+        srs = SRS(load_secret(settings.storage.srs_secret))
+    except OSError as e:
+        raise StartupError(f"storage.srs_secret: cannot read or create {settings.storage.srs_secret}: "
+                           f"{e.strerror}") from None
+    queue = build_queue(settings, reactor, local, io_pool, resolver, dkim, srs)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     watcher = Watcher.create()
     mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
@@ -212,9 +220,9 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         store=store,
         authenticator=Authenticator(checker, throttle, reactor),
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
-        events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io)), resolver=resolver,
+        events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io), srs=srs), resolver=resolver,
         maildrops=Maildrops(mail_store, io=io, events=events),
-        mail_store=mail_store, io=io, watcher=watcher,
+        mail_store=mail_store, srs=srs, io=io, watcher=watcher,
     )
 
 
@@ -296,8 +304,8 @@ def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
                                        spf_reject=wanted.spf_fail == "reject",
                                        defer_temperror=wanted.temperror == "defer"),
                            DNSLists(shared.resolver, wanted.dnsbl, wanted.dnswl) if wanted.dnsbl else None)
-    return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks), smtp_config(settings, implicit_tls=False),
-                        settings.limits)
+    return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks, shared.srs),
+                        smtp_config(settings, implicit_tls=False), settings.limits)
 
 
 def _submission(implicit_tls: bool) -> ListenerBuilder:

@@ -38,6 +38,7 @@ from mailstack.queue.spool import (
     Spool,
 )
 from mailstack.smtp.message import count_received, header_block
+from mailstack.srs import SRS
 
 if TYPE_CHECKING:
     from mailstack.queue.relay import Relay
@@ -80,6 +81,7 @@ class QueueRunner(Service):
         relay: Relay,
         now: Callable[[], float] | None = None,
         signer: Callable[[bytes, str], bytes] | None = None,
+        srs: SRS | None = None,
     ) -> None:
         self.spool = spool
         self.settings = settings
@@ -89,6 +91,7 @@ class QueueRunner(Service):
         self.local = local
         self.relay = relay
         self.signer = signer  # DKIM for the notices the queue writes (blocking: runs on the pool)
+        self.srs = srs  # a forwarded message's rewritten sender: its notices go to the original one
         self.now = now or clock.seconds
         self.timers: dict[str, Any] = {}
         self.active: dict[str, Deferred[None]] = {}
@@ -364,6 +367,9 @@ class QueueRunner(Service):
         """Where a bounce or warning goes: a local sender's alias is expanded here, so a
         forward to another domain is relayed like any remote recipient."""
         targets: tuple[str, ...] = (sender,)
+        original = self.srs.reverse(sender) if self.srs is not None else None
+        if original is not None:
+            return {original: RecipientState(original)}
         if self.local.is_local_domain(sender.rpartition("@")[2]):
             route = self.local.route(sender)
             targets = (*route.local, *route.remote) or (sender,)

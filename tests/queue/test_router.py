@@ -180,3 +180,23 @@ def test_mail_from_unauthenticated_clients_or_only_for_local_mailboxes_is_not_si
 def test_mail_whose_from_the_user_does_not_own_is_not_signed(tmp_path):
     _, signer = sent_by_alice(tmp_path, b"From: ceo@other-tenant.test")
     assert signer.calls == []  # the key goes by the From domain: never lend another domain's
+
+
+def test_forwarded_copies_are_queued_apart_under_a_rewritten_sender(tmp_path):
+    from mailstack.srs import SRS
+
+    srs = SRS(b"k" * 32)
+    router, spool, new = setup(tmp_path)
+    router.srs = srs
+    forwarded = Envelope("QID7", "s@sender.example", [
+        RecipientRoute("team@example.test", ("alice@example.test",), ("carol@remote.example",)),  # an alias
+        RecipientRoute("far@remote.example", (), ("far@remote.example",)),
+    ])
+    assert run(router.deliver(forwarded, b"From: s@sender.example\r\n\r\nbody\r\n")) is None
+    assert sorted(spool.ids()) == ["QID7", "QID7S"] and len(list(new.iterdir())) == 1
+    direct, rewritten = spool.load("QID7"), spool.load("QID7S")
+    assert (direct.sender, list(direct.recipients)) == ("s@sender.example", ["far@remote.example"])
+    assert rewritten.sender.startswith("SRS0=") and rewritten.sender.endswith("=sender.example=s@example.test")
+    assert list(rewritten.recipients) == ["carol@remote.example"]
+    assert srs.reverse(rewritten.sender) == "s@sender.example"
+    assert spool.body("QID7S") == spool.body("QID7")

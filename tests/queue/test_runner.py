@@ -419,3 +419,18 @@ def test_bounces_and_delay_warnings_are_signed_like_users_mail(tmp_path):
     for notice in notices:
         assert b"\r\nDKIM-Signature: v=1; a=ed25519-sha256;" in notice
         assert b"d=mail.example.test;" in notice
+
+
+def test_a_bounce_of_forwarded_mail_goes_to_the_original_sender(tmp_path):
+    from mailstack.srs import SRS
+
+    srs = SRS(b"k" * 32)
+    relay = FakeRelay({"x@remote.example": [NO_USER], "alice@sender.example": [OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    runner.srs = srs
+    queue(spool, clock, ["x@remote.example"], sender=srs.forward("alice@sender.example", "example.test"))
+    runner.startService()
+    clock.advance(0)
+    clock.advance(0)
+    assert ("sender.example", ["alice@sender.example"]) in relay.calls
+    assert spool.ids() == []
