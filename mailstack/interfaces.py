@@ -101,3 +101,7 @@ class MessageSigner(Protocol):
     """
 
     async def sign(self, message: bytes, queue_id: str) -> bytes: ...
+
+    async def seal(self, message: bytes, domain: str, queue_id: str) -> bytes:
+        """The message with an ARC set of ``domain`` (RFC 8617), for a copy we forward."""
+        ...

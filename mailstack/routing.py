@@ -82,13 +82,16 @@ class Router:
         remote = envelope.remote_recipients()
         if remote and envelope.auth_user is not None and self.signer is not None and self._may_sign(envelope, message):
             message = await self.signer.sign(message, envelope.queue_id)  # local copies carry it too
-        forwarded, srs_sender = self._forwarded(envelope)
+        forwarded, srs_sender, alias_domain = self._forwarded(envelope)
         remote = [a for a in remote if a not in forwarded]
         queued = await self._prepare(envelope, remote, message) if remote else None
         rewritten = None
         try:
-            if forwarded:  # a second spool entry: the same message under the rewritten sender
-                rewritten = await self._prepare(envelope, forwarded, message, sender=srs_sender,
+            if forwarded:  # a second spool entry: the message, sealed, under the rewritten sender
+                sealed = message
+                if self.signer is not None:
+                    sealed = await self.signer.seal(message, alias_domain, envelope.queue_id)
+                rewritten = await self._prepare(envelope, forwarded, sealed, sender=srs_sender,
                                                 queue_id=envelope.queue_id + "S")
             result = await self.local.deliver(envelope.queue_id, envelope.sender, envelope.local_mailboxes(),
                                               message, can_hold=self.queue is not None)
@@ -124,11 +127,11 @@ class Router:
                       queue_id=envelope.queue_id, remote=list(queued.recipients), error=str(e))
             raise SMTPReplyError(R.TRY_AGAIN, cause=str(e)) from None
 
-    def _forwarded(self, envelope: Envelope) -> tuple[list[str], str]:
-        """Remote addresses reached through a local alias, and the rewritten sender for them
-        (none without SRS, for the null sender, or when nothing is forwarded)."""
+    def _forwarded(self, envelope: Envelope) -> tuple[list[str], str, str]:
+        """Remote addresses reached through a local alias, the rewritten sender for them and the
+        alias's domain (none without SRS, for the null sender, or when nothing is forwarded)."""
         if self.srs is None or not envelope.sender:
-            return [], envelope.sender
+            return [], envelope.sender, ""
         out: dict[str, str] = {}
         for route in envelope.recipients:
             domain = domain_of(route.original)
@@ -136,8 +139,9 @@ class Router:
                 for address in route.remote:
                     out.setdefault(address, domain)
         if not out:
-            return [], envelope.sender
-        return list(out), self.srs.forward(envelope.sender, next(iter(out.values())))
+            return [], envelope.sender, ""
+        domain = next(iter(out.values()))
+        return list(out), self.srs.forward(envelope.sender, domain), domain
 
     def _may_sign(self, envelope: Envelope, message: bytes) -> bool:
         """Sign only mail whose From address the user owns (as for the envelope sender): the key

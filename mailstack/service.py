@@ -204,7 +204,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, InboxFilter()))
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
     io = pop3.pool_io(reactor, io_pool)  # blocking work for the POP3 maildrops and DKIM signing
-    dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)))  # keys are reread when they change
+    dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)), settings.hostname)  # keys reread on change
     try:
         srs = SRS(load_secret(settings.storage.srs_secret))
     except OSError as e:

@@ -171,3 +171,35 @@ def test_cli_generate_list_retire_and_dns_records(conf, tmp_path, capsys):
     assert main(["--config", str(conf), "dkim", "generate", "nowhere.test"]) == 1
     assert capsys.readouterr().err == ("mailstack: nowhere.test is not a local domain "
                                        "(add it with: mailstack domain add nowhere.test)\n")
+
+
+def test_forwarded_mail_gets_an_arc_set_receivers_can_verify(tmp_path):
+    keys = KeyDirectory(tmp_path / "dkim")
+    keys.generate("example.test", "rsa", selector="a1")
+    signer = DKIMSigner(KeyStore(keys), "mx.example.test")
+    arrived = (b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=alice@sender.example;\r\n"
+               b" dkim=pass header.d=sender.example; dmarc=pass header.from=sender.example\r\n"
+               + MESSAGE.replace(b"alice@example.test", b"alice@sender.example"))
+    sealed = signer.seal(arrived, "example.test", "Q1")
+    assert sealed.endswith(arrived)
+    head = sealed[:len(sealed) - len(arrived)]
+    assert head.count(b"ARC-") == 3 and b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=example.test; s=a1;" in head
+    assert b"ARC-Authentication-Results: i=1; mx.example.test" in head
+    result, _, reason = dkim.arc_verify(sealed, dnsfunc=dns_of(keys))
+    assert result == b"pass", reason
+    tampered = sealed.replace(b"Hi Bob.", b"Hi Eve.")
+    assert dkim.arc_verify(tampered, dnsfunc=dns_of(keys))[0] == b"fail"
+
+
+def test_no_arc_set_without_our_results_an_rsa_key_or_as_a_later_hop(tmp_path):
+    keys = KeyDirectory(tmp_path / "dkim")
+    signer = DKIMSigner(KeyStore(keys), "mx.example.test")
+    ours = b"Authentication-Results: mx.example.test; dkim=none\r\n" + MESSAGE
+    assert signer.seal(ours, "example.test") == ours  # no key at all
+    keys.generate("example.test", "ed25519", selector="e1")
+    assert signer.seal(ours, "example.test") == ours  # ARC signs with RSA only
+    keys.generate("example.test", "rsa", selector="a1")
+    assert signer.seal(MESSAGE, "example.test") == MESSAGE  # nothing we checked to carry over
+    earlier = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=x.test; s=s; b=AAAA\r\n" + ours
+    assert signer.seal(earlier, "example.test") == earlier  # a chain we have not validated
+    assert signer.seal(ours, "example.test") != ours

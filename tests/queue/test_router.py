@@ -149,6 +149,10 @@ class RecordingSigner:
         self.calls.append(queue_id)
         return b"DKIM-Signature: v=1; test\r\n" + message
 
+    async def seal(self, message: bytes, domain: str, queue_id: str) -> bytes:
+        self.calls.append(f"seal {domain} {queue_id}")
+        return b"ARC-Seal: i=1; test\r\n" + message
+
 
 def sent_by_alice(tmp_path, from_line: bytes):
     """A message alice submits for a local and a remote recipient, through a recording signer."""
@@ -188,6 +192,7 @@ def test_forwarded_copies_are_queued_apart_under_a_rewritten_sender(tmp_path):
     srs = SRS(b"k" * 32)
     router, spool, new = setup(tmp_path)
     router.srs = srs
+    router.signer = signer = RecordingSigner()
     forwarded = Envelope("QID7", "s@sender.example", [
         RecipientRoute("team@example.test", ("alice@example.test",), ("carol@remote.example",)),  # an alias
         RecipientRoute("far@remote.example", (), ("far@remote.example",)),
@@ -199,4 +204,5 @@ def test_forwarded_copies_are_queued_apart_under_a_rewritten_sender(tmp_path):
     assert rewritten.sender.startswith("SRS0=") and rewritten.sender.endswith("=sender.example=s@example.test")
     assert list(rewritten.recipients) == ["carol@remote.example"]
     assert srs.reverse(rewritten.sender) == "s@sender.example"
-    assert spool.body("QID7S") == spool.body("QID7")
+    assert spool.body("QID7S") == b"ARC-Seal: i=1; test\r\n" + spool.body("QID7")  # only the forwarded copy
+    assert signer.calls == ["seal example.test QID7"]  # an unauthenticated sender: no DKIM signature
