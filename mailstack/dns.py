@@ -133,6 +133,21 @@ def to_ascii(domain: str) -> str:
         raise _permanent(f"Invalid domain name {domain!r}") from None
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def dns_name(text: str) -> str | None:
+    """``text`` as a lower-case A-label domain name, or None when it cannot be one."""
+    try:
+        name = to_ascii(text.strip())
+    except DNSError:
+        return None
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        return None
+    return name
+
+
 def parse_address_literal(domain: str) -> str | None:
     """``[192.0.2.1]`` -> ``192.0.2.1``, ``[IPv6:2001:db8::1]`` -> ``2001:db8::1``; else None."""
     if not (domain.startswith("[") and domain.endswith("]")):
@@ -405,5 +420,5 @@ _LOOKUPS = {
     dns.SRV: lambda r, n: r.lookupService(n),
 }
 
-__all__ = ["DNSError", "MXHost", "MXResolver", "NullMX", "make_resolver",
+__all__ = ["DNSError", "MXHost", "MXResolver", "NullMX", "dns_name", "make_resolver",
            "parse_address_literal", "to_ascii"]

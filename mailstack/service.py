@@ -31,6 +31,7 @@ from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.auth import Authenticator
 from mailstack.checks import (
+    ARCVerifier,
     CheckPolicy,
     DKIMVerifier,
     DMARCChecker,
@@ -303,7 +304,8 @@ def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
                            CheckPolicy(dmarc_reject=wanted.dmarc_reject, dmarc_quarantine=wanted.dmarc_quarantine,
                                        spf_reject=wanted.spf_fail == "reject",
                                        defer_temperror=wanted.temperror == "defer"),
-                           DNSLists(shared.resolver, wanted.dnsbl, wanted.dnswl) if wanted.dnsbl else None)
+                           DNSLists(shared.resolver, wanted.dnsbl, wanted.dnswl) if wanted.dnsbl else None,
+                           ARCVerifier(shared.resolver.lookup_txt, shared.io))
     return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks, shared.srs),
                         smtp_config(settings, implicit_tls=False), settings.limits)
 

@@ -9,7 +9,7 @@ a missing ``Message-ID`` or ``Date`` header is added.
 from __future__ import annotations
 
 from mailstack.accounts.store import AccountLookup
-from mailstack.checks.results import strip_claims
+from mailstack.authresults import strip_claims
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.interfaces import ClientInfo
 from mailstack.routing import route_recipient

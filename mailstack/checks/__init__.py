@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from mailstack.checks import results
+from mailstack import authresults as results
+from mailstack.checks.arc_verify import ARCResult, ARCVerifier
 from mailstack.checks.dkim_verify import DKIMResult, DKIMVerifier
 from mailstack.checks.dmarc import DMARCChecker, DMARCResult
 from mailstack.checks.dnsbl import DNSLists
@@ -27,7 +28,7 @@ from mailstack.interfaces import ClientInfo, Filter, LocalCopy
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
 
-__all__ = ["CheckPolicy", "DKIMResult", "DKIMVerifier", "DMARCChecker", "DMARCResult", "DNSLists", "InboundChecks",
+__all__ = ["ARCResult", "ARCVerifier", "CheckPolicy", "DKIMResult", "DKIMVerifier", "DMARCChecker", "DMARCResult", "DNSLists", "InboundChecks",
            "QuarantineFilter", "SPFChecker", "SPFResult"]
 
 log = Logger()
@@ -50,9 +51,10 @@ class InboundChecks:
 
     def __init__(self, authserv_id: str, dkim: DKIMVerifier, spf: SPFChecker | None = None,
                  dmarc: DMARCChecker | None = None, policy: CheckPolicy | None = None,
-                 lists: DNSLists | None = None) -> None:
+                 lists: DNSLists | None = None, arc: ARCVerifier | None = None) -> None:
         self.authserv_id = authserv_id
         self.lists = lists
+        self.arc = arc
         self.dkim = dkim
         self.spf = spf
         self.dmarc = dmarc
@@ -82,6 +84,8 @@ class InboundChecks:
         if spf is not None:
             resinfo.append(spf.resinfo())
         resinfo += [r.resinfo() for r in found] or ["dkim=none"]
+        if self.arc is not None:  # carried on as cv= by the ARC set we add if we forward it
+            resinfo.append((await self.arc.verify(message)).resinfo())
         dmarc = None
         if self.dmarc is not None:
             dmarc = await self.dmarc.check(message, spf, found)

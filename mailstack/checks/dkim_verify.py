@@ -25,8 +25,7 @@ from typing import Any
 import dkim
 from twisted.logger import Logger
 
-from mailstack.dkim.signer import dns_name
-from mailstack.dns import DNSError
+from mailstack.dns import DNSError, dns_name
 from mailstack.smtp.message import header_values
 
 log = Logger()

@@ -26,8 +26,8 @@ from publicsuffixlist import PublicSuffixList
 
 from mailstack.checks.dkim_verify import DKIMResult
 from mailstack.checks.spf import SPFResult
-from mailstack.dkim.signer import dns_name, from_domain
-from mailstack.dns import DNSError
+from mailstack.dkim.signer import from_domain
+from mailstack.dns import DNSError, dns_name
 from mailstack.smtp.message import header_values
 
 POLICIES = ("none", "quarantine", "reject")

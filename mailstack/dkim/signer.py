@@ -15,7 +15,6 @@ callers run it on the io pool.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from email.utils import getaddresses
 from typing import Any
@@ -23,8 +22,9 @@ from typing import Any
 import dkim
 from twisted.logger import Logger
 
+from mailstack.authresults import our_header
 from mailstack.dkim.keys import DKIMKey, KeyStore
-from mailstack.dns import DNSError, to_ascii
+from mailstack.dns import dns_name
 from mailstack.smtp.message import header_values
 
 log = Logger()
@@ -59,19 +59,6 @@ def from_address(message: bytes) -> str | None:
     return addresses[0]
 
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
-def dns_name(text: str) -> str | None:
-    """``text`` as a lower-case A-label domain name, or None when it cannot be one."""
-    try:
-        name = to_ascii(text.strip())
-    except DNSError:
-        return None
-    labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        return None
-    return name
 
 
 class DKIMSigner:
@@ -85,13 +72,16 @@ class DKIMSigner:
         """``message`` with an ARC set (RFC 8617) of ``domain`` in front, for mail we forward.
 
         The set carries over our own Authentication-Results (what we checked when the message
-        arrived), so a receiver that trusts us can still see DMARC pass after our forwarding
-        broke SPF alignment. Sealed only as the first hop (``cv=none``): a message that already
-        has ARC sets would need its chain validated first, and is left as it is; so is one
-        without a result of ours, or a domain without an RSA key (ARC signs with RSA only).
+        arrived, the ARC chain's validation included, which becomes its ``cv=``), so a receiver
+        that trusts us can still see DMARC pass after our forwarding broke SPF alignment. A
+        message with ARC sets we did not validate (it did not come through our checks), one
+        without a result of ours, or a domain without an RSA key (ARC signs with RSA only) is
+        left as it is.
         """
-        if not self.authserv_id or header_values(message, b"arc-seal"):
+        if not self.authserv_id:
             return message
+        if header_values(message, b"arc-seal") and b"arc=" not in (our_header(message, self.authserv_id) or b""):
+            return message  # a chain we did not validate: its cv= would be a guess
         keys = [k for k in self.keys.signing_keys(domain) if k.algorithm == "rsa"]
         if not keys:
             return message

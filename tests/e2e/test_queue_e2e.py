@@ -170,7 +170,7 @@ def test_a_forged_result_claiming_b_is_removed_and_unsigned_mail_is_dkim_none(me
     [stored] = wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery to B")
     assert b"bank.test" not in stored
     assert (b"Authentication-Results: mx.b.test;\r\n\tspf=none smtp.mailfrom=someone@nowhere.test;\r\n"
-            b"\tdkim=none;\r\n\tdmarc=none header.from=nowhere.test\r\n") in stored
+            b"\tdkim=none;\r\n\tarc=none;\r\n\tdmarc=none header.from=nowhere.test\r\n") in stored
 
 
 def test_forged_from_a_sent_straight_to_b_is_refused_by_a_dmarc_reject_policy(mesh):

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from mailstack.authresults import strip_claims
 from mailstack.checks import CheckPolicy, DKIMVerifier, DMARCChecker, DNSLists, InboundChecks, SPFChecker
 from mailstack.checks.dnsbl import query_name
-from mailstack.checks.results import strip_claims
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, from_domain
 from mailstack.dns import MXResolver
 from mailstack.envelope import Envelope

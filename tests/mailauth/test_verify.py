@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.defer import Deferred
 
+from mailstack.authresults import header, strip_claims
 from mailstack.checks import DKIMVerifier, InboundChecks
-from mailstack.checks.results import header, strip_claims
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore
 from mailstack.dns import DNSError
 from mailstack.envelope import Envelope
@@ -160,3 +160,35 @@ def test_a_key_lookup_that_times_out_is_a_temperror_and_nothing_waits_forever():
     [found] = settle(verifying)
     assert (found.result, found.domain, found.selector) == ("temperror", "a.test", "r1")
     assert settle(policy).result == "temperror"
+
+
+def test_arc_chains_are_validated_and_carried_on_when_we_forward(tmp_path):
+    from mailstack.checks import ARCVerifier
+
+    first = KeyDirectory(tmp_path / "first")
+    first.generate("fwd1.test", "rsa", selector="f1")
+    ours = KeyDirectory(tmp_path / "ours")
+    ours.generate("b.test", "rsa", selector="b1")
+    zone = Zone()
+    for keys, domain in ((first, "fwd1.test"), (ours, "b.test")):
+        for key in keys.keys(domain):
+            zone.records[key.record_name()] = [key.record_text().encode()]
+    arrived = b"Authentication-Results: mx.fwd1.test; spf=pass smtp.mailfrom=alice@a.test\r\n" + MESSAGE
+    sealed_once = DKIMSigner(KeyStore(first), "mx.fwd1.test").seal(arrived, "fwd1.test")
+    verifier = ARCVerifier(zone.lookup_txt, inline)
+    assert run(verifier.verify(MESSAGE)).result == "none"
+    result = run(verifier.verify(sealed_once))
+    assert (result.result, result.sets, result.resinfo()) == ("pass", 1, "arc=pass")
+    assert run(verifier.verify(sealed_once.replace(b"Hi Bob.", b"Hi Eve."))).result == "fail"
+    # We received it, checked it (arc=pass in our header) and forward it: a second set, cv=pass.
+    checks = InboundChecks("mx.b.test", DKIMVerifier(zone.lookup_txt, inline), arc=verifier)
+    stranger = ClientInfo("192.0.2.1", "mx.fwd1.test", True, None, False)
+    checked = run(checks.check(stranger, Envelope("Q1", "alice@a.test"), sealed_once))
+    assert b"\tarc=pass\r\n" in checked.split(b"\r\n\r\n")[0]
+    sealed_twice = DKIMSigner(KeyStore(ours), "mx.b.test").seal(checked, "b.test")
+    assert b"ARC-Seal: i=2; cv=pass;" in sealed_twice
+    assert run(verifier.verify(sealed_twice)).result == "pass"
+    zone.errors["f1._domainkey.fwd1.test"] = DNSError("timed out", temporary=True, status="4.4.3")
+    assert run(verifier.verify(sealed_once)).result == "temperror"
+    broken = b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=exa..mple; s=x; b=AA\r\n" + MESSAGE
+    assert run(verifier.verify(broken)).result == "fail"
