@@ -90,17 +90,27 @@ def mesh(tmp_path_factory):
 
     a_keys = KeyDirectory(root / "a-keys")  # A signs with it; B finds it in DNS
     key = a_keys.generate("a.test", "rsa", selector="mesh-rsa")
+    b_keys = KeyDirectory(root / "b-keys")  # B seals what its aliases forward with it (ARC)
+    b_key = b_keys.generate("b.test", "rsa", selector="mesh-b")
+    a_ports = dict(zip(("smtp", "submission"), free_ports(2), strict=True))  # B forwards to A's port
     dns_port = m.start_dns({key.record_name(): {"TXT": [key.record_text()]},
-                            "a.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},  # A sends from loopback
+                            b_key.record_name(): {"TXT": [b_key.record_text()]},
+                            "a.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"], "MX": [[10, "mail.a.test"]]},
+                            "mail.a.test": {"A": ["127.0.0.1"]},
+                            "b.test": {**ZONES["b.test"], "TXT": ["v=spf1 ip4:127.0.0.1 -all"]},  # B sends too
                             "_dmarc.a.test": {"TXT": ["v=DMARC1; p=reject; rua=mailto:postmaster@a.test"]},
                             "_dmarc.q.test": {"TXT": ["v=DMARC1; p=quarantine"]}})
     m.b = make_server(root, "b", hostname="mx.b.test", domains=("b.test", "c.test", "d.test"),
-                      extra=f'resolvers = ["127.0.0.1:{dns_port}"]')
+                      extra=f'resolvers = ["127.0.0.1:{dns_port}"]\nport = {a_ports["smtp"]}\nretry = ["2s"]')
+    shutil.copytree(root / "b-keys", root / "b" / "var" / "dkim")
     for user in ("bob@b.test", "carol@c.test", "dave@d.test"):
         assert cli(m.b.config, "user", "add", user, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    # Aliases of B that forward to A: one to a real user, one to nobody (its bounce must come home).
+    assert cli(m.b.config, "alias", "add", "fwd@b.test", "alice@a.test").returncode == 0
+    assert cli(m.b.config, "alias", "add", "lost@b.test", "nobody@a.test").returncode == 0
     m.b.start()
     extra = f'resolvers = ["127.0.0.1:{dns_port}"]\nport = {m.b.ports["smtp"]}\nretry = ["2s"]'
-    m.a = make_server(root, "a", hostname="mail.a.test", domains=("a.test",), extra=extra)
+    m.a = make_server(root, "a", hostname="mail.a.test", domains=("a.test",), extra=extra, ports=a_ports)
     shutil.copytree(root / "a-keys", root / "a" / "var" / "dkim")
     assert cli(m.a.config, "user", "add", "alice@a.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
     m.a.start()
@@ -200,6 +210,25 @@ def test_forged_from_a_quarantine_domain_lands_in_junk(mesh):
     [stored] = wait_for(in_junk, what="delivery to Junk")
     assert b"dmarc=fail (p=quarantine dis=quarantine) header.from=q.test" in stored
     assert find(mesh.b, "bob@b.test", subject) == []  # not in INBOX
+
+
+def test_mail_forwarded_by_b_arrives_back_at_a_with_spf_and_arc_passing(mesh):
+    subject = "forwarded " + uuid.uuid4().hex
+    submit(mesh, ["fwd@b.test"], subject)  # alice@a.test -> fwd@b.test -> alice@a.test again
+    [stored] = wait_for(lambda: find(mesh.a, "alice@a.test", subject), what="the forwarded copy at A")
+    head = stored.split(b"\r\n\r\n")[0]
+    assert b"Return-Path: <SRS0=" in head and b"=a.test=alice@b.test>" in head  # SRS: B's own domain
+    assert b"spf=pass smtp.mailfrom=SRS0=" in head  # so A's SPF check passes for B
+    assert b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=b.test; s=mesh-b" in head
+    assert b"\tarc=pass" in head and b"dmarc=pass" in head
+
+
+def test_a_bounce_of_forwarded_mail_finds_its_way_back_to_the_sender(mesh):
+    subject = "lost " + uuid.uuid4().hex
+    submit(mesh, ["lost@b.test"], subject)  # B forwards to nobody@a.test; A refuses it; B bounces
+    bounce = bounce_for(mesh, subject)
+    text = bounce.as_string()
+    assert "nobody@a.test" in text and "5.1.1" in text
 
 
 def test_second_mx_used_when_first_refuses_connections(mesh):
