@@ -203,3 +203,18 @@ def test_no_arc_set_without_our_results_an_rsa_key_or_as_a_later_hop(tmp_path):
     earlier = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=x.test; s=s; b=AAAA\r\n" + ours
     assert signer.seal(earlier, "example.test") == earlier  # a chain we have not validated
     assert signer.seal(ours, "example.test") != ours
+
+
+def test_rsa_signatures_through_openssl_are_the_same_bytes_as_dkimpys_own(tmp_path):
+    import hashlib
+
+    import dkim.crypto
+
+    from mailstack.dkim import fastrsa
+
+    assert fastrsa.install() and dkim.RSASSA_PKCS1_v1_5_sign is fastrsa.sign
+    key = KeyDirectory(tmp_path / "dkim").generate("example.test", "rsa")
+    numbers = dkim.parse_pem_private_key(key.private_pem)
+    for algorithm in ("sha256", "sha1"):
+        digest = hashlib.new(algorithm, b"some headers")
+        assert fastrsa.sign(digest.copy(), numbers) == dkim.crypto.RSASSA_PKCS1_v1_5_sign(digest.copy(), numbers)
