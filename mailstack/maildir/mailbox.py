@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from mailstack.fsutil import fsync_directory
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
-from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords
+from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
 from mailstack.maildir.index import INDEX_FILE, IndexData, IndexEntry, IndexLog, new_uidvalidity
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
@@ -803,12 +803,9 @@ _SUFFIXES: dict[str, tuple[str, bool]] = {}  # ":2,SF" -> ("FS", False): letters
 def _in_cur(base: str, suffix: str) -> tuple[str, str]:
     """Sorted info letters of a file in cur/, and its name where it is not ``base:2,letters``."""
     known = _SUFFIXES.get(suffix)
-    if known is None:
-        if suffix.startswith(":2,"):
-            letters = shared_letters("".join(sorted(suffix[3:])))
-            known = (letters, suffix[3:] == letters)
-        else:
-            known = ("", False)
+    if known is None:  # the Maildir rule (flags.split_name), worked out once per suffix
+        letters = shared_letters("".join(sorted(split_name("m" + suffix)[1])))
+        known = (letters, suffix == ":2," + letters)
         if len(_SUFFIXES) < _LETTERS_LIMIT:
             _SUFFIXES[suffix] = known
     return known[0], ("" if known[1] else base + suffix)
