@@ -23,6 +23,12 @@ def header(authserv_id: str, resinfo: list[str]) -> bytes:
     return f"Authentication-Results: {body}\r\n".encode()
 
 
+def comment(text: str) -> str:
+    """``text`` safe inside a comment of our header: no parentheses, backslashes or line breaks, short."""
+    cleaned = text.translate({ord(c): " " for c in "()\\\r\n"})
+    return " ".join(cleaned.split())[:120]
+
+
 def authserv_id(value: bytes) -> bytes:
     """The authserv-id a header value names: its first token, outside comments, unquoted, lower case."""
     out = bytearray()

@@ -136,14 +136,14 @@ def to_ascii(domain: str) -> str:
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-def dns_name(text: str) -> str | None:
+def dns_name(text: str, min_labels: int = 2) -> str | None:
     """``text`` as a lower-case A-label domain name, or None when it cannot be one."""
     try:
         name = to_ascii(text.strip())
     except DNSError:
         return None
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or len(labels) < min_labels or not all(_LABEL.match(label) for label in labels):
         return None
     return name
 
@@ -313,11 +313,7 @@ class MXResolver:
         lookup failed or timed out. Answers larger than ``limit`` octets in all raise a
         permanent :class:`DNSError`, so an enormous record costs nothing further.
         """
-        try:
-            found = await self._records(to_ascii(name), dns.TXT)
-        except _NAME_ERRORS:
-            return []
-        texts = [b"".join(record.data) for record in found]
+        texts = [b"".join(record.data) for record in await self.lookup_records(name, dns.TXT)]
         if sum(map(len, texts)) > limit:
             raise _permanent(f"TXT records of {name} are larger than {limit} octets")
         return texts

@@ -14,6 +14,7 @@ from typing import Any
 
 import dkim
 
+from mailstack.authresults import comment
 from mailstack.checks.dkim_verify import LookupTXT, RunBlocking, _name
 from mailstack.dns import DNSError
 from mailstack.smtp.message import header_values
@@ -30,8 +31,7 @@ class ARCResult:
     def resinfo(self) -> str:
         text = f"arc={self.result}"
         if self.reason:
-            cleaned = " ".join(self.reason.replace("(", " ").replace(")", " ").replace("\\", " ").split())[:120]
-            text += f" ({cleaned})"
+            text += f" ({comment(self.reason)})"
         return text
 
 

@@ -17,7 +17,6 @@ A message dkimpy cannot parse gives ``permerror``; nothing here raises.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,8 @@ from typing import Any
 import dkim
 from twisted.logger import Logger
 
+from mailstack.authresults import comment
+from mailstack.dkim.signer import QUIET
 from mailstack.dns import DNSError, dns_name
 from mailstack.smtp.message import header_values
 
@@ -49,7 +50,7 @@ class DKIMResult:
     def resinfo(self) -> str:
         text = f"dkim={self.result}"
         if self.reason:
-            text += f" ({_comment(self.reason)})"
+            text += f" ({comment(self.reason)})"
         if self.domain:
             text += f" header.d={self.domain}"
         if self.selector:
@@ -57,12 +58,6 @@ class DKIMResult:
         if self.b:
             text += f" header.b={self.b}"
         return text
-
-
-def _comment(text: str) -> str:
-    """Text safe inside an RFC 5322 comment: no parentheses, backslashes or line breaks, short."""
-    cleaned = re.sub(r"[()\\\r\n]", " ", text)
-    return " ".join(cleaned.split())[:120]
 
 
 def signature_headers(message: bytes) -> list[bytes]:
@@ -139,11 +134,8 @@ def _with(base: DKIMResult, result: str, reason: str) -> DKIMResult:
 
 
 def _name(value: bytes, labels: int = 2) -> str | None:
-    """A d= or s= value as a lower-case A-label name (``labels``: at least this many), or None."""
-    name = dns_name(_text(value) + ("" if labels > 1 else ".x"))
-    if name is None:
-        return None
-    return name if labels > 1 else name[:-2]
+    """A d= (two labels at least) or s= (one) value as a lower-case A-label name, or None."""
+    return dns_name(_text(value), min_labels=labels)
 
 
 def _text(value: bytes) -> str:
@@ -157,16 +149,4 @@ def _verify(message: bytes, index: int, name: str, record: bytes) -> bool:
     def dnsfunc(query: bytes, timeout: int = 5) -> bytes:
         return record if query.lower() == wanted.lower() else b""
 
-    return bool(dkim.DKIM(message, logger=_QUIET).verify(idx=index, dnsfunc=dnsfunc))
-
-
-class _Quiet:
-    """dkimpy logs every failed signature at error level; the result says it already."""
-
-    def debug(self, *args: object) -> None:
-        pass
-
-    info = warning = error = debug
-
-
-_QUIET: Any = _Quiet()
+    return bool(dkim.DKIM(message, logger=QUIET).verify(idx=index, dnsfunc=dnsfunc))

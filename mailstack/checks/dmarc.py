@@ -20,15 +20,13 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 from publicsuffixlist import PublicSuffixList
 
 from mailstack.checks.dkim_verify import DKIMResult
 from mailstack.checks.spf import SPFResult
-from mailstack.dkim.signer import from_domain
+from mailstack.dkim.signer import from_addresses, from_domain
 from mailstack.dns import DNSError, dns_name
-from mailstack.smtp.message import header_values
 
 POLICIES = ("none", "quarantine", "reject")
 _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
@@ -110,9 +108,8 @@ class DMARCChecker:
     async def check(self, message: bytes, spf: SPFResult | None, dkim: list[DKIMResult]) -> DMARCResult:
         domain = from_domain(message)
         if domain is None:
-            values = header_values(message, b"from")
-            addresses = [a for _, a in getaddresses([v.decode("utf-8", "replace") for v in values]) if a]
-            if len(values) <= 1 and len(addresses) <= 1:
+            fields, addresses = from_addresses(message)
+            if fields <= 1 and len(addresses) <= 1:
                 return DMARCResult("none", reason="no From domain" if not addresses else "the From domain is not a domain name")
             # §6.6.1: several From headers or addresses (a second one can hide a forged first one
             # from the reader) are refused, like an unaligned message under p=reject

@@ -26,6 +26,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.names import dns
 from twisted.python.threadpool import ThreadPool
 
+from mailstack.authresults import comment
 from mailstack.dns import DNSError, MXResolver
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
@@ -50,8 +51,7 @@ class SPFResult:
     def resinfo(self) -> str:
         text = f"spf={self.result}"
         if self.reason:
-            cleaned = " ".join(self.reason.replace("(", " ").replace(")", " ").replace("\\", " ").split())[:120]
-            text += f" ({cleaned})"
+            text += f" ({comment(self.reason)})"
         return f"{text} smtp.{self.identity}={self.value}"
 
 

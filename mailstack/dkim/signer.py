@@ -31,35 +31,29 @@ from mailstack.smtp.message import header_values
 log = Logger()
 
 
-def from_domain(message: bytes) -> str | None:
-    """The domain of the single address in the single ``From:``; None when there is no such one.
+def from_addresses(message: bytes) -> tuple[int, list[str]]:
+    """How many ``From:`` fields the message has, and every address in them.
 
     A quick parse (this runs on the reactor for every message checked on port 25):
-    the header found by name, its address taken by ``email.utils.getaddresses``.
+    the fields found by name, their addresses taken by ``email.utils.getaddresses``.
     """
     values = header_values(message, b"from")
-    if len(values) != 1:
-        return None
-    addresses = [a for _, a in getaddresses([values[0].decode("utf-8", "replace")]) if a]
-    if len(addresses) != 1:
-        return None
-    local, at, domain = addresses[0].rpartition("@")
-    if not (at and local):
-        return None
-    return dns_name(domain)
+    return len(values), [a for _, a in getaddresses([v.decode("utf-8", "replace") for v in values]) if a]
 
 
 def from_address(message: bytes) -> str | None:
-    """The single address of the single ``From:``, when it has a valid domain."""
-    values = header_values(message, b"from")
-    if len(values) != 1:
+    """The single address of the single ``From:``, when its domain is a domain name."""
+    fields, addresses = from_addresses(message)
+    if fields != 1 or len(addresses) != 1:
         return None
-    addresses = [a for _, a in getaddresses([values[0].decode("utf-8", "replace")]) if a]
-    if len(addresses) != 1 or from_domain(message) is None:
-        return None
-    return addresses[0]
+    local, at, domain = addresses[0].rpartition("@")
+    return addresses[0] if at and local and dns_name(domain) is not None else None
 
 
+def from_domain(message: bytes) -> str | None:
+    """The domain of :func:`from_address` (A-labels, lower case); None when there is none."""
+    address = from_address(message)
+    return None if address is None else dns_name(address.rpartition("@")[2])
 
 
 class DKIMSigner:
@@ -90,7 +84,7 @@ class DKIMSigner:
         key = keys[0]
         try:
             headers = dkim.arc_sign(message, key.selector.encode("ascii"), key.domain.encode("ascii"),
-                                    key.private_for_signing(), self.authserv_id.encode("ascii"), logger=_QUIET)
+                                    key.private_for_signing(), self.authserv_id.encode("ascii"), logger=QUIET)
         except Exception as e:  # no usable result header, a message dkimpy cannot parse: forwarded unsealed
             log.info("{queue_id} forwarded without an ARC set: {error}", queue_id=queue_id, error=e)
             return message
@@ -123,8 +117,9 @@ class DKIMSigner:
             return b""
 
 
-class _Quiet:
-    """dkimpy logs at error level what the caller hears as an exception or a result anyway."""
+class Quiet:
+    """A logger for dkimpy, which logs at error level what its callers hear as an exception or a
+    result anyway (a failed signature is a result here, not a server error)."""
 
     def debug(self, *args: object) -> None:
         pass
@@ -132,7 +127,7 @@ class _Quiet:
     info = warning = error = debug
 
 
-_QUIET: Any = _Quiet()
+QUIET: Any = Quiet()
 
 
 class PooledSigner:
