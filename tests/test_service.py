@@ -157,3 +157,20 @@ def test_imap_and_pop3_share_the_watcher_of_the_one_mail_store(tmp_path):
     shared = build_shared(settings_for(tmp_path, {"imap": "127.0.0.1:1143"}), MemoryReactorClock())
     assert shared.mail_store.watcher is shared.watcher
     assert shared.maildrops.store is shared.mail_store
+
+
+def test_an_srs_secret_that_cannot_be_made_stops_start_up_with_one_line_naming_the_key(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from mailstack.errors import StartupError
+    from mailstack.service import build_shared
+
+    settings = settings_for(tmp_path, {"smtp": "127.0.0.1:2525"})
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    storage = dataclasses.replace(settings.storage, srs_secret=tmp_path / "blocker" / "srs.key")
+    with pytest.raises(StartupError) as failed:
+        build_shared(dataclasses.replace(settings, storage=storage), MemoryReactorClock())
+    assert str(failed.value).startswith("storage.srs_secret: cannot read or create ")
+    assert "\n" not in str(failed.value)
