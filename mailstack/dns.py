@@ -327,42 +327,52 @@ class MXResolver:
         except _NAME_ERRORS:
             return []
 
+    def cached_records(self, name: str, rtype: int) -> list[Any] | None:
+        """What :meth:`lookup_records` would answer, from cached answers alone; None when it
+        would have to ask (or would fail). Never waits: for checks that evaluate on the reactor."""
+        try:
+            walk = _Walk(to_ascii(name), rtype, self._max_cname_depth)
+            while True:
+                answers = self._cached(walk.current, rtype)
+                if answers is None:
+                    return None
+                found = walk.step(answers)
+                if found is not None:
+                    return found
+        except _NAME_ERRORS:
+            return []
+        except DNSError:
+            return None
+
     async def _records(self, name: str, rtype: int) -> list[Any]:
         """Records of *rtype* at *name*, following CNAMEs; [] for NODATA.
 
         Raises the resolver's name error for NXDOMAIN and :class:`DNSError`
         (temporary) for every other failure.
         """
-        current = name
-        seen = {name}
-        depth = 0
+        walk = _Walk(name, rtype, self._max_cname_depth)
         while True:
-            answers = await self._query(current, rtype)
-            queried = current
-            while True:
-                found = [rr.payload for rr in answers if _owner(rr) == current and rr.type == rtype]
-                if found:
-                    return found
-                target = next((_target(rr) for rr in answers if _owner(rr) == current and rr.type == dns.CNAME), None)
-                if target is None:
-                    break
-                depth += 1
-                if depth > self._max_cname_depth or target in seen:
-                    raise _temporary(f"CNAME loop or chain too long at {name}")
-                seen.add(target)
-                current = target
-            if current == queried:
-                return []
+            found = walk.step(await self._query(walk.current, rtype))
+            if found is not None:
+                return found
+
+    def _cached(self, name: str, rtype: int) -> list[Any] | None:
+        """The cached answers for a query, None if there are none; a cached NXDOMAIN raises."""
+        if self._clock is None:
+            return None
+        hit = self._cache.get((name.lower(), rtype))
+        if hit is None or hit[0] <= self._clock():
+            return None
+        if hit[1] is None:
+            raise error.DNSNameError(name)
+        return hit[1]
 
     async def _query(self, name: str, rtype: int) -> list[Any]:
+        hit = self._cached(name, rtype)
+        if hit is not None:
+            return hit
         now = self._clock() if self._clock is not None else None
         key = (name.lower(), rtype)
-        if now is not None:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > now:
-                if hit[1] is None:
-                    raise error.DNSNameError(name)
-                return hit[1]
         try:
             answers = await self._ask(name, rtype)
         except _NAME_ERRORS:
@@ -393,6 +403,36 @@ class MXResolver:
         except (error.ResolverError, OSError) as e:
             raise _temporary(f"DNS lookup for {name} failed ({e})") from None
         return list(answers)
+
+
+class _Walk:
+    """Following CNAMEs from a name to its records, one answer section at a time."""
+
+    def __init__(self, name: str, rtype: int, max_depth: int) -> None:
+        self.name = name
+        self.rtype = rtype
+        self.max_depth = max_depth
+        self.current = name  # the name to ask for next
+        self.seen = {name}
+        self.depth = 0
+
+    def step(self, answers: list[Any]) -> list[Any] | None:
+        """The records, [] for none, or None when :attr:`current` must be asked for next."""
+        queried = self.current
+        while True:
+            found = [rr.payload for rr in answers if _owner(rr) == self.current and rr.type == self.rtype]
+            if found:
+                return found
+            target = next((_target(rr) for rr in answers if _owner(rr) == self.current and rr.type == dns.CNAME),
+                          None)
+            if target is None:
+                break
+            self.depth += 1
+            if self.depth > self.max_depth or target in self.seen:
+                raise _temporary(f"CNAME loop or chain too long at {self.name}")
+            self.seen.add(target)
+            self.current = target
+        return [] if self.current == queried else None
 
 
 def _owner(rr: Any) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.names import client, resolve
+from twisted.names import client, dns, resolve
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailstack.config import HostPort
@@ -323,3 +323,22 @@ class CacheTests(SynchronousTestCase):
         self.assertTrue(failure.value.temporary)
         self.failureResultOf(defer.Deferred.fromCoroutine(resolver.lookup_txt("broken.test")), DNSError)
         self.assertEqual(len(fake.queries), 6)  # failures are never cached
+
+    def test_cached_records_answer_without_asking_or_say_they_cannot(self) -> None:
+        clock = Clock()
+        fake = FakeResolver(ZONES)
+        resolver = MXResolver(fake, clock=clock.seconds)
+        self.assertIsNone(resolver.cached_records("txt-alias.test", dns.TXT))  # nothing asked yet
+        self.assertEqual(fake.queries, [])
+        self.successResultOf(defer.Deferred.fromCoroutine(resolver.lookup_records("txt-alias.test", dns.TXT)))
+        self.successResultOf(defer.Deferred.fromCoroutine(resolver.lookup_records("nowhere.test", dns.TXT)))
+        asked = len(fake.queries)
+        [record] = resolver.cached_records("TXT-alias.test.", dns.TXT) or []  # the CNAME followed, from the cache
+        self.assertTrue(b"".join(record.data).startswith(b"v=DKIM1"))
+        self.assertEqual(resolver.cached_records("nowhere.test", dns.TXT), [])  # NXDOMAIN, remembered
+        self.assertIsNone(resolver.cached_records("two.txt.test", dns.TXT))
+        self.assertIsNone(resolver.cached_records("bad..name", dns.TXT))
+        self.assertEqual(len(fake.queries), asked)  # never a query of its own
+        clock.advance(61)
+        self.assertIsNone(resolver.cached_records("txt-alias.test", dns.TXT))  # expired
+        self.assertIsNone(MXResolver(fake).cached_records("txt-alias.test", dns.TXT))  # no cache at all
