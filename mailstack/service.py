@@ -41,7 +41,6 @@ from mailstack.checks import (
     SPFChecker,
 )
 from mailstack.checks.dmarc import organizational_domain
-from mailstack.checks.spf import pooled
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import InboxFilter, LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
@@ -119,7 +118,6 @@ class Shared:
     threads: IReactorFromThreads
     io_pool: ThreadPool
     auth_pool: ThreadPool
-    checks_pool: ThreadPool
     """Where SPF evaluations wait on their DNS queries (apart from the io pool's fsyncs)."""
     tls: CertificateOptions
     store: SQLiteAccountStore
@@ -196,7 +194,6 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     store = _open_store(settings)
     io_pool = ThreadPool(minthreads=0, maxthreads=32, name="io")
     auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="auth")
-    checks_pool = ThreadPool(minthreads=0, maxthreads=4, name="checks")
     checker = AccountChecker(store, reactor, auth_pool, renew=store)
     maildir = MaildirDelivery(settings.storage.maildirs, hostname=settings.hostname, reactor=reactor,
                               threadpool=io_pool)
@@ -217,7 +214,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
                            accounts=store, watcher=watcher, events=events)
     return Shared(
-        clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, checks_pool=checks_pool, tls=tls,
+        clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls,
         store=store,
         authenticator=Authenticator(checker, throttle, reactor),
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
@@ -294,12 +291,11 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
 
 def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
     organizational_domain("example.com")  # the Public Suffix List is read now, not on the first message
-    run, call = pooled(shared.threads, shared.checks_pool)
     wanted = settings.checks
     checks = InboundChecks(settings.hostname,
                            DKIMVerifier(shared.resolver.lookup_txt, shared.io,
                                         max_signatures=wanted.dkim_max_signatures),
-                           SPFChecker(shared.resolver, run, call, hostname=settings.hostname),
+                           SPFChecker(shared.resolver, hostname=settings.hostname, clock=shared.clock.seconds),
                            DMARCChecker(shared.resolver.lookup_txt),
                            CheckPolicy(dmarc_reject=wanted.dmarc_reject, dmarc_quarantine=wanted.dmarc_quarantine,
                                        spf_reject=wanted.spf_fail == "reject",
@@ -369,7 +365,6 @@ def build_service(
     top = SequentialMultiService()
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
-    ThreadPoolService(shared.checks_pool).setServiceParent(top)
     if shared.watcher is not None:
         WatcherService(shared.watcher, reactor).setServiceParent(top)
     shared.queue.setServiceParent(top)  # stops after the listeners, before the pools

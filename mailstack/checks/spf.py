@@ -2,39 +2,50 @@
 
 pyspf evaluates the record: every mechanism, modifier and macro, the limits of
 10 DNS-querying terms and 2 void lookups, and all seven results. It walks DNS
-itself, one query after another as the record directs, so it runs on its own
-small thread pool (``checks``); each query it makes is answered by the
-server's twisted.names resolver on the reactor (``blockingCallFromThread``),
-never by a resolver of its own. A failed or timed-out query is a
-``temperror``; the whole evaluation is bounded by ``timeout`` seconds.
+itself, one query after another as the record directs, and expects each answer
+at once. So it runs on the reactor thread and is only ever given answers that
+are already at hand: those of earlier rounds of this evaluation, or the
+server's DNS cache (:meth:`MXResolver.cached_records`). A query that is not
+at hand ends the round; it is asked through the server's twisted.names
+resolver without blocking anything, and the evaluation starts again from the
+top with one more answer. Senders' records are in the cache for their TTL, so
+mail from a known sender takes one round, with no thread and no wait; a round
+costs tens of microseconds and stops at the first missing answer. A failed or
+timed-out query is a ``temperror``, and so is an evaluation that takes longer
+than ``timeout`` seconds or more than :data:`MAX_ROUNDS` rounds.
 
 pyspf chooses its DNS through the module-level ``spf.DNSLookup`` hook; it is
-set once to :func:`_lookup`, which serves the query of the thread it runs on.
+set once to :func:`_lookup`, which serves the evaluation under way.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import threading
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import spf
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.names import dns
-from twisted.python.threadpool import ThreadPool
 
 from mailstack.authresults import comment
 from mailstack.dns import DNSError, MXResolver
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 _TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "TXT": dns.TXT, "PTR": dns.PTR}
-_current = threading.local()
+# Distinct queries one evaluation may need: 10 DNS-querying terms, each "mx" or "ptr" with
+# up to 10 address lookups (RFC 7208 §4.6.4), the record itself, exp= and some CNAMEs.
+MAX_ROUNDS = 130
 
-RunInPool = Callable[..., Awaitable[Any]]
-CallFromPool = Callable[..., Any]  # run an async function on the reactor from a pool thread, wait for it
+Answer = list[Any] | DNSError
+
+
+class _Missing(Exception):
+    """The evaluation needs an answer that is not at hand yet."""
+
+
+_serving: Callable[[str, str], list[Any]] | None = None  # the evaluation under way (reactor thread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,28 +66,15 @@ class SPFResult:
         return f"{text} smtp.{self.identity}={self.value}"
 
 
-def pooled(reactor: Any, pool: ThreadPool) -> tuple[RunInPool, CallFromPool]:
-    """How the checker runs pyspf on ``pool`` and how pyspf's queries reach the reactor."""
-
-    def run(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-        return deferToThreadPool(reactor, pool, fn, *args)
-
-    def call(fn: Callable[..., Any], *args: Any) -> Any:
-        return blockingCallFromThread(reactor, lambda: Deferred.fromCoroutine(fn(*args)))
-
-    return run, call
-
-
 class SPFChecker:
     """Evaluates SPF for a client address and envelope (see the module docstring)."""
 
-    def __init__(self, resolver: MXResolver, run_in_pool: RunInPool, call_from_pool: CallFromPool, *,
-                 hostname: str, timeout: float = 20.0) -> None:
+    def __init__(self, resolver: MXResolver, *, hostname: str, timeout: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.resolver = resolver
-        self.run_in_pool = run_in_pool
-        self.call_from_pool = call_from_pool
         self.hostname = hostname
         self.timeout = timeout
+        self.clock = clock
 
     async def check(self, ip: str, sender: str, helo: str) -> SPFResult:
         """SPF for MAIL FROM ``sender``, or for the HELO name when the sender is null."""
@@ -91,35 +89,60 @@ class SPFChecker:
         except ValueError:
             return SPFResult("none", identity, value, "no client address")
         mail_from = sender or f"postmaster@{helo}"
-        result, _code, explanation = await self.run_in_pool(self._evaluate, ip, mail_from, helo)
+        result, explanation = await self._evaluate(ip, mail_from, helo)
         result = result if result in RESULTS else "permerror"
         return SPFResult(result, identity, value, "" if result in ("pass", "none") else explanation)
 
-    def _evaluate(self, ip: str, mail_from: str, helo: str) -> tuple[str, int, str]:
-        """pyspf's check (pool thread), its queries answered through the reactor."""
-        _current.lookup = self._blocking_lookup
-        try:
-            # querytime bounds the whole evaluation, every lookup included (pyspf's timeout= alone
-            # only reaches the DNS driver, which is ours); past it pyspf answers temperror.
-            query = spf.query(i=ip, s=mail_from, h=helo or "unknown", receiver=self.hostname,
-                              timeout=self.timeout, querytime=self.timeout)
-            return tuple(query.check())  # type: ignore[return-value]
-        except Exception as e:  # a record pyspf cannot take apart: an error, never a crash
-            return ("permerror", 550, f"SPF evaluation failed: {e}")
-        finally:
-            _current.lookup = None
+    async def _evaluate(self, ip: str, mail_from: str, helo: str) -> tuple[str, str]:
+        """Rounds of pyspf's check until it has every answer it asks for."""
+        answers: dict[tuple[str, int], Answer] = {}
+        started = self.clock()
+        for _round in range(MAX_ROUNDS):
+            missing: list[tuple[str, int]] = []
+            result = self._round(ip, mail_from, helo, answers, missing)
+            if not missing:
+                return result
+            for name, rtype in dict.fromkeys(missing):
+                try:
+                    answers[name, rtype] = await self.resolver.lookup_records(name, rtype)
+                except DNSError as e:
+                    answers[name, rtype] = e
+            if self.clock() - started > self.timeout:
+                return "temperror", f"SPF evaluation took longer than {self.timeout:g} s"
+        return "temperror", f"SPF evaluation needed more than {MAX_ROUNDS} DNS queries"
 
-    def _blocking_lookup(self, name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
-        rtype = _TYPES.get(qtype)
-        if rtype is None:
-            return []  # pyspf asks for type SPF (99) too: obsolete, RFC 7208 §3.1
+    def _round(self, ip: str, mail_from: str, helo: str, answers: dict[tuple[str, int], Answer],
+               missing: list[tuple[str, int]]) -> tuple[str, str]:
+        """One run of pyspf's check with the answers at hand; ``missing`` gets what it lacked."""
+        global _serving
+
+        def lookup(name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
+            rtype = _TYPES.get(qtype)
+            if rtype is None:
+                return []  # pyspf asks for type SPF (99) too: obsolete, RFC 7208 §3.1
+            key = (name.lower().rstrip("."), rtype)
+            found = answers.get(key)
+            if found is None:
+                found = self.resolver.cached_records(*key)
+            if found is None:
+                missing.append(key)
+                raise _Missing(name)  # some of pyspf's handlers catch everything: ``missing`` tells
+            if isinstance(found, DNSError):
+                if found.temporary:
+                    raise spf.TempError(f"DNS {found.message}")
+                return []
+            return [((name, qtype), _value(qtype, record)) for record in found]
+
+        _serving = lookup
         try:
-            found = self.call_from_pool(self.resolver.lookup_records, name, rtype)
-        except DNSError as e:
-            if e.temporary:
-                raise spf.TempError(f"DNS {e.message}") from None
-            return []
-        return [((name, qtype), _value(qtype, record)) for record in found]
+            query = spf.query(i=ip, s=mail_from, h=helo or "unknown", receiver=self.hostname,
+                              timeout=self.timeout, querytime=0)
+            result, _code, explanation = query.check()
+            return str(result), str(explanation)
+        except Exception as e:  # a record pyspf cannot take apart: an error, never a crash
+            return "permerror", f"SPF evaluation failed: {e}"
+        finally:
+            _serving = None
 
 
 def _value(qtype: str, record: Any) -> Any:
@@ -138,10 +161,9 @@ def _is_address_literal(helo: str) -> bool:
 
 
 def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> list[Any]:
-    lookup: Callable[[str, str], list[Any]] | None = getattr(_current, "lookup", None)
-    if lookup is None:
+    if _serving is None:
         raise spf.TempError("no resolver for this evaluation")
-    return lookup(name, qtype)
+    return _serving(name, qtype)
 
 
 spf.DNSLookup = _lookup

@@ -6,18 +6,14 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
+import mailstack.checks.spf as spf_module
 from mailstack.checks import SPFChecker
 from mailstack.dns import MXResolver
 from mailstack.testing_dns import SERVFAIL, TIMEOUT, FakeResolver
 
-from .helpers import inline, settle
-
-
-def call_now(fn: Any, *args: Any) -> Any:
-    """The reactor-side call, here at once: the fake resolver answers synchronously."""
-    return settle(Deferred.fromCoroutine(fn(*args)))
-
+from .helpers import settle
 
 ZONES: dict[str, Any] = {
     "a.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"], "MX": [(10, "mx.a.test")]},
@@ -43,11 +39,13 @@ ZONES: dict[str, Any] = {
     "ptr.test": {"TXT": ["v=spf1 ptr -all"]},
     "10.2.0.192.in-addr.arpa": {"PTR": ["host.ptr.test"]},
     "host.ptr.test": {"A": ["192.0.2.10"]},
+    "exp.test": {"TXT": ["v=spf1 -all exp=why.exp.test"]},
+    "why.exp.test": {"TXT": ["%{i} is not one of %{d}'s senders"]},
 }
 
 
 def spf(sender: str, ip: str = "192.0.2.10", helo: str = "client.example") -> tuple[str, str]:
-    checker = SPFChecker(MXResolver(FakeResolver(ZONES)), inline, call_now, hostname="mx.b.test")
+    checker = SPFChecker(MXResolver(FakeResolver(ZONES)), hostname="mx.b.test")
     found = settle(Deferred.fromCoroutine(checker.check(ip, sender, helo)))
     return found.result, found.resinfo()
 
@@ -94,3 +92,44 @@ def test_resinfo_names_the_identity():
     assert spf("alice@a.test") == ("pass", "spf=pass smtp.mailfrom=alice@a.test")
     result, text = spf("alice@a.test", "192.0.2.99")
     assert result == "fail" and text.startswith("spf=fail (") and text.endswith(" smtp.mailfrom=alice@a.test")
+
+
+def test_a_fail_carries_the_domains_explanation():
+    result, text = spf("alice@exp.test", "192.0.2.99")
+    assert result == "fail" and "192.0.2.99 is not one of exp.test's senders" in text
+
+
+def test_answers_at_hand_need_no_query_and_missing_ones_are_asked_once_each():
+    fake = FakeResolver(ZONES)
+    clock = Clock()
+    checker = SPFChecker(MXResolver(fake, clock=clock.seconds), hostname="mx.b.test")
+    assert settle(Deferred.fromCoroutine(checker.check("192.0.2.20", "alice@mx.test", "h"))).result == "pass"
+    assert sorted(fake.queries) == sorted(set(fake.queries))  # each answer fetched once over all rounds
+    asked = len(fake.queries)
+    assert settle(Deferred.fromCoroutine(checker.check("192.0.2.20", "bob@mx.test", "h"))).result == "pass"
+    assert len(fake.queries) == asked  # the next message's evaluation ran from the cache alone
+
+
+class SlowResolver(FakeResolver):
+    """Each query takes ``seconds`` on the clock."""
+
+    def __init__(self, zones: dict[str, Any], clock: Clock, seconds: float) -> None:
+        super().__init__(zones)
+        self.clock = clock
+        self.seconds = seconds
+
+    def _lookup(self, name: str | bytes, rtype: int) -> Deferred[Any]:
+        self.clock.advance(self.seconds)
+        return super()._lookup(name, rtype)
+
+
+def test_an_evaluation_is_bounded_in_time_and_in_queries(monkeypatch):
+    clock = Clock()
+    checker = SPFChecker(MXResolver(SlowResolver(ZONES, clock, 8)), hostname="mx", timeout=20, clock=clock.seconds)
+    found = settle(Deferred.fromCoroutine(checker.check("192.0.2.20", "alice@mx.test", "h")))  # three queries
+    assert (found.result, found.reason) == ("temperror", "SPF evaluation took longer than 20 s")
+    assert clock.seconds() == 24  # given up after the query that passed the limit
+    monkeypatch.setattr(spf_module, "MAX_ROUNDS", 2)
+    found = settle(Deferred.fromCoroutine(SPFChecker(MXResolver(FakeResolver(ZONES)), hostname="mx")
+                                          .check("192.0.2.20", "alice@mx.test", "h")))
+    assert (found.result, found.reason) == ("temperror", "SPF evaluation needed more than 2 DNS queries")
