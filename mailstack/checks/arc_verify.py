@@ -16,6 +16,7 @@ import dkim
 
 from mailstack.authresults import comment
 from mailstack.checks.dkim_verify import LookupTXT, RunBlocking, _name
+from mailstack.dkim import speedups
 from mailstack.dns import DNSError
 from mailstack.smtp.message import header_values
 
@@ -39,6 +40,7 @@ class ARCVerifier:
     def __init__(self, lookup_txt: LookupTXT, run_blocking: RunBlocking) -> None:
         self.lookup_txt = lookup_txt
         self.run_blocking = run_blocking
+        speedups.install()
 
     async def verify(self, message: bytes) -> ARCResult:
         seals = header_values(message, b"arc-seal")
