@@ -9,8 +9,13 @@ Each ``DKIM-Signature`` header, up to ``max_signatures`` (the rest are
    twisted.names resolver, on the reactor and never blocking it (no record is a
    ``permerror``, a lookup that failed or timed out a ``temperror``; a record
    that is not a usable key, or an RSA key under 1024 bits, a ``permerror``);
-3. dkimpy checks the body hash and the signature on the io pool, with the
-   record handed to it (its own DNS is never used): ``pass`` or ``fail``.
+3. dkimpy checks the body hash and the signature with the parsed key handed to
+   it (its own DNS is never used): ``pass`` or ``fail``. A message of up to
+   :data:`INLINE_LIMIT` octets is checked on the reactor thread: with
+   :mod:`mailstack.dkim.speedups` that costs about 0.2 ms for 4 KB, less than
+   a hop to a pool thread and back. Larger ones go to the io pool.
+
+Parsed keys are kept by record text, so a sender's key is decoded once.
 
 A message dkimpy cannot parse gives ``permerror``; nothing here raises.
 """
@@ -25,6 +30,7 @@ import dkim
 from twisted.logger import Logger
 
 from mailstack.authresults import comment
+from mailstack.dkim import speedups
 from mailstack.dkim.signer import QUIET
 from mailstack.dns import DNSError, dns_name
 from mailstack.smtp.message import header_values
@@ -32,6 +38,8 @@ from mailstack.smtp.message import header_values
 log = Logger()
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers must not accept smaller keys
+INLINE_LIMIT = 64 * 1024  # larger messages are verified on the io pool
+KEYS_KEPT = 1024
 
 LookupTXT = Callable[[str], Awaitable[list[bytes]]]
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -72,6 +80,8 @@ class DKIMVerifier:
         self.lookup_txt = lookup_txt
         self.run_blocking = run_blocking
         self.max_signatures = max_signatures
+        self._keys: dict[bytes, tuple[Any, ...]] = {}  # record -> dkimpy's parsed key
+        speedups.install()  # RSA through OpenSSL, fast canonicalisation: 0.5 of 0.7 ms less (see .speedups)
 
     async def verify(self, message: bytes) -> list[DKIMResult]:
         """One result per DKIM-Signature header, in order; [] when the message has none."""
@@ -112,13 +122,17 @@ class DKIMVerifier:
             return _with(found, "permerror", "no key")
         record = records[0]  # RFC 6376 §3.6.2.2: several records give undefined results; take the first
         try:
-            _pk, keysize, ktag, _ = dkim.evaluate_pk(name.encode("ascii", "replace"), record)
+            key = self._key(name, record)
         except Exception as e:  # KeyFormatError and friends: the record is not a usable key
             return _with(found, "permerror", f"bad key: {e}")
+        _pk, keysize, ktag, _ = key
         if ktag == b"rsa" and keysize is not None and keysize < MIN_RSA_BITS:
             return _with(found, "permerror", f"key too short ({keysize} bits)")
         try:
-            ok = await self.run_blocking(_verify, message, index, name, record)
+            if len(message) <= INLINE_LIMIT:
+                ok = _verify(message, index, domain, selector, key)
+            else:
+                ok = await self.run_blocking(_verify, message, index, domain, selector, key)
         except dkim.ValidationError as e:  # the body hash does not match: the message was changed
             return _with(found, "fail", str(e).split(" (", 1)[0])
         except dkim.DKIMException as e:
@@ -127,6 +141,16 @@ class DKIMVerifier:
             log.info("DKIM check of a signature by {domain} failed: {error}", domain=domain, error=e)
             return _with(found, "permerror", f"unverifiable: {e}")
         return _with(found, "pass" if ok else "fail", "" if ok else "signature did not verify")
+
+    def _key(self, name: str, record: bytes) -> tuple[Any, ...]:
+        """dkimpy's parse of a key record (pk, bits, k=, tlsrpt), kept for the next message."""
+        key = self._keys.get(record)
+        if key is None:
+            key = tuple(dkim.evaluate_pk(name.encode("ascii", "replace"), record))
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()
+            self._keys[record] = key
+        return key
 
 
 def _with(base: DKIMResult, result: str, reason: str) -> DKIMResult:
@@ -142,11 +166,25 @@ def _text(value: bytes) -> str:
     return value.decode("ascii", "replace").strip()
 
 
-def _verify(message: bytes, index: int, name: str, record: bytes) -> bool:
-    """dkimpy's check of one signature with its key record given (blocking: io pool)."""
-    wanted = (name + ".").encode("ascii", "replace")
+class _KeyedDKIM(dkim.DKIM):  # type: ignore[misc]
+    """dkimpy's verification of one signature with its key already looked up and parsed."""
 
-    def dnsfunc(query: bytes, timeout: int = 5) -> bytes:
-        return record if query.lower() == wanted.lower() else b""
+    def __init__(self, message: bytes, domain: str, selector: str, key: tuple[Any, ...]) -> None:
+        super().__init__(message, logger=QUIET)
+        self.key_for = (domain, selector)
+        self.key = key
 
-    return bool(dkim.DKIM(message, logger=QUIET).verify(idx=index, dnsfunc=dnsfunc))
+    def verify_sig(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any, dnsfunc: Any) -> bool:
+        if (_name(sig.get(b"d", b"")), _name(sig.get(b"s", b""), 1)) != self.key_for:
+            return False  # not the signature the key was fetched for
+        self.pk, self.keysize, self.ktag, self.seqtlsrpt = self.key
+        return bool(self.verify_sig_process(sig, include_headers, sig_header, dnsfunc))
+
+
+def _verify(message: bytes, index: int, domain: str, selector: str, key: tuple[Any, ...]) -> bool:
+    """dkimpy's check of signature ``index`` with its parsed key (CPU: on the io pool for large messages)."""
+    return bool(_KeyedDKIM(message, domain, selector, key).verify(idx=index, dnsfunc=_no_dns))
+
+
+def _no_dns(name: bytes, timeout: int = 5) -> bytes:
+    return b""

@@ -17,6 +17,7 @@ address ``permerror``; no policy applies to either.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _PSL: PublicSuffixList | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # three lookups a message, mostly of the same few domains
 def organizational_domain(domain: str) -> str:
     """The registered domain under the Public Suffix List (``mail.example.co.uk`` -> ``example.co.uk``)."""
     global _PSL

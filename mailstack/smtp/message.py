@@ -57,6 +57,8 @@ def header_values(message: bytes, name: bytes) -> list[bytes]:
     end = message.find(b"\r\n\r\n")
     head = message if end < 0 else message[:end]
     wanted = name.lower()
+    if wanted not in head.lower():  # one C-level search: most messages lack most fields asked for
+        return []
     out: list[bytes] = []
     current: list[bytes] | None = None
     for line in head.split(b"\r\n"):

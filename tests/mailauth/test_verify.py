@@ -75,6 +75,42 @@ def test_good_signatures_pass_and_a_changed_message_fails(signed):
     assert results(MESSAGE, zone) == []  # unsigned: nothing to report but "none"
 
 
+def test_small_messages_are_checked_at_once_and_large_ones_on_the_pool(signed, tmp_path):
+    from mailstack.checks.dkim_verify import INLINE_LIMIT
+
+    message, zone = signed
+    pooled: list[int] = []
+
+    async def pool(fn: Any, *args: Any) -> Any:
+        pooled.append(len(args[0]))
+        return fn(*args)
+
+    verifier = DKIMVerifier(zone.lookup_txt, pool)
+    assert [r.result for r in run(verifier.verify(message))] == ["pass", "pass"] and pooled == []
+    keys = KeyDirectory(tmp_path / "big")
+    key = keys.generate("a.test", "rsa", selector="big")
+    zone.records[key.record_name()] = [key.record_text().encode()]
+    large = DKIMSigner(KeyStore(keys)).sign(MESSAGE.replace(b"Hi Bob.", b"x" * 72 + b"\r\n") * 1 +
+                                            (b"y" * 70 + b"\r\n") * (INLINE_LIMIT // 72 + 1))
+    assert [r.result for r in run(verifier.verify(large))] == ["pass"] and pooled == [len(large)]
+    assert [r.result for r in run(verifier.verify(large.replace(b"yyyy", b"zzzz", 1)))] == ["fail"]
+
+
+def test_a_key_is_parsed_once_and_used_only_for_its_own_signature(signed, monkeypatch):
+    message, zone = signed
+    parsed: list[bytes] = []
+    original = dkim.evaluate_pk
+    monkeypatch.setattr(dkim, "evaluate_pk", lambda name, record: parsed.append(record) or original(name, record))
+    verifier = DKIMVerifier(zone.lookup_txt, inline)
+    for _ in range(3):
+        assert [r.result for r in run(verifier.verify(message))] == ["pass", "pass"]
+    assert len(parsed) == 2  # one RSA, one Ed25519 record, each parsed on its first use
+    # a signature header rewritten to name e1 (Ed25519) while keeping r1's RSA signature
+    swapped = message.replace(b"s=r1;", b"s=e1;", 1)
+    found = run(verifier.verify(swapped))[0]
+    assert (found.result, found.selector) == ("permerror", "e1") and "unverifiable" in found.reason
+
+
 def test_missing_or_broken_keys_are_permerrors_and_dns_trouble_a_temperror(signed):
     message, zone = signed
     zone.records["e1._domainkey.a.test"] = [b"v=DKIM1; k=ed25519; p=!!!"]
