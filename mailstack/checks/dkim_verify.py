@@ -22,6 +22,7 @@ A message dkimpy cannot parse gives ``permerror``; nothing here raises.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,9 +131,9 @@ class DKIMVerifier:
             return _with(found, "permerror", f"key too short ({keysize} bits)")
         try:
             if len(message) <= INLINE_LIMIT:
-                ok = _verify(message, index, domain, selector, key)
+                ok = _verify(message, index, value, tags, key)
             else:
-                ok = await self.run_blocking(_verify, message, index, domain, selector, key)
+                ok = await self.run_blocking(_verify, message, index, value, tags, key)
         except dkim.ValidationError as e:  # the body hash does not match: the message was changed
             return _with(found, "fail", str(e).split(" (", 1)[0])
         except dkim.DKIMException as e:
@@ -167,23 +168,38 @@ def _text(value: bytes) -> str:
 
 
 class _KeyedDKIM(dkim.DKIM):  # type: ignore[misc]
-    """dkimpy's verification of one signature with its key already looked up and parsed."""
+    """dkimpy's verification of one signature whose tags were parsed and checked, and whose
+    key was looked up and parsed, before: neither is done a second time."""
 
-    def __init__(self, message: bytes, domain: str, selector: str, key: tuple[Any, ...]) -> None:
+    def __init__(self, message: bytes, value: bytes, tags: dict[bytes, bytes], key: tuple[Any, ...]) -> None:
         super().__init__(message, logger=QUIET)
-        self.key_for = (domain, selector)
+        self.value = value  # the signature header's value, unfolded, as the tags were read from it
+        self.tags = tags
         self.key = key
 
+    def verify_headerprep(self, idx: int = 0) -> Any:
+        signatures = [(x, y) for x, y in self.headers if x.lower() == b"dkim-signature"]
+        if len(signatures) <= idx or signatures[idx][1].replace(b"\r\n", b"") != self.value:
+            return super().verify_headerprep(idx)  # not the header the tags came from: dkimpy reads it
+        self.signature_fields = self.tags
+        self.domain, self.selector = self.tags[b"d"], self.tags[b"s"]
+        include_headers = [x.lower() for x in _H_SEPARATOR.split(self.tags[b"h"])]
+        self.include_headers = tuple(include_headers)
+        return self.tags, include_headers, signatures
+
     def verify_sig(self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any, dnsfunc: Any) -> bool:
-        if (_name(sig.get(b"d", b"")), _name(sig.get(b"s", b""), 1)) != self.key_for:
-            return False  # not the signature the key was fetched for
+        if sig is not self.tags:
+            return False  # dkimpy read another header than the one the key was fetched for
         self.pk, self.keysize, self.ktag, self.seqtlsrpt = self.key
         return bool(self.verify_sig_process(sig, include_headers, sig_header, dnsfunc))
 
 
-def _verify(message: bytes, index: int, domain: str, selector: str, key: tuple[Any, ...]) -> bool:
-    """dkimpy's check of signature ``index`` with its parsed key (CPU: on the io pool for large messages)."""
-    return bool(_KeyedDKIM(message, domain, selector, key).verify(idx=index, dnsfunc=_no_dns))
+_H_SEPARATOR = re.compile(rb"\s*:\s*")
+
+
+def _verify(message: bytes, index: int, value: bytes, tags: dict[bytes, bytes], key: tuple[Any, ...]) -> bool:
+    """dkimpy's check of signature ``index`` with its parsed tags and key (on the io pool for large messages)."""
+    return bool(_KeyedDKIM(message, value, tags, key).verify(idx=index, dnsfunc=_no_dns))
 
 
 def _no_dns(name: bytes, timeout: int = 5) -> bytes:

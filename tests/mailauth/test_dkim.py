@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -261,4 +262,4 @@ def test_the_faster_parsing_and_canonicalisation_give_dkimpys_own_answers():
     for text in texts:
         for name in ("compress_whitespace", "strip_trailing_whitespace", "unfold_header_value"):
             assert getattr(pristine_canon, name)(text) == getattr(canon, name)(text)
-        assert getattr(canon, "compress_whitespace") is not getattr(pristine_canon, "compress_whitespace")
+    assert canon.compress_whitespace is not pristine_canon.compress_whitespace  # the fast one is in place

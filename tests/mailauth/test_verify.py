@@ -101,10 +101,14 @@ def test_a_key_is_parsed_once_and_used_only_for_its_own_signature(signed, monkey
     parsed: list[bytes] = []
     original = dkim.evaluate_pk
     monkeypatch.setattr(dkim, "evaluate_pk", lambda name, record: parsed.append(record) or original(name, record))
+    tags = dkim.parse_tag_value
+    read: list[bytes] = []
+    monkeypatch.setattr(dkim, "parse_tag_value", lambda value: read.append(value) or tags(value))
     verifier = DKIMVerifier(zone.lookup_txt, inline)
     for _ in range(3):
         assert [r.result for r in run(verifier.verify(message))] == ["pass", "pass"]
     assert len(parsed) == 2  # one RSA, one Ed25519 record, each parsed on its first use
+    assert len([v for v in read if b"bh=" in v]) == 6  # each signature's tags read once a message
     # a signature header rewritten to name e1 (Ed25519) while keeping r1's RSA signature
     swapped = message.replace(b"s=r1;", b"s=e1;", 1)
     found = run(verifier.verify(swapped))[0]
