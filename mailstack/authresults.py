@@ -12,6 +12,8 @@ header.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 _NAME = b"authentication-results"
 
 
@@ -68,24 +70,26 @@ def authserv_id(value: bytes) -> bytes:
     return bytes(out).lower()
 
 
-def _fields(message: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
-    """(start, end, name) of each header field (offsets into ``message``), and where the header ends."""
+def _fields(message: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(start, end, name) of each header field in turn (offsets into ``message``)."""
     end = message.find(b"\r\n\r\n")
     limit = len(message) if end < 0 else end + 2
-    fields: list[tuple[int, int, bytes]] = []
+    field: tuple[int, int, bytes] | None = None
     pos = 0
     while pos < limit:
         nl = message.find(b"\r\n", pos, limit)
         stop = limit if nl < 0 else nl + 2
-        if message[pos:pos + 1] in (b" ", b"\t") and fields:
-            start, _, name = fields[-1]
-            fields[-1] = (start, stop, name)
+        if message[pos:pos + 1] in (b" ", b"\t") and field is not None:
+            field = (field[0], stop, field[2])  # a continuation line: the field goes on
         else:
+            if field is not None:
+                yield field
             colon = message.find(b":", pos, stop)
             name = message[pos:colon].rstrip(b" \t").lower() if colon >= 0 else b""
-            fields.append((pos, stop, name))
+            field = (pos, stop, name)
         pos = stop
-    return fields, limit
+    if field is not None:
+        yield field
 
 
 def strip_claims(message: bytes, authserv: str) -> bytes:
@@ -94,8 +98,7 @@ def strip_claims(message: bytes, authserv: str) -> bytes:
     if _NAME not in (message if end < 0 else message[:end]).lower():
         return message  # no Authentication-Results header at all: one C-level search
     ours = authserv.lower().encode("ascii", "replace")
-    fields, _ = _fields(message)
-    drop = [(start, stop) for start, stop, name in fields
+    drop = [(start, stop) for start, stop, name in _fields(message)
             if name == _NAME and authserv_id(_value(message, start, stop)) == ours]
     if not drop:
         return message
@@ -110,7 +113,7 @@ def strip_claims(message: bytes, authserv: str) -> bytes:
 def our_header(message: bytes, authserv: str) -> bytes | None:
     """The value of the first Authentication-Results header that names ``authserv``."""
     ours = authserv.lower().encode("ascii", "replace")
-    for start, stop, name in _fields(message)[0]:
+    for start, stop, name in _fields(message):  # ours comes first: the rest is never read
         if name == _NAME:
             value = _value(message, start, stop)
             if authserv_id(value) == ours:

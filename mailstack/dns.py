@@ -25,6 +25,7 @@ Each MX host's addresses are IPv4 first, then IPv6.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import re
@@ -136,6 +137,7 @@ def to_ascii(domain: str) -> str:
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
+@functools.lru_cache(maxsize=4096)  # the checks ask for the same few names message after message
 def dns_name(text: str, min_labels: int = 2) -> str | None:
     """``text`` as a lower-case A-label domain name, or None when it cannot be one."""
     try:

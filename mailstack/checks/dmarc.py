@@ -53,6 +53,7 @@ class Policy:
     aspf: str
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_record(text: bytes) -> Policy | None:
     """A DMARC record's policy, or None when the text is not a usable DMARC record."""
     try:

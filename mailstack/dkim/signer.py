@@ -15,6 +15,7 @@ callers run it on the io pool.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from email.utils import getaddresses
 from typing import Any
@@ -38,7 +39,12 @@ def from_addresses(message: bytes) -> tuple[int, list[str]]:
     the fields found by name, their addresses taken by ``email.utils.getaddresses``.
     """
     values = header_values(message, b"from")
-    return len(values), [a for _, a in getaddresses([v.decode("utf-8", "replace") for v in values]) if a]
+    return len(values), list(_addresses(tuple(values)))
+
+
+@functools.lru_cache(maxsize=4096)  # a sender's From field is the same message after message
+def _addresses(values: tuple[bytes, ...]) -> tuple[str, ...]:
+    return tuple(a for _, a in getaddresses([v.decode("utf-8", "replace") for v in values]) if a)
 
 
 def from_address(message: bytes) -> str | None:
