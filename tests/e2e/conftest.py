@@ -62,8 +62,8 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
 
 
 def write_config(root: Path, ports: dict[str, int], extra: str = "", *, hostname: str = "mail.example.test",
-                 domains: tuple[str, ...] = ("example.test",)) -> Path:
-    listen = "\n".join(f'{name} = "127.0.0.1:{ports[name]}"' if name in ports else f'{name} = ""'
+                 domains: tuple[str, ...] = ("example.test",), host: str = "127.0.0.1") -> Path:
+    listen = "\n".join(f'{name} = "{host}:{ports[name]}"' if name in ports else f'{name} = ""'
                        for name in LISTENERS)
     config = root / "mailstack.toml"
     config.write_text(f"""
@@ -91,13 +91,13 @@ networks = []
     return config
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"mailstack exited with {proc.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -111,6 +111,7 @@ class Server:
     ports: dict[str, int]
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
+    host: str = "127.0.0.1"  # the loopback address it listens on
 
     def start(self) -> None:
         self.log = self.root / "twistd.log"
@@ -119,7 +120,7 @@ class Server:
                                      stderr=subprocess.STDOUT, env=plugin_env())
         out.close()
         for port in self.ports.values():
-            wait_for_port(port, self.proc)
+            wait_for_port(port, self.proc, host=self.host)
         self.wait_until_serving()
 
     def wait_until_serving(self, timeout: float = 20.0) -> None:
@@ -127,7 +128,7 @@ class Server:
         plain = [self.ports[n] for n in ("smtp", "submission", "pop3", "imap") if n in self.ports]
         if not plain:
             return
-        with socket.create_connection(("127.0.0.1", plain[0]), timeout=timeout) as s:
+        with socket.create_connection((self.host, plain[0]), timeout=timeout) as s:
             s.recv(1)
 
     def stop(self, timeout: float = 15.0) -> int:
