@@ -106,6 +106,7 @@ class ChecksSettings:
     temperror: str
     dnsbl: tuple[str, ...]
     dnswl: tuple[str, ...]
+    arc_trusted: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +320,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "temperror": (_one_of("accept", "defer"), "accept"),
         "dnsbl": (_list_of(_domain), []),
         "dnswl": (_list_of(_domain), []),
+        "arc_trusted": (_list_of(_domain), []),
     },
 }
 

@@ -299,7 +299,8 @@ def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
                            DMARCChecker(shared.resolver.lookup_txt),
                            CheckPolicy(dmarc_reject=wanted.dmarc_reject, dmarc_quarantine=wanted.dmarc_quarantine,
                                        spf_reject=wanted.spf_fail == "reject",
-                                       defer_temperror=wanted.temperror == "defer"),
+                                       defer_temperror=wanted.temperror == "defer",
+                                       arc_trusted=wanted.arc_trusted),
                            DNSLists(shared.resolver, wanted.dnsbl, wanted.dnswl) if wanted.dnsbl else None,
                            ARCVerifier(shared.resolver.lookup_txt, shared.io))
     return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks, shared.srs),

@@ -72,6 +72,7 @@ resolvers = ["192.0.2.53", "[2001:db8::53]:5353"]
     ('hostname = "bad host"', "hostname", "not a valid host name"),
     ('domains = ["ok.test", "-bad"]', "domains", "item 1"),
     ('[relay]\nsmarthost_username = "u"', "relay.smarthost_username", "smarthost"),
+    ('[checks]\narc_trusted = ["lists.example.org", "not a name"]', "checks.arc_trusted", "item 1"),
 ])
 def test_bad_values_name_their_key(tmp_path, text, key, words):
     with pytest.raises(ConfigError) as e:

@@ -12,7 +12,7 @@ authenticated clients and relay networks is not checked: it is ours.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
 
@@ -43,6 +43,7 @@ class CheckPolicy:
     dmarc_quarantine: bool = True  # p=quarantine failures go to Junk (else: delivered, tagged)
     spf_reject: bool = False  # an SPF fail with no DMARC policy gets 550 5.7.23 (else: tagged)
     defer_temperror: bool = False  # a DNS failure during the checks gets 451 4.4.3 (else: tagged)
+    arc_trusted: tuple[str, ...] = ()  # ARC sealers whose word on DMARC is taken (a list, a forwarder)
 
 
 class InboundChecks:
@@ -79,18 +80,27 @@ class InboundChecks:
         if spf is not None:
             resinfo.append(spf.resinfo())
         resinfo += [r.resinfo() for r in found] or ["dkim=none"]
-        if self.arc is not None:  # carried on as cv= by the ARC set we add if we forward it
-            resinfo.append((await self.arc.verify(message)).resinfo())
+        arc = await self.arc.verify(message) if self.arc is not None else None
+        if arc is not None:  # carried on as cv= by the ARC set we add if we forward it
+            resinfo.append(arc.resinfo())
         dmarc = None
         if self.dmarc is not None:
             dmarc = await self.dmarc.check(message, spf, found)
             if dmarc.disposition == "reject" and not self.policy.dmarc_reject:
-                dmarc = DMARCResult(dmarc.result, dmarc.from_domain, dmarc.policy, "quarantine")
+                dmarc = replace(dmarc, disposition="quarantine")
             if dmarc.disposition == "quarantine" and not self.policy.dmarc_quarantine:
-                dmarc = DMARCResult(dmarc.result, dmarc.from_domain, dmarc.policy, "none")
+                dmarc = replace(dmarc, disposition="none")
+            if dmarc.result == "fail" and dmarc.disposition != "none" and self._vouched_for(arc):
+                assert arc is not None
+                dmarc = replace(dmarc, disposition="none", override=f"trusted ARC sealer {arc.sealer}")
             resinfo.append(dmarc.resinfo())
         self._decide(envelope, spf, found, dmarc)
         return results.header(self.authserv_id, resinfo) + message
+
+    def _vouched_for(self, arc: ARCResult | None) -> bool:
+        """Did a trusted hop that changed the message see it pass DMARC (RFC 8617 §7.2)?"""
+        return (arc is not None and arc.result == "pass" and arc.sealer in self.policy.arc_trusted
+                and arc.sealer_saw_dmarc_pass)
 
     def _decide(self, envelope: Envelope, spf: SPFResult | None, dkim: list[DKIMResult],
                 dmarc: DMARCResult | None) -> None:

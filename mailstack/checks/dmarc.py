@@ -90,11 +90,13 @@ class DMARCResult:
     policy: str = ""  # the p= (or sp=) that applied
     disposition: str = "none"  # what is done with it: none, quarantine, reject
     reason: str = ""
+    override: str = ""  # why the policy was not applied (RFC 7489 §7.2: trusted_forwarder)
 
     def resinfo(self) -> str:
         text = f"dmarc={self.result}"
         if self.policy:
-            text += f" (p={self.policy} dis={self.disposition})"
+            text += f" (p={self.policy} dis={self.disposition}"
+            text += f"; {self.override})" if self.override else ")"
         elif self.reason:
             text += f" ({self.reason})"
         return text + (f" header.from={self.from_domain}" if self.from_domain else "")

@@ -17,6 +17,7 @@ from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore
 from mailstack.dns import DNSError
 from mailstack.envelope import Envelope
 from mailstack.interfaces import ClientInfo
+from mailstack.smtp.reply import SMTPReplyError
 
 from .helpers import inline, run, settle
 
@@ -232,3 +233,49 @@ def test_arc_chains_are_validated_and_carried_on_when_we_forward(tmp_path):
     assert run(verifier.verify(sealed_once)).result == "temperror"
     broken = b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=exa..mple; s=x; b=AA\r\n" + MESSAGE
     assert run(verifier.verify(broken)).result == "fail"
+
+
+def test_a_trusted_list_that_saw_dmarc_pass_vouches_for_mail_it_changed(tmp_path):
+    from mailstack.checks import ARCVerifier, CheckPolicy, DMARCChecker
+
+    author, lists = KeyDirectory(tmp_path / "author"), KeyDirectory(tmp_path / "list")
+    author.generate("a.test", "rsa", selector="a1")
+    lists.generate("list.test", "rsa", selector="l1")
+    zone = Zone()
+    for keys, domain in ((author, "a.test"), (lists, "list.test")):
+        for key in keys.keys(domain):
+            zone.records[key.record_name()] = [key.record_text().encode()]
+    zone.records["_dmarc.a.test"] = [b"v=DMARC1; p=reject"]
+    list_host = ClientInfo("192.0.2.7", "mx.list.test", True, None, False)
+
+    def checks(authserv: str, trusted: tuple[str, ...] = ()) -> InboundChecks:
+        policy = (CheckPolicy(arc_trusted=trusted) if authserv == "mx.b.test"
+                  else CheckPolicy(dmarc_reject=False, dmarc_quarantine=False))  # the list only reports
+        return InboundChecks(authserv, DKIMVerifier(zone.lookup_txt, inline), None, DMARCChecker(zone.lookup_txt),
+                             policy, arc=ARCVerifier(zone.lookup_txt, inline))
+
+    # The list receives alice's signed post (DMARC passes there), tags the subject, and seals it.
+    signed = DKIMSigner(KeyStore(author)).sign(MESSAGE)
+    at_list = run(checks("mx.list.test").check(list_host, Envelope("Q1", "alice@a.test"), signed))
+    assert b"dmarc=pass" in at_list.split(b"\r\n\r\n")[0]
+    changed = at_list.replace(b"Subject: hello", b"Subject: [team] hello")
+    posted = DKIMSigner(KeyStore(lists), "mx.list.test").seal(changed, "list.test")
+    envelope = Envelope("Q2", "team-bounces@list.test")
+    # Here alice's signature fails and the list's envelope domain is not aligned: p=reject applies...
+    with pytest.raises(SMTPReplyError) as refused:
+        run(checks("mx.b.test").check(list_host, envelope, posted))
+    assert refused.value.reply.code == 550
+    # ...unless the list is a trusted sealer: its chain passes and it saw DMARC pass.
+    out = run(checks("mx.b.test", ("list.test",)).check(list_host, envelope, posted))
+    ours = " ".join(out.split(b"\r\n\r\n")[0].decode().split("Authentication-Results: mx.b.test;")[1]
+                    .split("\r\n")[0:6])
+    assert "dkim=fail" in ours and "arc=pass" in ours
+    assert "dmarc=fail (p=reject dis=none; trusted ARC sealer list.test) header.from=a.test" in ours
+    # A trusted name on a broken chain, or a chain whose sealer saw DMARC fail, vouches for nothing.
+    with pytest.raises(SMTPReplyError):
+        run(checks("mx.b.test", ("list.test",)).check(list_host, envelope, posted.replace(b"Hi Bob.", b"Hi Eve.")))
+    unverified = run(checks("mx.list.test").check(list_host, Envelope("Q3", "alice@a.test"), MESSAGE))
+    assert b"dmarc=fail" in unverified.split(b"\r\n\r\n")[0]  # unsigned: the list saw it fail
+    resealed = DKIMSigner(KeyStore(lists), "mx.list.test").seal(unverified, "list.test")
+    with pytest.raises(SMTPReplyError):
+        run(checks("mx.b.test", ("list.test",)).check(list_host, envelope, resealed))
