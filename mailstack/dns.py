@@ -137,9 +137,15 @@ def to_ascii(domain: str) -> str:
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-@functools.lru_cache(maxsize=4096)  # the checks ask for the same few names message after message
 def dns_name(text: str, min_labels: int = 2) -> str | None:
     """``text`` as a lower-case A-label domain name, or None when it cannot be one."""
+    if len(text) > 512:  # no name is that long, even in U-labels with blanks around
+        return None
+    return _dns_name(text, min_labels)
+
+
+@functools.lru_cache(maxsize=4096)  # the checks ask for the same few names message after message
+def _dns_name(text: str, min_labels: int) -> str | None:
     try:
         name = to_ascii(text.strip())
     except DNSError:

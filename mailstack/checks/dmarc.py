@@ -53,9 +53,13 @@ class Policy:
     aspf: str
 
 
-@functools.lru_cache(maxsize=1024)
 def parse_record(text: bytes) -> Policy | None:
     """A DMARC record's policy, or None when the text is not a usable DMARC record."""
+    return _parse_record(text) if len(text) <= 1024 else _parse_record.__wrapped__(text)
+
+
+@functools.lru_cache(maxsize=1024)  # real records are under 300 octets; longer ones are parsed, not kept
+def _parse_record(text: bytes) -> Policy | None:
     try:
         value = text.decode("ascii")
     except UnicodeDecodeError:

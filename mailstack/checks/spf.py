@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import spf
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import dns
 
 from mailstack.authresults import comment
@@ -37,6 +38,12 @@ _TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "TXT": dns.TXT, "PTR": dns
 # Distinct queries one evaluation may need: 10 DNS-querying terms, each "mx" or "ptr" with
 # up to 10 address lookups (RFC 7208 §4.6.4), the record itself, exp= and some CNAMEs.
 MAX_ROUNDS = 130
+# The reactor's time is everyone's: one evaluation, all rounds together, may take this much
+# CPU, and what it is given from DNS is bounded, so that a hostile record (thousands of
+# terms, names with thousands of addresses, TTL 0) costs little (a permerror) rather than
+# seconds. Real records are a few hundred octets: 10 KiB of TXT is far beyond them.
+CPU_BUDGET = 0.05
+_LIMITS = {dns.TXT: 10240, dns.A: 32, dns.AAAA: 32, dns.MX: 32, dns.PTR: 32}
 
 Answer = list[Any] | DNSError
 
@@ -96,27 +103,56 @@ class SPFChecker:
     async def _evaluate(self, ip: str, mail_from: str, helo: str) -> tuple[str, str]:
         """Rounds of pyspf's check until it has every answer it asks for."""
         answers: dict[tuple[str, int], Answer] = {}
-        started = self.clock()
+        started, cpu = self.clock(), time.thread_time()
+        address_type = dns.AAAA if ipaddress.ip_address(ip).version == 6 else dns.A
         for _round in range(MAX_ROUNDS):
             missing: list[tuple[str, int]] = []
-            result = self._round(ip, mail_from, helo, answers, missing)
+            stop: list[str] = []  # why the evaluation cannot go on (a limit of ours), if it cannot
+            result = self._round(ip, mail_from, helo, answers, missing, stop, cpu)
+            if stop:
+                return "permerror", stop[0]
             if not missing:
                 return result
-            for name, rtype in dict.fromkeys(missing):
-                try:
-                    answers[name, rtype] = await self.resolver.lookup_records(name, rtype)
-                except DNSError as e:
-                    answers[name, rtype] = e
+            await self._fetch(dict.fromkeys(missing), answers, address_type)
             if self.clock() - started > self.timeout:
                 return "temperror", f"SPF evaluation took longer than {self.timeout:g} s"
         return "temperror", f"SPF evaluation needed more than {MAX_ROUNDS} DNS queries"
 
+    async def _fetch(self, wanted: Iterable[tuple[str, int]], answers: dict[tuple[str, int], Answer],
+                     address_type: int) -> None:
+        """Ask for ``wanted`` side by side; with an MX or PTR answer, also for the addresses
+        of the names it gives (at most 10, RFC 7208 §4.6.4), which the next round needs."""
+
+        async def one(key: tuple[str, int]) -> None:
+            try:
+                answers[key] = await self.resolver.lookup_records(*key)
+            except DNSError as e:
+                answers[key] = e
+
+        asked = [key for key in wanted if key not in answers]
+        await gatherResults([Deferred.fromCoroutine(one(key)) for key in asked])
+        follow = []
+        for key in asked:
+            found = answers[key]
+            if key[1] in (dns.MX, dns.PTR) and isinstance(found, list):
+                for record in found[:10]:
+                    target = (record.name.name.decode("ascii", "replace").lower().rstrip("."), address_type)
+                    if target[0] and target not in answers and self.resolver.cached_records(*target) is None:
+                        follow.append(target)
+        if follow:
+            await gatherResults([Deferred.fromCoroutine(one(key)) for key in dict.fromkeys(follow)])
+
     def _round(self, ip: str, mail_from: str, helo: str, answers: dict[tuple[str, int], Answer],
-               missing: list[tuple[str, int]]) -> tuple[str, str]:
-        """One run of pyspf's check with the answers at hand; ``missing`` gets what it lacked."""
+               missing: list[tuple[str, int]], stop: list[str], cpu: float) -> tuple[str, str]:
+        """One run of pyspf's check with the answers at hand; ``missing`` gets what it lacked,
+        ``stop`` why it must not go on."""
         global _serving
 
         def lookup(name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
+            if time.thread_time() - cpu > CPU_BUDGET:
+                stop.append(f"SPF evaluation needs more than {CPU_BUDGET * 1000:g} ms of CPU")
+            if stop:
+                raise _Missing(name)  # some of pyspf's handlers catch everything: ``stop`` tells
             rtype = _TYPES.get(qtype)
             if rtype is None:
                 return []  # pyspf asks for type SPF (99) too: obsolete, RFC 7208 §3.1
@@ -126,11 +162,16 @@ class SPFChecker:
                 found = self.resolver.cached_records(*key)
             if found is None:
                 missing.append(key)
-                raise _Missing(name)  # some of pyspf's handlers catch everything: ``missing`` tells
+                raise _Missing(name)  # as above: ``missing`` tells
             if isinstance(found, DNSError):
                 if found.temporary:
                     raise spf.TempError(f"DNS {found.message}")
                 return []
+            size = sum(len(b"".join(r.data)) for r in found) if rtype == dns.TXT else len(found)
+            if size > _LIMITS[rtype]:
+                what = "octets of TXT" if rtype == dns.TXT else "records"
+                stop.append(f"{name} has more than {_LIMITS[rtype]} {what} (SPF evaluation limit)")
+                raise _Missing(name)
             return [((name, qtype), _value(qtype, record)) for record in found]
 
         _serving = lookup

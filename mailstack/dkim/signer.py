@@ -39,6 +39,8 @@ def from_addresses(message: bytes) -> tuple[int, list[str]]:
     the fields found by name, their addresses taken by ``email.utils.getaddresses``.
     """
     values = header_values(message, b"from")
+    if sum(map(len, values)) > 998:  # longer than a line may be: parsed, never kept
+        return len(values), list(_addresses.__wrapped__(tuple(values)))
     return len(values), list(_addresses(tuple(values)))
 
 

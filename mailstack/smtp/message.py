@@ -54,6 +54,8 @@ def header_block(message: bytes) -> bytes:
 
 def header_values(message: bytes, name: bytes) -> list[bytes]:
     """The values of every header field called ``name`` (case-insensitive), unfolded, in order."""
+    if message.startswith(b"\r\n"):
+        return []  # no header at all: what follows is body
     end = message.find(b"\r\n\r\n")
     head = message if end < 0 else message[:end]
     wanted = name.lower()

@@ -108,3 +108,17 @@ def test_dns_lists_see_ipv4_clients_on_a_dual_stack_listener_and_ignore_refusals
 def test_a_from_domain_no_file_system_takes_has_no_keys(tmp_path):
     store = KeyStore(KeyDirectory(tmp_path / "dkim"))
     assert store.signing_keys("a\0b.test") == [] and store.signing_keys("x" * 300 + ".test") == []
+
+
+def test_enormous_values_from_a_sender_are_parsed_but_never_kept():
+    from mailstack.checks.dmarc import _parse_record, parse_record
+    from mailstack.dkim.signer import _addresses, from_addresses
+    from mailstack.dns import _dns_name, dns_name
+
+    before = (_addresses.cache_info().currsize, _dns_name.cache_info().currsize, _parse_record.cache_info().currsize)
+    huge = b"From: " + b"a" * 5000 + b"@b.test,\r\n " + b"c@d.test\r\n\r\nbody\r\n"
+    assert from_addresses(huge) == (1, ["a" * 5000 + "@b.test", "c@d.test"])
+    assert dns_name("x" * 600 + ".test") is None
+    assert parse_record(b"v=DMARC1; p=reject; x=" + b"y" * 5000) is not None
+    after = (_addresses.cache_info().currsize, _dns_name.cache_info().currsize, _parse_record.cache_info().currsize)
+    assert after == before

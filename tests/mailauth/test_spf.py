@@ -133,3 +133,36 @@ def test_an_evaluation_is_bounded_in_time_and_in_queries(monkeypatch):
     found = settle(Deferred.fromCoroutine(SPFChecker(MXResolver(FakeResolver(ZONES)), hostname="mx")
                                           .check("192.0.2.20", "alice@mx.test", "h")))
     assert (found.result, found.reason) == ("temperror", "SPF evaluation needed more than 2 DNS queries")
+
+
+HOSTILE: dict[str, Any] = {
+    "big.test": {"TXT": ["v=spf1 " + " ".join(f"ip4:10.0.{i // 250}.{i % 250}" for i in range(900)) + " -all"]},
+    "crowd.test": {"TXT": ["v=spf1 a:many.crowd.test -all"]},
+    "many.crowd.test": {"A": [f"198.51.100.{i}" for i in range(1, 40)]},
+    "wide.test": {"TXT": ["v=spf1 mx -all"], "MX": [(i, f"m{i}.wide.test") for i in range(3)]},
+    **{f"m{i}.wide.test": {"A": [f"203.0.113.{i + 1}"]} for i in range(3)},
+}
+
+
+def test_what_a_hostile_record_can_cost_is_bounded(monkeypatch):
+    def check(sender: str, ip: str = "192.0.2.99") -> Any:
+        checker = SPFChecker(MXResolver(FakeResolver(HOSTILE)), hostname="mx")
+        return settle(Deferred.fromCoroutine(checker.check(ip, sender, "h")))
+
+    found = check("x@big.test")  # 10 KiB of TXT is far beyond any real record
+    assert (found.result, found.reason) == ("permerror", "big.test has more than 10240 octets of TXT (SPF evaluation limit)")
+    found = check("x@crowd.test")  # a name with more addresses than anyone publishes
+    assert (found.result, found.reason) == ("permerror", "many.crowd.test has more than 32 records (SPF evaluation limit)")
+    monkeypatch.setattr(spf_module, "CPU_BUDGET", 0.0)
+    found = check("x@wide.test")
+    assert (found.result, found.reason) == ("permerror", "SPF evaluation needs more than 0 ms of CPU")
+
+
+def test_the_addresses_of_mx_hosts_are_fetched_with_the_mx_answer():
+    fake = FakeResolver(HOSTILE)
+    checker = SPFChecker(MXResolver(fake), hostname="mx")
+    rounds = []
+    one_round = checker._round
+    checker._round = lambda *args: rounds.append(1) or one_round(*args)  # type: ignore[method-assign]
+    found = settle(Deferred.fromCoroutine(checker.check("203.0.113.3", "x@wide.test", "h")))
+    assert found.result == "pass" and len(rounds) == 3  # the TXT, the MX with its hosts' A, then done

@@ -150,9 +150,29 @@ def test_at_most_the_configured_number_of_signatures_is_checked(signed):
     message, zone = signed
     first = message[:message.index(b"DKIM-Signature", 10)]  # the first signature header
     flood = first * 50 + message
-    found = results(flood, zone, max_signatures=3)
-    assert len(found) == 52 and [r[0] for r in found[3:]] == ["policy"] * 49
+    found = run(DKIMVerifier(zone.lookup_txt, inline, max_signatures=3).verify(flood))
+    assert [r.result for r in found] == ["pass"] * 3 + ["policy"]  # one line for the rest, however many
+    assert found[3].reason == "49 more signatures not checked (at most 3 are)"
     assert len(zone.asked) == 3
+
+
+def test_a_signature_over_absurdly_many_fields_is_refused_and_many_fields_are_checked_on_the_pool(signed):
+    from mailstack.checks.dkim_verify import MAX_SIGNED_FIELDS
+
+    message, zone = signed
+    names = b":".join(b"x-%d" % i for i in range(MAX_SIGNED_FIELDS + 1))
+    greedy = message.replace(b"h=from", b"h=" + names + b":from", 1)
+    [found, _] = run(DKIMVerifier(zone.lookup_txt, inline).verify(greedy))
+    assert found.result == "permerror" and found.reason.endswith(" header fields, more than 256")
+    pooled: list[int] = []
+
+    async def pool(fn: Any, *args: Any) -> Any:
+        pooled.append(1)
+        return fn(*args)
+
+    crowded = b"".join(b"X%d: y\r\n" % i for i in range(4000)) + message  # 40 KB, but 4000 fields
+    assert [r.result for r in run(DKIMVerifier(zone.lookup_txt, pool).verify(crowded))] == ["pass", "pass"]
+    assert pooled == [1, 1]
 
 
 def test_results_header_and_forged_claims(signed):
