@@ -32,7 +32,8 @@ from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_inbox, normal_name
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+# RFC 3501 §6.3.10, RFC 8438 (SIZE: the octets of all messages), RFC 7889 (APPENDLIMIT)
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
 
 
 def encode_name(name: str) -> bytes:
@@ -241,6 +242,8 @@ class MailboxCommands(ViewMixin):
             "UIDNEXT": lambda: box.uidnext,
             "UIDVALIDITY": lambda: box.uidvalidity,
             "UNSEEN": box.unseen_count,
+            "SIZE": lambda: sum(m.size for m in box.messages),
+            "APPENDLIMIT": lambda: self.config.max_message_size,
         }
         body = " ".join(f"{item} {values[item]()}" for item in items)
         self.send(b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode())  # type: ignore[operator]

@@ -38,7 +38,7 @@ from mailstack.notify import MailboxEvents
 log = Logger()
 
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
-                     "CHILDREN SPECIAL-USE")
+                     "CHILDREN SPECIAL-USE STATUS=SIZE")
 
 
 class Action(enum.Enum):
@@ -110,7 +110,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
                       "CAPABILITY " + self.capabilities()).data
 
     def capabilities(self) -> str:
-        caps = [BASE_CAPABILITIES]
+        caps = [BASE_CAPABILITIES, f"APPENDLIMIT={self.config.max_message_size}"]
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls and self.config.starttls_available:
                 caps.append("STARTTLS")

@@ -103,3 +103,18 @@ def test_rename_inbox_keeps_keywords(world, client):
     client.ok("SELECT Saved")
     untagged = client.ok("FETCH 1:2 FLAGS")
     assert b"Beta" in untagged[-1] and b"Alpha" not in b"".join(untagged[-2:])
+
+
+def test_status_size_and_appendlimit(world, client):
+    """RFC 8438 STATUS=SIZE, RFC 7889 APPENDLIMIT (one limit for every mailbox)."""
+    [caps] = client.ok("CAPABILITY")
+    assert b" STATUS=SIZE" in caps and b" APPENDLIMIT=100000" in caps
+    assert client.ok("STATUS INBOX (SIZE MESSAGES)") == [b"* STATUS INBOX (SIZE 0 MESSAGES 0)"]
+    first, second = b"Subject: a\r\n\r\nfirst\r\n", b"Subject: b\r\n\r\nthe second one\r\n"
+    world.deliver(first)
+    world.deliver(second)
+    assert client.ok("STATUS INBOX (SIZE APPENDLIMIT)") == [
+        b"* STATUS INBOX (SIZE %d APPENDLIMIT 100000)" % (len(first) + len(second))]
+    client.ok("SELECT INBOX")
+    sizes = [int(line.rsplit(b" ", 1)[1].rstrip(b")")) for line in client.ok("FETCH 1:* RFC822.SIZE")]
+    assert sum(sizes) == len(first) + len(second)  # the same octets FETCH reports
