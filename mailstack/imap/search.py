@@ -1,4 +1,5 @@
-"""SEARCH: criteria parsing and evaluation (RFC 3501 §6.4.4).
+"""SEARCH: criteria parsing and evaluation (RFC 3501 §6.4.4, RFC 5032 OLDER and
+YOUNGER, RFC 5182 "$").
 
 Every RFC 3501 search key is supported. String keys match case-insensitively
 as substrings (§6.4.4 "In all search keys that use strings..."); header values
@@ -100,10 +101,13 @@ class Candidate:
 
 
 class Criteria:
-    def __init__(self, tokens: list[Token], *, charset: str | None = None) -> None:
+    def __init__(self, tokens: list[Token], *, charset: str | None = None, saved: frozenset[int] = frozenset(),
+                 now: float = 0.0) -> None:
         self.tokens = tokens
         self.pos = 0
         self.charset = charset
+        self.saved = saved  # UIDs "$" stands for (RFC 5182)
+        self.now = now  # for OLDER and YOUNGER (RFC 5032)
         if not tokens:
             raise ParseError("missing search criteria")
         nodes = []
@@ -145,6 +149,7 @@ class Criteria:
                 raise ParseError("empty parenthesised search key")
             sub = Criteria.__new__(Criteria)
             sub.tokens, sub.pos, sub.charset, sub.depth = tok, 0, self.charset, self.depth
+            sub.saved, sub.now = self.saved, self.now
             nodes = []
             while sub.pos < len(tok):
                 nodes.append(sub._key())
@@ -187,8 +192,18 @@ class Criteria:
             return ("not", self._key())
         if key == "OR":
             return ("or", self._key(), self._key())
+        if key in ("OLDER", "YOUNGER"):  # RFC 5032: seconds before now, by internal date
+            seconds = number(self._next())
+            if seconds < 1:
+                raise ParseError(f"{key} needs a positive number of seconds")
+            return (key.lower(), self.now - seconds)
         if key == "UID":
-            return ("uid", sequence_set(self._next()))
+            arg = self._next()
+            if isinstance(arg, Atom) and arg.value == "$":
+                return ("saved", self.saved)
+            return ("uid", sequence_set(arg))
+        if key == "$":  # RFC 5182: the messages of the saved result
+            return ("saved", self.saved)
         if key[:1].isdigit() or key[:1] == "*":
             return ("seq", sequence_set(tok))
         raise ParseError(f"unknown search key {key[:30]}")
@@ -303,6 +318,12 @@ def _eval(node: Node, c: Candidate, largest_msn: int, largest_uid: int,  # noqa:
         return c.size < node[1]
     if kind == "uid":
         return any(lo <= c.uid <= hi for lo, hi in resolve_set(node[1], largest_uid))
+    if kind == "saved":
+        return c.uid in node[1]
+    if kind == "older":
+        return c.internal_date <= node[1]
+    if kind == "younger":
+        return c.internal_date > node[1]
     if kind == "seq":
         return any(lo <= c.msn <= hi for lo, hi in resolve_set(node[1], largest_msn))
     if kind == "date":

@@ -2,12 +2,15 @@
 COPY, MOVE and their UID forms.
 
 RFC 3501 §6.4 (and §6.4.8 UID), RFC 3691 (UNSELECT), RFC 4315 (UID EXPUNGE,
-COPYUID), RFC 6851 (MOVE). Message files are read on the I/O thread pool in
-batches; index facts (flags, sizes, dates) come from memory.
+COPYUID), RFC 6851 (MOVE), RFC 4731 (ESEARCH: SEARCH RETURN (MIN MAX ALL COUNT)),
+RFC 5182 (SEARCHRES: RETURN (SAVE) and "$" wherever a sequence set goes).
+Message files are read on the I/O thread pool in batches; index facts (flags,
+sizes, dates) come from memory.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.logger import Logger
@@ -26,6 +29,42 @@ from mailstack.maildir.mailbox import LetterChange, Message
 log = Logger()
 BATCH_BYTES = 8 << 20
 COPY_STEP = 1000  # messages linked per step of a COPY or MOVE
+
+
+RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")  # RFC 4731, RFC 5182
+
+
+def search_returns(tok: Token) -> set[str]:
+    """The options of ``SEARCH RETURN (...)``; an empty list means ALL (RFC 4731 §3.1)."""
+    options = set()
+    for item in paren_list(tok):
+        if not isinstance(item, Atom) or item.upper() not in RETURN_OPTIONS:
+            raise Bad("Unknown SEARCH RETURN option")
+        options.add(item.upper())
+    return options or {"ALL"}
+
+
+def saved_part(hits: list[int], returns: set[str]) -> list[int]:
+    """What RETURN (SAVE ...) keeps: only MIN and/or MAX when those are all that was asked
+    for besides SAVE, the whole result otherwise (RFC 5182 §2.4)."""
+    if not hits or returns & {"ALL", "COUNT"} or not returns & {"MIN", "MAX"}:
+        return hits
+    return sorted({hits[0]} if returns & {"MIN", "MAX"} == {"MIN"} else
+                  {hits[-1]} if returns & {"MIN", "MAX"} == {"MAX"} else {hits[0], hits[-1]})
+
+
+def esearch(tag: str, uid: bool, hits: list[int], returns: set[str]) -> bytes:
+    """The ESEARCH response (RFC 4731 §3.1): MIN, MAX and ALL only when something matched."""
+    parts = [f'* ESEARCH (TAG "{tag}")'] + (["UID"] if uid else [])
+    if hits and "MIN" in returns:
+        parts.append(f"MIN {hits[0]}")
+    if hits and "MAX" in returns:
+        parts.append(f"MAX {hits[-1]}")
+    if "COUNT" in returns:
+        parts.append(f"COUNT {len(hits)}")
+    if hits and "ALL" in returns:
+        parts.append(f"ALL {uid_set_text(hits)}")
+    return (" ".join(parts) + "\r\n").encode()
 
 
 def uid_set_text(uids: list[int]) -> str:
@@ -57,8 +96,10 @@ class SelectedCommands(ViewMixin):
         self.publish_change(None if view.name == "INBOX" else view.name)
 
     def _targets(self, args_set: Token, uid: bool) -> list[tuple[int, int]]:
-        seq = sequence_set(args_set)
         view = self._view()
+        if isinstance(args_set, Atom) and args_set.value == "$":  # RFC 5182: the saved result
+            return view.select_saved()
+        seq = sequence_set(args_set)
         if uid:
             return view.select_uids(seq)
         try:
@@ -114,14 +155,22 @@ class SelectedCommands(ViewMixin):
     # -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------
 
     async def cmd_search(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        view = self._view()
+        returns = None  # RFC 4731 result options; None: a plain SEARCH response
+        if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
+            returns = search_returns(args[1])
+            args = args[2:]
+        saving = returns is not None and "SAVE" in returns
+        previous = view.saved  # what "$" means inside this very command
+        if saving:
+            view.saved = frozenset()  # RFC 5182 §2.1: a SEARCH that fails leaves "$" empty
         charset = None
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
             charset = args[1].value.decode() if isinstance(args[1], String) else atom(args[1])
             if charset.upper() not in CHARSETS:
                 raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
             args = args[2:]
-        criteria = Criteria(args, charset=charset)
-        view = self._view()
+        criteria = Criteria(args, charset=charset, saved=previous, now=time.time())
         box = view.box
         largest_uid = view.uids[-1] if view.uids else 0
         largest_msn = len(view.uids)
@@ -161,9 +210,15 @@ class SelectedCommands(ViewMixin):
                 if criteria.matches(cand, largest_msn, largest_uid):
                     hits.append(msn)
         hits.sort()
+        if saving:
+            assert returns is not None
+            view.saved = frozenset(view.uids[n - 1] for n in saved_part(hits, returns))
         if uid:
             hits = [view.uids[n - 1] for n in hits]
-        self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + "\r\n").encode())  # type: ignore[operator]
+        if returns is None:
+            self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + "\r\n").encode())  # type: ignore[operator]
+        elif returns != {"SAVE"}:  # SAVE alone answers nothing but OK (RFC 5182 §2.1)
+            self.send(esearch(tag, uid, hits, returns))  # type: ignore[operator]
         return self.ok(tag, "UID SEARCH" if uid else "SEARCH")  # type: ignore[attr-defined]
 
     # -- FETCH (RFC 3501 §6.4.5) ------------------------------------------------------------

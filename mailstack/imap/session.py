@@ -38,7 +38,7 @@ from mailstack.notify import MailboxEvents
 log = Logger()
 
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
-                     "CHILDREN SPECIAL-USE STATUS=SIZE")
+                     "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN")
 
 
 class Action(enum.Enum):

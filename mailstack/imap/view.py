@@ -50,6 +50,11 @@ class View:
     version: int = -1
     keywords: int = 0  # how many keywords the client was told about in FLAGS
     told_gone: bool = False  # the client was warned that the folder was removed
+    saved: frozenset[int] = frozenset()  # UIDs of the last SEARCH RETURN (SAVE): "$" (RFC 5182)
+
+    def select_saved(self) -> list[tuple[int, int]]:
+        """(msn, uid) of the saved search result's messages still here (expunged ones drop out)."""
+        return [(i + 1, u) for i, u in enumerate(self.uids) if u in self.saved]
 
     def msn_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.uids, uid)

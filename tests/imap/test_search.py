@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .messages import NESTED, SIMPLE
@@ -80,3 +82,56 @@ def test_search_with_literal_string(box):
     assert out == b"+ Ready for literal data\r\n"
     out = box.send("café\r\n".encode())
     assert out.startswith(b"* SEARCH 2\r\ns1 OK")
+
+
+def es(client, command):
+    """Untagged answers, with the command's tag in an ESEARCH response written as (TAG)."""
+    return [re.sub(rb'\(TAG "t\d+"\)', b"(TAG)", line) for line in client.ok(command)]
+
+
+def test_esearch_returns_what_was_asked_for(box):
+    """RFC 4731: RETURN (MIN MAX COUNT ALL); RETURN () means ALL; nothing matched, only COUNT."""
+    assert es(box, "SEARCH RETURN (MIN MAX COUNT ALL) UNDELETED") == [b'* ESEARCH (TAG) MIN 1 MAX 2 COUNT 2 ALL 1:2']
+    assert es(box, "SEARCH RETURN () ALL") == [b'* ESEARCH (TAG) ALL 1:3']
+    assert es(box, "SEARCH RETURN (COUNT MIN) OLD") == [b'* ESEARCH (TAG) COUNT 0']
+    assert es(box, "SEARCH RETURN (MAX) CHARSET UTF-8 SUBJECT café") == [b'* ESEARCH (TAG) MAX 2']
+    uids = hits(box, "ALL", uid=True)
+    assert es(box, "UID SEARCH RETURN (ALL) NOT 2") == [
+        b'* ESEARCH (TAG) UID ALL %d,%d' % (uids[0], uids[2])]
+    assert box.cmd("SEARCH RETURN (FIRST) ALL")[1].startswith(b"BAD")
+    assert {b"ESEARCH", b"SEARCHRES", b"WITHIN"} <= set(box.ok("CAPABILITY")[0].split())
+
+
+def test_searchres_saves_a_result_for_dollar(box):
+    """RFC 5182: SAVE alone answers only OK; "$" works in FETCH, STORE, SEARCH and UID forms."""
+    assert es(box, "SEARCH RETURN (SAVE) UNSEEN") == []
+    assert [line.split(b" ")[1] for line in es(box, "FETCH $ (FLAGS)")] == [b"2", b"3"]
+    es(box, "STORE $ +FLAGS (\\Seen)")
+    assert hits(box, "UNSEEN") == []
+    assert hits(box, "$ DELETED") == [3]
+    uids = hits(box, "ALL", uid=True)
+    assert hits(box, "UID $", uid=True) == uids[1:]
+    # With MIN and MAX alone only those are kept; "$" inside the saving SEARCH is the old value.
+    assert es(box, "SEARCH RETURN (SAVE MIN) $") == [b"* ESEARCH (TAG) MIN 2"]
+    assert [line.split(b" ")[1] for line in es(box, "FETCH $ FLAGS")] == [b"2"]
+    assert es(box, "SEARCH RETURN (SAVE MAX COUNT) ALL") == [b'* ESEARCH (TAG) MAX 3 COUNT 3']
+    assert len(es(box, "FETCH $ FLAGS")) == 3  # with COUNT the whole result is kept
+    es(box, "EXPUNGE")  # message 3 was \Deleted: it leaves "$" too
+    assert [line.split(b" ")[1] for line in es(box, "FETCH $ FLAGS")] == [b"1", b"2"]
+    assert box.cmd("SEARCH RETURN (SAVE) NOSUCHKEY")[1].startswith(b"BAD")
+    assert es(box, "FETCH $ FLAGS") == []  # a failed SAVE leaves "$" empty
+    es(box, "SEARCH RETURN (SAVE) ALL")
+    es(box, "UNSELECT")
+    es(box, "SELECT INBOX")
+    assert es(box, "FETCH $ FLAGS") == []  # and a new selection starts without one
+
+
+def test_within_older_and_younger(world, client):
+    """RFC 5032: OLDER and YOUNGER count seconds back from now, by internal date."""
+    client.ok('APPEND INBOX "01-Jan-2020 00:00:00 +0000" {9+}\r\nold one\r\n')
+    client.ok("APPEND INBOX {9+}\r\nnew one\r\n")
+    client.ok("SELECT INBOX")
+    assert hits(client, "YOUNGER 3600") == [2]
+    assert hits(client, "OLDER 3600") == [1]
+    assert hits(client, "OR OLDER 86400 YOUNGER 60") == [1, 2]
+    assert client.cmd("SEARCH OLDER 0")[1].startswith(b"BAD")
