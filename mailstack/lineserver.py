@@ -25,6 +25,13 @@ What every such server does the same way lives here, once:
   "try again" reply and a logged failure, never a traceback to the peer;
 - STARTTLS/STLS: buffered plaintext is discarded before the handshake
   (RFC 3207 §4.2, RFC 2595 §4: the CVE-2011-0411 class of injection);
+- compression (IMAP COMPRESS=DEFLATE, RFC 4978): from ``start_compression`` on,
+  both directions are raw DEFLATE, every write flushed so that the client can
+  read it at once. Input is inflated ``INFLATE_STEP`` octets at a time and only
+  as fast as commands are handled, so it never takes more memory than
+  uncompressed input may; and what inflates past ``max_inflated`` between two
+  commands (a decompression bomb: a small input that would inflate to
+  gigabytes, and take the reactor's time doing it) ends the connection;
 - an idle timer that only runs while the server waits for the client, and closing: after the last reply the connection is closed,
   and aborted if the peer has not let go within ``close_grace`` seconds (a TLS
   close waits for the peer's close_notify, which it may never send); on
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -53,6 +61,7 @@ from zope.interface import implementer
 log = Logger()
 
 _SKIPPED = b"\0skipped"  # marker: an overlong line was answered and dropped
+INFLATE_STEP = 64 * 1024  # compressed input is inflated this much at a time
 
 
 class Mode(enum.Enum):
@@ -126,6 +135,11 @@ class LineServerProtocol(Protocol):
         self.octets_left = 0
         self._octet_sink: Callable[[bytes], None] | None = None
         self._octets_done: Callable[[], None] | None = None
+        # compression (RFC 4978): the inflater, and input not yet inflated
+        self._inflater: Any = None
+        self._deflated = b""
+        self._inflating = False
+        self._inflated = 0  # octets inflated since the last command was dispatched
 
     # -- hooks for subclasses ------------------------------------------------------
 
@@ -293,6 +307,46 @@ class LineServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.mode is Mode.CLOSED:
             return
+        if self._inflater is not None:
+            self.touch()
+            self._deflated += data
+            self._inflate()
+            return
+        self._data_in(data)
+
+    def _inflate(self) -> None:
+        """Inflate waiting input a step at a time while the commands keep up with it."""
+        if self._inflating:  # called from the loop below (through process): it goes on
+            return
+        self._inflating = True
+        try:
+            while self._deflated and self.mode is not Mode.CLOSED and len(self.buffer) <= self.max_buffer:
+                try:
+                    data = self._inflater.decompress(self._deflated, INFLATE_STEP)
+                except zlib.error as e:
+                    log.info("{role} {session_id}: compressed input is corrupt ({error})", role=self.factory.role,
+                             session_id=getattr(self.session, "session_id", ""), error=e)
+                    self._deflated = b""
+                    self.close_with(self.replies.CORRUPT_INPUT)
+                    return
+                self._deflated = self._inflater.unconsumed_tail
+                self._inflated += len(data)
+                if self._inflated > self.max_inflated():  # far more than any one command may be
+                    log.info("{role} {session_id}: compressed input inflates past {limit} octets in one command",
+                             role=self.factory.role, session_id=getattr(self.session, "session_id", ""),
+                             limit=self.max_inflated())
+                    self._deflated = b""
+                    self.close_with(self.replies.INFLATED_TOO_LARGE)
+                    return
+                if data:
+                    self._data_in(data)
+                elif not self._deflated:
+                    break
+        finally:
+            self._inflating = False
+        self._update_reading()
+
+    def _data_in(self, data: bytes) -> None:
         self.touch()
         if self.buffer or self.busy or self.output_blocked or not self._take(data):
             self.buffer += data
@@ -300,6 +354,16 @@ class LineServerProtocol(Protocol):
             self._update_reading()
             return
         self.process()
+
+    def max_inflated(self) -> int:
+        """Octets compressed input may inflate to between two commands (the largest command)."""
+        return self.max_buffer
+
+    def start_compression(self) -> None:
+        """RFC 4978: everything after the reply just written is raw DEFLATE, both ways."""
+        self.buffer.clear()  # a client waits for the OK before it compresses: the rest is not a command
+        self._inflater = zlib.decompressobj(-15)
+        self.transport = _Deflating(self.transport)
 
     def _take(self, data: bytes) -> bool:
         """Fresh data with nothing buffered before it: octets go straight to their sink."""
@@ -319,6 +383,9 @@ class LineServerProtocol(Protocol):
             self._process_loop()
         finally:
             self._processing = False
+        if self._deflated and not self.busy and not self._inflating:  # room again: inflate what waited
+            self._inflate()
+            return
         self._update_reading()
 
     def _process_loop(self) -> None:
@@ -373,7 +440,7 @@ class LineServerProtocol(Protocol):
         # Output backpressure stops the processing of input, not the reading itself (a TLS
         # handshake must still be read); reading stops once unprocessed input piles up.
         stop = (len(self.buffer) > self.max_buffer and (self.busy or self.output_blocked)) or \
-            len(self.buffer) > 4 * self.max_buffer
+            len(self.buffer) > 4 * self.max_buffer or len(self._deflated) > self.max_buffer
         if stop and not self.paused:
             self.paused = True
             self.transport.pauseProducing()
@@ -402,6 +469,7 @@ class LineServerProtocol(Protocol):
 
     def dispatch(self, result: Any) -> None:
         """Apply an outcome now, or once an awaitable has produced it (busy until then)."""
+        self._inflated = 0
         if not (inspect.iscoroutine(result) or isinstance(result, Deferred)):
             self.apply(result)
             return
@@ -442,3 +510,21 @@ class LineServerProtocol(Protocol):
         self.transport.startTLS(self.factory.tls_options)
         self.tls = True
         self.session.tls_started()
+
+
+class _Deflating:
+    """A transport whose writes are compressed (raw DEFLATE, each one flushed: RFC 4978 §4)."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._transport.write(self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH))
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

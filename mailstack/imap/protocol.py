@@ -55,6 +55,8 @@ class Replies:
     TRY_AGAIN = Response(b"* BAD Internal server error, try again\r\n")
     INVALID_CHARACTERS = Response(b"* BAD Invalid characters\r\n")
     LITERAL_TOO_LARGE = Response(b"* BYE Literal too large\r\n")
+    CORRUPT_INPUT = Response(b"* BYE Compressed input is corrupt\r\n")
+    INFLATED_TOO_LARGE = Response(b"* BYE Compressed input inflates past any command's size\r\n")
 
 
 class IMAPProtocol(LineServerProtocol):
@@ -79,6 +81,9 @@ class IMAPProtocol(LineServerProtocol):
 
     def make_session(self) -> IMAPSession:
         return self.factory.make_session(self.peer_ip, self.tls, self.send)
+
+    def max_inflated(self) -> int:
+        return int(self.factory.max_message_size) + MAX_COMMAND  # the largest APPEND and its words
 
     def greeting(self) -> Response:
         return Response(self.session.greeting())
@@ -144,6 +149,8 @@ class IMAPProtocol(LineServerProtocol):
             self.mode = Mode.AUTH
         elif outcome is Action.IDLE:
             self.mode = Mode.IDLE
+        elif outcome is Action.COMPRESS:  # the OK above went out as it is; all after it is compressed
+            self.start_compression()
 
     # -- framing: lines and literals -------------------------------------------------------
 

@@ -3,7 +3,7 @@
 RFC 3501 §3 (states: not authenticated, authenticated, selected, logout),
 §6.1 (any state: CAPABILITY, NOOP, LOGOUT), §6.2 (STARTTLS, AUTHENTICATE,
 LOGIN; LOGINDISABLED before TLS), RFC 4959 (SASL-IR), RFC 2971 (ID),
-RFC 5161 (ENABLE), RFC 2177 (IDLE). Mailbox-level commands live in
+RFC 5161 (ENABLE), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE). Mailbox-level commands live in
 :mod:`.mailboxes`, selected-state commands in :mod:`.selected`, the
 selected-mailbox view in :mod:`.view`.
 
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from mailstack.auth import Authenticator, Outcome, SASLError, b64decode, decode_plain
 from mailstack.envelope import new_queue_id
 from mailstack.imap.mailboxes import MailboxCommands
-from mailstack.imap.parse import ParseError, Token, astring, atom, split_tag, tokenize
+from mailstack.imap.parse import Atom, ParseError, Token, astring, atom, split_tag, tokenize
 from mailstack.imap.response import Response, status, string
 from mailstack.imap.selected import SelectedCommands
 from mailstack.imap.view import Bad, No, State
@@ -38,7 +38,7 @@ from mailstack.notify import MailboxEvents
 log = Logger()
 
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
-                     "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN")
+                     "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE")
 
 
 class Action(enum.Enum):
@@ -47,6 +47,7 @@ class Action(enum.Enum):
     STARTTLS = "starttls"
     SASL = "sasl"  # read one line of SASL response next
     IDLE = "idle"  # read lines until DONE
+    COMPRESS = "compress"  # compress both directions from now on (RFC 4978)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
     "ID": ("cmd_id", ANY),
     "STARTTLS": ("cmd_starttls", frozenset({NA})), "LOGIN": ("cmd_login", frozenset({NA})),
     "AUTHENTICATE": ("cmd_authenticate", frozenset({NA})),
-    "ENABLE": ("cmd_enable", AUTHED), "SELECT": ("cmd_select", AUTHED), "EXAMINE": ("cmd_examine", AUTHED),
+    "ENABLE": ("cmd_enable", AUTHED), "COMPRESS": ("cmd_compress", AUTHED), "SELECT": ("cmd_select", AUTHED), "EXAMINE": ("cmd_examine", AUTHED),
     "CREATE": ("cmd_create", AUTHED), "DELETE": ("cmd_delete", AUTHED), "RENAME": ("cmd_rename", AUTHED),
     "SUBSCRIBE": ("cmd_subscribe", AUTHED), "UNSUBSCRIBE": ("cmd_unsubscribe", AUTHED),
     "LIST": ("cmd_list", AUTHED), "LSUB": ("cmd_lsub", AUTHED), "STATUS": ("cmd_status", AUTHED),
@@ -102,6 +103,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         self._idle_tag: str | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._pending: set[Deferred[None]] = set()  # IDLE updates under way
+        self.compressed = False
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -192,6 +194,18 @@ class IMAPSession(MailboxCommands, SelectedCommands):
     async def cmd_noop(self, tag: str, args: list[Token]) -> Action:
         self.no_args(args)  # the selected mailbox was refreshed before every command
         return self.ok(tag, "NOOP")
+
+    async def cmd_compress(self, tag: str, args: list[Token]) -> Action:
+        """RFC 4978: COMPRESS DEFLATE; both directions compress right after the OK."""
+        if len(args) != 1 or not isinstance(args[0], Atom):
+            raise Bad("COMPRESS needs a mechanism")
+        if args[0].upper() != "DEFLATE":
+            raise Bad("Unknown compression mechanism")
+        if self.compressed:
+            raise No("Compression is already on", "COMPRESSIONACTIVE")
+        self.compressed = True
+        self.ok(tag, "COMPRESS", "DEFLATE active")
+        return Action.COMPRESS
 
     async def cmd_logout(self, tag: str, args: list[Token]) -> Action:
         self.no_args(args)

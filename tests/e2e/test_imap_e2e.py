@@ -265,3 +265,31 @@ def test_ten_thousand_pipelined_uid_stores_over_tls_are_all_answered(server):
     answered = re.findall(rb"^(p\d+) OK", out, re.M)
     assert answered == [b"p%d" % n for n in range(10_000)], (len(answered), out[:400], out[-400:])
     assert b"\r\nz OK LOGOUT completed\r\n" in out
+
+
+def test_compress_deflate_over_tls_on_993(server):
+    """RFC 4978 over a real TLS socket: after the OK, both directions are raw DEFLATE."""
+    import zlib
+
+    send_mail(server, "compressed read", body="\r\n".join(["squeeze " * 10] * 200))
+    raw = socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10)
+    with tls_context().wrap_socket(raw) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"* OK")
+        sock.sendall(f"a LOGIN {ALICE} {PASSWORD.replace(' ', '_')}\r\n".encode())  # a bad password: NO
+        assert reader.readline().startswith(b"a NO")
+        sock.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\n'.encode())
+        assert reader.readline().startswith(b"a OK")
+        sock.sendall(b"b COMPRESS DEFLATE\r\n")
+        assert reader.readline() == b"b OK DEFLATE active\r\n"
+        out, into = zlib.compressobj(6, zlib.DEFLATED, -15), zlib.decompressobj(-15)
+        sock.sendall(out.compress(b"c SELECT INBOX\r\nd FETCH 1:* (BODY.PEEK[TEXT])\r\ne LOGOUT\r\n")
+                     + out.flush(zlib.Z_SYNC_FLUSH))
+        received, wire = b"", 0
+        while not received.endswith(b"e OK LOGOUT completed\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, received[-300:]
+            wire += len(chunk)
+            received += into.decompress(chunk)
+        assert b"c OK [READ-WRITE]" in received and received.count(b"squeeze ") >= 2000
+        assert wire * 5 < len(received)  # the text really travelled compressed
