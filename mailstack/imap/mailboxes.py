@@ -3,12 +3,15 @@ RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND.
 
 RFC 3501 §6.3 (with §5.1 naming, §5.1.3 modified UTF-7), RFC 3348
 (\\HasChildren/\\HasNoChildren), RFC 6154 (special-use attributes on LIST),
-RFC 4315 (APPENDUID), RFC 5530 (response codes). The hierarchy delimiter is
-``.`` (Maildir++); names travel in modified UTF-7 and are stored as UTF-8.
+RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 5530 (response codes). The
+hierarchy delimiter is ``.`` (Maildir++); names travel in modified UTF-7 and are
+stored as UTF-8.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from typing import Any
 
@@ -27,6 +30,7 @@ from mailstack.imap.parse import (
 )
 from mailstack.imap.response import astring as wire_name
 from mailstack.imap.response import parse_date_time
+from mailstack.imap.selected import uid_set_text
 from mailstack.imap.view import SYSTEM_FLAGS, Bad, No, State, View, ViewMixin, flag_lines
 from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import TooManyKeywords, canonical_flag
@@ -252,16 +256,53 @@ class MailboxCommands(ViewMixin):
     # -- APPEND (RFC 3501 §6.3.11, RFC 4315 APPENDUID) ------------------------------------
 
     async def cmd_append(self, tag: str, args: list[Token]) -> Any:
-        if len(args) < 2 or len(args) > 4:
+        """APPEND, and MULTIAPPEND (RFC 3502): several messages, each with its own flags and
+        date, put in the mailbox all together or not at all."""
+        if len(args) < 2:
             raise Bad("APPEND needs a mailbox and a message literal")
         name = self.mailbox_name(args[0])
-        message = args[-1]
-        if not isinstance(message, String) or not message.literal:
-            raise Bad("APPEND needs the message as a literal")
-        flags: list[str] = []
+        messages = self._append_messages(args[1:])
+        if any(len(data) > self.config.max_message_size for _, _, data in messages):
+            raise No("Message too large", "TOOBIG")
+        try:
+            box = await self.store.open(self.user, name, self.io)
+        except FolderError as e:
+            if e.code == "NONEXISTENT":
+                raise No("Mailbox does not exist", "TRYCREATE") from None
+            raise
+        try:
+            letters = [await box.letters_of(flags) for flags, _, _ in messages]
+        except TooManyKeywords:
+            raise No("Too many keywords in this mailbox", "LIMIT") from None
+        total = sum(len(data) for _, _, data in messages)
+        await self.store.check_quota(self.user, total, self.io)
+        written = await self.io(_write_all, box.path, box.hostname, [(data, date) for _, date, data in messages])
+        try:
+            msgs = await box.append_all([(tmp, base, letter, len(data), when)
+                                         for (tmp, base, when), letter, (_, _, data)
+                                         in zip(written, letters, messages, strict=True)])
+        except BaseException:
+            await self.io(_remove_all, [tmp for tmp, _, _ in written])  # none of them, then
+            raise
+        self.store.usage_added(self.user, total)
+        log.info("imap {session_id}: {user} appended UID {uid} ({size} octets) to {mailbox}",
+                 session_id=self.session_id, user=self.user, uid=uid_set_text([m.uid for m in msgs]),  # type: ignore[attr-defined]
+                 size=total, mailbox=name)
+        self.publish_change(None if name == "INBOX" else name)
+        return self.ok(tag, "APPEND",  # type: ignore[attr-defined]
+                       code=f"APPENDUID {box.uidvalidity} {uid_set_text([m.uid for m in msgs])}")
+
+    @staticmethod
+    def _append_messages(args: list[Token]) -> list[tuple[list[str], int | None, bytes]]:
+        """(flags, date, octets) of each message: ``[flags] [date-time] literal``, repeated."""
+        messages: list[tuple[list[str], int | None, bytes]] = []
+        flags: list[str] | None = None
         date: int | None = None
-        for tok in args[1:-1]:
-            if isinstance(tok, list) and not flags:
+        for tok in args:
+            if isinstance(tok, String) and tok.literal:
+                messages.append((flags or [], date, tok.value))
+                flags, date = None, None
+            elif isinstance(tok, list) and flags is None and date is None:
                 flags = [canonical_flag(f.value) for f in tok if isinstance(f, Atom)]
                 if len(flags) != len(tok) or any(f.startswith("\\") and f not in SYSTEM_FLAGS.split()
                                                  for f in flags):
@@ -272,25 +313,24 @@ class MailboxCommands(ViewMixin):
                     raise Bad("Invalid date-time in APPEND")
             else:
                 raise Bad("Invalid APPEND arguments")
-        if len(message.value) > self.config.max_message_size:
-            raise No("Message too large", "TOOBIG")
-        try:
-            box = await self.store.open(self.user, name, self.io)
-        except FolderError as e:
-            if e.code == "NONEXISTENT":
-                raise No("Mailbox does not exist", "TRYCREATE") from None
-            raise
-        try:
-            letters = await box.letters_of(flags)
-        except TooManyKeywords:
-            raise No("Too many keywords in this mailbox", "LIMIT") from None
-        await self.store.check_quota(self.user, len(message.value), self.io)
-        tmp, base, when = await self.io(write_tmp, box.path, box.hostname, message.value, date)
-        msg = await box.append(tmp, base, letters, len(message.value), when)
-        self.store.usage_added(self.user, len(message.value))
-        log.info("imap {session_id}: {user} appended UID {uid} ({size} octets) to {mailbox}",
-                 session_id=self.session_id, user=self.user, uid=msg.uid, size=len(message.value),  # type: ignore[attr-defined]
-                 mailbox=name)
-        self.publish_change(None if name == "INBOX" else name)
-        return self.ok(tag, "APPEND", code=f"APPENDUID {box.uidvalidity} {msg.uid}")  # type: ignore[attr-defined]
+        if not messages or flags is not None or date is not None:
+            raise Bad("APPEND needs the message as a literal")
+        return messages
 
+
+def _write_all(folder: Any, hostname: str, messages: list[tuple[bytes, int | None]]) -> list[tuple[Any, str, int]]:
+    """Each message into ``folder/tmp`` (io thread); if one cannot be written, none stays."""
+    written: list[tuple[Any, str, int]] = []
+    try:
+        for data, date in messages:
+            written.append(write_tmp(folder, hostname, data, date))
+    except BaseException:
+        _remove_all([tmp for tmp, _, _ in written])
+        raise
+    return written
+
+
+def _remove_all(paths: list[Any]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

@@ -640,20 +640,28 @@ class Mailbox:
 
     async def append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
         """Publish a file already written and fsynced in ``tmp/`` (by :func:`write_tmp`) under a new UID."""
-        return await self._owner.run(self._append(tmp, base, letters, size, date))
+        return (await self.append_all([(tmp, base, letters, size, date)]))[0]
 
-    async def _append(self, tmp: Path, base: str, letters: str, size: int, date: int) -> Message:
+    async def append_all(self, files: list[tuple[Path, str, str, int, int]]) -> list[Message]:
+        """Publish files written like :meth:`append`'s, (tmp, base, letters, size, date) each,
+        under consecutive new UIDs: all of them, or none (IMAP MULTIAPPEND, RFC 3502)."""
+        return await self._owner.run(self._append(files))
+
+    async def _append(self, files: list[tuple[Path, str, str, int, int]]) -> list[Message]:
         if self._stale:  # another writer of this process said so: their mail gets the lower UIDs
             await self._refresh()
         self._check_gone()
-        uid = self._reserve(1)
-        letters = shared_letters("".join(sorted(set(letters))))
-        name = f"{base}:2,{letters}"
-        stamp = await self._disk(self._publish, [(str(tmp), name)], [f"+ {uid} {size} {date} {base}"])
-        msg = Message(uid, base, "cur", letters, size, date)
-        self._placed([msg], stamp)
+        first = self._reserve(len(files))
+        msgs, moves, records = [], [], []
+        for uid, (tmp, base, letters, size, date) in enumerate(files, first):
+            letters = shared_letters("".join(sorted(set(letters))))
+            moves.append((str(tmp), f"{base}:2,{letters}"))
+            records.append(f"+ {uid} {size} {date} {base}")
+            msgs.append(Message(uid, base, "cur", letters, size, date))
+        stamp = await self._disk(self._publish, moves, records)  # renames, one fsync, one log append
+        self._placed(msgs, stamp)
         await self._compact_if_due()
-        return msg
+        return msgs
 
     def _publish(self, moves: list[tuple[str, str]], records: list[str]) -> tuple[int, int]:
         """Rename files from tmp/ into cur/, make it durable, then log their UIDs (io thread)."""

@@ -68,3 +68,30 @@ def test_large_literal_arrives_in_many_chunks(tmp_path):
     assert c.send(b"\r\n").startswith(b"a1 OK [APPENDUID")
     c.ok("SELECT INBOX")
     assert f"RFC822.SIZE {len(body)}".encode() in c.ok("FETCH 1 RFC822.SIZE")[0]
+
+
+def test_multiappend_puts_every_message_in_or_none(world, client, monkeypatch):
+    """RFC 3502: one APPEND, several messages with their own flags and dates; APPENDUID names all."""
+    client.ok("SELECT INBOX")
+    untagged, tagged = client.cmd(b'APPEND INBOX (\\Seen) {7+}\r\nfirst\r\n "05-Jan-2026 10:20:30 +0000" {8+}\r\n'
+                                  b"second\r\n () {7+}\r\nthird\r\n")
+    assert tagged.startswith(b"OK [APPENDUID ") and tagged.split()[3] == b"1:3]"
+    assert b"* 3 EXISTS" in untagged
+    flags = client.ok("FETCH 1:3 (FLAGS INTERNALDATE)")
+    assert b"\\Seen" in flags[0] and b"\\Seen" not in flags[1] and b" 5-Jan-2026 10:20:30" in flags[1]
+    assert b"MULTIAPPEND" in client.ok("CAPABILITY")[0].split()
+    # A message too large, or a failure on the way, and none of them is added.
+    out = client.send(b"a9 APPEND INBOX {2+}\r\nok {100001}\r\n")  # refused before the second is sent
+    assert out == b"a9 NO [TOOBIG] Message too large\r\n"
+    from mailstack.maildir import mailbox as mailbox_module
+
+    def broken(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mailbox_module.Mailbox, "_publish", broken)
+    assert client.cmd(b"APPEND INBOX {4+}\r\nfour {4+}\r\nfive")[1].startswith(b"NO")
+    monkeypatch.undo()
+    assert len(client.ok("FETCH 1:* FLAGS")) == 3
+    tmp = world.store.layout.maildir_path("alice@example.test", None) / "tmp"
+    assert list(tmp.iterdir()) == []  # nothing written for them stays behind
+    assert client.cmd(b"APPEND INBOX (\\Seen) {1+}\r\nx (\\Seen)")[1].startswith(b"BAD")  # flags without a message
