@@ -20,6 +20,7 @@ from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
 from mailstack.imap.response import imap_date
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
+from mailstack.imap.sort import needs_headers, sort_criteria, sort_messages
 from mailstack.imap.view import Bad, No, View, ViewMixin
 from mailstack.maildir.files import read_file
 from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
@@ -170,7 +171,21 @@ class SelectedCommands(ViewMixin):
             if charset.upper() not in CHARSETS:
                 raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
             args = args[2:]
-        criteria = Criteria(args, charset=charset, saved=previous, now=time.time())
+        hits = await self._matching(view, Criteria(args, charset=charset, saved=previous, now=time.time()))
+        if saving:
+            assert returns is not None
+            view.saved = frozenset(view.uids[n - 1] for n in saved_part(hits, returns))
+        if uid:
+            hits = [view.uids[n - 1] for n in hits]
+        if returns is None:
+            self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + "\r\n").encode())  # type: ignore[operator]
+        elif returns != {"SAVE"}:  # SAVE alone answers nothing but OK (RFC 5182 §2.1)
+            self.send(esearch(tag, uid, hits, returns))  # type: ignore[operator]
+        return self.ok(tag, "UID SEARCH" if uid else "SEARCH")  # type: ignore[attr-defined]
+
+    async def _matching(self, view: View, criteria: Criteria) -> list[int]:
+        """Sequence numbers of the messages ``criteria`` matches, ascending. Flags, sizes, dates
+        and UIDs come from memory; headers from the cache; files are read only for the rest."""
         box = view.box
         largest_uid = view.uids[-1] if view.uids else 0
         largest_msn = len(view.uids)
@@ -210,16 +225,56 @@ class SelectedCommands(ViewMixin):
                 if criteria.matches(cand, largest_msn, largest_uid):
                     hits.append(msn)
         hits.sort()
-        if saving:
-            assert returns is not None
-            view.saved = frozenset(view.uids[n - 1] for n in saved_part(hits, returns))
+        return hits
+
+    async def _headers(self, view: View, msns: list[int]) -> dict[int, bytes]:
+        """The header sections of these messages, from the cache or read in batches."""
+        box = view.box
+        out: dict[int, bytes] = {}
+        wanted: list[tuple[int, int, Any]] = []
+        for msn in msns:
+            uid = view.uids[msn - 1]
+            header = box.header_cache.get(uid)
+            if header is not None:
+                out[msn] = header
+                continue
+            msg = box.by_uid.get(uid)
+            if msg is None:
+                out[msn] = b""
+            else:
+                wanted.append((msn, uid, box.file_path(msg)))
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start:start + 200]
+            paths = [p for _, _, p in chunk]
+            heads = await self.io(lambda paths=paths: [_header_of(p) for p in paths])
+            for (msn, uid, _), header in zip(chunk, heads, strict=True):
+                out[msn] = header or b""
+                if header is not None:
+                    box.remember_header(uid, header)
+        return out
+
+    # -- SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) -------------------------------------
+
+    async def cmd_sort(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        if len(args) < 3:
+            raise Bad("SORT needs sort criteria, a charset and search criteria")
+        keys = sort_criteria(args[0])
+        charset = args[1].value.decode("ascii", "replace") if isinstance(args[1], String) else atom(args[1])
+        if charset.upper() not in CHARSETS:
+            raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+        view = self._view()
+        hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
+        headers = await self._headers(view, hits) if needs_headers(keys) else {}
+        box = view.box
+        facts = {}
+        for msn in hits:
+            msg = box.by_uid.get(view.uids[msn - 1])
+            facts[msn] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
+        ordered = sort_messages(hits, keys, headers, facts)
         if uid:
-            hits = [view.uids[n - 1] for n in hits]
-        if returns is None:
-            self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + "\r\n").encode())  # type: ignore[operator]
-        elif returns != {"SAVE"}:  # SAVE alone answers nothing but OK (RFC 5182 §2.1)
-            self.send(esearch(tag, uid, hits, returns))  # type: ignore[operator]
-        return self.ok(tag, "UID SEARCH" if uid else "SEARCH")  # type: ignore[attr-defined]
+            ordered = [view.uids[n - 1] for n in ordered]
+        self.send(("* SORT" + "".join(f" {n}" for n in ordered) + "\r\n").encode())  # type: ignore[operator]
+        return self.ok(tag, "UID SORT" if uid else "SORT")  # type: ignore[attr-defined]
 
     # -- FETCH (RFC 3501 §6.4.5) ------------------------------------------------------------
 
@@ -458,11 +513,26 @@ class SelectedCommands(ViewMixin):
         if not args or not isinstance(args[0], Atom):
             raise Bad("UID needs a command")
         sub = args[0].upper()
-        handlers = {"FETCH": self.cmd_fetch, "STORE": self.cmd_store, "SEARCH": self.cmd_search,
+        handlers = {"FETCH": self.cmd_fetch, "STORE": self.cmd_store, "SEARCH": self.cmd_search, "SORT": self.cmd_sort,
                     "COPY": self.cmd_copy, "MOVE": self.cmd_move, "EXPUNGE": self.cmd_expunge}
         if sub not in handlers:
             raise Bad(f"Unknown UID command {sub[:20]}")
         return await handlers[sub](tag, args[1:], uid=True)
+
+
+def _header_of(path: Any) -> bytes | None:
+    """A message file's header section (io thread): read in steps until the blank line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(8192)
+            while data.find(b"\r\n\r\n") < 0 and data.find(b"\n\n") < 0:
+                more = f.read(65536)
+                if not more:
+                    break
+                data += more
+    except FileNotFoundError:
+        return None
+    return split_message(data)[0]
 
 
 def _add_seen(letters: str) -> str:
