@@ -20,7 +20,7 @@ from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
 from mailstack.imap.response import imap_date
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
-from mailstack.imap.sort import needs_headers, sort_criteria, sort_messages
+from mailstack.imap.sort import MAX_THREADED, THREAD_ALGORITHMS, needs_headers, sort_criteria, sort_messages, thread
 from mailstack.imap.view import Bad, No, View, ViewMixin
 from mailstack.maildir.files import read_file
 from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
@@ -276,6 +276,32 @@ class SelectedCommands(ViewMixin):
         self.send(("* SORT" + "".join(f" {n}" for n in ordered) + "\r\n").encode())  # type: ignore[operator]
         return self.ok(tag, "UID SORT" if uid else "SORT")  # type: ignore[attr-defined]
 
+    # -- THREAD (RFC 5256 §4) -------------------------------------------------------------------
+
+    async def cmd_thread(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        if len(args) < 3 or not isinstance(args[0], Atom):
+            raise Bad("THREAD needs an algorithm, a charset and search criteria")
+        algorithm = args[0].upper()
+        if algorithm not in THREAD_ALGORITHMS:
+            raise Bad("Unknown threading algorithm")
+        charset = args[1].value.decode("ascii", "replace") if isinstance(args[1], String) else atom(args[1])
+        if charset.upper() not in CHARSETS:
+            raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+        view = self._view()
+        hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
+        if len(hits) > MAX_THREADED:
+            raise No(f"THREAD arranges at most {MAX_THREADED} messages; narrow the search", "LIMIT")
+        headers = await self._headers(view, hits)
+        box = view.box
+        ids = [view.uids[n - 1] if uid else n for n in hits]  # the numbers the answer uses
+        facts = {}
+        for msn, ident in zip(hits, ids, strict=True):
+            msg = box.by_uid.get(view.uids[msn - 1])
+            facts[ident] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
+        data = thread(algorithm, ids, {i: headers[n] for n, i in zip(hits, ids, strict=True)}, facts)
+        self.send(("* THREAD" + (" " + data if data else "") + "\r\n").encode())  # type: ignore[operator]
+        return self.ok(tag, "UID THREAD" if uid else "THREAD")  # type: ignore[attr-defined]
+
     # -- FETCH (RFC 3501 §6.4.5) ------------------------------------------------------------
 
     async def cmd_fetch(self, tag: str, args: list[Token], uid: bool = False) -> Any:
@@ -514,6 +540,7 @@ class SelectedCommands(ViewMixin):
             raise Bad("UID needs a command")
         sub = args[0].upper()
         handlers = {"FETCH": self.cmd_fetch, "STORE": self.cmd_store, "SEARCH": self.cmd_search, "SORT": self.cmd_sort,
+                    "THREAD": self.cmd_thread,
                     "COPY": self.cmd_copy, "MOVE": self.cmd_move, "EXPUNGE": self.cmd_expunge}
         if sub not in handlers:
             raise Bad(f"Unknown UID command {sub[:20]}")

@@ -39,7 +39,7 @@ log = Logger()
 
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
                      "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE MULTIAPPEND "
-                     "SORT SORT=DISPLAY")
+                     "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES")
 
 
 class Action(enum.Enum):
@@ -75,13 +75,14 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
     "LIST": ("cmd_list", AUTHED), "LSUB": ("cmd_lsub", AUTHED), "STATUS": ("cmd_status", AUTHED),
     "APPEND": ("cmd_append", AUTHED), "NAMESPACE": ("cmd_namespace", AUTHED), "IDLE": ("cmd_idle", AUTHED),
     "CHECK": ("cmd_check", SEL), "CLOSE": ("cmd_close", SEL), "UNSELECT": ("cmd_unselect", SEL),
-    "EXPUNGE": ("cmd_expunge", SEL), "SEARCH": ("cmd_search", SEL), "SORT": ("cmd_sort", SEL), "FETCH": ("cmd_fetch", SEL),
+    "EXPUNGE": ("cmd_expunge", SEL), "SEARCH": ("cmd_search", SEL), "SORT": ("cmd_sort", SEL),
+    "THREAD": ("cmd_thread", SEL), "FETCH": ("cmd_fetch", SEL),
     "STORE": ("cmd_store", SEL), "COPY": ("cmd_copy", SEL), "MOVE": ("cmd_move", SEL), "UID": ("cmd_uid", SEL),
 }
 # Clients poll with these: look at the directories at once, not at most once a second.
 EAGER_REFRESH = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
 # RFC 3501 §7.4.1: no EXPUNGE responses while answering these (their UID forms may).
-NO_EXPUNGE_NOTICE = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
+NO_EXPUNGE_NOTICE = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
 
 class IMAPSession(MailboxCommands, SelectedCommands):

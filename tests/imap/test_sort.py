@@ -71,3 +71,72 @@ def test_sort_with_search_criteria_uid_form_and_errors(box):
 ])
 def test_base_subject(subject, base):
     assert base_subject(subject) == base
+
+
+def post(subject: str, date: str, message_id: str = "", references: str = "", in_reply_to: str = "") -> bytes:
+    lines = [f"Subject: {subject}", f"Date: {date}", "From: a@example.test"]
+    if message_id:
+        lines.append(f"Message-ID: {message_id}")
+    if references:
+        lines.append(f"References: {references}")
+    if in_reply_to:
+        lines.append(f"In-Reply-To: {in_reply_to}")
+    return ("\r\n".join(lines) + "\r\n\r\nx\r\n").encode()
+
+
+@pytest.fixture
+def threads(world, client):
+    for raw in (
+        post("Party", "Sun, 1 Nov 2026 00:00:00 +0000", "<a@x>"),
+        post("Re: Party", "Mon, 2 Nov 2026 00:00:00 +0000", "<b@x>", "<a@x>"),
+        post("Re: Party", "Tue, 3 Nov 2026 00:00:00 +0000", "<c@x>", "<a@x> <b@x>"),
+        post("Lunch", "Sun, 1 Nov 2026 12:00:00 +0000", "<d@x>"),
+        post("Re: Party", "Wed, 4 Nov 2026 00:00:00 +0000", "<e@x>", in_reply_to="<a@x>"),
+        post("Re: Lost", "Fri, 30 Oct 2026 00:00:00 +0000", "<f@x>", "<missing@x>"),  # its parent is not here
+        post("Re: Lunch", "Thu, 5 Nov 2026 00:00:00 +0000"),  # no Message-ID, no references: by subject
+    ):
+        world.deliver(raw)
+    client.ok("SELECT INBOX")
+    return client
+
+
+def thread_of(client, command: str) -> bytes:
+    [line] = [u for u in client.ok(command) if u.startswith(b"* THREAD")]
+    return line[len(b"* THREAD "):]
+
+
+def test_thread_references(threads):
+    """RFC 5256 §4 REFERENCES: chains by References/In-Reply-To, an absent parent's only child
+    promoted, a reply without references joined to its subject's thread."""
+    assert thread_of(threads, "THREAD REFERENCES UTF-8 ALL") == b"(6)(1 (2 3)(5))(4 7)"
+    # Without 1, its replies hang from an empty container for <a@x>: at the top, one with two
+    # children stays (step 3B), dated by its first child, so after 4 (Nov 1) and before 7.
+    assert thread_of(threads, "THREAD REFERENCES UTF-8 NOT 1") == b"(6)(4 7)((2 3)(5))"
+
+
+def test_thread_orderedsubject_and_uid_form(threads):
+    assert thread_of(threads, "THREAD ORDEREDSUBJECT UTF-8 ALL") == b"(6)(1 (2)(3)(5))(4 (7))"
+    uids = [int(x) for x in threads.ok("UID SEARCH ALL")[0].split()[2:]]
+    expected = "({}) ({} ({})({})({}))".format(*(uids[n - 1] for n in (6, 1, 2, 3, 5))).replace(") (", ")(")
+    assert thread_of(threads, "UID THREAD ORDEREDSUBJECT UTF-8 NOT SUBJECT lunch").decode() == expected
+    assert thread_of(threads, "THREAD REFERENCES UTF-8 SUBJECT nothing-matches") == b""
+    assert threads.cmd("THREAD BYMOON UTF-8 ALL")[1].startswith(b"BAD")
+    assert {b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"} <= set(threads.ok("CAPABILITY")[0].split())
+
+
+def test_thread_survives_loops_and_duplicate_message_ids(world, client):
+    world.deliver(post("A", "Sun, 1 Nov 2026 00:00:00 +0000", "<p@x>", "<q@x>"))
+    world.deliver(post("B", "Mon, 2 Nov 2026 00:00:00 +0000", "<q@x>", "<p@x>"))  # each the other's parent
+    world.deliver(post("C", "Tue, 3 Nov 2026 00:00:00 +0000", "<p@x>"))  # the same Message-ID as the first
+    world.deliver(post("D", "Wed, 4 Nov 2026 00:00:00 +0000", "<r@x>", "<r@x>"))  # its own parent
+    client.ok("SELECT INBOX")
+    # 1 is filed under <q@x> first; 2 then may not become 1's child (a loop): 2 is the root
+    assert thread_of(client, "THREAD REFERENCES UTF-8 ALL") == b"(2 1)(3)(4)"
+
+
+def test_thread_over_too_many_messages_is_refused(threads, monkeypatch):
+    from mailstack.imap import selected
+
+    monkeypatch.setattr(selected, "MAX_THREADED", 3)
+    assert threads.cmd("THREAD REFERENCES UTF-8 ALL")[1].startswith(b"NO [LIMIT]")
+    assert thread_of(threads, "THREAD REFERENCES UTF-8 1:3") == b"(1 2 3)"
