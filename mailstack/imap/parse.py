@@ -114,8 +114,9 @@ class Tokenizer:
             if not first:
                 if c != b" ":
                     raise ParseError("expected space")
-                self.pos += 1
-                if self.at_end() or self.data[self.pos:self.pos + 1] in (b" ", b")"):
+                while self.data[self.pos:self.pos + 1] == b" ":  # one SP, but a run is taken too:
+                    self.pos += 1  # imapclient puts two between MULTIAPPEND's literals
+                if self.at_end() or self.data[self.pos:self.pos + 1] == b")":
                     if not top and self.data[self.pos:self.pos + 1] == b")":
                         raise ParseError("space before )")
                     raise ParseError("unexpected space")

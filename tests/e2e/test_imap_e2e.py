@@ -293,3 +293,33 @@ def test_compress_deflate_over_tls_on_993(server):
             received += into.decompress(chunk)
         assert b"c OK [READ-WRITE]" in received and received.count(b"squeeze ") >= 2000
         assert wire * 5 < len(received)  # the text really travelled compressed
+
+
+def test_imapclient_drives_sort_thread_and_multiappend(server):
+    """An IMAP library other than imaplib (imapclient), over 993, on the extensions it knows."""
+    from imapclient import IMAPClient
+
+    with IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=tls_context(),
+                    timeout=10) as client:
+        client.login(ALICE, PASSWORD)
+        caps = client.capabilities()
+        for cap in (b"SORT", b"THREAD=REFERENCES", b"ESEARCH", b"MULTIAPPEND", b"COMPRESS=DEFLATE"):
+            assert cap in caps
+        client.create_folder("Lib")
+        messages = [
+            (f"Subject: {subject}\r\nMessage-ID: <{mid}@lib>\r\n{refs}Date: {date}\r\n\r\nbody\r\n").encode()
+            for subject, mid, refs, date in (
+                ("Zebra", "z", "", "Mon, 2 Nov 2026 00:00:00 +0000"),
+                ("Apple", "a", "", "Tue, 3 Nov 2026 00:00:00 +0000"),
+                ("Re: Zebra", "r", "References: <z@lib>\r\n", "Wed, 4 Nov 2026 00:00:00 +0000"),
+            )
+        ]
+        typ, data = client.multiappend("Lib", messages)
+        assert typ == "OK" and data[0].startswith(b"[APPENDUID ") and b" 1:3]" in data[0]
+        client.select_folder("Lib")
+        uids = client.search("ALL")
+        assert client.sort(["SUBJECT"]) == [uids[1], uids[0], uids[2]]
+        assert client.sort(["REVERSE", "DATE"]) == [uids[2], uids[1], uids[0]]
+        assert client.thread("REFERENCES") == ((uids[0], uids[2]), (uids[1],))
+        # ORDEREDSUBJECT: threads in the order of their first dates, replies as children of the first
+        assert client.thread("ORDEREDSUBJECT") == ((uids[0], (uids[2],)), (uids[1],))

@@ -50,7 +50,7 @@ def test_brackets_outside_a_section_are_atom_chars():
     assert tokenize(b"foo[bar a]b BODY[TEXT") == [Atom("foo[bar"), Atom("a]b"), Atom("BODY[TEXT")]
 
 
-@pytest.mark.parametrize("raw", [b"(a", b"a)", b'"abc', b"a  b", b"(a )", b'"a\\b"', b"a{b}c\x01"])
+@pytest.mark.parametrize("raw", [b"(a", b"a)", b'"abc', b" a", b"a ", b"(a )", b'"a\\b"', b"a{b}c\x01"])
 def test_malformed(raw):
     with pytest.raises(ParseError):
         tokenize(raw)
@@ -108,3 +108,8 @@ def test_sections_parse_back(parts, text, partial):
     assert isinstance(item, Section) and item.parts == tuple(parts) and item.partial == partial
     assert item.label == spec and item.text == text.split(" ")[0]
     assert tokenize(f"1 ({raw} UID)".encode()) == [Atom("1"), [Atom(raw), Atom("UID")]]
+
+
+def test_a_run_of_spaces_between_arguments_is_one_separator():
+    """RFC 3501 asks for one SP; imapclient's MULTIAPPEND sends two between literals."""
+    assert tokenize(b"a  b   (c  d)") == [Atom("a"), Atom("b"), [Atom("c"), Atom("d")]]
