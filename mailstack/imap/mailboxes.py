@@ -3,7 +3,8 @@ RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND.
 
 RFC 3501 §6.3 (with §5.1 naming, §5.1.3 modified UTF-7), RFC 3348
 (\\HasChildren/\\HasNoChildren), RFC 6154 (special-use attributes on LIST),
-RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 5530 (response codes). The
+RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 9208 (QUOTA: the STORAGE
+resource of the user's quota), RFC 5530 (response codes). The
 hierarchy delimiter is ``.`` (Maildir++); names travel in modified UTF-7 and are
 stored as UTF-8.
 """
@@ -36,8 +37,11 @@ from mailstack.maildir.files import write_tmp
 from mailstack.maildir.flags import TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_inbox, normal_name
 
-# RFC 3501 §6.3.10, RFC 8438 (SIZE: the octets of all messages), RFC 7889 (APPENDLIMIT)
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
+# RFC 3501 §6.3.10, RFC 8438 (SIZE: the octets of all messages), RFC 7889 (APPENDLIMIT),
+# RFC 9208 (DELETED: messages marked \Deleted; DELETED-STORAGE: their size in KiB)
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT", "DELETED",
+                "DELETED-STORAGE")
+QUOTA_ROOT = ""  # one quota root: the user's whole mail (RFC 9208)
 
 
 def encode_name(name: str) -> bytes:
@@ -248,10 +252,39 @@ class MailboxCommands(ViewMixin):
             "UNSEEN": box.unseen_count,
             "SIZE": lambda: sum(m.size for m in box.messages),
             "APPENDLIMIT": lambda: self.config.max_message_size,
+            "DELETED": lambda: sum(1 for m in box.messages if "T" in m.letters),
+            "DELETED-STORAGE": lambda: kib(sum(m.size for m in box.messages if "T" in m.letters)),
         }
         body = " ".join(f"{item} {values[item]()}" for item in items)
         self.send(b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode())  # type: ignore[operator]
         return self.ok(tag, "STATUS")  # type: ignore[attr-defined]
+
+    # -- QUOTA (RFC 9208: the STORAGE resource of the user's one quota root) -----------------
+
+    async def cmd_getquotaroot(self, tag: str, args: list[Token]) -> Any:
+        name = self._one_name(args)
+        if not await self.store.exists(self.user, name, self.io):
+            raise No("No such mailbox", "NONEXISTENT")
+        used, limit = await self.store.quota_usage(self.user, self.io)
+        line = b"* QUOTAROOT " + encode_name(name)
+        if limit > 0:
+            line += b" " + wire_name(QUOTA_ROOT) + b"\r\n" + _quota_line(used, limit)
+        else:
+            line += b"\r\n"
+        self.send(line)  # type: ignore[operator]
+        return self.ok(tag, "GETQUOTAROOT")  # type: ignore[attr-defined]
+
+    async def cmd_getquota(self, tag: str, args: list[Token]) -> Any:
+        if len(args) != 1:
+            raise Bad("GETQUOTA needs a quota root")
+        used, limit = await self.store.quota_usage(self.user, self.io)
+        if astring(args[0]) != QUOTA_ROOT or limit <= 0:
+            raise No("No such quota root", "NONEXISTENT")
+        self.send(_quota_line(used, limit))  # type: ignore[operator]
+        return self.ok(tag, "GETQUOTA")  # type: ignore[attr-defined]
+
+    async def cmd_setquota(self, tag: str, args: list[Token]) -> Any:
+        raise No("Quotas are set by the administrator (mailstack user quota)", "NOPERM")
 
     # -- APPEND (RFC 3501 §6.3.11, RFC 4315 APPENDUID) ------------------------------------
 
@@ -316,6 +349,15 @@ class MailboxCommands(ViewMixin):
         if not messages or flags is not None or date is not None:
             raise Bad("APPEND needs the message as a literal")
         return messages
+
+
+def kib(octets: int) -> int:
+    """RFC 9208 counts storage in units of 1024 octets (rounded up: a byte used is shown)."""
+    return (octets + 1023) // 1024
+
+
+def _quota_line(used: int, limit: int) -> bytes:
+    return b"* QUOTA " + wire_name(QUOTA_ROOT) + f" (STORAGE {kib(used)} {limit // 1024})\r\n".encode()
 
 
 def _write_all(folder: Any, hostname: str, messages: list[tuple[bytes, int | None]]) -> list[tuple[Any, str, int]]:

@@ -39,7 +39,7 @@ log = Logger()
 
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
                      "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE MULTIAPPEND "
-                     "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES")
+                     "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE")
 
 
 class Action(enum.Enum):
@@ -73,7 +73,8 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
     "CREATE": ("cmd_create", AUTHED), "DELETE": ("cmd_delete", AUTHED), "RENAME": ("cmd_rename", AUTHED),
     "SUBSCRIBE": ("cmd_subscribe", AUTHED), "UNSUBSCRIBE": ("cmd_unsubscribe", AUTHED),
     "LIST": ("cmd_list", AUTHED), "LSUB": ("cmd_lsub", AUTHED), "STATUS": ("cmd_status", AUTHED),
-    "APPEND": ("cmd_append", AUTHED), "NAMESPACE": ("cmd_namespace", AUTHED), "IDLE": ("cmd_idle", AUTHED),
+    "APPEND": ("cmd_append", AUTHED), "GETQUOTAROOT": ("cmd_getquotaroot", AUTHED),
+    "GETQUOTA": ("cmd_getquota", AUTHED), "SETQUOTA": ("cmd_setquota", AUTHED), "NAMESPACE": ("cmd_namespace", AUTHED), "IDLE": ("cmd_idle", AUTHED),
     "CHECK": ("cmd_check", SEL), "CLOSE": ("cmd_close", SEL), "UNSELECT": ("cmd_unselect", SEL),
     "EXPUNGE": ("cmd_expunge", SEL), "SEARCH": ("cmd_search", SEL), "SORT": ("cmd_sort", SEL),
     "THREAD": ("cmd_thread", SEL), "FETCH": ("cmd_fetch", SEL),

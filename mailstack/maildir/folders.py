@@ -158,6 +158,11 @@ class MailStore:
         account = self.accounts.get_user(user) if self.accounts is not None else None
         return account.quota if account is not None else 0
 
+    async def quota_usage(self, user: str, io: IO) -> tuple[int, int]:
+        """(octets used by all of the user's folders, the user's limit in octets; 0: none)."""
+        root = str(self.layout.maildir_path(user, None))
+        return int(await io(self._usage.usage, root)), self.quota_of(user)
+
     async def check_quota(self, user: str, size: int, io: IO) -> None:
         """Refuse ``size`` more bytes that would not fit (RFC 5530 OVERQUOTA); usage is read on ``io``."""
         quota = self.quota_of(user)

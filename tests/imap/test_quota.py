@@ -64,3 +64,29 @@ def test_move_within_the_account_uses_no_space_and_is_allowed_when_full(world, c
     client.ok("SELECT INBOX")
     untagged, tagged = client.cmd("MOVE 1 Trash")
     assert tagged.startswith(b"OK"), tagged  # cleaning up must stay possible
+
+
+def test_getquotaroot_and_getquota_report_the_storage_resource(world, client):
+    """RFC 9208: one quota root ("") for the whole account, STORAGE in units of 1024 octets."""
+    assert {b"QUOTA", b"QUOTA=RES-STORAGE"} <= set(client.ok("CAPABILITY")[0].split())
+    assert b"QUOTASET" not in client.ok("CAPABILITY")[0]
+    assert client.ok("GETQUOTAROOT INBOX") == [b"* QUOTAROOT INBOX"]  # no limit: no root
+    assert client.cmd('GETQUOTA ""')[1].startswith(b"NO [NONEXISTENT]")
+    limit(world, 10 * 1024 * 1024)
+    append(client)
+    append(client, "Drafts")
+    assert client.ok("GETQUOTAROOT Drafts") == [b'* QUOTAROOT Drafts ""', b'* QUOTA "" (STORAGE 1 10240)']
+    assert client.ok('GETQUOTA ""') == [b'* QUOTA "" (STORAGE 1 10240)']
+    assert client.cmd('GETQUOTA "other"')[1].startswith(b"NO [NONEXISTENT]")
+    assert client.cmd("GETQUOTAROOT Nope")[1].startswith(b"NO [NONEXISTENT]")
+    assert client.cmd('SETQUOTA "" (STORAGE 1)')[1].startswith(b"NO [NOPERM]")
+
+
+def test_status_deleted_and_deleted_storage(world, client):
+    """RFC 9208 §4.2: what an EXPUNGE would remove, in messages and in KiB."""
+    for _ in range(3):
+        append(client)
+    client.ok("SELECT INBOX")
+    client.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+    assert client.ok("STATUS INBOX (DELETED DELETED-STORAGE MESSAGES)") == [
+        b"* STATUS INBOX (DELETED 2 DELETED-STORAGE 1 MESSAGES 3)"]
