@@ -3,12 +3,17 @@
 Items: the ALL/FAST/FULL macros, FLAGS, INTERNALDATE, RFC822.SIZE, UID,
 ENVELOPE, BODY, BODYSTRUCTURE, RFC822, RFC822.HEADER, RFC822.TEXT and
 ``BODY[section]<partial>`` / ``BODY.PEEK[...]`` with HEADER,
-HEADER.FIELDS (.NOT), TEXT, MIME and part numbers. Items that need only
-index facts (flags, size, date, UID) never open the message file.
+HEADER.FIELDS (.NOT), TEXT, MIME and part numbers, and (RFC 3516)
+``BINARY[part]<partial>``, ``BINARY.PEEK[...]`` and ``BINARY.SIZE[part]``: the
+part's content with its Content-Transfer-Encoding (base64, quoted-printable)
+undone, sent as a literal8 (``~{n}``) when it holds a NUL; an encoding this
+server does not know fails the FETCH with NO [UNKNOWN-CTE]. Items that need
+only index facts (flags, size, date, UID) never open the message file.
 """
 
 from __future__ import annotations
 
+import binascii
 import operator
 import re
 from collections.abc import Callable
@@ -27,6 +32,12 @@ MACROS = {
 SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODY", "BODYSTRUCTURE",
           "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
 _SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
+_BINARY = re.compile(r"^(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
+IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
+
+
+class UnknownEncoding(Exception):
+    """A BINARY fetch of a part whose Content-Transfer-Encoding cannot be undone (RFC 3516)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +54,21 @@ class Section:
         return not self.peek
 
 
-Item = str | Section
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """``BINARY[part]<partial>``, its ``.PEEK`` form, or ``BINARY.SIZE[part]`` (RFC 3516)."""
+
+    peek: bool
+    size_only: bool
+    parts: tuple[int, ...]
+    partial: tuple[int, int] | None
+
+    @property
+    def label(self) -> str:
+        return ".".join(str(p) for p in self.parts)
+
+
+Item = str | Section | Binary
 
 
 def parse_items(tok: Token) -> list[Item]:
@@ -63,18 +88,31 @@ def parse_item(tok: Token) -> Item:
     if name in SIMPLE:
         return name
     m = _SECTION.match(tok.value)
+    if m:
+        return parse_section(m.group(2), m.group(1).upper() == "BODY.PEEK", _partial(m))
+    m = _BINARY.match(tok.value)
     if not m:
         raise ParseError(f"unknown fetch attribute {tok.value[:40]}")
-    peek = m.group(1).upper() == "BODY.PEEK"
-    partial = None
-    if m.group(3) is not None:
-        origin, length = int(m.group(3)), int(m.group(4))
-        if length == 0:  # RFC 3501 §9: "<" number "." nz-number ">"
-            raise ParseError("partial length must be positive")
-        if origin >= 2**32 or length >= 2**32 or not m.group(0).isascii():
-            raise ParseError("bad partial")
-        partial = (origin, length)
-    return parse_section(m.group(2), peek, partial)
+    kind = m.group(1).upper()
+    spec = m.group(2)
+    numbers = spec.split(".") if spec else []
+    if any(not n.isdigit() or n.startswith("0") or len(n) > 10 for n in numbers):
+        raise ParseError("bad section part number")
+    partial = _partial(m)
+    if kind == "BINARY.SIZE" and partial is not None:
+        raise ParseError("BINARY.SIZE takes no partial")
+    return Binary(kind == "BINARY.PEEK", kind == "BINARY.SIZE", tuple(int(n) for n in numbers), partial)
+
+
+def _partial(m: re.Match[str]) -> tuple[int, int] | None:
+    if m.group(3) is None:
+        return None
+    origin, length = int(m.group(3)), int(m.group(4))
+    if length == 0:  # RFC 3501 §9: "<" number "." nz-number ">"
+        raise ParseError("partial length must be positive")
+    if origin >= 2**32 or length >= 2**32 or not m.group(0).isascii():
+        raise ParseError("bad partial")
+    return (origin, length)
 
 
 def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Section:
@@ -113,12 +151,47 @@ def parse_section(spec: str, peek: bool, partial: tuple[int, int] | None) -> Sec
 
 
 def needs_body(items: list[Item]) -> bool:
-    return any(isinstance(i, Section) or i in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822",
-                                                 "RFC822.HEADER", "RFC822.TEXT") for i in items)
+    return any(isinstance(i, (Section, Binary)) or i in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822",
+                                                           "RFC822.HEADER", "RFC822.TEXT") for i in items)
 
 
 def sets_seen(items: list[Item]) -> bool:
-    return any((isinstance(i, Section) and not i.peek) or i in ("RFC822", "RFC822.TEXT") for i in items)
+    return any((isinstance(i, (Section, Binary)) and not i.peek and not getattr(i, "size_only", False))
+               or i in ("RFC822", "RFC822.TEXT") for i in items)
+
+
+def check_binary(items: list[Item], datas: list[bytes | None]) -> None:
+    """Raise UnknownEncoding now if a BINARY item of these messages would."""
+    wanted = [i for i in items if isinstance(i, Binary) and i.parts]
+    for data in datas if wanted else []:
+        root = mime.parse(data or b"")
+        for item in wanted:
+            binary_bytes(data or b"", root, item)
+
+
+def binary_bytes(data: bytes, root: mime.Part | None, item: Binary) -> bytes | None:
+    """A part's content with its transfer encoding undone (RFC 3516 §4.2); the whole message
+    for ``BINARY[]``; None when there is no such part. Raises UnknownEncoding."""
+    if not item.parts:
+        return data
+    if root is None:
+        root = mime.parse(data)
+    part = mime.find_part(root, list(item.parts))
+    if part is None:
+        return None
+    if part.is_multipart() or part.message is not None:
+        return part.body  # composite parts carry no transfer encoding to undo (RFC 2045 §6.4)
+    encoding = (part.get("content-transfer-encoding") or "").strip().lower()
+    if encoding in IDENTITY_ENCODINGS:
+        return part.body
+    if encoding == "base64":
+        try:
+            return binascii.a2b_base64(part.body)
+        except binascii.Error:  # damaged: what can be read of it (RFC 2045 §6.8: ignore junk)
+            return binascii.a2b_base64(re.sub(rb"[^A-Za-z0-9+/]", b"", part.body)[: len(part.body) // 4 * 4])
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(part.body)
+    raise UnknownEncoding(encoding)
 
 
 # -- section content ----------------------------------------------------------------------
@@ -247,7 +320,17 @@ def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal
         return root
 
     for item in items:
-        if isinstance(item, Section):
+        if isinstance(item, Binary):
+            tree = parsed() if item.parts else None
+            decoded = binary_bytes(data or b"", tree, item)
+            if item.size_only:
+                out.append(f"BINARY.SIZE[{item.label}] ".encode() + str(len(decoded or b"")).encode())
+                continue
+            content = partial(decoded, item.partial)
+            origin = f"<{item.partial[0]}>" if item.partial else ""
+            out.append(f"BINARY[{item.label}]{origin} ".encode()
+                       + (b"NIL" if content is None else _literal_or_quoted(content)))
+        elif isinstance(item, Section):
             tree = parsed() if (item.parts or item.text) else None
             content = partial(section_bytes(data or b"", tree, item), item.partial)
             origin = f"<{item.partial[0]}>" if item.partial else ""
@@ -301,7 +384,10 @@ def metadata_fetch(items: list[Item]) -> MetadataFetch | None:
 
 
 def _literal_or_quoted(content: bytes) -> bytes:
-    return b"{%d}\r\n" % len(content) + content
+    """A literal; a literal8 (RFC 3516 §4.3) for content with a NUL, which no plain literal
+    may carry (a message APPENDed as a literal8 can hold one)."""
+    return (b"~{%d}\r\n" if b"\0" in content else b"{%d}\r\n") % len(content) + content
 
 
-__all__ = ["Item", "Section", "MetadataFetch", "metadata_fetch", "needs_body", "parse_items", "render", "sets_seen"]
+__all__ = ["Binary", "Item", "MetadataFetch", "Section", "UnknownEncoding", "metadata_fetch", "needs_body",
+           "parse_items", "render", "sets_seen"]

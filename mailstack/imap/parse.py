@@ -46,6 +46,7 @@ class String:
 
     value: bytes
     literal: bool = False
+    binary: bool = False  # a literal8 (RFC 3516 §4.3): may hold NUL
 
     def text(self) -> str:
         try:
@@ -139,15 +140,21 @@ class Tokenizer:
             return self._sequence(top=False)
         if c == b'"':
             return self._quoted()
-        if c == b"{":
-            m = _LITERAL.match(self.data, self.pos)
+        binary = c == b"~" and self.data[self.pos + 1:self.pos + 2] == b"{"
+        if c == b"{" or binary:
+            m = _LITERAL.match(self.data, self.pos + binary)
             if m:
                 n = int(m.group(1))
                 start = m.end()
                 if start + n > len(self.data):
                     raise ParseError("literal is short")
                 self.pos = start + n
-                return String(self.data[start:start + n], literal=True)
+                value = self.data[start:start + n]
+                if not binary and b"\0" in value:  # RFC 3501 §9: CHAR8 is %x01-ff
+                    raise ParseError("NUL in a literal (only a literal8, ~{n}, may hold one)")
+                return String(value, literal=True, binary=binary)
+            if binary:
+                raise ParseError("bad literal8")
         return self._atom()
 
     def _quoted(self) -> String:

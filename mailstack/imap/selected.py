@@ -368,6 +368,8 @@ class SelectedCommands(ViewMixin):
             if want_body and data is None:
                 datas[i] = await box.read(msg)  # renamed meanwhile (a flag change): look again
         seen: set[int] = set()
+        if mark_seen:  # a BINARY that must fail fails before anything is marked \Seen
+            F.check_binary(items, datas)
         if mark_seen:  # RFC 3501 §6.4.5: BODY[] sets \Seen; one trip to the io pool per batch
             unseen: list[tuple[Message, LetterChange]] = [(msg, _add_seen) for _, msg in batch
                                                           if "S" not in msg.letters]

@@ -3,7 +3,8 @@
 RFC 3501 §3 (states: not authenticated, authenticated, selected, logout),
 §6.1 (any state: CAPABILITY, NOOP, LOGOUT), §6.2 (STARTTLS, AUTHENTICATE,
 LOGIN; LOGINDISABLED before TLS), RFC 4959 (SASL-IR), RFC 2971 (ID),
-RFC 5161 (ENABLE), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE). Mailbox-level commands live in
+RFC 5161 (ENABLE), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE), RFC 3516 (BINARY:
+literal8 only in APPEND). Mailbox-level commands live in
 :mod:`.mailboxes`, selected-state commands in :mod:`.selected`, the
 selected-mailbox view in :mod:`.view`.
 
@@ -26,8 +27,9 @@ from twisted.python.failure import Failure
 
 from mailstack.auth import Authenticator, Outcome, SASLError, b64decode, decode_plain
 from mailstack.envelope import new_queue_id
+from mailstack.imap.fetch import UnknownEncoding
 from mailstack.imap.mailboxes import MailboxCommands
-from mailstack.imap.parse import Atom, ParseError, Token, astring, atom, split_tag, tokenize
+from mailstack.imap.parse import Atom, ParseError, String, Token, astring, atom, split_tag, tokenize
 from mailstack.imap.response import Response, status, string
 from mailstack.imap.selected import SelectedCommands
 from mailstack.imap.view import Bad, No, State
@@ -39,7 +41,8 @@ log = Logger()
 
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
                      "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE MULTIAPPEND "
-                     "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE")
+                     "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE "
+                     "BINARY")
 
 
 class Action(enum.Enum):
@@ -147,6 +150,10 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             self.send(status(tag, "NO", str(e), e.code).data)
         except FolderError as e:
             self.send(status(tag, "NO", str(e).capitalize(), e.code).data)
+        except UnknownEncoding as e:  # RFC 3516 §4.2: a BINARY fetch this server cannot decode
+            self._after_command(name)
+            self.send(status(tag, "NO", f"Cannot undo Content-Transfer-Encoding {str(e)[:40]!r}",
+                             "UNKNOWN-CTE").data)
         except MailboxGone:
             self._after_command(name)
             self.send(status(tag, "NO", "Mailbox was removed on the server", "NONEXISTENT").data)
@@ -166,6 +173,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         if self.state not in states:
             raise Bad(f"{name} is not valid in the {self.state.value} state")
         args = tokenize(rest)
+        if name != "APPEND" and _has_literal8(args):
+            raise Bad("A literal8 (~{n}) is only for APPEND's message")
         if self.view is not None:  # changes by other processes, found on the io pool
             await self.view.box.refresh(eager=name in EAGER_REFRESH)
         method = getattr(self, method_name)
@@ -377,3 +386,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
 
     def quote(self, text: str) -> bytes:
         return string(text)
+
+
+def _has_literal8(tokens: list[Token]) -> bool:
+    return any(_has_literal8(t) if isinstance(t, list) else isinstance(t, String) and t.binary for t in tokens)

@@ -150,7 +150,7 @@ class TestSectionGrammar:
         "BODY[HEADER.FIELDS]", "BODY[HEADER.FIELDS ()]", "BODY[TEXT (A)]", "BODY[HEADER ]", "BODY[ ]",
         "BODY[1.HEADERS]", "BODY[TEXT.1]", "BODY[²]", "BODY[]<0.0>", "BODY[]<1>", "BODY[]<a.1>",
         "BODY[]<0.4294967296>", "BODY[]<-1.2>", "BODY[1]]", "BODY[TEXT", "BODY.PEEK", "BODY[HEADER.FIELDS (A)",
-        "BINARY[1]", "RFC822[1]", "BODY[1]<0.5>x",
+        "BINARY[0]", "BINARY[1.]", "BINARY[TEXT]", "BINARY.SIZE[1]<0.5>", "RFC822[1]", "BODY[1]<0.5>x",
     ])
     def test_bad_sections_get_bad(self, world, client, text):
         world.deliver(b"Subject: hi\r\n\r\nbody\r\n")
