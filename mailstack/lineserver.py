@@ -340,7 +340,13 @@ class LineServerProtocol(Protocol):
                     return
                 if data:
                     self._data_in(data)
-                elif not self._deflated:
+                if self._inflater.eof:  # the stream was ended: nothing after it can be read
+                    log.info("{role} {session_id}: the compressed stream was ended", role=self.factory.role,
+                             session_id=getattr(self.session, "session_id", ""))
+                    self._deflated = b""
+                    self.close_with(self.replies.CORRUPT_INPUT)
+                    return
+                if not data and not self._deflated:
                     break
         finally:
             self._inflating = False

@@ -42,6 +42,7 @@ from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_in
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT", "DELETED",
                 "DELETED-STORAGE")
 QUOTA_ROOT = ""  # one quota root: the user's whole mail (RFC 9208)
+MAX_APPEND_MESSAGES = 1000  # messages in one MULTIAPPEND
 
 
 def encode_name(name: str) -> bytes:
@@ -333,6 +334,10 @@ class MailboxCommands(ViewMixin):
         date: int | None = None
         for tok in args:
             if isinstance(tok, String) and tok.literal:
+                if not tok.value:  # RFC 3502: how a client cancels a MULTIAPPEND part way
+                    raise No("Empty message: nothing appended")
+                if len(messages) >= MAX_APPEND_MESSAGES:
+                    raise No(f"At most {MAX_APPEND_MESSAGES} messages in one APPEND", "LIMIT")
                 messages.append((flags or [], date, tok.value))
                 flags, date = None, None
             elif isinstance(tok, list) and flags is None and date is None:

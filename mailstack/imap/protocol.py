@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailstack.imap.mailboxes import MAX_APPEND_MESSAGES
 from mailstack.imap.parse import LITERAL_AT_END, ParseError, split_tag
 from mailstack.imap.response import Response, status
 from mailstack.imap.session import Action, IMAPSession
@@ -196,9 +197,11 @@ class IMAPProtocol(LineServerProtocol):
             tag, name, _ = split_tag(self.parts[0])
         except ParseError:
             tag, name = "*", ""
-        if name == "APPEND":  # one message literal, plus the command's own words
+        if name == "APPEND":  # message literals, plus the command's own words
             if n > self.factory.max_message_size or self.size + n > self.factory.max_message_size + MAX_COMMAND:
                 return status(tag, "NO", "Message too large", "TOOBIG").data
+            if len(self.parts) > 2 * MAX_APPEND_MESSAGES:  # a line and a literal per message
+                return status(tag, "NO", f"At most {MAX_APPEND_MESSAGES} messages in one APPEND", "LIMIT").data
             return None
         if self.size + n > MAX_COMMAND:
             return status(tag, "BAD", "Command too long", "TOOBIG").data

@@ -20,7 +20,15 @@ from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
 from mailstack.imap.response import imap_date
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
-from mailstack.imap.sort import MAX_THREADED, THREAD_ALGORITHMS, needs_headers, sort_criteria, sort_messages, thread
+from mailstack.imap.sort import (
+    MAX_THREADED,
+    THREAD_ALGORITHMS,
+    needs_headers,
+    sort_criteria,
+    sort_messages,
+    thread,
+    trim_header,
+)
 from mailstack.imap.view import Bad, No, View, ViewMixin
 from mailstack.maildir.files import read_file
 from mailstack.maildir.flags import SYSTEM_LETTERS, TooManyKeywords, canonical_flag
@@ -136,7 +144,7 @@ class SelectedCommands(ViewMixin):
         if uid:
             if len(args) != 1:
                 raise ParseError("UID EXPUNGE needs a UID set")
-            allowed = {u for _, u in view.select_uids(sequence_set(args[0]))}
+            allowed = {u for _, u in self._targets(args[0], True)}
         else:
             self.no_args(args)  # type: ignore[attr-defined]
             allowed = None
@@ -162,16 +170,18 @@ class SelectedCommands(ViewMixin):
             returns = search_returns(args[1])
             args = args[2:]
         saving = returns is not None and "SAVE" in returns
-        previous = view.saved  # what "$" means inside this very command
-        if saving:
-            view.saved = frozenset()  # RFC 5182 §2.1: a SEARCH that fails leaves "$" empty
         charset = None
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
-            charset = args[1].value.decode() if isinstance(args[1], String) else atom(args[1])
-            if charset.upper() not in CHARSETS:
-                raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+            charset = args[1].value.decode("ascii", "replace") if isinstance(args[1], String) else atom(args[1])
             args = args[2:]
-        hits = await self._matching(view, Criteria(args, charset=charset, saved=previous, now=time.time()))
+        # "$" inside this very command is the old result; a SEARCH answered BAD leaves it as
+        # it was, one answered NO empties it (RFC 5182 §2.1)
+        criteria = Criteria(args, charset=charset, saved=view.saved, now=time.time())
+        if saving:
+            view.saved = frozenset()
+        if charset is not None and charset.upper() not in CHARSETS:
+            raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+        hits = await self._matching(view, criteria)
         if saving:
             assert returns is not None
             view.saved = frozenset(view.uids[n - 1] for n in saved_part(hits, returns))
@@ -228,7 +238,8 @@ class SelectedCommands(ViewMixin):
         return hits
 
     async def _headers(self, view: View, msns: list[int]) -> dict[int, bytes]:
-        """The header sections of these messages, from the cache or read in batches."""
+        """What SORT and THREAD read of these messages' headers (``trim_header``), from the
+        cache or read in batches."""
         box = view.box
         out: dict[int, bytes] = {}
         wanted: list[tuple[int, int, Any]] = []
@@ -236,7 +247,7 @@ class SelectedCommands(ViewMixin):
             uid = view.uids[msn - 1]
             header = box.header_cache.get(uid)
             if header is not None:
-                out[msn] = header
+                out[msn] = trim_header(header)
                 continue
             msg = box.by_uid.get(uid)
             if msg is None:
@@ -248,7 +259,7 @@ class SelectedCommands(ViewMixin):
             paths = [p for _, _, p in chunk]
             heads = await self.io(lambda paths=paths: [_header_of(p) for p in paths])
             for (msn, uid, _), header in zip(chunk, heads, strict=True):
-                out[msn] = header or b""
+                out[msn] = trim_header(header or b"")
                 if header is not None:
                     box.remember_header(uid, header)
         return out
@@ -264,6 +275,8 @@ class SelectedCommands(ViewMixin):
             raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         view = self._view()
         hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
+        if len(hits) > MAX_THREADED:
+            raise No(f"SORT arranges at most {MAX_THREADED} messages; narrow the search", "LIMIT")
         headers = await self._headers(view, hits) if needs_headers(keys) else {}
         box = view.box
         facts = {}

@@ -51,6 +51,24 @@ def sort_criteria(tok: Token) -> list[SortKey]:
     return out
 
 
+FIELDS = frozenset({"subject", "date", "from", "to", "cc", "message-id", "references", "in-reply-to"})
+FIELD_LIMIT = 2048  # octets of each field kept for SORT and THREAD (References: its end, the nearest)
+
+
+def trim_header(header: bytes) -> bytes:
+    """What SORT and THREAD read of a header, and no more: their fields, each at most
+    FIELD_LIMIT octets, so that 100,000 messages' worth stays small in memory."""
+    kept = []
+    for name, raw in mime.header_fields(header):
+        if name in FIELDS:
+            if len(raw) > FIELD_LIMIT:
+                colon = raw.find(b":") + 1
+                raw = raw[:colon] + (raw[-FIELD_LIMIT:] if name == "references" else raw[colon:colon + FIELD_LIMIT])
+                raw = raw.rstrip(b"\r\n") + b"\r\n"
+            kept.append(raw)
+    return b"".join(kept)
+
+
 def needs_headers(keys: list[SortKey]) -> bool:
     return any(key in _HEADER_KEYS for key, _ in keys)
 
@@ -116,11 +134,10 @@ def _fold(text: str) -> str:
 
 # -- the base subject (RFC 5256 §2.1) ---------------------------------------------------------
 
+SUBJECT_LIMIT = 1024  # characters of a subject that count for sorting and threading
 _WSP_RUN = re.compile(r"[ \t]+")
-_TRAILER = re.compile(r"(?:\(fwd\)|[ \t])+\Z", re.I)  # subj-trailer, repeatedly
-_BLOB = r"\[[^\[\]]*\][ \t]*"
-_LEADER = re.compile(rf"(?:(?:{_BLOB})*(?:re|fwd?)[ \t]*(?:{_BLOB})?:|[ \t]+)", re.I)  # subj-leader
-_BLOB_PREFIX = re.compile(_BLOB)
+_REFWD = re.compile(r"(?:re|fwd?)[ \t]*(?:\[[^\[\]]*\][ \t]*)?:", re.I)  # subj-refwd
+_BLOB = re.compile(r"\[[^\[\]]*\][ \t]*")  # subj-blob
 
 
 def base_subject(subject: str) -> str:
@@ -129,23 +146,33 @@ def base_subject(subject: str) -> str:
 
 
 def _base_subject(subject: str) -> tuple[str, bool]:
-    """The base subject, and whether a reply or forward marker was taken off it (§4 step 5)."""
+    """The base subject, and whether a reply or forward marker was taken off it (§4 step 5).
+
+    One pass from the left with a moving position for steps 3 and 4 (a run of blobs before
+    "Re:" comes off blob by blob, which leaves the same text), so a hostile subject costs
+    time in proportion to its length; only the first SUBJECT_LIMIT characters count.
+    """
     reply = False
-    text = address.decode_words(subject)
-    text = _WSP_RUN.sub(" ", text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "))
+    text = address.decode_words(subject[:4 * SUBJECT_LIMIT])
+    text = _WSP_RUN.sub(" ", text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "))[:SUBJECT_LIMIT]
     while True:
-        text = _TRAILER.sub("", text)  # (2)
-        while True:  # (3) and (4), until neither applies
-            m = _LEADER.match(text)
-            if m and m.end() > 0:
-                reply = reply or text[m.end() - 1:m.end()] == ":"
-                text = text[m.end():]
+        text = _without_trailers(text)  # (2)
+        pos = 0
+        while pos < len(text):  # (3) and (4), until neither applies
+            if text[pos] == " ":
+                pos += 1
                 continue
-            blob = _BLOB_PREFIX.match(text)
-            if blob and blob.end() < len(text):  # only if something is left after it
-                text = text[blob.end():]
+            m = _REFWD.match(text, pos)
+            if m:
+                reply = True
+                pos = m.end()
+                continue
+            m = _BLOB.match(text, pos)
+            if m and m.end() < len(text):  # a blob comes off only if something is left after it
+                pos = m.end()
                 continue
             break
+        text = text[pos:]
         if text[:5].lower() == "[fwd:" and text.endswith("]"):  # (6)
             text = text[5:-1]
             reply = True
@@ -153,10 +180,24 @@ def _base_subject(subject: str) -> tuple[str, bool]:
         return text, reply
 
 
+def _without_trailers(text: str) -> str:
+    """Step 2: white space and "(fwd)" off the end, as often as they are there."""
+    end = len(text)
+    while True:
+        while end and text[end - 1] in " \t":
+            end -= 1
+        if end >= 5 and text[end - 5:end].lower() == "(fwd)":
+            end -= 5
+            continue
+        return text[:end]
+
+
 # -- THREAD (RFC 5256 §4) ------------------------------------------------------------------
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-MAX_THREADED = 100_000  # messages one THREAD command may arrange
+MAX_THREADED = 100_000  # messages one THREAD or SORT command may arrange
+MAX_DEPTH = 1000  # a reply chain deeper than this is cut (not linked further down)
+MAX_REFERENCES = 100  # the nearest message IDs of References that are followed
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
 
 
@@ -172,14 +213,16 @@ class _Node:
         self.children: list[_Node] = []
 
     def reaches(self, other: _Node) -> bool:
-        """Is ``other`` this container or below it?"""
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            if node is other:
+        """Is ``other`` this container or below it? Found by walking up from ``other``; a
+        chain deeper than MAX_DEPTH counts as reaching (no link is made: never a loop)."""
+        node: _Node | None = other
+        for _ in range(MAX_DEPTH):
+            if node is None:
+                return False
+            if node is self:
                 return True
-            stack.extend(node.children)
-        return False
+            node = node.parent
+        return True
 
     def adopt(self, child: _Node) -> None:
         if child.parent is not None:
@@ -205,7 +248,10 @@ def _ordered_subject(msns: list[int], sent: dict[int, float], subjects: dict[int
         groups.setdefault(subjects[msn], []).append(msn)
     out = []
     for first, *rest in sorted(groups.values(), key=lambda g: (sent[g[0]], g[0])):
-        out.append(f"({first}" + (" " + "".join(f"({n})" for n in rest) if rest else "") + ")")
+        if len(rest) == 1:  # thread-nested needs two lists: one child follows its parent
+            out.append(f"({first} {rest[0]})")
+        else:
+            out.append(f"({first}" + (" " + "".join(f"({n})" for n in rest) if rest else "") + ")")
     return "".join(out)
 
 
@@ -229,7 +275,7 @@ def _references(msns: list[int], headers: dict[int, bytes], sent: dict[int, floa
             containers.append(node)
             if own and own[0] not in table:
                 table[own[0]] = node
-        references = _ids(_field(header, "references")) or _ids(_field(header, "in-reply-to"))[:1]
+        references = (_ids(_field(header, "references")) or _ids(_field(header, "in-reply-to"))[:1])[-MAX_REFERENCES:]
         previous: _Node | None = None
         for ref in references:  # (1B): each reference the parent of the next, unless linked or a loop
             link = table.get(ref)
@@ -258,21 +304,33 @@ def _references(msns: list[int], headers: dict[int, bytes], sent: dict[int, floa
 
 def _pruned(nodes: list[_Node], *, top: bool) -> list[_Node]:
     """(3): empty containers without children go; those with children give them to their
-    parent, except at the top, where only a single child is promoted."""
+    parent, except at the top, where only a single child is promoted. Children are pruned
+    before their parents, without recursion (reply chains may be thousands deep)."""
+    order: list[_Node] = []
+    stack = list(nodes)
+    while stack:  # every container below the top, parents before children
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    for node in reversed(order):  # children first
+        kept: list[_Node] = []
+        for child in node.children:
+            if child.msn:
+                kept.append(child)
+            elif child.children:  # an empty one below the top: its children move up
+                for grandchild in child.children:
+                    grandchild.parent = node
+                kept.extend(child.children)
+        node.children = kept
     out: list[_Node] = []
     for node in nodes:
-        node.children = _pruned(node.children, top=False)
-        for child in node.children:
-            child.parent = node
         if node.msn:
             out.append(node)
-        elif not node.children:
-            continue
-        elif not top or len(node.children) == 1:
+        elif len(node.children) == 1 or (node.children and not top):
             for child in node.children:
                 child.parent = node.parent
             out.extend(node.children)
-        else:
+        elif node.children:
             out.append(node)
     return out
 
@@ -345,14 +403,27 @@ def _gathered(roots: list[_Node], subjects: dict[int, tuple[str, bool]]) -> list
     return [n for n in roots + made if n.parent is None and (n.msn or n.children)]
 
 
-def _render(node: _Node) -> str:
-    """A thread's members: ``1 2 (3)(4 5)``; an empty container only its children's threads."""
-    if not node.msn:
-        return "".join(f"({_render(child)})" for child in node.children)
-    parts = [str(node.msn)]
-    while len(node.children) == 1 and node.children[0].msn:
-        node = node.children[0]
-        parts.append(str(node.msn))
-    if node.children:
-        parts.append("".join(f"({_render(child)})" for child in node.children))
-    return " ".join(parts)
+def _render(root: _Node) -> str:
+    """A thread's members: ``1 2 (3)(4 5)``; an empty container only its children's threads.
+    Written with an explicit stack: reply chains may be thousands deep."""
+    out: list[str] = []
+    stack: list[_Node | str] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        node = item
+        if node.msn:
+            out.append(str(node.msn))
+            while len(node.children) == 1 and node.children[0].msn:
+                node = node.children[0]
+                out.append(f" {node.msn}")
+            if not node.children:
+                continue
+            out.append(" ")
+        later: list[_Node | str] = []
+        for child in node.children:
+            later += ["(", child, ")"]
+        stack.extend(reversed(later))
+    return "".join(out)

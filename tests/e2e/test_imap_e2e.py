@@ -321,5 +321,5 @@ def test_imapclient_drives_sort_thread_and_multiappend(server):
         assert client.sort(["SUBJECT"]) == [uids[1], uids[0], uids[2]]
         assert client.sort(["REVERSE", "DATE"]) == [uids[2], uids[1], uids[0]]
         assert client.thread("REFERENCES") == ((uids[0], uids[2]), (uids[1],))
-        # ORDEREDSUBJECT: threads in the order of their first dates, replies as children of the first
-        assert client.thread("ORDEREDSUBJECT") == ((uids[0], (uids[2],)), (uids[1],))
+        # ORDEREDSUBJECT: threads in the order of their first dates, a reply under the first
+        assert client.thread("ORDEREDSUBJECT") == ((uids[0], uids[2]), (uids[1],))

@@ -95,3 +95,16 @@ def test_multiappend_puts_every_message_in_or_none(world, client, monkeypatch):
     tmp = world.store.layout.maildir_path("alice@example.test", None) / "tmp"
     assert list(tmp.iterdir()) == []  # nothing written for them stays behind
     assert client.cmd(b"APPEND INBOX (\\Seen) {1+}\r\nx (\\Seen)")[1].startswith(b"BAD")  # flags without a message
+
+
+def test_an_empty_literal_cancels_a_multiappend_and_the_count_is_bounded(client, monkeypatch):
+    """RFC 3502: a zero-length message literal fails the APPEND; nothing is added."""
+    client.ok("SELECT INBOX")
+    assert client.cmd(b"APPEND INBOX {5+}\r\nhello {0+}\r\n")[1].startswith(b"NO")
+    from mailstack.imap import mailboxes, protocol
+
+    monkeypatch.setattr(mailboxes, "MAX_APPEND_MESSAGES", 2)
+    monkeypatch.setattr(protocol, "MAX_APPEND_MESSAGES", 2)
+    out = client.send(b"a7 APPEND INBOX {1+}\r\na {1+}\r\nb {1}\r\n")  # the third is refused unread
+    assert out == b"a7 NO [LIMIT] At most 2 messages in one APPEND\r\n"
+    assert client.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)"]

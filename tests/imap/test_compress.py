@@ -77,3 +77,12 @@ def test_corrupt_compressed_input_ends_the_session_with_bye(tmp_path):
     z = compressing(client)
     out = z.send_raw(b"\xff\xff\xff\xff garbage")
     assert out == b"* BYE Compressed input is corrupt\r\n" and client.closed
+
+
+def test_a_compressed_stream_the_client_ends_ends_the_session(tmp_path):
+    world = World.create(tmp_path)
+    client = world.connect().login()
+    z = compressing(client)
+    ended = z.out.compress(b"e NOOP\r\n") + z.out.flush(zlib.Z_FINISH)
+    out = z.send_raw(ended + b"anything after the end of the stream")
+    assert out == b"e OK NOOP completed\r\n* BYE Compressed input is corrupt\r\n" and client.closed

@@ -119,7 +119,14 @@ def test_searchres_saves_a_result_for_dollar(box):
     es(box, "EXPUNGE")  # message 3 was \Deleted: it leaves "$" too
     assert [line.split(b" ")[1] for line in es(box, "FETCH $ FLAGS")] == [b"1", b"2"]
     assert box.cmd("SEARCH RETURN (SAVE) NOSUCHKEY")[1].startswith(b"BAD")
-    assert es(box, "FETCH $ FLAGS") == []  # a failed SAVE leaves "$" empty
+    assert len(es(box, "FETCH $ FLAGS")) == 2  # a SEARCH answered BAD leaves "$" alone...
+    assert box.cmd("SEARCH RETURN (SAVE) CHARSET KOI8-R ALL")[1].startswith(b"NO [BADCHARSET")
+    assert es(box, "FETCH $ FLAGS") == []  # ...one answered NO empties it
+    uids = hits(box, "ALL", uid=True)
+    box.ok("SEARCH RETURN (SAVE) 1")
+    box.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    box.ok("UID EXPUNGE $")  # "$" wherever a sequence set goes
+    assert hits(box, "ALL", uid=True) == uids[1:]
     es(box, "SEARCH RETURN (SAVE) ALL")
     es(box, "UNSELECT")
     es(box, "SELECT INBOX")

@@ -115,7 +115,7 @@ def test_thread_references(threads):
 
 
 def test_thread_orderedsubject_and_uid_form(threads):
-    assert thread_of(threads, "THREAD ORDEREDSUBJECT UTF-8 ALL") == b"(6)(1 (2)(3)(5))(4 (7))"
+    assert thread_of(threads, "THREAD ORDEREDSUBJECT UTF-8 ALL") == b"(6)(1 (2)(3)(5))(4 7)"  # one child: no nesting
     uids = [int(x) for x in threads.ok("UID SEARCH ALL")[0].split()[2:]]
     expected = "({}) ({} ({})({})({}))".format(*(uids[n - 1] for n in (6, 1, 2, 3, 5))).replace(") (", ")(")
     assert thread_of(threads, "UID THREAD ORDEREDSUBJECT UTF-8 NOT SUBJECT lunch").decode() == expected
@@ -140,3 +140,22 @@ def test_thread_over_too_many_messages_is_refused(threads, monkeypatch):
     monkeypatch.setattr(selected, "MAX_THREADED", 3)
     assert threads.cmd("THREAD REFERENCES UTF-8 ALL")[1].startswith(b"NO [LIMIT]")
     assert thread_of(threads, "THREAD REFERENCES UTF-8 1:3") == b"(1 2 3)"
+
+
+def test_a_reply_chain_deeper_than_the_stack_threads_and_is_cut_at_the_limit(world, client, monkeypatch):
+    from mailstack.imap import sort as sort_module
+
+    depth = 1100  # deeper than Python's recursion limit: pruning and rendering do not recurse
+    for n in range(depth):
+        parent = f"<m{n - 1}@x>" if n else ""
+        world.deliver(post(f"step {n}", f"Sun, 1 Nov 2026 00:{n // 60 % 60:02d}:{n % 60:02d} +0000",
+                           f"<m{n}@x>", parent))
+    client.ok("SELECT INBOX")
+    monkeypatch.setattr(sort_module, "MAX_DEPTH", 2000)
+    assert thread_of(client, "THREAD REFERENCES UTF-8 ALL") == (
+        "(" + " ".join(str(n) for n in range(1, depth + 1)) + ")").encode()
+    monkeypatch.setattr(sort_module, "MAX_DEPTH", 500)  # past it a chain is cut, never looped
+    out = thread_of(client, "THREAD REFERENCES UTF-8 ALL")
+    numbers = out.replace(b"(", b" ").replace(b")", b" ").split()
+    assert sorted(int(n) for n in numbers) == list(range(1, depth + 1))  # each message once
+    assert out.startswith(b"(1 2 3 ") and out.count(b"(") >= 2 and out.count(b"(") == out.count(b")")
