@@ -14,7 +14,9 @@
 2. First SELECT of a big folder (default 100,000 messages, written straight
    into ``cur/``, without any index): a fresh connection and LOGIN, then the
    timed SELECT, which has to build the server's index; then
-   UID FETCH 1:* (FLAGS), a SELECT in a second session, and one after a
+   UID FETCH 1:* (FLAGS), a SELECT in a second session, SORT (DATE), SORT
+   (SUBJECT) and THREAD REFERENCES over the folder (each twice: the second
+   finds what the first read in the server's caches), and a SELECT after a
    restart of the server.
 
     python bench/imap_bench.py                          # both servers, about 2 minutes
@@ -311,6 +313,32 @@ def select_once(port: int, user: str, fetch_flags: bool = False, index: Path | N
     return asyncio.run(_select_once(port, user, fetch_flags, index))
 
 
+SORT_THREAD = (("sort_date", b"SORT (DATE) US-ASCII ALL"), ("sort_subject", b"SORT (SUBJECT) US-ASCII ALL"),
+               ("thread_refs", b"THREAD REFERENCES US-ASCII ALL"))
+
+
+async def _sort_thread(port: int, user: str) -> dict[str, float]:
+    """SORT by date and by subject, THREAD REFERENCES over the whole folder: each twice, ms."""
+    stats = Stats()
+    stats.latencies.update({key: [] for key, _ in SORT_THREAD})
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
+    try:
+        await reader.readline()
+        c = Connection(reader, writer, stats)
+        await c.command("LOGIN", b"LOGIN " + _quote(user) + b" " + _quote(PASSWORD))
+        await c.command("SELECT", b"SELECT INBOX")
+        out: dict[str, float] = {}
+        for attempt in ("", "_again"):
+            for key, command in SORT_THREAD:
+                t = time.perf_counter()
+                ok, untagged = await c.command(key, command)
+                out[key + attempt + "_ms"] = (time.perf_counter() - t) * 1000 if ok else float("nan")
+        await c.command("LOGOUT", b"LOGOUT")
+        return out
+    finally:
+        writer.close()
+
+
 def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     t = time.perf_counter()
     link_maildir(source, server.maildir(user))
@@ -325,6 +353,7 @@ def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]
             print(f"  {server.name}: {index.name} existed before the first SELECT (built at LOGIN?)")
         rss_after = sum(rss(p) for p in tree(server.pid))
         again = select_once(server.port, user)
+        sorting = asyncio.run(_sort_thread(server.port, user))
         memory = sampler.finish()
         root_hwm = hwm(server.pid)
     finally:
@@ -341,7 +370,16 @@ def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]
             "fetch_flags_ms": first["fetch_flags"] * 1000, "again_ms": again["select"] * 1000,
             "restart_ms": restarted["select"] * 1000, "restart_login_ms": restarted["login"] * 1000,
             "rss_after_mb": rss_after / 1e6, "peak_rss_mb": memory.peak_rss / 1e6, "largest_hwm_mb": max(memory.peak_hwm, root_hwm) / 1e6,
-            "linked_s": linked}
+            "linked_s": linked, **sorting}
+
+
+def print_sorting(rows: list[tuple[str, dict[str, float]]]) -> None:
+    print(f"\n{'server':12s} {'messages':>8s} {'SORT DATE':>10s} {'again':>7s} {'SORT SUBJECT':>12s} {'again':>7s} "
+          f"{'THREAD REFS':>11s} {'again':>7s}   (ms)")
+    for name, r in rows:
+        print(f"{name:12s} {int(r['count']):8d} {r['sort_date_ms']:10.0f} {r['sort_date_again_ms']:7.0f} "
+              f"{r['sort_subject_ms']:12.0f} {r['sort_subject_again_ms']:7.0f} {r['thread_refs_ms']:11.0f} "
+              f"{r['thread_refs_again_ms']:7.0f}")
 
 
 def print_big(rows: list[tuple[str, dict[str, float]]]) -> None:
@@ -447,6 +485,7 @@ def main() -> int:
             shutil.rmtree(source)
         if big_rows:
             print_big(big_rows)
+            print_sorting(big_rows)
             report["big"] = [{"server": n, **r} for n, r in big_rows]
         for server in servers:
             problems = server.problems() if isinstance(server, Mailstack) else dovecot_problems(server)

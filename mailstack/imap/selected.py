@@ -21,13 +21,16 @@ from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_li
 from mailstack.imap.response import imap_date
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
 from mailstack.imap.sort import (
-    MAX_THREADED,
+    MAX_MESSAGES,
     THREAD_ALGORITHMS,
-    needs_headers,
+    THREAD_NEEDS,
+    Values,
+    cached_values,
+    needed,
     sort_criteria,
     sort_messages,
     thread,
-    trim_header,
+    values_of,
 )
 from mailstack.imap.view import Bad, No, View, ViewMixin
 from mailstack.maildir.files import read_file
@@ -237,32 +240,49 @@ class SelectedCommands(ViewMixin):
         hits.sort()
         return hits
 
-    async def _headers(self, view: View, msns: list[int]) -> dict[int, bytes]:
-        """What SORT and THREAD read of these messages' headers (``trim_header``), from the
-        cache or read in batches."""
+    async def _values(self, view: View, msns: list[int], wanted: set[str]) -> Values:
+        """The header values SORT and THREAD need (``wanted`` keys) of these messages, by
+        sequence number: kept per mailbox once worked out, else from the header cache or
+        read from the files in batches."""
         box = view.box
-        out: dict[int, bytes] = {}
-        wanted: list[tuple[int, int, Any]] = []
+        known = cached_values(box)
+        for key in wanted:
+            known.setdefault(key, {})
+        out: Values = {key: {} for key in wanted}
+        missing: list[tuple[int, int, Any]] = []
         for msn in msns:
             uid = view.uids[msn - 1]
-            header = box.header_cache.get(uid)
-            if header is not None:
-                out[msn] = trim_header(header)
-                continue
-            msg = box.by_uid.get(uid)
-            if msg is None:
-                out[msn] = b""
-            else:
-                wanted.append((msn, uid, box.file_path(msg)))
-        for start in range(0, len(wanted), 200):
-            chunk = wanted[start:start + 200]
+            lacking = [key for key in wanted if uid not in known[key]]
+            if lacking:
+                header = box.header_cache.get(uid)
+                if header is None:
+                    msg = box.by_uid.get(uid)
+                    if msg is not None:
+                        missing.append((msn, uid, box.file_path(msg)))
+                    continue
+                for key, value in values_of(header, set(lacking)).items():
+                    known[key][uid] = value
+            for key in wanted:
+                out[key][msn] = known[key][uid]
+        for start in range(0, len(missing), 200):
+            chunk = missing[start:start + 200]
             paths = [p for _, _, p in chunk]
             heads = await self.io(lambda paths=paths: [_header_of(p) for p in paths])
             for (msn, uid, _), header in zip(chunk, heads, strict=True):
-                out[msn] = trim_header(header or b"")
-                if header is not None:
-                    box.remember_header(uid, header)
+                if header is None:  # gone meanwhile
+                    continue
+                for key, value in values_of(header, wanted).items():
+                    known[key][uid] = out[key][msn] = value
         return out
+
+    def _basics(self, view: View, hits: list[int], ids: list[int]) -> dict[int, tuple[int, int]]:
+        """(size, internal date) of each message, by the numbers the answer uses."""
+        box = view.box
+        basics = {}
+        for msn, ident in zip(hits, ids, strict=True):
+            msg = box.by_uid.get(view.uids[msn - 1])
+            basics[ident] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
+        return basics
 
     # -- SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) -------------------------------------
 
@@ -275,15 +295,10 @@ class SelectedCommands(ViewMixin):
             raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         view = self._view()
         hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
-        if len(hits) > MAX_THREADED:
-            raise No(f"SORT arranges at most {MAX_THREADED} messages; narrow the search", "LIMIT")
-        headers = await self._headers(view, hits) if needs_headers(keys) else {}
-        box = view.box
-        facts = {}
-        for msn in hits:
-            msg = box.by_uid.get(view.uids[msn - 1])
-            facts[msn] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
-        ordered = sort_messages(hits, keys, headers, facts)
+        if len(hits) > MAX_MESSAGES:
+            raise No(f"SORT arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
+        values = await self._values(view, hits, needed(keys))
+        ordered = sort_messages(hits, keys, values, self._basics(view, hits, hits))
         if uid:
             ordered = [view.uids[n - 1] for n in ordered]
         self.send(("* SORT" + "".join(f" {n}" for n in ordered) + "\r\n").encode())  # type: ignore[operator]
@@ -302,16 +317,13 @@ class SelectedCommands(ViewMixin):
             raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         view = self._view()
         hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
-        if len(hits) > MAX_THREADED:
-            raise No(f"THREAD arranges at most {MAX_THREADED} messages; narrow the search", "LIMIT")
-        headers = await self._headers(view, hits)
-        box = view.box
+        if len(hits) > MAX_MESSAGES:
+            raise No(f"THREAD arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
+        values = await self._values(view, hits, set(THREAD_NEEDS))
         ids = [view.uids[n - 1] if uid else n for n in hits]  # the numbers the answer uses
-        facts = {}
-        for msn, ident in zip(hits, ids, strict=True):
-            msg = box.by_uid.get(view.uids[msn - 1])
-            facts[ident] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
-        data = thread(algorithm, ids, {i: headers[n] for n, i in zip(hits, ids, strict=True)}, facts)
+        renumbered = {key: {i: found[n] for n, i in zip(hits, ids, strict=True) if n in found}
+                      for key, found in values.items()}
+        data = thread(algorithm, ids, renumbered, self._basics(view, hits, ids))
         self.send(("* THREAD" + (" " + data if data else "") + "\r\n").encode())  # type: ignore[operator]
         return self.ok(tag, "UID THREAD" if uid else "THREAD")  # type: ignore[attr-defined]
 

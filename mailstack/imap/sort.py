@@ -13,13 +13,16 @@ THREAD=ORDEREDSUBJECT groups by base subject; THREAD=REFERENCES follows
 Message-ID, References and In-Reply-To through the seven steps of §4 (empty
 containers for messages referred to but absent, no loops, then threads with the
 same base subject joined). Both order by the DATE key. A THREAD over more than
-MAX_THREADED messages is refused with NO [LIMIT].
+MAX_MESSAGES messages is refused with NO [LIMIT]. What they need of each header
+(``values_of``) is worked out once per message and key, and kept per mailbox.
 """
 
 from __future__ import annotations
 
 import email.utils
 import re
+import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +30,6 @@ from mailstack.imap import address, mime
 from mailstack.imap.parse import Atom, ParseError, Token, paren_list
 
 KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
-_HEADER_KEYS = {"CC", "DATE", "FROM", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
 _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 SortKey = tuple[str, bool]  # (key, reversed)
@@ -52,68 +54,100 @@ def sort_criteria(tok: Token) -> list[SortKey]:
 
 
 FIELDS = frozenset({"subject", "date", "from", "to", "cc", "message-id", "references", "in-reply-to"})
-FIELD_LIMIT = 2048  # octets of each field kept for SORT and THREAD (References: its end, the nearest)
+FIELD_LIMIT = 2048  # octets of each field read for SORT and THREAD (References: its end, the nearest)
+CACHED_PER_MAILBOX = MAX_MESSAGES = 100_000  # messages one SORT or THREAD arranges; facts kept per mailbox
 
 
-def trim_header(header: bytes) -> bytes:
-    """What SORT and THREAD read of a header, and no more: their fields, each at most
-    FIELD_LIMIT octets, so that 100,000 messages' worth stays small in memory."""
-    kept = []
+# What SORT and THREAD need of a header, key by key, each worked out only when asked for:
+# "date" (UTC seconds or None), "subject" ((folded base subject, reply?)), "from", "to", "cc"
+# (addr-mailbox, folded), "displayfrom", "displayto", "thread" ((Message-ID, references)).
+Values = dict[str, dict[int, Any]]  # key -> message -> value
+_SORT_NEEDS = {"DATE": "date", "SUBJECT": "subject", "FROM": "from", "TO": "to", "CC": "cc",
+               "DISPLAYFROM": "displayfrom", "DISPLAYTO": "displayto"}
+THREAD_NEEDS = frozenset({"date", "subject", "thread"})
+
+
+def needed(keys: list[SortKey]) -> set[str]:
+    """The header values a SORT with these keys reads."""
+    return {_SORT_NEEDS[key] for key, _ in keys if key in _SORT_NEEDS}
+
+
+def values_of(header: bytes, wanted: set[str]) -> dict[str, Any]:
+    """The ``wanted`` values of one message header (each field read at most FIELD_LIMIT far)."""
+    fields: dict[str, str] = {}
     for name, raw in mime.header_fields(header):
-        if name in FIELDS:
+        if name in FIELDS and name not in fields:
             if len(raw) > FIELD_LIMIT:
                 colon = raw.find(b":") + 1
                 raw = raw[:colon] + (raw[-FIELD_LIMIT:] if name == "references" else raw[colon:colon + FIELD_LIMIT])
-                raw = raw.rstrip(b"\r\n") + b"\r\n"
-            kept.append(raw)
-    return b"".join(kept)
+            fields[name] = mime.field_value(raw)
+    out: dict[str, Any] = {}
+    for key in wanted:
+        if key == "date":
+            out[key] = _sent(fields.get("date", ""))
+        elif key == "subject":
+            subject, reply = _base_subject(fields.get("subject", ""))
+            out[key] = (_fold(subject), reply)
+        elif key == "thread":
+            own = _ids(fields.get("message-id", ""))
+            references = _ids(fields.get("references", "")) or _ids(fields.get("in-reply-to", ""))[:1]
+            out[key] = (own[0] if own else "", tuple(references[-MAX_REFERENCES:]))
+        else:
+            display = key.startswith("display")
+            out[key] = sys.intern(_fold(_first_address(fields.get(key.removeprefix("display"), ""), display)))
+    return out
 
 
-def needs_headers(keys: list[SortKey]) -> bool:
-    return any(key in _HEADER_KEYS for key, _ in keys)
+_CACHES: weakref.WeakKeyDictionary[Any, tuple[int, Values]] = weakref.WeakKeyDictionary()
 
 
-def sort_messages(msns: list[int], keys: list[SortKey], headers: dict[int, bytes],
-                  facts: dict[int, tuple[int, int]]) -> list[int]:
-    """``msns`` in the order ``keys`` give; ``facts`` holds (size, internal date) per message."""
-    ordered = sorted(msns)  # the final tie-break: mailbox order
+def cached_values(mailbox: Any) -> Values:
+    """The values already worked out for a mailbox's messages, by key and UID (a message's
+    header never changes; a new UIDVALIDITY starts afresh)."""
+    entry = _CACHES.get(mailbox)
+    if entry is None or entry[0] != mailbox.uidvalidity or \
+            any(len(v) > 2 * CACHED_PER_MAILBOX for v in entry[1].values()):
+        entry = _CACHES[mailbox] = (mailbox.uidvalidity, {})
+    return entry[1]
+
+
+def sort_messages(ids: list[int], keys: list[SortKey], values: Values,
+                  basics: dict[int, tuple[int, int]]) -> list[int]:
+    """``ids`` in the order ``keys`` give; ``basics`` holds (size, internal date) per message."""
+    ordered = sorted(ids)  # the final tie-break: mailbox order
     for key, reverse in reversed(keys):  # stable sorts, least significant key first
-        value = _value_of(key, headers, facts)
-        ordered.sort(key=value, reverse=reverse)
+        ordered.sort(key=_value_of(key, values, basics), reverse=reverse)
     return ordered
 
 
-def _value_of(key: str, headers: dict[int, bytes], facts: dict[int, tuple[int, int]]) -> Callable[[int], Any]:
+def _value_of(key: str, values: Values, basics: dict[int, tuple[int, int]]) -> Callable[[int], Any]:
     if key == "ARRIVAL":
-        return lambda msn: facts[msn][1]
+        return lambda i: basics[i][1]
     if key == "SIZE":
-        return lambda msn: facts[msn][0]
+        return lambda i: basics[i][0]
     if key == "DATE":
-        return lambda msn: _sent(headers.get(msn, b""), facts[msn][1])
+        dates = values.get("date", {})
+        return lambda i: _date_of(dates.get(i), basics[i][1])
     if key == "SUBJECT":
-        return lambda msn: _fold(base_subject(_field(headers.get(msn, b""), "subject")))
-    field = {"CC": "cc", "FROM": "from", "TO": "to", "DISPLAYFROM": "from", "DISPLAYTO": "to"}[key]
-    display = key.startswith("DISPLAY")
-    return lambda msn: _fold(_first_address(_field(headers.get(msn, b""), field), display))
+        subjects = values.get("subject", {})
+        return lambda i: subjects.get(i, ("", False))[0]
+    found = values.get(_SORT_NEEDS[key], {})
+    return lambda i: found.get(i, "")
 
 
-def _field(header: bytes, name: str) -> str:
-    for n, raw in mime.header_fields(header):
-        if n == name:
-            return mime.field_value(raw)
-    return ""
+def _date_of(sent: float | None, internal_date: int) -> float:
+    return float(internal_date) if sent is None else sent
 
 
-def _sent(header: bytes, internal_date: int) -> float:
-    """The Date: header as UTC seconds; the internal date when it is missing or cannot be read."""
-    value = _field(header, "date")
+def _sent(value: str) -> float | None:
+    """A Date: header as UTC seconds; None when it is missing or cannot be read."""
     parsed = email.utils.parsedate_tz(value) if value else None
     if parsed is None:
-        return float(internal_date)
+        return None
     try:
         return float(email.utils.mktime_tz(parsed))
     except (OverflowError, ValueError):
-        return float(internal_date)
+        return None
 
 
 def _first_address(value: str, display: bool) -> str:
@@ -195,7 +229,6 @@ def _without_trailers(text: str) -> str:
 # -- THREAD (RFC 5256 §4) ------------------------------------------------------------------
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-MAX_THREADED = 100_000  # messages one THREAD or SORT command may arrange
 MAX_DEPTH = 1000  # a reply chain deeper than this is cut (not linked further down)
 MAX_REFERENCES = 100  # the nearest message IDs of References that are followed
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
@@ -231,13 +264,13 @@ class _Node:
         self.children.append(child)
 
 
-def thread(algorithm: str, msns: list[int], headers: dict[int, bytes], facts: dict[int, tuple[int, int]]) -> str:
-    """The THREAD response data, e.g. ``(1 (2)(3))(4)``, for the messages ``msns``."""
-    sent = {msn: _sent(headers.get(msn, b""), facts[msn][1]) for msn in msns}
-    subjects = {msn: _base_subject(_field(headers.get(msn, b""), "subject")) for msn in msns}
+def thread(algorithm: str, ids: list[int], values: Values, basics: dict[int, tuple[int, int]]) -> str:
+    """The THREAD response data, e.g. ``(1 (2)(3))(4)``, for the messages ``ids``."""
+    dates, subjects = values.get("date", {}), values.get("subject", {})
+    sent = {i: _date_of(dates.get(i), basics[i][1]) for i in ids}
     if algorithm == "ORDEREDSUBJECT":
-        return _ordered_subject(msns, sent, {msn: _fold(s) for msn, (s, _) in subjects.items()})
-    return _references(msns, headers, sent, subjects)
+        return _ordered_subject(ids, sent, {i: subjects.get(i, ("", False))[0] for i in ids})
+    return _references(ids, values, sent)
 
 
 def _ordered_subject(msns: list[int], sent: dict[int, float], subjects: dict[int, str]) -> str:
@@ -259,23 +292,21 @@ def _ids(value: str) -> list[str]:
     return _MSG_ID.findall(value)
 
 
-def _references(msns: list[int], headers: dict[int, bytes], sent: dict[int, float],
-                subjects: dict[int, tuple[str, bool]]) -> str:
+def _references(ids: list[int], values: Values, sent: dict[int, float]) -> str:
     """REFERENCES: threads by Message-ID, References and In-Reply-To, then by base subject."""
     table: dict[str, _Node] = {}
     containers: list[_Node] = []
-    for msn in msns:  # (1)
-        header = headers.get(msn, b"")
-        own = _ids(_field(header, "message-id"))
-        node = table.get(own[0]) if own else None
+    threading = values.get("thread", {})
+    for msn in ids:  # (1)
+        message_id, references = threading.get(msn, ("", ()))
+        node = table.get(message_id) if message_id else None
         if node is not None and node.msn == 0:
             node.msn = msn  # the empty container a reference made for this message
         else:  # no Message-ID, or one another message has: a container of its own
             node = _Node(msn)
             containers.append(node)
-            if own and own[0] not in table:
-                table[own[0]] = node
-        references = (_ids(_field(header, "references")) or _ids(_field(header, "in-reply-to"))[:1])[-MAX_REFERENCES:]
+            if message_id and message_id not in table:
+                table[message_id] = node
         previous: _Node | None = None
         for ref in references:  # (1B): each reference the parent of the next, unless linked or a loop
             link = table.get(ref)
@@ -295,7 +326,7 @@ def _references(msns: list[int], headers: dict[int, bytes], sent: dict[int, floa
     for root in roots:
         _sort_siblings(root.children, sent)
     _sort_siblings(roots, sent)  # (4)
-    roots = _gathered(roots, subjects)  # (5)
+    roots = _gathered(roots, values.get("subject", {}))  # (5)
     for root in roots:  # (6)
         _sort_tree(root, sent)
     _sort_siblings(roots, sent)
@@ -358,8 +389,7 @@ def _sort_tree(root: _Node, sent: dict[int, float]) -> None:
 def _subject_of(node: _Node, subjects: dict[int, tuple[str, bool]]) -> tuple[str, bool]:
     if not node.msn:
         node = node.children[0] if node.children else node
-    base, reply = subjects.get(node.msn, ("", False))
-    return _fold(base), reply
+    return subjects.get(node.msn, ("", False))  # type: ignore[no-any-return]
 
 
 def _gathered(roots: list[_Node], subjects: dict[int, tuple[str, bool]]) -> list[_Node]:

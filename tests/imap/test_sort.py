@@ -137,7 +137,7 @@ def test_thread_survives_loops_and_duplicate_message_ids(world, client):
 def test_thread_over_too_many_messages_is_refused(threads, monkeypatch):
     from mailstack.imap import selected
 
-    monkeypatch.setattr(selected, "MAX_THREADED", 3)
+    monkeypatch.setattr(selected, "MAX_MESSAGES", 3)
     assert threads.cmd("THREAD REFERENCES UTF-8 ALL")[1].startswith(b"NO [LIMIT]")
     assert thread_of(threads, "THREAD REFERENCES UTF-8 1:3") == b"(1 2 3)"
 
