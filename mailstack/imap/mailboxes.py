@@ -2,7 +2,8 @@
 RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND.
 
 RFC 3501 §6.3 (with §5.1 naming, §5.1.3 modified UTF-7), RFC 3348
-(\\HasChildren/\\HasNoChildren), RFC 6154 (special-use attributes on LIST),
+(\\HasChildren/\\HasNoChildren), RFC 6154 (special-use attributes on LIST, and
+the SPECIAL-USE selection option), RFC 5258 (LIST-EXTENDED), RFC 5819 (LIST-STATUS),
 RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 9208 (QUOTA: the STORAGE
 resource of the user's quota), RFC 5530 (response codes). The
 hierarchy delimiter is ``.`` (Maildir++); names travel in modified UTF-7 and are
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
@@ -183,31 +185,30 @@ class MailboxCommands(ViewMixin):
         return ref + pattern
 
     async def cmd_list(self, tag: str, args: list[Token]) -> Any:
-        ref, pattern = self._list_args(args)
-        if pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
-            root = ref.split(DELIMITER, 1)[0] + DELIMITER if DELIMITER in ref else ""
-            self.send(b'* LIST (\\Noselect) "." ' + encode_name(root) + b"\r\n")  # type: ignore[operator]
-            return self.ok(tag, "LIST")  # type: ignore[attr-defined]
-        full = self._full_pattern(ref, pattern)
-        regex = pattern_regex(full)
-        existing = await self.store.folders(self.user, self.io)
-        names = set(existing)
-        for name in existing:
-            levels = name.split(DELIMITER)
-            for i in range(1, len(levels)):
-                names.add(DELIMITER.join(levels[:i]))
+        """LIST, and its extended form (RFC 5258): selection options, several patterns, and
+        return options, STATUS among them (RFC 5819); SPECIAL-USE selection (RFC 6154)."""
+        request = _list_request(args)
+        if request is None:  # the RFC 3501 form
+            ref, pattern = self._list_args(args)
+            if pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
+                root = ref.split(DELIMITER, 1)[0] + DELIMITER if DELIMITER in ref else ""
+                self.send(b'* LIST (\\Noselect) "." ' + encode_name(root) + b"\r\n")  # type: ignore[operator]
+                return self.ok(tag, "LIST")  # type: ignore[attr-defined]
+            request = ListRequest(frozenset(), ref, [pattern], frozenset(), (), extended=False)
+        existing = set(await self.store.folders(self.user, self.io))
+        subscribed = set(await self.store.subscriptions(self.user, self.io)) \
+            if request.selection & {"SUBSCRIBED"} or request.returns & {"SUBSCRIBED"} else set()
         out = []
-        for name in sorted(names, key=lambda n: (n != "INBOX", n)):
-            if not name_matches(regex, full, name):
-                continue
-            attrs = []
-            if name not in existing:
-                attrs.append("\\Noselect")
-            has_children = any(other.startswith(name + DELIMITER) for other in names)
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
-            if name in SPECIAL_USE:
-                attrs.append(SPECIAL_USE[name])
-            out.append(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name) + b"\r\n")
+        for name, attrs, childinfo in _listing(request, existing, subscribed):
+            line = f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name)
+            if childinfo:
+                line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+            out.append(line + b"\r\n")
+            if request.status and name in existing:
+                try:
+                    out.append(await self._status_line(name, request.status))
+                except (FolderError, No):  # gone meanwhile: its LIST line stands alone
+                    pass
         self.send(b"".join(out))  # type: ignore[operator]
         return self.ok(tag, "LIST")  # type: ignore[attr-defined]
 
@@ -237,13 +238,10 @@ class MailboxCommands(ViewMixin):
         if len(args) != 2:
             raise Bad("STATUS needs a mailbox and a list of items")
         name = self.mailbox_name(args[0])
-        items = []
-        for tok in paren_list(args[1]):
-            if not isinstance(tok, Atom) or tok.upper() not in STATUS_ITEMS:
-                raise Bad("Unknown STATUS item")
-            items.append(tok.upper())
-        if not items:
-            raise Bad("Empty STATUS item list")
+        self.send(await self._status_line(name, status_items(args[1])))  # type: ignore[operator]
+        return self.ok(tag, "STATUS")  # type: ignore[attr-defined]
+
+    async def _status_line(self, name: str, items: tuple[str, ...]) -> bytes:
         box = await self.store.open(self.user, name, self.io)
         values = {
             "MESSAGES": lambda: len(box.messages),
@@ -257,8 +255,7 @@ class MailboxCommands(ViewMixin):
             "DELETED-STORAGE": lambda: kib(sum(m.size for m in box.messages if "T" in m.letters)),
         }
         body = " ".join(f"{item} {values[item]()}" for item in items)
-        self.send(b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode())  # type: ignore[operator]
-        return self.ok(tag, "STATUS")  # type: ignore[attr-defined]
+        return b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode()
 
     # -- QUOTA (RFC 9208: the STORAGE resource of the user's one quota root) -----------------
 
@@ -354,6 +351,115 @@ class MailboxCommands(ViewMixin):
         if not messages or flags is not None or date is not None:
             raise Bad("APPEND needs the message as a literal")
         return messages
+
+
+def status_items(tok: Token) -> tuple[str, ...]:
+    """The items of a STATUS command or of LIST's STATUS return option."""
+    items = []
+    for item in paren_list(tok):
+        if not isinstance(item, Atom) or item.upper() not in STATUS_ITEMS:
+            raise Bad("Unknown STATUS item")
+        items.append(item.upper())
+    if not items:
+        raise Bad("Empty STATUS item list")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    selection: frozenset[str]  # SUBSCRIBED, REMOTE, RECURSIVEMATCH, SPECIAL-USE
+    reference: str
+    patterns: list[str]
+    returns: frozenset[str]  # SUBSCRIBED, CHILDREN, SPECIAL-USE, STATUS
+    status: tuple[str, ...]  # the items of RETURN (STATUS (...))
+    extended: bool = True
+
+
+SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def _list_request(args: list[Token]) -> ListRequest | None:
+    """The extended LIST (RFC 5258 §3), or None for the RFC 3501 form."""
+    rest = list(args)
+    selection: set[str] = set()
+    if rest and isinstance(rest[0], list):
+        for item in paren_list(rest.pop(0)):
+            option = item.upper() if isinstance(item, Atom) else ""
+            if option not in SELECTION_OPTIONS:
+                raise Bad("Unknown LIST selection option")
+            selection.add(option)
+        if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+            raise Bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 §3
+    returns: set[str] = set()
+    status: tuple[str, ...] = ()
+    if len(rest) >= 2 and isinstance(rest[-2], Atom) and rest[-2].upper() == "RETURN":
+        options = paren_list(rest[-1])
+        rest = rest[:-2]
+        i = 0
+        while i < len(options):
+            option = options[i].upper() if isinstance(options[i], Atom) else ""  # type: ignore[union-attr]
+            if option not in RETURN_OPTIONS:
+                raise Bad("Unknown LIST return option")
+            if option == "STATUS":
+                if i + 1 >= len(options):
+                    raise Bad("STATUS needs a list of items")
+                status = status_items(options[i + 1])
+                i += 1
+            returns.add(option)
+            i += 1
+    if len(rest) != 2:
+        raise Bad("LIST needs a reference and a mailbox pattern")
+    if not selection and not returns and not isinstance(rest[1], list) and len(args) == 2:
+        return None
+    reference = utf7_decode(astring(rest[0]) if not isinstance(rest[0], Atom) else list_mailbox(rest[0]))
+    tokens = rest[1] if isinstance(rest[1], list) else [rest[1]]
+    if not tokens:
+        raise Bad("LIST needs a mailbox pattern")
+    patterns = [utf7_decode(list_mailbox(t)) for t in tokens]
+    return ListRequest(frozenset(selection), reference, patterns, frozenset(returns), status)
+
+
+def _listing(request: ListRequest, existing: set[str],
+             subscribed: set[str]) -> list[tuple[str, list[str], bool]]:
+    """(name, attributes, CHILDINFO SUBSCRIBED?) of each mailbox to list, in order."""
+    regexes = [(pattern_regex(request.reference + p), request.reference + p) for p in request.patterns if p]
+    names = set(existing)
+    for name in existing:
+        levels = name.split(DELIMITER)
+        for i in range(1, len(levels)):
+            names.add(DELIMITER.join(levels[:i]))
+
+    def matches(name: str) -> bool:
+        return any(name_matches(regex, full, name) for regex, full in regexes)
+
+    only_subscribed = "SUBSCRIBED" in request.selection
+    candidates = (set(subscribed) if only_subscribed else names)
+    recursive = "RECURSIVEMATCH" in request.selection
+    out = []
+    seen = set()
+    for name in sorted(candidates | (names if recursive else set()), key=lambda n: (n != "INBOX", n)):
+        if not matches(name) or name in seen:
+            continue
+        childinfo = recursive and only_subscribed and any(
+            s.startswith(name + DELIMITER) for s in subscribed)
+        if only_subscribed and name not in subscribed and not childinfo:
+            continue
+        if "SPECIAL-USE" in request.selection and name not in SPECIAL_USE:
+            continue
+        seen.add(name)
+        attrs = []
+        if name not in existing:
+            attrs += ["\\Noselect", "\\NonExistent"] if request.extended else ["\\Noselect"]
+        if not (only_subscribed and name not in existing) or "CHILDREN" in request.returns:
+            has_children = any(other.startswith(name + DELIMITER) for other in names)
+            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        if (only_subscribed or "SUBSCRIBED" in request.returns) and name in subscribed:
+            attrs.append("\\Subscribed")
+        if name in SPECIAL_USE:
+            attrs.append(SPECIAL_USE[name])
+        out.append((name, attrs, childinfo))
+    return out
 
 
 def kib(octets: int) -> int:

@@ -118,3 +118,34 @@ def test_status_size_and_appendlimit(world, client):
     client.ok("SELECT INBOX")
     sizes = [int(line.rsplit(b" ", 1)[1].rstrip(b")")) for line in client.ok("FETCH 1:* RFC822.SIZE")]
     assert sum(sizes) == len(first) + len(second)  # the same octets FETCH reports
+
+
+def test_extended_list_patterns_selection_and_return_options(world, client):
+    """RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE selection."""
+    assert {b"LIST-EXTENDED", b"LIST-STATUS"} <= set(client.ok("CAPABILITY")[0].split())
+    client.ok("CREATE Lists.Twisted")
+    client.ok("SUBSCRIBE Lists.Twisted")
+    client.ok("CREATE Gone")
+    client.ok("SUBSCRIBE Gone")
+    client.ok("DELETE Gone")  # still subscribed: \NonExistent in a SUBSCRIBED listing
+    assert list_names(client.ok('LIST "" (INBOX Sent)')) == [b"INBOX", b"Sent"]
+    lines = client.ok('LIST (SUBSCRIBED) "" "*"')
+    assert b'* LIST (\\Noselect \\NonExistent \\Subscribed) "." Gone' in lines
+    assert b'* LIST (\\HasNoChildren \\Subscribed) "." Lists.Twisted' in lines
+    assert not any(line.endswith(b'"." Lists') for line in lines)  # not subscribed itself
+    lines = client.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+    assert b'* LIST (\\HasChildren) "." Lists ("CHILDINFO" ("SUBSCRIBED"))' in lines
+    assert client.cmd('LIST (RECURSIVEMATCH) "" "*"')[1].startswith(b"BAD")
+    assert client.cmd('LIST (FANCY) "" "*"')[1].startswith(b"BAD")
+    lines = client.ok('LIST "" "%" RETURN (SUBSCRIBED)')
+    assert b'* LIST (\\HasChildren) "." Lists' in lines  # CREATE made it: a mailbox, not subscribed
+    assert b'* LIST (\\HasNoChildren \\Subscribed \\Sent) "." Sent' in lines
+    assert list_names(client.ok('LIST (SPECIAL-USE) "" "*"')) == [b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash"]
+    world.deliver(b"Subject: s\r\n\r\nx\r\n")
+    client.ok("DELETE Lists")  # only a name above Lists.Twisted now
+    lines = client.ok('LIST "" (INBOX Lists*) RETURN (STATUS (MESSAGES UNSEEN))')
+    assert lines[:2] == [b'* LIST (\\HasNoChildren) "." INBOX', b"* STATUS INBOX (MESSAGES 1 UNSEEN 1)"]
+    assert b'* LIST (\\Noselect \\NonExistent \\HasChildren) "." Lists' in lines
+    assert b"* STATUS Lists " not in b"\n".join(lines)  # not a mailbox: no STATUS
+    assert b"* STATUS Lists.Twisted (MESSAGES 0 UNSEEN 0)" in lines
+    assert client.cmd('LIST "" "*" RETURN (STATUS (COLOUR))')[1].startswith(b"BAD")
