@@ -34,6 +34,7 @@ SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODY", "BO
 _SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
 _BINARY = re.compile(r"^(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
 IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
+_PADDING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
 
 
 class UnknownEncoding(Exception):
@@ -160,9 +161,14 @@ def sets_seen(items: list[Item]) -> bool:
                or i in ("RFC822", "RFC822.TEXT") for i in items)
 
 
+def binary_parts(items: list[Item]) -> list[Binary]:
+    """The BINARY items that decode a part (and so may fail with UNKNOWN-CTE)."""
+    return [i for i in items if isinstance(i, Binary) and i.parts]
+
+
 def check_binary(items: list[Item], datas: list[bytes | None]) -> None:
     """Raise UnknownEncoding now if a BINARY item of these messages would."""
-    wanted = [i for i in items if isinstance(i, Binary) and i.parts]
+    wanted = binary_parts(items)
     for data in datas if wanted else []:
         root = mime.parse(data or b"")
         for item in wanted:
@@ -188,9 +194,12 @@ def binary_bytes(data: bytes, root: mime.Part | None, item: Binary) -> bytes | N
         try:
             return binascii.a2b_base64(part.body)
         except binascii.Error:  # damaged: what can be read of it (RFC 2045 §6.8: ignore junk)
-            return binascii.a2b_base64(re.sub(rb"[^A-Za-z0-9+/]", b"", part.body)[: len(part.body) // 4 * 4])
-    if encoding == "quoted-printable":
-        return binascii.a2b_qp(part.body)
+            clean = re.sub(rb"[^A-Za-z0-9+/]", b"", part.body)
+            if len(clean) % 4 == 1:  # a lone sextet is no octet
+                clean = clean[:-1]
+            return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+    if encoding == "quoted-printable":  # transport padding off the line ends first (RFC 2045 §6.7 (3))
+        return binascii.a2b_qp(_PADDING.sub(b"", part.body))
     raise UnknownEncoding(encoding)
 
 
@@ -329,7 +338,7 @@ def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal
             content = partial(decoded, item.partial)
             origin = f"<{item.partial[0]}>" if item.partial else ""
             out.append(f"BINARY[{item.label}]{origin} ".encode()
-                       + (b"NIL" if content is None else _literal_or_quoted(content)))
+                       + (b"NIL" if content is None else _binary_literal(content)))
         elif isinstance(item, Section):
             tree = parsed() if (item.parts or item.text) else None
             content = partial(section_bytes(data or b"", tree, item), item.partial)
@@ -384,8 +393,15 @@ def metadata_fetch(items: list[Item]) -> MetadataFetch | None:
 
 
 def _literal_or_quoted(content: bytes) -> bytes:
-    """A literal; a literal8 (RFC 3516 §4.3) for content with a NUL, which no plain literal
-    may carry (a message APPENDed as a literal8 can hold one)."""
+    """A literal; a NUL, which no literal may carry (RFC 3501 §9 CHAR8), is sent as 0x80
+    (a message APPENDed as a literal8 can hold one; BINARY gets it as it is)."""
+    if b"\0" in content:
+        content = content.replace(b"\0", b"\x80")
+    return b"{%d}\r\n" % len(content) + content
+
+
+def _binary_literal(content: bytes) -> bytes:
+    """A literal8 (RFC 3516 §4.3) for decoded content with a NUL; a literal otherwise."""
     return (b"~{%d}\r\n" if b"\0" in content else b"{%d}\r\n") % len(content) + content
 
 

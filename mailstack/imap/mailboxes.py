@@ -80,6 +80,8 @@ class MailboxCommands(ViewMixin):
     config: Any
 
     def mailbox_name(self, tok: Token) -> str:
+        if isinstance(tok, String) and tok.binary:
+            raise Bad("A literal8 is only for a message")
         name = utf7_decode(astring(tok))
         if "\0" in name:
             raise ParseError("NUL in mailbox name")
@@ -342,7 +344,7 @@ class MailboxCommands(ViewMixin):
                 if len(flags) != len(tok) or any(f.startswith("\\") and f not in SYSTEM_FLAGS.split()
                                                  for f in flags):
                     raise Bad("Invalid flag in APPEND")
-            elif isinstance(tok, String) and date is None:
+            elif isinstance(tok, String) and date is None and not tok.binary:
                 date = parse_date_time(tok.value.decode("ascii", "replace"))
                 if date is None:
                     raise Bad("Invalid date-time in APPEND")
@@ -393,7 +395,8 @@ def _list_request(args: list[Token]) -> ListRequest | None:
             raise Bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 §3
     returns: set[str] = set()
     status: tuple[str, ...] = ()
-    if len(rest) >= 2 and isinstance(rest[-2], Atom) and rest[-2].upper() == "RETURN":
+    if len(rest) >= 4 and isinstance(rest[-2], Atom) and rest[-2].upper() == "RETURN" and \
+            isinstance(rest[-1], list):  # (a reference called RETURN stays a reference)
         options = paren_list(rest[-1])
         rest = rest[:-2]
         i = 0
@@ -434,11 +437,15 @@ def _listing(request: ListRequest, existing: set[str],
         return any(name_matches(regex, full, name) for regex, full in regexes)
 
     only_subscribed = "SUBSCRIBED" in request.selection
-    candidates = (set(subscribed) if only_subscribed else names)
     recursive = "RECURSIVEMATCH" in request.selection
+    candidates = set(subscribed) if only_subscribed else set(names)
+    if recursive:  # names above subscribed ones, whether they exist or not (RFC 5258 §3.5)
+        for name in subscribed:
+            levels = name.split(DELIMITER)
+            candidates.update(DELIMITER.join(levels[:i]) for i in range(1, len(levels)))
     out = []
     seen = set()
-    for name in sorted(candidates | (names if recursive else set()), key=lambda n: (n != "INBOX", n)):
+    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
         if not matches(name) or name in seen:
             continue
         childinfo = recursive and only_subscribed and any(

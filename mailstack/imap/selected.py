@@ -344,6 +344,8 @@ class SelectedCommands(ViewMixin):
             return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
         want_body = F.needs_body(items)
         mark_seen = F.sets_seen(items) and not view.readonly
+        if mark_seen and F.binary_parts(items):  # a BINARY that must fail fails before any \Seen
+            await self._check_binary(targets, items)
         batch: list[tuple[int, Message]] = []
         size = 0
         for msn, u in targets:
@@ -358,6 +360,15 @@ class SelectedCommands(ViewMixin):
         if batch:
             await self._fetch_batch(batch, items, want_body, mark_seen)
         return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
+
+    async def _check_binary(self, targets: list[tuple[int, int]], items: list[F.Item]) -> None:
+        """Raise UnknownEncoding if a BINARY item fails for any of the messages (read in batches)."""
+        box = self._view().box
+        paths = [box.file_path(m) for _, u in targets if (m := box.by_uid.get(u)) is not None]
+        for start in range(0, len(paths), 200):
+            chunk = paths[start:start + 200]
+            datas = await self.io(lambda chunk=chunk: [read_file(p) for p in chunk])
+            F.check_binary(items, datas)
 
     def _fetch_metadata(self, targets: list[tuple[int, int]], fetch: F.MetadataFetch) -> None:
         """FETCH of flags, sizes, dates and UIDs only: from memory, flags rendered once per set."""
@@ -393,8 +404,6 @@ class SelectedCommands(ViewMixin):
             if want_body and data is None:
                 datas[i] = await box.read(msg)  # renamed meanwhile (a flag change): look again
         seen: set[int] = set()
-        if mark_seen:  # a BINARY that must fail fails before anything is marked \Seen
-            F.check_binary(items, datas)
         if mark_seen:  # RFC 3501 §6.4.5: BODY[] sets \Seen; one trip to the io pool per batch
             unseen: list[tuple[Message, LetterChange]] = [(msg, _add_seen) for _, msg in batch
                                                           if "S" not in msg.letters]

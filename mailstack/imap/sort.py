@@ -55,7 +55,8 @@ def sort_criteria(tok: Token) -> list[SortKey]:
 
 FIELDS = frozenset({"subject", "date", "from", "to", "cc", "message-id", "references", "in-reply-to"})
 FIELD_LIMIT = 2048  # octets of each field read for SORT and THREAD (References: its end, the nearest)
-CACHED_PER_MAILBOX = MAX_MESSAGES = 100_000  # messages one SORT or THREAD arranges; facts kept per mailbox
+MAX_MESSAGES = 100_000  # messages one SORT or THREAD arranges
+CACHE_LIMIT = 400_000  # values (a key of a message) kept for all mailboxes together
 
 
 # What SORT and THREAD need of a header, key by key, each worked out only when asked for:
@@ -103,12 +104,25 @@ _CACHES: weakref.WeakKeyDictionary[Any, tuple[int, Values]] = weakref.WeakKeyDic
 
 def cached_values(mailbox: Any) -> Values:
     """The values already worked out for a mailbox's messages, by key and UID (a message's
-    header never changes; a new UIDVALIDITY starts afresh)."""
+    header never changes; a new UIDVALIDITY starts afresh). Expunged messages are dropped
+    from it, and all mailboxes together keep at most CACHE_LIMIT values: past that, the
+    other mailboxes' values go first."""
     entry = _CACHES.get(mailbox)
-    if entry is None or entry[0] != mailbox.uidvalidity or \
-            any(len(v) > 2 * CACHED_PER_MAILBOX for v in entry[1].values()):
+    if entry is None or entry[0] != mailbox.uidvalidity:
         entry = _CACHES[mailbox] = (mailbox.uidvalidity, {})
-    return entry[1]
+    values = entry[1]
+    present = len(mailbox.by_uid)
+    for key, found in values.items():
+        if len(found) > 2 * present + 1000:  # many of them expunged meanwhile
+            values[key] = {uid: v for uid, v in found.items() if uid in mailbox.by_uid}
+    total = sum(len(found) for entry in _CACHES.values() for found in entry[1].values())
+    if total > CACHE_LIMIT:
+        for other in list(_CACHES.keys()):
+            if other is not mailbox:
+                del _CACHES[other]
+        if sum(len(found) for found in values.values()) > CACHE_LIMIT:
+            values.clear()
+    return values
 
 
 def sort_messages(ids: list[int], keys: list[SortKey], values: Values,
@@ -230,7 +244,7 @@ def _without_trailers(text: str) -> str:
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 MAX_DEPTH = 1000  # a reply chain deeper than this is cut (not linked further down)
-MAX_REFERENCES = 100  # the nearest message IDs of References that are followed
+MAX_REFERENCES = 20  # the nearest message IDs of References that are followed
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
 
 

@@ -44,7 +44,32 @@ def test_append_takes_a_literal8_and_nothing_else_holds_a_nul(client):
     out = client.send(b"a1 APPEND INBOX ~{%d+}\r\n" % len(data) + data + b"\r\n")
     assert out.startswith(b"a1 OK [APPENDUID")
     client.ok("SELECT INBOX")
-    assert client.raw("FETCH 1 BODY.PEEK[]").startswith(b"* 1 FETCH (BODY[] ~{%d}\r\n" % len(data) + data)
+    # BODY[] is a plain literal, which may not carry a NUL: it goes as 0x80; BINARY[] gives it as it is
+    assert client.raw("FETCH 1 BODY.PEEK[]").startswith(
+        b"* 1 FETCH (BODY[] {%d}\r\n" % len(data) + data.replace(b"\0", b"\x80"))
+    assert client.raw("FETCH 1 BINARY.PEEK[]").startswith(b"* 1 FETCH (BINARY[] ~{%d}\r\n" % len(data) + data)
     out = client.send(b"a2 APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")
     assert out.startswith(b"a2 BAD") and b"NUL" in out  # a plain literal may not carry a NUL
     assert client.send(b"a3 LOGIN ~{1+}\r\nx y\r\n").startswith(b"a3 BAD")
+    assert client.send(b"a4 APPEND ~{5+}\r\nINBOX {3+}\r\nabc\r\n").startswith(b"a4 BAD")  # not a name
+
+
+def single(body: bytes, encoding: str) -> bytes:
+    return (f"Subject: one\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
+            .encode() + body)
+
+
+def test_damaged_base64_and_padded_quoted_printable(world, client):
+    world.deliver(single(b"QUJD\r\nRA\r\n", "base64"))  # the last group lacks its padding
+    world.deliver(single(b"ab=\r\ncd=20 \r\nef= \r\ngh", "quoted-printable"))  # RFC 2045 §6.7 padding
+    client.ok("SELECT INBOX")
+    assert client.raw("FETCH 1 BINARY.PEEK[1]").startswith(b"* 1 FETCH (BINARY[1] {4}\r\nABCD)")
+    assert client.raw("FETCH 2 BINARY.PEEK[1]").startswith(b"* 2 FETCH (BINARY[1] {11}\r\nabcd \r\nefgh)")
+
+
+def test_unknown_cte_in_any_message_fails_the_fetch_before_any_is_seen(world, client):
+    world.deliver(single(b"plain\r\n", "7bit"))
+    world.deliver(single(b"begin 644 x\r\n", "x-uuencode"))
+    client.ok("SELECT INBOX")
+    assert client.cmd("FETCH 1:2 BINARY[1]")[1].startswith(b"NO [UNKNOWN-CTE]")
+    assert client.ok("SEARCH SEEN") == [b"* SEARCH"]

@@ -149,3 +149,13 @@ def test_extended_list_patterns_selection_and_return_options(world, client):
     assert b"* STATUS Lists " not in b"\n".join(lines)  # not a mailbox: no STATUS
     assert b"* STATUS Lists.Twisted (MESSAGES 0 UNSEEN 0)" in lines
     assert client.cmd('LIST "" "*" RETURN (STATUS (COLOUR))')[1].startswith(b"BAD")
+
+
+def test_recursivematch_lists_parents_that_do_not_exist_and_return_can_be_a_name(client):
+    client.ok("CREATE Ghost.Child")
+    client.ok("SUBSCRIBE Ghost.Child")
+    client.ok("DELETE Ghost.Child")
+    client.ok("DELETE Ghost")
+    lines = client.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
+    assert b'* LIST (\\Noselect \\NonExistent) "." Ghost ("CHILDINFO" ("SUBSCRIBED"))' in lines
+    assert client.cmd("LIST RETURN %")[1].startswith(b"OK")  # RFC 3501 form: a reference called RETURN
