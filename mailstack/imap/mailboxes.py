@@ -4,7 +4,8 @@ RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND.
 RFC 3501 §6.3 (with §5.1 naming, §5.1.3 modified UTF-7), RFC 3348
 (\\HasChildren/\\HasNoChildren), RFC 6154 (special-use attributes on LIST, and
 the SPECIAL-USE selection option), RFC 5258 (LIST-EXTENDED), RFC 5819 (LIST-STATUS),
-RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 9208 (QUOTA: the STORAGE
+RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE, with RFC 5092
+URLs into the user's own mailboxes), RFC 9208 (QUOTA: the STORAGE
 resource of the user's quota), RFC 5530 (response codes). The
 hierarchy delimiter is ``.`` (Maildir++); names travel in modified UTF-7 and are
 stored as UTF-8.
@@ -17,9 +18,11 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from twisted.logger import Logger
 
+from mailstack.imap.fetch import parse_section, section_bytes
 from mailstack.imap.parse import (
     Atom,
     ParseError,
@@ -294,7 +297,8 @@ class MailboxCommands(ViewMixin):
         if len(args) < 2:
             raise Bad("APPEND needs a mailbox and a message literal")
         name = self.mailbox_name(args[0])
-        messages = self._append_messages(args[1:])
+        messages = [(flags, date, data if isinstance(data, bytes) else await self._catenate(data))
+                    for flags, date, data in self._append_messages(args[1:])]
         if any(len(data) > self.config.max_message_size for _, _, data in messages):
             raise No("Message too large", "TOOBIG")
         try:
@@ -325,14 +329,69 @@ class MailboxCommands(ViewMixin):
         return self.ok(tag, "APPEND",  # type: ignore[attr-defined]
                        code=f"APPENDUID {box.uidvalidity} {uid_set_text([m.uid for m in msgs])}")
 
+    async def _catenate(self, parts: list[tuple[str, bytes | str]]) -> bytes:
+        """CATENATE (RFC 4469): the message made of TEXT literals and parts of the user's
+        own messages named by IMAP URLs (RFC 5092); NO [BADURL] for one that names nothing."""
+        out: list[bytes] = []
+        size = 0
+        for kind, value in parts:
+            if kind == "TEXT":
+                assert isinstance(value, bytes)
+                piece = value
+            else:
+                assert isinstance(value, str)
+                piece = await self._url_octets(value)
+            size += len(piece)
+            if size > self.config.max_message_size:
+                raise No("Message too large", "TOOBIG")
+            out.append(piece)
+        return b"".join(out)
+
+    async def _url_octets(self, url: str) -> bytes:
+        bad = No("The URL names no message part of yours", f"BADURL {_quoted(url)}")
+        m = _IMAP_URL.match(url)
+        if m is None or (m.group("user") and unquote(m.group("user")).lower() != str(self.user).lower()):
+            raise bad
+        try:
+            name = normal_name(unquote(m.group("mailbox"), errors="strict"))
+            box = await self.store.open(self.user, name, self.io)
+        except (FolderError, UnicodeDecodeError, ValueError):
+            raise bad from None
+        message = box.by_uid.get(int(m.group("uid")))
+        if int(m.group("uidvalidity")) != box.uidvalidity or message is None:
+            raise bad
+        data = await box.read(message)
+        if not data:
+            raise bad
+        offset, length = m.group("offset"), m.group("length")
+        partial = (int(offset), int(length) if length else len(data)) if offset is not None else None
+        try:
+            section = parse_section(unquote(m.group("section") or ""), True, partial)
+        except ParseError:
+            raise bad from None
+        content = section_bytes(data, None, section)
+        if content is None:
+            raise bad
+        if partial is not None:
+            content = content[partial[0]:partial[0] + partial[1]]
+        return content
+
     @staticmethod
-    def _append_messages(args: list[Token]) -> list[tuple[list[str], int | None, bytes]]:
-        """(flags, date, octets) of each message: ``[flags] [date-time] literal``, repeated."""
-        messages: list[tuple[list[str], int | None, bytes]] = []
+    def _append_messages(args: list[Token]) -> list[tuple[list[str], int | None, bytes | list[Any]]]:
+        """(flags, date, octets or CATENATE parts) of each message: ``[flags] [date-time]
+        (literal | CATENATE (...))``, repeated."""
+        messages: list[tuple[list[str], int | None, bytes | list[Any]]] = []
         flags: list[str] | None = None
         date: int | None = None
-        for tok in args:
-            if isinstance(tok, String) and tok.literal:
+        tokens = iter(args)
+        for tok in tokens:
+            if isinstance(tok, Atom) and tok.upper() == "CATENATE":
+                parts = _catenate_parts(next(tokens, None))
+                if len(messages) >= MAX_APPEND_MESSAGES:
+                    raise No(f"At most {MAX_APPEND_MESSAGES} messages in one APPEND", "LIMIT")
+                messages.append((flags or [], date, parts))
+                flags, date = None, None
+            elif isinstance(tok, String) and tok.literal:
                 if not tok.value:  # RFC 3502: how a client cancels a MULTIAPPEND part way
                     raise No("Empty message: nothing appended")
                 if len(messages) >= MAX_APPEND_MESSAGES:
@@ -353,6 +412,35 @@ class MailboxCommands(ViewMixin):
         if not messages or flags is not None or date is not None:
             raise Bad("APPEND needs the message as a literal")
         return messages
+
+
+# RFC 5092 IMAP URLs as CATENATE takes them: this server, the user's own mailboxes
+_IMAP_URL = re.compile(
+    r"^(?:imap://(?:(?P<user>[^@/;]+)(?:;[^@/]*)?@)?[^/]+)?/(?P<mailbox>[^;/?]+);UIDVALIDITY=(?P<uidvalidity>[1-9]\d{0,9})"
+    r"/;UID=(?P<uid>[1-9]\d{0,9})(?:/;SECTION=(?P<section>[^/;?]+))?"
+    r"(?:/;PARTIAL=(?P<offset>\d{1,10})(?:\.(?P<length>[1-9]\d{0,9}))?)?$", re.I)
+
+
+def _catenate_parts(tok: Token | None) -> list[tuple[str, bytes | str]]:
+    """``(TEXT literal URL "imap-url" ...)`` (RFC 4469 §5) -> [(kind, literal or URL)]."""
+    if not isinstance(tok, list) or not tok or len(tok) % 2:
+        raise Bad("CATENATE needs a list of TEXT and URL parts")
+    parts: list[tuple[str, bytes | str]] = []
+    for kind, value in zip(tok[::2], tok[1::2], strict=True):
+        name = kind.upper() if isinstance(kind, Atom) else ""
+        if name == "TEXT" and isinstance(value, String) and value.literal:
+            if b"\0" in value.value:
+                raise Bad("A NUL in a CATENATE TEXT part")
+            parts.append(("TEXT", value.value))
+        elif name == "URL" and not isinstance(value, list) and not (isinstance(value, String) and value.binary):
+            parts.append(("URL", astring(value)))
+        else:
+            raise Bad("CATENATE parts are TEXT literal or URL url")
+    return parts
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"')[:300] + '"'
 
 
 def status_items(tok: Token) -> tuple[str, ...]:

@@ -108,3 +108,29 @@ def test_an_empty_literal_cancels_a_multiappend_and_the_count_is_bounded(client,
     out = client.send(b"a7 APPEND INBOX {1+}\r\na {1+}\r\nb {1}\r\n")  # the third is refused unread
     assert out == b"a7 NO [LIMIT] At most 2 messages in one APPEND\r\n"
     assert client.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)"]
+
+
+def test_catenate_builds_a_message_from_text_and_parts_of_the_users_own(world, client):
+    """RFC 4469 CATENATE with RFC 5092 URLs: TEXT literals and parts of existing messages."""
+    world.deliver(b"Subject: source\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+                  b"--b\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+                  b"second part\r\n--b--\r\n")
+    lines = client.ok("SELECT INBOX")
+    validity = int(next(line for line in lines if b"UIDVALIDITY" in line).split(b"UIDVALIDITY ")[1].split(b"]")[0])
+    uid = int(client.ok("UID SEARCH ALL")[0].split()[2])
+    head = b"Subject: built\r\n\r\n"
+    url = f"/INBOX;UIDVALIDITY={validity}/;UID={uid}/;SECTION=2"
+    out = client.send(b"a1 APPEND Drafts CATENATE (TEXT {%d+}\r\n" % len(head) + head +
+                      f' URL "{url}" URL "imap://alice%40example.test@any.host{url[:-1]}1/;PARTIAL=0.5")\r\n'.encode())
+    assert out.startswith(b"a1 OK [APPENDUID"), out
+    client.ok("SELECT Drafts")
+    assert client.raw("FETCH 1 BODY.PEEK[]").startswith(b"* 1 FETCH (BODY[] {34}\r\nSubject: built\r\n\r\nsecond partfirst)")
+    assert b"CATENATE" in client.ok("CAPABILITY")[0].split()
+    for bad in (f"/INBOX;UIDVALIDITY={validity + 1}/;UID={uid}", f"/INBOX;UIDVALIDITY={validity}/;UID={uid + 9}",
+                f"/INBOX;UIDVALIDITY={validity}/;UID={uid}/;SECTION=7", "/Nowhere;UIDVALIDITY=1/;UID=1",
+                f"imap://bob%40example.test@h/INBOX;UIDVALIDITY={validity}/;UID={uid}", "http://example.test/x"):
+        tagged = client.cmd(f'APPEND Drafts CATENATE (URL "{bad}")')[1]
+        assert tagged.startswith(b'NO [BADURL "' + bad.encode() + b'"]'), (bad, tagged)
+    assert client.cmd("APPEND Drafts CATENATE (TEXT)")[1].startswith(b"BAD")
+    assert client.cmd('APPEND Drafts CATENATE (BODY "x")')[1].startswith(b"BAD")
+    assert len(client.ok("FETCH 1:* FLAGS")) == 1  # nothing added by the refused ones
