@@ -297,10 +297,15 @@ class MailboxCommands(ViewMixin):
         if len(args) < 2:
             raise Bad("APPEND needs a mailbox and a message literal")
         name = self.mailbox_name(args[0])
-        messages = [(flags, date, data if isinstance(data, bytes) else await self._catenate(data))
-                    for flags, date, data in self._append_messages(args[1:])]
-        if any(len(data) > self.config.max_message_size for _, _, data in messages):
-            raise No("Message too large", "TOOBIG")
+        messages: list[tuple[list[str], int | None, bytes]] = []
+        sources: dict[tuple[str, int], bytes] = {}  # the messages CATENATE URLs read, once each
+        budget = self.config.max_message_size + MAX_APPEND_TOTAL  # all of them, as for literals
+        for flags, date, data in self._append_messages(args[1:]):
+            octets = data if isinstance(data, bytes) else await self._catenate(data, sources)
+            budget -= len(octets)
+            if len(octets) > self.config.max_message_size or budget < 0:
+                raise No("Message too large", "TOOBIG")
+            messages.append((flags, date, octets))
         try:
             box = await self.store.open(self.user, name, self.io)
         except FolderError as e:
@@ -329,7 +334,7 @@ class MailboxCommands(ViewMixin):
         return self.ok(tag, "APPEND",  # type: ignore[attr-defined]
                        code=f"APPENDUID {box.uidvalidity} {uid_set_text([m.uid for m in msgs])}")
 
-    async def _catenate(self, parts: list[tuple[str, bytes | str]]) -> bytes:
+    async def _catenate(self, parts: list[tuple[str, bytes | str]], sources: dict[tuple[str, int], bytes]) -> bytes:
         """CATENATE (RFC 4469): the message made of TEXT literals and parts of the user's
         own messages named by IMAP URLs (RFC 5092); NO [BADURL] for one that names nothing."""
         out: list[bytes] = []
@@ -340,27 +345,32 @@ class MailboxCommands(ViewMixin):
                 piece = value
             else:
                 assert isinstance(value, str)
-                piece = await self._url_octets(value)
+                piece = await self._url_octets(value, sources)
             size += len(piece)
             if size > self.config.max_message_size:
                 raise No("Message too large", "TOOBIG")
             out.append(piece)
+        if not size:
+            raise No("Empty message: nothing appended")
         return b"".join(out)
 
-    async def _url_octets(self, url: str) -> bytes:
-        bad = No("The URL names no message part of yours", f"BADURL {_quoted(url)}")
+    async def _url_octets(self, url: str, sources: dict[tuple[str, int], bytes]) -> bytes:
+        bad = No("The URL names no message part of yours", _badurl(url))
         m = _IMAP_URL.match(url)
-        if m is None or (m.group("user") and unquote(m.group("user")).lower() != str(self.user).lower()):
+        if m is None:  # (an absolute imap:// URL needs URLAUTH, RFC 4469 §3: not offered)
             raise bad
         try:
             name = normal_name(unquote(m.group("mailbox"), errors="strict"))
             box = await self.store.open(self.user, name, self.io)
         except (FolderError, UnicodeDecodeError, ValueError):
             raise bad from None
-        message = box.by_uid.get(int(m.group("uid")))
-        if int(m.group("uidvalidity")) != box.uidvalidity or message is None:
+        uid = int(m.group("uid"))
+        message = box.by_uid.get(uid)
+        if (m.group("uidvalidity") and int(m.group("uidvalidity")) != box.uidvalidity) or message is None:
             raise bad
-        data = await box.read(message)
+        data = sources.get((name, uid))
+        if data is None:
+            data = sources[(name, uid)] = await box.read(message)
         if not data:
             raise bad
         offset, length = m.group("offset"), m.group("length")
@@ -414,24 +424,27 @@ class MailboxCommands(ViewMixin):
         return messages
 
 
-# RFC 5092 IMAP URLs as CATENATE takes them: this server, the user's own mailboxes
+# RFC 5092 IMAP URLs relative to this server, as CATENATE takes them (RFC 4469 §3): the
+# user's own mailboxes; UIDVALIDITY may be left out
 _IMAP_URL = re.compile(
-    r"^(?:imap://(?:(?P<user>[^@/;]+)(?:;[^@/]*)?@)?[^/]+)?/(?P<mailbox>[^;/?]+);UIDVALIDITY=(?P<uidvalidity>[1-9]\d{0,9})"
+    r"^/(?P<mailbox>[^;/?]+)(?:;UIDVALIDITY=(?P<uidvalidity>[1-9]\d{0,9}))?"
     r"/;UID=(?P<uid>[1-9]\d{0,9})(?:/;SECTION=(?P<section>[^/;?]+))?"
     r"(?:/;PARTIAL=(?P<offset>\d{1,10})(?:\.(?P<length>[1-9]\d{0,9}))?)?$", re.I)
+MAX_CATENATE_PARTS = 100  # parts of one CATENATE message
+MAX_APPEND_TOTAL = 1 << 20  # an APPEND's messages together: one message's size and this much more
 
 
 def _catenate_parts(tok: Token | None) -> list[tuple[str, bytes | str]]:
     """``(TEXT literal URL "imap-url" ...)`` (RFC 4469 §5) -> [(kind, literal or URL)]."""
     if not isinstance(tok, list) or not tok or len(tok) % 2:
         raise Bad("CATENATE needs a list of TEXT and URL parts")
+    if len(tok) > 2 * MAX_CATENATE_PARTS:
+        raise No(f"At most {MAX_CATENATE_PARTS} parts in one CATENATE", "LIMIT")
     parts: list[tuple[str, bytes | str]] = []
     for kind, value in zip(tok[::2], tok[1::2], strict=True):
         name = kind.upper() if isinstance(kind, Atom) else ""
-        if name == "TEXT" and isinstance(value, String) and value.literal:
-            if b"\0" in value.value:
-                raise Bad("A NUL in a CATENATE TEXT part")
-            parts.append(("TEXT", value.value))
+        if name == "TEXT" and isinstance(value, String) and value.literal and not value.binary:
+            parts.append(("TEXT", value.value))  # (a plain literal: the parser refused any NUL)
         elif name == "URL" and not isinstance(value, list) and not (isinstance(value, String) and value.binary):
             parts.append(("URL", astring(value)))
         else:
@@ -439,8 +452,11 @@ def _catenate_parts(tok: Token | None) -> list[tuple[str, bytes | str]]:
     return parts
 
 
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"')[:300] + '"'
+def _badurl(url: str) -> str:
+    """RFC 4469 §5: BADURL names the URL as it came, when it can stand in a response code."""
+    if len(url) > 300 or any(not 0x20 <= ord(c) <= 0x7E or c == "]" for c in url):
+        return "BADURL"
+    return f"BADURL {url}"
 
 
 def status_items(tok: Token) -> tuple[str, ...]:

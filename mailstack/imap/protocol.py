@@ -200,8 +200,8 @@ class IMAPProtocol(LineServerProtocol):
         if name == "APPEND":  # message literals, plus the command's own words
             if n > self.factory.max_message_size or self.size + n > self.factory.max_message_size + MAX_COMMAND:
                 return status(tag, "NO", "Message too large", "TOOBIG").data
-            if len(self.parts) > 2 * MAX_APPEND_MESSAGES:  # a line and a literal per message
-                return status(tag, "NO", f"At most {MAX_APPEND_MESSAGES} messages in one APPEND", "LIMIT").data
+            if len(self.parts) > 2 * MAX_APPEND_MESSAGES:  # a line and a literal per message (or part)
+                return status(tag, "NO", "Too many literals in one APPEND", "LIMIT").data
             return None
         if self.size + n > MAX_COMMAND:
             return status(tag, "BAD", "Command too long", "TOOBIG").data

@@ -106,7 +106,7 @@ def test_an_empty_literal_cancels_a_multiappend_and_the_count_is_bounded(client,
     monkeypatch.setattr(mailboxes, "MAX_APPEND_MESSAGES", 2)
     monkeypatch.setattr(protocol, "MAX_APPEND_MESSAGES", 2)
     out = client.send(b"a7 APPEND INBOX {1+}\r\na {1+}\r\nb {1}\r\n")  # the third is refused unread
-    assert out == b"a7 NO [LIMIT] At most 2 messages in one APPEND\r\n"
+    assert out == b"a7 NO [LIMIT] Too many literals in one APPEND\r\n"
     assert client.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)"]
 
 
@@ -120,17 +120,37 @@ def test_catenate_builds_a_message_from_text_and_parts_of_the_users_own(world, c
     uid = int(client.ok("UID SEARCH ALL")[0].split()[2])
     head = b"Subject: built\r\n\r\n"
     url = f"/INBOX;UIDVALIDITY={validity}/;UID={uid}/;SECTION=2"
+    plain = url.replace(f";UIDVALIDITY={validity}", "")[:-1] + "1/;PARTIAL=0.5"  # UIDVALIDITY may be left out
     out = client.send(b"a1 APPEND Drafts CATENATE (TEXT {%d+}\r\n" % len(head) + head +
-                      f' URL "{url}" URL "imap://alice%40example.test@any.host{url[:-1]}1/;PARTIAL=0.5")\r\n'.encode())
+                      f' URL "{url}" URL "{plain}")\r\n'.encode())
     assert out.startswith(b"a1 OK [APPENDUID"), out
     client.ok("SELECT Drafts")
     assert client.raw("FETCH 1 BODY.PEEK[]").startswith(b"* 1 FETCH (BODY[] {34}\r\nSubject: built\r\n\r\nsecond partfirst)")
     assert b"CATENATE" in client.ok("CAPABILITY")[0].split()
     for bad in (f"/INBOX;UIDVALIDITY={validity + 1}/;UID={uid}", f"/INBOX;UIDVALIDITY={validity}/;UID={uid + 9}",
                 f"/INBOX;UIDVALIDITY={validity}/;UID={uid}/;SECTION=7", "/Nowhere;UIDVALIDITY=1/;UID=1",
-                f"imap://bob%40example.test@h/INBOX;UIDVALIDITY={validity}/;UID={uid}", "http://example.test/x"):
+                f"imap://alice%40example.test@h/INBOX;UIDVALIDITY={validity}/;UID={uid}",  # absolute: URLAUTH
+                "http://example.test/x"):
         tagged = client.cmd(f'APPEND Drafts CATENATE (URL "{bad}")')[1]
-        assert tagged.startswith(b'NO [BADURL "' + bad.encode() + b'"]'), (bad, tagged)
+        assert tagged.startswith(b"NO [BADURL " + bad.encode() + b"]"), (bad, tagged)
+    tagged = client.cmd('APPEND Drafts CATENATE (URL "/a]b")')[1]
+    assert tagged.startswith(b"NO [BADURL] ")  # a URL that cannot stand in the code is left out of it
+    assert client.cmd(b"APPEND Drafts CATENATE (TEXT {0+}\r\n)")[1].startswith(b"NO Empty")
+    big = f"/INBOX;UIDVALIDITY={validity}/;UID={uid}"
+    many = " ".join(f'URL "{big}"' for _ in range(101))
+    assert client.cmd(f"APPEND Drafts CATENATE ({many})")[1].startswith(b"NO [LIMIT]")
     assert client.cmd("APPEND Drafts CATENATE (TEXT)")[1].startswith(b"BAD")
     assert client.cmd('APPEND Drafts CATENATE (BODY "x")')[1].startswith(b"BAD")
     assert len(client.ok("FETCH 1:* FLAGS")) == 1  # nothing added by the refused ones
+
+
+def test_catenate_copies_count_against_one_appends_size(world, client):
+    """A short URL can name a large message: all of an APPEND's messages together are held
+    to one message's size plus 1 MiB, as literals are."""
+    world.deliver(b"Subject: big\r\n\r\n" + b"x" * 90_000 + b"\r\n")
+    client.ok("SELECT INBOX")
+    uid = int(client.ok("UID SEARCH ALL")[0].split()[2])
+    one = f'CATENATE (URL "/INBOX/;UID={uid}")'
+    assert client.cmd(f"APPEND Drafts {one} {one}")[1].startswith(b"OK [APPENDUID")
+    assert client.cmd("APPEND Drafts " + " ".join([one] * 13))[1].startswith(b"NO [TOOBIG]")
+    assert client.ok("STATUS Drafts (MESSAGES)") == [b"* STATUS Drafts (MESSAGES 2)"]
