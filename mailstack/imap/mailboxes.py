@@ -132,10 +132,15 @@ class MailboxCommands(ViewMixin):
     # -- CREATE / DELETE / RENAME (RFC 3501 §6.3.3-6.3.5) -------------------------------
 
     async def cmd_create(self, tag: str, args: list[Token]) -> Any:
+        """CREATE, with RFC 6154 §3's ``(USE (\\Drafts ...))`` to give the new folder uses."""
+        uses: tuple[str, ...] = ()
+        if len(args) == 2:
+            uses = _create_uses(args[1])
+            args = args[:1]
         name = self._one_name(args)
         if any(c in name for c in "%*"):
             raise No("Mailbox names cannot contain wildcards", "CANNOT")
-        await self.store.create(self.user, name, self.io)
+        await self.store.create(self.user, name, self.io, uses)
         return self.ok(tag, "CREATE")  # type: ignore[attr-defined]
 
     async def cmd_delete(self, tag: str, args: list[Token]) -> Any:
@@ -201,10 +206,11 @@ class MailboxCommands(ViewMixin):
                 return self.ok(tag, "LIST")  # type: ignore[attr-defined]
             request = ListRequest(frozenset(), ref, [pattern], frozenset(), (), extended=False)
         existing = set(await self.store.folders(self.user, self.io))
+        uses = await self.store.special_uses(self.user, self.io)
         subscribed = set(await self.store.subscriptions(self.user, self.io)) \
             if request.selection & {"SUBSCRIBED"} or request.returns & {"SUBSCRIBED"} else set()
         out = []
-        for name, attrs, childinfo in _listing(request, existing, subscribed):
+        for name, attrs, childinfo in _listing(request, existing, subscribed, uses):
             line = f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name)
             if childinfo:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
@@ -434,6 +440,25 @@ MAX_CATENATE_PARTS = 100  # parts of one CATENATE message
 MAX_APPEND_TOTAL = 1 << 20  # an APPEND's messages together: one message's size and this much more
 
 
+def _create_uses(tok: Token) -> tuple[str, ...]:
+    """The uses of ``(USE (\\Sent ...))`` (RFC 6154 §3, RFC 4466 create-params)."""
+    params = paren_list(tok)
+    if len(params) != 2 or not isinstance(params[0], Atom) or params[0].upper() != "USE":
+        raise Bad("Unknown CREATE parameter")
+    uses = []
+    for item in paren_list(params[1]):
+        if not isinstance(item, Atom):
+            raise Bad("Expected a special-use attribute")
+        use = _USE_NAMES.get(item.value.lower())
+        if use is None:  # \All, \Flagged (virtual folders) or no use at all
+            raise No(f"{item.value[:40]} cannot be given to a mailbox here", "USEATTR")
+        uses.append(use)
+    return tuple(uses)
+
+
+_USE_NAMES = {use.lower(): use for use in SPECIAL_USE.values()}
+
+
 def _catenate_parts(tok: Token | None) -> list[tuple[str, bytes | str]]:
     """``(TEXT literal URL "imap-url" ...)`` (RFC 4469 §5) -> [(kind, literal or URL)]."""
     if not isinstance(tok, list) or not tok or len(tok) % 2:
@@ -527,8 +552,8 @@ def _list_request(args: list[Token]) -> ListRequest | None:
     return ListRequest(frozenset(selection), reference, patterns, frozenset(returns), status)
 
 
-def _listing(request: ListRequest, existing: set[str],
-             subscribed: set[str]) -> list[tuple[str, list[str], bool]]:
+def _listing(request: ListRequest, existing: set[str], subscribed: set[str],
+             uses: dict[str, str]) -> list[tuple[str, list[str], bool]]:
     """(name, attributes, CHILDINFO SUBSCRIBED?) of each mailbox to list, in order."""
     regexes = [(pattern_regex(request.reference + p), request.reference + p) for p in request.patterns if p]
     names = set(existing)
@@ -556,7 +581,7 @@ def _listing(request: ListRequest, existing: set[str],
             s.startswith(name + DELIMITER) for s in subscribed)
         if only_subscribed and name not in subscribed and not childinfo:
             continue
-        if "SPECIAL-USE" in request.selection and name not in SPECIAL_USE:
+        if "SPECIAL-USE" in request.selection and name not in uses:
             continue
         seen.add(name)
         attrs = []
@@ -567,8 +592,8 @@ def _listing(request: ListRequest, existing: set[str],
             attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
         if (only_subscribed or "SUBSCRIBED" in request.returns) and name in subscribed:
             attrs.append("\\Subscribed")
-        if name in SPECIAL_USE:
-            attrs.append(SPECIAL_USE[name])
+        if name in uses:
+            attrs.append(uses[name])
         out.append((name, attrs, childinfo))
     return out
 

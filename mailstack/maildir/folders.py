@@ -10,7 +10,10 @@ would resolve outside the root.
 
 Subscriptions (RFC 3501 §6.3.6) are kept one name per line in ``subscriptions``
 at the top of the Maildir. The special-use folders of RFC 6154 are created at
-first login.
+first login; ``mailstack-special-use`` (written then, empty) holds the uses given
+to other folders since, one ``<use> <name>`` per line (CREATE ... (USE (...)), RFC
+6154 §3, or a RENAME of such a folder): a use written there leaves its default
+folder.
 
 IMAP APPEND and COPY are held to the user's quota (the account store's
 ``User.quota``) the way local delivery is: a soft quota over the usage of the
@@ -58,6 +61,8 @@ log = Logger()
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
                "Archive": "\\Archive"}
 SUBSCRIPTIONS_FILE = "subscriptions"
+SPECIAL_USE_FILE = "mailstack-special-use"
+USES = frozenset(SPECIAL_USE.values())  # the uses a folder can be given (not \\All or \\Flagged)
 DELIMITER = "."
 
 IO = Callable[..., Awaitable[Any]]
@@ -256,7 +261,7 @@ class MailStore:
     def _setup_user(self, user: str) -> None:
         inbox = self.layout.maildir_path(user, None)
         self._ensure(inbox)  # also after the whole Maildir was removed under a running server
-        marker = inbox / "mailstack-special-use"  # written once the folders exist
+        marker = inbox / SPECIAL_USE_FILE  # written once the folders exist
         if marker.exists():
             return
         for name in SPECIAL_USE:
@@ -288,9 +293,20 @@ class MailStore:
 
     # -- CREATE / DELETE / RENAME -------------------------------------------------------
 
-    async def create(self, user: str, name: str, io: IO) -> None:
+    async def create(self, user: str, name: str, io: IO, uses: tuple[str, ...] = ()) -> None:
+        """Create a folder (and its missing superiors); ``uses`` gives it special-use
+        attributes (RFC 6154 §3), taken from the folders that had them."""
         self._path(user, name.rstrip(DELIMITER) or name)  # validates before queueing
-        await self._on_io(user, io, self._create, user, name)
+        if any(use not in USES for use in uses):
+            raise FolderError("that special use cannot be given to a mailbox", "USEATTR")
+        await self._on_io(user, io, self._create_with, user, name, uses)
+
+    def _create_with(self, user: str, name: str, uses: tuple[str, ...]) -> None:
+        self._create(user, name)
+        if uses:
+            given = self._given_uses(user)
+            given.update({use: normal_name(name.rstrip(DELIMITER) or name) for use in uses})
+            self._give_uses(user, given)
 
     def _create(self, user: str, name: str) -> None:
         name = normal_name(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) else normal_name(name)
@@ -310,6 +326,7 @@ class MailStore:
         async def delete() -> None:
             await io(self._delete, path)
             self._retire(path)
+            await io(self._forget_uses, user, normal_name(name))
 
         await self._as_owner(user, delete())
 
@@ -362,6 +379,11 @@ class MailStore:
             os.rename(src, dst)
             self.layout.forget(src)
         fsync_directory(str(root))
+        uses = {use: folder for folder, use in self._special_uses(user).items()}
+        moved = {use: new + folder[len(old):] for use, folder in uses.items()
+                 if folder == old or folder.startswith(prefix)}
+        if moved:  # a special use follows its folder
+            self._give_uses(user, {**self._given_uses(user), **moved})
         return [src for src, _ in moves]
 
     async def _rename_inbox(self, user: str, new: str, io: IO) -> None:
@@ -378,6 +400,48 @@ class MailStore:
             raise FolderError("too many keywords in the target mailbox", "LIMIT") from None
         placed = await dst.add_links(items, move=True)
         await src.detach(*(m for m, p in zip(moving, placed, strict=True) if p is not None))
+
+    # -- special use (RFC 6154) -------------------------------------------------------
+
+    async def special_uses(self, user: str, io: IO) -> dict[str, str]:
+        """Folder name -> its special-use attribute."""
+        uses: dict[str, str] = await io(self._special_uses, user)
+        return uses
+
+    def _special_uses(self, user: str) -> dict[str, str]:
+        by_use = {use: name for name, use in SPECIAL_USE.items()}
+        by_use.update(self._given_uses(user))
+        return {name: use for use, name in by_use.items()}
+
+    def _given_uses(self, user: str) -> dict[str, str]:
+        """The uses given to folders other than their defaults: use -> folder."""
+        try:
+            text = (self.layout.maildir_path(user, None) / SPECIAL_USE_FILE).read_text("utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return {}
+        given = {}
+        for line in text.splitlines():
+            use, _, name = line.partition(" ")
+            if use in USES and name:
+                given[use] = name
+        return given
+
+    def _forget_uses(self, user: str, name: str) -> None:
+        """A deleted folder's uses go back to their default folders."""
+        given = self._given_uses(user)
+        kept = {use: folder for use, folder in given.items() if folder != name}
+        if kept != given:
+            self._give_uses(user, kept)
+
+    def _give_uses(self, user: str, given: dict[str, str]) -> None:
+        root = self.layout.maildir_path(user, None)
+        tmp = self._temp_path(root, SPECIAL_USE_FILE)
+        try:
+            write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              "".join(f"{use} {name}\n" for use, name in sorted(given.items())).encode("utf-8"))
+            os.replace(tmp, root / SPECIAL_USE_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # -- subscriptions --------------------------------------------------------------
 

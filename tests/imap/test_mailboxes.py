@@ -159,3 +159,21 @@ def test_recursivematch_lists_parents_that_do_not_exist_and_return_can_be_a_name
     lines = client.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
     assert b'* LIST (\\Noselect \\NonExistent) "." Ghost ("CHILDINFO" ("SUBSCRIBED"))' in lines
     assert client.cmd("LIST RETURN %")[1].startswith(b"OK")  # RFC 3501 form: a reference called RETURN
+
+
+def test_create_special_use_gives_uses_that_follow_renames(client):
+    """RFC 6154 §3 CREATE-SPECIAL-USE: the new folder takes the use from the default one."""
+    assert b"CREATE-SPECIAL-USE" in client.ok("CAPABILITY")[0].split()
+    client.ok("CREATE MyDrafts (USE (\\drafts))")  # attribute names are case-insensitive
+    lines = client.ok('LIST "" "*"')
+    assert b'* LIST (\\HasNoChildren \\Drafts) "." MyDrafts' in lines
+    assert b'* LIST (\\HasNoChildren) "." Drafts' in lines  # the default folder gave it up
+    client.ok("RENAME Sent Outbox")
+    assert b'* LIST (\\HasNoChildren \\Sent) "." Outbox' in client.ok('LIST "" Outbox')
+    assert list_names(client.ok('LIST (SPECIAL-USE) "" "*"')) == [b"Archive", b"Junk", b"MyDrafts", b"Outbox", b"Trash"]
+    for refused in ("CREATE Everything (USE (\\All))", "CREATE Odd (USE (\\Important))"):
+        assert client.cmd(refused)[1].startswith(b"NO [USEATTR]")
+    assert list_names(client.ok('LIST "" Everything')) == []  # nothing created for a refused use
+    assert client.cmd("CREATE Odd (COLOUR (red))")[1].startswith(b"BAD")
+    client.ok("DELETE MyDrafts")  # gone: the use is the default folder's again
+    assert b'* LIST (\\HasNoChildren \\Drafts) "." Drafts' in client.ok('LIST "" Drafts')
