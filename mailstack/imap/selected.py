@@ -175,7 +175,7 @@ class SelectedCommands(ViewMixin):
         saving = returns is not None and "SAVE" in returns
         charset = None
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
-            charset = args[1].value.decode("ascii", "replace") if isinstance(args[1], String) else atom(args[1])
+            charset = _charset(args[1])
             args = args[2:]
         # "$" inside this very command is the old result; a SEARCH answered BAD leaves it as
         # it was, one answered NO empties it (RFC 5182 §2.1)
@@ -284,19 +284,24 @@ class SelectedCommands(ViewMixin):
             basics[ident] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
         return basics
 
+    async def _to_arrange(self, command: str, view: View, charset: Token, criteria: list[Token]) -> list[int]:
+        """The messages a SORT or THREAD arranges: its charset checked, its criteria matched."""
+        if _charset(charset).upper() not in CHARSETS:
+            raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+        hits = await self._matching(view, Criteria(criteria, charset=_charset(charset), saved=view.saved,
+                                                   now=time.time()))
+        if len(hits) > MAX_MESSAGES:
+            raise No(f"{command} arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
+        return hits
+
     # -- SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) -------------------------------------
 
     async def cmd_sort(self, tag: str, args: list[Token], uid: bool = False) -> Any:
         if len(args) < 3:
             raise Bad("SORT needs sort criteria, a charset and search criteria")
         keys = sort_criteria(args[0])
-        charset = args[1].value.decode("ascii", "replace") if isinstance(args[1], String) else atom(args[1])
-        if charset.upper() not in CHARSETS:
-            raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         view = self._view()
-        hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
-        if len(hits) > MAX_MESSAGES:
-            raise No(f"SORT arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
+        hits = await self._to_arrange("SORT", view, args[1], args[2:])
         values = await self._values(view, hits, needed(keys))
         ordered = sort_messages(hits, keys, values, self._basics(view, hits, hits))
         if uid:
@@ -312,13 +317,8 @@ class SelectedCommands(ViewMixin):
         algorithm = args[0].upper()
         if algorithm not in THREAD_ALGORITHMS:
             raise Bad("Unknown threading algorithm")
-        charset = args[1].value.decode("ascii", "replace") if isinstance(args[1], String) else atom(args[1])
-        if charset.upper() not in CHARSETS:
-            raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         view = self._view()
-        hits = await self._matching(view, Criteria(args[2:], charset=charset, saved=view.saved, now=time.time()))
-        if len(hits) > MAX_MESSAGES:
-            raise No(f"THREAD arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
+        hits = await self._to_arrange("THREAD", view, args[1], args[2:])
         values = await self._values(view, hits, set(THREAD_NEEDS))
         ids = [view.uids[n - 1] if uid else n for n in hits]  # the numbers the answer uses
         renumbered = {key: {i: found[n] for n, i in zip(hits, ids, strict=True) if n in found}
@@ -581,6 +581,11 @@ class SelectedCommands(ViewMixin):
         if sub not in handlers:
             raise Bad(f"Unknown UID command {sub[:20]}")
         return await handlers[sub](tag, args[1:], uid=True)
+
+
+def _charset(tok: Token) -> str:
+    """A SEARCH, SORT or THREAD charset name (astring: an atom or a string)."""
+    return tok.value.decode("ascii", "replace") if isinstance(tok, String) else atom(tok)
 
 
 def _header_of(path: Any) -> bytes | None:
