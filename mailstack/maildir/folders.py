@@ -434,14 +434,7 @@ class MailStore:
             self._give_uses(user, kept)
 
     def _give_uses(self, user: str, given: dict[str, str]) -> None:
-        root = self.layout.maildir_path(user, None)
-        tmp = self._temp_path(root, SPECIAL_USE_FILE)
-        try:
-            write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                              "".join(f"{use} {name}\n" for use, name in sorted(given.items())).encode("utf-8"))
-            os.replace(tmp, root / SPECIAL_USE_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._replace_file(user, SPECIAL_USE_FILE, "".join(f"{use} {name}\n" for use, name in sorted(given.items())))
 
     # -- subscriptions --------------------------------------------------------------
 
@@ -467,12 +460,15 @@ class MailStore:
         self._write_subscriptions(user, subs)
 
     def _write_subscriptions(self, user: str, names: list[str]) -> None:
+        self._replace_file(user, SUBSCRIPTIONS_FILE, "".join(n + "\n" for n in names))
+
+    def _replace_file(self, user: str, name: str, text: str) -> None:
+        """A file at the top of the user's Maildir replaced whole: a temp file, fsync, rename."""
         root = self.layout.maildir_path(user, None)
         self._ensure(root)
-        tmp = self._temp_path(root, SUBSCRIPTIONS_FILE)
+        tmp = self._temp_path(root, name)
         try:
-            write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                              "".join(n + "\n" for n in names).encode("utf-8"))
-            os.replace(tmp, root / SUBSCRIPTIONS_FILE)
+            write_file_synced(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, text.encode("utf-8"))
+            os.replace(tmp, root / name)
         finally:
             tmp.unlink(missing_ok=True)  # only left if the write failed
