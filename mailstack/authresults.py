@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailstack.smtp.message import header_values
+
 _NAME = b"authentication-results"
 
 
@@ -94,9 +96,8 @@ def _fields(message: bytes) -> Iterator[tuple[int, int, bytes]]:
 
 def strip_claims(message: bytes, authserv: str) -> bytes:
     """``message`` without the Authentication-Results headers that claim ``authserv``."""
-    end = message.find(b"\r\n\r\n")
-    if _NAME not in (message if end < 0 else message[:end]).lower():
-        return message  # no Authentication-Results header at all: one C-level search
+    if not header_values(message, _NAME):
+        return message  # no Authentication-Results header at all (found by one C-level search)
     ours = authserv.lower().encode("ascii", "replace")
     drop = [(start, stop) for start, stop, name in _fields(message)
             if name == _NAME and authserv_id(_value(message, start, stop)) == ours]
