@@ -1,30 +1,48 @@
-"""The per-folder UID index: UIDVALIDITY, UIDNEXT and a cache of message facts.
+"""The per-folder UID index: UIDVALIDITY, UIDNEXT, mod-sequences and a cache of message facts.
 
 RFC 3501 §2.3.1.1: UIDs are strictly ascending and never reused within one
-UIDVALIDITY. The index is a snapshot, ``mailstack-index``::
+UIDVALIDITY. RFC 7162 §3.1: every message has a mod-sequence that grows with each
+change of its flags, and the mailbox's highest one never goes backwards. The
+index is a snapshot, ``mailstack-index``::
 
-    mailstack-index 1 <uidvalidity> <uidnext> <highest UID whose \\Recent was claimed>
-    <uid> <size> <internal date, epoch seconds> <base name>
+    mailstack-index 2 <uidvalidity> <uidnext> <last \\Recent claim> <highest modseq> <ceiling> <floor>
+    <uid> <size> <internal date, epoch seconds> <modseq> :<flag letters> <base name>
     ...
+    x <modseq> <uid set>                          UIDs expunged at that mod-sequence
 
 plus an append-only log of what changed since, ``mailstack-index.log``::
 
-    + <uid> <size> <internal date> <base name>     a message got a UID
-    - <uid>                                         a message went away
-    r <uid>                                         \\Recent claimed up to this UID
+    a <uid> <size> <date> <modseq> :<letters> <base>  a message got a UID
+    m <modseq> :<letters> <uid set>                   these messages' flags changed
+    x <modseq> <uid set>                              these messages went away
+    r <uid>                                           \\Recent claimed up to this UID
+    c <ceiling>                                       mod-sequences up to this may be given out
 
-so SELECT, STATUS and ``FETCH (FLAGS RFC822.SIZE INTERNALDATE)`` are answered
+so SELECT, STATUS and ``FETCH (FLAGS RFC822.SIZE INTERNALDATE MODSEQ)`` are answered
 from a directory listing (flags live in file names) plus these files, without
-opening messages. A new UID costs one appended line, fsynced before a client
-sees the UID (so UIDNEXT survives restarts); removals and \\Recent claims are
-appended without waiting for the disk (losing them only costs a rescan or a
-message shown as recent again). When the log outgrows the folder, the snapshot
-is rewritten atomically (temp file, fsync, rename, directory fsync) and the log
-removed; replaying a log over a newer snapshot skips what the snapshot already
-holds, so a crash between the two steps is harmless. A missing or damaged index
-is rebuilt with a new UIDVALIDITY, as the RFC requires when UIDs cannot be kept;
-a log whose last line was torn by a crash loses only that line (it was never
-fsynced, so no client saw its UID).
+opening messages. The letters recorded with each message are what its file name
+said when its mod-sequence was given, so a flag changed by another program while
+no one looked is found at the next load and gets a new mod-sequence.
+
+Durability: a new UID costs one appended line, fsynced before a client sees the
+UID (so UIDNEXT survives restarts). Flag changes, removals and \\Recent claims
+are appended without waiting for the disk; mod-sequences instead come from a
+*ceiling* that is written durably (a ``c`` line, fsynced) before any value under it
+is handed out, in steps of :data:`MODSEQ_STEP`. A load starts counting above the
+recorded ceiling, so after a crash that lost log lines no mod-sequence a client
+saw is given again to another change. Expunged UIDs are kept (the last
+:data:`VANISHED_KEEP` of them) for QRESYNC's VANISHED (EARLIER); the *floor* is the
+highest mod-sequence of the ones let go, below which the server no longer knows
+exactly what vanished.
+
+When the log outgrows the folder, the snapshot is rewritten atomically (temp
+file, fsync, rename, directory fsync) and the log removed; replaying a log over a
+newer snapshot skips what the snapshot already holds (UIDs below its UIDNEXT,
+mod-sequences up to its highest), so a crash between the two steps is harmless.
+A missing or damaged index is rebuilt with a new UIDVALIDITY, as the RFC requires
+when UIDs cannot be kept; a log whose last line was torn by a crash loses only
+that line (it was never fsynced, so no client saw its UID). Version 1 snapshots
+(no mod-sequences) are read, and written again as version 2.
 
 UIDVALIDITY values are issued per user by :func:`issue_uidvalidity`: strictly
 increasing (the last one issued is kept in ``mailstack-uidvalidity`` at the top
@@ -39,8 +57,9 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -50,7 +69,11 @@ INDEX_FILE = "mailstack-index"
 LOG_FILE = "mailstack-index.log"
 COMPACT_MIN_RECORDS = 1000  # the log is folded into the snapshot past max(this, message count) lines
 UIDVALIDITY_FILE = "mailstack-uidvalidity"
-_MAGIC = "mailstack-index 1"
+MODSEQ_STEP = 1000  # mod-sequences reserved per durable ceiling write
+MAX_MODSEQ = 2**63 - 1  # RFC 7162 §7: mod-sequence-value is at most 9223372036854775807
+VANISHED_KEEP = 100_000  # expunged UIDs remembered per folder for VANISHED (EARLIER)
+_MAGIC_V1 = "mailstack-index 1"
+_MAGIC = "mailstack-index 2"
 
 
 class Entry(NamedTuple):
@@ -58,6 +81,8 @@ class Entry(NamedTuple):
     size: int
     internal_date: int
     base: str
+    modseq: int = 0
+    letters: str | None = None  # the flag letters its mod-sequence belongs to; None: not known (v1)
 
 
 class IndexEntry(Protocol):
@@ -71,6 +96,62 @@ class IndexEntry(Protocol):
     def internal_date(self) -> int: ...
     @property
     def base(self) -> str: ...
+    @property
+    def modseq(self) -> int: ...
+    @property
+    def letters(self) -> str | None: ...
+
+
+@dataclass(slots=True)
+class Vanished:
+    """Expunged UIDs with the mod-sequence of their expunge, oldest first (RFC 7162 §3.2.10).
+
+    Two flat arrays, 16 bytes per UID. ``floor``: the highest mod-sequence of the
+    UIDs let go to stay under :data:`VANISHED_KEEP`; what vanished at or below
+    it is no longer known one by one.
+    """
+
+    modseqs: array[int] = field(default_factory=lambda: array("q"))
+    uids: array[int] = field(default_factory=lambda: array("q"))
+    floor: int = 0
+
+    def add(self, modseq: int, uids: Iterable[int]) -> None:
+        for uid in uids:
+            self.modseqs.append(modseq)
+            self.uids.append(uid)
+        extra = len(self.uids) - VANISHED_KEEP
+        if extra > 0:  # let the oldest tenth go at once, not one per expunge
+            extra = max(extra, VANISHED_KEEP // 10)
+            self.floor = max(self.floor, self.modseqs[extra - 1])
+            del self.modseqs[:extra]
+            del self.uids[:extra]
+
+    def since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after ``modseq``, ascending; None when that is older than what is kept."""
+        if modseq < self.floor:
+            return None
+        modseqs = self.modseqs
+        lo, hi = 0, len(modseqs)
+        while lo < hi:  # first entry above modseq (the array is in modseq order)
+            mid = (lo + hi) // 2
+            if modseqs[mid] <= modseq:
+                lo = mid + 1
+            else:
+                hi = mid
+        return sorted(self.uids[lo:])
+
+    def highest(self) -> int:
+        return self.modseqs[-1] if self.modseqs else self.floor
+
+    def groups(self) -> list[tuple[int, list[int]]]:
+        """(modseq, UIDs) runs, for the snapshot."""
+        out: list[tuple[int, list[int]]] = []
+        for modseq, uid in zip(self.modseqs, self.uids, strict=True):
+            if out and out[-1][0] == modseq:
+                out[-1][1].append(uid)
+            else:
+                out.append((modseq, [uid]))
+        return out
 
 
 @dataclass(slots=True)
@@ -79,6 +160,9 @@ class IndexData:
     uidnext: int
     entries: Sequence[IndexEntry]
     last_claimed: int = 0
+    highest: int = 0  # the highest mod-sequence the snapshot covers
+    ceiling: int = 0  # no mod-sequence above this was ever handed out
+    vanished: Vanished = field(default_factory=Vanished)
 
 
 def new_uidvalidity() -> int:
@@ -107,6 +191,40 @@ def issue_uidvalidity(user_root: Path, floor: int = 0) -> int:
     return value
 
 
+def letters_token(letters: str) -> str:
+    """Flag letters as one field of an index line (``:`` then the letters, never a space)."""
+    return ":" + letters.replace(" ", "_").replace("\n", "_")
+
+
+def uid_ranges(uids: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending UIDs -> (first, last) runs."""
+    out: list[tuple[int, int]] = []
+    for uid in uids:
+        if out and uid == out[-1][1] + 1:
+            out[-1] = (out[-1][0], uid)
+        else:
+            out.append((uid, uid))
+    return out
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Ascending UIDs -> ``1:3,7`` (IMAP sequence-set syntax)."""
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in uid_ranges(uids))
+
+
+def parse_uid_set(text: str) -> list[int]:
+    """``1:3,7`` -> [1, 2, 3, 7]; ValueError on anything else."""
+    out: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition(":")
+        lo = int(first)
+        hi = int(last) if last else lo
+        if not 0 < lo <= hi or hi - lo > 10_000_000:
+            raise ValueError(part)
+        out.extend(range(lo, hi + 1))
+    return out
+
+
 def read_index(folder: Path) -> IndexData | None:
     """The stored index, or None when it is missing or damaged."""
     try:
@@ -116,23 +234,55 @@ def read_index(folder: Path) -> IndexData | None:
         return None
     lines = text.split("\n")
     head = lines[0].split(" ")
-    if " ".join(head[:2]) != _MAGIC or len(head) not in (4, 5) or not text.endswith("\n"):
+    magic = " ".join(head[:2])
+    if not text.endswith("\n"):
         return None
     try:
-        uidvalidity, uidnext = int(head[2]), int(head[3])
-        last_claimed = int(head[4]) if len(head) == 5 else 0
-        entries = []
-        last = 0
-        for line in lines[1:-1]:
-            uid, size, date, base = line.split(" ", 3)
-            entry = Entry(int(uid), int(size), int(date), base)
-            if entry.uid <= last or entry.uid >= uidnext:
-                return None
-            last = entry.uid
-            entries.append(entry)
+        if magic == _MAGIC and len(head) == 8:
+            return _read_v2(head, lines)
+        if magic == _MAGIC_V1 and len(head) in (4, 5):
+            return _read_v1(head, lines)
     except ValueError:
         return None
+    return None
+
+
+def _read_v1(head: list[str], lines: list[str]) -> IndexData | None:
+    uidvalidity, uidnext = int(head[2]), int(head[3])
+    last_claimed = int(head[4]) if len(head) == 5 else 0
+    entries = []
+    last = 0
+    for line in lines[1:-1]:
+        uid, size, date, base = line.split(" ", 3)
+        entry = Entry(int(uid), int(size), int(date), base)
+        if entry.uid <= last or entry.uid >= uidnext:
+            return None
+        last = entry.uid
+        entries.append(entry)
     return IndexData(uidvalidity, uidnext, entries, last_claimed)
+
+
+def _read_v2(head: list[str], lines: list[str]) -> IndexData | None:
+    uidvalidity, uidnext, last_claimed, highest, ceiling, floor = map(int, head[2:])
+    if not 0 <= highest <= ceiling <= MAX_MODSEQ:
+        return None
+    entries = []
+    vanished = Vanished(floor=floor)
+    last = 0
+    for line in lines[1:-1]:
+        if line[:2] == "x ":
+            _, modseq, uids = line.split(" ")
+            vanished.add(int(modseq), parse_uid_set(uids))
+            continue
+        uid_text, size, date, modseq, letters, base = line.split(" ", 5)
+        if letters[:1] != ":":
+            return None
+        entry = Entry(int(uid_text), int(size), int(date), base, int(modseq), letters[1:])
+        if entry.uid <= last or entry.uid >= uidnext or entry.modseq > highest:
+            return None
+        last = entry.uid
+        entries.append(entry)
+    return IndexData(uidvalidity, uidnext, entries, last_claimed, highest, ceiling, vanished)
 
 
 def write_index(folder: Path, data: IndexData, *, durable: bool = True) -> None:
@@ -141,8 +291,17 @@ def write_index(folder: Path, data: IndexData, *, durable: bool = True) -> None:
     Every caller in mailstack asks for durability: an index torn by a crash after an
     unsynced rename would be rebuilt with a new UIDVALIDITY, forcing clients to resync.
     """
-    parts = [f"{_MAGIC} {data.uidvalidity} {data.uidnext} {data.last_claimed}\n"]
-    parts += [f"{e.uid} {e.size} {e.internal_date} {e.base}\n" for e in data.entries]
+    vanished = data.vanished
+    parts = [f"{_MAGIC} {data.uidvalidity} {data.uidnext} {data.last_claimed} {data.highest} "
+             f"{data.ceiling} {vanished.floor}\n"]
+    tokens: dict[str | None, str] = {}
+    for e in data.entries:
+        letters = e.letters
+        token = tokens.get(letters)
+        if token is None:
+            token = tokens[letters] = letters_token(letters or "")
+        parts.append(f"{e.uid} {e.size} {e.internal_date} {e.modseq} {token} {e.base}\n")
+    parts += [f"x {modseq} {uid_set(uids)}\n" for modseq, uids in vanished.groups()]
     tmp = folder / f"{INDEX_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -233,29 +392,75 @@ class IndexLog:
 
 
 def _replay(data: IndexData, lines: list[str]) -> bool:
-    """Apply log lines to a snapshot; False when a line makes no sense (damage)."""
-    snapshot_next = data.uidnext
+    """Apply log lines to a snapshot; False when a line makes no sense (damage).
+
+    Lines the snapshot already covers (a crash between writing it and removing the
+    log) are skipped: additions below its UIDNEXT, changes up to its highest modseq.
+    """
+    snapshot_next, covered = data.uidnext, data.highest
     by_uid = {e.uid: e for e in data.entries}
+    vanished = data.vanished
+    highest = covered
     try:
         for line in lines:
             kind, _, rest = line.partition(" ")
-            if kind == "+":
-                uid_text, size, date, base = rest.split(" ", 3)
+            if kind in ("a", "+"):
+                uid_text, rest = rest.split(" ", 1)
                 uid = int(uid_text)
-                if uid < snapshot_next:  # already in the snapshot (a crash during compaction)
+                if uid < snapshot_next:  # already in the snapshot
                     continue
-                if uid < data.uidnext or not base:
+                if kind == "a":
+                    size, date, modseq_text, letters, base = rest.split(" ", 4)
+                    modseq = int(modseq_text)
+                    if letters[:1] != ":" or modseq > MAX_MODSEQ:
+                        return False
+                    entry = Entry(uid, int(size), int(date), base, modseq, letters[1:])
+                    highest = max(highest, modseq)
+                else:  # written before mod-sequences: the load gives it one
+                    size, date, base = rest.split(" ", 2)
+                    entry = Entry(uid, int(size), int(date), base)
+                if uid < data.uidnext or not entry.base:
                     return False
-                by_uid[uid] = Entry(uid, int(size), int(date), base)
+                by_uid[uid] = entry
                 data.uidnext = uid + 1
-            elif kind == "-":
+            elif kind == "m":
+                modseq_text, letters, uids = rest.split(" ")
+                modseq = int(modseq_text)
+                if letters[:1] != ":" or modseq > MAX_MODSEQ:
+                    return False
+                if modseq <= covered:
+                    continue
+                highest = max(highest, modseq)
+                for uid in parse_uid_set(uids):
+                    old = by_uid.get(uid)
+                    if old is not None:
+                        by_uid[uid] = old._replace(modseq=modseq, letters=letters[1:])  # type: ignore[attr-defined]
+            elif kind == "x":
+                modseq_text, uids = rest.split(" ")
+                modseq = int(modseq_text)
+                if modseq > MAX_MODSEQ:
+                    return False
+                if modseq <= covered:
+                    continue
+                highest = max(highest, modseq)
+                gone = parse_uid_set(uids)
+                for uid in gone:
+                    by_uid.pop(uid, None)
+                vanished.add(modseq, gone)
+            elif kind == "-":  # written before mod-sequences
                 by_uid.pop(int(rest), None)
             elif kind == "r":
                 data.last_claimed = max(data.last_claimed, int(rest))
+            elif kind == "c":
+                ceiling = int(rest)
+                if ceiling > MAX_MODSEQ:
+                    return False
+                data.ceiling = max(data.ceiling, ceiling)
             else:
                 return False
     except ValueError:
         return False
     data.entries = [by_uid[u] for u in sorted(by_uid)]
+    data.highest = highest
+    data.ceiling = max(data.ceiling, highest)
     return True
-

@@ -38,7 +38,19 @@ from twisted.logger import Logger
 from mailstack.fsutil import fsync_directory
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
-from mailstack.maildir.index import INDEX_FILE, IndexData, IndexEntry, IndexLog, new_uidvalidity
+from mailstack.maildir.index import (
+    INDEX_FILE,
+    MAX_MODSEQ,
+    MODSEQ_STEP,
+    IndexData,
+    IndexEntry,
+    IndexLog,
+    Vanished,
+    letters_token,
+    new_uidvalidity,
+    uid_ranges,
+    uid_set,
+)
 from mailstack.maildir.names import size_from_name, unique_name
 from mailstack.maildir.owner import Owner
 from mailstack.maildir.watch import Watch, Watcher
@@ -75,6 +87,7 @@ class Message:
     size: int
     internal_date: int
     name: str = ""  # the file name where it is not the usual one below (kept only then: memory)
+    modseq: int = 0  # RFC 7162 §3.1: grows with every change of the message's flags
 
     def filename(self) -> str:
         if self.name:
@@ -93,7 +106,10 @@ class Change:
     removed: list[Message] = field(default_factory=list)
     renamed: list[tuple[Message, Where]] = field(default_factory=list)
     added: list[Message] = field(default_factory=list)  # with their UIDs, already in the log
+    gone: list[int] = field(default_factory=list)  # UIDs that went away (also recorded ones without a file)
     uidnext: int = 0
+    modseq: int = 0  # given to everything this change found; 0 when it found nothing
+    ceiling: int = 0  # a new ceiling recorded durably, or 0
 
 
 LetterChange = str | Callable[[str], str]
@@ -124,6 +140,9 @@ class Mailbox:
         self.by_uid: dict[int, Message] = {}
         self.uidvalidity = 0
         self.uidnext = 1
+        self.highestmodseq = 1  # RFC 7162 §3.1.1: never goes backwards, restarts included
+        self._ceiling = 0  # recorded durably: no mod-sequence above it was handed out
+        self.vanished = Vanished()  # expunged UIDs by mod-sequence, for VANISHED (EARLIER)
         self.last_claimed = 0  # UIDs above this are \\Recent for the next session to see them
         self.unclaimed: set[int] = set()
         self.header_cache: dict[int, bytes] = {}  # UID -> header bytes, for SEARCH on headers
@@ -178,6 +197,12 @@ class Mailbox:
             data = IndexData(self._new_uidvalidity(), 1, [])
         self.uidvalidity, self.uidnext = data.uidvalidity, data.uidnext
         self.last_claimed = data.last_claimed
+        # Count on above the ceiling: log lines lost in a crash may have used values under it.
+        # At least 1: HIGHESTMODSEQ 0 cannot be said (RFC 7162 §7), and the first change must
+        # get more than what an empty folder showed.
+        self._ceiling = data.ceiling
+        self.highestmodseq = max(1, data.ceiling)
+        self.vanished = data.vanished
         # A folder without our index gets a whole new snapshot below: no log lines for it first.
         change = self._refresh_work(True, data.entries, log=not rebuilt)
         assert change is not None
@@ -286,35 +311,48 @@ class Mailbox:
         if cached is None and self._index_identity() != self._index_seen:
             return Change(vanished=True)  # the directory came back (same inode), not with our index
         change = Change(stamp, time.time_ns(), keywords=self.keywords.read(), uidnext=self.uidnext)
+        modseq = self.highestmodseq + 1  # for everything found changed (RFC 7162 §3.1: one per change)
         # base name -> file name in each directory; what is matched below is taken out, so what
         # is left at the end are files new to us.
         in_new, in_cur = self._listing("new"), self._listing("cur")
         records: list[str] = []
+        flagged: dict[str, list[int]] = {}  # new letters -> UIDs whose flags others changed
+        gone = change.gone
         for m in self.messages:
             suffix = in_cur.pop(m.base, None)
             if suffix is not None:
                 if m.subdir != "cur" or _suffix_of(m) != suffix:
-                    change.renamed.append((m, ("cur", *_in_cur(m.base, suffix))))
+                    where = ("cur", *_in_cur(m.base, suffix))
+                    change.renamed.append((m, where))
+                    if where[1] != m.letters:
+                        flagged.setdefault(where[1], []).append(m.uid)
                 continue
             suffix = in_new.pop(m.base, None)
             if suffix is None:
                 change.removed.append(m)
-                records.append(f"- {m.uid}")
+                gone.append(m.uid)
             elif m.subdir != "new" or _suffix_of(m) != suffix:
                 change.renamed.append((m, ("new", "", m.base + suffix if suffix else "")))
+                if m.letters:
+                    flagged.setdefault("", []).append(m.uid)
         added = change.added
         for e in cached or ():
             base = e.base
             suffix = in_cur.pop(base, None)
             if suffix is not None:
                 letters, name = _in_cur(base, suffix)
-                added.append(Message(e.uid, base, "cur", letters, e.size, e.internal_date, name))
-                continue
-            suffix = in_new.pop(base, None)
-            if suffix is None:
-                records.append(f"- {e.uid}")
+                sub = "cur"
             else:
-                added.append(Message(e.uid, base, "new", "", e.size, e.internal_date, base + suffix if suffix else ""))
+                suffix = in_new.pop(base, None)
+                if suffix is None:
+                    gone.append(e.uid)
+                    continue
+                letters, name, sub = "", (base + suffix if suffix else ""), "new"
+            msg = Message(e.uid, base, sub, letters, e.size, e.internal_date, name, e.modseq)
+            if e.letters != letters:  # changed while no one looked (or not known: an old index)
+                msg.modseq = modseq
+                flagged.setdefault(letters, []).append(e.uid)
+            added.append(msg)
         # One pattern match per new file gives its order, size and date (see _facts).
         fresh: list[tuple[int, int, str, str | None, dict[str, str]]] = []
         for found in (in_new, in_cur):
@@ -339,14 +377,33 @@ class Mailbox:
                 letters, name = _in_cur(base, suffix)
             else:
                 letters, name = "", (base + suffix if suffix else "")
-            added.append(Message(uid, base, sub, letters, size, date, name))
+            added.append(Message(uid, base, sub, letters, size, date, name, modseq))
             if log:
-                records.append(f"+ {uid} {size} {date} {base}")
+                records.append(f"a {uid} {size} {date} {modseq} {letters_token(letters)} {base}")
             uid += 1
         change.uidnext = uid
+        if fresh or flagged or gone:
+            change.modseq = modseq
+            records += [f"m {modseq} {letters_token(letters)} {uid_set(uids)}"
+                        for letters, uids in flagged.items()]
+            if gone:
+                gone.sort()
+                records.append(f"x {modseq} {uid_set(gone)}")
         if log:
-            self._log.append(records, durable=bool(fresh))  # durable before any client sees these UIDs
+            ceiling = self._ceiling_record(change.modseq, records)
+            # durable before any client sees these UIDs or mod-sequences
+            self._log.append(records, durable=bool(fresh) or bool(ceiling))
+            change.ceiling = ceiling
         return change
+
+    def _ceiling_record(self, modseq: int, records: list[str]) -> int:
+        """When ``modseq`` is past the recorded ceiling, add a ``c`` record raising it (the
+        append must then be durable) and return the new ceiling; else 0."""
+        if modseq <= self._ceiling:
+            return 0
+        ceiling = min(MAX_MODSEQ, modseq + MODSEQ_STEP)
+        records.append(f"c {ceiling}")
+        return ceiling
 
     def _listing(self, sub: str) -> dict[str, str]:
         """Base name -> the rest of the file name (``:2,FS`` or ``""``) of the messages in ``sub``."""
@@ -372,17 +429,27 @@ class Mailbox:
         for m, where in change.renamed:
             if (m.subdir, m.letters) != where[:2]:
                 changed = True
+                if m.letters != where[1]:
+                    m.modseq = change.modseq
             m.subdir, m.letters, m.name = where
         if change.removed:
             self._forget(change.removed)
             changed = True
+        if change.gone:
+            self.vanished.add(change.modseq, change.gone)
         if change.added:
             self._add_all(change.added, self.uidnext)
             changed = True
         self.uidnext = max(self.uidnext, change.uidnext)
+        self._moved_on(change.modseq, change.ceiling)
         if changed:
             self.version += 1
         return changed
+
+    def _moved_on(self, modseq: int, ceiling: int) -> None:
+        """A change that used ``modseq`` (0: none) and recorded ``ceiling`` (0: none) is applied."""
+        self.highestmodseq = max(self.highestmodseq, modseq)
+        self._ceiling = max(self._ceiling, ceiling)
 
     def retire(self) -> None:
         """This process deleted or renamed the folder: the object owns it no more.
@@ -457,11 +524,14 @@ class Mailbox:
     def _snapshot(self) -> IndexData:
         # The message records themselves (their UID, size, date and base never change): no
         # second object per message, which for a 100,000-message folder was a fifth of a first load.
-        return IndexData(self.uidvalidity, self.uidnext, list(self.messages), self.last_claimed)
+        return IndexData(self.uidvalidity, self.uidnext, list(self.messages), self.last_claimed,
+                         self.highestmodseq, max(self._ceiling, self.highestmodseq), self.vanished)
 
     def _compact(self) -> None:
         """Fold the log into a new snapshot (io thread, as the owner)."""
-        self._log.compact(self._snapshot())
+        data = self._snapshot()
+        self._log.compact(data)
+        self._ceiling = data.ceiling
         self._index_seen = self._index_identity()
         self._unsaved = False
 
@@ -548,6 +618,25 @@ class Mailbox:
     def flags(self, msg: Message) -> list[str]:
         return self.keywords.flags_of(msg.letters)
 
+    def vanished_since(self, modseq: int) -> list[tuple[int, int]]:
+        """UID ranges expunged after ``modseq`` (RFC 7162 §3.2.6), ascending.
+
+        Exact while those expunges are remembered; for an older ``modseq``, every UID
+        below UIDNEXT that is not here, as §3.2.6 asks of a server that has forgotten.
+        """
+        exact = self.vanished.since(modseq)
+        if exact is not None:
+            return uid_ranges(exact)
+        out = []
+        last = 0
+        for m in self.messages:
+            if m.uid > last + 1:
+                out.append((last + 1, m.uid - 1))
+            last = m.uid
+        if self.uidnext - 1 > last:
+            out.append((last + 1, self.uidnext - 1))
+        return out
+
     def unseen_count(self) -> int:
         return sum(1 for m in self.messages if "S" not in m.letters)
 
@@ -600,32 +689,72 @@ class Mailbox:
         ones, applied under the folder's owner: two sessions adding different flags at
         once both keep theirs (``+FLAGS``/``-FLAGS`` must not be computed before).
         """
-        return await self._owner.run(self._set_letters(changes))
+        return (await self.store_letters(changes))[0]
 
-    async def _set_letters(self, changes: list[tuple[Message, LetterChange]]) -> list[Message]:
+    async def store_letters(self, changes: list[tuple[Message, LetterChange]], unchanged_since: int | None = None
+                            ) -> tuple[list[Message], list[Message]]:
+        """:meth:`set_letters` with RFC 7162's test: a message whose mod-sequence is above
+        ``unchanged_since`` is left alone. Returns (changed, refused by the test), where
+        changed also has messages whose file only moved from new/ to cur/ (same flags,
+        same mod-sequence). The test and the change are one step under the owner.
+        """
+        return await self._owner.run(self._set_letters(changes, unchanged_since))
+
+    async def _set_letters(self, changes: list[tuple[Message, LetterChange]], unchanged_since: int | None
+                           ) -> tuple[list[Message], list[Message]]:
         plan = []
+        refused = []
         for msg, change in changes:
+            if msg.uid not in self.by_uid:
+                continue
+            if unchanged_since is not None and msg.modseq > unchanged_since:
+                refused.append(msg)
+                continue
             letters = shared_letters("".join(sorted(set(change if isinstance(change, str) else change(msg.letters)))))
-            if msg.uid not in self.by_uid or (letters == msg.letters and msg.subdir == "cur"):
+            if letters == msg.letters and msg.subdir == "cur":
                 continue
             plan.append((msg, letters, self.file_path(msg), f"{self._dir}/cur/{msg.base}:2,{letters}"))
         if not plan:
-            return []
+            return [], refused
         for _, _, src, dst in plan:
             self._expect(src)
             self._expect(dst)
-        done, stamp = await self._disk(rename_all, [(src, dst) for _, _, src, dst in plan], self._dir)
+        modseq = self.highestmodseq + 1
+        done, stamp, ceiling = await self._disk(
+            self._rename_and_log, [(src, dst) for _, _, src, dst in plan], modseq,
+            [(m.uid, letters) if letters != m.letters else None for m, letters, _, _ in plan])
         changed = []
+        bumped = False
         for (msg, letters, _, _), ok in zip(plan, done, strict=True):
             if ok:
+                if letters != msg.letters:
+                    msg.modseq = modseq
+                    bumped = True
                 msg.subdir, msg.letters, msg.name = "cur", letters, ""
                 changed.append(msg)
         if changed:
             self.version += 1
+        self._moved_on(modseq if bumped else 0, ceiling)
         self._restamp(stamp)
         if len(changed) < len(plan):  # renamed or removed by someone else: look again
             await self._refresh(force=True)
-        return changed
+        return changed, refused
+
+    def _rename_and_log(self, moves: list[tuple[str, str]], modseq: int, flags: list[tuple[int, str] | None]
+                        ) -> tuple[list[bool], tuple[int, int], int]:
+        """Rename files for new flags, then record the flag changes that were made (io thread).
+
+        ``flags``: for each move, (UID, new letters), or None where the flags stay as they are.
+        """
+        done, stamp = rename_all(moves, self._dir)
+        groups: dict[str, list[int]] = {}
+        for note, ok in zip(flags, done, strict=True):
+            if ok and note is not None:
+                groups.setdefault(note[1], []).append(note[0])
+        records = [f"m {modseq} {letters_token(new)} {uid_set(sorted(uids))}" for new, uids in groups.items()]
+        ceiling = self._ceiling_record(modseq, records) if records else 0
+        self._log.append(records, durable=bool(ceiling))
+        return done, stamp, ceiling
 
     def _restamp(self, stamp: tuple[int, int]) -> None:
         """After our own change: the new stamp, so it is not mistaken for someone else's."""
@@ -652,20 +781,22 @@ class Mailbox:
             await self._refresh()
         self._check_gone()
         first = self._reserve(len(files))
+        modseq = self.highestmodseq + 1
         msgs, moves, records = [], [], []
         for uid, (tmp, base, letters, size, date) in enumerate(files, first):
             letters = shared_letters("".join(sorted(set(letters))))
             moves.append((str(tmp), f"{base}:2,{letters}"))
-            records.append(f"+ {uid} {size} {date} {base}")
-            msgs.append(Message(uid, base, "cur", letters, size, date))
-        stamp = await self._disk(self._publish, moves, records)  # renames, one fsync, one log append
-        self._placed(msgs, stamp)
+            records.append(f"a {uid} {size} {date} {modseq} {letters_token(letters)} {base}")
+            msgs.append(Message(uid, base, "cur", letters, size, date, "", modseq))
+        stamp, ceiling = await self._disk(self._publish, moves, records, modseq)  # renames, one fsync, one log append
+        self._placed(msgs, stamp, modseq, ceiling)
         await self._compact_if_due()
         return msgs
 
-    def _publish(self, moves: list[tuple[str, str]], records: list[str]) -> tuple[int, int]:
+    def _publish(self, moves: list[tuple[str, str]], records: list[str], modseq: int) -> tuple[tuple[int, int], int]:
         """Rename files from tmp/ into cur/, make it durable, then log their UIDs (io thread)."""
         self._still_ours()
+        ceiling = self._ceiling_record(modseq, records)
         placed: list[str] = []
         try:
             for src, name in moves:
@@ -679,12 +810,15 @@ class Mailbox:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
-        return self._dir_stamp()
+        return self._dir_stamp(), ceiling
 
-    def _placed(self, msgs: list[Message], stamp: tuple[int, int]) -> None:
+    def _placed(self, msgs: list[Message], stamp: tuple[int, int], modseq: int, ceiling: int) -> None:
         if msgs:
             self._add_all(msgs, 0)
             self.version += 1
+            self._moved_on(modseq, ceiling)
+        else:
+            self._moved_on(0, ceiling)
         self._restamp(stamp)
 
     async def add_links(self, items: list[tuple[str, int, str, int]], *, move: bool) -> list[Message | None]:
@@ -701,25 +835,27 @@ class Mailbox:
             await self._refresh()
         self._check_gone()
         first = self._reserve(len(items))
-        plan, placed_ok, stamp = await self._disk(self._link_all, items, first, move)
+        modseq = self.highestmodseq + 1
+        plan, placed_ok, stamp, ceiling = await self._disk(self._link_all, items, first, move, modseq)
         out: list[Message | None] = []
         for i, ((_, base, name, date, _), ok) in enumerate(zip(plan, placed_ok, strict=True)):
             size, letters = items[i][1], shared_letters(name.rsplit(",", 1)[1])
-            out.append(Message(first + i, base, "cur", letters, size, date) if ok else None)
-        self._placed([m for m in out if m is not None], stamp)
+            out.append(Message(first + i, base, "cur", letters, size, date, "", modseq) if ok else None)
+        self._placed([m for m in out if m is not None], stamp, modseq, ceiling)
         await self._compact_if_due()
         return out
 
-    def _link_all(self, items: list[tuple[str, int, str, int]], first: int, move: bool
-                  ) -> tuple[list[tuple[str, str, str, int, str]], list[bool], tuple[int, int]]:
+    def _link_all(self, items: list[tuple[str, int, str, int]], first: int, move: bool, modseq: int
+                  ) -> tuple[list[tuple[str, str, str, int, str]], list[bool], tuple[int, int], int]:
         """Name, link (or rename) and log each item (io thread): the names are made here too,
         so a COPY of many messages costs the reactor nothing per message but its record."""
         self._still_ours()
         plan = []
         for i, (source, size, letters, date) in enumerate(items):
             base = unique_name(self.hostname, size)
-            plan.append((source, base, f"{base}:2,{''.join(sorted(set(letters)))}", date,
-                         f"+ {first + i} {size} {date} {base}"))
+            letters = "".join(sorted(set(letters)))
+            plan.append((source, base, f"{base}:2,{letters}", date,
+                         f"a {first + i} {size} {date} {modseq} {letters_token(letters)} {base}"))
         done = []
         records = []
         made: list[tuple[str, str]] = []  # (source it came from, file placed in cur/)
@@ -748,7 +884,9 @@ class Mailbox:
             if placed:
                 records.append(record)
                 made.append((path or source, f"{self._dir}/cur/{name}"))
+        ceiling = 0
         if records:
+            ceiling = self._ceiling_record(modseq, records)
             try:
                 fsync_directory(f"{self._dir}/cur")
                 self._log.append(records, durable=True)
@@ -757,7 +895,7 @@ class Mailbox:
                     with contextlib.suppress(OSError):
                         os.rename(dst, path) if move else os.unlink(dst)
                 raise
-        return plan, done, self._dir_stamp()
+        return plan, done, self._dir_stamp(), ceiling
 
     async def expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove messages; returns the UIDs actually removed."""
@@ -767,15 +905,18 @@ class Mailbox:
         msgs = [m for u in uids if (m := self.by_uid.get(u)) is not None]
         if not msgs:
             return []
-        stamp = await self._disk(self._unlink_all, [self.file_path(m) for m in msgs],
-                                 [f"- {m.uid}" for m in msgs])
+        modseq = self.highestmodseq + 1
+        records = [f"x {modseq} {uid_set(m.uid for m in msgs)}"]
+        stamp, ceiling = await self._disk(self._unlink_all, [self.file_path(m) for m in msgs], records, modseq)
         self._forget(msgs)
+        self.vanished.add(modseq, [m.uid for m in msgs])
+        self._moved_on(modseq, ceiling)
         self.version += 1
         self._restamp(stamp)
         await self._compact_if_due()
         return [m.uid for m in msgs]
 
-    def _unlink_all(self, paths: list[str], records: list[str]) -> tuple[int, int]:
+    def _unlink_all(self, paths: list[str], records: list[str], modseq: int) -> tuple[tuple[int, int], int]:
         for path in paths:
             try:
                 self._expect(path)
@@ -785,8 +926,9 @@ class Mailbox:
                 if moved is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(moved)
-        self._log.append(records, durable=False)
-        return self._dir_stamp()
+        ceiling = self._ceiling_record(modseq, records)
+        self._log.append(records, durable=bool(ceiling))
+        return self._dir_stamp(), ceiling
 
     async def detach(self, *msgs: Message) -> None:
         """Forget messages whose files were moved elsewhere (MOVE)."""
@@ -796,9 +938,15 @@ class Mailbox:
         present = [m for m in msgs if m.uid in self.by_uid]
         if not present or self.gone:
             return
+        modseq = self.highestmodseq + 1
+        uids = sorted(m.uid for m in present)
         self._forget(present)
+        self.vanished.add(modseq, uids)
         self.version += 1
-        await self._disk(self._log.append, [f"- {m.uid}" for m in present], False)
+        records = [f"x {modseq} {uid_set(uids)}"]
+        ceiling = self._ceiling_record(modseq, records)
+        await self._disk(self._log.append, records, bool(ceiling))
+        self._moved_on(modseq, ceiling)  # only now: the ceiling covering it is on disk
 
 
 _LETTERS: dict[str, str] = {}  # one string per set of info letters, shared by every message

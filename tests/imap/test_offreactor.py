@@ -85,10 +85,10 @@ def test_uids_are_durable_before_a_client_sees_them(tmp_path):
     io.hold = True
     a.protocol.dataReceived(b"a1 NOOP\r\n")
     assert a.read() == b""
-    assert not log_file.exists() or b"+ 1 " not in log_file.read_bytes()
+    assert not log_file.exists() or b"a 1 " not in log_file.read_bytes()
     io.run_all()
     assert a.read().startswith(b"* 1 EXISTS")
-    assert b"+ 1 " in log_file.read_bytes()
+    assert b"a 1 " in log_file.read_bytes()
 
 
 

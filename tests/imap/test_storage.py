@@ -143,8 +143,8 @@ def test_new_uids_are_appended_not_rewritten(tmp_path):
         drop(path, f"{i}.M1P1Q{i}.h")
         run(box.refresh(force=True))
     assert (path / INDEX_FILE).read_text() == snapshot  # the snapshot is left alone
-    assert [line.split()[:2] for line in (path / LOG_FILE).read_text().splitlines()] == [
-        ["+", "2"], ["+", "3"], ["+", "4"], ["+", "5"]]
+    assert [line.split()[:2] for line in (path / LOG_FILE).read_text().splitlines() if line[0] != "c"] == [
+        ["a", "2"], ["a", "3"], ["a", "4"], ["a", "5"]]
     run(box.expunge([2, 3]))
     again = Mailbox.load(path)
     assert [m.uid for m in again.messages] == [1, 4, 5] and again.uidnext == 6
@@ -156,14 +156,18 @@ def test_log_is_compacted_into_the_snapshot(tmp_path, monkeypatch):
     monkeypatch.setattr(idx, "COMPACT_MIN_RECORDS", 3)
     path = make_box(tmp_path)
     box = Mailbox.load(path)
+    first = (path / INDEX_FILE).read_text()
     for i in range(1, 6):
         drop(path, f"{i}.M1P1Q{i}.h")
         run(box.refresh(force=True))
-    assert box._log.records == 5  # not more lines than messages yet
-    run(box.expunge([1, 2, 3, 4]))  # 9 lines for one message: fold them in
-    assert box._log.records == 0 and not (path / LOG_FILE).exists()
+        lines = (path / LOG_FILE).read_text().count("\n") if (path / LOG_FILE).exists() else 0
+        assert lines == box._log.records <= max(3, len(box.messages))  # never more lines than messages
+    assert (path / INDEX_FILE).read_text() != first  # folded in on the way
+    for uid in (1, 2, 3, 4):
+        run(box.expunge([uid]))
+        assert box._log.records <= max(3, len(box.messages))
     data = read_index(path)
-    assert data is not None and data.uidnext == 6 and [e.uid for e in data.entries] == [5]
+    assert data is not None and data.uidnext == 6
     again = Mailbox.load(path)
     assert [m.uid for m in again.messages] == [5] and again.uidnext == 6
 

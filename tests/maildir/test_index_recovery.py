@@ -74,7 +74,7 @@ def test_an_append_answered_no_leaves_no_message_behind(tmp_path, monkeypatch):
     real = index.IndexLog.append
 
     def full(self, records, durable):
-        if records and records[0].startswith("+"):
+        if records and records[0].startswith("a "):
             raise OSError(28, "No space left on device")
         return real(self, records, durable)
 
