@@ -1,6 +1,6 @@
 """FETCH: attribute parsing and the FETCH response (RFC 3501 §6.4.5, §7.4.2).
 
-Items: the ALL/FAST/FULL macros, FLAGS, INTERNALDATE, RFC822.SIZE, UID,
+Items: the ALL/FAST/FULL macros, FLAGS, INTERNALDATE, RFC822.SIZE, UID, MODSEQ (RFC 7162),
 ENVELOPE, BODY, BODYSTRUCTURE, RFC822, RFC822.HEADER, RFC822.TEXT and
 ``BODY[section]<partial>`` / ``BODY.PEEK[...]`` with HEADER,
 HEADER.FIELDS (.NOT), TEXT, MIME and part numbers, and (RFC 3516)
@@ -30,7 +30,7 @@ MACROS = {
     "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
 }
 SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODY", "BODYSTRUCTURE",
-          "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+          "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"}
 _SECTION = re.compile(r"^(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
 _BINARY = re.compile(r"^(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?$", re.I | re.A)
 IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
@@ -317,7 +317,7 @@ def _extension(part: mime.Part) -> list[bytes]:
 
 
 def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal_date: int,
-           data: bytes | None) -> bytes:
+           data: bytes | None, modseq: int = 0) -> bytes:
     """The parenthesised data of ``* n FETCH (...)``; ``data`` is None when not needed."""
     out: list[bytes] = []
     root: mime.Part | None = None
@@ -346,6 +346,8 @@ def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal
             out.append(f"BODY[{item.label}]{origin} ".encode() + (b"NIL" if content is None else _literal_or_quoted(content)))
         elif item == "UID":
             out.append(b"UID %d" % uid)
+        elif item == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % modseq)
         elif item == "FLAGS":
             out.append(b"FLAGS (" + " ".join(flags).encode("utf-8") + b")")
         elif item == "INTERNALDATE":
@@ -368,18 +370,18 @@ def render(items: list[Item], *, uid: int, flags: list[str], size: int, internal
 
 
 _METADATA = {"UID": b"UID %d", "FLAGS": b"FLAGS (%s)", "RFC822.SIZE": b"RFC822.SIZE %d",
-             "INTERNALDATE": b'INTERNALDATE "%s"'}
-_FACT = {"UID": 1, "FLAGS": 2, "RFC822.SIZE": 3, "INTERNALDATE": 4}
+             "INTERNALDATE": b'INTERNALDATE "%s"', "MODSEQ": b"MODSEQ (%d)"}
+_FACT = {"UID": 1, "FLAGS": 2, "RFC822.SIZE": 3, "INTERNALDATE": 4, "MODSEQ": 5}
 
 
 @dataclass(frozen=True, slots=True)
 class MetadataFetch:
     """A FETCH whose items need neither the file nor its parse (UID, FLAGS, RFC822.SIZE,
-    INTERNALDATE): one template for the whole command instead of :func:`render` per
-    message. ``pick`` takes (msn, uid, flags, size, date) to the template's arguments."""
+    INTERNALDATE, MODSEQ): one template for the whole command instead of :func:`render` per
+    message. ``pick`` takes (msn, uid, flags, size, date, modseq) to the template's arguments."""
 
     template: bytes
-    pick: Callable[[tuple[int, int, bytes, int, bytes]], tuple[Any, ...]]
+    pick: Callable[[tuple[int, int, bytes, int, bytes, int]], tuple[Any, ...]]
     dated: bool
 
 

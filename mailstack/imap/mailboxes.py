@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 from twisted.logger import Logger
 
+from mailstack.imap.condstore import QResync, contains, sample_cutoff, select_params, vanished_earlier
 from mailstack.imap.fetch import parse_section, section_bytes
 from mailstack.imap.parse import (
     Atom,
@@ -43,9 +44,10 @@ from mailstack.maildir.flags import TooManyKeywords, canonical_flag
 from mailstack.maildir.folders import DELIMITER, SPECIAL_USE, FolderError, is_inbox, normal_name
 
 # RFC 3501 §6.3.10, RFC 8438 (SIZE: the octets of all messages), RFC 7889 (APPENDLIMIT),
-# RFC 9208 (DELETED: messages marked \Deleted; DELETED-STORAGE: their size in KiB)
+# RFC 9208 (DELETED: messages marked \Deleted; DELETED-STORAGE: their size in KiB), RFC 7162
+# (HIGHESTMODSEQ)
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT", "DELETED",
-                "DELETED-STORAGE")
+                "DELETED-STORAGE", "HIGHESTMODSEQ")
 QUOTA_ROOT = ""  # one quota root: the user's whole mail (RFC 9208)
 MAX_APPEND_MESSAGES = 1000  # messages in one MULTIAPPEND
 
@@ -99,14 +101,22 @@ class MailboxCommands(ViewMixin):
         return await self._select(tag, args, readonly=True)
 
     async def _select(self, tag: str, args: list[Token], *, readonly: bool) -> Any:
-        if len(args) != 1:
-            raise Bad("SELECT needs one mailbox name")
+        if not args:
+            raise Bad("SELECT needs a mailbox name")
         name = self.mailbox_name(args[0])
+        params = select_params(args[1:])  # a BAD here leaves the selected mailbox as it was
+        if params.qresync is not None and not self.qresync:
+            raise Bad("QRESYNC needs ENABLE QRESYNC first")
+        if self.view is not None:  # RFC 7162 §3.2.11, RFC 9051 §7.1: what follows is the new mailbox's
+            self.send(b"* OK [CLOSED] Previous mailbox is now closed\r\n")  # type: ignore[operator]
         self.deselect()
+        if params.condstore:
+            self.enable_condstore()
         box = await self.store.open(self.user, name, self.io)
         view = View(name, box, readonly)
         view.uids = [m.uid for m in box.messages]
-        view.known = {m.uid: m.letters for m in box.messages}
+        view.known = {m.uid: m.modseq for m in box.messages}
+        view.synced_modseq = box.highestmodseq
         view.recent = set(box.unclaimed) if readonly else box.claim_recent()
         view.version = box.version
         view.keywords = len(box.keywords.names)
@@ -120,7 +130,12 @@ class MailboxCommands(ViewMixin):
             lines.append(f"* OK [UNSEEN {unseen}] First unseen")
         lines += [f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid",
                   f"* OK [UIDNEXT {box.uidnext}] Predicted next UID"]
+        if self.condstore:  # RFC 7162 §3.1.2
+            lines.append(f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest")
         self.send("".join(line + "\r\n" for line in lines).encode())  # type: ignore[operator]
+        resync = params.qresync
+        if resync is not None and resync.uidvalidity == box.uidvalidity:  # else: as if nothing changed
+            self.send(self._resync(view, resync))  # type: ignore[operator]
         self.view = view
         self.state = State.SELECTED
         verb = "EXAMINE" if readonly else "SELECT"
@@ -128,6 +143,21 @@ class MailboxCommands(ViewMixin):
                  session_id=self.session_id, user=self.user, verb=verb.lower(), mailbox=name,  # type: ignore[attr-defined]
                  exists=len(view.uids))
         return self.ok(tag, verb, code="READ-ONLY" if readonly else "READ-WRITE")  # type: ignore[attr-defined]
+
+    def _resync(self, view: View, resync: QResync) -> bytes:
+        """What a SELECT (QRESYNC ...) adds (RFC 7162 §3.2.5.1): the known UIDs expunged since
+        the client's mod-sequence, then UID, FLAGS and MODSEQ of the known messages changed since."""
+        box = view.box
+        known = resync.known if resync.known is not None else ([(1, box.uidnext - 1)] if box.uidnext > 1 else [])
+        out = [vanished_earlier(box.vanished_since(resync.modseq), known,
+                                sample_cutoff(resync.sample, view.uids))]
+        since = resync.modseq
+        everything = resync.known is None
+        for msn, msg in enumerate(box.messages, 1):  # the view was made from these this very moment
+            if msg.modseq > since and (everything or contains(known, msg.uid)):
+                flags = " ".join(view.flags(msg))
+                out.append(f"* {msn} FETCH (UID {msg.uid} FLAGS ({flags}) MODSEQ ({msg.modseq}))\r\n".encode())
+        return b"".join(out)
 
     # -- CREATE / DELETE / RENAME (RFC 3501 §6.3.3-6.3.5) -------------------------------
 
@@ -264,7 +294,10 @@ class MailboxCommands(ViewMixin):
             "APPENDLIMIT": lambda: self.config.max_message_size,
             "DELETED": lambda: sum(1 for m in box.messages if "T" in m.letters),
             "DELETED-STORAGE": lambda: kib(sum(m.size for m in box.messages if "T" in m.letters)),
+            "HIGHESTMODSEQ": lambda: box.highestmodseq,
         }
+        if "HIGHESTMODSEQ" in items:  # a CONDSTORE enabling command (RFC 7162 §3.1)
+            self.enable_condstore()
         body = " ".join(f"{item} {values[item]()}" for item in items)
         return b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode()
 

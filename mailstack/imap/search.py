@@ -1,5 +1,5 @@
 """SEARCH: criteria parsing and evaluation (RFC 3501 §6.4.4, RFC 5032 OLDER and
-YOUNGER, RFC 5182 "$").
+YOUNGER, RFC 5182 "$", RFC 7162 MODSEQ).
 
 Every RFC 3501 search key is supported. String keys match case-insensitively
 as substrings (§6.4.4 "In all search keys that use strings..."); header values
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailstack.imap import address, mime
+from mailstack.imap.condstore import mod_sequence
 from mailstack.imap.parse import Atom, ParseError, String, Token, astring, number, resolve_set, sequence_set
 from mailstack.imap.response import parse_date
 from mailstack.maildir.flags import canonical_flag
@@ -51,6 +52,7 @@ class Candidate:
     size: int
     internal_date: int
     load: Callable[[], bytes]
+    modseq: int = 0
     _data: bytes | None = None
     _lower: bytes | None = None  # the header, lower-cased
     _fields: list[tuple[str, bytes]] | None = None
@@ -114,6 +116,7 @@ class Criteria:
         while self.pos < len(tokens):
             nodes.append(self._key())
         self.root: Node = ("and", nodes)
+        self.uses_modseq = _uses_modseq(self.root)  # RFC 7162 §3.1.5: answers then carry (MODSEQ n)
         self.needs_data = _needs_data(self.root)
         self.needs_body = _needs_body(self.root)
 
@@ -202,6 +205,16 @@ class Criteria:
             if isinstance(arg, Atom) and arg.value == "$":
                 return ("saved", self.saved)
             return ("uid", sequence_set(arg))
+        if key == "MODSEQ":  # RFC 7162 §3.1.5; one mod-sequence per message: entry names are ignored
+            tok = self._next()
+            if isinstance(tok, String):
+                name = tok.value.decode("ascii", "replace").lower()
+                kind = self._next()
+                if not name.startswith("/flags/") or not isinstance(kind, Atom) or \
+                        kind.upper() not in ("PRIV", "SHARED", "ALL"):
+                    raise ParseError("MODSEQ takes \"/flags/<flag>\" priv|shared|all before the mod-sequence")
+                tok = self._next()
+            return ("modseq", mod_sequence(tok, zero=True))
         if key == "$":  # RFC 5182: the messages of the saved result
             return ("saved", self.saved)
         if key[:1].isdigit() or key[:1] == "*":
@@ -216,26 +229,41 @@ class Criteria:
         return _eval(self.root, c, largest_msn, largest_uid, cheap=True)
 
 
-def _needs_data(node: Node) -> bool:
+def _any_key(node: Node, test: Callable[[Node], bool]) -> bool:
+    """Whether ``test`` holds for a search key anywhere under ``node``."""
     kind = node[0]
     if kind == "and":
-        return any(_needs_data(n) for n in node[1])
+        return any(_any_key(n, test) for n in node[1])
     if kind == "or":
-        return _needs_data(node[1]) or _needs_data(node[2])
+        return _any_key(node[1], test) or _any_key(node[2], test)
     if kind == "not":
-        return _needs_data(node[1])
+        return _any_key(node[1], test)
+    return test(node)
+
+
+def _is_modseq(node: Node) -> bool:
+    return node[0] == "modseq"
+
+
+def _reads_file(node: Node) -> bool:
+    kind = node[0]
     return kind in ("header", "address", "body", "text") or (kind == "date" and node[1].startswith("SENT"))
 
 
+def _reads_body(node: Node) -> bool:
+    return node[0] in ("body", "text")
+
+
+def _uses_modseq(node: Node) -> bool:
+    return _any_key(node, _is_modseq)
+
+
+def _needs_data(node: Node) -> bool:
+    return _any_key(node, _reads_file)
+
+
 def _needs_body(node: Node) -> bool:
-    kind = node[0]
-    if kind == "and":
-        return any(_needs_body(n) for n in node[1])
-    if kind == "or":
-        return _needs_body(node[1]) or _needs_body(node[2])
-    if kind == "not":
-        return _needs_body(node[1])
-    return kind in ("body", "text")
+    return _any_key(node, _reads_body)
 
 
 def _decoded(value: str) -> str:
@@ -312,6 +340,8 @@ def _eval(node: Node, c: Candidate, largest_msn: int, largest_uid: int,  # noqa:
         return not c.recent
     if kind == "recent":
         return c.recent
+    if kind == "modseq":
+        return c.modseq >= node[1]
     if kind == "larger":
         return c.size > node[1]
     if kind == "smaller":

@@ -16,8 +16,9 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailstack.imap import fetch as F
+from mailstack.imap.condstore import FetchModifiers, fetch_modifiers, merge, store_modifiers, vanished_earlier
 from mailstack.imap.mime import split_message
-from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, sequence_set
+from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, resolve_set, sequence_set
 from mailstack.imap.response import imap_date
 from mailstack.imap.search import CHARSETS, Candidate, Criteria
 from mailstack.imap.sort import (
@@ -65,8 +66,9 @@ def saved_part(hits: list[int], returns: set[str]) -> list[int]:
                   {hits[-1]} if returns & {"MIN", "MAX"} == {"MAX"} else {hits[0], hits[-1]})
 
 
-def esearch(tag: str, uid: bool, hits: list[int], returns: set[str]) -> bytes:
-    """The ESEARCH response (RFC 4731 §3.1): MIN, MAX and ALL only when something matched."""
+def esearch(tag: str, uid: bool, hits: list[int], returns: set[str], modseq: int = 0) -> bytes:
+    """The ESEARCH response (RFC 4731 §3.1): MIN, MAX and ALL only when something matched;
+    MODSEQ (RFC 7162 §3.1.10) when the search had a MODSEQ key and found something."""
     parts = [f'* ESEARCH (TAG "{tag}")'] + (["UID"] if uid else [])
     if hits and "MIN" in returns:
         parts.append(f"MIN {hits[0]}")
@@ -76,6 +78,8 @@ def esearch(tag: str, uid: bool, hits: list[int], returns: set[str]) -> bytes:
         parts.append(f"COUNT {len(hits)}")
     if hits and "ALL" in returns:
         parts.append(f"ALL {uid_set_text(hits)}")
+    if modseq:
+        parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()
 
 
@@ -155,6 +159,7 @@ class SelectedCommands(ViewMixin):
             raise No("Mailbox is read-only", "READ-ONLY")
         deleted = [m.uid for m in view.box.messages
                    if "T" in m.letters and (allowed is None or m.uid in allowed)]
+        code = ""
         if deleted:
             removed = await view.box.expunge(deleted)
             log.info("imap {session_id}: {user} expunged {count} from {mailbox}",
@@ -162,7 +167,9 @@ class SelectedCommands(ViewMixin):
                      mailbox=view.name)
             self.store.usage_changed(self.user)
             self._publish()
-        return self.ok(tag, "EXPUNGE")  # type: ignore[attr-defined]
+            if removed and self.qresync:  # RFC 7162 §3.2.7, §3.2.9
+                code = f"HIGHESTMODSEQ {view.box.highestmodseq}"
+        return self.ok(tag, "UID EXPUNGE" if uid else "EXPUNGE", code=code)  # type: ignore[attr-defined]
 
     # -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------
 
@@ -184,17 +191,31 @@ class SelectedCommands(ViewMixin):
             view.saved = frozenset()
         if charset is not None and charset.upper() not in CHARSETS:
             raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+        if criteria.uses_modseq:  # RFC 7162 §3.1: an enabling command
+            self.enable_condstore()
         hits = await self._matching(view, criteria)
         if saving:
             assert returns is not None
             view.saved = frozenset(view.uids[n - 1] for n in saved_part(hits, returns))
+        modseq = self._highest_modseq(view, hits, returns) if criteria.uses_modseq and hits else 0
         if uid:
             hits = [view.uids[n - 1] for n in hits]
         if returns is None:
-            self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + "\r\n").encode())  # type: ignore[operator]
+            tail = f" (MODSEQ {modseq})" if modseq else ""  # RFC 7162 §3.1.6
+            self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + tail + "\r\n").encode())  # type: ignore[operator]
         elif returns != {"SAVE"}:  # SAVE alone answers nothing but OK (RFC 5182 §2.1)
-            self.send(esearch(tag, uid, hits, returns))  # type: ignore[operator]
+            self.send(esearch(tag, uid, hits, returns, modseq))  # type: ignore[operator]
         return self.ok(tag, "UID SEARCH" if uid else "SEARCH")  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _highest_modseq(view: View, msns: list[int], returns: set[str] | None = None) -> int:
+        """The mod-sequence a SEARCH or SORT with a MODSEQ key reports (RFC 7162 §3.1.6, RFC 4731
+        §3.2): the highest of the messages returned (only MIN's or MAX's when that is all)."""
+        shown = msns
+        if returns is not None and not returns & {"ALL", "COUNT"} and returns & {"MIN", "MAX"}:
+            shown = ([msns[0]] if "MIN" in returns else []) + ([msns[-1]] if "MAX" in returns else [])
+        by_uid = view.box.by_uid
+        return max((m.modseq for n in shown if (m := by_uid.get(view.uids[n - 1])) is not None), default=0)
 
     async def _matching(self, view: View, criteria: Criteria) -> list[int]:
         """Sequence numbers of the messages ``criteria`` matches, ascending. Flags, sizes, dates
@@ -209,7 +230,7 @@ class SelectedCommands(ViewMixin):
             if msg is None:
                 continue
             cand = Candidate(msn, u, view.flags(msg), u in view.recent, msg.size, msg.internal_date,
-                             lambda: b"")
+                             lambda: b"", msg.modseq)
             verdict = criteria.prefilter(cand, largest_msn, largest_uid)
             if verdict is None:
                 unknown.append((msn, cand, box.file_path(msg)))
@@ -284,15 +305,19 @@ class SelectedCommands(ViewMixin):
             basics[ident] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
         return basics
 
-    async def _to_arrange(self, command: str, view: View, charset: Token, criteria: list[Token]) -> list[int]:
-        """The messages a SORT or THREAD arranges: its charset checked, its criteria matched."""
+    async def _to_arrange(self, command: str, view: View, charset: Token, tokens: list[Token]
+                          ) -> tuple[list[int], bool]:
+        """The messages a SORT or THREAD arranges (its charset checked, its criteria matched), and
+        whether the criteria had a MODSEQ key."""
         if _charset(charset).upper() not in CHARSETS:
             raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
-        hits = await self._matching(view, Criteria(criteria, charset=_charset(charset), saved=view.saved,
-                                                   now=time.time()))
+        criteria = Criteria(tokens, charset=_charset(charset), saved=view.saved, now=time.time())
+        if criteria.uses_modseq:  # RFC 7162 §3.1: an enabling command
+            self.enable_condstore()
+        hits = await self._matching(view, criteria)
         if len(hits) > MAX_MESSAGES:
             raise No(f"{command} arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
-        return hits
+        return hits, criteria.uses_modseq
 
     # -- SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) -------------------------------------
 
@@ -301,12 +326,13 @@ class SelectedCommands(ViewMixin):
             raise Bad("SORT needs sort criteria, a charset and search criteria")
         keys = sort_criteria(args[0])
         view = self._view()
-        hits = await self._to_arrange("SORT", view, args[1], args[2:])
+        hits, modseq_key = await self._to_arrange("SORT", view, args[1], args[2:])
         values = await self._values(view, hits, needed(keys))
         ordered = sort_messages(hits, keys, values, self._basics(view, hits, hits))
+        tail = f" (MODSEQ {self._highest_modseq(view, hits)})" if modseq_key and hits else ""  # RFC 7162 §3.1.9
         if uid:
             ordered = [view.uids[n - 1] for n in ordered]
-        self.send(("* SORT" + "".join(f" {n}" for n in ordered) + "\r\n").encode())  # type: ignore[operator]
+        self.send(("* SORT" + "".join(f" {n}" for n in ordered) + tail + "\r\n").encode())  # type: ignore[operator]
         return self.ok(tag, "UID SORT" if uid else "SORT")  # type: ignore[attr-defined]
 
     # -- THREAD (RFC 5256 §4) -------------------------------------------------------------------
@@ -318,7 +344,7 @@ class SelectedCommands(ViewMixin):
         if algorithm not in THREAD_ALGORITHMS:
             raise Bad("Unknown threading algorithm")
         view = self._view()
-        hits = await self._to_arrange("THREAD", view, args[1], args[2:])
+        hits, _ = await self._to_arrange("THREAD", view, args[1], args[2:])
         values = await self._values(view, hits, set(THREAD_NEEDS))
         ids = [view.uids[n - 1] if uid else n for n in hits]  # the numbers the answer uses
         renumbered = {key: {i: found[n] for n, i in zip(hits, ids, strict=True) if n in found}
@@ -330,14 +356,28 @@ class SelectedCommands(ViewMixin):
     # -- FETCH (RFC 3501 §6.4.5) ------------------------------------------------------------
 
     async def cmd_fetch(self, tag: str, args: list[Token], uid: bool = False) -> Any:
-        if len(args) != 2:
+        if len(args) not in (2, 3):
             raise Bad("FETCH needs a sequence set and items")
         targets = self._targets(args[0], uid)
         items = F.parse_items(args[1])
+        mods = fetch_modifiers(args[2]) if len(args) == 3 else FetchModifiers()
+        if mods.vanished:  # RFC 7162 §3.2.6
+            if not uid or mods.changed_since is None or not self.qresync:
+                raise Bad("VANISHED is for UID FETCH with CHANGEDSINCE, after ENABLE QRESYNC")
         if uid and "UID" not in items:
             items.insert(0, "UID")
         view = self._view()
         box = view.box
+        if mods.changed_since is not None or "MODSEQ" in items:  # RFC 7162 §3.1: enabling
+            self.enable_condstore()
+        if mods.changed_since is not None:
+            since = mods.changed_since
+            if "MODSEQ" not in items:  # §3.1.4.1: CHANGEDSINCE brings MODSEQ along
+                items.append("MODSEQ")
+            if mods.vanished:  # §3.2.6: before any FETCH
+                self.send(self._vanished_in(args[0], since))  # type: ignore[operator]
+            by_uid = box.by_uid
+            targets = [(n, u) for n, u in targets if (m := by_uid.get(u)) is not None and m.modseq > since]
         quick = F.metadata_fetch(items)
         if quick is not None:
             self._fetch_metadata(targets, quick)
@@ -360,6 +400,19 @@ class SelectedCommands(ViewMixin):
         if batch:
             await self._fetch_batch(batch, items, want_body, mark_seen)
         return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
+
+    def _vanished_in(self, uids: Token, since: int) -> bytes:
+        """``VANISHED (EARLIER)`` for the UIDs of a UID FETCH's set expunged after ``since``.
+
+        ``*`` stands for the highest UID ever given (UIDNEXT - 1), so the expunge of what was
+        the last message is told too."""
+        view = self._view()
+        box = view.box
+        if isinstance(uids, Atom) and uids.value == "$":
+            asked = merge([(u, u) for u in view.saved])
+        else:
+            asked = merge(resolve_set(sequence_set(uids), max(box.uidnext - 1, 1)))
+        return vanished_earlier(box.vanished_since(since), asked, 0)
 
     async def _check_binary(self, targets: list[tuple[int, int]], items: list[F.Item]) -> None:
         """Raise UnknownEncoding if a BINARY item fails for any of the messages (read in batches)."""
@@ -389,7 +442,7 @@ class SelectedCommands(ViewMixin):
                 flags = rendered[key] = " ".join(names).encode("utf-8")
             if dated:
                 date = imap_date(msg.internal_date).encode()
-            out.append(template % pick((msn, u, flags, msg.size, date)))
+            out.append(template % pick((msn, u, flags, msg.size, date, msg.modseq)))
         self.send(b"".join(out))  # type: ignore[operator]
 
     async def _fetch_batch(self, batch: list[tuple[int, Message]], items: list[F.Item],
@@ -412,12 +465,14 @@ class SelectedCommands(ViewMixin):
         for (msn, msg), data in zip(batch, datas, strict=True):
             its = items
             if msg.uid in seen:
-                view.known[msg.uid] = msg.letters
-                if "FLAGS" not in its:
-                    its = [*its, "FLAGS"]
+                view.known[msg.uid] = msg.modseq
+                # RFC 3501 §6.4.5: the new flags; RFC 7162 §3.2.4: with UID and MODSEQ under CONDSTORE
+                extra = ["FLAGS"] + (["UID", "MODSEQ"] if self.condstore else [])
+                its = [*its, *(e for e in extra if e not in its)]
             flags = view.flags(msg)
             out.append(b"* %d FETCH " % msn + F.render(its, uid=msg.uid, flags=flags, size=msg.size,
-                                                       internal_date=msg.internal_date, data=data) + b"\r\n")
+                                                       internal_date=msg.internal_date, data=data,
+                                                       modseq=msg.modseq) + b"\r\n")
         self.send(b"".join(out))  # type: ignore[operator]
         if seen:
             self._publish()
@@ -445,6 +500,10 @@ class SelectedCommands(ViewMixin):
     # -- STORE (RFC 3501 §6.4.6) --------------------------------------------------------------
 
     async def cmd_store(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        unchanged_since = None
+        if len(args) >= 2 and isinstance(args[1], list):  # RFC 4466 store-modifiers
+            unchanged_since = store_modifiers(args[1])
+            args = [args[0], *args[2:]]
         if len(args) < 3:
             raise Bad("STORE needs a sequence set, an item and flags")
         targets = self._targets(args[0], uid)
@@ -486,17 +545,31 @@ class SelectedCommands(ViewMixin):
         else:
             def change(current: str) -> str:
                 return "".join(ch for ch in current if ch not in letters)
-        await box.set_letters([(msg, change) for _, msg in chosen])  # one trip to the io pool
+        if unchanged_since is not None:  # RFC 7162 §3.1: an enabling command
+            self.enable_condstore()
+        # one trip to the io pool; the UNCHANGEDSINCE test and the change are one step (§3.1.3)
+        _, refused = await box.store_letters([(msg, change) for _, msg in chosen], unchanged_since)
+        failed = {m.uid for m in refused}
+        condstore = self.condstore
         for msn, msg in chosen:
             u = msg.uid
-            view.known[u] = msg.letters
+            if u in failed or u not in box.by_uid:
+                continue
+            view.known[u] = msg.modseq
+            ident = f"UID {u} " if uid or condstore else ""
+            modseq = f" MODSEQ ({msg.modseq})" if condstore else ""
             if not silent:
                 fl = " ".join(view.flags(msg))
-                extra = f"UID {u} " if uid else ""
-                out.append(f"* {msn} FETCH ({extra}FLAGS ({fl}))\r\n".encode())
+                out.append(f"* {msn} FETCH ({ident}FLAGS ({fl}){modseq})\r\n".encode())
+            elif condstore:  # §3.1.3: the new mod-sequence even for .SILENT
+                out.append(f"* {msn} FETCH ({ident}MODSEQ ({msg.modseq}))\r\n".encode())
         self.send(b"".join(out))  # type: ignore[operator]
         self._publish()
-        return self.ok(tag, "UID STORE" if uid else "STORE")  # type: ignore[attr-defined]
+        code = ""
+        if failed:  # §3.1.3: UIDs for UID STORE, message numbers for STORE
+            code = "MODIFIED " + uid_set_text(sorted(failed) if uid else
+                                              [msn for msn, msg in chosen if msg.uid in failed])
+        return self.ok(tag, "UID STORE" if uid else "STORE", code=code)  # type: ignore[attr-defined]
 
     # -- COPY / MOVE (RFC 3501 §6.4.7, RFC 6851, RFC 4315 COPYUID) ----------------------------
 
@@ -560,14 +633,17 @@ class SelectedCommands(ViewMixin):
                 self.send(f"* OK [{code}] Moved\r\n".encode())  # type: ignore[operator]
             self._publish()
             self.publish_change(None if name == "INBOX" else name)
-            self._after_move(tag)
+            self._after_move(tag, bool(pairs))
             return None
         self.publish_change(None if name == "INBOX" else name)
         return self.ok(tag, "UID COPY" if uid else "COPY", code=code)  # type: ignore[attr-defined]
 
-    def _after_move(self, tag: str) -> None:
+    def _after_move(self, tag: str, moved: bool) -> None:
         self.sync(allow_expunge=True)  # RFC 6851 §3.3: EXPUNGE before the tagged OK
-        self.send(f"{tag} OK MOVE completed\r\n".encode())  # type: ignore[operator]
+        code = ""
+        if moved and self.condstore and self.view is not None:  # RFC 6851 §4.4
+            code = f"[HIGHESTMODSEQ {self.view.box.highestmodseq}] "
+        self.send(f"{tag} OK {code}MOVE completed\r\n".encode())  # type: ignore[operator]
 
     # -- UID (RFC 3501 §6.4.8, RFC 4315 §2.1) ---------------------------------------------------
 

@@ -3,7 +3,7 @@
 RFC 3501 §3 (states: not authenticated, authenticated, selected, logout),
 §6.1 (any state: CAPABILITY, NOOP, LOGOUT), §6.2 (STARTTLS, AUTHENTICATE,
 LOGIN; LOGINDISABLED before TLS), RFC 4959 (SASL-IR), RFC 2971 (ID),
-RFC 5161 (ENABLE), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE), RFC 3516 (BINARY:
+RFC 5161 (ENABLE: CONDSTORE and QRESYNC, RFC 7162), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE), RFC 3516 (BINARY:
 literal8 only in APPEND). Mailbox-level commands live in
 :mod:`.mailboxes`, selected-state commands in :mod:`.selected`, the
 selected-mailbox view in :mod:`.view`.
@@ -42,7 +42,7 @@ log = Logger()
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
                      "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE MULTIAPPEND "
                      "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE "
-                     "BINARY LIST-EXTENDED LIST-STATUS CATENATE CREATE-SPECIAL-USE")
+                     "BINARY LIST-EXTENDED LIST-STATUS CATENATE CREATE-SPECIAL-USE CONDSTORE QRESYNC")
 
 
 class Action(enum.Enum):
@@ -319,11 +319,20 @@ class IMAPSession(MailboxCommands, SelectedCommands):
     # -- authenticated extras ------------------------------------------------------------
 
     async def cmd_enable(self, tag: str, args: list[Token]) -> Action:
+        """RFC 5161; CONDSTORE and QRESYNC (RFC 7162 §3.2.3: QRESYNC brings CONDSTORE along)."""
         if not args:
             raise Bad("ENABLE needs capability names")
-        for a in args:
-            atom(a)
-        self.send(b"* ENABLED\r\n")  # RFC 5161 §3.1: nothing here is enable-able
+        names = [atom(a).upper() for a in args]
+        enabled = []
+        for name in dict.fromkeys(names):  # each once, in the client's order
+            if name == "CONDSTORE" and not self.condstore:
+                enabled.append(name)
+            elif name == "QRESYNC" and not self.qresync:
+                self.qresync = True
+                enabled.append(name)
+        if "CONDSTORE" in names or "QRESYNC" in names:
+            self.enable_condstore()
+        self.send(("* ENABLED" + "".join(" " + n for n in enabled) + "\r\n").encode())
         return self.ok(tag, "ENABLE")
 
     async def cmd_namespace(self, tag: str, args: list[Token]) -> Action:

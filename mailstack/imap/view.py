@@ -2,7 +2,9 @@
 
 RFC 3501 §7.3.1 (EXISTS), §7.3.2 (RECENT), §7.4.1 (EXPUNGE), §7.4.2 (FETCH
 FLAGS for flag changes by others), §5.2 (the client must be told about size
-changes). Message sequence numbers belong to the session: they change only
+changes). RFC 7162: once CONDSTORE is enabled, such FETCHes carry UID and MODSEQ
+(§3.2.4); once QRESYNC is, expunges are told as VANISHED (§3.2.10), and while
+expunges wait to be told, HIGHESTMODSEQ stays below theirs (§3.2). Message sequence numbers belong to the session: they change only
 when this session announces an EXPUNGE, never while answering FETCH, STORE
 or SEARCH (§7.4.1), so a message expunged by someone else keeps its number
 until the next command that may announce it.
@@ -15,6 +17,7 @@ import enum
 from dataclasses import dataclass, field
 
 from mailstack.imap.parse import SeqSet, resolve_set
+from mailstack.maildir.index import uid_set
 from mailstack.maildir.mailbox import Mailbox, Message
 
 
@@ -45,12 +48,13 @@ class View:
     box: Mailbox
     readonly: bool
     uids: list[int] = field(default_factory=list)
-    known: dict[int, str] = field(default_factory=dict)  # uid -> flag letters the client was told
+    known: dict[int, int] = field(default_factory=dict)  # uid -> the mod-sequence of the flags the client was told
     recent: set[int] = field(default_factory=set)
     version: int = -1
     keywords: int = 0  # how many keywords the client was told about in FLAGS
     told_gone: bool = False  # the client was warned that the folder was removed
     saved: frozenset[int] = frozenset()  # UIDs of the last SEARCH RETURN (SAVE): "$" (RFC 5182)
+    synced_modseq: int = 1  # the mailbox's HIGHESTMODSEQ when the client last had every change
 
     def select_saved(self) -> list[tuple[int, int]]:
         """(msn, uid) of the saved search result's messages still here (expunged ones drop out)."""
@@ -113,14 +117,27 @@ class ViewMixin:
 
     view: View | None
     send: object
+    condstore: bool  # RFC 7162: a CONDSTORE enabling command was given in this session
+    qresync: bool  # ENABLE QRESYNC was
 
     def __init__(self) -> None:
         self.view = None
+        self.condstore = False
+        self.qresync = False
 
     def deselect(self) -> None:
         self.view = None
         if getattr(self, "state", None) is State.SELECTED:
             self.state = State.AUTHENTICATED  # type: ignore[attr-defined]
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command ran (RFC 7162 §3.1): from now on FETCH responses carry
+        MODSEQ, and the first such command with a mailbox selected says its HIGHESTMODSEQ."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.view is not None:
+            self.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.view.synced_modseq)  # type: ignore[operator]
 
     def flags_announcement(self) -> list[bytes]:
         """``* FLAGS`` and ``PERMANENTFLAGS`` again when keywords were added (RFC 3501 §7.2.6)."""
@@ -146,8 +163,11 @@ class ViewMixin:
         if len(view.uids) != len(by_uid) or any(u not in by_uid for u in view.uids):
             if allow_expunge:
                 gone = [i for i, u in enumerate(view.uids) if u not in by_uid]
+                if gone and self.qresync:  # RFC 7162 §3.2.10: UIDs, no renumbering one by one
+                    out.append(f"* VANISHED {uid_set([view.uids[i] for i in gone])}\r\n".encode())
                 for i in reversed(gone):  # descending: earlier numbers stay valid (§7.4.1)
-                    out.append(b"* %d EXPUNGE\r\n" % (i + 1))
+                    if not self.qresync:
+                        out.append(b"* %d EXPUNGE\r\n" % (i + 1))
                     uid = view.uids[i]
                     view.known.pop(uid, None)
                     view.recent.discard(uid)
@@ -155,12 +175,14 @@ class ViewMixin:
                     view.uids = [u for u in view.uids if u in by_uid]
             else:
                 pending_gone = any(u not in by_uid for u in view.uids)
+        modseq = self.condstore
         for i, uid in enumerate(view.uids):
             msg = by_uid.get(uid)
-            if msg is not None and msg.letters != view.known.get(uid):
-                view.known[uid] = msg.letters
+            if msg is not None and msg.modseq != view.known.get(uid):
+                view.known[uid] = msg.modseq
                 flags = " ".join(view.flags(msg))
-                out.append(f"* {i + 1} FETCH (UID {uid} FLAGS ({flags}))\r\n".encode())
+                tail = f" MODSEQ ({msg.modseq})" if modseq else ""
+                out.append(f"* {i + 1} FETCH (UID {uid} FLAGS ({flags}){tail})\r\n".encode())
         last = view.uids[-1] if view.uids else 0
         start = bisect.bisect_right(box.messages, last, key=lambda m: m.uid)
         new = box.messages[start:]
@@ -172,11 +194,14 @@ class ViewMixin:
         if new:
             for m in new:
                 view.uids.append(m.uid)
-                view.known[m.uid] = m.letters
+                view.known[m.uid] = m.modseq
             out.append(b"* %d EXISTS\r\n" % len(view.uids))
             out.append(b"* %d RECENT\r\n" % len(view.recent))
+        if pending_gone and self.condstore:  # RFC 7162 §3.2: not past the expunges not yet told
+            out.append(b"* OK [HIGHESTMODSEQ %d] Expunges pending\r\n" % view.synced_modseq)
         if not pending_gone:
             view.version = box.version
+            view.synced_modseq = box.highestmodseq
             if box.gone and not view.told_gone:  # RFC 3501 §7.1.2: an untagged NO is a warning
                 view.told_gone = True
                 out.append(b"* NO Mailbox was removed on the server, select it again\r\n")

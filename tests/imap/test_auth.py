@@ -91,7 +91,8 @@ def test_noop_id_enable_namespace_logout(client):
     untagged, tagged = client.cmd('ID ("name" "test")')
     assert untagged[0].startswith(b'* ID ("name" "mailstack"') and tagged.startswith(b"OK")
     assert client.cmd("ID NIL")[1].startswith(b"OK")
-    assert client.cmd("ENABLE CONDSTORE")[0] == [b"* ENABLED"]
+    assert client.cmd("ENABLE CONDSTORE")[0] == [b"* ENABLED CONDSTORE"]
+    assert client.cmd("ENABLE UTF8=ACCEPT")[0] == [b"* ENABLED"]  # nothing it knows
     assert client.cmd("NAMESPACE")[0] == [b'* NAMESPACE (("" ".")) NIL NIL']
     untagged, tagged = client.cmd("LOGOUT")
     assert untagged == [b"* BYE Logging out"] and tagged.startswith(b"OK") and client.closed
