@@ -1,5 +1,6 @@
 """IMAP over loopback with real clients: imaplib over STARTTLS and 993, after SMTP delivery;
-two sessions on one mailbox; IDLE woken by delivery; UIDs kept across a restart; mbsync."""
+two sessions on one mailbox; IDLE woken by delivery; UIDs kept across a restart; mbsync;
+imapclient on SORT, THREAD, MULTIAPPEND and CONDSTORE; a QRESYNC resync after IMAP and POP3 changes."""
 
 from __future__ import annotations
 
@@ -323,3 +324,66 @@ def test_imapclient_drives_sort_thread_and_multiappend(server):
         assert client.thread("REFERENCES") == ((uids[0], uids[2]), (uids[1],))
         # ORDEREDSUBJECT: threads in the order of their first dates, a reply under the first
         assert client.thread("ORDEREDSUBJECT") == ((uids[0], uids[2]), (uids[1],))
+
+
+def test_qresync_resync_after_another_session_and_pop3(server):
+    """A client comes back after changes by another IMAP session and by POP3: SELECT (QRESYNC)
+    tells it only those (VANISHED (EARLIER) and the changed messages), and CONDSTORE works
+    from imapclient."""
+    import poplib
+
+    from imapclient import IMAPClient
+
+    user = "bob@example.test"
+    for i in range(6):
+        send_mail(server, f"resync {i}", to=user)
+    with IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=tls_context(),
+                    timeout=10) as client:
+        client.login(user, PASSWORD)
+        assert b"CONDSTORE" in client.capabilities() and b"QRESYNC" in client.capabilities()
+        assert client.enable("QRESYNC") == [b"QRESYNC"]
+        info = client.select_folder("INBOX")
+        uidvalidity, modseq = info[b"UIDVALIDITY"], info[b"HIGHESTMODSEQ"]
+        uids = client.search(["SUBJECT", "resync"])
+        assert len(uids) == 6
+        seqs = client.fetch(uids, ["MODSEQ"])
+        assert all(seqs[u][b"MODSEQ"][0] <= modseq for u in uids)
+
+    other = imaps_client(server, user)
+    other.select("INBOX")
+    other.uid("STORE", str(uids[1]), "+FLAGS", "(\\Flagged)")
+    other.uid("STORE", str(uids[2]), "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+    pop = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], timeout=10, context=tls_context())
+    pop.user(user)
+    pop.pass_(PASSWORD)
+    listed = pop.list()[1]
+    for entry in listed:
+        number = entry.split()[0].decode()
+        if b"Subject: resync 4" in b"\r\n".join(pop.top(number, 0)[1]):
+            pop.dele(number)
+    pop.quit()
+
+    imap = imaps_client(server, user)
+    imap._simple_command("ENABLE", "QRESYNC")
+    typ, _ = imap._simple_command("SELECT", f"INBOX (QRESYNC ({uidvalidity} {modseq}))")
+    assert typ == "OK"
+    imap.state = "SELECTED"  # imaplib's select() cannot pass the parameter
+    vanished = imap.untagged_responses.pop("VANISHED", [])
+    fetched = imap.untagged_responses.pop("FETCH", [])
+    assert vanished == [f"(EARLIER) {uids[2]},{uids[4]}".encode()]
+    assert len(fetched) == 1 and f"UID {uids[1]} FLAGS (\\Flagged) MODSEQ (".encode() in fetched[0]
+    # CONDSTORE from here: only what changed since is fetched again
+    typ, data = imap._simple_command("UID", "FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {modseq})")
+    assert typ == "OK" and len(imap.untagged_responses.pop("FETCH", [])) == 1
+    imap.logout()
+
+    with IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=tls_context(),
+                    timeout=10) as client:
+        client.login(user, PASSWORD)
+        client.select_folder("INBOX")
+        changed = client.fetch(client.search(["ALL"]), ["FLAGS"], modifiers=[f"CHANGEDSINCE {modseq}"])
+        assert list(changed) == [uids[1]] and b"\\Flagged" in changed[uids[1]][b"FLAGS"]
+        assert client.search(["MODSEQ", str(modseq + 1)]) == [uids[1]]
+        assert client.sort(["SUBJECT"], ["SUBJECT", "resync"]) == [uids[0], uids[1], uids[3], uids[5]]
