@@ -16,7 +16,10 @@
    timed SELECT, which has to build the server's index; then
    UID FETCH 1:* (FLAGS), a SELECT in a second session, SORT (DATE), SORT
    (SUBJECT) and THREAD REFERENCES over the folder (each twice: the second
-   finds what the first read in the server's caches), and a SELECT after a
+   finds what the first read in the server's caches), a QRESYNC resync (a
+   client that saw the folder comes back after 100 changes by another session,
+   80 flag changes and 20 expunges, and gives SELECT INBOX (QRESYNC (...)); then
+   UID FETCH 1:* (FLAGS) (CHANGEDSINCE ... VANISHED)), and a SELECT after a
    restart of the server.
 
     python bench/imap_bench.py                          # both servers, about 2 minutes
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import platform
@@ -339,6 +343,68 @@ async def _sort_thread(port: int, user: str) -> dict[str, float]:
         writer.close()
 
 
+async def _session(port: int, user: str) -> tuple[Connection, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
+    await reader.readline()
+    stats = Stats()
+    stats.latencies = collections.defaultdict(list)  # any command name
+    c = Connection(reader, writer, stats)
+    ok, _ = await c.command("LOGIN", b"LOGIN " + _quote(user) + b" " + _quote(PASSWORD))
+    if not ok:
+        raise RuntimeError("LOGIN failed")
+    return c, writer
+
+
+def _code(lines: list[bytes], name: bytes) -> int:
+    for line in lines:
+        if b"[" + name + b" " in line:
+            return int(line.split(b"[" + name + b" ", 1)[1].split(b"]", 1)[0])
+    raise RuntimeError(f"no {name.decode()} in the SELECT answer")
+
+
+async def _qresync(port: int, user: str, changes: int) -> dict[str, float]:
+    """A client that saw the folder comes back after ``changes`` changes by another session
+    (four in five flag changes, the rest expunges): time its SELECT (QRESYNC ...), which
+    must bring exactly those changes, and a UID FETCH (CHANGEDSINCE) of the same."""
+    c, writer = await _session(port, user)
+    await c.command("ENABLE", b"ENABLE QRESYNC")
+    ok, lines = await c.command("SELECT", b"SELECT INBOX")
+    uidvalidity, modseq = _code(lines, b"UIDVALIDITY"), _code(lines, b"HIGHESTMODSEQ")
+    exists = next(int(line.split()[1]) for line in lines if line.upper().endswith(b" EXISTS\r\n"))
+    await c.command("LOGOUT", b"LOGOUT")
+    writer.close()
+    step = max(1, exists // changes)
+    picked = list(range(1, exists + 1, step))[:changes]  # spread over the folder (UIDs are 1..n)
+    flagged, deleted = picked[: changes * 4 // 5], picked[changes * 4 // 5:]
+    c, writer = await _session(port, user)
+    await c.command("SELECT", b"SELECT INBOX")
+    await c.command("STORE", b"UID STORE " + ",".join(map(str, flagged)).encode() + b" +FLAGS.SILENT (\\Flagged)")
+    await c.command("STORE", b"UID STORE " + ",".join(map(str, deleted)).encode() + b" +FLAGS.SILENT (\\Deleted)")
+    await c.command("EXPUNGE", b"UID EXPUNGE " + ",".join(map(str, deleted)).encode())
+    await c.command("LOGOUT", b"LOGOUT")
+    writer.close()
+    c, writer = await _session(port, user)
+    await c.command("ENABLE", b"ENABLE QRESYNC")
+    t = time.perf_counter()
+    ok, lines = await c.command("SELECT", b"SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, modseq))
+    resync = time.perf_counter() - t
+    fetches = sum(1 for line in lines if b" FETCH " in line)
+    vanished = [line for line in lines if line.startswith(b"* VANISHED")]
+    told = sum(len(range(int(a), int(b or a) + 1)) for part in
+               (vanished[0].split()[-1].split(b",") if vanished else [])
+               for a, _, b in [part.partition(b":")])
+    t = time.perf_counter()
+    ok2, again = await c.command("FETCH", b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % modseq)
+    changedsince = time.perf_counter() - t
+    await c.command("LOGOUT", b"LOGOUT")
+    writer.close()
+    if not ok or fetches != len(flagged) or told != len(deleted):
+        print(f"  QRESYNC: {fetches} FETCH for {len(flagged)} flagged, VANISHED of {told} for {len(deleted)} "
+              f"expunged {'' if ok else '(SELECT failed)'}")
+    return {"qresync_ms": resync * 1000, "changedsince_ms": changedsince * 1000 if ok2 else float("nan"),
+            "qresync_fetches": fetches, "qresync_vanished": told}
+
+
 def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     t = time.perf_counter()
     link_maildir(source, server.maildir(user))
@@ -354,6 +420,7 @@ def measure_big(server, user: str, source: Path, count: int) -> dict[str, float]
         rss_after = sum(rss(p) for p in tree(server.pid))
         again = select_once(server.port, user)
         sorting = asyncio.run(_sort_thread(server.port, user))
+        sorting.update(asyncio.run(_qresync(server.port, user, 100)))
         memory = sampler.finish()
         root_hwm = hwm(server.pid)
     finally:
@@ -380,6 +447,13 @@ def print_sorting(rows: list[tuple[str, dict[str, float]]]) -> None:
         print(f"{name:12s} {int(r['count']):8d} {r['sort_date_ms']:10.0f} {r['sort_date_again_ms']:7.0f} "
               f"{r['sort_subject_ms']:12.0f} {r['sort_subject_again_ms']:7.0f} {r['thread_refs_ms']:11.0f} "
               f"{r['thread_refs_again_ms']:7.0f}")
+
+
+def print_resync(rows: list[tuple[str, dict[str, float]]]) -> None:
+    print(f"\n{'server':12s} {'messages':>8s} {'SELECT (QRESYNC) after 100 changes':>35s} "
+          f"{'UID FETCH (CHANGEDSINCE VANISHED)':>34s}   (ms)")
+    for name, r in rows:
+        print(f"{name:12s} {int(r['count']):8d} {r['qresync_ms']:35.1f} {r['changedsince_ms']:34.1f}")
 
 
 def print_big(rows: list[tuple[str, dict[str, float]]]) -> None:
@@ -486,6 +560,7 @@ def main() -> int:
         if big_rows:
             print_big(big_rows)
             print_sorting(big_rows)
+            print_resync(big_rows)
             report["big"] = [{"server": n, **r} for n, r in big_rows]
         for server in servers:
             problems = server.problems() if isinstance(server, Mailstack) else dovecot_problems(server)

@@ -16,7 +16,14 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailstack.imap import fetch as F
-from mailstack.imap.condstore import FetchModifiers, fetch_modifiers, merge, store_modifiers, vanished_earlier
+from mailstack.imap.condstore import (
+    FetchModifiers,
+    contains,
+    fetch_modifiers,
+    merge,
+    store_modifiers,
+    vanished_earlier,
+)
 from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, resolve_set, sequence_set
 from mailstack.imap.response import imap_date
@@ -358,9 +365,10 @@ class SelectedCommands(ViewMixin):
     async def cmd_fetch(self, tag: str, args: list[Token], uid: bool = False) -> Any:
         if len(args) not in (2, 3):
             raise Bad("FETCH needs a sequence set and items")
-        targets = self._targets(args[0], uid)
         items = F.parse_items(args[1])
         mods = fetch_modifiers(args[2]) if len(args) == 3 else FetchModifiers()
+        # UID FETCH ... (CHANGEDSINCE) looks at the changed messages only, not at the whole set
+        targets = [] if uid and mods.changed_since is not None else self._targets(args[0], uid)
         if mods.vanished:  # RFC 7162 §3.2.6
             if not uid or mods.changed_since is None or not self.qresync:
                 raise Bad("VANISHED is for UID FETCH with CHANGEDSINCE, after ENABLE QRESYNC")
@@ -376,8 +384,7 @@ class SelectedCommands(ViewMixin):
                 items.append("MODSEQ")
             if mods.vanished:  # §3.2.6: before any FETCH
                 self.send(self._vanished_in(args[0], since))  # type: ignore[operator]
-            by_uid = box.by_uid
-            targets = [(n, u) for n, u in targets if (m := by_uid.get(u)) is not None and m.modseq > since]
+            targets = self._changed(targets, since) if not uid else self._changed_uids(args[0], since)
         quick = F.metadata_fetch(items)
         if quick is not None:
             self._fetch_metadata(targets, quick)
@@ -400,6 +407,28 @@ class SelectedCommands(ViewMixin):
         if batch:
             await self._fetch_batch(batch, items, want_body, mark_seen)
         return self.ok(tag, "UID FETCH" if uid else "FETCH")  # type: ignore[attr-defined]
+
+    def _changed(self, targets: list[tuple[int, int]], since: int) -> list[tuple[int, int]]:
+        by_uid = self._view().box.by_uid
+        return [(n, u) for n, u in targets if (m := by_uid.get(u)) is not None and m.modseq > since]
+
+    def _changed_uids(self, uids: Token, since: int) -> list[tuple[int, int]]:
+        """(msn, UID) of the messages of a UID set whose mod-sequence is above ``since``: found
+        from the mailbox's changed messages, so a resync of a big folder costs what changed."""
+        view = self._view()
+        if not view.uids:
+            return []
+        if isinstance(uids, Atom) and uids.value == "$":
+            wanted = merge([(u, u) for u in view.saved])
+        else:
+            wanted = merge(resolve_set(sequence_set(uids), view.uids[-1]))
+        out = []
+        for m in view.box.messages:
+            if m.modseq > since and contains(wanted, m.uid):
+                msn = view.msn_of(m.uid)
+                if msn:
+                    out.append((msn, m.uid))
+        return out
 
     def _vanished_in(self, uids: Token, since: int) -> bytes:
         """``VANISHED (EARLIER)`` for the UIDs of a UID FETCH's set expunged after ``since``.
