@@ -198,10 +198,18 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     maildir = MaildirDelivery(settings.storage.maildirs, hostname=settings.hostname, reactor=reactor,
                               threadpool=io_pool)
     events = MailboxEvents()
-    # The Filter step: DMARC quarantine files into Junk; everything else goes to INBOX.
-    local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, InboxFilter()))
+    io = pop3.pool_io(reactor, io_pool)  # blocking work for the mail store, POP3 maildrops and DKIM signing
+    watcher = Watcher.create()
+    mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
+                           accounts=store, watcher=watcher, events=events)
+
+    async def junk_folder(user: str) -> str:
+        return await mail_store.folder_with_use(user, "\\Junk", io)
+
+    # The Filter step: DMARC quarantine files into the user's \Junk folder; everything else into INBOX.
+    local = LocalDelivery(store, maildir, events,
+                          filter=QuarantineFilter(settings.hostname, InboxFilter(), junk_folder))
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
-    io = pop3.pool_io(reactor, io_pool)  # blocking work for the POP3 maildrops and DKIM signing
     dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)), settings.hostname)  # keys reread on change
     try:
         srs = SRS(load_secret(settings.storage.srs_secret))
@@ -210,9 +218,6 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
                            f"{e.strerror}") from None
     queue = build_queue(settings, reactor, local, io_pool, resolver, dkim, srs)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
-    watcher = Watcher.create()
-    mail_store = MailStore(MaildirLayout(settings.storage.maildirs), escape_hostname(settings.hostname),
-                           accounts=store, watcher=watcher, events=events)
     return Shared(
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls,
         store=store,

@@ -12,6 +12,7 @@ authenticated clients and relay networks is not checked: it is ours.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
@@ -123,19 +124,34 @@ class InboundChecks:
 
 
 class QuarantineFilter:
-    """Files a copy into Junk when our own Authentication-Results says DMARC asked for quarantine.
+    """Files a copy into the user's junk folder when our own Authentication-Results says
+    DMARC asked for quarantine.
 
     The header is trusted because :class:`InboundChecks` removed every incoming one that
     claims our name before adding its own; the first one naming us is ours. Any other copy
-    is left to ``then`` (the next filter: INBOX by default, Sieve later).
+    is left to ``then`` (the next filter: INBOX by default, Sieve later). ``junk_folder``
+    names a mailbox's folder with the ``\\Junk`` use (RFC 6154; a user can give it to
+    another folder); without it, or when it fails, the folder is Junk.
     """
 
-    def __init__(self, authserv_id: str, then: Filter) -> None:
+    def __init__(self, authserv_id: str, then: Filter,
+                 junk_folder: Callable[[str], Awaitable[str]] | None = None) -> None:
         self.authserv_id = authserv_id
         self.then = then
+        self.junk_folder = junk_folder
 
     async def folder_for(self, copy: LocalCopy) -> str | None:
         ours = results.our_header(copy.message, self.authserv_id)
         if ours is not None and b"dis=quarantine" in ours:
-            return JUNK
+            return await self._junk(copy)
         return await self.then.folder_for(copy)
+
+    async def _junk(self, copy: LocalCopy) -> str:
+        if self.junk_folder is None:
+            return JUNK
+        try:
+            return await self.junk_folder(copy.mailbox)
+        except Exception as e:  # a filter must not raise (interfaces.Filter)
+            log.warn("{queue_id}: cannot tell the junk folder of <{mailbox}> ({error}); filed into {junk}",
+                     queue_id=copy.queue_id, mailbox=copy.mailbox, error=e, junk=JUNK)
+            return JUNK

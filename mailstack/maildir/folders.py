@@ -408,6 +408,13 @@ class MailStore:
         uses: dict[str, str] = await io(self._special_uses, user)
         return uses
 
+    async def folder_with_use(self, user: str, use: str, io: IO) -> str:
+        """The folder that has ``use`` (``\\Junk``...): the one a user gave it, else its default."""
+        for name, has in (await self.special_uses(user, io)).items():
+            if has == use:
+                return name
+        raise FolderError(f"no folder can have the use {use}", "USEATTR")
+
     def _special_uses(self, user: str) -> dict[str, str]:
         by_use = {use: name for name, use in SPECIAL_USE.items()}
         by_use.update(self._given_uses(user))

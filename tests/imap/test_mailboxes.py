@@ -177,3 +177,16 @@ def test_create_special_use_gives_uses_that_follow_renames(client):
     assert client.cmd("CREATE Odd (COLOUR (red))")[1].startswith(b"BAD")
     client.ok("DELETE MyDrafts")  # gone: the use is the default folder's again
     assert b'* LIST (\\HasNoChildren \\Drafts) "." Drafts' in client.ok('LIST "" Drafts')
+
+
+def test_the_junk_use_names_the_folder_quarantined_mail_goes_to(world, client):
+    """DMARC quarantine files into the folder with the \\Junk use (QuarantineFilter asks this)."""
+    from .harness import USER, run, sync_io
+
+    assert run(world.store.folder_with_use(USER, "\\Junk", sync_io)) == "Junk"
+    client.ok("CREATE Spam (USE (\\Junk))")
+    assert run(world.store.folder_with_use(USER, "\\Junk", sync_io)) == "Spam"
+    client.ok("RENAME Spam Lists.Spam")
+    assert run(world.store.folder_with_use(USER, "\\Junk", sync_io)) == "Lists.Spam"
+    client.ok("DELETE Lists.Spam")
+    assert run(world.store.folder_with_use(USER, "\\Junk", sync_io)) == "Junk"

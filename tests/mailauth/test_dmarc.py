@@ -118,6 +118,24 @@ def test_reject_quarantine_and_their_switches():
     assert run(filed.folder_for(LocalCopy("Q3", "x", "bob@b.test", "bob@b.test", off))) is None
 
 
+def test_quarantine_goes_to_the_folder_with_the_junk_use():
+    softened = run(checks(CheckPolicy(dmarc_reject=False)).check(STRANGER, Envelope("Q6", "x@attacker.example"),
+                                                                  message("ceo@example.org")))
+    asked = []
+
+    async def spam_folder(mailbox: str) -> str:
+        asked.append(mailbox)
+        return "Spam"
+
+    async def broken(mailbox: str) -> str:
+        raise OSError("disk gone")
+
+    copy = LocalCopy("Q6", "x", "bob@b.test", "bob+tag@b.test", softened)
+    assert run(QuarantineFilter("mx.b.test", InboxFilter(), spam_folder).folder_for(copy)) == "Spam"
+    assert asked == ["bob@b.test"]  # the mailbox, not the address it was sent to
+    assert run(QuarantineFilter("mx.b.test", InboxFilter(), broken).folder_for(copy)) == "Junk"
+
+
 def test_a_forged_quarantine_verdict_from_outside_files_nothing_into_junk():
     filed = QuarantineFilter("mx.b.test", InboxFilter())
     forged = b"Authentication-Results: mx.b.test; dmarc=fail (p=quarantine dis=quarantine)\r\n" + message("a@x.org")
