@@ -160,6 +160,13 @@ def _quota(text: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+def _count(text: str) -> int:
+    """A message count: a whole number, 0 for unlimited."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"invalid number of messages {text!r}")
+    return int(text.strip())
+
+
 def _address(text: str) -> str:
     try:
         return canonical_address(text)
@@ -243,6 +250,8 @@ def _user_commands(commands: SubParsers) -> None:
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
     p.add_argument("--quota", type=_quota, default=0, metavar="BYTES", help="mailbox size limit (0 = unlimited)")
+    p.add_argument("--messages", type=_count, default=0, metavar="N",
+                   help="limit on the number of messages (0 = unlimited)")
     p.set_defaults(handler=_user_add)
     p = actions.add_parser("del", help="remove a user (the Maildir is left on disk)")
     p.add_argument("address")
@@ -251,9 +260,11 @@ def _user_commands(commands: SubParsers) -> None:
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
     p.set_defaults(handler=_user_passwd)
-    p = actions.add_parser("quota", help="change a user's mailbox size limit")
+    p = actions.add_parser("quota", help="change a user's mailbox size limit (and message limit)")
     p.add_argument("address")
     p.add_argument("quota", type=_quota, metavar="BYTES", help="0 = unlimited; K, M, G, T units allowed")
+    p.add_argument("--messages", type=_count, default=None, metavar="N",
+                   help="limit on the number of messages (0 = unlimited; left as it is when not given)")
     p.set_defaults(handler=_user_quota)
     p = actions.add_parser("list", help="list users with their quota")
     p.add_argument("domain", nargs="?")
@@ -269,7 +280,7 @@ def _user_add(args: argparse.Namespace, ctx: Context) -> None:
         raise CommandError(f"unknown domain {domain} (add it first with: mailstack domain add {domain})")
     if store.get_user(address) is not None:
         raise CommandError(f"user {address} already exists")
-    store.add_user(address, _read_password(args, ctx), quota=args.quota)
+    store.add_user(address, _read_password(args, ctx), quota=args.quota, max_messages=args.messages)
     ctx.say(f"added user {address}")
 
 
@@ -289,13 +300,14 @@ def _user_passwd(args: argparse.Namespace, ctx: Context) -> None:
 
 def _user_quota(args: argparse.Namespace, ctx: Context) -> None:
     address = _address(args.address)
-    ctx.store.set_quota(address, args.quota)
-    ctx.say(f"quota of {address} is {_format_quota(args.quota)}")
+    ctx.store.set_quota(address, args.quota, args.messages)
+    messages = "" if args.messages is None else f", messages {_format_quota(args.messages)}"
+    ctx.say(f"quota of {address} is {_format_quota(args.quota)}{messages}")
 
 
 def _user_list(args: argparse.Namespace, ctx: Context) -> None:
     for user in ctx.store.list_users(args.domain):
-        ctx.say(f"{user.address}\t{_format_quota(user.quota)}")
+        ctx.say(f"{user.address}\t{_format_quota(user.quota)}\t{_format_quota(user.max_messages)}")
 
 
 # -- alias ---------------------------------------------------------------------------------

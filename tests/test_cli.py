@@ -97,7 +97,7 @@ def test_user_add_list_passwd_quota_del(
         == 0
     )
     assert cli(conf, "user", "list") == 0
-    assert output(capsys) == ("added user alice@example.test\nalice@example.test\t1048576\n", "")
+    assert output(capsys) == ("added user alice@example.test\nalice@example.test\t1048576\tunlimited\n", "")
     with SQLiteAccountStore(accounts) as store:
         user = store.get_user("alice@example.test")
         assert user is not None and user.password_hash.startswith("$argon2id$")
@@ -106,14 +106,18 @@ def test_user_add_list_passwd_quota_del(
         cli(conf, "user", "passwd", "alice@example.test", "--password-stdin", stdin="new\r\n", monkeypatch=monkeypatch)
         == 0
     )
-    assert cli(conf, "user", "quota", "alice@example.test", "0") == 0
+    assert cli(conf, "user", "quota", "alice@example.test", "0", "--messages", "5000") == 0
+    assert cli(conf, "user", "quota", "alice@example.test", "0") == 0  # the message limit stays
     assert cli(conf, "user", "list", "example.test") == 0
     assert output(capsys) == (
         "changed password of alice@example.test\n"
+        "quota of alice@example.test is unlimited, messages 5000\n"
         "quota of alice@example.test is unlimited\n"
-        "alice@example.test\tunlimited\n",
+        "alice@example.test\tunlimited\t5000\n",
         "",
     )
+    assert cli(conf, "user", "quota", "alice@example.test", "0", "--messages", "many") == 2
+    assert "invalid number of messages 'many'" in output(capsys)[1]
     with SQLiteAccountStore(accounts) as store:
         user = store.get_user("alice@example.test")
         assert user is not None and user.password_hash != old_hash

@@ -3,10 +3,13 @@
 Tables (created on first open, together with the parent directory)::
 
     domains(name PRIMARY KEY)
-    users(address PRIMARY KEY, domain, password_hash, quota)   -- quota in bytes, 0 = unlimited
+    users(address PRIMARY KEY, domain, password_hash, quota, max_messages)
+                                        -- quota in bytes, max_messages a count; 0 = unlimited
     aliases(source, target, domain)                            -- source "local@domain" or "@domain"
 
-``PRAGMA user_version`` records the schema version for later migrations.
+``PRAGMA user_version`` records the schema version; a store of an older version is
+brought up to date when opened (version 2 added ``users.max_messages``), and one of a
+newer version is refused.
 
 Administrative methods (:class:`~mailstack.accounts.store.AccountAdmin`) are
 synchronous and write through their own connection in short ``BEGIN
@@ -61,7 +64,7 @@ from mailstack.addresses import InvalidAddress
 
 __all__ = ["SCHEMA_VERSION", "SQLiteAccountStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (
@@ -71,7 +74,8 @@ CREATE TABLE IF NOT EXISTS users (
     address TEXT PRIMARY KEY NOT NULL,
     domain TEXT NOT NULL REFERENCES domains(name),
     password_hash TEXT NOT NULL,
-    quota INTEGER NOT NULL DEFAULT 0 CHECK (quota >= 0)
+    quota INTEGER NOT NULL DEFAULT 0 CHECK (quota >= 0),
+    max_messages INTEGER NOT NULL DEFAULT 0 CHECK (max_messages >= 0)
 );
 CREATE INDEX IF NOT EXISTS users_domain ON users(domain);
 CREATE TABLE IF NOT EXISTS aliases (
@@ -82,6 +86,11 @@ CREATE TABLE IF NOT EXISTS aliases (
 );
 CREATE INDEX IF NOT EXISTS aliases_domain ON aliases(domain);
 """
+
+# (version, statement): what brings a store of an older version up to that version
+_MIGRATIONS = (
+    (2, "ALTER TABLE users ADD COLUMN max_messages INTEGER NOT NULL DEFAULT 0 CHECK (max_messages >= 0)"),
+)
 
 _BUSY_TIMEOUT = 5.0  # seconds an admin write waits for another writer
 
@@ -138,6 +147,9 @@ class SQLiteAccountStore:
                 )
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
+                    conn.execute(statement)
+            for number, statement in _MIGRATIONS:
+                if 0 < version < number:  # a store made by an older mailstack (0: just created above)
                     conn.execute(statement)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -276,18 +288,19 @@ class SQLiteAccountStore:
 
     # -- users -------------------------------------------------------------------------
 
-    def add_user(self, address: str, password: str, quota: int = 0) -> None:
+    def add_user(self, address: str, password: str, quota: int = 0, max_messages: int = 0) -> None:
         addr = _address(address)
         _check_password(password)
         _check_quota(quota)
+        _check_count(max_messages)
         with self._reading() as conn:
             self._check_new_user(conn, addr)
         password_hash = hash_password(password, self._hasher)  # slow: outside the lock
         with self._transaction() as conn:
             self._check_new_user(conn, addr)
             conn.execute(
-                "INSERT INTO users(address, domain, password_hash, quota) VALUES (?, ?, ?, ?)",
-                (addr, domain_of(addr), password_hash, quota),
+                "INSERT INTO users(address, domain, password_hash, quota, max_messages) VALUES (?, ?, ?, ?, ?)",
+                (addr, domain_of(addr), password_hash, quota, max_messages),
             )
         self.log.info("added user {address}", address=addr)
 
@@ -335,23 +348,28 @@ class SQLiteAccountStore:
             self.log.info("password hash of {address} renewed with current parameters", address=addr)
         return bool(cursor.rowcount)
 
-    def set_quota(self, address: str, quota: int) -> None:
+    def set_quota(self, address: str, quota: int, max_messages: int | None = None) -> None:
         addr = _address(address)
         _check_quota(quota)
+        if max_messages is not None:
+            _check_count(max_messages)
         with self._transaction() as conn:
-            if conn.execute("UPDATE users SET quota = ? WHERE address = ?", (quota, addr)).rowcount == 0:
+            cursor = conn.execute("UPDATE users SET quota = ?, max_messages = coalesce(?, max_messages) "
+                                  "WHERE address = ?", (quota, max_messages, addr))
+            if cursor.rowcount == 0:
                 raise AccountError(f"no such user: {addr}")
 
     def list_users(self, domain: str | None = None) -> list[User]:
         with self._reading() as conn:
             if domain is None:
-                rows = conn.execute("SELECT address, password_hash, quota FROM users ORDER BY address")
+                rows = conn.execute("SELECT address, password_hash, quota, max_messages FROM users ORDER BY address")
             else:
                 name = _domain(domain)
                 if not _domain_exists(conn, name):
                     raise AccountError(f"no such domain: {name}")
                 rows = conn.execute(
-                    "SELECT address, password_hash, quota FROM users WHERE domain = ? ORDER BY address", (name,)
+                    "SELECT address, password_hash, quota, max_messages FROM users WHERE domain = ? ORDER BY address",
+                    (name,),
                 )
             return [User(*row) for row in rows]
 
@@ -402,7 +420,8 @@ def _load_directory(conn: sqlite3.Connection) -> Directory:
     conn.execute("BEGIN")
     try:
         domains = frozenset(row[0] for row in conn.execute("SELECT name FROM domains"))
-        users = {a: User(a, h, q) for a, h, q in conn.execute("SELECT address, password_hash, quota FROM users")}
+        users = {row[0]: User(*row)
+                 for row in conn.execute("SELECT address, password_hash, quota, max_messages FROM users")}
         targets: dict[str, list[str]] = {}
         for source, target in conn.execute("SELECT source, target FROM aliases ORDER BY rowid"):
             targets.setdefault(source, []).append(target)
@@ -458,6 +477,11 @@ def _check_local_target(conn: sqlite3.Connection, source: str, target: str) -> N
 def _check_password(password: str) -> None:
     if not isinstance(password, str) or password == "":
         raise AccountError("password must not be empty")
+
+
+def _check_count(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise AccountError(f"a message limit must be a whole number, 0 for unlimited (got {limit!r})")
 
 
 def _check_quota(quota: int) -> None:

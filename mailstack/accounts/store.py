@@ -44,6 +44,8 @@ class User:
     """argon2id PHC string (:mod:`mailstack.accounts.passwords`)."""
     quota: int
     """Mailbox size limit in bytes; 0 means unlimited."""
+    max_messages: int = 0
+    """Limit on the number of messages in all folders together; 0 means unlimited."""
 
 
 @runtime_checkable
@@ -99,7 +101,7 @@ class AccountAdmin(Protocol):
         """Add those of *domains* that are missing; idempotent."""
         ...
 
-    def add_user(self, address: str, password: str, quota: int = 0) -> None:
+    def add_user(self, address: str, password: str, quota: int = 0, max_messages: int = 0) -> None:
         """Refused for an unknown domain, an existing user or an empty password."""
         ...
 
@@ -107,7 +109,9 @@ class AccountAdmin(Protocol):
 
     def set_password(self, address: str, password: str) -> None: ...
 
-    def set_quota(self, address: str, quota: int) -> None: ...
+    def set_quota(self, address: str, quota: int, max_messages: int | None = None) -> None:
+        """The size limit, and the message-count limit unless it is None (left as it is)."""
+        ...
 
     def list_users(self, domain: str | None = None) -> list[User]: ...
 

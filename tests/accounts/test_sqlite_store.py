@@ -25,7 +25,7 @@ def test_first_open_creates_directory_schema_and_wal(store_path: Path, store: SQ
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"domains", "users", "aliases"} <= tables
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         conn.close()
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
@@ -35,6 +35,35 @@ def test_reopening_keeps_data(store_path: Path, store: SQLiteAccountStore) -> No
     store.add_user("alice@example.test", "pw")
     with SQLiteAccountStore(store_path) as again:
         assert again.get_user("alice@example.test") is not None
+
+
+def test_a_version_1_store_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A store written before message limits: users keep their data and get no limit."""
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE domains (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;"
+        "CREATE TABLE users (address TEXT PRIMARY KEY NOT NULL, domain TEXT NOT NULL REFERENCES domains(name),"
+        " password_hash TEXT NOT NULL, quota INTEGER NOT NULL DEFAULT 0 CHECK (quota >= 0));"
+        "CREATE TABLE aliases (source TEXT NOT NULL, target TEXT NOT NULL,"
+        " domain TEXT NOT NULL REFERENCES domains(name), UNIQUE (source, target));"
+        "INSERT INTO domains VALUES ('example.test');"
+        "INSERT INTO users VALUES ('old@example.test', 'example.test', '$argon2id$x', 2048);"
+        "PRAGMA user_version = 1;")
+    conn.close()
+    with SQLiteAccountStore(path, hasher=CHEAP_HASHER) as store:
+        assert store.get_user("old@example.test") == User("old@example.test", "$argon2id$x", 2048, 0)
+        store.set_quota("old@example.test", 4096, 10)
+        store.add_user("new@example.test", "pw", quota=1, max_messages=7)
+    with SQLiteAccountStore(path) as store:
+        assert store.get_user("old@example.test") == User("old@example.test", "$argon2id$x", 4096, 10)
+        assert [(u.address, u.max_messages) for u in store.list_users()] == [("new@example.test", 7),
+                                                                            ("old@example.test", 10)]
+        with pytest.raises(AccountError, match="message limit"):
+            store.set_quota("old@example.test", 0, -1)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
 
 
 def test_store_from_a_newer_version_is_refused(store_path: Path, store: SQLiteAccountStore) -> None:
