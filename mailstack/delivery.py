@@ -129,7 +129,7 @@ class LocalDelivery:
         for mailbox, original in mailboxes.items():
             folder = await self._folder_for(LocalCopy(queue_id, sender, mailbox, original, message))
             user = self.store.get_user(mailbox)
-            recipient = Recipient(mailbox, user.quota if user else 0, original)
+            recipient = Recipient(mailbox, user.quota if user else 0, original, user.max_messages if user else 0)
             by_folder.setdefault(folder, []).append(recipient)
         result = LocalResult()
         remaining = len(mailboxes)

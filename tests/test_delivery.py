@@ -27,7 +27,7 @@ def make(tmp_path, *, users=("alice@example.test", "bob@example.test"), aliases=
     clock = SyncReactor()
     accounts = FakeAccounts(users=users, aliases=aliases)
     for address, quota in (quotas or {}).items():
-        accounts.users[address] = User(address, "", quota)
+        accounts.users[address] = User(address, "", *quota) if isinstance(quota, tuple) else User(address, "", quota)
     maildir = MaildirDelivery(tmp_path / "maildirs", hostname="mail.example.test", reactor=clock,
                               threadpool=SyncThreadPool())
     events = MailboxEvents()
@@ -120,6 +120,15 @@ def test_a_full_mailbox_among_several_is_held_and_the_others_get_the_message(tmp
     assert list(result.held) == ["bob@example.test"] and result.held["bob@example.test"].status == "5.2.2"
     assert len(stored(tmp_path, "alice@example.test")) == 1 and stored(tmp_path, "bob@example.test") == []
     assert published == [("alice@example.test", None)]
+
+
+def test_a_mailbox_at_its_message_limit_is_held_for_later(tmp_path):
+    local, _ = make(tmp_path, quotas={"bob@example.test": (0, 1)})  # no size limit, one message
+    assert deliver(local, {"bob@example.test": "bob@example.test"}).delivered == {"bob@example.test": None}
+    result = deliver(local, {"alice@example.test": "alice@example.test", "bob@example.test": "bob@example.test"})
+    assert result.delivered == {"alice@example.test": None}
+    assert result.held["bob@example.test"].status == "4.2.2"  # full for now: the queue tries again
+    assert len(stored(tmp_path, "bob@example.test")) == 1
 
 
 @pytest.mark.parametrize("can_hold, mailboxes", [

@@ -301,7 +301,7 @@ class MailboxCommands(ViewMixin):
         body = " ".join(f"{item} {values[item]()}" for item in items)
         return b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode()
 
-    # -- QUOTA (RFC 9208: the STORAGE resource of the user's one quota root) -----------------
+    # -- QUOTA (RFC 9208: the STORAGE and MESSAGE resources of the user's one quota root) ----
 
     async def cmd_getquotaroot(self, tag: str, args: list[Token]) -> Any:
         name = self._one_name(args)
@@ -309,7 +309,7 @@ class MailboxCommands(ViewMixin):
             raise No("No such mailbox", "NONEXISTENT")
         used, limit = await self.store.quota_usage(self.user, self.io)
         line = b"* QUOTAROOT " + encode_name(name)
-        if limit > 0:
+        if limit.octets > 0 or limit.messages > 0:
             line += b" " + wire_name(QUOTA_ROOT) + b"\r\n" + _quota_line(used, limit)
         else:
             line += b"\r\n"
@@ -320,7 +320,7 @@ class MailboxCommands(ViewMixin):
         if len(args) != 1:
             raise Bad("GETQUOTA needs a quota root")
         used, limit = await self.store.quota_usage(self.user, self.io)
-        if astring(args[0]) != QUOTA_ROOT or limit <= 0:
+        if astring(args[0]) != QUOTA_ROOT or (limit.octets <= 0 and limit.messages <= 0):
             raise No("No such quota root", "NONEXISTENT")
         self.send(_quota_line(used, limit))  # type: ignore[operator]
         return self.ok(tag, "GETQUOTA")  # type: ignore[attr-defined]
@@ -356,7 +356,7 @@ class MailboxCommands(ViewMixin):
         except TooManyKeywords:
             raise No("Too many keywords in this mailbox", "LIMIT") from None
         total = sum(len(data) for _, _, data in messages)
-        await self.store.check_quota(self.user, total, self.io)
+        await self.store.check_quota(self.user, total, self.io, len(messages))
         written = await self.io(_write_all, box.path, box.hostname, [(data, date) for _, date, data in messages])
         try:
             msgs = await box.append_all([(tmp, base, letter, len(data), when)
@@ -365,7 +365,7 @@ class MailboxCommands(ViewMixin):
         except BaseException:
             await self.io(_remove_all, [tmp for tmp, _, _ in written])  # none of them, then
             raise
-        self.store.usage_added(self.user, total)
+        self.store.usage_added(self.user, total, len(msgs))
         log.info("imap {session_id}: {user} appended UID {uid} ({size} octets) to {mailbox}",
                  session_id=self.session_id, user=self.user, uid=uid_set_text([m.uid for m in msgs]),  # type: ignore[attr-defined]
                  size=total, mailbox=name)
@@ -636,8 +636,15 @@ def kib(octets: int) -> int:
     return (octets + 1023) // 1024
 
 
-def _quota_line(used: int, limit: int) -> bytes:
-    return b"* QUOTA " + wire_name(QUOTA_ROOT) + f" (STORAGE {kib(used)} {limit // 1024})\r\n".encode()
+def _quota_line(used: Any, limit: Any) -> bytes:
+    """``* QUOTA "" (STORAGE used limit MESSAGE used limit)``: the resources that have a limit
+    (RFC 9208 §5.1: STORAGE in units of 1024 octets)."""
+    resources = []
+    if limit.octets > 0:
+        resources.append(f"STORAGE {kib(used.octets)} {limit.octets // 1024}")
+    if limit.messages > 0:
+        resources.append(f"MESSAGE {used.messages} {limit.messages}")
+    return b"* QUOTA " + wire_name(QUOTA_ROOT) + f" ({' '.join(resources)})\r\n".encode()
 
 
 def _write_all(folder: Any, hostname: str, messages: list[tuple[bytes, int | None]]) -> list[tuple[Any, str, int]]:

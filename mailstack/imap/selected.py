@@ -626,7 +626,7 @@ class SelectedCommands(ViewMixin):
         same = dest is src
         sources: list[Message] = [m for _, u in targets if (m := src.by_uid.get(u)) is not None]
         added = 0 if move else sum(m.size for m in sources)  # MOVE within the account uses no space
-        await self.store.check_quota(self.user, added, self.io)
+        await self.store.check_quota(self.user, added, self.io, 0 if move else len(sources))
         # The destination's letters for each source's letters, all settled before anything is
         # placed: a keyword the destination has no room for refuses the whole COPY or MOVE.
         translated: dict[str, str] = {}
@@ -646,7 +646,7 @@ class SelectedCommands(ViewMixin):
         except Exception:
             await self._take_back(src, dest, [n for n in placed if n is not None], move=move and not same)
             raise
-        self.store.usage_added(self.user, added)
+        self.store.usage_added(self.user, added, 0 if move else len([n for n in placed if n is not None]))
         done = [(m, n) for m, n in zip(sources, placed, strict=True) if n is not None]
         if move and not same:
             await src.detach(*(m for m, _ in done))

@@ -52,17 +52,19 @@ class Recipient:
     """One local mailbox to deliver to.
 
     ``address`` is the canonical mailbox address; ``quota`` its limit in bytes
-    (0: unlimited); ``delivered_to`` the address the message was sent to, for
-    the Delivered-To header, when it differs (an alias).
+    and ``max_messages`` on its number of messages (0: unlimited); ``delivered_to``
+    the address the message was sent to, for the Delivered-To header, when it
+    differs (an alias).
     """
 
     address: str
     quota: int = 0
     delivered_to: str | None = None
+    max_messages: int = 0
 
     def __post_init__(self) -> None:
-        if self.quota < 0:
-            raise ValueError(f"quota must be >= 0, not {self.quota}")
+        if self.quota < 0 or self.max_messages < 0:
+            raise ValueError(f"quota must be >= 0, not {self.quota} bytes, {self.max_messages} messages")
 
 
 @dataclass(slots=True)
@@ -241,22 +243,25 @@ class MaildirDelivery:
             raise self._failure(exc, f.recipient, "creating the Maildir") from exc
 
     def _check_quota(self, recipient: Recipient, mailbox: str, size: int) -> None:
-        if recipient.quota <= 0:
+        if recipient.quota <= 0 and recipient.max_messages <= 0:
             return
         try:
             used = self._usage.usage(mailbox)
         except OSError as exc:
             raise self._failure(exc, recipient, "measuring the mailbox") from exc
-        if used + size <= recipient.quota:
+        fits = recipient.quota <= 0 or used.octets + size <= recipient.quota
+        if fits and (recipient.max_messages <= 0 or used.messages < recipient.max_messages):
             return
         self.log.info(
-            "quota refused {size} bytes for {recipient}: {used} of {quota} used",
+            "quota refused {size} bytes for {recipient}: {used} of {quota} bytes, {count} of {limit} messages used",
             size=size,
             recipient=recipient.address,
-            used=used,
-            quota=recipient.quota,
+            used=used.octets,
+            quota=recipient.quota or "unlimited",
+            count=used.messages,
+            limit=recipient.max_messages or "unlimited",
         )
-        raise quota_exceeded(recipient.address, message_alone=size > recipient.quota)
+        raise quota_exceeded(recipient.address, message_alone=0 < recipient.quota < size)
 
     # -- phase 1: write and fsync every tmp file --------------------------------
 

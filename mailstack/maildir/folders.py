@@ -49,7 +49,7 @@ from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout
 from mailstack.maildir.mailbox import Mailbox
 from mailstack.maildir.owner import Owner
-from mailstack.maildir.quota import UsageCache
+from mailstack.maildir.quota import NOTHING, Usage, UsageCache
 from mailstack.maildir.watch import Watcher
 from mailstack.notify import MailboxEvents
 
@@ -158,31 +158,36 @@ class MailStore:
 
     # -- quota ------------------------------------------------------------------------
 
-    def quota_of(self, user: str) -> int:
-        """The user's limit in bytes (0: none), read from the account store's memory each time."""
+    def quota_of(self, user: str) -> Usage:
+        """The user's limits, octets and messages (0: none), read from the account store's memory
+        each time."""
         account = self.accounts.get_user(user) if self.accounts is not None else None
-        return account.quota if account is not None else 0
+        return Usage(account.quota, account.max_messages) if account is not None else NOTHING
 
-    async def quota_usage(self, user: str, io: IO) -> tuple[int, int]:
-        """(octets used by all of the user's folders, the user's limit in octets; 0: none)."""
+    async def quota_usage(self, user: str, io: IO) -> tuple[Usage, Usage]:
+        """(what all of the user's folders hold, the user's limits; 0: none), in octets and messages."""
         root = str(self.layout.maildir_path(user, None))
-        return int(await io(self._usage.usage, root)), self.quota_of(user)
+        return await io(self._usage.usage, root), self.quota_of(user)
 
-    async def check_quota(self, user: str, size: int, io: IO) -> None:
-        """Refuse ``size`` more bytes that would not fit (RFC 5530 OVERQUOTA); usage is read on ``io``."""
+    async def check_quota(self, user: str, size: int, io: IO, messages: int = 1) -> None:
+        """Refuse ``messages`` more of ``size`` bytes together that would not fit (RFC 5530
+        OVERQUOTA); usage is read on ``io``."""
         quota = self.quota_of(user)
-        if quota <= 0 or size <= 0:
+        if messages <= 0 or (quota.octets <= 0 and quota.messages <= 0):
             return
         root = str(self.layout.maildir_path(user, None))
         used = await io(self._usage.usage, root)
-        if used + size > quota:
-            log.info("quota refused {size} bytes for {user}: {used} of {quota} used",
-                     size=size, user=user, used=used, quota=quota)
-            raise FolderError("Mailbox is full" if size <= quota else "Message exceeds the mailbox quota",
-                              "OVERQUOTA")
+        too_big = 0 < quota.octets < used.octets + size
+        too_many = 0 < quota.messages < used.messages + messages
+        if too_big or too_many:
+            log.info("quota refused {count} messages, {size} bytes for {user}: {used} of {quota} bytes, "
+                     "{have} of {limit} messages used", count=messages, size=size, user=user, used=used.octets,
+                     quota=quota.octets or "unlimited", have=used.messages, limit=quota.messages or "unlimited")
+            raise FolderError("Message exceeds the mailbox quota" if 0 < quota.octets < size else
+                              "Too many messages in the mailbox" if too_many else "Mailbox is full", "OVERQUOTA")
 
-    def usage_added(self, user: str, size: int) -> None:
-        self._usage.add(str(self.layout.maildir_path(user, None)), size)
+    def usage_added(self, user: str, size: int, messages: int = 1) -> None:
+        self._usage.add(str(self.layout.maildir_path(user, None)), size, messages)
 
     def usage_changed(self, user: str) -> None:
         """Messages were removed: measure again next time."""

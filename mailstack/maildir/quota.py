@@ -1,7 +1,8 @@
 """Mailbox size accounting for quotas.
 
 A mailbox's usage is the sum of the sizes of the messages in ``new/`` and
-``cur/`` of its Maildir and of each Maildir++ folder (``.<Folder>``) in it.
+``cur/`` of its Maildir and of each Maildir++ folder (``.<Folder>``) in it, and
+their number (for a limit on messages, RFC 9208's MESSAGE resource).
 Sizes come from the ``,S=<size>`` field of the file names (Maildir++; see
 :mod:`mailstack.maildir.names`), with a stat only for names without one, so a
 scan is one ``scandir`` per directory. Files in ``tmp/`` are deliveries in
@@ -21,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from mailstack.maildir.names import size_from_name
 
@@ -29,9 +31,20 @@ _CACHE_LIMIT = 10_000
 _COUNTED = ("new", "cur")
 
 
-def directory_usage(path: str) -> int:
-    """Total message size in one ``new/`` or ``cur/`` directory; 0 if missing."""
-    total = 0
+class Usage(NamedTuple):
+    octets: int
+    messages: int
+
+    def plus(self, octets: int, messages: int) -> Usage:
+        return Usage(self.octets + octets, self.messages + messages)
+
+
+NOTHING = Usage(0, 0)
+
+
+def directory_usage(path: str) -> Usage:
+    """Total message size and count in one ``new/`` or ``cur/`` directory; nothing if missing."""
+    total = count = 0
     try:
         with os.scandir(path) as entries:
             for entry in entries:
@@ -41,9 +54,10 @@ def directory_usage(path: str) -> int:
                 if size is None:
                     size = _stat_size(entry)
                 total += size
+                count += 1
     except FileNotFoundError:
-        return 0
-    return total
+        return NOTHING
+    return Usage(total, count)
 
 
 def _stat_size(entry: os.DirEntry[str]) -> int:
@@ -53,11 +67,14 @@ def _stat_size(entry: os.DirEntry[str]) -> int:
         return 0
 
 
-def maildir_usage(maildir: str) -> int:
-    return sum(directory_usage(os.path.join(maildir, sub)) for sub in _COUNTED)
+def maildir_usage(maildir: str) -> Usage:
+    total = NOTHING
+    for sub in _COUNTED:
+        total = total.plus(*directory_usage(os.path.join(maildir, sub)))
+    return total
 
 
-def mailbox_usage(mailbox: str) -> int:
+def mailbox_usage(mailbox: str) -> Usage:
     """Usage of a mailbox: its own Maildir plus every Maildir++ folder in it."""
     total = maildir_usage(mailbox)
     try:
@@ -68,7 +85,7 @@ def mailbox_usage(mailbox: str) -> int:
                     and entry.name not in (".", "..")
                     and entry.is_dir(follow_symlinks=False)
                 ):
-                    total += maildir_usage(entry.path)
+                    total = total.plus(*maildir_usage(entry.path))
     except FileNotFoundError:
         return total
     return total
@@ -82,16 +99,16 @@ class UsageCache:
         *,
         ttl: float = DEFAULT_TTL,
         monotonic: Callable[[], float] = time.monotonic,
-        scan: Callable[[str], int] = mailbox_usage,
+        scan: Callable[[str], Usage] = mailbox_usage,
     ) -> None:
         self._ttl = ttl
         self._monotonic = monotonic
         self._scan = scan
-        self._entries: dict[str, tuple[int, float]] = {}
+        self._entries: dict[str, tuple[Usage, float]] = {}
         self._lock = threading.Lock()
 
-    def usage(self, mailbox: str) -> int:
-        """Current usage in bytes; rescans if the cached value is stale or missing."""
+    def usage(self, mailbox: str) -> Usage:
+        """Current usage (octets, messages); rescans if the cached value is stale or missing."""
         now = self._monotonic()
         with self._lock:
             cached = self._entries.get(mailbox)
@@ -109,12 +126,12 @@ class UsageCache:
         for mailbox in stale:
             del self._entries[mailbox]
 
-    def add(self, mailbox: str, size: int) -> None:
+    def add(self, mailbox: str, size: int, messages: int = 1) -> None:
         """Count a delivery made in this process (no-op if not cached)."""
         with self._lock:
             cached = self._entries.get(mailbox)
             if cached is not None:
-                self._entries[mailbox] = (cached[0] + size, cached[1])
+                self._entries[mailbox] = (cached[0].plus(size, messages), cached[1])
 
     def invalidate(self, mailbox: str | None = None) -> None:
         with self._lock:

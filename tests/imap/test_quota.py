@@ -10,9 +10,9 @@ from .harness import USER
 MSG = b"Subject: q\r\n\r\n" + b"x" * 36 + b"\r\n"  # 52 bytes
 
 
-def limit(world, quota):
+def limit(world, quota, messages=0):
     accounts = FakeAccounts(users=[USER])
-    accounts.users[USER] = User(USER, "", quota)
+    accounts.users[USER] = User(USER, "", quota, messages)
     world.store.accounts = accounts
 
 
@@ -90,3 +90,27 @@ def test_status_deleted_and_deleted_storage(world, client):
     client.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
     assert client.ok("STATUS INBOX (DELETED DELETED-STORAGE MESSAGES)") == [
         b"* STATUS INBOX (DELETED 2 DELETED-STORAGE 1 MESSAGES 3)"]
+
+
+def test_a_message_limit_is_the_message_resource(world, client):
+    """RFC 9208 §5.2 MESSAGE: the number of messages in all folders; APPEND, MULTIAPPEND and
+    COPY past it get NO [OVERQUOTA], MOVE and EXPUNGE stay possible."""
+    assert b"QUOTA=RES-MESSAGE" in client.ok("CAPABILITY")[0].split()
+    limit(world, 0, 3)
+    assert client.ok("GETQUOTAROOT INBOX") == [b'* QUOTAROOT INBOX ""', b'* QUOTA "" (MESSAGE 0 3)']
+    assert append(client).startswith(b"OK")
+    assert append(client, "Drafts").startswith(b"OK")
+    two = b"APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s" % (len(MSG), MSG, len(MSG), MSG)
+    _, tagged = client.cmd(two)  # two more would make four
+    assert tagged.startswith(b"NO [OVERQUOTA]"), tagged
+    assert client.ok('GETQUOTA ""') == [b'* QUOTA "" (MESSAGE 2 3)']
+    assert append(client).startswith(b"OK")
+    assert append(client).startswith(b"NO [OVERQUOTA]")
+    client.ok("SELECT INBOX")
+    assert client.cmd("COPY 1 Archive")[1].startswith(b"NO [OVERQUOTA]")
+    assert client.cmd("MOVE 1 Archive")[1].startswith(b"OK")
+    limit(world, 10 * 1024 * 1024, 3)
+    assert client.ok('GETQUOTA ""') == [b'* QUOTA "" (STORAGE 1 10240 MESSAGE 3 3)']
+    client.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    client.ok("EXPUNGE")
+    assert append(client).startswith(b"OK")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.maildir import DeliveryError, MaildirDelivery, Recipient
-from mailstack.maildir.quota import UsageCache, mailbox_usage
+from mailstack.maildir.quota import Usage, UsageCache, mailbox_usage
 
 PREFIX = len(b"Return-Path: <>\r\nDelivered-To: bob@example.test\r\n")
 
@@ -51,32 +51,32 @@ def test_usage_sums_new_cur_and_folders_from_names_with_stat_fallback(
     write(box / "new" / ".hidden,S=999", 1)  # not a message
     write(box / ".Sent" / "cur" / "5.M1P1Q4R0.h,S=1000:2,S", 1)
     write(box / ".Archive.2024" / "new" / "6.M1P1Q5R0.h,S=7", 1)
-    assert mailbox_usage(str(box)) == 100 + 200 + 50 + 1000 + 7
+    assert mailbox_usage(str(box)) == Usage(100 + 200 + 50 + 1000 + 7, 5)
 
 
 def test_usage_of_a_missing_mailbox_is_zero(tmp_path: Path) -> None:
-    assert mailbox_usage(str(tmp_path / "nope")) == 0
+    assert mailbox_usage(str(tmp_path / "nope")) == Usage(0, 0)
 
 
 def test_cache_is_reused_until_stale_then_rescanned(clock: FakeClock) -> None:
     scans: list[str] = []
-    sizes = iter([10, 20])
+    sizes = iter([Usage(10, 1), Usage(20, 3)])
     cache = UsageCache(
         ttl=5.0, monotonic=clock, scan=lambda m: (scans.append(m), next(sizes))[1]
     )
-    assert cache.usage("m") == 10
+    assert cache.usage("m") == (10, 1)
     cache.add("m", 5)
     clock.now += 4.9
-    assert cache.usage("m") == 15
+    assert cache.usage("m") == (15, 2)
     clock.now += 0.2
-    assert cache.usage("m") == 20
+    assert cache.usage("m") == (20, 3)
     assert scans == ["m", "m"]
 
 
 def test_add_before_any_scan_is_ignored(clock: FakeClock) -> None:
-    cache = UsageCache(monotonic=clock, scan=lambda m: 7)
+    cache = UsageCache(monotonic=clock, scan=lambda m: Usage(7, 1))
     cache.add("m", 100)
-    assert cache.usage("m") == 7
+    assert cache.usage("m") == (7, 1)
 
 
 def test_delivery_within_quota_succeeds_and_is_counted(
@@ -98,6 +98,20 @@ def test_message_bigger_than_the_whole_quota_is_permanent_5_2_2(
         delivery.deliver_sync("", [bob(1000)], b"x" * 1000)  # + headers > 1000
     assert (info.value.temporary, info.value.status) == (False, "5.2.2")
     assert not (delivery.root / "example.test").exists()
+
+
+def test_a_message_limit_refuses_the_next_message_for_now(delivery: MaildirDelivery, clock: FakeClock) -> None:
+    limited = Recipient("bob@example.test", max_messages=2)
+    delivery.deliver_sync("", [limited], b"x")
+    [second] = delivery.deliver_sync("", [limited], b"x")
+    with pytest.raises(DeliveryError) as info:
+        delivery.deliver_sync("", [limited], b"x")
+    assert (info.value.temporary, info.value.status) == (True, "4.2.2")  # mailbox full: try later
+    os.unlink(second)  # a client removed one
+    clock.now += 6
+    delivery.deliver_sync("", [limited], b"x")
+    with pytest.raises(ValueError):
+        Recipient("bob@example.test", max_messages=-1)
 
 
 def test_zero_quota_is_unlimited(delivery: MaildirDelivery) -> None:
