@@ -117,6 +117,7 @@ class Criteria:
             nodes.append(self._key())
         self.root: Node = ("and", nodes)
         self.uses_modseq = _uses_modseq(self.root)  # RFC 7162 §3.1.5: answers then carry (MODSEQ n)
+        self.uses_numbers = _any_key(self.root, _is_seq)  # message numbers: no expunge may be told
         self.needs_data = _needs_data(self.root)
         self.needs_body = _needs_body(self.root)
 
@@ -243,6 +244,10 @@ def _any_key(node: Node, test: Callable[[Node], bool]) -> bool:
 
 def _is_modseq(node: Node) -> bool:
     return node[0] == "modseq"
+
+
+def _is_seq(node: Node) -> bool:
+    return node[0] == "seq"
 
 
 def _reads_file(node: Node) -> bool:

@@ -212,7 +212,8 @@ class SelectedCommands(ViewMixin):
             self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + tail + "\r\n").encode())  # type: ignore[operator]
         elif returns != {"SAVE"}:  # SAVE alone answers nothing but OK (RFC 5182 §2.1)
             self.send(esearch(tag, uid, hits, returns, modseq))  # type: ignore[operator]
-        return self.ok(tag, "UID SEARCH" if uid else "SEARCH")  # type: ignore[attr-defined]
+        return self.ok(tag, "UID SEARCH" if uid else "SEARCH",  # type: ignore[attr-defined]
+                       hold_expunges=criteria.uses_numbers)
 
     @staticmethod
     def _highest_modseq(view: View, msns: list[int], returns: set[str] | None = None) -> int:
@@ -313,9 +314,9 @@ class SelectedCommands(ViewMixin):
         return basics
 
     async def _to_arrange(self, command: str, view: View, charset: Token, tokens: list[Token]
-                          ) -> tuple[list[int], bool]:
+                          ) -> tuple[list[int], Criteria]:
         """The messages a SORT or THREAD arranges (its charset checked, its criteria matched), and
-        whether the criteria had a MODSEQ key."""
+        the criteria."""
         if _charset(charset).upper() not in CHARSETS:
             raise No("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         criteria = Criteria(tokens, charset=_charset(charset), saved=view.saved, now=time.time())
@@ -324,7 +325,7 @@ class SelectedCommands(ViewMixin):
         hits = await self._matching(view, criteria)
         if len(hits) > MAX_MESSAGES:
             raise No(f"{command} arranges at most {MAX_MESSAGES} messages; narrow the search", "LIMIT")
-        return hits, criteria.uses_modseq
+        return hits, criteria
 
     # -- SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) -------------------------------------
 
@@ -333,14 +334,14 @@ class SelectedCommands(ViewMixin):
             raise Bad("SORT needs sort criteria, a charset and search criteria")
         keys = sort_criteria(args[0])
         view = self._view()
-        hits, modseq_key = await self._to_arrange("SORT", view, args[1], args[2:])
+        hits, criteria = await self._to_arrange("SORT", view, args[1], args[2:])
         values = await self._values(view, hits, needed(keys))
         ordered = sort_messages(hits, keys, values, self._basics(view, hits, hits))
-        tail = f" (MODSEQ {self._highest_modseq(view, hits)})" if modseq_key and hits else ""  # RFC 7162 §3.1.9
+        tail = f" (MODSEQ {self._highest_modseq(view, hits)})" if criteria.uses_modseq and hits else ""  # RFC 7162 §3.1.9
         if uid:
             ordered = [view.uids[n - 1] for n in ordered]
         self.send(("* SORT" + "".join(f" {n}" for n in ordered) + tail + "\r\n").encode())  # type: ignore[operator]
-        return self.ok(tag, "UID SORT" if uid else "SORT")  # type: ignore[attr-defined]
+        return self.ok(tag, "UID SORT" if uid else "SORT", hold_expunges=criteria.uses_numbers)  # type: ignore[attr-defined]
 
     # -- THREAD (RFC 5256 §4) -------------------------------------------------------------------
 
@@ -351,14 +352,14 @@ class SelectedCommands(ViewMixin):
         if algorithm not in THREAD_ALGORITHMS:
             raise Bad("Unknown threading algorithm")
         view = self._view()
-        hits, _ = await self._to_arrange("THREAD", view, args[1], args[2:])
+        hits, criteria = await self._to_arrange("THREAD", view, args[1], args[2:])
         values = await self._values(view, hits, set(THREAD_NEEDS))
         ids = [view.uids[n - 1] if uid else n for n in hits]  # the numbers the answer uses
         renumbered = {key: {i: found[n] for n, i in zip(hits, ids, strict=True) if n in found}
                       for key, found in values.items()}
         data = thread(algorithm, ids, renumbered, self._basics(view, hits, ids))
         self.send(("* THREAD" + (" " + data if data else "") + "\r\n").encode())  # type: ignore[operator]
-        return self.ok(tag, "UID THREAD" if uid else "THREAD")  # type: ignore[attr-defined]
+        return self.ok(tag, "UID THREAD" if uid else "THREAD", hold_expunges=criteria.uses_numbers)  # type: ignore[attr-defined]
 
     # -- FETCH (RFC 3501 §6.4.5) ------------------------------------------------------------
 
@@ -670,7 +671,7 @@ class SelectedCommands(ViewMixin):
     def _after_move(self, tag: str, moved: bool) -> None:
         self.sync(allow_expunge=True)  # RFC 6851 §3.3: EXPUNGE before the tagged OK
         code = ""
-        if moved and self.condstore and self.view is not None:  # RFC 6851 §4.4
+        if moved and self.view is not None:  # RFC 6851 §4.4: a CONDSTORE server MUST
             code = f"[HIGHESTMODSEQ {self.view.box.highestmodseq}] "
         self.send(f"{tag} OK {code}MOVE completed\r\n".encode())  # type: ignore[operator]
 

@@ -181,13 +181,14 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         result = await method(tag, args)
         return result if isinstance(result, Action) else Action.NONE
 
-    def _after_command(self, name: str) -> None:
+    def _after_command(self, name: str, hold_expunges: bool = False) -> None:
         if self.state is State.SELECTED and self.view is not None:
-            self.sync(allow_expunge=name not in NO_EXPUNGE_NOTICE)
+            self.sync(allow_expunge=name not in NO_EXPUNGE_NOTICE and not hold_expunges)
 
-    def ok(self, tag: str, name: str, text: str = "", code: str = "") -> Action:
-        """Send pending mailbox updates, then the tagged OK (RFC 3501 §7.1)."""
-        self._after_command(name)
+    def ok(self, tag: str, name: str, text: str = "", code: str = "", *, hold_expunges: bool = False) -> Action:
+        """Send pending mailbox updates, then the tagged OK (RFC 3501 §7.1). ``hold_expunges``:
+        a UID command whose arguments hold message numbers (RFC 7162 §3.2.10, RFC 9051 §7.5.1)."""
+        self._after_command(name, hold_expunges)
         self.send(status(tag, "OK", text or f"{name} completed", code).data)
         return Action.NONE
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from array import array
@@ -192,8 +193,21 @@ def issue_uidvalidity(user_root: Path, floor: int = 0) -> int:
 
 
 def letters_token(letters: str) -> str:
-    """Flag letters as one field of an index line (``:`` then the letters, never a space)."""
-    return ":" + letters.replace(" ", "_").replace("\n", "_")
+    """Flag letters as one field of an index line: ``:`` then the letters, with ``%``, space
+    and line ends (which a file name another program made may hold) written as ``%XX``."""
+    if letters.isalpha():  # the usual case: Maildir letters
+        return ":" + letters
+    return ":" + "".join(f"%{ord(c):02X}" if c in "% \r\n" else c for c in letters)
+
+
+def _letters_of(token: str) -> str:
+    """The letters of a :func:`letters_token` field; ValueError when it is not one."""
+    if token[:1] != ":":
+        raise ValueError(token)
+    letters = token[1:]
+    if "%" in letters:
+        letters = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), letters)
+    return letters
 
 
 def uid_ranges(uids: Iterable[int]) -> list[tuple[int, int]]:
@@ -275,9 +289,7 @@ def _read_v2(head: list[str], lines: list[str]) -> IndexData | None:
             vanished.add(int(modseq), parse_uid_set(uids))
             continue
         uid_text, size, date, modseq, letters, base = line.split(" ", 5)
-        if letters[:1] != ":":
-            return None
-        entry = Entry(int(uid_text), int(size), int(date), base, int(modseq), letters[1:])
+        entry = Entry(int(uid_text), int(size), int(date), base, int(modseq), _letters_of(letters))
         if entry.uid <= last or entry.uid >= uidnext or entry.modseq > highest:
             return None
         last = entry.uid
@@ -412,9 +424,9 @@ def _replay(data: IndexData, lines: list[str]) -> bool:
                 if kind == "a":
                     size, date, modseq_text, letters, base = rest.split(" ", 4)
                     modseq = int(modseq_text)
-                    if letters[:1] != ":" or modseq > MAX_MODSEQ:
+                    if modseq > MAX_MODSEQ:
                         return False
-                    entry = Entry(uid, int(size), int(date), base, modseq, letters[1:])
+                    entry = Entry(uid, int(size), int(date), base, modseq, _letters_of(letters))
                     highest = max(highest, modseq)
                 else:  # written before mod-sequences: the load gives it one
                     size, date, base = rest.split(" ", 2)
@@ -424,9 +436,10 @@ def _replay(data: IndexData, lines: list[str]) -> bool:
                 by_uid[uid] = entry
                 data.uidnext = uid + 1
             elif kind == "m":
-                modseq_text, letters, uids = rest.split(" ")
+                modseq_text, token, uids = rest.split(" ")
                 modseq = int(modseq_text)
-                if letters[:1] != ":" or modseq > MAX_MODSEQ:
+                letters = _letters_of(token)
+                if modseq > MAX_MODSEQ:
                     return False
                 if modseq <= covered:
                     continue
@@ -434,7 +447,7 @@ def _replay(data: IndexData, lines: list[str]) -> bool:
                 for uid in parse_uid_set(uids):
                     old = by_uid.get(uid)
                     if old is not None:
-                        by_uid[uid] = old._replace(modseq=modseq, letters=letters[1:])  # type: ignore[attr-defined]
+                        by_uid[uid] = old._replace(modseq=modseq, letters=letters)  # type: ignore[attr-defined]
             elif kind == "x":
                 modseq_text, uids = rest.split(" ")
                 modseq = int(modseq_text)

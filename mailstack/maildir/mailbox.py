@@ -40,6 +40,7 @@ from mailstack.maildir.files import delivery_order, link_or_copy, read_file, ren
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
 from mailstack.maildir.index import (
     INDEX_FILE,
+    LOG_FILE,
     MAX_MODSEQ,
     MODSEQ_STEP,
     IndexData,
@@ -190,6 +191,8 @@ class Mailbox:
             self._watch = self._watcher.watch([f"{self._dir}/new", f"{self._dir}/cur"], self._changed_by_others)
         self._checked, self._stale = self._monotonic(), False
         self._identity = self._dir_identity()
+        if fresh:  # a restored folder's old index must not be read again after a crash
+            self._drop_index()
         self._index_seen = self._index_identity()
         data = None if fresh else self._log.load()
         rebuilt = data is None
@@ -214,6 +217,18 @@ class Mailbox:
         elif self._log.needs_compaction(len(self.messages)):
             self._compact()
         self.unclaimed = {m.uid for m in self.messages if m.uid > self.last_claimed}
+
+    def _drop_index(self) -> None:
+        """Remove the index and its log, durably: the folder is then read under a new UIDVALIDITY
+        whatever happens, never again under the one they name (whose UIDs and mod-sequences
+        clients may hold for other messages)."""
+        removed = False
+        for name in (LOG_FILE, INDEX_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / name)
+                removed = True
+        if removed:
+            fsync_directory(self.path)
 
     # -- refreshing ---------------------------------------------------------------------------
 
@@ -753,7 +768,10 @@ class Mailbox:
                 groups.setdefault(note[1], []).append(note[0])
         records = [f"m {modseq} {letters_token(new)} {uid_set(sorted(uids))}" for new, uids in groups.items()]
         ceiling = self._ceiling_record(modseq, records) if records else 0
-        self._log.append(records, durable=bool(ceiling))
+        # Durable before any client sees the new mod-sequence: were the line and the rename both
+        # lost, the message would come back with the old flags under a mod-sequence older than one
+        # a client was told. With the line kept, a lost rename is found at load (other letters).
+        self._log.append(records, durable=True)
         return done, stamp, ceiling
 
     def _restamp(self, stamp: tuple[int, int]) -> None:
@@ -927,7 +945,9 @@ class Mailbox:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(moved)
         ceiling = self._ceiling_record(modseq, records)
-        self._log.append(records, durable=bool(ceiling))
+        # Durable before VANISHED is told: a file whose unlink a crash undid then comes back as a
+        # new message (the index no longer names it), never under the UID the client saw go.
+        self._log.append(records, durable=True)
         return self._dir_stamp(), ceiling
 
     async def detach(self, *msgs: Message) -> None:
@@ -940,13 +960,17 @@ class Mailbox:
             return
         modseq = self.highestmodseq + 1
         uids = sorted(m.uid for m in present)
-        self._forget(present)
-        self.vanished.add(modseq, uids)
-        self.version += 1
         records = [f"x {modseq} {uid_set(uids)}"]
         ceiling = self._ceiling_record(modseq, records)
-        await self._disk(self._log.append, records, bool(ceiling))
-        self._moved_on(modseq, ceiling)  # only now: the ceiling covering it is on disk
+        try:
+            # The files are in their new folder already (fsynced there): a lost line here only
+            # means the next load finds them gone and records that again.
+            await self._disk(self._log.append, records, bool(ceiling))
+        finally:  # told as expunged either way; if the line failed, the next change shares modseq
+            self._forget(present)
+            self.vanished.add(modseq, uids)
+            self.version += 1
+        self._moved_on(modseq, ceiling)
 
 
 _LETTERS: dict[str, str] = {}  # one string per set of info letters, shared by every message

@@ -391,3 +391,114 @@ def test_an_old_index_is_read_and_upgraded(world):
     seqs = modseqs(c.ok("FETCH 1:* (MODSEQ)"))
     assert len(seqs) == 3 and all(v >= 1 for v in seqs.values())
     assert highest(lines) >= max(seqs.values())
+
+
+def test_flag_changes_and_expunges_are_on_disk_before_they_are_told(world, box, monkeypatch):
+    """Were a flag change's log line lost with its rename, the message would come back with old
+    flags under a mod-sequence below one a client was told: the line is fsynced first."""
+    import mailstack.maildir.index as index
+
+    appended: list[tuple[list[str], bool]] = []
+    real = index.IndexLog.append
+
+    def watch(self, records, durable):
+        appended.append((list(records), durable))
+        return real(self, records, durable)
+
+    monkeypatch.setattr(index.IndexLog, "append", watch)
+    box.ok("STORE 1 +FLAGS (\\Seen)")
+    box.ok("STORE 2 +FLAGS (\\Deleted)")
+    box.ok("EXPUNGE")
+    kinds = [(r[0], durable) for records, durable in appended for r in records if r[0] in "mx"]
+    assert kinds == [("m", True), ("m", True), ("x", True)]
+
+
+def test_a_flag_rename_lost_in_a_crash_is_told_again(world, box):
+    """The log line was kept, the rename was not: the load sees other letters on disk and gives
+    the message a new mod-sequence, so a resyncing client hears that \\Seen is not set."""
+    box.ok("ENABLE QRESYNC")
+    uv = uidvalidity(box.ok("SELECT INBOX"))
+    path = world.store.layout.maildir_path(USER, None)
+    before = {p.name for p in (path / "new").iterdir()} | {p.name for p in (path / "cur").iterdir()}
+    told = modseqs(box.ok("STORE 1 +FLAGS (\\Seen)"))[1]
+    top = highest(box.ok("STATUS INBOX (HIGHESTMODSEQ)"))
+    box.ok("LOGOUT")
+    for p in (path / "cur").iterdir():  # undo the rename, as a crash would
+        if p.name.endswith(":2,S"):
+            original = next(n for n in before if n.split(":")[0] == p.name.split(":")[0])
+            p.rename(path / ("new" if ":" not in original else "cur") / original)
+    c = reopen(world).connect().login()
+    c.ok("ENABLE QRESYNC")
+    lines = c.ok(f"SELECT INBOX (QRESYNC ({uv} {top}))")
+    assert fetch_map(lines)[1].startswith(b"(UID 1 FLAGS () MODSEQ (")
+    assert modseqs(lines)[1] > told
+
+
+def test_an_unlink_lost_in_a_crash_brings_the_message_back_under_a_new_uid(world, box):
+    path = world.store.layout.maildir_path(USER, None)
+    files = {p.name: p.read_bytes() for p in (path / "new").iterdir()}
+    box.ok("ENABLE QRESYNC")
+    box.ok("UID STORE 3 +FLAGS.SILENT (\\Deleted)")
+    assert box.ok("UID EXPUNGE 3") == [b"* VANISHED 3"]
+    box.ok("LOGOUT")
+    for name, data in files.items():  # the unlink did not reach the disk
+        if not any(p.name.split(":")[0] == name for d in ("new", "cur") for p in (path / d).iterdir()):
+            (path / "new" / name).write_bytes(data)
+    c = reopen(world).connect().login()
+    c.ok("SELECT INBOX")
+    uids = [int(x) for x in c.ok("UID SEARCH ALL")[0].split()[2:]]
+    assert 3 not in uids and len(uids) == 5 and max(uids) == 6
+
+
+def test_no_vanished_during_a_uid_search_with_message_numbers(world, box):
+    """RFC 7162 §3.2.10: not while a UID SEARCH (SORT, THREAD) with message numbers runs."""
+    box.ok("ENABLE QRESYNC")
+    other = world.connect().login()
+    other.ok("SELECT INBOX")
+    other.ok("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+    other.ok("UID EXPUNGE 2")
+    def told(command: str) -> list[bytes]:
+        return [line for line in box.ok(command) if not line.startswith(b"* OK [HIGHESTMODSEQ")]
+
+    assert told("UID SEARCH 1:3") == [b"* SEARCH 1 3"]
+    assert told("UID SORT (ARRIVAL) UTF-8 1:3") == [b"* SORT 1 3"]
+    assert told("UID THREAD ORDEREDSUBJECT UTF-8 1:3") == [b"* THREAD (1 3)"]
+    assert told("UID SEARCH UID 1:3") == [b"* SEARCH 1 3", b"* VANISHED 2"]
+
+
+def test_a_restored_folder_is_never_read_again_under_its_old_index(world, tmp_path):
+    """A folder replaced under the running server (a restore) drops its old index at once, so a
+    crash before the new one is written makes a newer UIDVALIDITY, not the old one again."""
+    import shutil
+
+    from mailstack.maildir.index import INDEX_FILE
+    from mailstack.maildir.mailbox import Mailbox
+
+    for _ in range(2):
+        world.deliver(SIMPLE)
+    c = world.connect().login()
+    old = uidvalidity(c.ok("SELECT INBOX"))
+    c.ok("LOGOUT")
+    path = world.store.layout.maildir_path(USER, None)
+    backup = tmp_path / "backup"
+    shutil.copytree(path, backup)
+    fresh = Mailbox.load(path, uidvalidity=lambda: old + 10, fresh=True, save_later=True)
+    assert not (path / INDEX_FILE).exists() and not (path / LOG_FILE).exists()
+    after_crash = Mailbox.load(path, uidvalidity=lambda: old + 20)
+    assert after_crash.uidvalidity == old + 20 and fresh.uidvalidity == old + 10
+
+
+def test_odd_flag_letters_from_another_program_keep_their_modseq(world):
+    """A file name with a space or % in its info: recorded as it is, so each load does not take
+    it for a change."""
+    from mailstack.maildir.index import _letters_of, letters_token
+    from mailstack.maildir.mailbox import Mailbox
+
+    for odd in ("", "FS", "a b", "x%20y", "S\r\n"):
+        assert _letters_of(letters_token(odd)) == odd and " " not in letters_token(odd)
+    path = world.store.layout.maildir_path(USER, None)
+    world.store.layout.ensure(path)
+    (path / "cur" / "1700000000.M1P1.odd,S=5:2,S z%").write_bytes(b"x\r\n\r\n")
+    first = Mailbox.load(path)
+    again = Mailbox.load(path)
+    assert [m.modseq for m in again.messages] == [m.modseq for m in first.messages]
