@@ -53,10 +53,15 @@ def header_fields(header: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
 def field_value(raw: bytes) -> str:
     """The unfolded value of one raw field."""
     value = raw.split(b":", 1)[1] if b":" in raw else b""
-    return _text(re.sub(rb"\r?\n(?=[ \t])", b"", value)).strip()
+    if b"\n" in value:
+        value = _FOLD.sub(b"", value)
+    return _text(value).strip()
 
 
 @dataclass

@@ -118,6 +118,7 @@ class Criteria:
         self.root: Node = ("and", nodes)
         self.uses_modseq = _uses_modseq(self.root)  # RFC 7162 §3.1.5: answers then carry (MODSEQ n)
         self.uses_numbers = _any_key(self.root, _is_seq)  # message numbers: no expunge may be told
+        self.everything = all(node == ("all",) for node in nodes)  # ALL: every message, nothing to test
         self.needs_data = _needs_data(self.root)
         self.needs_body = _needs_body(self.root)
 

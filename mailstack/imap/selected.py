@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from mailstack.imap import fetch as F
@@ -32,9 +33,11 @@ from mailstack.imap.sort import (
     MAX_MESSAGES,
     THREAD_ALGORITHMS,
     THREAD_NEEDS,
+    Basics,
     Values,
     cached_values,
     needed,
+    saved,
     sort_criteria,
     sort_messages,
     thread,
@@ -229,6 +232,9 @@ class SelectedCommands(ViewMixin):
         """Sequence numbers of the messages ``criteria`` matches, ascending. Flags, sizes, dates
         and UIDs come from memory; headers from the cache; files are read only for the rest."""
         box = view.box
+        if criteria.everything:  # SORT and THREAD over ALL: no Candidate per message
+            by_uid = box.by_uid
+            return [msn for msn, u in enumerate(view.uids, 1) if u in by_uid]
         largest_uid = view.uids[-1] if view.uids else 0
         largest_msn = len(view.uids)
         hits: list[int] = []
@@ -274,13 +280,25 @@ class SelectedCommands(ViewMixin):
         sequence number: kept per mailbox once worked out, else from the header cache or
         read from the files in batches."""
         box = view.box
+        for key in wanted:
+            if key not in cached_values(box):  # what earlier runs, of this process or another, worked out
+                loaded = saved(key, await box.saved_values(key))
+                cached_values(box).setdefault(key, loaded)
         known = cached_values(box)
         for key in wanted:
             known.setdefault(key, {})
-        out: Values = {key: {} for key in wanted}
+        uids = view.uids
+        out: Values = {}
+        unknown: set[int] = set()  # messages lacking a value for some key
+        for key in wanted:  # what is known, in one pass per key
+            found = known[key]
+            out[key] = {msn: found[u] for msn in msns if (u := uids[msn - 1]) in found}
+            if len(out[key]) < len(msns):
+                unknown.update(msn for msn in msns if msn not in out[key])
+        new: dict[str, list[tuple[int, Any]]] = {key: [] for key in wanted}
         missing: list[tuple[int, int, Any]] = []
-        for msn in msns:
-            uid = view.uids[msn - 1]
+        for msn in sorted(unknown):
+            uid = uids[msn - 1]
             lacking = [key for key in wanted if uid not in known[key]]
             if lacking:
                 header = box.header_cache.get(uid)
@@ -291,27 +309,36 @@ class SelectedCommands(ViewMixin):
                     continue
                 for key, value in values_of(header, set(lacking)).items():
                     known[key][uid] = value
+                    new[key].append((uid, value))
             for key in wanted:
                 out[key][msn] = known[key][uid]
-        for start in range(0, len(missing), 200):
-            chunk = missing[start:start + 200]
+        chunks = [missing[start:start + 200] for start in range(0, len(missing), 200)]
+
+        def read(chunk: list[tuple[int, int, Any]]) -> Deferred[list[bytes | None]]:
             paths = [p for _, _, p in chunk]
-            heads = await self.io(lambda paths=paths: [_header_of(p) for p in paths])
+            return ensureDeferred(self.io(lambda: [_header_of(p) for p in paths]))
+
+        reading = read(chunks[0]) if chunks else Deferred()
+        for i, chunk in enumerate(chunks):
+            heads = await reading
+            if i + 1 < len(chunks):  # the io pool reads the next files while these are parsed here
+                reading = read(chunks[i + 1])
             for (msn, uid, _), header in zip(chunk, heads, strict=True):
                 if header is None:  # gone meanwhile
                     continue
                 for key, value in values_of(header, wanted).items():
+                    if uid not in known[key]:
+                        new[key].append((uid, value))
                     known[key][uid] = out[key][msn] = value
+        for key, pairs in new.items():
+            if pairs:  # kept for the next SORT or THREAD after a restart
+                box.save_values(key, pairs, known[key])
         return out
 
-    def _basics(self, view: View, hits: list[int], ids: list[int]) -> dict[int, tuple[int, int]]:
-        """(size, internal date) of each message, by the numbers the answer uses."""
-        box = view.box
-        basics = {}
-        for msn, ident in zip(hits, ids, strict=True):
-            msg = box.by_uid.get(view.uids[msn - 1])
-            basics[ident] = (msg.size, msg.internal_date) if msg is not None else (0, 0)
-        return basics
+    def _basics(self, view: View, hits: list[int], ids: list[int]) -> dict[int, Basics]:
+        """The message record (size, internal date) of each message, by the numbers the answer uses."""
+        by_uid, uids = view.box.by_uid, view.uids
+        return {ident: by_uid.get(uids[msn - 1], _GONE) for msn, ident in zip(hits, ids, strict=True)}
 
     async def _to_arrange(self, command: str, view: View, charset: Token, tokens: list[Token]
                           ) -> tuple[list[int], Criteria]:
@@ -687,6 +714,9 @@ class SelectedCommands(ViewMixin):
         if sub not in handlers:
             raise Bad(f"Unknown UID command {sub[:20]}")
         return await handlers[sub](tag, args[1:], uid=True)
+
+
+_GONE = Message(0, "", "new", "", 0, 0)  # stands in for a message expunged meanwhile
 
 
 def _charset(tok: Token) -> str:

@@ -19,15 +19,18 @@ MAX_MESSAGES messages is refused with NO [LIMIT]. What they need of each header
 
 from __future__ import annotations
 
+import calendar
 import email.utils
+import functools
 import re
 import sys
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from mailstack.imap import address, mime
 from mailstack.imap.parse import Atom, ParseError, Token, paren_list
+from mailstack.memory import collector_paused
 
 KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
 _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -73,15 +76,36 @@ def needed(keys: list[SortKey]) -> set[str]:
     return {_SORT_NEEDS[key] for key, _ in keys if key in _SORT_NEEDS}
 
 
+# The fields of FIELDS, each with its folded lines and line end (what mime.header_fields gives):
+# found by one scan of the header, without splitting every other field out of it.
+_FIELDS_WANTED = re.compile(rb"^(subject|date|from|to|cc|message-id|references|in-reply-to)[ \t]*:"
+                            rb"[^\n]*(?:\n[ \t][^\n]*)*\n?", re.I | re.M)
+_KEY_FIELDS = {"date": ("date",), "subject": ("subject",), "from": ("from",), "displayfrom": ("from",),
+               "to": ("to",), "displayto": ("to",), "cc": ("cc",),
+               "thread": ("message-id", "references", "in-reply-to")}
+
+
+@functools.lru_cache(maxsize=64)
+def _fields_pattern(wanted: frozenset[str]) -> re.Pattern[bytes]:
+    """_FIELDS_WANTED for only the fields these keys read."""
+    names = sorted({name for key in wanted for name in _KEY_FIELDS[key]})
+    return re.compile(_FIELDS_WANTED.pattern.replace(
+        b"subject|date|from|to|cc|message-id|references|in-reply-to", "|".join(names).encode()), re.I | re.M)
+
+
 def values_of(header: bytes, wanted: set[str]) -> dict[str, Any]:
     """The ``wanted`` values of one message header (each field read at most FIELD_LIMIT far)."""
+    raws: dict[str, bytes] = {}
+    for m in _fields_pattern(frozenset(wanted)).finditer(header):
+        name = m.group(1).decode("ascii").lower()
+        if name not in raws:  # the first of each field counts
+            raws[name] = m.group(0)
     fields: dict[str, str] = {}
-    for name, raw in mime.header_fields(header):
-        if name in FIELDS and name not in fields:
-            if len(raw) > FIELD_LIMIT:
-                colon = raw.find(b":") + 1
-                raw = raw[:colon] + (raw[-FIELD_LIMIT:] if name == "references" else raw[colon:colon + FIELD_LIMIT])
-            fields[name] = mime.field_value(raw)
+    for name, raw in raws.items():
+        if len(raw) > FIELD_LIMIT:
+            colon = raw.find(b":") + 1
+            raw = raw[:colon] + (raw[-FIELD_LIMIT:] if name == "references" else raw[colon:colon + FIELD_LIMIT])
+        fields[name] = mime.field_value(raw)
     out: dict[str, Any] = {}
     for key in wanted:
         if key == "date":
@@ -96,6 +120,37 @@ def values_of(header: bytes, wanted: set[str]) -> dict[str, Any]:
         else:
             display = key.startswith("display")
             out[key] = sys.intern(_fold(_first_address(fields.get(key.removeprefix("display"), ""), display)))
+    return out
+
+
+def from_saved(key: str, raw: Any) -> Any:
+    """A value as :func:`values_of` makes it, from its saved JSON form; None when it is not one
+    (a damaged or foreign file: the value is then worked out again)."""
+    if key == "date":
+        return float(raw) if type(raw) in (int, float) else None if raw is None else _BAD
+    if key == "subject":
+        if isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], str) and isinstance(raw[1], bool):
+            return (raw[0], raw[1])
+        return _BAD
+    if key == "thread":
+        if (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], str) and isinstance(raw[1], list)
+                and len(raw[1]) <= MAX_REFERENCES and all(isinstance(r, str) for r in raw[1])):
+            return (raw[0], tuple(raw[1]))
+        return _BAD
+    return sys.intern(raw) if isinstance(raw, str) else _BAD
+
+
+_BAD = object()  # what from_saved gives for a value it cannot take
+
+
+def saved(key: str, raw: dict[int, Any]) -> dict[int, Any]:
+    """The usable values of a saved file's ``raw`` ones."""
+    out = {}
+    with collector_paused():
+        for uid, value in raw.items():
+            value = from_saved(key, value)
+            if value is not _BAD:
+                out[uid] = value
     return out
 
 
@@ -125,23 +180,32 @@ def cached_values(mailbox: Any) -> Values:
     return values
 
 
-def sort_messages(ids: list[int], keys: list[SortKey], values: Values,
-                  basics: dict[int, tuple[int, int]]) -> list[int]:
-    """``ids`` in the order ``keys`` give; ``basics`` holds (size, internal date) per message."""
+class Basics(Protocol):
+    """What SORT and THREAD read of a message besides its header (a mailbox's message record)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def internal_date(self) -> int: ...
+
+
+def sort_messages(ids: list[int], keys: list[SortKey], values: Values, basics: Mapping[int, Basics]) -> list[int]:
+    """``ids`` in the order ``keys`` give; ``basics`` holds size and internal date per message."""
     ordered = sorted(ids)  # the final tie-break: mailbox order
     for key, reverse in reversed(keys):  # stable sorts, least significant key first
         ordered.sort(key=_value_of(key, values, basics), reverse=reverse)
     return ordered
 
 
-def _value_of(key: str, values: Values, basics: dict[int, tuple[int, int]]) -> Callable[[int], Any]:
+def _value_of(key: str, values: Values, basics: Mapping[int, Basics]) -> Callable[[int], Any]:
     if key == "ARRIVAL":
-        return lambda i: basics[i][1]
+        return lambda i: basics[i].internal_date
     if key == "SIZE":
-        return lambda i: basics[i][0]
+        return lambda i: basics[i].size
     if key == "DATE":
         dates = values.get("date", {})
-        return lambda i: _date_of(dates.get(i), basics[i][1])
+        sent = {i: float(basics[i].internal_date) if (d := dates.get(i)) is None else d for i in basics}
+        return sent.__getitem__
     if key == "SUBJECT":
         subjects = values.get("subject", {})
         return lambda i: subjects.get(i, ("", False))[0]
@@ -153,8 +217,25 @@ def _date_of(sent: float | None, internal_date: int) -> float:
     return float(internal_date) if sent is None else sent
 
 
+# The usual RFC 5322 form, "Mon, 23 Nov 2026 10:00:00 +0100", read without email.utils (a
+# third of a first SORT by date); anything else (comments, zone names, "-0000") goes there.
+_USUAL_DATE = re.compile(r"(?:[A-Za-z]{3}, ?)?(\d{1,2}) ([A-Za-z]{3}) (\d{4}) (\d\d):(\d\d)(?::(\d\d))? "
+                         r"([+-])(\d\d)(\d\d)", re.A)
+_MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                                       "dec"), 1)}
+
+
 def _sent(value: str) -> float | None:
     """A Date: header as UTC seconds; None when it is missing or cannot be read."""
+    usual = _USUAL_DATE.fullmatch(value)
+    if usual is not None:
+        day, month, year, hour, minute, second, sign, zone_h, zone_m = usual.groups()
+        number = _MONTHS.get(month.lower())
+        offset = int(zone_h) * 3600 + int(zone_m) * 60
+        # "-0000": no known zone (RFC 5322 §3.3); years below 100 are two-digit years to email.utils
+        if number is not None and (offset or sign == "+") and year[0] != "0":
+            return float(calendar.timegm((int(year), number, int(day), int(hour), int(minute), int(second or 0)))
+                         - (offset if sign == "+" else -offset))
     parsed = email.utils.parsedate_tz(value) if value else None
     if parsed is None:
         return None
@@ -278,10 +359,10 @@ class _Node:
         self.children.append(child)
 
 
-def thread(algorithm: str, ids: list[int], values: Values, basics: dict[int, tuple[int, int]]) -> str:
+def thread(algorithm: str, ids: list[int], values: Values, basics: Mapping[int, Basics]) -> str:
     """The THREAD response data, e.g. ``(1 (2)(3))(4)``, for the messages ``ids``."""
     dates, subjects = values.get("date", {}), values.get("subject", {})
-    sent = {i: _date_of(dates.get(i), basics[i][1]) for i in ids}
+    sent = {i: _date_of(dates.get(i), basics[i].internal_date) for i in ids}
     if algorithm == "ORDEREDSUBJECT":
         return _ordered_subject(ids, sent, {i: subjects.get(i, ("", False))[0] for i in ids})
     return _references(ids, values, sent)

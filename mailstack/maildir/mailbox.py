@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mailstack.fsutil import fsync_directory
+from mailstack.maildir import derived
 from mailstack.maildir.files import delivery_order, link_or_copy, read_file, rename_all
 from mailstack.maildir.flags import MAX_KEYWORDS, Keywords, TooManyKeywords, split_name
 from mailstack.maildir.index import (
@@ -156,6 +158,7 @@ class Mailbox:
         self._log = IndexLog(path)
         self._unsaved = False  # the folder has no snapshot of the UIDs it shows yet
         self._owner = Owner(str(path))
+        self._derived: dict[str, int] = {}  # batch lines in each derived-values file (.derived)
 
     @classmethod
     def load(cls, path: Path, hostname: str = "localhost", *, io: IO = inline_io,
@@ -622,6 +625,29 @@ class Mailbox:
         if self.by_uid.get(msg.uid) is not msg:
             return None
         return self.file_path(msg)
+
+    async def saved_values(self, name: str) -> dict[int, Any]:
+        """Values of kind ``name`` worked out of this folder's messages earlier (:mod:`.derived`),
+        by UID; read on ``io``."""
+        values, batches = await self._io(derived.load, self.path, self.uidvalidity, name)
+        self._derived[name] = batches
+        return dict(values)
+
+    def save_values(self, name: str, items: list[tuple[int, Any]], everything: dict[int, Any]) -> None:
+        """Keep newly worked-out values (JSON types) for later loads, in the background on ``io``;
+        ``everything`` holds every known value of the kind, for when the file is written anew."""
+        batches = self._derived.get(name, 0)
+        whole = dict(everything) if batches == 0 or batches >= derived.MAX_BATCHES else None
+        Deferred.fromCoroutine(self._save_values(name, items, batches, whole))
+
+    async def _save_values(self, name: str, items: list[tuple[int, Any]], batches: int,
+                           whole: dict[int, Any] | None) -> None:
+        try:
+            self._derived[name] = await self._io(derived.append, self.path, self.uidvalidity, name, items,
+                                                 batches, whole)
+        except Exception as e:  # a cache: the values are worked out again next time
+            self._derived[name] = 0
+            log.warn("cannot save {name} values in {folder}: {error}", name=name, folder=self._dir, error=e)
 
     def remember_header(self, uid: int, header: bytes) -> None:
         if len(header) > HEADER_CACHE_BYTES:

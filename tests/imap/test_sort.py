@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailstack.imap.sort import base_subject
 
@@ -159,3 +161,122 @@ def test_a_reply_chain_deeper_than_the_stack_threads_and_is_cut_at_the_limit(wor
     numbers = out.replace(b"(", b" ").replace(b")", b" ").split()
     assert sorted(int(n) for n in numbers) == list(range(1, depth + 1))  # each message once
     assert out.startswith(b"(1 2 3 ") and out.count(b"(") >= 2 and out.count(b"(") == out.count(b")")
+
+
+def test_what_sort_and_thread_worked_out_is_read_back_after_a_restart(world, box, monkeypatch):
+    """The values SORT and THREAD take from headers are kept in the folder, so the first SORT
+    after a restart reads no message file (bench: 100,000 messages)."""
+    import mailstack.imap.selected as selected
+    from mailstack.maildir.derived import PREFIX
+
+    from .harness import USER, World
+
+    expected = {c: sort(box, f"SORT {c} UTF-8 ALL") for c in ("(SUBJECT)", "(DATE)", "(FROM)", "(DISPLAYTO)")}
+    threads = box.ok("THREAD REFERENCES UTF-8 ALL")
+    path = world.store.layout.maildir_path(USER, None)
+    assert {p.name for p in path.iterdir() if p.name.startswith(PREFIX)} == {
+        PREFIX + k for k in ("subject", "date", "from", "displayto", "thread")}
+    read: list[object] = []
+    real = selected._header_of
+    monkeypatch.setattr(selected, "_header_of", lambda p: (read.append(p), real(p))[1])
+    again = World.create(world.root).connect().login()
+    again.ok("SELECT INBOX")
+    assert {c: sort(again, f"SORT {c} UTF-8 ALL") for c in expected} == expected
+    assert again.ok("THREAD REFERENCES UTF-8 ALL") == threads
+    assert read == []
+    world.deliver(message("Zebra", "a@example.test", "b@example.test", "Mon, 23 Nov 2026 09:00:00 +0000"))
+    third = World.create(world.root).connect().login()
+    third.ok("SELECT INBOX")
+    assert sort(third, "SORT (SUBJECT) UTF-8 ALL") == [3, 1, 2, 4, 5]
+    assert len(read) == 1  # only the new message's header
+
+
+def test_a_damaged_or_foreign_values_file_is_worked_out_again(world, box):
+    from mailstack.maildir.derived import PREFIX
+
+    from .harness import USER, World
+
+    expected = sort(box, "SORT (SUBJECT) UTF-8 ALL")
+    path = world.store.layout.maildir_path(USER, None)
+    good = (path / (PREFIX + "subject")).read_text()
+    for damage in ("garbage\n", good + '[[1, ["zzz", 7]], [2, 5], "x"]\n' + "[[3,", good.replace("[", "{", 3),
+                   good.split("\n")[0] + "\n" + '[[1, "not a subject"], [2, [1, 2, 3]]]\n'):
+        (path / (PREFIX + "subject")).write_text(damage)
+        again = World.create(world.root).connect().login()
+        again.ok("SELECT INBOX")
+        assert sort(again, "SORT (SUBJECT) UTF-8 ALL") == expected
+    (path / (PREFIX + "subject")).write_text(good.replace("mailstack-derived 1 ", "mailstack-derived 1 9"))
+    again = World.create(world.root).connect().login()
+    again.ok("SELECT INBOX")
+    assert sort(again, "SORT (SUBJECT) UTF-8 ALL") == expected  # another UIDVALIDITY's: ignored
+
+
+def test_the_values_file_is_written_again_when_it_has_many_batches(world, box, monkeypatch):
+    import mailstack.maildir.derived as derived
+
+    from .harness import USER
+
+    monkeypatch.setattr(derived, "MAX_BATCHES", 3)
+    sort(box, "SORT (SUBJECT) UTF-8 ALL")
+    path = world.store.layout.maildir_path(USER, None) / (derived.PREFIX + "subject")
+    for i in range(5):
+        world.deliver(message(f"More {i}", "a@example.test", "b@example.test", "Mon, 23 Nov 2026 09:00:00 +0000"))
+        box.ok("NOOP")
+        sort(box, "SORT (SUBJECT) UTF-8 ALL")
+        assert len(path.read_text().splitlines()) <= 1 + 3
+    values, _ = derived.load(path.parent, int(box.ok("STATUS INBOX (UIDVALIDITY)")[0].split()[-1].rstrip(b")")),
+                             "subject")
+    assert len(values) == 9
+
+
+def _reference_values(header: bytes, wanted: set[str]) -> dict:
+    """values_of as first written: every field split out by mime.header_fields, dates read by
+    email.utils. The faster one must give the same."""
+    import email.utils
+    import sys
+
+    from mailstack.imap import mime
+    from mailstack.imap import sort as S
+
+    fields: dict[str, str] = {}
+    for name, raw in mime.header_fields(header):
+        if name in S.FIELDS and name not in fields:
+            if len(raw) > S.FIELD_LIMIT:
+                colon = raw.find(b":") + 1
+                raw = raw[:colon] + (raw[-S.FIELD_LIMIT:] if name == "references" else raw[colon:colon + S.FIELD_LIMIT])
+            fields[name] = mime.field_value(raw)
+    out: dict = {}
+    for key in wanted:
+        if key == "date":
+            parsed = email.utils.parsedate_tz(fields.get("date", "")) if fields.get("date") else None
+            try:
+                out[key] = float(email.utils.mktime_tz(parsed)) if parsed else None
+            except (OverflowError, ValueError):
+                out[key] = None
+        elif key == "subject":
+            subject, reply = S._base_subject(fields.get("subject", ""))
+            out[key] = (S._fold(subject), reply)
+        elif key == "thread":
+            own = S._ids(fields.get("message-id", ""))
+            refs = S._ids(fields.get("references", "")) or S._ids(fields.get("in-reply-to", ""))[:1]
+            out[key] = (own[0] if own else "", tuple(refs[-S.MAX_REFERENCES:]))
+        else:
+            out[key] = sys.intern(S._fold(S._first_address(fields.get(key.removeprefix("display"), ""),
+                                                           key.startswith("display"))))
+    return out
+
+
+_NAMES = st.sampled_from(["Subject", "SUBJECT", "subject ", "Date", "From", "To", "Cc", "Message-ID",
+                          "References", "In-Reply-To", "X-Subject", "Subject2", "Received", "DATE"])
+_VALUES = st.sampled_from(["Re: [list] Hello", "Mon, 23 Nov 2026 10:00:00 +0100", "23 Nov 2026 10:00 -0000",
+                           "Tue, 1 Dec 2026 01:02:03 +0000 (UTC)", "Bob <bob@example.test>", "<a@b> <c@d>",
+                           "=?utf-8?q?=C3=89mile?= <e@x>", "", "x" * 3000, "line\r\n\tfolded", "a\n b"])
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8), st.sampled_from(["\r\n", "\n"]))
+def test_values_of_reads_what_the_full_header_parse_reads(fields, end):
+    from mailstack.imap.sort import values_of
+
+    header = "".join(f"{n}: {v}{end}" for n, v in fields).encode() + end.encode()
+    wanted = {"date", "subject", "from", "to", "cc", "displayfrom", "displayto", "thread"}
+    assert values_of(header, wanted) == _reference_values(header, wanted)
