@@ -108,10 +108,12 @@ def parse_item(tok: Token) -> Item:
 def _partial(m: re.Match[str]) -> tuple[int, int] | None:
     if m.group(3) is None:
         return None
+    if len(m.group(3)) > 19 or len(m.group(4)) > 19:
+        raise ParseError("bad partial")
     origin, length = int(m.group(3)), int(m.group(4))
     if length == 0:  # RFC 3501 §9: "<" number "." nz-number ">"
         raise ParseError("partial length must be positive")
-    if origin >= 2**32 or length >= 2**32 or not m.group(0).isascii():
+    if origin >= 2**63 or length >= 2**63 or not m.group(0).isascii():  # RFC 9051 §9: number64
         raise ParseError("bad partial")
     return (origin, length)
 

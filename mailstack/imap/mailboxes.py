@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -52,8 +53,19 @@ QUOTA_ROOT = ""  # one quota root: the user's whole mail (RFC 9208)
 MAX_APPEND_MESSAGES = 1000  # messages in one MULTIAPPEND
 
 
-def encode_name(name: str) -> bytes:
-    return wire_name(utf7_encode(name))
+def encode_name(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), or UTF-8 after ENABLE
+    IMAP4rev2 (RFC 9051 §5.1)."""
+    return wire_name(name, utf8=True) if utf8 else wire_name(utf7_encode(name))
+
+
+def decode_name(text: str, utf8: bool = False) -> str:
+    """A mailbox name as a client wrote it (the inverse of :func:`encode_name`)."""
+    if not utf8:
+        return utf7_decode(text)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ParseError("control character in mailbox name")
+    return text
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -87,7 +99,7 @@ class MailboxCommands(ViewMixin):
     def mailbox_name(self, tok: Token) -> str:
         if isinstance(tok, String) and tok.binary:
             raise Bad("A literal8 is only for a message")
-        name = utf7_decode(astring(tok))
+        name = decode_name(astring(tok), self.rev2)
         if "\0" in name:
             raise ParseError("NUL in mailbox name")
         return normal_name(name)
@@ -118,21 +130,27 @@ class MailboxCommands(ViewMixin):
         view.known = {m.uid: m.modseq for m in box.messages}
         view.synced_modseq = box.highestmodseq
         view.recent = set(box.unclaimed) if readonly else box.claim_recent()
+        if self.rev2:  # RFC 9051 §2.3.2: no \\Recent (claimed all the same, as any session would)
+            view.recent = set()
         view.version = box.version
         view.keywords = len(box.keywords.names)
         lines = [
             *(line.decode().rstrip("\r\n") for line in flag_lines(box.keywords.names, readonly)),
             f"* {len(view.uids)} EXISTS",
-            f"* {len(view.recent)} RECENT",
         ]
-        unseen = box.first_unseen()
-        if unseen:
-            lines.append(f"* OK [UNSEEN {unseen}] First unseen")
+        if not self.rev2:  # RFC 3501 §6.3.1; deprecated by RFC 9051 (Appendix E, items 11 and 12)
+            lines.append(f"* {len(view.recent)} RECENT")
+            unseen = box.first_unseen()
+            if unseen:
+                lines.append(f"* OK [UNSEEN {unseen}] First unseen")
         lines += [f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid",
                   f"* OK [UIDNEXT {box.uidnext}] Predicted next UID"]
         if self.condstore:  # RFC 7162 §3.1.2
             lines.append(f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest")
-        self.send("".join(line + "\r\n" for line in lines).encode())  # type: ignore[operator]
+        out = "".join(line + "\r\n" for line in lines).encode()
+        if self.rev2:  # RFC 9051 §6.3.2: a LIST response with the mailbox name and its attributes
+            out += await self._own_list_line(name)
+        self.send(out)  # type: ignore[operator]
         resync = params.qresync
         if resync is not None and resync.uidvalidity == box.uidvalidity:  # else: as if nothing changed
             self.send(self._resync(view, resync))  # type: ignore[operator]
@@ -143,6 +161,12 @@ class MailboxCommands(ViewMixin):
                  session_id=self.session_id, user=self.user, verb=verb.lower(), mailbox=name,  # type: ignore[attr-defined]
                  exists=len(view.uids))
         return self.ok(tag, verb, code="READ-ONLY" if readonly else "READ-WRITE")  # type: ignore[attr-defined]
+
+    async def _own_list_line(self, name: str) -> bytes:
+        existing = set(await self.store.folders(self.user, self.io))
+        uses = await self.store.special_uses(self.user, self.io)
+        attrs = " ".join(_attributes(name, existing, uses))
+        return f"* LIST ({attrs}) \".\" ".encode() + encode_name(name, True) + b"\r\n"
 
     def _resync(self, view: View, resync: QResync) -> bytes:
         """What a SELECT (QRESYNC ...) adds (RFC 7162 §3.2.5.1): the known UIDs expunged since
@@ -168,8 +192,7 @@ class MailboxCommands(ViewMixin):
             uses = _create_uses(args[1])
             args = args[:1]
         name = self._one_name(args)
-        if any(c in name for c in "%*"):
-            raise No("Mailbox names cannot contain wildcards", "CANNOT")
+        _check_new_name(name)
         await self.store.create(self.user, name, self.io, uses)
         return self.ok(tag, "CREATE")  # type: ignore[attr-defined]
 
@@ -184,8 +207,7 @@ class MailboxCommands(ViewMixin):
         if len(args) != 2:
             raise Bad("RENAME needs two mailbox names")
         old, new = self.mailbox_name(args[0]), self.mailbox_name(args[1])
-        if any(c in new for c in "%*"):
-            raise No("Mailbox names cannot contain wildcards", "CANNOT")
+        _check_new_name(new)
         if self.view is not None and (self.view.name == old or self.view.name.startswith(old + DELIMITER)):
             if not is_inbox(old):
                 self.deselect()
@@ -215,8 +237,8 @@ class MailboxCommands(ViewMixin):
     def _list_args(self, args: list[Token]) -> tuple[str, str]:
         if len(args) != 2:
             raise Bad("LIST needs a reference and a mailbox pattern")
-        ref = utf7_decode(astring(args[0]) if not isinstance(args[0], Atom) else list_mailbox(args[0]))
-        pattern = utf7_decode(list_mailbox(args[1]))
+        ref = decode_name(astring(args[0]) if not isinstance(args[0], Atom) else list_mailbox(args[0]), self.rev2)
+        pattern = decode_name(list_mailbox(args[1]), self.rev2)
         return ref, pattern
 
     @staticmethod
@@ -227,12 +249,12 @@ class MailboxCommands(ViewMixin):
     async def cmd_list(self, tag: str, args: list[Token]) -> Any:
         """LIST, and its extended form (RFC 5258): selection options, several patterns, and
         return options, STATUS among them (RFC 5819); SPECIAL-USE selection (RFC 6154)."""
-        request = _list_request(args)
+        request = _list_request(args, self.rev2)
         if request is None:  # the RFC 3501 form
             ref, pattern = self._list_args(args)
             if pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
                 root = ref.split(DELIMITER, 1)[0] + DELIMITER if DELIMITER in ref else ""
-                self.send(b'* LIST (\\Noselect) "." ' + encode_name(root) + b"\r\n")  # type: ignore[operator]
+                self.send(b'* LIST (\\Noselect) "." ' + encode_name(root, self.rev2) + b"\r\n")  # type: ignore[operator]
                 return self.ok(tag, "LIST")  # type: ignore[attr-defined]
             request = ListRequest(frozenset(), ref, [pattern], frozenset(), (), extended=False)
         existing = set(await self.store.folders(self.user, self.io))
@@ -241,7 +263,7 @@ class MailboxCommands(ViewMixin):
             if request.selection & {"SUBSCRIBED"} or request.returns & {"SUBSCRIBED"} else set()
         out = []
         for name, attrs, childinfo in _listing(request, existing, subscribed, uses):
-            line = f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name)
+            line = f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name, self.rev2)
             if childinfo:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
             out.append(line + b"\r\n")
@@ -268,7 +290,7 @@ class MailboxCommands(ViewMixin):
                     parent = DELIMITER.join(levels[:i])
                     if name_matches(regex, full, parent) and parent not in subs:
                         out.setdefault(parent, "\\Noselect")
-        lines = [f"* LSUB ({attrs}) \".\" ".encode() + encode_name(name) + b"\r\n"
+        lines = [f"* LSUB ({attrs}) \".\" ".encode() + encode_name(name, self.rev2) + b"\r\n"
                  for name, attrs in sorted(out.items(), key=lambda kv: (kv[0] != "INBOX", kv[0]))]
         self.send(b"".join(lines))  # type: ignore[operator]
         return self.ok(tag, "LSUB")  # type: ignore[attr-defined]
@@ -299,7 +321,7 @@ class MailboxCommands(ViewMixin):
         if "HIGHESTMODSEQ" in items:  # a CONDSTORE enabling command (RFC 7162 §3.1)
             self.enable_condstore()
         body = " ".join(f"{item} {values[item]()}" for item in items)
-        return b"* STATUS " + encode_name(name) + f" ({body})\r\n".encode()
+        return b"* STATUS " + encode_name(name, self.rev2) + f" ({body})\r\n".encode()
 
     # -- QUOTA (RFC 9208: the STORAGE and MESSAGE resources of the user's one quota root) ----
 
@@ -308,7 +330,7 @@ class MailboxCommands(ViewMixin):
         if not await self.store.exists(self.user, name, self.io):
             raise No("No such mailbox", "NONEXISTENT")
         used, limit = await self.store.quota_usage(self.user, self.io)
-        line = b"* QUOTAROOT " + encode_name(name)
+        line = b"* QUOTAROOT " + encode_name(name, self.rev2)
         if limit.octets > 0 or limit.messages > 0:
             line += b" " + wire_name(QUOTA_ROOT) + b"\r\n" + _quota_line(used, limit)
         else:
@@ -543,7 +565,7 @@ SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIA
 RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
 
 
-def _list_request(args: list[Token]) -> ListRequest | None:
+def _list_request(args: list[Token], utf8: bool = False) -> ListRequest | None:
     """The extended LIST (RFC 5258 §3), or None for the RFC 3501 form."""
     rest = list(args)
     selection: set[str] = set()
@@ -577,11 +599,11 @@ def _list_request(args: list[Token]) -> ListRequest | None:
         raise Bad("LIST needs a reference and a mailbox pattern")
     if not selection and not returns and not isinstance(rest[1], list) and len(args) == 2:
         return None
-    reference = utf7_decode(astring(rest[0]) if not isinstance(rest[0], Atom) else list_mailbox(rest[0]))
+    reference = decode_name(astring(rest[0]) if not isinstance(rest[0], Atom) else list_mailbox(rest[0]), utf8)
     tokens = rest[1] if isinstance(rest[1], list) else [rest[1]]
     if not tokens:
         raise Bad("LIST needs a mailbox pattern")
-    patterns = [utf7_decode(list_mailbox(t)) for t in tokens]
+    patterns = [decode_name(list_mailbox(t), utf8) for t in tokens]
     return ListRequest(frozenset(selection), reference, patterns, frozenset(returns), status)
 
 
@@ -621,14 +643,32 @@ def _listing(request: ListRequest, existing: set[str], subscribed: set[str],
         if name not in existing:
             attrs += ["\\Noselect", "\\NonExistent"] if request.extended else ["\\Noselect"]
         if not (only_subscribed and name not in existing) or "CHILDREN" in request.returns:
-            has_children = any(other.startswith(name + DELIMITER) for other in names)
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            attrs.append(_children(name, names))
         if (only_subscribed or "SUBSCRIBED" in request.returns) and name in subscribed:
             attrs.append("\\Subscribed")
         if name in uses:
             attrs.append(uses[name])
         out.append((name, attrs, childinfo))
     return out
+
+
+def _check_new_name(name: str) -> None:
+    """What a new mailbox name must be: no LIST wildcards, and Net-Unicode (RFC 9051 §5.1:
+    NFC, no control characters; RFC 5198)."""
+    if any(c in name for c in "%*"):
+        raise No("Mailbox names cannot contain wildcards", "CANNOT")
+    if not unicodedata.is_normalized("NFC", name) or any(unicodedata.category(c) == "Cc" for c in name):
+        raise No("Mailbox names must be Unicode in NFC without control characters", "CANNOT")
+
+
+def _children(name: str, names: set[str]) -> str:
+    """RFC 3348: whether a mailbox has others below it."""
+    return "\\HasChildren" if any(other.startswith(name + DELIMITER) for other in names) else "\\HasNoChildren"
+
+
+def _attributes(name: str, existing: set[str], uses: dict[str, str]) -> list[str]:
+    """The LIST attributes of one existing mailbox: children and special use."""
+    return [_children(name, existing)] + ([uses[name]] if name in uses else [])
 
 
 def kib(octets: int) -> int:

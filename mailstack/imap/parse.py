@@ -303,6 +303,15 @@ def number(tok: Token, *, nonzero: bool = False) -> int:
     raise ParseError("expected a number")
 
 
+def number64(tok: Token) -> int:
+    """RFC 9051 ``number64``: 0 to 2^63-1 (sizes and octet counts)."""
+    if isinstance(tok, Atom) and tok.value.isdigit() and tok.value.isascii() and len(tok.value) <= 19:
+        n = int(tok.value)
+        if n < 2**63:
+            return n
+    raise ParseError("expected a number")
+
+
 def paren_list(tok: Token) -> list[Token]:
     if isinstance(tok, list):
         return tok

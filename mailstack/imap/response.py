@@ -30,28 +30,39 @@ class Response:
 
 
 def status(tag: str, kind: str, text: str, code: str = "") -> Response:
-    """``a1 OK [CODE] text`` / ``* BYE text`` (RFC 3501 §7.1)."""
+    """``a1 OK [CODE] text`` / ``* BYE text`` (RFC 3501 §7.1). The text is ASCII (RFC 3501 §9
+    ``text``; RFC 9051 allows UTF-8 only after ENABLE IMAP4rev2): anything else is ``?``."""
     body = f"[{code}] {text}" if code else text
-    return Response(f"{tag} {kind} {body}\r\n".encode())
+    return Response(f"{tag} {kind} {body}\r\n".encode("ascii", "replace"))
 
 
-def string(value: bytes | str) -> bytes:
-    """An IMAP ``string``: quoted when safe, else a literal."""
+def string(value: bytes | str, *, utf8: bool = False) -> bytes:
+    """An IMAP ``string``: quoted when safe, else a literal. With ``utf8`` (RFC 9051 §4.3.1,
+    after ENABLE IMAP4rev2) a quoted string may hold UTF-8 too."""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    if len(raw) < 1000 and all(0x20 <= b < 0x7F for b in raw):
+    if len(raw) < 1000 and all(0x20 <= b < 0x7F or (utf8 and b >= 0x80) for b in raw) and (
+            not utf8 or raw.isascii() or _is_utf8(raw)):
         return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(raw) + raw
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def nstring(value: bytes | str | None) -> bytes:
     return b"NIL" if value is None else string(value)
 
 
-def astring(value: str) -> bytes:
+def astring(value: str, *, utf8: bool = False) -> bytes:
     """A mailbox name or similar: atom when possible, else a string."""
     if value and all(c.isascii() and c.isprintable() and c not in ' (){%*"\\]' for c in value):
         return value.encode("ascii")
-    return string(value)
+    return string(value, utf8=utf8)
 
 
 def plist(items: list[bytes]) -> bytes:

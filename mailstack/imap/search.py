@@ -22,7 +22,17 @@ from dataclasses import dataclass
 
 from mailstack.imap import address, mime
 from mailstack.imap.condstore import mod_sequence
-from mailstack.imap.parse import Atom, ParseError, String, Token, astring, number, resolve_set, sequence_set
+from mailstack.imap.parse import (
+    Atom,
+    ParseError,
+    String,
+    Token,
+    astring,
+    number,
+    number64,
+    resolve_set,
+    sequence_set,
+)
 from mailstack.imap.response import parse_date
 from mailstack.maildir.flags import canonical_flag
 
@@ -191,8 +201,8 @@ class Criteria:
             if date is None:
                 raise ParseError("bad search date")
             return ("date", key, datetime.date(*date))
-        if key in ("LARGER", "SMALLER"):
-            return (key.lower(), number(self._next()))
+        if key in ("LARGER", "SMALLER"):  # RFC 9051 §9: number64
+            return (key.lower(), number64(self._next()))
         if key == "NOT":
             return ("not", self._key())
         if key == "OR":

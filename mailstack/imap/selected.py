@@ -189,6 +189,8 @@ class SelectedCommands(ViewMixin):
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
             returns = search_returns(args[1])
             args = args[2:]
+        elif self.rev2:  # RFC 9051 §6.4.4: ESEARCH, ALL when no option is given
+            returns = {"ALL"}
         saving = returns is not None and "SAVE" in returns
         charset = None
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":

@@ -3,7 +3,7 @@
 RFC 3501 §3 (states: not authenticated, authenticated, selected, logout),
 §6.1 (any state: CAPABILITY, NOOP, LOGOUT), §6.2 (STARTTLS, AUTHENTICATE,
 LOGIN; LOGINDISABLED before TLS), RFC 4959 (SASL-IR), RFC 2971 (ID),
-RFC 5161 (ENABLE: CONDSTORE and QRESYNC, RFC 7162), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE), RFC 3516 (BINARY:
+RFC 5161 (ENABLE: CONDSTORE and QRESYNC, RFC 7162, and IMAP4rev2, RFC 9051), RFC 2177 (IDLE), RFC 4978 (COMPRESS=DEFLATE), RFC 3516 (BINARY:
 literal8 only in APPEND). Mailbox-level commands live in
 :mod:`.mailboxes`, selected-state commands in :mod:`.selected`, the
 selected-mailbox view in :mod:`.view`.
@@ -42,7 +42,7 @@ log = Logger()
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
                      "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE MULTIAPPEND "
                      "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE "
-                     "BINARY LIST-EXTENDED LIST-STATUS CATENATE CREATE-SPECIAL-USE CONDSTORE QRESYNC")
+                     "BINARY LIST-EXTENDED LIST-STATUS CATENATE CREATE-SPECIAL-USE CONDSTORE QRESYNC IMAP4rev2")
 
 
 class Action(enum.Enum):
@@ -331,6 +331,9 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             elif name == "QRESYNC" and not self.qresync:
                 self.qresync = True
                 enabled.append(name)
+            elif name == "IMAP4REV2" and not self.rev2:  # RFC 9051 §6.3.1
+                self.rev2 = True
+                enabled.append("IMAP4rev2")
         if "CONDSTORE" in names or "QRESYNC" in names:
             self.enable_condstore()
         self.send(("* ENABLED" + "".join(" " + n for n in enabled) + "\r\n").encode())

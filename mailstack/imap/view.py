@@ -119,11 +119,13 @@ class ViewMixin:
     send: object
     condstore: bool  # RFC 7162: a CONDSTORE enabling command was given in this session
     qresync: bool  # ENABLE QRESYNC was
+    rev2: bool  # ENABLE IMAP4rev2 was (RFC 9051): UTF-8 names, ESEARCH, no \\Recent
 
     def __init__(self) -> None:
         self.view = None
         self.condstore = False
         self.qresync = False
+        self.rev2 = False
 
     def deselect(self) -> None:
         self.view = None
@@ -186,7 +188,7 @@ class ViewMixin:
         last = view.uids[-1] if view.uids else 0
         start = bisect.bisect_right(box.messages, last, key=lambda m: m.uid)
         new = box.messages[start:]
-        if new or box.unclaimed:
+        if (new or box.unclaimed) and not self.rev2:  # RFC 9051 §2.3.2: \\Recent is gone from rev2
             if view.readonly:
                 view.recent |= {m.uid for m in new if m.uid in box.unclaimed}
             else:
@@ -196,7 +198,8 @@ class ViewMixin:
                 view.uids.append(m.uid)
                 view.known[m.uid] = m.modseq
             out.append(b"* %d EXISTS\r\n" % len(view.uids))
-            out.append(b"* %d RECENT\r\n" % len(view.recent))
+            if not self.rev2:
+                out.append(b"* %d RECENT\r\n" % len(view.recent))
         if pending_gone and self.condstore:  # RFC 7162 §3.2: not past the expunges not yet told
             out.append(b"* OK [HIGHESTMODSEQ %d] Expunges pending\r\n" % view.synced_modseq)
         if not pending_gone:

@@ -149,7 +149,7 @@ class TestSectionGrammar:
         "BODY[0]", "BODY[1.0]", "BODY[01]", "BODY[1.]", "BODY[.1]", "BODY[1..2]", "BODY[MIME]",
         "BODY[HEADER.FIELDS]", "BODY[HEADER.FIELDS ()]", "BODY[TEXT (A)]", "BODY[HEADER ]", "BODY[ ]",
         "BODY[1.HEADERS]", "BODY[TEXT.1]", "BODY[²]", "BODY[]<0.0>", "BODY[]<1>", "BODY[]<a.1>",
-        "BODY[]<0.4294967296>", "BODY[]<-1.2>", "BODY[1]]", "BODY[TEXT", "BODY.PEEK", "BODY[HEADER.FIELDS (A)",
+        "BODY[]<0.9223372036854775808>", "BODY[]<" + "9" * 5000 + ".1>", "BODY[]<-1.2>", "BODY[1]]", "BODY[TEXT", "BODY.PEEK", "BODY[HEADER.FIELDS (A)",
         "BINARY[0]", "BINARY[1.]", "BINARY[TEXT]", "BINARY.SIZE[1]<0.5>", "RFC822[1]", "BODY[1]<0.5>x",
     ])
     def test_bad_sections_get_bad(self, world, client, text):
