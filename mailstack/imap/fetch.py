@@ -292,7 +292,7 @@ def body_structure(part: mime.Part, extended: bool) -> bytes:
     fields = [string(part.type.upper()), string(part.subtype.upper()), _params(part.params),
               nstring(part.get("content-id")), nstring(part.get("content-description")),
               string(encoding), str(len(part.body)).encode()]
-    if part.type == "message" and part.subtype == "rfc822" and part.message is not None:
+    if part.type == "message" and part.subtype in mime.ENCAPSULATING and part.message is not None:
         fields += [envelope(part.message), body_structure(part.message, extended),
                    str(_lines(part.body)).encode()]
     elif part.type == "text":

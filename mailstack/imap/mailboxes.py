@@ -263,15 +263,16 @@ class MailboxCommands(ViewMixin):
             if request.selection & {"SUBSCRIBED"} or request.returns & {"SUBSCRIBED"} else set()
         out = []
         for name, attrs, childinfo in _listing(request, existing, subscribed, uses):
+            status = b""
+            if request.status and name in existing:
+                try:
+                    status = await self._status_line(name, request.status)
+                except (FolderError, No):  # gone meanwhile: no STATUS, and \Noselect (RFC 5819 §2)
+                    attrs = ["\\Noselect", *attrs]
             line = f"* LIST ({' '.join(attrs)}) \".\" ".encode() + encode_name(name, self.rev2)
             if childinfo:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
-            out.append(line + b"\r\n")
-            if request.status and name in existing:
-                try:
-                    out.append(await self._status_line(name, request.status))
-                except (FolderError, No):  # gone meanwhile: its LIST line stands alone
-                    pass
+            out.append(line + b"\r\n" + status)
         self.send(b"".join(out))  # type: ignore[operator]
         return self.ok(tag, "LIST")  # type: ignore[attr-defined]
 

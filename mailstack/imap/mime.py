@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# message subtypes that hold a whole message, with its own part numbers (RFC 9051 §6.4.5.1:
+# message/global, RFC 6532, is one like message/rfc822)
+ENCAPSULATING = frozenset({"rfc822", "global"})
 _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:", re.M)
 
 
@@ -108,7 +111,7 @@ def parse(data: bytes, default_type: tuple[str, str] = ("text", "plain"), depth:
             return part
         child_default = ("message", "rfc822") if part.subtype == "digest" else ("text", "plain")
         part.children = [parse(p, child_default, depth + 1) for p in split_multipart(body, boundary)]
-    elif part.type == "message" and part.subtype == "rfc822":
+    elif part.type == "message" and part.subtype in ENCAPSULATING:
         part.message = parse(body, ("text", "plain"), depth + 1)
     return part
 

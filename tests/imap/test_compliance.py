@@ -540,3 +540,15 @@ class TestRFC3501SectionExample:
     @pytest.mark.parametrize("section", ["4.HEADER", "4.1.TEXT", "5", "3.3", "4.2.3", "4.2.2.3", "1.1"])
     def test_parts_the_message_does_not_have_are_nil(self, box, section):
         assert _section(box, 1, section) == b"NIL"
+
+
+def test_message_global_parts_are_messages_too(world, client):
+    """RFC 9051 §6.4.5.1: a message/global part has part numbers of its own, and its
+    BODYSTRUCTURE carries envelope and body like message/rfc822 (§9: body-type-msg)."""
+    world.deliver(b"From: a@example.test\r\nSubject: outer\r\nMIME-Version: 1.0\r\n"
+                  b"Content-Type: message/global\r\n\r\n"
+                  b"From: b@example.test\r\nSubject: inner\r\n\r\ninner text\r\n")
+    client.ok("SELECT INBOX")
+    [line] = [x for x in client.ok("FETCH 1 (BODYSTRUCTURE)") if b"BODYSTRUCTURE" in x]
+    assert b'("MESSAGE" "GLOBAL" NIL NIL NIL "7BIT" ' in line and b'"inner"' in line
+    assert b"inner text" in b"".join(client.ok("FETCH 1 (BODY.PEEK[1.TEXT])"))

@@ -190,3 +190,22 @@ def test_the_junk_use_names_the_folder_quarantined_mail_goes_to(world, client):
     assert run(world.store.folder_with_use(USER, "\\Junk", sync_io)) == "Lists.Spam"
     client.ok("DELETE Lists.Spam")
     assert run(world.store.folder_with_use(USER, "\\Junk", sync_io)) == "Junk"
+
+
+def test_list_status_of_a_mailbox_that_cannot_be_opened_says_noselect(world, client, monkeypatch):
+    """RFC 5819 §2 (RFC 9051 §6.3.9.2): no STATUS for it, and \\Noselect on its LIST line."""
+    from mailstack.maildir.folders import FolderError
+
+    client.ok("CREATE Flaky")
+    real = world.store.open
+
+    async def open_(user, name, io, **kw):
+        if name == "Flaky":
+            raise FolderError("gone meanwhile", "NONEXISTENT")
+        return await real(user, name, io, **kw)
+
+    monkeypatch.setattr(world.store, "open", open_)
+    lines = client.ok('LIST "" (Flaky INBOX) RETURN (STATUS (MESSAGES))')
+    assert b'* LIST (\\Noselect \\HasNoChildren) "." Flaky' in lines
+    assert not any(line.startswith(b"* STATUS Flaky") for line in lines)
+    assert b"* STATUS INBOX (MESSAGES 0)" in lines
