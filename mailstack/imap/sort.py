@@ -463,22 +463,28 @@ def _pruned(nodes: list[_Node], *, top: bool) -> list[_Node]:
 
 def _date(node: _Node, sent: dict[int, float]) -> tuple[float, int]:
     """A container's date: its message's, or (empty) its first child's."""
+    msn = node.msn
+    if msn:
+        return (sent.get(msn, 0.0), msn)
     while not node.msn and node.children:
         node = node.children[0]
     return (sent.get(node.msn, 0.0), node.msn)
 
 
 def _sort_siblings(nodes: list[_Node], sent: dict[int, float]) -> None:
-    nodes.sort(key=lambda n: _date(n, sent))
+    if len(nodes) > 1:  # most containers have none or one: nothing to order
+        nodes.sort(key=lambda n: _date(n, sent))
 
 
 def _sort_tree(root: _Node, sent: dict[int, float]) -> None:
     stack = [root]
     while stack:
         node = stack.pop()
-        for child in node.children:
-            stack.append(child)
-        _sort_siblings(node.children, sent)
+        children = node.children
+        if children:
+            stack.extend(children)
+            if len(children) > 1:
+                children.sort(key=lambda n: _date(n, sent))
 
 
 def _subject_of(node: _Node, subjects: dict[int, tuple[str, bool]]) -> tuple[str, bool]:
