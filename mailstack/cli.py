@@ -162,7 +162,7 @@ def _quota(text: str) -> int:
 
 def _count(text: str) -> int:
     """A message count: a whole number, 0 for unlimited."""
-    if not text.strip().isdigit():
+    if not (text.strip().isdigit() and text.strip().isascii()):
         raise argparse.ArgumentTypeError(f"invalid number of messages {text!r}")
     return int(text.strip())
 

@@ -331,3 +331,11 @@ def test_no_traceback_for_user_errors(conf: Path, capsys: pytest.CaptureFixture[
 
 def test_command_groups_form_a_table() -> None:
     assert {"domain", "user", "alias", "check-config"} <= set(COMMAND_GROUPS)
+
+
+def test_limits_past_what_the_store_can_hold_get_one_error_line(conf: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli(conf, "user", "add", "big@example.test", "--password-stdin", "--messages", "9" * 20,
+               stdin="pw\n", monkeypatch=monkeypatch) == 1
+    assert_one_error_line(output(capsys)[1], "a message limit must be a whole number, 0 for unlimited (got "
+                          + "9" * 20 + ")")

@@ -480,12 +480,12 @@ def _check_password(password: str) -> None:
 
 
 def _check_count(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
         raise AccountError(f"a message limit must be a whole number, 0 for unlimited (got {limit!r})")
 
 
 def _check_quota(quota: int) -> None:
-    if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0:
+    if isinstance(quota, bool) or not isinstance(quota, int) or not 0 <= quota < 2**63:
         raise AccountError(f"quota must be a whole number of bytes, 0 for unlimited (got {quota!r})")
 
 

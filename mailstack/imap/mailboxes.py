@@ -63,7 +63,7 @@ def decode_name(text: str, utf8: bool = False) -> str:
     """A mailbox name as a client wrote it (the inverse of :func:`encode_name`)."""
     if not utf8:
         return utf7_decode(text)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
         raise ParseError("control character in mailbox name")
     return text
 
@@ -129,9 +129,10 @@ class MailboxCommands(ViewMixin):
         view.uids = [m.uid for m in box.messages]
         view.known = {m.uid: m.modseq for m in box.messages}
         view.synced_modseq = box.highestmodseq
-        view.recent = set(box.unclaimed) if readonly else box.claim_recent()
-        if self.rev2:  # RFC 9051 §2.3.2: no \\Recent (claimed all the same, as any session would)
+        if self.rev2:  # RFC 9051 §2.3.2: no \\Recent, and none claimed from rev1 sessions either
             view.recent = set()
+        else:
+            view.recent = set(box.unclaimed) if readonly else box.claim_recent()
         view.version = box.version
         view.keywords = len(box.keywords.names)
         lines = [

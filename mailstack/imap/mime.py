@@ -111,7 +111,9 @@ def parse(data: bytes, default_type: tuple[str, str] = ("text", "plain"), depth:
             return part
         child_default = ("message", "rfc822") if part.subtype == "digest" else ("text", "plain")
         part.children = [parse(p, child_default, depth + 1) for p in split_multipart(body, boundary)]
-    elif part.type == "message" and part.subtype in ENCAPSULATING:
+    elif part.type == "message" and part.subtype in ENCAPSULATING and (
+            part.subtype == "rfc822" or (part.get("content-transfer-encoding") or "7bit").strip().lower()
+            in ("7bit", "8bit", "binary")):  # RFC 6532 §3.7: message/global may be base64 or QP
         part.message = parse(body, ("text", "plain"), depth + 1)
     return part
 

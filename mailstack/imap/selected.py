@@ -282,11 +282,12 @@ class SelectedCommands(ViewMixin):
         sequence number: kept per mailbox once worked out, else from the header cache or
         read from the files in batches."""
         box = view.box
+        keep = frozenset(wanted)
         for key in wanted:
-            if key not in cached_values(box):  # what earlier runs, of this process or another, worked out
+            if key not in cached_values(box, keep):  # what earlier runs, of this process or another, worked out
                 loaded = saved(key, await box.saved_values(key))
-                cached_values(box).setdefault(key, loaded)
-        known = cached_values(box)
+                cached_values(box, keep).setdefault(key, loaded)
+        known = cached_values(box, keep)
         for key in wanted:
             known.setdefault(key, {})
         uids = view.uids
@@ -320,18 +321,24 @@ class SelectedCommands(ViewMixin):
             paths = [p for _, _, p in chunk]
             return ensureDeferred(self.io(lambda: [_header_of(p) for p in paths]))
 
-        reading = read(chunks[0]) if chunks else Deferred()
-        for i, chunk in enumerate(chunks):
-            heads = await reading
-            if i + 1 < len(chunks):  # the io pool reads the next files while these are parsed here
-                reading = read(chunks[i + 1])
-            for (msn, uid, _), header in zip(chunk, heads, strict=True):
-                if header is None:  # gone meanwhile
-                    continue
-                for key, value in values_of(header, wanted).items():
-                    if uid not in known[key]:
-                        new[key].append((uid, value))
-                    known[key][uid] = out[key][msn] = value
+        reading: Deferred[list[bytes | None]] | None = read(chunks[0]) if chunks else None
+        try:
+            for i, chunk in enumerate(chunks):
+                assert reading is not None
+                heads = await reading
+                # the io pool reads the next files while these are parsed here
+                reading = read(chunks[i + 1]) if i + 1 < len(chunks) else None
+                for (msn, uid, _), header in zip(chunk, heads, strict=True):
+                    if header is None:  # gone meanwhile
+                        continue
+                    for key, value in values_of(header, wanted).items():
+                        if uid not in known[key]:
+                            new[key].append((uid, value))
+                        known[key][uid] = out[key][msn] = value
+        except BaseException:
+            if reading is not None:  # nobody will wait for it: its failure, if any, is not news
+                reading.addErrback(lambda _: None)
+            raise
         for key, pairs in new.items():
             if pairs:  # kept for the next SORT or THREAD after a restart
                 box.save_values(key, pairs, known[key])

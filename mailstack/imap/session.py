@@ -334,6 +334,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             elif name == "IMAP4REV2" and not self.rev2:  # RFC 9051 §6.3.1
                 self.rev2 = True
                 enabled.append("IMAP4rev2")
+                if self.view is not None:  # from now on: no \Recent (RFC 9051 §2.3.2)
+                    self.view.recent = set()
         if "CONDSTORE" in names or "QRESYNC" in names:
             self.enable_condstore()
         self.send(("* ENABLED" + "".join(" " + n for n in enabled) + "\r\n").encode())

@@ -78,11 +78,15 @@ def needed(keys: list[SortKey]) -> set[str]:
 
 # The fields of FIELDS, each with its folded lines and line end (what mime.header_fields gives):
 # found by one scan of the header, without splitting every other field out of it.
-_FIELDS_WANTED = re.compile(rb"^(subject|date|from|to|cc|message-id|references|in-reply-to)[ \t]*:"
-                            rb"[^\n]*(?:\n[ \t][^\n]*)*\n?", re.I | re.M)
+# A line ends at CRLF, LF or a lone CR (as bytes.splitlines, which mime.header_fields uses, has it).
+_FIELDS_WANTED = re.compile(rb"(?:^|(?<=\r))(subject|date|from|to|cc|message-id|references|in-reply-to)[ \t]*:"
+                            rb"[^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*(?:\r\n|\r|\n)?", re.I | re.M)
 _KEY_FIELDS = {"date": ("date",), "subject": ("subject",), "from": ("from",), "displayfrom": ("from",),
                "to": ("to",), "displayto": ("to",), "cc": ("cc",),
                "thread": ("message-id", "references", "in-reply-to")}
+
+
+_BLANK_LINE = re.compile(rb"(?:\A|\n|\r(?!\n))(\r\n|\n)")  # an empty line, lines ending as splitlines has it
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,6 +99,9 @@ def _fields_pattern(wanted: frozenset[str]) -> re.Pattern[bytes]:
 
 def values_of(header: bytes, wanted: set[str]) -> dict[str, Any]:
     """The ``wanted`` values of one message header (each field read at most FIELD_LIMIT far)."""
+    blank = _BLANK_LINE.search(header)
+    if blank is not None:  # the header ends at its first empty line, as for mime.header_fields
+        header = header[:blank.start(1)]
     raws: dict[str, bytes] = {}
     for m in _fields_pattern(frozenset(wanted)).finditer(header):
         name = m.group(1).decode("ascii").lower()
@@ -127,7 +134,9 @@ def from_saved(key: str, raw: Any) -> Any:
     """A value as :func:`values_of` makes it, from its saved JSON form; None when it is not one
     (a damaged or foreign file: the value is then worked out again)."""
     if key == "date":
-        return float(raw) if type(raw) in (int, float) else None if raw is None else _BAD
+        if raw is None:
+            return None
+        return float(raw) if type(raw) in (int, float) and -1e12 < raw < 1e12 else _BAD
     if key == "subject":
         if isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], str) and isinstance(raw[1], bool):
             return (raw[0], raw[1])
@@ -157,11 +166,12 @@ def saved(key: str, raw: dict[int, Any]) -> dict[int, Any]:
 _CACHES: weakref.WeakKeyDictionary[Any, tuple[int, Values]] = weakref.WeakKeyDictionary()
 
 
-def cached_values(mailbox: Any) -> Values:
+def cached_values(mailbox: Any, keep: frozenset[str] = frozenset()) -> Values:
     """The values already worked out for a mailbox's messages, by key and UID (a message's
     header never changes; a new UIDVALIDITY starts afresh). Expunged messages are dropped
     from it, and all mailboxes together keep at most CACHE_LIMIT values: past that, the
-    other mailboxes' values go first."""
+    other mailboxes' values go first, then this one's other keys than ``keep`` (those the
+    command at hand needs: it may hold more than the limit until the next command)."""
     entry = _CACHES.get(mailbox)
     if entry is None or entry[0] != mailbox.uidvalidity:
         entry = _CACHES[mailbox] = (mailbox.uidvalidity, {})
@@ -176,7 +186,8 @@ def cached_values(mailbox: Any) -> Values:
             if other is not mailbox:
                 del _CACHES[other]
         if sum(len(found) for found in values.values()) > CACHE_LIMIT:
-            values.clear()
+            for key in [k for k in values if k not in keep]:
+                del values[key]
     return values
 
 

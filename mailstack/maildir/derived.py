@@ -68,7 +68,7 @@ def _take(line: str, out: dict[int, Any]) -> None:
     """The pairs of one batch line into ``out``; a line torn by a crash gives nothing."""
     try:
         pairs = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # torn, or not ours
         return
     if isinstance(pairs, list):
         for pair in pairs:
@@ -98,8 +98,12 @@ def append(folder: Path, uidvalidity: int, name: str, items: Iterable[tuple[int,
             raise
         return 1
     line = (json.dumps(pairs, separators=(",", ":")) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    head = f"{_MAGIC} {uidvalidity}\n".encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
     try:
+        # the file may be another folder's by now (deleted, and one made again under the name)
+        if os.pread(fd, len(head), 0) != head:
+            return 0
         while line:
             line = line[os.write(fd, line):]
     finally:

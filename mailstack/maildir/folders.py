@@ -66,6 +66,15 @@ USES = frozenset(SPECIAL_USE.values())  # the uses a folder can be given (not \\
 DELIMITER = "."
 
 IO = Callable[..., Awaitable[Any]]
+
+
+def _utf8(name: str) -> bool:
+    """A directory name as os.listdir gives it (undecodable bytes as surrogates) is UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 T = TypeVar("T")
 
 
@@ -290,6 +299,9 @@ class MailStore:
         for entry in sorted(entries):
             if entry.startswith(".") and not entry.startswith("..") and len(entry) > 1 and (
                     root / entry / "cur").is_dir():
+                if not _utf8(entry):  # made by another program: no IMAP name can stand for it
+                    log.warn("folder {entry!r} of {user} is not named in UTF-8: not listed", entry=entry, user=user)
+                    continue
                 names.append(entry[1:])
         return names
 
@@ -331,6 +343,7 @@ class MailStore:
         async def delete() -> None:
             await io(self._delete, path)
             self._retire(path)
+            self.usage_changed(user)  # its messages no longer count against the quota
             await io(self._forget_uses, user, normal_name(name))
 
         await self._as_owner(user, delete())

@@ -636,6 +636,8 @@ class Mailbox:
     def save_values(self, name: str, items: list[tuple[int, Any]], everything: dict[int, Any]) -> None:
         """Keep newly worked-out values (JSON types) for later loads, in the background on ``io``;
         ``everything`` holds every known value of the kind, for when the file is written anew."""
+        if self.gone:  # deleted or replaced: the file under its name is not this folder's now
+            return
         batches = self._derived.get(name, 0)
         whole = dict(everything) if batches == 0 or batches >= derived.MAX_BATCHES else None
         Deferred.fromCoroutine(self._save_values(name, items, batches, whole))

@@ -552,3 +552,16 @@ def test_message_global_parts_are_messages_too(world, client):
     [line] = [x for x in client.ok("FETCH 1 (BODYSTRUCTURE)") if b"BODYSTRUCTURE" in x]
     assert b'("MESSAGE" "GLOBAL" NIL NIL NIL "7BIT" ' in line and b'"inner"' in line
     assert b"inner text" in b"".join(client.ok("FETCH 1 (BODY.PEEK[1.TEXT])"))
+
+
+def test_a_transfer_encoded_message_global_part_is_decoded_not_descended(world, client):
+    """RFC 6532 §3.7: message/global may be base64; then it is a leaf for BINARY (RFC 3516)."""
+    import base64
+
+    inner = b"From: b@example.test\r\nSubject: inner\r\n\r\ninner text\r\n"
+    world.deliver(b"From: a@example.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n"
+                  b"--q\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+                  b"--q\r\nContent-Type: message/global\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                  + base64.encodebytes(inner) + b"--q--\r\n")
+    client.ok("SELECT INBOX")
+    assert inner.replace(b"\r\n", b"") in b"".join(client.ok("FETCH 1 (BINARY.PEEK[2])"))

@@ -114,3 +114,12 @@ def test_a_message_limit_is_the_message_resource(world, client):
     client.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     client.ok("EXPUNGE")
     assert append(client).startswith(b"OK")
+
+
+def test_deleting_a_folder_frees_its_messages_at_once(world, client):
+    limit(world, 0, 2)
+    client.ok("CREATE Old")
+    assert append(client, "Old").startswith(b"OK") and append(client, "Old").startswith(b"OK")
+    assert append(client).startswith(b"NO [OVERQUOTA]")
+    client.ok("DELETE Old")
+    assert append(client).startswith(b"OK")

@@ -86,3 +86,32 @@ def test_rev1_sessions_keep_rev1_answers(world, client):
 def test_response_text_stays_ascii(client):
     _, tagged = client.cmd('SELECT "Entw&APw-rfe"')
     assert tagged.isascii()
+
+
+def test_a_rev2_session_takes_no_recent_from_rev1_sessions(world, rev2):
+    rev2.ok("SELECT INBOX")
+    rev1 = world.connect().login()
+    assert b"* 3 RECENT" in rev1.ok("SELECT INBOX")
+
+
+def test_enable_rev2_with_a_mailbox_selected_drops_recent_at_once(world, client):
+    world.deliver(SIMPLE)
+    client.ok("SELECT INBOX")
+    client.ok("ENABLE IMAP4rev2")
+    assert b"\\Recent" not in client.ok("FETCH 1 (FLAGS)")[0]
+
+
+def test_a_folder_not_named_in_utf8_is_left_out_of_list(world, client):
+    import os
+
+    from .harness import USER
+
+    root = world.store.layout.maildir_path(USER, None)
+    client.ok("LIST \"\" *")  # the account exists
+    bad = os.fsencode(str(root)) + b"/.caf\xe9"
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(bad + b"/" + sub)
+    lines = client.ok('LIST "" "*"')
+    assert lines and not any(b"caf" in line for line in lines)
+    client.ok("ENABLE IMAP4rev2")
+    assert not any(b"caf" in line for line in client.ok('LIST "" "*"'))

@@ -270,7 +270,8 @@ _NAMES = st.sampled_from(["Subject", "SUBJECT", "subject ", "Date", "From", "To"
                           "References", "In-Reply-To", "X-Subject", "Subject2", "Received", "DATE"])
 _VALUES = st.sampled_from(["Re: [list] Hello", "Mon, 23 Nov 2026 10:00:00 +0100", "23 Nov 2026 10:00 -0000",
                            "Tue, 1 Dec 2026 01:02:03 +0000 (UTC)", "Bob <bob@example.test>", "<a@b> <c@d>",
-                           "=?utf-8?q?=C3=89mile?= <e@x>", "", "x" * 3000, "line\r\n\tfolded", "a\n b"])
+                           "=?utf-8?q?=C3=89mile?= <e@x>", "", "x" * 3000, "line\r\n\tfolded", "a\n b",
+                           "a\rb", "x\rSubject: hidden", "c\r\r\n d"])
 
 
 @given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8), st.sampled_from(["\r\n", "\n"]))
@@ -280,3 +281,39 @@ def test_values_of_reads_what_the_full_header_parse_reads(fields, end):
     header = "".join(f"{n}: {v}{end}" for n, v in fields).encode() + end.encode()
     wanted = {"date", "subject", "from", "to", "cc", "displayfrom", "displayto", "thread"}
     assert values_of(header, wanted) == _reference_values(header, wanted)
+
+
+def test_past_the_memory_limit_values_come_from_the_files_not_the_headers(world, client, monkeypatch):
+    """With more values wanted than the in-memory limit holds, each header is still read once."""
+    import mailstack.imap.selected as selected
+    import mailstack.imap.sort as S
+
+    monkeypatch.setattr(S, "CACHE_LIMIT", 10)  # stands for 400,000: 5 keys x 100,000 messages
+    for i in range(4):
+        world.deliver(message(f"s{i}", f"u{i}@example.test", f"t{i}@example.test", "Mon, 23 Nov 2026 10:00:00 +0000"))
+    client.ok("SELECT INBOX")
+    read: list[object] = []
+    real = selected._header_of
+    monkeypatch.setattr(selected, "_header_of", lambda p: (read.append(p), real(p))[1])
+    first = sort(client, "SORT (DATE SUBJECT FROM TO CC) UTF-8 ALL")
+    for _ in range(3):
+        assert sort(client, "SORT (DATE SUBJECT FROM TO CC) UTF-8 ALL") == first
+    assert len(read) == 4
+
+
+def test_a_values_file_from_elsewhere_costs_only_its_values(world, client):
+    from mailstack.maildir import derived
+
+    from .harness import USER, World, uidvalidity
+
+    world.deliver(message("a", "u@example.test", "t@example.test", "Mon, 23 Nov 2026 10:00:00 +0000"))
+    uv = uidvalidity(client.ok("SELECT INBOX"))
+    root = world.store.layout.maildir_path(USER, None)
+    (root / (derived.PREFIX + "date")).write_text(f"mailstack-derived 1 {uv}\n[[1,{10**400}]]\n")
+    (root / (derived.PREFIX + "subject")).write_text(f"mailstack-derived 1 {uv}\n" + "[" * 100_000 + "\n")
+    again = World.create(world.root).connect().login()
+    again.ok("SELECT INBOX")
+    assert sort(again, "SORT (DATE) UTF-8 ALL") == [1] and sort(again, "SORT (SUBJECT) UTF-8 ALL") == [1]
+    # a batch for another folder of the same name is not appended to this one's file
+    assert derived.append(root, uv + 1, "date", [(1, 5.0)], 1) == 0
+    assert "5.0" not in (root / (derived.PREFIX + "date")).read_text()
