@@ -129,6 +129,7 @@ class Criteria:
         self.uses_modseq = _uses_modseq(self.root)  # RFC 7162 §3.1.5: answers then carry (MODSEQ n)
         self.uses_numbers = _any_key(self.root, _is_seq)  # message numbers: no expunge may be told
         self.everything = all(node == ("all",) for node in nodes)  # ALL: every message, nothing to test
+        self.uses_saved = _any_key(self.root, _is_saved)  # "$" (RFC 5182)
         self.needs_data = _needs_data(self.root)
         self.needs_body = _needs_body(self.root)
 
@@ -259,6 +260,10 @@ def _is_modseq(node: Node) -> bool:
 
 def _is_seq(node: Node) -> bool:
     return node[0] == "seq"
+
+
+def _is_saved(node: Node) -> bool:
+    return node[0] == "saved"
 
 
 def _reads_file(node: Node) -> bool:

@@ -25,6 +25,15 @@ from mailstack.imap.condstore import (
     store_modifiers,
     vanished_earlier,
 )
+from mailstack.imap.context import (
+    MAX_UPDATES,
+    Returns,
+    UpdateContext,
+    changes,
+    ordered_set,
+    parse_returns,
+    result_items,
+)
 from mailstack.imap.mime import split_message
 from mailstack.imap.parse import Atom, ParseError, String, Token, atom, paren_list, resolve_set, sequence_set
 from mailstack.imap.response import imap_date
@@ -34,6 +43,7 @@ from mailstack.imap.sort import (
     THREAD_ALGORITHMS,
     THREAD_NEEDS,
     Basics,
+    SortKey,
     Values,
     cached_values,
     needed,
@@ -54,56 +64,30 @@ BATCH_BYTES = 8 << 20
 COPY_STEP = 1000  # messages linked per step of a COPY or MOVE
 
 
-RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")  # RFC 4731, RFC 5182
 
-
-def search_returns(tok: Token) -> set[str]:
-    """The options of ``SEARCH RETURN (...)``; an empty list means ALL (RFC 4731 §3.1)."""
-    options = set()
-    for item in paren_list(tok):
-        if not isinstance(item, Atom) or item.upper() not in RETURN_OPTIONS:
-            raise Bad("Unknown SEARCH RETURN option")
-        options.add(item.upper())
-    return options or {"ALL"}
-
-
-def saved_part(hits: list[int], returns: set[str]) -> list[int]:
+def saved_part(hits: list[int], returns: Returns) -> list[int]:
     """What RETURN (SAVE ...) keeps: only MIN and/or MAX when those are all that was asked
     for besides SAVE, the whole result otherwise (RFC 5182 §2.4)."""
-    if not hits or returns & {"ALL", "COUNT"} or not returns & {"MIN", "MAX"}:
+    options = returns.options
+    if not hits or options & {"ALL", "COUNT", "PARTIAL"} or not options & {"MIN", "MAX"}:
         return hits
-    return sorted({hits[0]} if returns & {"MIN", "MAX"} == {"MIN"} else
-                  {hits[-1]} if returns & {"MIN", "MAX"} == {"MAX"} else {hits[0], hits[-1]})
+    return sorted({hits[0]} if options & {"MIN", "MAX"} == {"MIN"} else
+                  {hits[-1]} if options & {"MIN", "MAX"} == {"MAX"} else {hits[0], hits[-1]})
 
 
-def esearch(tag: str, uid: bool, hits: list[int], returns: set[str], modseq: int = 0) -> bytes:
-    """The ESEARCH response (RFC 4731 §3.1): MIN, MAX and ALL only when something matched;
-    MODSEQ (RFC 7162 §3.1.10) when the search had a MODSEQ key and found something."""
+def esearch(tag: str, uid: bool, hits: list[int], returns: Returns, modseq: int = 0, *,
+            sorted_order: bool = False) -> bytes:
+    """The ESEARCH response (RFC 4731 §3.1, RFC 5267 §3 for SORT): MIN, MAX and ALL only when
+    something matched; MODSEQ (RFC 7162 §3.1.10) when the search had a MODSEQ key and found
+    something."""
     parts = [f'* ESEARCH (TAG "{tag}")'] + (["UID"] if uid else [])
-    if hits and "MIN" in returns:
-        parts.append(f"MIN {hits[0]}")
-    if hits and "MAX" in returns:
-        parts.append(f"MAX {hits[-1]}")
-    if "COUNT" in returns:
-        parts.append(f"COUNT {len(hits)}")
-    if hits and "ALL" in returns:
-        parts.append(f"ALL {uid_set_text(hits)}")
+    parts += result_items(hits, returns, sorted_order=sorted_order)
     if modseq:
         parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()
 
 
-def uid_set_text(uids: list[int]) -> str:
-    """Compact ``1:3,7`` form of ascending UIDs (RFC 4315 uid-set)."""
-    parts = []
-    i = 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        parts.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
-        i = j + 1
-    return ",".join(parts)
+uid_set_text = ordered_set  # ascending UIDs: the compact ``1:3,7`` form (RFC 4315 uid-set)
 
 
 class SelectedCommands(ViewMixin):
@@ -187,10 +171,11 @@ class SelectedCommands(ViewMixin):
         view = self._view()
         returns = None  # RFC 4731 result options; None: a plain SEARCH response
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
-            returns = search_returns(args[1])
+            returns = parse_returns(args[1])
             args = args[2:]
         elif self.rev2:  # RFC 9051 §6.4.4: ESEARCH, ALL when no option is given
-            returns = {"ALL"}
+            returns = Returns(frozenset({"ALL"}))
+        self._check_update_tag(tag, returns)
         saving = returns is not None and "SAVE" in returns
         charset = None
         if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
@@ -210,23 +195,85 @@ class SelectedCommands(ViewMixin):
             assert returns is not None
             view.saved = frozenset(view.uids[n - 1] for n in saved_part(hits, returns))
         modseq = self._highest_modseq(view, hits, returns) if criteria.uses_modseq and hits else 0
+        uids = [view.uids[n - 1] for n in hits]
         if uid:
-            hits = [view.uids[n - 1] for n in hits]
+            hits = uids
         if returns is None:
             tail = f" (MODSEQ {modseq})" if modseq else ""  # RFC 7162 §3.1.6
             self.send(("* SEARCH" + "".join(f" {n}" for n in hits) + tail + "\r\n").encode())  # type: ignore[operator]
-        elif returns != {"SAVE"}:  # SAVE alone answers nothing but OK (RFC 5182 §2.1)
+        elif returns.options - {"SAVE", "CONTEXT", "UPDATE"}:  # SAVE alone answers only OK (RFC 5182 §2.1)
             self.send(esearch(tag, uid, hits, returns, modseq))  # type: ignore[operator]
+        if returns is not None and "UPDATE" in returns:
+            self._keep_updated(tag, uid, criteria, args, charset, None, uids)
         return self.ok(tag, "UID SEARCH" if uid else "SEARCH",  # type: ignore[attr-defined]
                        hold_expunges=criteria.uses_numbers)
 
+    # -- CONTEXT (RFC 5267 §4.3): results kept current ----------------------------------------
+
+    def _check_update_tag(self, tag: str, returns: Returns | None) -> None:
+        """§4.3: a tag already naming an updated result cannot ask for another."""
+        if returns is not None and "UPDATE" in returns and tag in self._view().contexts:
+            raise Bad("Tag reuse: that tag names a result already kept current")
+
+    def _keep_updated(self, tag: str, uid: bool, criteria: Criteria, tokens: list[Token], charset: str | None,
+                      keys: list[SortKey] | None, uids: list[int]) -> None:
+        """Keep a UID SEARCH's or UID SORT's result current, or say NOUPDATE (§4.3.1)."""
+        view = self._view()
+        if not uid or criteria.uses_numbers or criteria.uses_saved or len(view.contexts) >= MAX_UPDATES:
+            why = ("Too many results kept current" if len(view.contexts) >= MAX_UPDATES else
+                   "Only UID SEARCH and UID SORT without message numbers or $ are kept current")
+            self.send(f'* NO [NOUPDATE "{tag}"] {why}\r\n'.encode())  # type: ignore[operator]
+            return
+        view.contexts[tag] = UpdateContext(tag, tokens, charset, keys, uids, _stamp(view))
+
+    async def cmd_cancelupdate(self, tag: str, args: list[Token]) -> Any:
+        """§4.3.5: stop telling of changes to the results of these commands."""
+        if not args or not all(isinstance(a, String) for a in args):
+            raise Bad("CANCELUPDATE needs the quoted tags of the commands")
+        contexts = self._view().contexts
+        for a in args:
+            contexts.pop(a.text(), None)  # type: ignore[union-attr]
+        return self.ok(tag, "CANCELUPDATE")  # type: ignore[attr-defined]
+
+    async def refresh_contexts(self) -> None:
+        """Tell of changes to the results kept current (ADDTO, REMOVEFROM), after a command or
+        an IDLE wake-up; each is worked out again only when the mailbox changed."""
+        view = self.view
+        if view is None or not view.contexts:
+            return
+        for context in list(view.contexts.values()):
+            if context.version == _stamp(view) or context.pending:
+                continue
+            context.pending = True
+            try:
+                version = _stamp(view)
+                result = await self._result_of(view, context)
+            finally:
+                context.pending = False
+            if self.view is not view or view.contexts.get(context.tag) is not context:
+                return  # deselected, or cancelled meanwhile
+            items = changes(context.result, result, sorted_order=context.sort_keys is not None)
+            context.result, context.version = result, version
+            if items:
+                self.send((f'* ESEARCH (TAG "{context.tag}") UID ' + " ".join(items) + "\r\n").encode())  # type: ignore[operator]
+
+    async def _result_of(self, view: View, context: UpdateContext) -> list[int]:
+        """A kept result worked out again, as UIDs in its order."""
+        criteria = Criteria(context.criteria, charset=context.charset, now=time.time())
+        hits = await self._matching(view, criteria)
+        if context.sort_keys is not None:
+            values = await self._values(view, hits, needed(context.sort_keys))
+            hits = sort_messages(hits, context.sort_keys, values, self._basics(view, hits, hits))
+        return [view.uids[n - 1] for n in hits]
+
     @staticmethod
-    def _highest_modseq(view: View, msns: list[int], returns: set[str] | None = None) -> int:
+    def _highest_modseq(view: View, msns: list[int], returns: Returns | None = None) -> int:
         """The mod-sequence a SEARCH or SORT with a MODSEQ key reports (RFC 7162 §3.1.6, RFC 4731
         §3.2): the highest of the messages returned (only MIN's or MAX's when that is all)."""
         shown = msns
-        if returns is not None and not returns & {"ALL", "COUNT"} and returns & {"MIN", "MAX"}:
-            shown = ([msns[0]] if "MIN" in returns else []) + ([msns[-1]] if "MAX" in returns else [])
+        options = returns.options if returns is not None else frozenset()
+        if not options & {"ALL", "COUNT", "PARTIAL"} and options & {"MIN", "MAX"}:
+            shown = ([msns[0]] if "MIN" in options else []) + ([msns[-1]] if "MAX" in options else [])
         by_uid = view.box.by_uid
         return max((m.modseq for n in shown if (m := by_uid.get(view.uids[n - 1])) is not None), default=0)
 
@@ -366,17 +413,30 @@ class SelectedCommands(ViewMixin):
     # -- SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) -------------------------------------
 
     async def cmd_sort(self, tag: str, args: list[Token], uid: bool = False) -> Any:
+        returns = None  # ESORT (RFC 5267 §3): an ESEARCH answer in sort order
+        if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "RETURN":
+            returns = parse_returns(args[1], sort=True)
+            args = args[2:]
         if len(args) < 3:
             raise Bad("SORT needs sort criteria, a charset and search criteria")
         keys = sort_criteria(args[0])
         view = self._view()
+        self._check_update_tag(tag, returns)
         hits, criteria = await self._to_arrange("SORT", view, args[1], args[2:])
         values = await self._values(view, hits, needed(keys))
         ordered = sort_messages(hits, keys, values, self._basics(view, hits, hits))
-        tail = f" (MODSEQ {self._highest_modseq(view, hits)})" if criteria.uses_modseq and hits else ""  # RFC 7162 §3.1.9
+        modseq = self._highest_modseq(view, hits) if criteria.uses_modseq and hits else 0  # RFC 7162 §3.1.9
+        uids = [view.uids[n - 1] for n in ordered]
         if uid:
-            ordered = [view.uids[n - 1] for n in ordered]
-        self.send(("* SORT" + "".join(f" {n}" for n in ordered) + tail + "\r\n").encode())  # type: ignore[operator]
+            ordered = uids
+        if returns is None:
+            tail = f" (MODSEQ {modseq})" if modseq else ""
+            self.send(("* SORT" + "".join(f" {n}" for n in ordered) + tail + "\r\n").encode())  # type: ignore[operator]
+        else:
+            if returns.options - {"CONTEXT", "UPDATE"}:
+                self.send(esearch(tag, uid, ordered, returns, modseq, sorted_order=True))  # type: ignore[operator]
+            if "UPDATE" in returns:
+                self._keep_updated(tag, uid, criteria, args[2:], _charset(args[1]), keys, uids)
         return self.ok(tag, "UID SORT" if uid else "SORT", hold_expunges=criteria.uses_numbers)  # type: ignore[attr-defined]
 
     # -- THREAD (RFC 5256 §4) -------------------------------------------------------------------
@@ -726,6 +786,12 @@ class SelectedCommands(ViewMixin):
 
 
 _GONE = Message(0, "", "new", "", 0, 0)  # stands in for a message expunged meanwhile
+
+
+def _stamp(view: View) -> tuple[int, int, int]:
+    """What a kept result was worked out against: the mailbox's changes and the messages the
+    client has been told of (results hold only those)."""
+    return (view.box.version, len(view.uids), view.uids[-1] if view.uids else 0)
 
 
 def _charset(tok: Token) -> str:

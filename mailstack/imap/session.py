@@ -42,7 +42,8 @@ log = Logger()
 BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
                      "CHILDREN SPECIAL-USE STATUS=SIZE ESEARCH SEARCHRES WITHIN COMPRESS=DEFLATE MULTIAPPEND "
                      "SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE "
-                     "BINARY LIST-EXTENDED LIST-STATUS CATENATE CREATE-SPECIAL-USE CONDSTORE QRESYNC IMAP4rev2")
+                     "BINARY LIST-EXTENDED LIST-STATUS CATENATE CREATE-SPECIAL-USE CONDSTORE QRESYNC IMAP4rev2 "
+                     "ESORT CONTEXT=SEARCH CONTEXT=SORT")
 
 
 class Action(enum.Enum):
@@ -82,6 +83,7 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
     "EXPUNGE": ("cmd_expunge", SEL), "SEARCH": ("cmd_search", SEL), "SORT": ("cmd_sort", SEL),
     "THREAD": ("cmd_thread", SEL), "FETCH": ("cmd_fetch", SEL),
     "STORE": ("cmd_store", SEL), "COPY": ("cmd_copy", SEL), "MOVE": ("cmd_move", SEL), "UID": ("cmd_uid", SEL),
+    "CANCELUPDATE": ("cmd_cancelupdate", SEL),
 }
 # Clients poll with these: look at the directories at once, not at most once a second.
 EAGER_REFRESH = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
@@ -177,8 +179,12 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             raise Bad("A literal8 (~{n}) is only for APPEND's message")
         if self.view is not None:  # changes by other processes, found on the io pool
             await self.view.box.refresh(eager=name in EAGER_REFRESH)
+            if self.view is not None and self.view.contexts:  # RFC 5267 §4.3: others' changes first
+                await self.refresh_contexts()
         method = getattr(self, method_name)
         result = await method(tag, args)
+        if self.view is not None and self.view.contexts:  # RFC 5267 §4.3: and this command's own
+            await self.refresh_contexts()
         return result if isinstance(result, Action) else Action.NONE
 
     def _after_command(self, name: str, hold_expunges: bool = False) -> None:
@@ -392,6 +398,7 @@ class IMAPSession(MailboxCommands, SelectedCommands):
         await box.refresh()  # a delivery by another writer: find it on the io pool
         if self.idling and self.view is not None and self.view.box is box:
             self.sync(allow_expunge=True)
+            await self.refresh_contexts()
 
     def _idle_update_done(self, result: object, pending: Deferred[None]) -> None:
         self._pending.discard(pending)

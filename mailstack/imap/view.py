@@ -16,6 +16,7 @@ import bisect
 import enum
 from dataclasses import dataclass, field
 
+from mailstack.imap.context import UpdateContext
 from mailstack.imap.parse import SeqSet, resolve_set
 from mailstack.maildir.index import uid_set
 from mailstack.maildir.mailbox import Mailbox, Message
@@ -55,6 +56,7 @@ class View:
     told_gone: bool = False  # the client was warned that the folder was removed
     saved: frozenset[int] = frozenset()  # UIDs of the last SEARCH RETURN (SAVE): "$" (RFC 5182)
     synced_modseq: int = 1  # the mailbox's HIGHESTMODSEQ when the client last had every change
+    contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE results, by tag
 
     def select_saved(self) -> list[tuple[int, int]]:
         """(msn, uid) of the saved search result's messages still here (expunged ones drop out)."""

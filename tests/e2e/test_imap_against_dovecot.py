@@ -197,11 +197,24 @@ def esearch(lines: list[bytes]) -> dict[str, Any]:
             out["UID"] = True
             i += 1
             continue
+        if key == "PARTIAL":  # (range set-or-NIL)
+            out[key] = (words[i + 1].lstrip(b"("), words[i + 2].rstrip(b")"))
+            i += 3
+            continue
         value = words[i + 1]
         out[key] = numbers(value) if key == "ALL" else int(value)
         i += 2
     out.pop("MODSEQ", None)  # each server's own numbers
     return out
+
+
+def _sorted_esearch(lines: list[bytes]) -> dict[bytes, bytes]:
+    """An ESORT answer without its tag: item -> value as written (an ALL set is in sort order)."""
+    [line] = [x for x in lines if x.startswith(b"* ESEARCH")]
+    words = re.sub(rb'^\* ESEARCH \(TAG "[^"]*"\)', b"", line).split()
+    if words and words[0] == b"UID":
+        words = words[1:]
+    return dict(zip(words[::2], words[1::2], strict=True))
 
 
 def answer(lines: list[bytes], name: bytes) -> bytes:
@@ -265,9 +278,14 @@ def test_sort_thread_and_esearch_answer_as_dovecot_does(both):
         assert answer(ours, b"THREAD") == answer(theirs, b"THREAD"), command
     for command in ("SEARCH RETURN (MIN MAX COUNT ALL) TO bob", "UID SEARCH RETURN (ALL) OR FROM amy CC carol",
                     "SEARCH RETURN (COUNT) UNSEEN", "SEARCH RETURN () SINCE 24-Nov-2026",
-                    "SEARCH RETURN (MIN) SUBJECT nothing-like-it"):
+                    "SEARCH RETURN (MIN) SUBJECT nothing-like-it", "SEARCH RETURN (PARTIAL 2:4) ALL",
+                    "UID SEARCH RETURN (PARTIAL 7:20 COUNT) ALL"):
         ours, theirs = each(pair, command)
         assert esearch(ours) == esearch(theirs), command
+    for command in ("SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL", "UID SORT RETURN () (REVERSE DATE) UTF-8 ALL",
+                    "SORT RETURN (COUNT) (FROM) UTF-8 SUBJECT budget"):  # ESORT (RFC 5267 §3)
+        ours, theirs = each(pair, command)
+        assert _sorted_esearch(ours) == _sorted_esearch(theirs), command
 
 
 def test_condstore_and_qresync_answer_as_dovecot_does(both):
