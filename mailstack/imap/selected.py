@@ -11,6 +11,7 @@ sizes, dates) come from memory.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -449,11 +450,19 @@ class SelectedCommands(ViewMixin):
             raise Bad("Unknown threading algorithm")
         view = self._view()
         hits, criteria = await self._to_arrange("THREAD", view, args[1], args[2:])
-        values = await self._values(view, hits, set(THREAD_NEEDS))
         ids = [view.uids[n - 1] if uid else n for n in hits]  # the numbers the answer uses
-        renumbered = {key: {i: found[n] for n, i in zip(hits, ids, strict=True) if n in found}
-                      for key, found in values.items()}
-        data = thread(algorithm, ids, renumbered, self._basics(view, hits, ids))
+        # A thread depends only on which messages take part and the numbers they go by (what
+        # it reads of each never changes): a webmail asking again for the same gets it at once.
+        key = (algorithm, tuple(view.uids[n - 1] for n in hits), tuple(ids))
+        last = _THREADS.get(view.box)
+        if last is not None and last[0] == key:
+            data = last[1]
+        else:
+            values = await self._values(view, hits, set(THREAD_NEEDS))
+            renumbered = {k: {i: found[n] for n, i in zip(hits, ids, strict=True) if n in found}
+                          for k, found in values.items()}
+            data = thread(algorithm, ids, renumbered, self._basics(view, hits, ids))
+            _THREADS[view.box] = (key, data)
         self.send(("* THREAD" + (" " + data if data else "") + "\r\n").encode())  # type: ignore[operator]
         return self.ok(tag, "UID THREAD" if uid else "THREAD", hold_expunges=criteria.uses_numbers)  # type: ignore[attr-defined]
 
@@ -786,6 +795,10 @@ class SelectedCommands(ViewMixin):
 
 
 _GONE = Message(0, "", "new", "", 0, 0)  # stands in for a message expunged meanwhile
+
+
+# the last THREAD answer per mailbox, with what it was for (cmd_thread)
+_THREADS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 
 
 def _stamp(view: View) -> tuple[int, int, int]:

@@ -157,6 +157,9 @@ def test_a_reply_chain_deeper_than_the_stack_threads_and_is_cut_at_the_limit(wor
     assert thread_of(client, "THREAD REFERENCES UTF-8 ALL") == (
         "(" + " ".join(str(n) for n in range(1, depth + 1)) + ")").encode()
     monkeypatch.setattr(sort_module, "MAX_DEPTH", 500)  # past it a chain is cut, never looped
+    import mailstack.imap.selected as selected
+
+    selected._THREADS.clear()  # the same question again would be answered from the last answer
     out = thread_of(client, "THREAD REFERENCES UTF-8 ALL")
     numbers = out.replace(b"(", b" ").replace(b")", b" ").split()
     assert sorted(int(n) for n in numbers) == list(range(1, depth + 1))  # each message once
@@ -317,3 +320,21 @@ def test_a_values_file_from_elsewhere_costs_only_its_values(world, client):
     # a batch for another folder of the same name is not appended to this one's file
     assert derived.append(root, uv + 1, "date", [(1, 5.0)], 1) == 0
     assert "5.0" not in (root / (derived.PREFIX + "date")).read_text()
+
+
+def test_the_same_thread_again_is_answered_from_the_last_answer_until_something_changes(world, threads,
+                                                                                         monkeypatch):
+    import mailstack.imap.sort as sort_module
+
+    first = thread_of(threads, "THREAD REFERENCES UTF-8 ALL")
+    calls: list[int] = []
+    real = sort_module.thread
+    import mailstack.imap.selected as selected
+
+    monkeypatch.setattr(selected, "thread", lambda *a: (calls.append(1), real(*a))[1])
+    assert thread_of(threads, "THREAD REFERENCES UTF-8 ALL") == first and calls == []
+    assert thread_of(threads, "UID THREAD REFERENCES UTF-8 ALL") == first and calls == []  # UIDs = numbers here
+    threads.ok("STORE 1 +FLAGS (\\Deleted)")
+    threads.ok("EXPUNGE")
+    assert thread_of(threads, "THREAD REFERENCES UTF-8 ALL") != first and calls == [1]
+    assert thread_of(threads, "UID THREAD REFERENCES UTF-8 ALL") != first and calls == [1, 1]  # now they differ
