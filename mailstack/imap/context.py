@@ -7,8 +7,9 @@ the result with ADDTO and REMOVEFROM). SORT takes the same options (ESORT, §3),
 then answers with ESEARCH in sort order: MIN and MAX are the first and last in that
 order, ALL lists them in it (ascending runs only as ranges, §3.2).
 
-Updates are kept for UID SEARCH and UID SORT whose criteria hold no message numbers
-and no "$" (their meaning is fixed when the command arrives, §4.3): each keeps its last
+Updates are kept for UID SEARCH and UID SORT whose criteria hold no message numbers,
+no "$", no "*" in a UID set and no OLDER/YOUNGER (their meaning is fixed when the command
+arrives, §4.3, or changes with time rather than with the messages): each keeps its last
 result as UIDs and is worked out again after a command or an IDLE wake-up that found
 the mailbox changed. A session keeps at most MAX_UPDATES of them; others, and those
 of SEARCH and SORT by message number, are refused with ``* NO [NOUPDATE "tag"]``
@@ -120,6 +121,8 @@ class UpdateContext:
     sort_keys: list[tuple[str, bool]] | None  # None: a SEARCH (mailbox order)
     result: list[int]  # UIDs, in the requested order
     version: tuple[int, int, int]  # what the result was worked out against (selected._stamp)
+    modseq: int  # the mailbox's HIGHESTMODSEQ then: messages changed since are looked at again
+    last_uid: int  # the highest UID the client had been told of then: those above are new
     pending: bool = field(default=False)  # being worked out again
 
 

@@ -130,6 +130,7 @@ class Criteria:
         self.uses_numbers = _any_key(self.root, _is_seq)  # message numbers: no expunge may be told
         self.everything = all(node == ("all",) for node in nodes)  # ALL: every message, nothing to test
         self.uses_saved = _any_key(self.root, _is_saved)  # "$" (RFC 5182)
+        self.drifts = _any_key(self.root, _drifts)  # matches change with time or new UIDs, not the message
         self.needs_data = _needs_data(self.root)
         self.needs_body = _needs_body(self.root)
 
@@ -264,6 +265,12 @@ def _is_seq(node: Node) -> bool:
 
 def _is_saved(node: Node) -> bool:
     return node[0] == "saved"
+
+
+def _drifts(node: Node) -> bool:
+    """OLDER/YOUNGER (the clock) and a UID set with ``*`` (the highest UID) match other
+    messages as time passes or mail arrives, without a change to the messages."""
+    return node[0] in ("older", "younger") or (node[0] == "uid" and any(a is None or b is None for a, b in node[1]))
 
 
 def _reads_file(node: Node) -> bool:

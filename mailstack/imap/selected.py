@@ -220,12 +220,14 @@ class SelectedCommands(ViewMixin):
                       keys: list[SortKey] | None, uids: list[int]) -> None:
         """Keep a UID SEARCH's or UID SORT's result current, or say NOUPDATE (§4.3.1)."""
         view = self._view()
-        if not uid or criteria.uses_numbers or criteria.uses_saved or len(view.contexts) >= MAX_UPDATES:
+        if not uid or criteria.uses_numbers or criteria.uses_saved or criteria.drifts or \
+                len(view.contexts) >= MAX_UPDATES:
             why = ("Too many results kept current" if len(view.contexts) >= MAX_UPDATES else
-                   "Only UID SEARCH and UID SORT without message numbers or $ are kept current")
+                   "Only UID SEARCH and UID SORT without message numbers, $, * or OLDER/YOUNGER are kept current")
             self.send(f'* NO [NOUPDATE "{tag}"] {why}\r\n'.encode())  # type: ignore[operator]
             return
-        view.contexts[tag] = UpdateContext(tag, tokens, charset, keys, uids, _stamp(view))
+        view.contexts[tag] = UpdateContext(tag, tokens, charset, keys, uids, _stamp(view), view.box.highestmodseq,
+                                           view.uids[-1] if view.uids else 0)
 
     async def cmd_cancelupdate(self, tag: str, args: list[Token]) -> Any:
         """§4.3.5: stop telling of changes to the results of these commands."""
@@ -238,34 +240,60 @@ class SelectedCommands(ViewMixin):
 
     async def refresh_contexts(self) -> None:
         """Tell of changes to the results kept current (ADDTO, REMOVEFROM), after a command or
-        an IDLE wake-up; each is worked out again only when the mailbox changed."""
+        an IDLE wake-up. Never raises: a result that cannot be worked out again is dropped
+        with ``* NO [NOUPDATE ...]`` and a log line."""
         view = self.view
         if view is None or not view.contexts:
             return
         for context in list(view.contexts.values()):
-            if context.version == _stamp(view) or context.pending:
+            if context.pending:  # another wake-up is at it: it looks again before it stops
                 continue
             context.pending = True
             try:
-                version = _stamp(view)
-                result = await self._result_of(view, context)
+                await self._refresh_context(view, context)
+            except Exception:
+                log.failure("imap {session_id}: result {tag} could not be kept current",
+                            session_id=self.session_id, tag=context.tag)  # type: ignore[attr-defined]
+                if view.contexts.pop(context.tag, None) is not None and self.view is view:
+                    self.send(f'* NO [NOUPDATE "{context.tag}"] Result no longer kept current\r\n'.encode())  # type: ignore[operator]
             finally:
                 context.pending = False
+
+    async def _refresh_context(self, view: View, context: UpdateContext) -> None:
+        for _ in range(3):  # a result overtaken while it was worked out is worked out again
+            stamp = _stamp(view)
+            if context.version == stamp or self.view is not view or view.contexts.get(context.tag) is not context:
+                return
+            modseq, last_uid = view.box.highestmodseq, (view.uids[-1] if view.uids else 0)
+            result = await self._result_of(view, context)
             if self.view is not view or view.contexts.get(context.tag) is not context:
                 return  # deselected, or cancelled meanwhile
+            if _stamp(view) != stamp:
+                continue
             items = changes(context.result, result, sorted_order=context.sort_keys is not None)
-            context.result, context.version = result, version
+            context.result, context.version, context.modseq, context.last_uid = result, stamp, modseq, last_uid
             if items:
                 self.send((f'* ESEARCH (TAG "{context.tag}") UID ' + " ".join(items) + "\r\n").encode())  # type: ignore[operator]
 
     async def _result_of(self, view: View, context: UpdateContext) -> list[int]:
-        """A kept result worked out again, as UIDs in its order."""
+        """A kept result worked out again, as UIDs in its order: only the messages new to it or
+        whose mod-sequence rose since are looked at again (RFC 5267 Appendix B), so a change
+        to one message in a big mailbox costs about one message."""
         criteria = Criteria(context.criteria, charset=context.charset, now=time.time())
-        hits = await self._matching(view, criteria)
-        if context.sort_keys is not None:
-            values = await self._values(view, hits, needed(context.sort_keys))
-            hits = sort_messages(hits, context.sort_keys, values, self._basics(view, hits, hits))
-        return [view.uids[n - 1] for n in hits]
+        uids = list(view.uids)
+        by_uid = view.box.by_uid
+        since, last_uid = context.modseq, context.last_uid
+        looked = [n for n, u in enumerate(uids, 1)
+                  if u > last_uid or ((m := by_uid.get(u)) is not None and m.modseq > since)]
+        hits = await self._matching(view, criteria, looked)
+        seen = {uids[n - 1] for n in looked}
+        members = {u for u in context.result if u not in seen and u in by_uid} | {uids[n - 1] for n in hits}
+        if context.sort_keys is None:
+            return sorted(members)
+        numbers = [n for n, u in enumerate(uids, 1) if u in members]
+        values = await self._values(view, numbers, needed(context.sort_keys))
+        ordered = sort_messages(numbers, context.sort_keys, values, self._basics(view, numbers, numbers))
+        return [uids[n - 1] for n in ordered]
 
     @staticmethod
     def _highest_modseq(view: View, msns: list[int], returns: Returns | None = None) -> int:
@@ -278,18 +306,22 @@ class SelectedCommands(ViewMixin):
         by_uid = view.box.by_uid
         return max((m.modseq for n in shown if (m := by_uid.get(view.uids[n - 1])) is not None), default=0)
 
-    async def _matching(self, view: View, criteria: Criteria) -> list[int]:
-        """Sequence numbers of the messages ``criteria`` matches, ascending. Flags, sizes, dates
-        and UIDs come from memory; headers from the cache; files are read only for the rest."""
+    async def _matching(self, view: View, criteria: Criteria, only: list[int] | None = None) -> list[int]:
+        """Sequence numbers of the messages ``criteria`` matches (among ``only``, when given),
+        ascending. Flags, sizes, dates and UIDs come from memory; headers from the cache; files
+        are read only for the rest."""
         box = view.box
+        uids = list(view.uids)
+        numbers = range(1, len(uids) + 1) if only is None else only
         if criteria.everything:  # SORT and THREAD over ALL: no Candidate per message
             by_uid = box.by_uid
-            return [msn for msn, u in enumerate(view.uids, 1) if u in by_uid]
-        largest_uid = view.uids[-1] if view.uids else 0
-        largest_msn = len(view.uids)
+            return [msn for msn in numbers if uids[msn - 1] in by_uid]
+        largest_uid = uids[-1] if uids else 0
+        largest_msn = len(uids)
         hits: list[int] = []
         unknown: list[tuple[int, Candidate, Any]] = []
-        for msn, u in enumerate(list(view.uids), 1):
+        for msn in numbers:
+            u = uids[msn - 1]
             msg = box.by_uid.get(u)
             if msg is None:
                 continue
@@ -317,6 +349,8 @@ class SelectedCommands(ViewMixin):
             paths = [p for _, _, p in chunk]
             datas = await self.io(lambda paths=paths: [read_file(p) for p in paths])
             for (msn, cand, _), data in zip(chunk, datas, strict=True):
+                if data is None and (msg := box.by_uid.get(cand.uid)) is not None:
+                    data = await box.read(msg) or None  # renamed meanwhile (a flag change): look again
                 cand._data = data or b""
                 if cache is not None and data is not None:
                     box.remember_header(cand.uid, split_message(data)[0])
@@ -426,7 +460,8 @@ class SelectedCommands(ViewMixin):
         hits, criteria = await self._to_arrange("SORT", view, args[1], args[2:])
         values = await self._values(view, hits, needed(keys))
         ordered = sort_messages(hits, keys, values, self._basics(view, hits, hits))
-        modseq = self._highest_modseq(view, hits) if criteria.uses_modseq and hits else 0  # RFC 7162 §3.1.9
+        # RFC 7162 §3.1.9; with MIN or MAX alone, that of the first or last in sort order
+        modseq = self._highest_modseq(view, ordered, returns) if criteria.uses_modseq and hits else 0
         uids = [view.uids[n - 1] for n in ordered]
         if uid:
             ordered = uids

@@ -87,6 +87,8 @@ COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
 }
 # Clients poll with these: look at the directories at once, not at most once a second.
 EAGER_REFRESH = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE", "STATUS"})
+# Commands that may end the kept results (RFC 5267 §4.3): not worked out again before them.
+LEAVING = frozenset({"CANCELUPDATE", "SELECT", "EXAMINE", "UNSELECT", "CLOSE", "LOGOUT"})
 # RFC 3501 §7.4.1: no EXPUNGE responses while answering these (their UID forms may).
 NO_EXPUNGE_NOTICE = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
@@ -179,8 +181,8 @@ class IMAPSession(MailboxCommands, SelectedCommands):
             raise Bad("A literal8 (~{n}) is only for APPEND's message")
         if self.view is not None:  # changes by other processes, found on the io pool
             await self.view.box.refresh(eager=name in EAGER_REFRESH)
-            if self.view is not None and self.view.contexts:  # RFC 5267 §4.3: others' changes first
-                await self.refresh_contexts()
+            if self.view is not None and self.view.contexts and name not in LEAVING:
+                await self.refresh_contexts()  # RFC 5267 §4.3: others' changes first
         method = getattr(self, method_name)
         result = await method(tag, args)
         if self.view is not None and self.view.contexts:  # RFC 5267 §4.3: and this command's own
