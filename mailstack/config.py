@@ -110,6 +110,11 @@ class ChecksSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    recipient_delimiter: str  # user+tag@domain goes to user@domain; "" turns it off
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     hostname: str
     domains: tuple[str, ...]
@@ -119,6 +124,7 @@ class Settings:
     relay: RelaySettings
     limits: LimitsSettings
     checks: ChecksSettings
+    delivery: DeliverySettings
 
 
 # -- value parsers -----------------------------------------------------------
@@ -247,6 +253,16 @@ def _domain(value: object) -> str:
     return parse_hostname(value)
 
 
+DELIMITER_CHARACTERS = "+-_=~#%&^!$/?'{|}`*"  # may stand between a user and a tag in a local part
+
+
+def _delimiter(value: object) -> str:
+    """Characters that separate a user from a tag (``user+tag``), or "" for none."""
+    if not isinstance(value, str) or any(c not in DELIMITER_CHARACTERS for c in value):
+        raise ValueError(f"expected \"\" or characters among {DELIMITER_CHARACTERS!r}, got {value!r}")
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
@@ -322,6 +338,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "dnswl": (_list_of(_domain), []),
         "arc_trusted": (_list_of(_domain), []),
     },
+    "delivery": {
+        "recipient_delimiter": (_delimiter, "+"),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -331,6 +350,7 @@ _SECTION_TYPES: dict[str, type] = {
     "relay": RelaySettings,
     "limits": LimitsSettings,
     "checks": ChecksSettings,
+    "delivery": DeliverySettings,
 }
 
 

@@ -148,7 +148,8 @@ def endpoint_description(address: HostPort) -> str:
 
 def _open_store(settings: Settings) -> SQLiteAccountStore:
     try:
-        store = SQLiteAccountStore(settings.storage.accounts)
+        store = SQLiteAccountStore(settings.storage.accounts,
+                                   recipient_delimiter=settings.delivery.recipient_delimiter)
         store.ensure_domains(settings.domains)
     except (AccountError, OSError) as e:
         raise StartupError(f"storage.accounts: cannot open {settings.storage.accounts}: {e}") from None

@@ -110,3 +110,10 @@ def test_render_hides_the_smarthost_password(tmp_path):
     s = load_text(tmp_path, '[relay]\nsmarthost = "relay.example:587"\nsmarthost_username = "u"\n'
                             'smarthost_password = "hunter2"')
     assert "hunter2" not in config.render(s)
+
+
+def test_recipient_delimiter(tmp_path: Path) -> None:
+    assert config.from_mapping({}, base=tmp_path).delivery.recipient_delimiter == "+"
+    assert config.from_mapping({"delivery": {"recipient_delimiter": ""}}, base=tmp_path).delivery.recipient_delimiter == ""
+    with pytest.raises(config.ConfigError, match=r"delivery\.recipient_delimiter"):
+        config.from_mapping({"delivery": {"recipient_delimiter": "@"}}, base=tmp_path)

@@ -66,6 +66,9 @@ class Directory:
     users: Mapping[str, User] = field(default_factory=dict)
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """source (``local@domain`` or ``@domain``) -> targets in the order added."""
+    recipient_delimiter: str = "+"
+    """Characters that separate a user from a tag: ``user+tag@domain`` reaches ``user@domain``
+    when no user or alias has the whole address (RFC 5233's detail). "": none."""
 
     def is_local_domain(self, domain: str) -> bool:
         try:
@@ -90,12 +93,21 @@ class Directory:
         sender = _canonical_or_none(sender_address)
         if user is None or sender is None:
             return False
-        if user == sender:
+        if user == sender or self.base_of(sender) == user:  # a user may send as user+tag
             return True
         return sender in self.aliases and user in self.resolve(sender)
 
+    def base_of(self, address: str) -> str | None:
+        """``user+tag@domain`` -> ``user@domain`` (at the first delimiter); None without a tag."""
+        if not self.recipient_delimiter:
+            return None
+        local, _, domain = address.rpartition("@")
+        cut = min((i for i in (local.find(c) for c in self.recipient_delimiter) if i > 0), default=-1)
+        return f"{local[:cut]}@{domain}" if cut > 0 else None
+
     def _targets(self, address: str) -> tuple[str, ...] | None:
-        """The alias targets for a local address: exact alias, else catch-all.
+        """The alias targets for a local address: exact alias, else the address without its
+        tag (``user+tag``) when a user or alias has that, else catch-all.
 
         None when the address is a user (or nothing at all) instead.
         """
@@ -104,6 +116,9 @@ class Directory:
             return exact
         if address in self.users:
             return None
+        base = self.base_of(address)
+        if base is not None and (base in self.users or base in self.aliases):
+            return (base,)
         return self.aliases.get("@" + domain_of(address))
 
     def _expand(self, address: str, path: tuple[str, ...], found: dict[str, None]) -> None:

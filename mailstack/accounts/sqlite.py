@@ -105,8 +105,10 @@ class SQLiteAccountStore:
     log = Logger()
 
     def __init__(self, path: Path | str, *, hasher: PasswordHasher | None = None,
-                 recheck_interval: float = 0.25, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 recheck_interval: float = 0.25, monotonic: Callable[[], float] = time.monotonic,
+                 recipient_delimiter: str = "+") -> None:
         self.path = Path(path)
+        self.recipient_delimiter = recipient_delimiter  # delivery.recipient_delimiter (Directory)
         self._recheck_interval = recheck_interval
         self._monotonic = monotonic
         self._checked_at = -1e18
@@ -227,7 +229,7 @@ class SQLiteAccountStore:
         version = self._reader.execute("PRAGMA data_version").fetchone()[0]
         self._checked_at = self._monotonic()
         if self._directory is None or version != self._data_version:
-            self._directory = _load_directory(self._reader)
+            self._directory = _load_directory(self._reader, self.recipient_delimiter)
             self._data_version = version
             self.log.debug(
                 "account store {path} loaded: {domains} domains, {users} users, {aliases} aliases",
@@ -415,7 +417,7 @@ class SQLiteAccountStore:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _load_directory(conn: sqlite3.Connection) -> Directory:
+def _load_directory(conn: sqlite3.Connection, recipient_delimiter: str = "+") -> Directory:
     """Read all three tables in one read transaction (a consistent view)."""
     conn.execute("BEGIN")
     try:
@@ -427,7 +429,7 @@ def _load_directory(conn: sqlite3.Connection) -> Directory:
             targets.setdefault(source, []).append(target)
     finally:
         conn.execute("COMMIT")
-    return Directory(domains, users, {source: tuple(t) for source, t in targets.items()})
+    return Directory(domains, users, {source: tuple(t) for source, t in targets.items()}, recipient_delimiter)
 
 
 def _domain(domain: str) -> str:

@@ -218,3 +218,29 @@ def test_resolution_always_ends_in_users_or_external_addresses(
         assert target in users or target.endswith("@remote.test")
     if address in users and address not in aliases:
         assert result == (address,)
+
+
+def test_a_tag_after_the_delimiter_reaches_the_user() -> None:
+    """Subaddressing (delivery.recipient_delimiter): the whole address first, then the address
+    without its tag (a user, or an alias), then the catch-all."""
+    d = make(["alice@example.test", "post@example.test", "news+x@example.test"],
+             {"team@example.test": ["alice@example.test", "post@example.test"],
+              "alice+spam@example.test": ["post@example.test"], "@example.test": ["post@example.test"]})
+    assert d.resolve("alice+lists@example.test") == ("alice@example.test",)
+    assert d.resolve("alice+a+b@example.test") == ("alice@example.test",)  # at the first delimiter
+    assert d.resolve("team+x@example.test") == ("alice@example.test", "post@example.test")
+    assert d.resolve("alice+spam@example.test") == ("post@example.test",)  # an alias for the whole address
+    assert d.resolve("news+x@example.test") == ("news+x@example.test",)  # a user named so
+    assert d.resolve("nobody+x@example.test") == ("post@example.test",)  # neither: the catch-all
+    assert d.resolve("+alice@example.test") == ("post@example.test",)  # no user before the delimiter
+    assert d.owns("alice@example.test", "alice+shop@example.test")
+    assert not d.owns("alice@example.test", "post+alice@example.test")
+
+
+def test_recipient_delimiters_can_be_several_or_none() -> None:
+    users = {"alice@example.test": User("alice@example.test", "$hash", 0)}
+    several = Directory(frozenset({"example.test"}), users, {}, "+-")
+    assert several.resolve("alice-x@example.test") == several.resolve("alice+x@example.test") == ("alice@example.test",)
+    off = Directory(frozenset({"example.test"}), users, {}, "")
+    assert off.resolve("alice+x@example.test") == ()
+    assert not off.owns("alice@example.test", "alice+x@example.test")

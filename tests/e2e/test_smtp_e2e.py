@@ -55,6 +55,20 @@ def test_port25_delivers_byte_for_byte(server):
     assert path.name.endswith(f",S={len(stored)}")
 
 
+def test_a_tagged_address_is_delivered_to_its_user(server):
+    """Subaddressing: alice+lists@ reaches alice's INBOX; Delivered-To keeps the tag."""
+    before = server.messages("alice@example.test")
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+        assert s.sendmail("bob@remote.example", ["alice+lists@example.test"], MESSAGE) == {}
+        s.ehlo()
+        s.mail("x@remote.example")
+        assert s.rcpt("nobody+lists@example.test") == (550, b"5.1.1 No such user here")
+    [stored] = new_messages(server, "alice@example.test", before)
+    assert split_delivered(stored)[0] == [b"Return-Path: <bob@remote.example>",
+                                          b"Delivered-To: alice+lists@example.test"]
+    assert not server.maildir("alice+lists@example.test").exists()
+
+
 def test_port25_refuses_relay_and_unknown_users(server):
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
         s.ehlo()
