@@ -17,6 +17,7 @@ is checked by :mod:`.checker`, not here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 MAX_SCRIPT = 1 << 20  # octets of one script
 MAX_NESTING = 64  # blocks and tests inside one another
@@ -63,6 +64,8 @@ Argument = Tag | Number | StringList
 
 @dataclass(slots=True)
 class Test:
+    __test__: ClassVar[bool] = False  # a Sieve test, not a pytest one
+
     name: str  # lower case
     arguments: list[Argument]
     tests: list[Test]  # a test-list (allof, anyof) or one test (not)
