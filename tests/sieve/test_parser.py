@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,11 +109,17 @@ def test_nodes():
     ("x ( 1 );", 1, 5, "expected a test"),
 ])
 def test_errors_say_where(script, line, column, words):
+    refused_at(parse, script, line, column, words)
+
+
+def refused_at(read: Callable[[str], object], script: str, line: int, column: int, words: str) -> SieveSyntaxError:
+    """``read(script)`` refuses the script at that line and column, saying ``words``."""
     with pytest.raises(SieveSyntaxError) as error:
-        parse(script)
+        read(script)
     assert (error.value.line, error.value.column) == (line, column), str(error.value)
-    assert words in error.value.message
+    assert words in error.value.message, str(error.value)
     assert str(error.value).startswith(f"line {line}, column {column}: ")
+    return error.value
 
 
 def test_bounds():

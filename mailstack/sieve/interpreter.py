@@ -1,0 +1,594 @@
+"""Checking and running a Sieve script (RFC 5228) against one message at delivery.
+
+:func:`compile_script` parses a script and checks every command and test: that its
+extension was named in ``require``, that its tags and arguments are the ones it takes,
+that control commands sit where they may. Errors carry the line and column.
+:meth:`Script.run` then evaluates it for one message and gives the :class:`Outcome`:
+where copies go (with their flags), redirects, a rejection, or nothing (discard).
+Running is pure computation over an in-memory view of the message, bounded by
+MAX_STEPS commands and tests (a limit hit keeps the message, RFC 5228 §2.10.6 asks
+for implicit keep on errors).
+
+Supported: the base language (require, if/elsif/else, stop, keep, discard, redirect;
+address, allof, anyof, envelope, exists, false, header, not, size, true; comparators
+i;octet and i;ascii-casemap; :is, :contains, :matches; :all, :localpart, :domain) and
+the extensions fileinto (RFC 5228 §4.1), envelope, copy (RFC 3894), imap4flags (RFC 5232),
+subaddress (RFC 5233: :user and :detail), mailbox (RFC 5490: :create,
+mailboxexists), relational (RFC 5231: :count and :value), comparator-i;ascii-numeric
+(RFC 4790), reject and ereject (RFC 5429).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+
+from mailstack.imap import address as addresses
+from mailstack.imap import mime
+from mailstack.sieve.parser import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
+
+MAX_STEPS = 100_000  # commands and tests one run may evaluate
+MAX_REDIRECTS = 10  # redirects one run may make
+
+EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
+              "comparator-i;ascii-numeric", "reject", "ereject")
+COMPARATORS = {"i;octet", "i;ascii-casemap", "i;ascii-numeric"}
+_RELATIONS = {"gt", "ge", "lt", "le", "eq", "ne"}
+
+
+class SieveError(SieveSyntaxError):
+    """A script that parses but is not valid Sieve (an unknown command, a missing require...)."""
+
+
+class SieveRuntimeError(Exception):
+    """A run that cannot finish (a limit hit): the message is kept, the error logged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A copy into a folder (None: INBOX) with IMAP flags."""
+
+    folder: str | None
+    flags: tuple[str, ...] = ()
+    create: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    deliveries: list[Delivery] = field(default_factory=list)
+    redirects: list[str] = field(default_factory=list)
+    reject: str | None = None  # the reason, for reject/ereject
+    discarded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """What a script looks at: the header (raw), the envelope and the size."""
+
+    header: bytes
+    size: int
+    sender: str  # envelope from; "" for the null path
+    recipient: str  # envelope to, as it was sent (user+detail@domain)
+    mailbox_exists: Callable[[str], bool] = lambda name: True
+
+    def fields(self, name: str) -> list[str]:
+        """Values of the header fields called ``name`` (decoded, unfolded), in order."""
+        lower = name.lower()
+        return [_decoded(mime.field_value(raw)) for n, raw in mime.header_fields(self.header) if n == lower]
+
+
+def compile_script(text: str | bytes) -> Script:
+    """Parse and check a script; raises SieveSyntaxError (or SieveError) with a position."""
+    commands = parse(text)
+    required: set[str] = set()
+    position = 0
+    for i, command in enumerate(commands):
+        if command.name != "require":
+            break
+        position = i + 1
+        if command.tests or command.block is not None or len(command.arguments) != 1 or \
+                not isinstance(command.arguments[0], StringList):
+            raise SieveError("require takes one string list", command.line, command.column)
+        for name in command.arguments[0].values:
+            lowered = name.lower()
+            if lowered not in EXTENSIONS:
+                arg = command.arguments[0]
+                raise SieveError(f"unsupported extension {name!r}", arg.line, arg.column)
+            required.add(lowered)
+    body = commands[position:]
+    _Checker(required).block(body)
+    return Script(body, frozenset(required))
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    commands: list[Command]
+    required: frozenset[str]
+
+    def run(self, message: MessageView) -> Outcome:
+        """The outcome for one message; a run that hits a limit raises SieveRuntimeError."""
+        return _Run(message).execute(self.commands)
+
+
+# -- checking ---------------------------------------------------------------------------------
+
+# name -> (tags that take no value, tags that take a value and its kind, positional kinds)
+# kinds: "s" a string, "l" a string list, "n" a number
+_COMMANDS: dict[str, tuple[str | None, set[str], dict[str, str], list[str]]] = {
+    # name: (extension, flag tags, valued tags, positional)
+    "keep": (None, set(), {"flags": "l"}, []),
+    "discard": (None, set(), {}, []),
+    "stop": (None, set(), {}, []),
+    "redirect": (None, {"copy"}, {}, ["s"]),
+    "fileinto": ("fileinto", {"copy", "create"}, {"flags": "l"}, ["s"]),
+    "reject": ("reject", set(), {}, ["s"]),
+    "ereject": ("ereject", set(), {}, ["s"]),
+    "setflag": ("imap4flags", set(), {}, ["l"]),
+    "addflag": ("imap4flags", set(), {}, ["l"]),
+    "removeflag": ("imap4flags", set(), {}, ["l"]),
+}
+_MATCH = {"is", "contains", "matches", "count", "value"}
+_ADDRESS_PARTS = {"all", "localpart", "domain", "user", "detail"}
+_TESTS: dict[str, tuple[str | None, list[str]]] = {
+    "address": (None, ["l", "l"]),
+    "header": (None, ["l", "l"]),
+    "envelope": ("envelope", ["l", "l"]),
+    "exists": (None, ["l"]),
+    "size": (None, ["n"]),
+    "true": (None, []),
+    "false": (None, []),
+    "hasflag": ("imap4flags", ["l"]),
+    "mailboxexists": ("mailbox", ["l"]),
+}
+
+
+class _Checker:
+    def __init__(self, required: set[str]) -> None:
+        self.required = required
+
+    def need(self, extension: str | None, node: Command | Test | Argument, what: str) -> None:
+        if extension is not None and extension not in self.required:
+            raise SieveError(f'{what} needs require "{extension}"', node.line, node.column)
+
+    def block(self, commands: list[Command]) -> None:
+        previous = ""
+        for command in commands:
+            name = command.name
+            if name in ("if", "elsif", "else"):
+                if name != "if" and previous not in ("if", "elsif"):
+                    raise SieveError(f"{name} without if before it", command.line, command.column)
+                if command.block is None or command.arguments or len(command.tests) != (0 if name == "else" else 1):
+                    raise SieveError(f"{name} takes {'a block' if name == 'else' else 'one test and a block'}",
+                                     command.line, command.column)
+                for test in command.tests:
+                    self.test(test)
+                self.block(command.block)
+            elif name == "require":
+                raise SieveError("require must come before any other command", command.line, command.column)
+            elif name in _COMMANDS:
+                extension, flags, valued, positional = _COMMANDS[name]
+                self.need(extension, command, name)
+                if command.block is not None or command.tests:
+                    raise SieveError(f"{name} takes no test or block", command.line, command.column)
+                self.arguments(command, command.arguments, flags, valued, positional)
+                for arg in command.arguments:
+                    if isinstance(arg, Tag) and arg.name == "flags":
+                        self.need("imap4flags", command, ":flags")
+                    if isinstance(arg, Tag) and arg.name == "copy":
+                        self.need("copy", arg, ":copy")
+                    if isinstance(arg, Tag) and arg.name == "create":
+                        self.need("mailbox", arg, ":create")
+            else:
+                raise SieveError(f"unknown command {name!r}", command.line, command.column)
+            previous = name
+
+    def arguments(self, node: Command | Test, args: list[Argument], flags: set[str], valued: dict[str, str],
+                  positional: list[str]) -> list[Argument]:
+        """Check tags and positional arguments; returns the positional ones."""
+        rest: list[Argument] = []
+        seen: set[str] = set()
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if isinstance(arg, Tag):
+                if arg.name in seen:
+                    raise SieveError(f":{arg.name} given twice", arg.line, arg.column)
+                seen.add(arg.name)
+                if arg.name in flags:
+                    i += 1
+                    continue
+                if arg.name in valued:
+                    value = args[i + 1] if i + 1 < len(args) else None
+                    if not _kind(value, valued[arg.name]):
+                        raise SieveError(f":{arg.name} needs a {_KIND_NAMES[valued[arg.name]]}", arg.line, arg.column)
+                    i += 2
+                    continue
+                raise SieveError(f"{node.name} does not take :{arg.name}", arg.line, arg.column)
+            rest.append(arg)
+            i += 1
+        if len(rest) != len(positional) or not all(_kind(a, k) for a, k in zip(rest, positional, strict=True)):
+            want = " and ".join(_KIND_NAMES[k] for k in positional) or "no arguments"
+            raise SieveError(f"{node.name} takes {want}", node.line, node.column)
+        return rest
+
+    def test(self, test: Test) -> None:
+        name = test.name
+        if name in ("allof", "anyof"):
+            if test.arguments or not test.tests:
+                raise SieveError(f"{name} takes a list of tests", test.line, test.column)
+            for sub in test.tests:
+                self.test(sub)
+            return
+        if name == "not":
+            if test.arguments or len(test.tests) != 1:
+                raise SieveError("not takes one test", test.line, test.column)
+            self.test(test.tests[0])
+            return
+        if name not in _TESTS:
+            raise SieveError(f"unknown test {name!r}", test.line, test.column)
+        if test.tests:
+            raise SieveError(f"{name} takes no test", test.line, test.column)
+        extension, positional = _TESTS[name]
+        self.need(extension, test, name)
+        flags: set[str] = set()
+        valued: dict[str, str] = {}
+        if name in ("address", "header", "envelope", "hasflag"):
+            flags |= {"is", "contains", "matches"}
+            valued |= {"comparator": "s", "count": "s", "value": "s"}
+        if name in ("address", "envelope"):
+            flags |= _ADDRESS_PARTS
+        if name == "size":
+            flags |= {"over", "under"}
+        self.arguments(test, test.arguments, flags, valued, positional)
+        tags = [a for a in test.arguments if isinstance(a, Tag)]
+        for group, label in ((_MATCH, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, "")):
+            used = [t for t in tags if t.name in group]
+            if len(used) > 1:
+                raise SieveError(f"only one {label or ':over or :under'}", used[1].line, used[1].column)
+        if name == "size" and not any(t.name in ("over", "under") for t in tags):
+            raise SieveError("size takes :over or :under", test.line, test.column)
+        for tag in tags:
+            if tag.name in ("count", "value"):
+                self.need("relational", tag, f":{tag.name}")
+                relation = _tag_value(test.arguments, tag.name)
+                if relation not in _RELATIONS:
+                    raise SieveError(f":{tag.name} takes one of {', '.join(sorted(_RELATIONS))}", tag.line, tag.column)
+            if tag.name in ("user", "detail"):
+                self.need("subaddress", tag, f":{tag.name}")
+            if tag.name == "comparator":
+                comparator = _tag_value(test.arguments, "comparator")
+                if comparator not in COMPARATORS:
+                    raise SieveError(f"unknown comparator {comparator!r}", tag.line, tag.column)
+                if comparator == "i;ascii-numeric":
+                    self.need("comparator-i;ascii-numeric", tag, "i;ascii-numeric")
+
+
+_KIND_NAMES = {"s": "string", "l": "string list", "n": "number"}
+
+
+def _kind(arg: Argument | None, kind: str) -> bool:
+    if kind == "n":
+        return isinstance(arg, Number)
+    if not isinstance(arg, StringList):
+        return False
+    return kind == "l" or len(arg.values) == 1
+
+
+def _tag_value(args: list[Argument], name: str) -> str:
+    for i, arg in enumerate(args):
+        if isinstance(arg, Tag) and arg.name == name:
+            value = args[i + 1]
+            assert isinstance(value, StringList)
+            return value.values[0].lower()
+    return ""
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Run:
+    def __init__(self, message: MessageView) -> None:
+        self.message = message
+        self.steps = 0
+        self.flags: list[str] = []  # the internal variable of imap4flags
+        self.outcome = Outcome()
+        self.implicit_keep = True
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise SieveRuntimeError(f"more than {MAX_STEPS} steps")
+
+    def execute(self, commands: list[Command]) -> Outcome:
+        try:
+            self.block(commands)
+        except _Stop:
+            pass
+        if self.implicit_keep and self.outcome.reject is None:
+            self.deliver(None, tuple(self.flags))
+        return self.outcome
+
+    def block(self, commands: list[Command]) -> None:
+        taken = False  # an if/elsif of this chain ran its block
+        for command in commands:
+            self.step()
+            name = command.name
+            if name == "if":
+                taken = self.test(command.tests[0])
+                if taken:
+                    self.block(command.block or [])
+                continue
+            if name == "elsif":
+                if not taken and self.test(command.tests[0]):
+                    taken = True
+                    self.block(command.block or [])
+                continue
+            if name == "else":
+                if not taken:
+                    self.block(command.block or [])
+                continue
+            self.action(command)
+
+    def action(self, command: Command) -> None:
+        name, args = command.name, command.arguments
+        tags = {a.name for a in args if isinstance(a, Tag)}
+        strings = [a for a in args if isinstance(a, StringList)]
+        if name == "stop":
+            raise _Stop
+        if name == "keep":
+            self.implicit_keep = False
+            self.deliver(None, self.flags_from(args))
+        elif name == "discard":
+            self.implicit_keep = False
+            self.outcome.discarded = True
+        elif name == "fileinto":
+            if "copy" not in tags:
+                self.implicit_keep = False
+            target = strings[-1].values[0]
+            self.deliver(None if target.upper() == "INBOX" else target, self.flags_from(args), "create" in tags)
+        elif name == "redirect":
+            if "copy" not in tags:
+                self.implicit_keep = False
+            if len(self.outcome.redirects) >= MAX_REDIRECTS:
+                raise SieveRuntimeError(f"more than {MAX_REDIRECTS} redirects")
+            target = strings[-1].values[0]
+            if target not in self.outcome.redirects:
+                self.outcome.redirects.append(target)
+        elif name in ("reject", "ereject"):
+            self.implicit_keep = False
+            self.outcome.reject = strings[-1].values[0]
+        elif name == "setflag":
+            self.flags = _flag_list(strings[-1].values)
+        elif name == "addflag":
+            self.flags = _flag_list([*self.flags, *strings[-1].values])
+        elif name == "removeflag":
+            gone = {f.lower() for f in _flag_list(strings[-1].values)}
+            self.flags = [f for f in self.flags if f.lower() not in gone]
+
+    def flags_from(self, args: list[Argument]) -> tuple[str, ...]:
+        """:flags given to keep/fileinto, else the internal variable (RFC 5232 §5)."""
+        value = _valued(args, "flags")
+        return tuple(_flag_list(value.values)) if value is not None else tuple(self.flags)
+
+    def deliver(self, folder: str | None, flags: tuple[str, ...], create: bool = False) -> None:
+        for existing in self.outcome.deliveries:
+            if existing.folder == folder:  # RFC 5228 §2.10.3: one copy per folder
+                return
+        self.outcome.deliveries.append(Delivery(folder, flags, create))
+
+    # -- tests -----------------------------------------------------------------------------
+
+    def test(self, test: Test) -> bool:
+        self.step()
+        name = test.name
+        if name == "true":
+            return True
+        if name == "false":
+            return False
+        if name == "not":
+            return not self.test(test.tests[0])
+        if name == "allof":
+            return all(self.test(t) for t in test.tests)
+        if name == "anyof":
+            return any(self.test(t) for t in test.tests)
+        args = test.arguments
+        positional = _positional(args)
+        if name == "size":
+            limit = next(a for a in args if isinstance(a, Number)).value
+            over = any(isinstance(a, Tag) and a.name == "over" for a in args)
+            return self.message.size > limit if over else self.message.size < limit
+        if name == "exists":
+            return all(self.message.fields(h) for h in positional[0].values)
+        if name == "mailboxexists":
+            return all(self.message.mailbox_exists(m) for m in positional[0].values)
+        matcher = _Matcher(args)
+        if name == "header":
+            values = [v for h in positional[0].values for v in self.message.fields(h)]
+            return matcher.match(values, positional[1].values)
+        if name == "hasflag":
+            keys = positional[-1].values
+            return matcher.match(list(self.flags), keys)
+        part = next((a.name for a in args if isinstance(a, Tag) and a.name in _ADDRESS_PARTS), "all")
+        if name == "address":
+            found = []
+            for header in positional[0].values:
+                for value in self.message.fields(header):
+                    found += [_part(a, part) for a in _mailboxes(value)]
+            return matcher.match([f for f in found if f is not None], positional[1].values)
+        if name == "envelope":
+            found = []
+            for which in positional[0].values:
+                which = which.lower()
+                address = self.message.sender if which == "from" else self.message.recipient if which == "to" else None
+                if address is None:
+                    continue
+                if address == "":  # the null reverse-path: "" for :all, nothing for its parts
+                    found.append("" if part == "all" else None)
+                else:
+                    found.append(_part(_split(address), part))
+            return matcher.match([f for f in found if f is not None], positional[1].values)
+        raise SieveRuntimeError(f"test {name} cannot run")
+
+
+def _positional(args: list[Argument]) -> list[StringList]:
+    out: list[StringList] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if isinstance(arg, Tag):
+            skip = arg.name in ("comparator", "count", "value", "flags") and i + 1 < len(args)
+            continue
+        if isinstance(arg, StringList):
+            out.append(arg)
+    return out
+
+
+def _valued(args: list[Argument], name: str) -> StringList | None:
+    for i, arg in enumerate(args):
+        if isinstance(arg, Tag) and arg.name == name and i + 1 < len(args):
+            value = args[i + 1]
+            return value if isinstance(value, StringList) else None
+    return None
+
+
+def _flag_list(values: Sequence[str]) -> list[str]:
+    """Flags from strings that may each hold several, space separated; each once (RFC 5232 §3)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for value in values:
+        for flag in value.split():
+            if flag.lower() not in seen:
+                seen.add(flag.lower())
+                out.append(flag)
+    return out
+
+
+class _Matcher:
+    """A match type with a comparator (RFC 5228 §2.7, RFC 5231, RFC 4790)."""
+
+    def __init__(self, args: list[Argument]) -> None:
+        tags = [a.name for a in args if isinstance(a, Tag)]
+        self.kind = next((t for t in tags if t in _MATCH), "is")
+        self.relation = _tag_value(args, self.kind) if self.kind in ("count", "value") else ""
+        self.comparator = _tag_value(args, "comparator") or "i;ascii-casemap"
+
+    def match(self, values: list[str], keys: Sequence[str]) -> bool:
+        if self.kind == "count":
+            return any(_relate(_compare_numeric(str(len(values)), key), self.relation) for key in keys)
+        return any(self.one(value, key) for value in values for key in keys)
+
+    def one(self, value: str, key: str) -> bool:
+        comparator = self.comparator
+        if comparator == "i;ascii-numeric":
+            if self.kind in ("is", "value"):
+                order = _compare_numeric(value, key)
+                return _relate(order, self.relation or "eq")
+            return False  # :contains and :matches are not defined for it (RFC 4790 §9.1)
+        if comparator == "i;ascii-casemap":
+            value, key = _fold(value), _fold(key)
+        if self.kind == "is":
+            return value == key
+        if self.kind == "contains":
+            return key in value
+        if self.kind == "matches":
+            return _wildcard(key).fullmatch(value) is not None
+        if self.kind == "value":
+            return _relate((value > key) - (value < key), self.relation)
+        return False
+
+
+def _relate(order: int | None, relation: str) -> bool:
+    if order is None:  # an undefined comparison (RFC 5231 §4): only "ne" holds
+        return relation == "ne"
+    return {"gt": order > 0, "ge": order >= 0, "lt": order < 0, "le": order <= 0, "eq": order == 0,
+            "ne": order != 0}[relation]
+
+
+def _compare_numeric(a: str, b: str) -> int | None:
+    """i;ascii-numeric (RFC 4790 §9.1): the leading digits as a number; none is positive infinity."""
+    x, y = _leading_number(a), _leading_number(b)
+    if x is None and y is None:
+        return 0
+    if x is None:
+        return 1
+    if y is None:
+        return -1
+    return (x > y) - (x < y)
+
+
+def _leading_number(text: str) -> int | None:
+    m = re.match(r"[0-9]+", text)
+    return int(m.group()) if m else None
+
+
+def _fold(text: str) -> str:
+    return text.translate(_ASCII_FOLD)
+
+
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """:matches (RFC 5228 §2.7.1): * any run, ? one character, \\ quotes the next."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.S)
+
+
+def _decoded(value: str) -> str:
+    """RFC 2047 words decoded (RFC 5228 §5.7), as far as they can be."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # a malformed word stays as it was
+        return value
+
+
+def _mailboxes(value: str) -> list[tuple[str, str]]:
+    """(local part, domain) of each address in a header value, groups opened."""
+    out = []
+    for item in addresses.parse_address_list(value):
+        for mailbox in item.members if isinstance(item, addresses.Group) else (item,):
+            out.append((mailbox.local, mailbox.domain or ""))
+    return out
+
+
+def _split(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return (local, domain) if local else (address, "")
+
+
+def _part(address: tuple[str, str], part: str, delimiter: str = "+") -> str | None:
+    """An address part (RFC 5228 §2.7.4, RFC 5233 §4); None when it has none (no detail)."""
+    local, domain = address
+    if part == "all":
+        return f"{local}@{domain}" if domain else local
+    if part == "localpart":
+        return local
+    if part == "domain":
+        return domain
+    user, sep, detail = local.partition(delimiter)
+    if part == "user":
+        return user
+    return detail if sep else None
+
+
+__all__ = ["EXTENSIONS", "Delivery", "MessageView", "Outcome", "Script", "SieveError", "SieveRuntimeError",
+           "compile_script"]
