@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mailstack import config
 from mailstack.accounts import AccountError, SQLiteAccountStore, open_store
@@ -32,6 +32,8 @@ from mailstack.config import ConfigError, Settings
 from mailstack.dkim.keys import ALGORITHMS, DKIMKeyError, KeyDirectory
 from mailstack.dnsrecords import txt, zone_text
 from mailstack.queue.spool import FAILED, RecipientState, Spool
+from mailstack.sieve.interpreter import compile_script
+from mailstack.sieve.parser import SieveSyntaxError
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -344,6 +346,63 @@ def _alias_list(args: argparse.Namespace, ctx: Context) -> None:
         ctx.say(f"{source}\t{target}")
 
 
+# -- sieve -----------------------------------------------------------------------------------
+
+
+def _sieve_commands(commands: SubParsers) -> None:
+    actions = _group(commands, "sieve", "users' Sieve filters (RFC 5228), one active per user")
+    optional_name = {"nargs": "?"}
+    table: list[tuple[str, str, Callable[..., Any], dict[str, dict[str, Any]]]] = [
+        ("put", "store a script (checked first), from FILE or stdin", _sieve_put,
+         {"address": {}, "name": {}, "file": {"nargs": "?", "type": Path, "help": "the script; stdin when left out"}}),
+        ("get", "print a script", _sieve_get, {"address": {}, "name": {}}),
+        ("list", "list a user's scripts, the active one marked", _sieve_list, {"address": {}}),
+        ("activate", "make NAME the script that runs; without NAME, none runs", _sieve_activate,
+         {"address": {}, "name": optional_name}),
+        ("delete", "remove a script that is not active", _sieve_delete, {"address": {}, "name": {}}),
+    ]
+    for command, help, handler, arguments in table:
+        p = actions.add_parser(command, help=help)
+        for argument, options in arguments.items():
+            p.add_argument(argument, **options)
+        p.set_defaults(handler=handler)
+
+
+def _sieve_put(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    try:
+        text = args.file.read_bytes() if args.file is not None else ctx.stdin.read().encode("utf-8")
+    except OSError as e:
+        raise CommandError(f"cannot read {args.file}: {e.strerror}") from None
+    try:
+        compile_script(text)
+    except SieveSyntaxError as e:
+        raise CommandError(f"script {args.name!r} is not valid: {e}") from None
+    ctx.store.put_script(address, args.name, text.decode("utf-8"))
+    ctx.say(f"stored script {args.name!r} of {address}")
+
+
+def _sieve_get(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.stdout.write(ctx.store.get_script(_address(args.address), args.name))
+
+
+def _sieve_list(args: argparse.Namespace, ctx: Context) -> None:
+    for name, active in ctx.store.list_scripts(_address(args.address)):
+        ctx.say(f"{name}\t{'active' if active else ''}".rstrip())
+
+
+def _sieve_activate(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    ctx.store.set_active_script(address, args.name)
+    ctx.say(f"active script of {address}: {args.name!r}" if args.name else f"no script runs for {address}")
+
+
+def _sieve_delete(args: argparse.Namespace, ctx: Context) -> None:
+    address = _address(args.address)
+    ctx.store.delete_script(address, args.name)
+    ctx.say(f"removed script {args.name!r} of {address}")
+
+
 # -- check-config ----------------------------------------------------------------------------
 
 
@@ -537,6 +596,7 @@ COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "domain": _domain_commands,
     "user": _user_commands,
     "alias": _alias_commands,
+    "sieve": _sieve_commands,
     "queue": _queue_commands,
     "check-config": _check_config_command,
     "dkim": _dkim_commands,

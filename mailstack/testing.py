@@ -38,6 +38,7 @@ class FakeAccounts:
         self.domains = set(domains)
         self.users = {u: User(u, "", 0) for u in users}
         self.aliases = dict(aliases or {})
+        self.scripts: dict[str, str] = {}  # address -> active Sieve script
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -55,6 +56,9 @@ class FakeAccounts:
         if address in self.users:
             return (address,)
         return tuple(self.aliases.get("@" + domain, ()))
+
+    def active_script(self, address: str) -> str | None:
+        return self.scripts.get(address.lower())
 
     def owns(self, user_address: str, sender_address: str) -> bool:
         sender = sender_address.lower()

@@ -339,3 +339,45 @@ def test_limits_past_what_the_store_can_hold_get_one_error_line(conf: Path, caps
                stdin="pw\n", monkeypatch=monkeypatch) == 1
     assert_one_error_line(output(capsys)[1], "a message limit must be a whole number, 0 for unlimited (got "
                           + "9" * 20 + ")")
+
+
+# -- sieve ----------------------------------------------------------------------------------
+
+
+def test_sieve_put_list_activate_get_delete(conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli(conf, "user", "add", "alice@example.test", "--password-stdin", stdin="pw\n",
+               monkeypatch=monkeypatch) == 0
+    script = tmp_path / "lists.sieve"
+    script.write_text('require "fileinto";\nif header :contains "List-Id" "dev" { fileinto "Lists"; }\n')
+    assert cli(conf, "sieve", "put", "alice@example.test", "lists", str(script)) == 0
+    assert cli(conf, "sieve", "put", "alice@example.test", "plain", stdin="keep;\n", monkeypatch=monkeypatch) == 0
+    assert cli(conf, "sieve", "activate", "alice@example.test", "lists") == 0
+    assert cli(conf, "sieve", "list", "alice@example.test") == 0
+    assert cli(conf, "sieve", "get", "alice@example.test", "plain") == 0
+    assert cli(conf, "sieve", "delete", "alice@example.test", "plain") == 0
+    assert cli(conf, "sieve", "activate", "alice@example.test") == 0
+    assert output(capsys) == (
+        "added user alice@example.test\n"
+        "stored script 'lists' of alice@example.test\n"
+        "stored script 'plain' of alice@example.test\n"
+        "active script of alice@example.test: 'lists'\n"
+        "lists\tactive\nplain\n"
+        "keep;\n"
+        "removed script 'plain' of alice@example.test\n"
+        "no script runs for alice@example.test\n", "")
+
+
+def test_sieve_put_refuses_a_broken_script_with_its_position(conf: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli(conf, "user", "add", "alice@example.test", "--password-stdin", stdin="pw\n",
+               monkeypatch=monkeypatch) == 0
+    capsys.readouterr()
+    assert cli(conf, "sieve", "put", "alice@example.test", "bad", stdin='keep;\nfileinto "x";\n',
+               monkeypatch=monkeypatch) == 1
+    assert_one_error_line(output(capsys)[1], "script 'bad' is not valid: line 2, column 1: "
+                                             'fileinto needs require "fileinto"')
+    assert cli(conf, "sieve", "list", "alice@example.test") == 0
+    assert output(capsys) == ("", "")
+    assert cli(conf, "sieve", "delete", "alice@example.test", "nothing") == 1
+    assert_one_error_line(output(capsys)[1], "no such script: 'nothing'")

@@ -69,6 +69,8 @@ class Directory:
     recipient_delimiter: str = "+"
     """Characters that separate a user from a tag: ``user+tag@domain`` reaches ``user@domain``
     when no user or alias has the whole address (RFC 5233's detail). "": none."""
+    scripts: Mapping[str, str] = field(default_factory=dict)
+    """user address -> the text of the user's active Sieve script."""
 
     def is_local_domain(self, domain: str) -> bool:
         try:
@@ -96,6 +98,10 @@ class Directory:
         if user == sender or self.base_of(sender) == user:  # a user may send as user+tag
             return True
         return sender in self.aliases and user in self.resolve(sender)
+
+    def active_script(self, address: str) -> str | None:
+        canon = _canonical_or_none(address)
+        return self.scripts.get(canon) if canon is not None else None
 
     def base_of(self, address: str) -> str | None:
         """``user+tag@domain`` -> ``user@domain`` (at the first delimiter); None without a tag."""

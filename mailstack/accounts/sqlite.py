@@ -6,6 +6,7 @@ Tables (created on first open, together with the parent directory)::
     users(address PRIMARY KEY, domain, password_hash, quota, max_messages)
                                         -- quota in bytes, max_messages a count; 0 = unlimited
     aliases(source, target, domain)                            -- source "local@domain" or "@domain"
+    sieve_scripts(address, name, script, active)               -- a user's Sieve scripts, one active
 
 ``PRAGMA user_version`` records the schema version; a store of an older version is
 brought up to date when opened (version 2 added ``users.max_messages``), and one of a
@@ -42,6 +43,7 @@ import os
 import sqlite3
 import threading
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -64,7 +66,10 @@ from mailstack.addresses import InvalidAddress
 
 __all__ = ["SCHEMA_VERSION", "SQLiteAccountStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MAX_SCRIPT_NAME = 128  # characters of a Sieve script's name
+MAX_SCRIPTS = 100  # Sieve scripts per user
+MAX_SCRIPT_SIZE = 1 << 20  # octets of one script
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (
@@ -85,6 +90,14 @@ CREATE TABLE IF NOT EXISTS aliases (
     UNIQUE (source, target)
 );
 CREATE INDEX IF NOT EXISTS aliases_domain ON aliases(domain);
+CREATE TABLE IF NOT EXISTS sieve_scripts (
+    address TEXT NOT NULL REFERENCES users(address) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    script TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+    PRIMARY KEY (address, name)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sieve_one_active ON sieve_scripts(address) WHERE active = 1;
 """
 
 # (version, statement): what brings a store of an older version up to that version
@@ -409,6 +422,78 @@ class SQLiteAccountStore:
                 raise AccountError(missing)
         self.log.info("removed alias {source}", source=src)
 
+    # -- Sieve scripts (RFC 5228; managed by ManageSieve and the CLI) -------------------------
+
+    def put_script(self, address: str, name: str, script: str) -> None:
+        """Store (or replace) a script; checking that it is valid Sieve is the caller's job."""
+        addr = _address(address)
+        _check_script_name(name)
+        if len(script.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_SIZE:
+            raise AccountError(f"script larger than {MAX_SCRIPT_SIZE} octets")
+        with self._transaction() as conn:
+            if not _user_exists(conn, addr):
+                raise AccountError(f"no such user: {addr}")
+            count = conn.execute("SELECT count(*) FROM sieve_scripts WHERE address = ? AND name != ?",
+                                 (addr, name)).fetchone()[0]
+            if count >= MAX_SCRIPTS:
+                raise AccountError(f"{addr} has {MAX_SCRIPTS} scripts already")
+            conn.execute("INSERT INTO sieve_scripts(address, name, script) VALUES (?, ?, ?) "
+                         "ON CONFLICT (address, name) DO UPDATE SET script = excluded.script", (addr, name, script))
+        self.log.info("stored Sieve script {name!r} of {address}", name=name, address=addr)
+
+    def get_script(self, address: str, name: str) -> str:
+        addr = _address(address)
+        with self._reading() as conn:
+            row = conn.execute("SELECT script FROM sieve_scripts WHERE address = ? AND name = ?", (addr, name)).fetchone()
+        if row is None:
+            raise AccountError(f"no such script: {name!r}")
+        return str(row[0])
+
+    def list_scripts(self, address: str) -> list[tuple[str, bool]]:
+        """(name, active) of a user's scripts, by name."""
+        addr = _address(address)
+        with self._reading() as conn:
+            rows = conn.execute("SELECT name, active FROM sieve_scripts WHERE address = ? ORDER BY name", (addr,))
+            return [(str(name), bool(active)) for name, active in rows]
+
+    def set_active_script(self, address: str, name: str | None) -> None:
+        """Make ``name`` the user's one active script; None: no script runs."""
+        addr = _address(address)
+        with self._transaction() as conn:
+            if name is not None and conn.execute("SELECT 1 FROM sieve_scripts WHERE address = ? AND name = ?",
+                                                 (addr, name)).fetchone() is None:
+                raise AccountError(f"no such script: {name!r}")
+            conn.execute("UPDATE sieve_scripts SET active = 0 WHERE address = ? AND active = 1", (addr,))
+            if name is not None:
+                conn.execute("UPDATE sieve_scripts SET active = 1 WHERE address = ? AND name = ?", (addr, name))
+        self.log.info("active Sieve script of {address}: {name}", address=addr, name=repr(name) if name else "none")
+
+    def delete_script(self, address: str, name: str) -> None:
+        """Refused for the active script (RFC 5804 §2.10: deactivate it first)."""
+        addr = _address(address)
+        with self._transaction() as conn:
+            row = conn.execute("SELECT active FROM sieve_scripts WHERE address = ? AND name = ?",
+                               (addr, name)).fetchone()
+            if row is None:
+                raise AccountError(f"no such script: {name!r}")
+            if row[0]:
+                raise AccountError(f"script {name!r} is active; make another one active (or none) first")
+            conn.execute("DELETE FROM sieve_scripts WHERE address = ? AND name = ?", (addr, name))
+
+    def rename_script(self, address: str, old: str, new: str) -> None:
+        addr = _address(address)
+        _check_script_name(new)
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM sieve_scripts WHERE address = ? AND name = ?", (addr, new)).fetchone():
+                raise AccountError(f"a script called {new!r} exists already")
+            if conn.execute("UPDATE sieve_scripts SET name = ? WHERE address = ? AND name = ?",
+                            (new, addr, old)).rowcount == 0:
+                raise AccountError(f"no such script: {old!r}")
+
+    def active_script(self, address: str) -> str | None:
+        """The text of the user's active script, from the in-memory snapshot (reactor thread)."""
+        return self.directory().active_script(address)
+
     def list_aliases(self) -> list[tuple[str, str]]:
         with self._reading() as conn:
             return [(s, t) for s, t in conn.execute("SELECT source, target FROM aliases ORDER BY source, rowid")]
@@ -427,9 +512,11 @@ def _load_directory(conn: sqlite3.Connection, recipient_delimiter: str = "+") ->
         targets: dict[str, list[str]] = {}
         for source, target in conn.execute("SELECT source, target FROM aliases ORDER BY rowid"):
             targets.setdefault(source, []).append(target)
+        scripts = {a: s for a, s in conn.execute("SELECT address, script FROM sieve_scripts WHERE active = 1")}
     finally:
         conn.execute("COMMIT")
-    return Directory(domains, users, {source: tuple(t) for source, t in targets.items()}, recipient_delimiter)
+    return Directory(domains, users, {source: tuple(t) for source, t in targets.items()}, recipient_delimiter,
+                     scripts)
 
 
 def _domain(domain: str) -> str:
@@ -479,6 +566,13 @@ def _check_local_target(conn: sqlite3.Connection, source: str, target: str) -> N
 def _check_password(password: str) -> None:
     if not isinstance(password, str) or password == "":
         raise AccountError("password must not be empty")
+
+
+def _check_script_name(name: str) -> None:
+    """RFC 5804 §1.6: a script name is 1 to 128 Unicode characters, no controls (and NFC)."""
+    if not 0 < len(name) <= MAX_SCRIPT_NAME or any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029"
+                                                    for c in name) or not unicodedata.is_normalized("NFC", name):
+        raise AccountError(f"bad script name {name!r}: 1 to {MAX_SCRIPT_NAME} characters, no control characters")
 
 
 def _check_count(limit: int) -> None:

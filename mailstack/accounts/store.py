@@ -77,6 +77,10 @@ class AccountLookup(Protocol):
         """
         ...
 
+    def active_script(self, address: str) -> str | None:
+        """The text of the user's active Sieve script, or None (no filtering: INBOX)."""
+        ...
+
     def owns(self, user_address: str, sender_address: str) -> bool:
         """True if the user may send as *sender_address*.
 
@@ -114,6 +118,26 @@ class AccountAdmin(Protocol):
         ...
 
     def list_users(self, domain: str | None = None) -> list[User]: ...
+
+    def put_script(self, address: str, name: str, script: str) -> None:
+        """Store or replace a user's Sieve script (checked by the caller)."""
+        ...
+
+    def get_script(self, address: str, name: str) -> str: ...
+
+    def list_scripts(self, address: str) -> list[tuple[str, bool]]:
+        """(name, active) of a user's scripts."""
+        ...
+
+    def set_active_script(self, address: str, name: str | None) -> None:
+        """One active script per user; None: none."""
+        ...
+
+    def delete_script(self, address: str, name: str) -> None:
+        """Refused for the active script."""
+        ...
+
+    def rename_script(self, address: str, old: str, new: str) -> None: ...
 
     def add_alias(self, source: str, targets: str | Iterable[str]) -> None:
         """*source* must be in a local domain; targets may be local or external."""

@@ -25,7 +25,7 @@ def test_first_open_creates_directory_schema_and_wal(store_path: Path, store: SQ
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"domains", "users", "aliases"} <= tables
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         conn.close()
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
@@ -62,7 +62,7 @@ def test_a_version_1_store_is_brought_up_to_date(tmp_path: Path) -> None:
         with pytest.raises(AccountError, match="message limit"):
             store.set_quota("old@example.test", 0, -1)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
 
 
@@ -380,3 +380,36 @@ def test_last_snapshot_serves_when_the_database_cannot_be_read(store: SQLiteAcco
     store._reader.close()  # every further read on it fails
     assert store.get_user("alice@example.test") is not None
     assert store.resolve("alice@example.test") == ("alice@example.test",)
+
+
+def test_sieve_scripts_one_active_per_user(store: SQLiteAccountStore) -> None:
+    store.add_user("alice@example.test", "pw")
+    store.put_script("alice@example.test", "vacation", "keep;")
+    store.put_script("alice@example.test", "lists", 'require "fileinto"; fileinto "Lists";')
+    store.put_script("alice@example.test", "lists", "discard;")  # replaced
+    assert store.get_script("alice@example.test", "lists") == "discard;"
+    assert store.active_script("alice@example.test") is None
+    store.set_active_script("alice@example.test", "lists")
+    assert store.active_script("ALICE@example.test") == "discard;"
+    store.set_active_script("alice@example.test", "vacation")
+    assert store.list_scripts("alice@example.test") == [("lists", False), ("vacation", True)]
+    with pytest.raises(AccountError, match="is active"):
+        store.delete_script("alice@example.test", "vacation")
+    store.rename_script("alice@example.test", "vacation", "away")
+    assert store.active_script("alice@example.test") == "keep;"
+    with pytest.raises(AccountError, match="exists already"):
+        store.rename_script("alice@example.test", "lists", "away")
+    store.delete_script("alice@example.test", "lists")
+    store.set_active_script("alice@example.test", None)
+    assert store.active_script("alice@example.test") is None and store.list_scripts("alice@example.test") == [
+        ("away", False)]
+    for bad in ("", "x" * 129, "a\nb", "e\u0301"):
+        with pytest.raises(AccountError, match="bad script name"):
+            store.put_script("alice@example.test", bad, "keep;")
+    with pytest.raises(AccountError, match="no such user"):
+        store.put_script("nobody@example.test", "x", "keep;")
+    with pytest.raises(AccountError, match="no such script"):
+        store.set_active_script("alice@example.test", "missing")
+    store.remove_user("alice@example.test")  # the scripts go with the user
+    store.add_user("alice@example.test", "pw")
+    assert store.list_scripts("alice@example.test") == []
