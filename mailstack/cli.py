@@ -371,7 +371,11 @@ def _sieve_commands(commands: SubParsers) -> None:
 def _sieve_put(args: argparse.Namespace, ctx: Context) -> None:
     address = _address(args.address)
     try:
-        text = args.file.read_bytes() if args.file is not None else ctx.stdin.read().encode("utf-8")
+        if args.file is not None:
+            text = args.file.read_bytes()
+        else:  # bytes, so a script that is not UTF-8 gets a line and column, not a crash
+            buffer = getattr(ctx.stdin, "buffer", None)
+            text = buffer.read() if buffer is not None else ctx.stdin.read().encode("utf-8", "surrogateescape")
     except OSError as e:
         raise CommandError(f"cannot read {args.file}: {e.strerror}") from None
     try:

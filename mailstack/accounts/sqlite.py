@@ -428,7 +428,11 @@ class SQLiteAccountStore:
         """Store (or replace) a script; checking that it is valid Sieve is the caller's job."""
         addr = _address(address)
         _check_script_name(name)
-        if len(script.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_SIZE:
+        try:
+            script.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AccountError("script is not UTF-8") from None
+        if len(script.encode("utf-8")) > MAX_SCRIPT_SIZE:
             raise AccountError(f"script larger than {MAX_SCRIPT_SIZE} octets")
         with self._transaction() as conn:
             if not _user_exists(conn, addr):
@@ -570,7 +574,7 @@ def _check_password(password: str) -> None:
 
 def _check_script_name(name: str) -> None:
     """RFC 5804 §1.6: a script name is 1 to 128 Unicode characters, no controls (and NFC)."""
-    if not 0 < len(name) <= MAX_SCRIPT_NAME or any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029"
+    if not 0 < len(name) <= MAX_SCRIPT_NAME or any(unicodedata.category(c) in ("Cc", "Cs") or c in "\u2028\u2029"
                                                     for c in name) or not unicodedata.is_normalized("NFC", name):
         raise AccountError(f"bad script name {name!r}: 1 to {MAX_SCRIPT_NAME} characters, no control characters")
 

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 
+from mailstack.accounts.directory import canonical_address
+from mailstack.addresses import InvalidAddress
 from mailstack.imap import address as addresses
 from mailstack.imap import mime
 from mailstack.sieve.parser import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
@@ -34,6 +36,12 @@ MAX_REDIRECTS = 10  # redirects one run may make
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
               "comparator-i;ascii-numeric", "reject", "ereject")
+# RFC 5228 §6.1: every implementation has these, and a script may require them
+BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
+# RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
+ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc", "sender", "reply-to", "resent-from", "resent-to",
+                             "resent-cc", "resent-bcc", "resent-sender", "return-receipt-to",
+                             "disposition-notification-to", "errors-to"})
 COMPARATORS = {"i;octet", "i;ascii-casemap", "i;ascii-numeric"}
 _RELATIONS = {"gt", "ge", "lt", "le", "eq", "ne"}
 
@@ -72,11 +80,14 @@ class MessageView:
     sender: str  # envelope from; "" for the null path
     recipient: str  # envelope to, as it was sent (user+detail@domain)
     mailbox_exists: Callable[[str], bool] = lambda name: True
+    delimiter: str = "+"  # delivery.recipient_delimiter: what separates :user from :detail (RFC 5233)
 
-    def fields(self, name: str) -> list[str]:
-        """Values of the header fields called ``name`` (decoded, unfolded), in order."""
-        lower = name.lower()
-        return [_decoded(mime.field_value(raw)) for n, raw in mime.header_fields(self.header) if n == lower]
+    def raw_fields(self) -> dict[str, list[str]]:
+        """Header field name -> unfolded values (not RFC 2047 decoded), in order; one parse."""
+        out: dict[str, list[str]] = {}
+        for name, raw in mime.header_fields(self.header):
+            out.setdefault(name, []).append(mime.field_value(raw))
+        return out
 
 
 def compile_script(text: str | bytes) -> Script:
@@ -91,12 +102,11 @@ def compile_script(text: str | bytes) -> Script:
         if command.tests or command.block is not None or len(command.arguments) != 1 or \
                 not isinstance(command.arguments[0], StringList):
             raise SieveError("require takes one string list", command.line, command.column)
-        for name in command.arguments[0].values:
-            lowered = name.lower()
-            if lowered not in EXTENSIONS:
+        for name in command.arguments[0].values:  # capability names are case-sensitive (§6)
+            if name not in EXTENSIONS and name not in BUILT_IN:
                 arg = command.arguments[0]
                 raise SieveError(f"unsupported extension {name!r}", arg.line, arg.column)
-            required.add(lowered)
+            required.add(name)
     body = commands[position:]
     _Checker(required).block(body)
     return Script(body, frozenset(required))
@@ -172,7 +182,9 @@ class _Checker:
                 self.need(extension, command, name)
                 if command.block is not None or command.tests:
                     raise SieveError(f"{name} takes no test or block", command.line, command.column)
-                self.arguments(command, command.arguments, flags, valued, positional)
+                rest = self.arguments(command, command.arguments, flags, valued, positional)
+                if name == "redirect" and isinstance(rest[0], StringList) and _addr_spec(rest[0].values[0]) is None:
+                    raise SieveError("redirect needs one mail address", rest[0].line, rest[0].column)
                 for arg in command.arguments:
                     if isinstance(arg, Tag) and arg.name == "flags":
                         self.need("imap4flags", command, ":flags")
@@ -193,6 +205,8 @@ class _Checker:
         while i < len(args):
             arg = args[i]
             if isinstance(arg, Tag):
+                if rest:  # RFC 5228 §2.6.2: tagged arguments come before the positional ones
+                    raise SieveError(f":{arg.name} must come before the other arguments", arg.line, arg.column)
                 if arg.name in seen:
                     raise SieveError(f":{arg.name} given twice", arg.line, arg.column)
                 seen.add(arg.name)
@@ -263,6 +277,9 @@ class _Checker:
                     raise SieveError(f"unknown comparator {comparator!r}", tag.line, tag.column)
                 if comparator == "i;ascii-numeric":
                     self.need("comparator-i;ascii-numeric", tag, "i;ascii-numeric")
+                    if any(t.name in ("contains", "matches") for t in tags):  # RFC 4790 §9.1: no substrings
+                        raise SieveError("i;ascii-numeric cannot be used with :contains or :matches",
+                                         tag.line, tag.column)
 
 
 _KIND_NAMES = {"s": "string", "l": "string list", "n": "number"}
@@ -295,10 +312,21 @@ class _Stop(Exception):
 class _Run:
     def __init__(self, message: MessageView) -> None:
         self.message = message
+        self._fields: dict[str, list[str]] | None = None
         self.steps = 0
         self.flags: list[str] = []  # the internal variable of imap4flags
         self.outcome = Outcome()
         self.implicit_keep = True
+
+    def raw(self, name: str) -> list[str]:
+        """Unfolded values of a header field (the header parsed once per run)."""
+        if self._fields is None:
+            self._fields = self.message.raw_fields()
+        return self._fields.get(name.lower(), [])
+
+    def decoded(self, name: str) -> list[str]:
+        """The same, RFC 2047 words decoded (RFC 5228 §5.7), for the header test."""
+        return [_decoded(v) for v in self.raw(name)]
 
     def step(self) -> None:
         self.steps += 1
@@ -312,6 +340,9 @@ class _Run:
             pass
         if self.implicit_keep and self.outcome.reject is None:
             self.deliver(None, tuple(self.flags))
+        if self.outcome.reject is not None and (self.outcome.deliveries or self.outcome.redirects):
+            # RFC 5429 §2.4: reject with keep, fileinto or redirect is prohibited here
+            raise SieveRuntimeError("reject together with keep, fileinto or redirect")
         return self.outcome
 
     def block(self, commands: list[Command]) -> None:
@@ -355,12 +386,14 @@ class _Run:
         elif name == "redirect":
             if "copy" not in tags:
                 self.implicit_keep = False
-            if len(self.outcome.redirects) >= MAX_REDIRECTS:
-                raise SieveRuntimeError(f"more than {MAX_REDIRECTS} redirects")
-            target = strings[-1].values[0]
+            target = _addr_spec(strings[-1].values[0]) or strings[-1].values[0]
             if target not in self.outcome.redirects:
+                if len(self.outcome.redirects) >= MAX_REDIRECTS:
+                    raise SieveRuntimeError(f"more than {MAX_REDIRECTS} redirects")
                 self.outcome.redirects.append(target)
         elif name in ("reject", "ereject"):
+            if self.outcome.reject is not None:  # RFC 5429 §2.4: at most one
+                raise SieveRuntimeError("more than one reject")
             self.implicit_keep = False
             self.outcome.reject = strings[-1].values[0]
         elif name == "setflag":
@@ -377,10 +410,12 @@ class _Run:
         return tuple(_flag_list(value.values)) if value is not None else tuple(self.flags)
 
     def deliver(self, folder: str | None, flags: tuple[str, ...], create: bool = False) -> None:
-        for existing in self.outcome.deliveries:
-            if existing.folder == folder:  # RFC 5228 §2.10.3: one copy per folder
+        deliveries = self.outcome.deliveries
+        for i, existing in enumerate(deliveries):
+            if existing.folder == folder:  # RFC 5228 §2.10.3: one copy per folder; the last flags (RFC 5232 §3)
+                deliveries[i] = Delivery(folder, flags, create or existing.create)
                 return
-        self.outcome.deliveries.append(Delivery(folder, flags, create))
+        deliveries.append(Delivery(folder, flags, create))
 
     # -- tests -----------------------------------------------------------------------------
 
@@ -404,23 +439,24 @@ class _Run:
             over = any(isinstance(a, Tag) and a.name == "over" for a in args)
             return self.message.size > limit if over else self.message.size < limit
         if name == "exists":
-            return all(self.message.fields(h) for h in positional[0].values)
+            return all(self.raw(h) for h in positional[0].values)
         if name == "mailboxexists":
             return all(self.message.mailbox_exists(m) for m in positional[0].values)
         matcher = _Matcher(args)
         if name == "header":
-            values = [v for h in positional[0].values for v in self.message.fields(h)]
+            values = [v for h in positional[0].values for v in self.decoded(h)]
             return matcher.match(values, positional[1].values)
-        if name == "hasflag":
-            keys = positional[-1].values
-            return matcher.match(list(self.flags), keys)
+        if name == "hasflag":  # RFC 5232 §4: keys are flag lists too
+            return matcher.match(list(self.flags), _flag_list(positional[-1].values))
         part = next((a.name for a in args if isinstance(a, Tag) and a.name in _ADDRESS_PARTS), "all")
-        if name == "address":
-            found = []
+        delimiter = self.message.delimiter
+        if name == "address":  # RFC 5228 §5.1: address headers only, never the phrase (not decoded)
+            found: list[str | None] = []
             for header in positional[0].values:
-                for value in self.message.fields(header):
-                    found += [_part(a, part) for a in _mailboxes(value)]
-            return matcher.match([f for f in found if f is not None], positional[1].values)
+                if header.lower() in ADDRESS_HEADERS:
+                    for value in self.raw(header):
+                        found += [_part(a, part, delimiter) for a in _mailboxes(value)]
+            return matcher.match(found, positional[1].values)
         if name == "envelope":
             found = []
             for which in positional[0].values:
@@ -428,11 +464,12 @@ class _Run:
                 address = self.message.sender if which == "from" else self.message.recipient if which == "to" else None
                 if address is None:
                     continue
-                if address == "":  # the null reverse-path: "" for :all, nothing for its parts
-                    found.append("" if part == "all" else None)
+                if address == "":  # RFC 5228 §5.4: the null reverse-path is "" whatever the part;
+                    if matcher.kind != "count":  # RFC 5231 §4.2: and counts as no address
+                        found.append("")
                 else:
-                    found.append(_part(_split(address), part))
-            return matcher.match([f for f in found if f is not None], positional[1].values)
+                    found.append(_part(_split(address), part, delimiter))
+            return matcher.match(found, positional[1].values)
         raise SieveRuntimeError(f"test {name} cannot run")
 
 
@@ -459,15 +496,21 @@ def _valued(args: list[Argument], name: str) -> StringList | None:
     return None
 
 
+_FLAG = re.compile(r"\\?[!#$&'+\-.0-9;<>=?@A-Z\[^_`a-z|}~:/,]+\Z")  # an IMAP flag (RFC 3501 §9 atom)
+
+
 def _flag_list(values: Sequence[str]) -> list[str]:
-    """Flags from strings that may each hold several, space separated; each once (RFC 5232 §3)."""
+    """Flags from strings that may each hold several, space separated; each once, \\Recent and
+    what is no IMAP flag left out (RFC 5232 §2, §3)."""
     out: list[str] = []
     seen: set[str] = set()
     for value in values:
-        for flag in value.split():
-            if flag.lower() not in seen:
-                seen.add(flag.lower())
-                out.append(flag)
+        for flag in value.split(" "):
+            lowered = flag.lower()
+            if not flag or lowered == "\\recent" or not _FLAG.match(flag) or lowered in seen:
+                continue
+            seen.add(lowered)
+            out.append(flag)
     return out
 
 
@@ -480,26 +523,24 @@ class _Matcher:
         self.relation = _tag_value(args, self.kind) if self.kind in ("count", "value") else ""
         self.comparator = _tag_value(args, "comparator") or "i;ascii-casemap"
 
-    def match(self, values: list[str], keys: Sequence[str]) -> bool:
+    def match(self, values: Sequence[str | None], keys: Sequence[str]) -> bool:
+        """None stands for an address part that is not there (a detail): counted, never matched."""
         if self.kind == "count":
             return any(_relate(_compare_numeric(str(len(values)), key), self.relation) for key in keys)
-        return any(self.one(value, key) for value in values for key in keys)
+        return any(self.one(value, key) for value in values if value is not None for key in keys)
 
     def one(self, value: str, key: str) -> bool:
         comparator = self.comparator
         if comparator == "i;ascii-numeric":
-            if self.kind in ("is", "value"):
-                order = _compare_numeric(value, key)
-                return _relate(order, self.relation or "eq")
-            return False  # :contains and :matches are not defined for it (RFC 4790 §9.1)
-        if comparator == "i;ascii-casemap":
-            value, key = _fold(value), _fold(key)
+            return _relate(_compare_numeric(value, key), self.relation or "eq")
+        if comparator == "i;ascii-casemap":  # RFC 4790 §9.2.1: ASCII letters to upper case
+            value, key = value.translate(_ASCII_UPPER), key.translate(_ASCII_UPPER)
         if self.kind == "is":
             return value == key
         if self.kind == "contains":
             return key in value
-        if self.kind == "matches":
-            return _wildcard(key).fullmatch(value) is not None
+        if self.kind == "matches":  # ? is one octet (RFC 5228 §2.7.1): matched as UTF-8
+            return _glob(key.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass"))
         if self.kind == "value":
             return _relate((value > key) - (value < key), self.relation)
         return False
@@ -513,42 +554,77 @@ def _relate(order: int | None, relation: str) -> bool:
 
 
 def _compare_numeric(a: str, b: str) -> int | None:
-    """i;ascii-numeric (RFC 4790 §9.1): the leading digits as a number; none is positive infinity."""
-    x, y = _leading_number(a), _leading_number(b)
+    """i;ascii-numeric (RFC 4790 §9.1): the leading digits as a number; none is positive
+    infinity. Compared as digit strings, so a thousand-digit value costs nothing."""
+    x, y = _leading_digits(a), _leading_digits(b)
     if x is None and y is None:
         return 0
     if x is None:
         return 1
     if y is None:
         return -1
+    if len(x) != len(y):
+        return -1 if len(x) < len(y) else 1
     return (x > y) - (x < y)
 
 
-def _leading_number(text: str) -> int | None:
-    m = re.match(r"[0-9]+", text)
-    return int(m.group()) if m else None
+def _leading_digits(text: str) -> str | None:
+    end = 0
+    while end < len(text) and "0" <= text[end] <= "9":
+        end += 1
+    return text[:end].lstrip("0") or "0" if end else None
 
 
-def _fold(text: str) -> str:
-    return text.translate(_ASCII_FOLD)
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    """:matches (RFC 5228 §2.7.1): * any run, ? one character, \\ quotes the next."""
-    out = []
+def _glob(pattern: bytes, text: bytes) -> bool:
+    """:matches (RFC 5228 §2.7.1): ``*`` any run, ``?`` one octet, backslash quotes the next.
+    The usual two-pointer scan, falling back to the last ``*`` only: no exponential
+    backtracking, whatever a sender puts in a header."""
+    tokens: list[int | None] = []  # an octet, or -1 for ?, None for *
     i = 0
     while i < len(pattern):
         c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
+        if c == 0x5C and i + 1 < len(pattern):  # backslash
+            tokens.append(pattern[i + 1])
             i += 2
             continue
-        out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
+        tokens.append(None if c == 0x2A else -1 if c == 0x3F else c)
         i += 1
-    return re.compile("".join(out), re.S)
+    t = p = 0
+    star = -1
+    mark = 0
+    while t < len(text):
+        if p < len(tokens) and tokens[p] is not None and (tokens[p] == -1 or tokens[p] == text[t]):
+            t += 1
+            p += 1
+        elif p < len(tokens) and tokens[p] is None:
+            star, mark = p, t
+            p += 1
+        elif star >= 0:
+            p = star + 1
+            mark += 1
+            t = mark
+        else:
+            return False
+    while p < len(tokens) and tokens[p] is None:
+        p += 1
+    return p == len(tokens)
+
+
+def _addr_spec(text: str) -> str | None:
+    """The one address of a redirect target (RFC 5228 §2.4.2.3), or None when it is not one."""
+    found = _mailboxes(text) if "<" in text else [_split(text.strip())]
+    if len(found) != 1:
+        return None
+    local, domain = found[0]
+    if not local or not domain:
+        return None
+    try:
+        return canonical_address(f"{local}@{domain}")
+    except InvalidAddress:
+        return None
 
 
 def _decoded(value: str) -> str:
@@ -584,10 +660,10 @@ def _part(address: tuple[str, str], part: str, delimiter: str = "+") -> str | No
         return local
     if part == "domain":
         return domain
-    user, sep, detail = local.partition(delimiter)
+    cut = min((i for i in (local.find(c) for c in delimiter) if i > 0), default=-1)
     if part == "user":
-        return user
-    return detail if sep else None
+        return local[:cut] if cut > 0 else local
+    return local[cut + 1:] if cut > 0 else None  # RFC 5233 §4: no separator, no detail
 
 
 __all__ = ["EXTENSIONS", "Delivery", "MessageView", "Outcome", "Script", "SieveError", "SieveRuntimeError",

@@ -11,7 +11,7 @@ argument keeps the line and column where it starts, and every error says where i
 Bounds, so a hostile script costs little: MAX_SCRIPT octets, MAX_NESTING of blocks
 and tests, MAX_LIST strings in one list, and numbers below 2^63 after the quantifier.
 What a command means (which arguments it takes, whether its extension was required)
-is checked by :mod:`.checker`, not here.
+is checked by :mod:`.interpreter`, not here.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _tokens(text: str) -> list[_Token]:  # noqa: C901 - one pass over the script
             if i < n and text[i].upper() in _QUANTIFIERS:
                 scale = _QUANTIFIERS[text[i].upper()]
                 i += 1
-            if len(digits) > 19 or int(digits) * scale >= 2**63:
+            if len(digits.lstrip("0")) > 19 or int(digits) * scale >= 2**63:
                 raise SieveSyntaxError("number too large", *where(start))
             out.append(_Token("num", int(digits) * scale, *where(start)))
             continue
@@ -194,6 +194,8 @@ def _tokens(text: str) -> list[_Token]:  # noqa: C901 - one pass over the script
                     i += 1
                 if ch == "\n":
                     line, line_start = line + 1, i + 1
+                if ch == "\0":  # RFC 5228 §2.4.2: no NUL in a string
+                    raise SieveSyntaxError("NUL in a string", *where(i))
                 chars.append(ch)
                 i += 1
             out.append(_Token("str", "".join(chars), start_line, start_column))
@@ -235,6 +237,8 @@ def _multiline(text: str, i: int, line: int, line_start: int, start: int) -> tup
         content = raw[:-1] if raw.endswith("\r") else raw
         if content == ".":
             break
+        if "\0" in content:
+            raise SieveSyntaxError("NUL in a string", line - 1, content.index("\0") + 1)
         lines.append(content[1:] if content.startswith("..") else content)
     value = "".join(part + "\r\n" for part in lines)
     return _Token("text", value, token_line, token_column), i, line, line_start
