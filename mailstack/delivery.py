@@ -11,10 +11,13 @@ retries for a full mailbox) deliver through :class:`LocalDelivery`, in four step
    holds the result; the queue stores resolved mailboxes, so nothing is
    resolved twice (a second pass would give another copy to everyone an alias
    that keeps its own source also lists).
-2. **Filter** (:class:`~mailstack.interfaces.Filter`): for each mailbox, choose the folder the copy
-   is filed into. The default files everything into INBOX. This is the step
-   where a Sieve interpreter (``fileinto``) and a DMARC "quarantine to Junk"
-   decision plug in; a filter decides, it never writes.
+2. **Filter** (:class:`~mailstack.interfaces.Filter`): for each mailbox, the
+   :class:`~mailstack.interfaces.Filing`: the folders the copy is filed into, each
+   with its flags (system flags become Maildir letters, the copy then goes into
+   ``cur/``), or none (discarded). The default files everything into INBOX; the
+   DMARC "quarantine to Junk" decision and the user's Sieve script plug in here. A
+   filter decides, it never writes. A mailbox that got one copy and whose second
+   copy fails is not held (a retry would double the first): the failure is logged.
 3. **File** (:class:`~mailstack.maildir.MaildirDelivery`): every copy with the
    recipient's quota, tmp/ + fsync, rename into new/, fsync new/. Copies for
    one folder are written all or nothing. A recipient whose mailbox is full is
@@ -40,8 +43,9 @@ from twisted.logger import Logger
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import RecipientRoute
-from mailstack.interfaces import Filter, LocalCopy
+from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy
 from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
+from mailstack.maildir.flags import SYSTEM_LETTERS, canonical_flag
 from mailstack.maildir.layout import folder_dirname
 from mailstack.notify import MailboxEvents
 
@@ -65,8 +69,8 @@ def resolve_route(store: AccountLookup, address: str) -> RecipientRoute:
 class InboxFilter:
     """The default :class:`Filter`: every copy goes to INBOX."""
 
-    async def folder_for(self, copy: LocalCopy) -> str | None:
-        return None
+    async def file(self, copy: LocalCopy) -> Filing:
+        return INBOX
 
 
 @dataclass(slots=True)
@@ -75,6 +79,8 @@ class LocalResult:
 
     delivered: dict[str, str | None] = field(default_factory=dict)
     """Mailbox -> folder it was filed into (None: INBOX); durable and published."""
+    discarded: set[str] = field(default_factory=set)
+    """Mailboxes whose filter discarded the message (done: nothing to hold)."""
     held: dict[str, DeliveryError] = field(default_factory=dict)
     """Mailbox -> why it did not get the message; nothing of it is visible. The caller
     queues these (temporary errors are retried, permanent ones bounced)."""
@@ -125,45 +131,70 @@ class LocalDelivery:
         even without ``can_hold`` (the first copies cannot be taken back); a
         caller that cannot queue them must answer with a temporary error.
         """
-        by_folder: dict[str | None, list[Recipient]] = {}
+        result = LocalResult()
+        by_target: dict[tuple[str | None, str], list[Recipient]] = {}  # (folder, flag letters) -> copies
         for mailbox, original in mailboxes.items():
-            folder = await self._folder_for(LocalCopy(queue_id, sender, mailbox, original, message))
+            copy = LocalCopy(queue_id, sender, mailbox, original, message)
+            targets = await self._targets(copy)
+            if not targets:  # the filter discarded it (Sieve's discard): nothing to write
+                result.discarded.add(mailbox)
+                log.info("{queue_id} discarded for <{mailbox}> by its filter", queue_id=queue_id, mailbox=mailbox)
+                continue
             user = self.store.get_user(mailbox)
             recipient = Recipient(mailbox, user.quota if user else 0, original, user.max_messages if user else 0)
-            by_folder.setdefault(folder, []).append(recipient)
-        result = LocalResult()
-        remaining = len(mailboxes)
-        for folder, group in by_folder.items():
+            for target in targets:
+                by_target.setdefault(target, []).append(recipient)
+        remaining = sum(len(group) for group in by_target.values())
+        filed: list[tuple[str, str | None]] = []
+        for (folder, letters), group in by_target.items():
             while group:
                 try:
-                    await self.maildir.deliver(sender, group, message, folder)
+                    await self.maildir.deliver(sender, group, message, folder, letters)
                 except DeliveryError as e:
                     held = self._hold(e, group, result, remaining, can_hold)
+                    for r in held:
+                        if r.address in result.delivered:  # it has a copy elsewhere: a retry would double it
+                            del result.held[r.address]
+                            log.error("{queue_id} second copy for <{mailbox}> into {folder} not made: {error}",
+                                      queue_id=queue_id, mailbox=r.address, folder=folder or "INBOX", error=e.message)
                     remaining -= len(held)
                     group = [r for r in group if r not in held]
                     continue
                 for r in group:
-                    result.delivered[r.address] = folder
+                    result.delivered.setdefault(r.address, folder)
+                    filed.append((r.address, folder))
                 remaining -= len(group)
                 break
-        for mailbox, folder in result.delivered.items():
+        for mailbox, folder in filed:
             log.info("{queue_id} filed for <{mailbox}> in {folder}", queue_id=queue_id, mailbox=mailbox,
                      folder=folder or "INBOX")
             self.events.publish(mailbox, folder)
         return result
 
-    async def _folder_for(self, copy: LocalCopy) -> str | None:
-        """Step 2: the filter's choice, checked against the Maildir layout."""
-        folder = await self.filter.folder_for(copy)
-        if folder is None or folder.upper() == "INBOX":
-            return None
-        try:
-            folder_dirname(folder)  # the name only: no file system access on the reactor thread
-        except InvalidFolder as e:
-            log.warn("{queue_id} filter chose folder {folder!r} for <{mailbox}>, which cannot be used ({error}); "
-                     "filed into INBOX", queue_id=copy.queue_id, folder=folder, mailbox=copy.mailbox, error=str(e))
-            return None
-        return folder
+    async def _targets(self, copy: LocalCopy) -> list[tuple[str | None, str]]:
+        """Step 2: the filter's filing, each folder checked against the Maildir layout and its
+        flags made Maildir letters (keywords are not kept yet: logged)."""
+        out: list[tuple[str | None, str]] = []
+        for folder, flags in (await self.filter.file(copy)).copies:
+            if folder is not None and folder.upper() == "INBOX":
+                folder = None
+            if folder is not None:
+                try:
+                    folder_dirname(folder)  # the name only: no file system access on the reactor thread
+                except InvalidFolder as e:
+                    log.warn("{queue_id} filter chose folder {folder!r} for <{mailbox}>, which cannot be used "
+                             "({error}); filed into INBOX", queue_id=copy.queue_id, folder=folder,
+                             mailbox=copy.mailbox, error=str(e))
+                    folder = None
+            letters = "".join(sorted({SYSTEM_LETTERS[canonical_flag(f)] for f in flags
+                                      if canonical_flag(f) in SYSTEM_LETTERS}))
+            skipped = [f for f in flags if canonical_flag(f) not in SYSTEM_LETTERS]
+            if skipped:
+                log.warn("{queue_id} keywords {flags} for <{mailbox}> not kept at delivery", queue_id=copy.queue_id,
+                         flags=" ".join(skipped), mailbox=copy.mailbox)
+            if (folder, letters) not in out:
+                out.append((folder, letters))
+        return out
 
     def _hold(self, error: DeliveryError, group: list[Recipient], result: LocalResult, remaining: int,
               can_hold: bool) -> list[Recipient]:

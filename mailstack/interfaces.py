@@ -78,19 +78,33 @@ class LocalCopy:
     """The whole message (CRLF lines), as it will be stored after Return-Path/Delivered-To."""
 
 
+@dataclass(frozen=True, slots=True)
+class Filing:
+    """Where one mailbox's copy is filed: (folder, IMAP flags) pairs, the folder a Maildir++
+    name (``"Junk"``, ``"Lists.dev"``) or None for INBOX. No pair at all: discarded."""
+
+    copies: tuple[tuple[str | None, tuple[str, ...]], ...] = ((None, ()),)
+
+    @classmethod
+    def into(cls, folder: str | None, flags: tuple[str, ...] = ()) -> Filing:
+        return cls(((folder, flags),))
+
+
+INBOX = Filing()
+
+
 class Filter(Protocol):
     """Chooses where a mailbox's copy is filed: the plug-in point for Sieve and DMARC quarantine.
 
-    ``folder_for`` returns a Maildir++ folder name (``"Junk"``, ``"Lists.dev"``)
-    or None for INBOX. It runs on the reactor thread for every local copy of
-    every message, so it must be quick or await blocking work on a thread
-    pool. It must not raise: a filter that cannot decide returns None (Sieve's
+    ``file`` returns a :class:`Filing`. It runs on the reactor thread for every local
+    copy of every message, so it must be quick or await blocking work on a thread
+    pool. It must not raise: a filter that cannot decide files into INBOX (Sieve's
     implicit keep, RFC 5228 §2.10.2). A folder name the Maildir layout refuses
     is logged and the copy goes to INBOX; a folder that does not exist yet is
     created.
     """
 
-    async def folder_for(self, copy: LocalCopy) -> str | None: ...
+    async def file(self, copy: LocalCopy) -> Filing: ...
 
 
 class MessageSigner(Protocol):

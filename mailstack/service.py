@@ -60,6 +60,7 @@ from mailstack.queue import Spool
 from mailstack.queue.relay import Relay
 from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.routing import Router
+from mailstack.sieve.filter import SieveFilter
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.srs import SRS, load_secret
@@ -207,9 +208,10 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     async def junk_folder(user: str) -> str:
         return await mail_store.folder_with_use(user, "\\Junk", io)
 
-    # The Filter step: DMARC quarantine files into the user's \Junk folder; everything else into INBOX.
-    local = LocalDelivery(store, maildir, events,
-                          filter=QuarantineFilter(settings.hostname, InboxFilter(), junk_folder))
+    # The Filter step: DMARC quarantine files into the user's \Junk folder; the user's Sieve script
+    # files the rest; without one, INBOX.
+    sieve = SieveFilter(store, InboxFilter(), run=io, delimiter=settings.delivery.recipient_delimiter)
+    local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, sieve, junk_folder))
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
     dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)), settings.hostname)  # keys reread on change
     try:

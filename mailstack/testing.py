@@ -22,7 +22,7 @@ from mailstack.accounts.store import User
 from mailstack.auth import Authenticator
 from mailstack.envelope import Envelope
 from mailstack.inbound import InboundPolicy
-from mailstack.interfaces import LocalCopy, SMTPPolicy
+from mailstack.interfaces import Filing, LocalCopy, SMTPPolicy
 from mailstack.smtp.protocol import ESMTPProtocol, SMTPFactory
 from mailstack.smtp.reply import SMTPReplyError
 from mailstack.smtp.session import SessionConfig, SMTPSession
@@ -107,9 +107,9 @@ class RecordingFilter:
     folders: dict[str, str] = field(default_factory=dict)
     seen: list[LocalCopy] = field(default_factory=list)
 
-    async def folder_for(self, copy: LocalCopy) -> str | None:
+    async def file(self, copy: LocalCopy) -> Filing:
         self.seen.append(copy)
-        return self.folders.get(copy.mailbox)
+        return Filing.into(self.folders.get(copy.mailbox))
 
 
 def make_authenticator(clock: Clock, users: dict[str, str] | None = None,

@@ -24,7 +24,7 @@ from mailstack.checks.dmarc import DMARCChecker, DMARCResult
 from mailstack.checks.dnsbl import DNSLists
 from mailstack.checks.spf import SPFChecker, SPFResult
 from mailstack.envelope import Envelope
-from mailstack.interfaces import ClientInfo, Filter, LocalCopy
+from mailstack.interfaces import ClientInfo, Filing, Filter, LocalCopy
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
 
@@ -140,11 +140,11 @@ class QuarantineFilter:
         self.then = then
         self.junk_folder = junk_folder
 
-    async def folder_for(self, copy: LocalCopy) -> str | None:
+    async def file(self, copy: LocalCopy) -> Filing:
         ours = results.our_header(copy.message, self.authserv_id)
         if ours is not None and b"dis=quarantine" in ours:
-            return await self._junk(copy)
-        return await self.then.folder_for(copy)
+            return Filing.into(await self._junk(copy))
+        return await self.then.file(copy)
 
     async def _junk(self, copy: LocalCopy) -> str:
         if self.junk_folder is None:

@@ -76,6 +76,7 @@ class _File:
     mailbox: str
     prefix: bytes
     size: int
+    letters: str = ""  # flag letters: the copy goes straight into cur/ with them (":2,FS")
     tmp_path: str = ""
     new_path: str = ""
 
@@ -148,8 +149,10 @@ class MaildirDelivery:
         recipients: Sequence[Recipient],
         message: bytes,
         folder: str | None = None,
+        letters: str = "",
     ) -> list[str]:
-        """Deliver ``message`` (CRLF lines) to every recipient, all or nothing.
+        """Deliver ``message`` (CRLF lines) to every recipient, all or nothing; with flag
+        ``letters`` (Maildir info, "FS"), into ``cur/`` carrying them.
 
         Blocks until every copy is in ``new/`` and durable; returns their
         paths in recipient order. Raises DeliveryError, leaving nothing
@@ -165,6 +168,8 @@ class MaildirDelivery:
             self._prepare(rcpt, return_path, len(message), folder)
             for rcpt in recipients
         ]
+        for f in files:
+            f.letters = letters
         for f in files:
             self._create(f)
         self._write_all(files, message)
@@ -185,6 +190,7 @@ class MaildirDelivery:
         recipients: Sequence[Recipient],
         message: bytes,
         folder: str | None = None,
+        letters: str = "",
     ) -> list[str]:
         """``deliver_sync`` on the thread pool; wrap with Deferred.fromCoroutine.
 
@@ -202,6 +208,7 @@ class MaildirDelivery:
             tuple(recipients),
             message,
             folder,
+            letters,
         )
         return paths
 
@@ -277,7 +284,8 @@ class MaildirDelivery:
         name = unique_name(self._hostname, f.size)
         maildir = str(f.maildir)
         f.tmp_path = os.path.join(maildir, "tmp", name)
-        f.new_path = os.path.join(maildir, "new", name)
+        f.new_path = (os.path.join(maildir, "cur", f"{name}:2,{f.letters}") if f.letters
+                      else os.path.join(maildir, "new", name))
         fd = self._open_tmp(f)
         complete = False
         try:

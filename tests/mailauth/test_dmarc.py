@@ -10,7 +10,7 @@ from mailstack.checks.spf import SPFResult
 from mailstack.delivery import InboxFilter
 from mailstack.dns import DNSError
 from mailstack.envelope import Envelope
-from mailstack.interfaces import ClientInfo, LocalCopy
+from mailstack.interfaces import INBOX, ClientInfo, Filing, LocalCopy
 from mailstack.smtp.reply import SMTPReplyError
 
 from .helpers import inline, run
@@ -111,11 +111,11 @@ def test_reject_quarantine_and_their_switches():
                                                                   message("ceo@example.org")))
     assert b"dmarc=fail (p=reject dis=quarantine) header.from=example.org" in softened
     filed = QuarantineFilter("mx.b.test", InboxFilter())
-    assert run(filed.folder_for(LocalCopy("Q2", "x", "bob@b.test", "bob@b.test", softened))) == "Junk"
+    assert run(filed.file(LocalCopy("Q2", "x", "bob@b.test", "bob@b.test", softened))) == Filing.into("Junk")
     off = run(checks(CheckPolicy(dmarc_reject=False, dmarc_quarantine=False)).check(
         STRANGER, Envelope("Q3", "x@attacker.example"), message("ceo@example.org")))
     assert b"dis=none" in off
-    assert run(filed.folder_for(LocalCopy("Q3", "x", "bob@b.test", "bob@b.test", off))) is None
+    assert run(filed.file(LocalCopy("Q3", "x", "bob@b.test", "bob@b.test", off))) == INBOX
 
 
 def test_quarantine_goes_to_the_folder_with_the_junk_use():
@@ -131,16 +131,16 @@ def test_quarantine_goes_to_the_folder_with_the_junk_use():
         raise OSError("disk gone")
 
     copy = LocalCopy("Q6", "x", "bob@b.test", "bob+tag@b.test", softened)
-    assert run(QuarantineFilter("mx.b.test", InboxFilter(), spam_folder).folder_for(copy)) == "Spam"
+    assert run(QuarantineFilter("mx.b.test", InboxFilter(), spam_folder).file(copy)) == Filing.into("Spam")
     assert asked == ["bob@b.test"]  # the mailbox, not the address it was sent to
-    assert run(QuarantineFilter("mx.b.test", InboxFilter(), broken).folder_for(copy)) == "Junk"
+    assert run(QuarantineFilter("mx.b.test", InboxFilter(), broken).file(copy)) == Filing.into("Junk")
 
 
 def test_a_forged_quarantine_verdict_from_outside_files_nothing_into_junk():
     filed = QuarantineFilter("mx.b.test", InboxFilter())
     forged = b"Authentication-Results: mx.b.test; dmarc=fail (p=quarantine dis=quarantine)\r\n" + message("a@x.org")
     cleaned = run(checks(CheckPolicy()).check(STRANGER, Envelope("Q4", "x@attacker.example"), forged))
-    assert run(filed.folder_for(LocalCopy("Q4", "x", "bob@b.test", "bob@b.test", cleaned))) is None
+    assert run(filed.file(LocalCopy("Q4", "x", "bob@b.test", "bob@b.test", cleaned))) == INBOX
 
 
 def test_temperror_is_accepted_or_deferred_as_configured():
