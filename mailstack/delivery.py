@@ -46,6 +46,7 @@ from mailstack.envelope import RecipientRoute
 from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy
 from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
 from mailstack.maildir.flags import SYSTEM_LETTERS, canonical_flag
+from mailstack.maildir.folders import normal_name
 from mailstack.maildir.layout import folder_dirname
 from mailstack.notify import MailboxEvents
 
@@ -163,6 +164,10 @@ class LocalDelivery:
                 for r in group:
                     result.delivered.setdefault(r.address, folder)
                     filed.append((r.address, folder))
+                    failed = result.held.pop(r.address, None)
+                    if failed is not None:  # an earlier copy of it failed; it has one now: not queued again
+                        log.error("{queue_id} a copy for <{mailbox}> not made: {error}", queue_id=queue_id,
+                                  mailbox=r.address, error=failed.message)
                 remaining -= len(group)
                 break
         for mailbox, folder in filed:
@@ -176,7 +181,9 @@ class LocalDelivery:
         flags made Maildir letters (keywords are not kept yet: logged)."""
         out: list[tuple[str | None, str]] = []
         for folder, flags in (await self.filter.file(copy)).copies:
-            if folder is not None and folder.upper() == "INBOX":
+            if folder is not None:
+                folder = normal_name(folder)  # "inbox.Lists" is INBOX.Lists, as IMAP names it
+            if folder == "INBOX":
                 folder = None
             if folder is not None:
                 try:
@@ -201,10 +208,12 @@ class LocalDelivery:
         """After a failed write of *group*: the recipients to leave for the queue, or raise *error*."""
         if result.delivered:
             # Copies in another folder are visible already: failing now would make the
-            # client send them again. This group waits in the queue instead.
-            for r in group:
+            # client send them again. What failed waits in the queue instead: the one
+            # recipient the error names (the others are tried again), else the group.
+            failing = [r for r in group if r.address == error.recipient] or group
+            for r in failing:
                 result.held[r.address] = error
-            return group
+            return failing
         full = [r for r in group if r.address == error.recipient and error.status.endswith(".2.2")]
         if can_hold and full and remaining > 1:
             result.held[full[0].address] = error

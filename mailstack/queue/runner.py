@@ -334,7 +334,7 @@ class QueueRunner(Service):
             state = (_defer if errors[0].temporary else _fail)(r, errors[0].status, errors[0].message)
             # The mailboxes that have it now are remembered (merged with earlier ones in _finish),
             # so the retry gives it only to the others: every mailbox gets it exactly once.
-            state.delivered_to = sorted(m for m in owners[r.address] if m in result.delivered)
+            state.delivered_to = sorted(m for m in owners[r.address] if m in result.delivered or m in result.discarded)
             states.append(state)
         await self._finish(msg, states)
 

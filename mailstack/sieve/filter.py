@@ -74,6 +74,6 @@ class SieveFilter:
                 self._compiled.popitem(last=False)
         else:
             self._compiled.move_to_end(text)
-        if isinstance(found, SieveSyntaxError):
-            raise found
+        if isinstance(found, SieveSyntaxError):  # a new one each time: a kept one would keep its frames
+            raise SieveSyntaxError(found.message, found.line, found.column)
         return found

@@ -79,3 +79,23 @@ def test_redirect_is_not_carried_out_yet_and_the_message_is_kept(tmp_path):
     local, _ = make(tmp_path, {"alice@example.test": 'redirect "elsewhere@example.net";'})
     assert deliver(local, {"alice@example.test": "alice@example.test"}).delivered == {"alice@example.test": None}
     assert len(files(tmp_path, "alice")["new"]) == 1
+
+
+def test_a_copy_that_fails_after_another_copy_of_the_same_mailbox_is_not_queued_again(tmp_path):
+    """alice's Junk copy cannot be written ("Junk" is a file), her INBOX copy can: she has the
+    message once and is not held (a retry would give her a second INBOX copy); bob is filed
+    normally."""
+    local, _ = make(tmp_path, {"alice@example.test": 'require ["fileinto", "copy"]; fileinto :copy "Junk";',
+                               "bob@example.test": 'require "fileinto"; fileinto "Other";'})
+    alice = tmp_path / "maildirs" / "example.test" / "alice"
+    alice.mkdir(parents=True)
+    (alice / ".Junk").write_text("not a folder")
+    result = deliver(local, {"bob@example.test": "bob@example.test", "alice@example.test": "alice@example.test"})
+    assert result.held == {} and set(result.delivered) == {"alice@example.test", "bob@example.test"}
+    assert len(files(tmp_path, "alice")["new"]) == 1 and len(files(tmp_path, "bob", "Other")["new"]) == 1
+
+
+def test_inbox_prefixed_folders_are_the_ones_imap_opens(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "fileinto"; fileinto "inbox.Lists";'})
+    deliver(local, {"alice@example.test": "alice@example.test"})
+    assert len(files(tmp_path, "alice", "INBOX.Lists")["new"]) == 1
