@@ -20,6 +20,7 @@ mailboxexists), relational (RFC 5231: :count and :value), comparator-i;ascii-num
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,17 +110,33 @@ def compile_script(text: str | bytes) -> Script:
             required.add(name)
     body = commands[position:]
     _Checker(required).block(body)
-    return Script(body, frozenset(required))
+    return Script(body, frozenset(required), _size(body))
 
 
 @dataclass(frozen=True, slots=True)
 class Script:
     commands: list[Command]
     required: frozenset[str]
+    size: int = 0  # commands and tests in it
+    # per test node: its positional arguments and matcher, worked out once (runs share them)
+    prepared: dict[int, tuple[list[StringList], _Matcher]] = field(default_factory=dict, compare=False)
 
     def run(self, message: MessageView) -> Outcome:
         """The outcome for one message; a run that hits a limit raises SieveRuntimeError."""
-        return _Run(message).execute(self.commands)
+        return _Run(message, self.prepared).execute(self.commands)
+
+
+def _size(commands: list[Command]) -> int:
+    """Commands and tests, nested ones included."""
+    count = 0
+    stack: list[Command | Test] = list(commands)
+    while stack:
+        node = stack.pop()
+        count += 1
+        stack.extend(node.tests)
+        if isinstance(node, Command) and node.block:
+            stack.extend(node.block)
+    return count
 
 
 # -- checking ---------------------------------------------------------------------------------
@@ -310,9 +327,11 @@ class _Stop(Exception):
 
 
 class _Run:
-    def __init__(self, message: MessageView) -> None:
+    def __init__(self, message: MessageView, prepared: dict[int, tuple[list[StringList], _Matcher]]) -> None:
         self.message = message
+        self.prepared = prepared
         self._fields: dict[str, list[str]] | None = None
+        self._addresses: dict[str, list[tuple[str, str]]] = {}  # header name -> its mailboxes
         self.steps = 0
         self.flags: list[str] = []  # the internal variable of imap4flags
         self.outcome = Outcome()
@@ -323,6 +342,14 @@ class _Run:
         if self._fields is None:
             self._fields = self.message.raw_fields()
         return self._fields.get(name.lower(), [])
+
+    def mailboxes(self, name: str) -> list[tuple[str, str]]:
+        """The addresses of a header field's values, parsed once per run."""
+        key = name.lower()
+        found = self._addresses.get(key)
+        if found is None:
+            found = self._addresses[key] = [a for v in self.raw(name) for a in _mailboxes(v)]
+        return found
 
     def decoded(self, name: str) -> list[str]:
         """The same, RFC 2047 words decoded (RFC 5228 §5.7), for the header test."""
@@ -433,7 +460,10 @@ class _Run:
         if name == "anyof":
             return any(self.test(t) for t in test.tests)
         args = test.arguments
-        positional = _positional(args)
+        found_prep = self.prepared.get(id(test))
+        if found_prep is None:
+            found_prep = self.prepared[id(test)] = (_positional(args), _Matcher(args))
+        positional, matcher = found_prep
         if name == "size":
             limit = next(a for a in args if isinstance(a, Number)).value
             over = any(isinstance(a, Tag) and a.name == "over" for a in args)
@@ -442,7 +472,6 @@ class _Run:
             return all(self.raw(h) for h in positional[0].values)
         if name == "mailboxexists":
             return all(self.message.mailbox_exists(m) for m in positional[0].values)
-        matcher = _Matcher(args)
         if name == "header":
             values = [v for h in positional[0].values for v in self.decoded(h)]
             return matcher.match(values, positional[1].values)
@@ -454,8 +483,7 @@ class _Run:
             found: list[str | None] = []
             for header in positional[0].values:
                 if header.lower() in ADDRESS_HEADERS:
-                    for value in self.raw(header):
-                        found += [_part(a, part, delimiter) for a in _mailboxes(value)]
+                    found += [_part(a, part, delimiter) for a in self.mailboxes(header)]
             return matcher.match(found, positional[1].values)
         if name == "envelope":
             found = []
@@ -578,11 +606,10 @@ def _leading_digits(text: str) -> str | None:
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def _glob(pattern: bytes, text: bytes) -> bool:
-    """:matches (RFC 5228 §2.7.1): ``*`` any run, ``?`` one octet, backslash quotes the next.
-    The usual two-pointer scan, falling back to the last ``*`` only: no exponential
-    backtracking, whatever a sender puts in a header."""
-    tokens: list[int | None] = []  # an octet, or -1 for ?, None for *
+@functools.lru_cache(maxsize=1024)
+def _glob_tokens(pattern: bytes) -> tuple[int | None, ...]:
+    """A :matches pattern as octets, -1 for ?, None for * (a backslash quotes the next)."""
+    tokens: list[int | None] = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
@@ -592,6 +619,14 @@ def _glob(pattern: bytes, text: bytes) -> bool:
             continue
         tokens.append(None if c == 0x2A else -1 if c == 0x3F else c)
         i += 1
+    return tuple(tokens)
+
+
+def _glob(pattern: bytes, text: bytes) -> bool:
+    """:matches (RFC 5228 §2.7.1): ``*`` any run, ``?`` one octet, backslash quotes the next.
+    The usual two-pointer scan, falling back to the last ``*`` only: no exponential
+    backtracking, whatever a sender puts in a header."""
+    tokens = _glob_tokens(pattern)
     t = p = 0
     star = -1
     mark = 0
