@@ -29,6 +29,7 @@ from mailstack.sieve.parser import SieveSyntaxError
 log = Logger()
 COMPILED = 256  # compiled scripts kept (by text)
 INLINE_NODES = 400  # commands and tests of a script run on the reactor thread (a few hundred µs at most)
+INLINE_HEADER = 16 << 10  # octets of header a script run on the reactor thread may read
 
 
 class SieveFilter:
@@ -46,11 +47,12 @@ class SieveFilter:
             return await self.then.file(copy)
         try:
             script = self._script(text)
-            view = MessageView(split_message(copy.message)[0], len(copy.message), copy.sender, copy.original,
-                               delimiter=self.delimiter)
-            # A small script costs less than the trip to the pool: run on the reactor thread; a
-            # big one (it may take up to MAX_STEPS) on the pool.
-            outcome: Outcome = script.run(view) if script.size <= INLINE_NODES else await self.run(script.run, view)
+            header = split_message(copy.message)[0]
+            view = MessageView(header, len(copy.message), copy.sender, copy.original, delimiter=self.delimiter)
+            # A small script over a small header costs less than the trip to the pool: run on the
+            # reactor thread; anything bigger (up to MAX_STEPS, over a long header) on the pool.
+            inline = script.size <= INLINE_NODES and len(header) <= INLINE_HEADER
+            outcome: Outcome = script.run(view) if inline else await self.run(script.run, view)
         except Exception as e:  # a limit hit, a broken script: the copy is kept (RFC 5228 §2.10.6)
             log.warn("{queue_id} Sieve script of <{mailbox}> failed ({error}); filed into INBOX",
                      queue_id=copy.queue_id, mailbox=copy.mailbox, error=e)
