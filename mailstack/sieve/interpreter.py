@@ -622,10 +622,45 @@ def _glob_tokens(pattern: bytes) -> tuple[int | None, ...]:
     return tuple(tokens)
 
 
+@functools.lru_cache(maxsize=1024)
+def _glob_segments(pattern: bytes) -> tuple[bool, tuple[bytes, ...], bool] | None:
+    """A pattern without ``?``: (starts with *, the literal runs between stars, ends with *);
+    None when it has a ``?`` (the general scan is needed)."""
+    tokens = _glob_tokens(pattern)
+    if -1 in tokens:
+        return None
+    segments: list[bytes] = []
+    run: list[int] = []
+    for token in tokens:
+        if token is None:
+            segments.append(bytes(run))
+            run = []
+        else:
+            run.append(token)
+    segments.append(bytes(run))
+    return (not tokens or tokens[0] is None, tuple(segments), bool(tokens) and tokens[-1] is None)
+
+
 def _glob(pattern: bytes, text: bytes) -> bool:
     """:matches (RFC 5228 §2.7.1): ``*`` any run, ``?`` one octet, backslash quotes the next.
-    The usual two-pointer scan, falling back to the last ``*`` only: no exponential
-    backtracking, whatever a sender puts in a header."""
+    Without ``?``, the literal runs are looked for in order with bytes.find (the first run at
+    the start, the last at the end unless a star frees them); otherwise the usual two-pointer
+    scan falling back to the last ``*`` only: no exponential backtracking either way."""
+    plain = _glob_segments(pattern)
+    if plain is not None:
+        _, segments, _ = plain
+        if len(segments) == 1:  # no star at all
+            return text == segments[0]
+        first, last = segments[0], segments[-1]
+        if not text.startswith(first) or len(text) < len(first) + len(last) or not text.endswith(last):
+            return False
+        at, end = len(first), len(text) - len(last)
+        for segment in segments[1:-1]:
+            found = text.find(segment, at, end)
+            if found < 0:
+                return False
+            at = found + len(segment)
+        return True
     tokens = _glob_tokens(pattern)
     t = p = 0
     star = -1

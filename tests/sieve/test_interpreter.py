@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailstack.sieve.interpreter import (
     Delivery,
@@ -155,3 +157,17 @@ def test_empty_keys_and_missing_headers():
     assert folders('require "fileinto"; if header :contains "x-missing" "" { fileinto "None"; }') == [None]
     assert folders('require ["fileinto", "envelope"]; if envelope :is "from" "" { fileinto "Bounce"; }',
                    sender="") == ["Bounce"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="ab*?\\\\", max_size=8), st.text(alphabet="ab*?\\\\", max_size=10))
+def test_matches_agrees_with_a_regular_expression(pattern, text):
+    """:matches (RFC 5228 §2.7.1) by literal runs or by the scan: the same as the regex reading."""
+    import re
+
+    from mailstack.sieve import interpreter
+
+    tokens = interpreter._glob_tokens(pattern.encode())
+    regex = "".join(".*" if t is None else "." if t == -1 else re.escape(chr(t)) for t in tokens)
+    expected = re.fullmatch(regex, text.encode().decode("latin-1"), re.S) is not None
+    assert interpreter._glob(pattern.encode(), text.encode()) == expected
