@@ -15,7 +15,9 @@ i;octet and i;ascii-casemap; :is, :contains, :matches; :all, :localpart, :domain
 the extensions fileinto (RFC 5228 §4.1), envelope, copy (RFC 3894), imap4flags (RFC 5232),
 subaddress (RFC 5233: :user and :detail), mailbox (RFC 5490: :create,
 mailboxexists), relational (RFC 5231: :count and :value), comparator-i;ascii-numeric
-(RFC 4790), reject and ereject (RFC 5429).
+(RFC 4790), reject and ereject (RFC 5429), vacation (RFC 5230: the decision only, a
+:class:`~.vacation.Vacation` on the outcome; the delivery side remembers and sends) and
+vacation-seconds (RFC 6131).
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from mailstack.accounts.directory import canonical_address
 from mailstack.addresses import InvalidAddress
 from mailstack.imap import address as addresses
 from mailstack.imap import mime
+from mailstack.sieve import vacation
 from mailstack.sieve.parser import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
+from mailstack.sieve.vacation import Vacation
 
 MAX_STEPS = 100_000  # commands and tests one run may evaluate
 MAX_REDIRECTS = 10  # redirects one run may make
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
-              "comparator-i;ascii-numeric", "reject", "ereject")
+              "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds")
 # RFC 5228 §6.1: every implementation has these, and a script may require them
 BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
 # RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
@@ -69,7 +73,9 @@ class Outcome:
     deliveries: list[Delivery] = field(default_factory=list)
     redirects: list[str] = field(default_factory=list)
     reject: str | None = None  # the reason, for reject/ereject
+    ereject: bool = False  # the reject was ereject (a DSN, not an MDN, when it cannot be refused in SMTP)
     discarded: bool = False
+    vacation: Vacation | None = None  # a reply to send (RFC 5230), when the message allows one
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,8 @@ def compile_script(text: str | bytes) -> Script:
                 arg = command.arguments[0]
                 raise SieveError(f"unsupported extension {name!r}", arg.line, arg.column)
             required.add(name)
+            if name == "vacation-seconds":  # RFC 6131 §2: implies vacation
+                required.add("vacation")
     body = commands[position:]
     _Checker(required).block(body)
     return Script(body, frozenset(required), _size(body))
@@ -155,6 +163,8 @@ _COMMANDS: dict[str, tuple[str | None, set[str], dict[str, str], list[str]]] = {
     "setflag": ("imap4flags", set(), {}, ["l"]),
     "addflag": ("imap4flags", set(), {}, ["l"]),
     "removeflag": ("imap4flags", set(), {}, ["l"]),
+    "vacation": ("vacation", {"mime"}, {"days": "n", "seconds": "n", "subject": "s", "from": "s", "addresses": "l",
+                                        "handle": "s"}, ["s"]),
 }
 _MATCH = {"is", "contains", "matches", "count", "value"}
 _ADDRESS_PARTS = {"all", "localpart", "domain", "user", "detail"}
@@ -209,9 +219,31 @@ class _Checker:
                         self.need("copy", arg, ":copy")
                     if isinstance(arg, Tag) and arg.name == "create":
                         self.need("mailbox", arg, ":create")
+                if name == "vacation":
+                    self.check_vacation(command)
             else:
                 raise SieveError(f"unknown command {name!r}", command.line, command.column)
             previous = name
+
+    def check_vacation(self, command: Command) -> None:
+        """RFC 5230 §4 and RFC 6131 §2: one period tag, addresses that are addresses, a :mime
+        reason with an ASCII header."""
+        tags = {a.name: a for a in command.arguments if isinstance(a, Tag)}
+        if "seconds" in tags:
+            self.need("vacation-seconds", tags["seconds"], ":seconds")
+            if "days" in tags:
+                later = max(tags["seconds"], tags["days"], key=lambda t: (t.line, t.column))
+                raise SieveError("vacation takes :days or :seconds, not both", later.line, later.column)
+        for tag in ("from", "addresses"):
+            value = _valued(command.arguments, tag)
+            if value is None:
+                continue
+            for address in value.values:
+                if _addr_spec(address) is None:
+                    raise SieveError(f":{tag} needs mail addresses, not {address!r}", value.line, value.column)
+        reason = [a for a in command.arguments if isinstance(a, StringList)][-1]
+        if "mime" in tags and not vacation.mime_header_is_ascii(reason.values[0]):
+            raise SieveError("a :mime reason has 8-bit text in its header", reason.line, reason.column)
 
     def arguments(self, node: Command | Test, args: list[Argument], flags: set[str], valued: dict[str, str],
                   positional: list[str]) -> list[Argument]:
@@ -334,6 +366,7 @@ class _Run:
         self._addresses: dict[str, list[tuple[str, str]]] = {}  # header name -> its mailboxes
         self.steps = 0
         self.flags: list[str] = []  # the internal variable of imap4flags
+        self.vacation_run = False  # RFC 5230 §4.7: once per script
         self.outcome = Outcome()
         self.implicit_keep = True
 
@@ -370,6 +403,8 @@ class _Run:
         if self.outcome.reject is not None and (self.outcome.deliveries or self.outcome.redirects):
             # RFC 5429 §2.4: reject with keep, fileinto or redirect is prohibited here
             raise SieveRuntimeError("reject together with keep, fileinto or redirect")
+        if self.outcome.reject is not None and self.vacation_run:  # RFC 5230 §4.7
+            raise SieveRuntimeError("reject together with vacation")
         return self.outcome
 
     def block(self, commands: list[Command]) -> None:
@@ -423,6 +458,12 @@ class _Run:
                 raise SieveRuntimeError("more than one reject")
             self.implicit_keep = False
             self.outcome.reject = strings[-1].values[0]
+            self.outcome.ereject = name == "ereject"
+        elif name == "vacation":
+            if self.vacation_run:  # RFC 5230 §4.7
+                raise SieveRuntimeError("more than one vacation")
+            self.vacation_run = True
+            self.outcome.vacation = self.vacation_reply(args, strings[-1].values[0], "mime" in tags)
         elif name == "setflag":
             self.flags = _flag_list(strings[-1].values)
         elif name == "addflag":
@@ -430,6 +471,36 @@ class _Run:
         elif name == "removeflag":
             gone = {f.lower() for f in _flag_list(strings[-1].values)}
             self.flags = [f for f in self.flags if f.lower() not in gone]
+
+    def vacation_reply(self, args: list[Argument], reason: str, mime: bool) -> Vacation | None:
+        """The reply a vacation action asks for, or None when the message must not get one."""
+        message = self.message
+        own = {message.recipient.lower()}
+        local, domain = _split(message.recipient)
+        user = _part((local, domain), "user", message.delimiter)
+        if user is not None and domain:
+            own.add(f"{user}@{domain}".lower())
+        addresses = _valued(args, "addresses")
+        for extra in addresses.values if addresses is not None else ():
+            found = _addr_spec(extra)
+            if found is not None:
+                own.add(found.lower())
+        if not vacation.reply_allowed(message.sender, own, self.raw,
+                                      lambda name: [_part(a, "all") or "" for a in self.mailboxes(name)]):
+            return None
+        subject, from_, handle = (_valued(args, t) for t in ("subject", "from", "handle"))
+        from_value = from_.values[0] if from_ is not None else None
+        days, seconds = _number(args, "days"), _number(args, "seconds")
+        return Vacation(
+            reason=reason,
+            subject=subject.values[0] if subject is not None else None,
+            from_=from_value,
+            mime=mime,
+            handle=handle.values[0] if handle is not None else vacation.derived_handle(
+                reason, subject.values[0] if subject is not None else None, from_value, mime),
+            seconds=vacation.period(days, seconds),
+            to=message.sender,
+        )
 
     def flags_from(self, args: list[Argument]) -> tuple[str, ...]:
         """:flags given to keep/fileinto, else the internal variable (RFC 5232 §5)."""
@@ -521,6 +592,14 @@ def _valued(args: list[Argument], name: str) -> StringList | None:
         if isinstance(arg, Tag) and arg.name == name and i + 1 < len(args):
             value = args[i + 1]
             return value if isinstance(value, StringList) else None
+    return None
+
+
+def _number(args: list[Argument], name: str) -> int | None:
+    for i, arg in enumerate(args):
+        if isinstance(arg, Tag) and arg.name == name and i + 1 < len(args):
+            value = args[i + 1]
+            return value.value if isinstance(value, Number) else None
     return None
 
 
@@ -737,4 +816,4 @@ def _part(address: tuple[str, str], part: str, delimiter: str = "+") -> str | No
 
 
 __all__ = ["EXTENSIONS", "Delivery", "MessageView", "Outcome", "Script", "SieveError", "SieveRuntimeError",
-           "compile_script"]
+           "Vacation", "compile_script"]
