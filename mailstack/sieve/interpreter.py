@@ -17,7 +17,10 @@ subaddress (RFC 5233: :user and :detail), mailbox (RFC 5490: :create,
 mailboxexists), relational (RFC 5231: :count and :value), comparator-i;ascii-numeric
 (RFC 4790), reject and ereject (RFC 5429), vacation (RFC 5230: the decision only, a
 :class:`~.vacation.Vacation` on the outcome; the delivery side remembers and sends) and
-vacation-seconds (RFC 6131).
+vacation-seconds (RFC 6131), variables (RFC 5229: ``set`` with its modifiers, the ``string``
+test, ``${name}`` and the match variables ``${0}``..``${9}`` of :matches in every string
+but the ``require`` list, comparator names and relational operators, which must be
+constant; imap4flags on named variables; see :mod:`.variables` for the limits).
 """
 
 from __future__ import annotations
@@ -35,12 +38,25 @@ from mailstack.imap import mime
 from mailstack.sieve import vacation
 from mailstack.sieve.parser import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
 from mailstack.sieve.vacation import Vacation
+from mailstack.sieve.variables import MAX_VALUE as MAX_VARIABLE_VALUE
+from mailstack.sieve.variables import (
+    MAX_VARIABLES,
+    MODIFIERS,
+    ExpansionLimit,
+    Variables,
+    constant,
+    decoded,
+    name_error,
+    octets,
+    reference_error,
+)
+from mailstack.sieve.variables import captures as glob_captures
 
 MAX_STEPS = 100_000  # commands and tests one run may evaluate
 MAX_REDIRECTS = 10  # redirects one run may make
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
-              "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds")
+              "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds", "variables")
 # RFC 5228 §6.1: every implementation has these, and a script may require them
 BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
 # RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
@@ -127,11 +143,11 @@ class Script:
     required: frozenset[str]
     size: int = 0  # commands and tests in it
     # per test node: its positional arguments and matcher, worked out once (runs share them)
-    prepared: dict[int, tuple[list[StringList], _Matcher]] = field(default_factory=dict, compare=False)
+    prepared: dict[int, _Prepared] = field(default_factory=dict, compare=False)
 
     def run(self, message: MessageView) -> Outcome:
         """The outcome for one message; a run that hits a limit raises SieveRuntimeError."""
-        return _Run(message, self.prepared).execute(self.commands)
+        return _Run(message, self.prepared, "variables" in self.required).execute(self.commands)
 
 
 def _size(commands: list[Command]) -> int:
@@ -163,6 +179,7 @@ _COMMANDS: dict[str, tuple[str | None, set[str], dict[str, str], list[str]]] = {
     "setflag": ("imap4flags", set(), {}, ["l"]),
     "addflag": ("imap4flags", set(), {}, ["l"]),
     "removeflag": ("imap4flags", set(), {}, ["l"]),
+    "set": ("variables", set(MODIFIERS), {}, ["s", "s"]),
     "vacation": ("vacation", {"mime"}, {"days": "n", "seconds": "n", "subject": "s", "from": "s", "addresses": "l",
                                         "handle": "s"}, ["s"]),
 }
@@ -178,12 +195,51 @@ _TESTS: dict[str, tuple[str | None, list[str]]] = {
     "false": (None, []),
     "hasflag": ("imap4flags", ["l"]),
     "mailboxexists": ("mailbox", ["l"]),
+    "string": ("variables", ["l", "l"]),
 }
 
 
 class _Checker:
     def __init__(self, required: set[str]) -> None:
         self.required = required
+        self.variables = "variables" in required
+        self.names: set[str] = set()  # the variables set anywhere in the script
+
+    def dynamic(self, text: str) -> bool:
+        """A string whose value is known only when it runs (RFC 5229 §3)."""
+        return self.variables and not constant(text)
+
+    def flag_variable(self, args: list[Argument]) -> bool:
+        """Whether imap4flags arguments start with variable names (two positional string lists)."""
+        return self.variables and len(_positional(args)) == 2
+
+    def check_names(self, names: StringList) -> None:
+        for name in names.values:
+            problem = name_error(name)
+            if problem:
+                raise SieveError(problem, names.line, names.column)
+            self.names.add(name.lower())
+        if len(self.names) > MAX_VARIABLES:
+            raise SieveError(f"more than {MAX_VARIABLES} variables", names.line, names.column)
+
+    def check_set(self, command: Command) -> None:
+        """RFC 5229 §4: a constant, valid name; one modifier per precedence; bounded values."""
+        strings = [a for a in command.arguments if isinstance(a, StringList)]
+        name, value = strings[0], strings[1]
+        problem = name_error(name.values[0])
+        if problem:
+            raise SieveError(problem, name.line, name.column)
+        self.names.add(name.values[0].lower())
+        if len(self.names) > MAX_VARIABLES:
+            raise SieveError(f"more than {MAX_VARIABLES} variables", name.line, name.column)
+        if not self.dynamic(value.values[0]) and octets(value.values[0]) > MAX_VARIABLE_VALUE:
+            raise SieveError(f"a variable holds at most {MAX_VARIABLE_VALUE} octets", value.line, value.column)
+        seen: dict[int, Tag] = {}
+        for tag in (a for a in command.arguments if isinstance(a, Tag)):
+            if MODIFIERS[tag.name] in seen:
+                raise SieveError(f":{tag.name} and :{seen[MODIFIERS[tag.name]].name} cannot go together",
+                                 tag.line, tag.column)
+            seen[MODIFIERS[tag.name]] = tag
 
     def need(self, extension: str | None, node: Command | Test | Argument, what: str) -> None:
         if extension is not None and extension not in self.required:
@@ -209,8 +265,15 @@ class _Checker:
                 self.need(extension, command, name)
                 if command.block is not None or command.tests:
                     raise SieveError(f"{name} takes no test or block", command.line, command.column)
+                if name in ("setflag", "addflag", "removeflag") and self.flag_variable(command.arguments):
+                    positional = ["s", "l"]  # RFC 5232 §3: a variable name first
                 rest = self.arguments(command, command.arguments, flags, valued, positional)
-                if name == "redirect" and isinstance(rest[0], StringList) and _addr_spec(rest[0].values[0]) is None:
+                if len(rest) == 2 and name != "set" and isinstance(rest[0], StringList):
+                    self.check_names(rest[0])
+                if name == "set":
+                    self.check_set(command)
+                if name == "redirect" and isinstance(rest[0], StringList) and not self.dynamic(rest[0].values[0]) \
+                        and _addr_spec(rest[0].values[0]) is None:
                     raise SieveError("redirect needs one mail address", rest[0].line, rest[0].column)
                 for arg in command.arguments:
                     if isinstance(arg, Tag) and arg.name == "flags":
@@ -239,10 +302,11 @@ class _Checker:
             if value is None:
                 continue
             for address in value.values:
-                if _addr_spec(address) is None:
+                if not self.dynamic(address) and _addr_spec(address) is None:
                     raise SieveError(f":{tag} needs mail addresses, not {address!r}", value.line, value.column)
         reason = [a for a in command.arguments if isinstance(a, StringList)][-1]
-        if "mime" in tags and not vacation.mime_header_is_ascii(reason.values[0]):
+        if "mime" in tags and not self.dynamic(reason.values[0]) and \
+                not vacation.mime_header_is_ascii(reason.values[0]):
             raise SieveError("a :mime reason has 8-bit text in its header", reason.line, reason.column)
 
     def arguments(self, node: Command | Test, args: list[Argument], flags: set[str], valued: dict[str, str],
@@ -253,6 +317,11 @@ class _Checker:
         i = 0
         while i < len(args):
             arg = args[i]
+            if self.variables and isinstance(arg, StringList):
+                for text in arg.values:
+                    problem = reference_error(text) if "${" in text else None
+                    if problem:
+                        raise SieveError(problem, arg.line, arg.column)
             if isinstance(arg, Tag):
                 if rest:  # RFC 5228 §2.6.2: tagged arguments come before the positional ones
                     raise SieveError(f":{arg.name} must come before the other arguments", arg.line, arg.column)
@@ -295,16 +364,20 @@ class _Checker:
             raise SieveError(f"{name} takes no test", test.line, test.column)
         extension, positional = _TESTS[name]
         self.need(extension, test, name)
+        if name == "hasflag" and self.flag_variable(test.arguments):
+            positional = ["l", "l"]  # RFC 5232 §4: a list of variables first
         flags: set[str] = set()
         valued: dict[str, str] = {}
-        if name in ("address", "header", "envelope", "hasflag"):
+        if name in ("address", "header", "envelope", "hasflag", "string"):
             flags |= {"is", "contains", "matches"}
             valued |= {"comparator": "s", "count": "s", "value": "s"}
         if name in ("address", "envelope"):
             flags |= _ADDRESS_PARTS
         if name == "size":
             flags |= {"over", "under"}
-        self.arguments(test, test.arguments, flags, valued, positional)
+        rest = self.arguments(test, test.arguments, flags, valued, positional)
+        if name == "hasflag" and len(rest) == 2 and isinstance(rest[0], StringList):
+            self.check_names(rest[0])
         tags = [a for a in test.arguments if isinstance(a, Tag)]
         for group, label in ((_MATCH, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, "")):
             used = [t for t in tags if t.name in group]
@@ -359,9 +432,11 @@ class _Stop(Exception):
 
 
 class _Run:
-    def __init__(self, message: MessageView, prepared: dict[int, tuple[list[StringList], _Matcher]]) -> None:
+    def __init__(self, message: MessageView, prepared: dict[int, _Prepared], variables: bool = False) -> None:
         self.message = message
         self.prepared = prepared
+        self.vars = Variables() if variables else None
+        self.source: list[Argument] | None = None  # the unexpanded arguments of the action running
         self._fields: dict[str, list[str]] | None = None
         self._addresses: dict[str, list[tuple[str, str]]] = {}  # header name -> its mailboxes
         self.steps = 0
@@ -398,6 +473,8 @@ class _Run:
             self.block(commands)
         except _Stop:
             pass
+        except ExpansionLimit as e:
+            raise SieveRuntimeError(str(e)) from None
         if self.implicit_keep and self.outcome.reject is None:
             self.deliver(None, tuple(self.flags))
         if self.outcome.reject is not None and (self.outcome.deliveries or self.outcome.redirects):
@@ -432,6 +509,8 @@ class _Run:
         name, args = command.name, command.arguments
         tags = {a.name for a in args if isinstance(a, Tag)}
         strings = [a for a in args if isinstance(a, StringList)]
+        if self.vars is not None:
+            return self.expanded_action(command, tags, strings)
         if name == "stop":
             raise _Stop
         if name == "keep":
@@ -490,17 +569,55 @@ class _Run:
             return None
         subject, from_, handle = (_valued(args, t) for t in ("subject", "from", "handle"))
         from_value = from_.values[0] if from_ is not None else None
-        days, seconds = _number(args, "days"), _number(args, "seconds")
+        if from_value is not None and _addr_spec(from_value) is None:  # §4.3: an invalid one is ignored
+            from_value = None
+        if handle is None:  # §4.2: from the arguments as written, before variables are expanded
+            source = self.source or args
+            subject_written, from_written = (_valued(source, t) for t in ("subject", "from"))
+            derived = vacation.derived_handle([a for a in source if isinstance(a, StringList)][-1].values[0],
+                                              subject_written.values[0] if subject_written else None,
+                                              from_written.values[0] if from_written else None, mime)
         return Vacation(
             reason=reason,
             subject=subject.values[0] if subject is not None else None,
             from_=from_value,
             mime=mime,
-            handle=handle.values[0] if handle is not None else vacation.derived_handle(
-                reason, subject.values[0] if subject is not None else None, from_value, mime),
-            seconds=vacation.period(days, seconds),
+            handle=handle.values[0] if handle is not None else derived,
+            seconds=vacation.period(_number(args, "days"), _number(args, "seconds")),
             to=message.sender,
         )
+
+    def expanded_action(self, command: Command, tags: set[str], strings: list[StringList]) -> None:
+        """An action of a script with variables: its strings expanded first (RFC 5229 §3)."""
+        assert self.vars is not None
+        if command.name == "set":
+            name, value = strings[0].values[0], strings[1].values[0]
+            self.vars.set(name, self.vars.expand(value), [t for t in tags if t in MODIFIERS])
+            return
+        expand = self.vars.expand_all
+        if command.name in ("setflag", "addflag", "removeflag") and len(strings) == 2:  # RFC 5232 §3
+            name, given = strings[0].values[0], _flag_list(expand(strings[1].values))
+            current = _flag_list([self.vars.values.get(name.lower(), "")])
+            if command.name == "addflag":
+                given = _flag_list([*current, *given])
+            elif command.name == "removeflag":
+                gone = {f.lower() for f in given}
+                given = [f for f in current if f.lower() not in gone]
+            self.vars.set(name, " ".join(given), [])
+            return
+        args = [StringList(expand(a.values), a.single, a.line, a.column) if isinstance(a, StringList) and
+                any("${" in v for v in a.values) else a for a in command.arguments]
+        if command.name == "redirect":
+            target = [a for a in args if isinstance(a, StringList)][-1].values[0]
+            if _addr_spec(target) is None:
+                raise SieveRuntimeError(f"redirect to {target!r}, which is not a mail address")
+        self.vars, saved = None, self.vars
+        self.source = command.arguments
+        try:
+            self.action(Command(command.name, args, command.tests, command.block, command.line, command.column))
+        finally:
+            self.vars = saved
+            self.source = None
 
     def flags_from(self, args: list[Argument]) -> tuple[str, ...]:
         """:flags given to keep/fileinto, else the internal variable (RFC 5232 §5)."""
@@ -533,32 +650,42 @@ class _Run:
         args = test.arguments
         found_prep = self.prepared.get(id(test))
         if found_prep is None:
-            found_prep = self.prepared[id(test)] = (_positional(args), _Matcher(args))
-        positional, matcher = found_prep
+            lists = [a.values for a in _positional(args)]
+            found_prep = self.prepared[id(test)] = (lists, _Matcher(args), any("${" in v for x in lists for v in x))
+        positional, matcher, dynamic = found_prep
+        variables = self.vars
+        if variables is not None and dynamic:
+            positional = [variables.expand_all(values) for values in positional]
         if name == "size":
             limit = next(a for a in args if isinstance(a, Number)).value
             over = any(isinstance(a, Tag) and a.name == "over" for a in args)
             return self.message.size > limit if over else self.message.size < limit
         if name == "exists":
-            return all(self.raw(h) for h in positional[0].values)
+            return all(self.raw(h) for h in positional[0])
         if name == "mailboxexists":
-            return all(self.message.mailbox_exists(m) for m in positional[0].values)
+            return all(self.message.mailbox_exists(m) for m in positional[0])
         if name == "header":
-            values = [v for h in positional[0].values for v in self.decoded(h)]
-            return matcher.match(values, positional[1].values)
+            values = [v for h in positional[0] for v in self.decoded(h)]
+            return matcher.match(values, positional[1], variables)
+        if name == "string":  # RFC 5229 §5: an empty string counts as none
+            sources = [v for v in positional[0] if v or matcher.kind != "count"]
+            return matcher.match(sources, positional[1], variables)
         if name == "hasflag":  # RFC 5232 §4: keys are flag lists too
-            return matcher.match(list(self.flags), _flag_list(positional[-1].values))
+            flags = self.flags
+            if len(positional) == 2 and variables is not None:  # the flags in the named variables
+                flags = [f for v in positional[0] for f in _flag_list([variables.values.get(v.lower(), "")])]
+            return matcher.match(list(flags), _flag_list(positional[-1]), variables)
         part = next((a.name for a in args if isinstance(a, Tag) and a.name in _ADDRESS_PARTS), "all")
         delimiter = self.message.delimiter
         if name == "address":  # RFC 5228 §5.1: address headers only, never the phrase (not decoded)
             found: list[str | None] = []
-            for header in positional[0].values:
+            for header in positional[0]:
                 if header.lower() in ADDRESS_HEADERS:
                     found += [_part(a, part, delimiter) for a in self.mailboxes(header)]
-            return matcher.match(found, positional[1].values)
+            return matcher.match(found, positional[1], variables)
         if name == "envelope":
             found = []
-            for which in positional[0].values:
+            for which in positional[0]:
                 which = which.lower()
                 address = self.message.sender if which == "from" else self.message.recipient if which == "to" else None
                 if address is None:
@@ -568,7 +695,7 @@ class _Run:
                         found.append("")
                 else:
                     found.append(_part(_split(address), part, delimiter))
-            return matcher.match(found, positional[1].values)
+            return matcher.match(found, positional[1], variables)
         raise SieveRuntimeError(f"test {name} cannot run")
 
 
@@ -621,6 +748,9 @@ def _flag_list(values: Sequence[str]) -> list[str]:
     return out
 
 
+_Prepared = tuple[list[tuple[str, ...]], "_Matcher", bool]  # per test: positional values, matcher, has "${"
+
+
 class _Matcher:
     """A match type with a comparator (RFC 5228 §2.7, RFC 5231, RFC 4790)."""
 
@@ -630,11 +760,31 @@ class _Matcher:
         self.relation = _tag_value(args, self.kind) if self.kind in ("count", "value") else ""
         self.comparator = _tag_value(args, "comparator") or "i;ascii-casemap"
 
-    def match(self, values: Sequence[str | None], keys: Sequence[str]) -> bool:
-        """None stands for an address part that is not there (a detail): counted, never matched."""
+    def match(self, values: Sequence[str | None], keys: Sequence[str], variables: Variables | None = None) -> bool:
+        """None stands for an address part that is not there (a detail): counted, never matched.
+        With ``variables``, a successful :matches sets the match variables (RFC 5229 §3.2)."""
         if self.kind == "count":
             return any(_relate(_compare_numeric(str(len(values)), key), self.relation) for key in keys)
+        if variables is not None and self.kind == "matches":
+            for value in values:
+                for key in keys if value is not None else ():
+                    found = self.captures(value, key)  # type: ignore[arg-type]  # value is not None here
+                    if found is not None:
+                        variables.matches = found
+                        return True
+            return False
         return any(self.one(value, key) for value in values if value is not None for key in keys)
+
+    def captures(self, value: str, key: str) -> list[str] | None:
+        """:matches keeping what each wildcard matched."""
+        text = value.encode("utf-8", "surrogatepass")
+        if self.comparator == "i;ascii-casemap":
+            folded = value.translate(_ASCII_UPPER).encode("utf-8", "surrogatepass")
+            key = key.translate(_ASCII_UPPER)
+        else:
+            folded = text
+        parts = glob_captures(_glob_tokens(key.encode("utf-8", "surrogatepass")), text, folded)
+        return None if parts is None else decoded(parts)
 
     def one(self, value: str, key: str) -> bool:
         comparator = self.comparator
@@ -740,26 +890,7 @@ def _glob(pattern: bytes, text: bytes) -> bool:
                 return False
             at = found + len(segment)
         return True
-    tokens = _glob_tokens(pattern)
-    t = p = 0
-    star = -1
-    mark = 0
-    while t < len(text):
-        if p < len(tokens) and tokens[p] is not None and (tokens[p] == -1 or tokens[p] == text[t]):
-            t += 1
-            p += 1
-        elif p < len(tokens) and tokens[p] is None:
-            star, mark = p, t
-            p += 1
-        elif star >= 0:
-            p = star + 1
-            mark += 1
-            t = mark
-        else:
-            return False
-    while p < len(tokens) and tokens[p] is None:
-        p += 1
-    return p == len(tokens)
+    return glob_captures(_glob_tokens(pattern), text, text) is not None
 
 
 def _addr_spec(text: str) -> str | None:
