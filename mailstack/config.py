@@ -60,6 +60,7 @@ class StorageSettings:
     queue: Path
     dkim: Path
     srs_secret: Path
+    vacation: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +299,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "queue": (_Str, "var/queue"),
         "dkim": (_Str, "var/dkim"),
         "srs_secret": (_Str, "var/srs.key"),
+        "vacation": (_Str, "var/vacation.sqlite3"),
     },
     "tls": {
         "cert": (_Str, "var/tls/cert.pem"),

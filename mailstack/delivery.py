@@ -18,6 +18,8 @@ retries for a full mailbox) deliver through :class:`LocalDelivery`, in four step
    DMARC "quarantine to Junk" decision and the user's Sieve script plug in here. A
    filter decides, it never writes. A mailbox that got one copy and whose second
    copy fails is not held (a retry would double the first): the failure is logged.
+   The messages a filter sends (Sieve's redirect, vacation, reject) come back in
+   :class:`LocalResult` for the caller to queue, for done mailboxes only.
 3. **File** (:class:`~mailstack.maildir.MaildirDelivery`): every copy with the
    recipient's quota, tmp/ + fsync, rename into new/, fsync new/. Copies for
    one folder are written all or nothing. A recipient whose mailbox is full is
@@ -35,7 +37,7 @@ visible.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
@@ -43,7 +45,7 @@ from twisted.logger import Logger
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import RecipientRoute
-from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy
+from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy, Outbound
 from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
 from mailstack.maildir.flags import SYSTEM_LETTERS, canonical_flag
 from mailstack.maildir.folders import normal_name
@@ -53,6 +55,9 @@ from mailstack.notify import MailboxEvents
 __all__ = ["Filter", "InboxFilter", "LocalCopy", "LocalDelivery", "LocalResult", "resolve_route"]
 
 log = Logger()
+
+KeywordLetters = Callable[[str, "str | None", list[str]], Awaitable[str]]
+"""(mailbox, folder or None for INBOX, keywords) -> their info letters in that folder."""
 
 
 def resolve_route(store: AccountLookup, address: str) -> RecipientRoute:
@@ -85,17 +90,23 @@ class LocalResult:
     held: dict[str, DeliveryError] = field(default_factory=dict)
     """Mailbox -> why it did not get the message; nothing of it is visible. The caller
     queues these (temporary errors are retried, permanent ones bounced)."""
+    outbound: list[tuple[str, Outbound]] = field(default_factory=list)
+    """(mailbox, message) its filter sends (redirects, replies, notices), for the done
+    mailboxes only: the caller queues them. A held mailbox's filter runs again on retry."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Mailbox -> the reason its filter refused the message (among ``discarded``)."""
 
 
 class LocalDelivery:
     """Resolves, filters, files and announces local copies; see the module docstring."""
 
     def __init__(self, store: AccountLookup, maildir: MaildirDelivery, events: MailboxEvents,
-                 filter: Filter | None = None) -> None:
+                 filter: Filter | None = None, keywords: KeywordLetters | None = None) -> None:
         self.store = store
         self.maildir = maildir
         self.events = events
         self.filter: Filter = filter if filter is not None else InboxFilter()
+        self.keywords = keywords  # None: keywords a filter sets are not kept (logged)
 
     # -- step 1: resolve ------------------------------------------------------------
 
@@ -133,10 +144,15 @@ class LocalDelivery:
         caller that cannot queue them must answer with a temporary error.
         """
         result = LocalResult()
+        sends: dict[str, tuple[Outbound, ...]] = {}
         by_target: dict[tuple[str | None, str], list[Recipient]] = {}  # (folder, flag letters) -> copies
         for mailbox, original in mailboxes.items():
             copy = LocalCopy(queue_id, sender, mailbox, original, message)
-            targets = await self._targets(copy)
+            filing = await self.filter.file(copy)
+            sends[mailbox] = filing.sends
+            if filing.refusal is not None:
+                result.refused[mailbox] = filing.refusal
+            targets = await self._targets(copy, filing)
             if not targets:  # the filter discarded it (Sieve's discard): nothing to write
                 result.discarded.add(mailbox)
                 log.info("{queue_id} discarded for <{mailbox}> by its filter", queue_id=queue_id, mailbox=mailbox)
@@ -174,13 +190,15 @@ class LocalDelivery:
             log.info("{queue_id} filed for <{mailbox}> in {folder}", queue_id=queue_id, mailbox=mailbox,
                      folder=folder or "INBOX")
             self.events.publish(mailbox, folder)
+        result.outbound = [(mailbox, out) for mailbox, outs in sends.items() for out in outs
+                           if mailbox in result.delivered or mailbox in result.discarded]
         return result
 
-    async def _targets(self, copy: LocalCopy) -> list[tuple[str | None, str]]:
+    async def _targets(self, copy: LocalCopy, filing: Filing) -> list[tuple[str | None, str]]:
         """Step 2: the filter's filing, each folder checked against the Maildir layout and its
-        flags made Maildir letters (keywords are not kept yet: logged)."""
+        flags made Maildir letters (keywords through the folder's keyword table)."""
         out: list[tuple[str | None, str]] = []
-        for folder, flags in (await self.filter.file(copy)).copies:
+        for folder, flags in filing.copies:
             if folder is not None:
                 folder = normal_name(folder)  # "inbox.Lists" is INBOX.Lists, as IMAP names it
             if folder == "INBOX":
@@ -195,13 +213,26 @@ class LocalDelivery:
                     folder = None
             letters = "".join(sorted({SYSTEM_LETTERS[canonical_flag(f)] for f in flags
                                       if canonical_flag(f) in SYSTEM_LETTERS}))
-            skipped = [f for f in flags if canonical_flag(f) not in SYSTEM_LETTERS]
-            if skipped:
-                log.warn("{queue_id} keywords {flags} for <{mailbox}> not kept at delivery", queue_id=copy.queue_id,
-                         flags=" ".join(skipped), mailbox=copy.mailbox)
+            keywords = [f for f in flags if not f.startswith("\\")]
+            if keywords:
+                letters = await self._keyword_letters(copy, folder, keywords, letters)
             if (folder, letters) not in out:
                 out.append((folder, letters))
         return out
+
+    async def _keyword_letters(self, copy: LocalCopy, folder: str | None, keywords: list[str], letters: str) -> str:
+        """*letters* with those of *keywords* in the folder added (its table updated by its owner)."""
+        if self.keywords is None:
+            log.warn("{queue_id} keywords {flags} for <{mailbox}> not kept at delivery", queue_id=copy.queue_id,
+                     flags=" ".join(keywords), mailbox=copy.mailbox)
+            return letters
+        try:
+            extra = await self.keywords(copy.mailbox, folder, keywords)
+        except Exception as e:  # the table cannot be read or written: the copy is filed without them
+            log.error("{queue_id} keywords {flags} for <{mailbox}> not kept: {error}", queue_id=copy.queue_id,
+                      flags=" ".join(keywords), mailbox=copy.mailbox, error=e)
+            return letters
+        return "".join(sorted(set(letters) | set(extra)))
 
     def _hold(self, error: DeliveryError, group: list[Recipient], result: LocalResult, remaining: int,
               can_hold: bool) -> list[Recipient]:

@@ -79,11 +79,35 @@ class LocalCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message a filter sends because of a copy it filed: a redirect, a vacation reply,
+    a rejection notice. It goes out through the queue once the copy is done (filed or
+    discarded), never for a copy that waits in the queue (its filter runs again then)."""
+
+    kind: str
+    """``redirect``, ``vacation``, ``reject`` (an MDN) or ``ereject`` (a DSN), for the log."""
+    sender: str
+    """The envelope sender; ``""`` for the null reverse-path (notices, RFC 3834 §3.3)."""
+    recipients: tuple[str, ...]
+    message: bytes
+    notice: bool = False
+    """Written here (a reply or report, not the user's message): DKIM-signed, sent to the
+    original of an SRS address, and never itself bounced."""
+
+
+@dataclass(frozen=True, slots=True)
 class Filing:
     """Where one mailbox's copy is filed: (folder, IMAP flags) pairs, the folder a Maildir++
-    name (``"Junk"``, ``"Lists.dev"``) or None for INBOX. No pair at all: discarded."""
+    name (``"Junk"``, ``"Lists.dev"``) or None for INBOX. No pair at all: discarded.
+
+    ``sends`` are the messages to send once the copy is done. ``refusal`` is a reason
+    to refuse the message (Sieve's reject, RFC 5429): a caller that still talks to the
+    client and has no other recipient refuses it with 550 and drops the ``reject`` or
+    ``ereject`` notice in ``sends``; any other caller sends the notice."""
 
     copies: tuple[tuple[str | None, tuple[str, ...]], ...] = ((None, ()),)
+    sends: tuple[Outbound, ...] = ()
+    refusal: str | None = None
 
     @classmethod
     def into(cls, folder: str | None, flags: tuple[str, ...] = ()) -> Filing:

@@ -59,6 +59,13 @@ def reply_for(error: DeliveryError) -> Reply:
     return Reply(554, error.status, "Local delivery failed")
 
 
+def refusal_reply(reason: str) -> Reply:
+    """550 5.7.1 with a filter's reason, made one printable ASCII line of bounded length."""
+    text = "".join(c if " " <= c <= "~" else " " for c in reason.replace("\r\n", " ").replace("\n", " "))
+    text = " ".join(text.split())[:200] or "refused by the recipient"
+    return Reply(550, "5.7.1", f"Message refused by the recipient: {text}")
+
+
 class Router:
     """Makes an accepted message durable: local Maildirs now, remote recipients via the queue."""
 
@@ -102,8 +109,22 @@ class Router:
             if isinstance(e, SMTPReplyError):
                 raise
             raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
+        mailboxes = envelope.local_mailboxes()
+        if len(mailboxes) == 1 and not remote and not forwarded and not result.held and result.refused:
+            # The one recipient's filter refuses it (Sieve's reject, RFC 5429 §2.1.1): said to the
+            # client while it is still here, instead of a notice sent later.
+            reason = next(iter(result.refused.values()))
+            log.info("{queue_id} refused for <{mailbox}> by its filter: {reason}", queue_id=envelope.queue_id,
+                     mailbox=next(iter(mailboxes)), reason=reason)
+            raise SMTPReplyError(refusal_reply(reason), cause="refused by the recipient's filter")
         if rewritten is not None and self.queue is not None:
             await self._commit(envelope, rewritten)
+        for mailbox, outbound in result.outbound:
+            if self.queue is None:
+                log.error("{queue_id} {kind} for <{mailbox}> not sent: there is no queue",
+                          queue_id=envelope.queue_id, kind=outbound.kind, mailbox=mailbox)
+                continue
+            await self.queue.send(outbound, envelope.queue_id)
         held = list(result.held)
         if held:
             for mailbox, error in result.held.items():

@@ -13,6 +13,7 @@ drains, then the thread pools stop.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,7 @@ from mailstack.queue.relay import Relay
 from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.routing import Router
 from mailstack.sieve.filter import SieveFilter
+from mailstack.sieve.replied import VacationMemory
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.srs import SRS, load_secret
@@ -208,17 +210,27 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     async def junk_folder(user: str) -> str:
         return await mail_store.folder_with_use(user, "\\Junk", io)
 
-    # The Filter step: DMARC quarantine files into the user's \Junk folder; the user's Sieve script
-    # files the rest; without one, INBOX.
-    sieve = SieveFilter(store, InboxFilter(), run=io, delimiter=settings.delivery.recipient_delimiter)
-    local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, sieve, junk_folder))
-    resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
-    dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)), settings.hostname)  # keys reread on change
     try:
         srs = SRS(load_secret(settings.storage.srs_secret))
     except OSError as e:
         raise StartupError(f"storage.srs_secret: cannot read or create {settings.storage.srs_secret}: "
                            f"{e.strerror}") from None
+    try:
+        replied = VacationMemory(settings.storage.vacation)
+    except (OSError, sqlite3.Error) as e:
+        raise StartupError(f"storage.vacation: cannot open {settings.storage.vacation}: {e}") from None
+    # The Filter step: DMARC quarantine files into the user's \Junk folder; the user's Sieve script
+    # files the rest; without one, INBOX.
+    sieve = SieveFilter(store, InboxFilter(), run=io, delimiter=settings.delivery.recipient_delimiter,
+                        hostname=settings.hostname, srs=srs, replied=replied, clock=reactor.seconds)
+
+    async def keyword_letters(user: str, folder: str | None, keywords: list[str]) -> str:
+        return await mail_store.keyword_letters(user, folder or "INBOX", keywords, io)
+
+    local = LocalDelivery(store, maildir, events, filter=QuarantineFilter(settings.hostname, sieve, junk_folder),
+                          keywords=keyword_letters)
+    resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
+    dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)), settings.hostname)  # keys reread on change
     queue = build_queue(settings, reactor, local, io_pool, resolver, dkim, srs)
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     return Shared(

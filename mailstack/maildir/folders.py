@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
 from mailstack.fsutil import fsync_directory, write_file_synced
-from mailstack.maildir.flags import TooManyKeywords
+from mailstack.maildir.flags import Keywords, TooManyKeywords
 from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout
 from mailstack.maildir.mailbox import Mailbox
@@ -267,6 +267,29 @@ class MailStore:
                                 on_change=self._publisher(user, name))
         except FileNotFoundError:
             raise FolderError(f"no mailbox {name!r}", "NONEXISTENT") from None
+
+    async def keyword_letters(self, user: str, name: str, keywords: list[str], io: IO) -> str:
+        """The info letters of *keywords* in a folder (made if needed), for a copy delivered with
+        them (Sieve's imap4flags): letters new to the folder go into its keyword table, through
+        the open :class:`Mailbox` when there is one, else as the owner of the user's folders.
+        Keywords past the table's 26 letters are left out (logged)."""
+        path = self._path(user, name)
+        box = self._open.get(path)
+        fitting = list(keywords)
+        while True:
+            try:
+                if box is not None and not box.gone:
+                    return await box.letters_of(fitting)
+                letters: str = await self._on_io(user, io, self._keyword_letters, path, fitting)
+                return letters
+            except TooManyKeywords as e:
+                log.warn("keyword {keyword} not kept for <{user}> in {folder}: the folder has 26 keywords",
+                         keyword=e.args[0] if e.args else "?", user=user, folder=name)
+                fitting = [k for k in fitting if k != (e.args[0] if e.args else k)]
+
+    def _keyword_letters(self, path: Path, keywords: list[str]) -> str:
+        self._ensure(path)
+        return Keywords(path).letters_of(keywords)
 
     async def setup_user(self, user: str, io: IO) -> None:
         """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""

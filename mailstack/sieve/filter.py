@@ -8,12 +8,20 @@ address it was sent to, so ``:detail`` sees ``user+tag``). Its outcome becomes a
 ``discard``. A mailbox without a script gets what the next filter gives (INBOX).
 
 A script never loses mail (RFC 5228 §2.10.6): a script that fails (a limit hit, an
-error) files the copy into INBOX, logged with the user and the queue id. redirect and
-reject are not carried out yet: such a copy is kept in INBOX too, and the log says so.
+error) files the copy into INBOX, logged with the user and the queue id.
+
+The messages a script sends (:mod:`mailstack.sieve.actions`) travel with the filing
+and are queued once the copy is done: each redirect (SRS sender, ``Delivered-To``; a
+message that has been through this mailbox before is kept instead, a loop), the
+rejection notice (an MDN for reject, a DSN for ereject; none to the null sender; the
+caller refuses the message in SMTP instead when it can), and the vacation reply when
+:class:`~mailstack.sieve.replied.VacationMemory` (on the pool) says this sender is
+due one for this handle.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,9 +30,13 @@ from twisted.logger import Logger
 
 from mailstack.accounts.store import AccountLookup
 from mailstack.imap.mime import split_message
-from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy
+from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy, Outbound
+from mailstack.sieve import actions
 from mailstack.sieve.interpreter import MessageView, Outcome, Script, compile_script
 from mailstack.sieve.parser import SieveSyntaxError
+from mailstack.sieve.replied import VacationMemory
+from mailstack.sieve.vacation import Vacation
+from mailstack.srs import SRS
 
 log = Logger()
 COMPILED = 256  # compiled scripts kept (by text)
@@ -34,11 +46,16 @@ INLINE_HEADER = 16 << 10  # octets of header a script run on the reactor thread 
 
 class SieveFilter:
     def __init__(self, store: AccountLookup, then: Filter, *, run: Callable[..., Awaitable[Any]],
-                 delimiter: str = "+") -> None:
+                 delimiter: str = "+", hostname: str = "localhost", srs: SRS | None = None,
+                 replied: VacationMemory | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.then = then
         self.run = run  # blocking work on a bounded pool
         self.delimiter = delimiter
+        self.hostname = hostname
+        self.srs = srs  # the envelope sender of redirected mail
+        self.replied = replied  # vacation's memory; None: no vacation replies
+        self.clock = clock
         self._compiled: OrderedDict[str, Script | SieveSyntaxError] = OrderedDict()
 
     async def file(self, copy: LocalCopy) -> Filing:
@@ -58,13 +75,49 @@ class SieveFilter:
                      queue_id=copy.queue_id, mailbox=copy.mailbox, error=e)
             return INBOX
         copies = tuple((d.folder, d.flags) for d in outcome.deliveries)
-        if outcome.redirects or outcome.reject is not None:
-            log.warn("{queue_id} Sieve script of <{mailbox}> asks for {what}, not carried out yet; kept in INBOX",
-                     queue_id=copy.queue_id, mailbox=copy.mailbox,
-                     what="redirect" if outcome.redirects else "reject")
-            if not any(folder is None for folder, _ in copies):
-                copies += ((None, ()),)
-        return Filing(copies)
+        sends: list[Outbound] = []
+        if outcome.redirects:
+            if actions.looped(header, copy.mailbox):
+                log.warn("{queue_id} <{mailbox}> redirects a message it had before (a loop); filed into INBOX",
+                         queue_id=copy.queue_id, mailbox=copy.mailbox)
+                if not any(folder is None for folder, _ in copies):
+                    copies += ((None, ()),)
+            else:
+                sends += [actions.redirect(copy.message, sender=copy.sender, mailbox=copy.mailbox, target=target,
+                                           srs=self.srs) for target in outcome.redirects]
+        if outcome.reject is not None:
+            if copy.sender:
+                now = self.clock()
+                sends.append(actions.rejection(copy.message, sender=copy.sender, mailbox=copy.mailbox,
+                                               original=copy.original, reason=outcome.reject,
+                                               extended=outcome.ereject, hostname=self.hostname,
+                                               queue_id=copy.queue_id, arrival=now, now=now))
+            else:
+                log.info("{queue_id} <{mailbox}> rejects a message from the null sender: discarded, no notice",
+                         queue_id=copy.queue_id, mailbox=copy.mailbox)
+        if outcome.vacation is not None and self.replied is not None:
+            reply = await self._vacation(copy, header, outcome.vacation)
+            if reply is not None:
+                sends.append(reply)
+        return Filing(copies, tuple(sends), outcome.reject)
+
+    async def _vacation(self, copy: LocalCopy, header: bytes, vacation: Vacation) -> Outbound | None:
+        """The reply, when this sender has not had one for this handle within the period."""
+        assert self.replied is not None
+        now = self.clock()
+        try:
+            due = await self.run(self.replied.due, copy.mailbox, vacation.handle, vacation.to, vacation.seconds, now)
+        except Exception as e:  # the memory cannot be read or written: no reply rather than one too many
+            log.error("{queue_id} vacation reply of <{mailbox}> to <{to}> not sent: {error}",
+                      queue_id=copy.queue_id, mailbox=copy.mailbox, to=vacation.to, error=e)
+            return None
+        if not due:
+            log.info("{queue_id} <{to}> had a vacation reply from <{mailbox}> within the period: none now",
+                     queue_id=copy.queue_id, to=vacation.to, mailbox=copy.mailbox)
+            return None
+        return actions.vacation(header, to=vacation.to, sender_address=vacation.from_ or copy.original,
+                                reason=vacation.reason, subject=vacation.subject, mime_reason=vacation.mime,
+                                hostname=self.hostname, now=now)
 
     def _script(self, text: str) -> Script:
         """The compiled script for a text (kept, so a busy mailbox compiles it once)."""

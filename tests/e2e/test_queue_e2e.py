@@ -22,18 +22,7 @@ from typing import Any
 import pytest
 
 from .conftest import PASSWORD, Server, cli, free_ports, plugin_env, write_config
-from .test_smtp_e2e import tls_context
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
+from .test_smtp_e2e import tls_context, wait_for
 
 ZONES = {
     "b.test": {"MX": [[10, "mx.b.test"]]},

@@ -8,6 +8,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -256,3 +257,53 @@ def test_a_sieve_script_put_with_the_cli_files_mail_sent_by_smtp(server):
     assert b"Subject: [dev] release" in flagged[0].read_bytes()
     [inbox] = server.messages(user)  # the other one; the +junk one was discarded
     assert b"Subject: hello" in inbox
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sieve_reject_redirect_and_vacation_over_smtp(server):
+    """reject is a 550 to the client; redirect reaches another local user through the queue;
+    vacation answers a sender once, and never a list."""
+    for user in ("away@example.test", "picky@example.test", "fwd@example.test", "target@example.test",
+                 "friend@example.test"):
+        assert cli(server.config, "user", "add", user, "--password-stdin", stdin="pw-actions-1\n").returncode == 0
+    scripts = {
+        "picky@example.test": 'require "reject"; if header :contains "subject" "offer" { reject "No offers."; }',
+        "fwd@example.test": 'redirect "target@example.test";',
+        "away@example.test": 'require "vacation"; vacation :subject "Out of office" "Back on Monday.";',
+    }
+    for user, script in scripts.items():
+        assert cli(server.config, "sieve", "put", user, "main", stdin=script).returncode == 0
+        assert cli(server.config, "sieve", "activate", user, "main").returncode == 0
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            s.sendmail("bob@remote.example", ["picky@example.test"], b"Subject: a great offer\r\n\r\nbuy\r\n")
+        assert refused.value.smtp_code == 550 and b"No offers." in refused.value.smtp_error
+        assert s.sendmail("bob@remote.example", ["picky@example.test"], b"Subject: hello\r\n\r\nhi\r\n") == {}
+        assert s.sendmail("bob@remote.example", ["fwd@example.test"], b"Subject: pass it on\r\n\r\nx\r\n") == {}
+        for subject in ("first", "second"):
+            assert s.sendmail("friend@example.test", ["away@example.test"],
+                              f"To: away@example.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@x>\r\n\r\n"
+                              "x\r\n".encode()) == {}
+        assert s.sendmail("friend@example.test", ["away@example.test"],
+                          b"To: away@example.test\r\nList-Id: <l.example.test>\r\nSubject: list\r\n\r\nx\r\n") == {}
+    assert len(server.messages("picky@example.test")) == 1
+    assert server.messages("fwd@example.test") == []
+    [redirected] = wait_for(lambda: server.messages("target@example.test"), what="the redirected copy")
+    assert redirected.startswith(b"Return-Path: <SRS0=") and redirected.split(b"\r\n")[0].endswith(b"@example.test>")
+    assert b"Subject: pass it on" in redirected
+    assert b"Delivered-To: fwd@example.test" in redirected
+    assert len(server.messages("away@example.test")) == 3
+    [reply] = wait_for(lambda: server.messages("friend@example.test"), what="the vacation reply")
+    assert b"Subject: Out of office" in reply and b"Auto-Submitted: auto-replied" in reply
+    assert b"In-Reply-To: <first@x>" in reply and b"Return-Path: <>" in reply
+    time.sleep(1.5)  # the queue had time to send a second reply, were one queued
+    assert len(server.messages("friend@example.test")) == 1

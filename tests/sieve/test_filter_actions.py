@@ -1,0 +1,218 @@
+"""What a script sends at delivery: redirects, rejection notices and vacation replies come back
+with the delivery result for the caller to queue; the vacation memory keeps one reply per period."""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+from email.policy import SMTP
+
+import pytest
+
+from mailstack.sieve.replied import VacationMemory
+from mailstack.srs import SRS
+from tests.sieve.test_filter import deliver, files, make
+
+MESSAGE = (b"From: Bob <bob@example.org>\r\nTo: alice@example.test\r\nSubject: =?utf-8?q?caf=C3=A9?= plans\r\n"
+           b"Message-ID: <m1@example.org>\r\n\r\nbody\r\n")
+ALICE = {"alice@example.test": "alice@example.test"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_redirect_goes_out_with_an_srs_sender_and_a_delivered_to_line(tmp_path):
+    srs = SRS(b"k" * 32)
+    local, _ = make(tmp_path, {"alice@example.test": 'redirect "elsewhere@example.net";'}, srs=srs)
+    result = deliver(local, ALICE, MESSAGE)
+    assert result.delivered == {} and result.discarded == {"alice@example.test"}
+    assert files(tmp_path, "alice") == {"new": [], "cur": []}
+    [(mailbox, out)] = result.outbound
+    assert mailbox == "alice@example.test" and out.kind == "redirect" and not out.notice
+    assert out.recipients == ("elsewhere@example.net",)
+    assert out.sender.startswith("SRS0=") and out.sender.endswith("@example.test")
+    assert srs.reverse(out.sender) == "bob@example.org"
+    assert out.message == b"Delivered-To: alice@example.test\r\n" + MESSAGE
+
+
+def test_redirect_copy_files_and_sends(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "copy"; redirect :copy "x@example.net";'})
+    result = deliver(local, ALICE, MESSAGE)
+    assert result.delivered == {"alice@example.test": None}
+    assert [o.recipients for _, o in result.outbound] == [("x@example.net",)]
+    assert result.outbound[0][1].sender == "bob@example.org"  # without SRS: the original sender
+
+
+def test_a_message_redirected_round_a_loop_is_kept_instead(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'redirect "bob@example.test";'})
+    looped = b"Delivered-To: <Alice@example.test>\r\n" + MESSAGE
+    result = deliver(local, ALICE, looped)
+    assert result.outbound == [] and result.delivered == {"alice@example.test": None}
+    assert len(files(tmp_path, "alice")["new"]) == 1
+
+
+def test_reject_refuses_and_sends_an_mdn_to_the_sender(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "reject"; reject "I do not want this.";'})
+    result = deliver(local, ALICE, MESSAGE)
+    assert result.refused == {"alice@example.test": "I do not want this."}
+    assert result.discarded == {"alice@example.test"} and files(tmp_path, "alice") == {"new": [], "cur": []}
+    [(_, out)] = result.outbound
+    assert (out.kind, out.sender, out.recipients, out.notice) == ("reject", "", ("bob@example.org",), True)
+    mdn = message_from_bytes(out.message, policy=SMTP)
+    assert mdn.get_content_type() == "multipart/report"
+    assert mdn.get_param("report-type") == "disposition-notification"
+    assert mdn["Auto-Submitted"] == "auto-replied"
+    parts = list(mdn.iter_parts())
+    assert "I do not want this." in parts[0].get_content()
+    notification = parts[1].as_bytes()
+    assert b"Disposition: automatic-action/MDN-sent-automatically; deleted" in notification
+    assert b"Original-Message-ID: <m1@example.org>" in notification
+    assert b"Message-ID: <m1@example.org>" in parts[2].as_bytes()  # the original's header
+
+
+def test_ereject_sends_a_dsn_with_status_5_7_1(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "ereject"; ereject "No thanks";'})
+    result = deliver(local, ALICE, MESSAGE)
+    [(_, out)] = result.outbound
+    assert out.kind == "ereject" and out.recipients == ("bob@example.org",)
+    assert b"report-type=delivery-status" in out.message and b"Status: 5.7.1" in out.message
+    assert b"No thanks" in out.message
+
+
+def test_reject_from_the_null_sender_sends_nothing(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "reject"; reject "no";'})
+    result = deliver(local, ALICE, MESSAGE, sender="")
+    assert result.outbound == [] and result.discarded == {"alice@example.test"}
+
+
+VACATION = 'require "vacation"; vacation :days 3 :subject "Away" "I am away until Monday.";'
+
+
+def test_vacation_replies_once_per_sender_per_period(tmp_path):
+    clock = Clock()
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    local, _ = make(tmp_path, {"alice@example.test": VACATION}, replied=memory, clock=clock)
+    first = deliver(local, ALICE, MESSAGE)
+    assert first.delivered == {"alice@example.test": None}  # vacation keeps the message
+    [(_, out)] = first.outbound
+    assert (out.kind, out.sender, out.recipients, out.notice) == ("vacation", "", ("bob@example.org",), True)
+    reply = message_from_bytes(out.message, policy=SMTP)
+    assert reply["Subject"] == "Away" and reply["To"] == "bob@example.org"
+    assert reply["From"] == "alice@example.test" and reply["Auto-Submitted"] == "auto-replied"
+    assert reply["In-Reply-To"] == "<m1@example.org>" and reply["References"] == "<m1@example.org>"
+    assert reply.get_content().strip() == "I am away until Monday."
+    assert deliver(local, ALICE, MESSAGE).outbound == []  # the same sender, within 3 days
+    other = deliver(local, ALICE, MESSAGE, sender="carol@example.org")
+    assert [o.recipients for _, o in other.outbound] == [("carol@example.org",)]
+    clock.now += 3 * 86400 + 1
+    assert len(deliver(local, ALICE, MESSAGE).outbound) == 1  # the period is over
+    memory.close()
+
+
+def test_the_vacation_memory_survives_a_restart(tmp_path):
+    clock = Clock()
+    path = tmp_path / "vacation.sqlite3"
+    memory = VacationMemory(path)
+    local, _ = make(tmp_path, {"alice@example.test": VACATION}, replied=memory, clock=clock)
+    assert len(deliver(local, ALICE, MESSAGE).outbound) == 1
+    memory.close()
+    again = VacationMemory(path)
+    local, _ = make(tmp_path, {"alice@example.test": VACATION}, replied=again, clock=clock)
+    assert deliver(local, ALICE, MESSAGE).outbound == []
+    again.close()
+
+
+def test_the_default_subject_quotes_the_original_decoded(tmp_path):
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    local, _ = make(tmp_path, {"alice@example.test": 'require "vacation"; vacation "Away.";'}, replied=memory,
+                    clock=Clock())
+    [(_, out)] = deliver(local, ALICE, MESSAGE).outbound
+    assert message_from_bytes(out.message, policy=SMTP)["Subject"] == "Auto: café plans"
+    assert out.message.isascii()  # encoded for any next hop
+    memory.close()
+
+
+def test_a_mime_reason_becomes_the_body(tmp_path):
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    script = ('require "vacation"; vacation :mime "Content-Type: text/html; charset=utf-8\r\n\r\n'
+              '<p>Away</p>";')
+    local, _ = make(tmp_path, {"alice@example.test": script}, replied=memory, clock=Clock())
+    [(_, out)] = deliver(local, ALICE, MESSAGE).outbound
+    reply = message_from_bytes(out.message, policy=SMTP)
+    assert reply.get_content_type() == "text/html" and "<p>Away</p>" in reply.get_content()
+    assert reply["Auto-Submitted"] == "auto-replied" and reply["MIME-Version"] == "1.0"
+    memory.close()
+
+
+@pytest.mark.parametrize("extra", [b"List-Id: <dev.example.org>\r\n", b"Precedence: bulk\r\n",
+                                   b"Auto-Submitted: auto-generated\r\n"])
+def test_no_vacation_reply_to_lists_or_automatic_mail(tmp_path, extra):
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    local, _ = make(tmp_path, {"alice@example.test": VACATION}, replied=memory, clock=Clock())
+    result = deliver(local, ALICE, extra + MESSAGE)
+    assert result.outbound == [] and result.delivered == {"alice@example.test": None}
+    memory.close()
+
+
+def test_no_vacation_reply_to_the_null_sender_or_when_not_addressed(tmp_path):
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    local, _ = make(tmp_path, {"alice@example.test": VACATION}, replied=memory, clock=Clock())
+    assert deliver(local, ALICE, MESSAGE, sender="").outbound == []
+    bcc = MESSAGE.replace(b"To: alice@example.test", b"To: list@example.org")
+    assert deliver(local, ALICE, bcc).outbound == []
+    memory.close()
+
+
+def test_a_held_mailbox_sends_nothing_until_it_is_filed(tmp_path):
+    """alice's mailbox is full: she waits in the queue, and her redirect is not sent now (her
+    script runs again at the retry); bob is filed."""
+    local, accounts = make(tmp_path, {"alice@example.test": 'require "copy"; redirect :copy "x@example.net";'})
+    accounts.users["alice@example.test"] = accounts.users["alice@example.test"].__class__(
+        "alice@example.test", "", 10)  # a 10-octet quota
+    result = deliver(local, {**ALICE, "bob@example.test": "bob@example.test"}, MESSAGE)
+    assert set(result.held) == {"alice@example.test"} and result.outbound == []
+    assert result.delivered == {"bob@example.test": None}
+
+
+KEYWORDS = ('require ["imap4flags", "fileinto"]; '
+            'fileinto :flags ["$Important \\\\Seen", "Project", "$important"] "Work";')
+
+
+def _keyword_delivery(tmp_path, store):
+    from mailstack.maildir.mailbox import inline_io
+
+    local, _ = make(tmp_path, {"alice@example.test": KEYWORDS})
+
+    async def letters(user, folder, keywords):
+        return await store.keyword_letters(user, folder or "INBOX", keywords, inline_io)
+
+    local.keywords = letters
+    return local
+
+
+@pytest.mark.parametrize("open_first", [False, True])
+def test_keywords_a_script_sets_are_kept_in_the_folders_table(tmp_path, open_first):
+    """Delivered with $Important, \\Seen and Project: an IMAP client sees all three, whether the
+    folder was open (its table updated through the open mailbox) or not."""
+    from mailstack.maildir.folders import MailStore
+    from mailstack.maildir.layout import MaildirLayout
+    from mailstack.maildir.mailbox import inline_io
+    from tests.imap.harness import run
+
+    store = MailStore(MaildirLayout(tmp_path / "maildirs"), "mail.example.test")
+    run(store.setup_user("alice@example.test", inline_io))
+    if open_first:
+        run(store.create("alice@example.test", "Work", inline_io))
+        run(store.open("alice@example.test", "Work", inline_io))
+    local = _keyword_delivery(tmp_path, store)
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": "Work"}
+    [name] = files(tmp_path, "alice", "Work")["cur"]
+    assert name.endswith(":2,Sab")
+    box = run(store.open("alice@example.test", "Work", inline_io))
+    run(box.refresh(force=True))
+    [message] = box.messages
+    assert sorted(box.flags(message)) == ["$Important", "Project", "\\Seen"]
