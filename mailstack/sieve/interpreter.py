@@ -20,7 +20,10 @@ mailboxexists), relational (RFC 5231: :count and :value), comparator-i;ascii-num
 vacation-seconds (RFC 6131), variables (RFC 5229: ``set`` with its modifiers, the ``string``
 test, ``${name}`` and the match variables ``${0}``..``${9}`` of :matches in every string
 but the ``require`` list, comparator names and relational operators, which must be
-constant; imap4flags on named variables; see :mod:`.variables` for the limits).
+constant; imap4flags on named variables; see :mod:`.variables` for the limits),
+encoded-character (RFC 5228 §2.4.2.4: decoded in every string before the script is
+checked, see :func:`.parser.decode_encoded`) and body (RFC 5173: :raw, :content, :text
+over MessageView.body; see :mod:`.body` for what is examined).
 """
 
 from __future__ import annotations
@@ -35,8 +38,19 @@ from mailstack.accounts.directory import canonical_address
 from mailstack.addresses import InvalidAddress
 from mailstack.imap import address as addresses
 from mailstack.imap import mime
+from mailstack.sieve import body as bodies
 from mailstack.sieve import vacation
-from mailstack.sieve.parser import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
+from mailstack.sieve.parser import (
+    Argument,
+    Command,
+    Number,
+    SieveSyntaxError,
+    StringList,
+    Tag,
+    Test,
+    decode_encoded,
+    parse,
+)
 from mailstack.sieve.vacation import Vacation
 from mailstack.sieve.variables import MAX_VALUE as MAX_VARIABLE_VALUE
 from mailstack.sieve.variables import (
@@ -56,7 +70,8 @@ MAX_STEPS = 100_000  # commands and tests one run may evaluate
 MAX_REDIRECTS = 10  # redirects one run may make
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
-              "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds", "variables")
+              "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds", "variables",
+              "encoded-character", "body")
 # RFC 5228 §6.1: every implementation has these, and a script may require them
 BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
 # RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
@@ -96,7 +111,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class MessageView:
-    """What a script looks at: the header (raw), the envelope and the size."""
+    """What a script looks at: the header (raw, with the empty line that ends it), the
+    envelope, the size and the body (the octets after the header)."""
 
     header: bytes
     size: int
@@ -104,6 +120,7 @@ class MessageView:
     recipient: str  # envelope to, as it was sent (user+detail@domain)
     mailbox_exists: Callable[[str], bool] = lambda name: True
     delimiter: str = "+"  # delivery.recipient_delimiter: what separates :user from :detail (RFC 5233)
+    body: bytes = b""  # the message octets after the header (RFC 5173 body test)
 
     def raw_fields(self) -> dict[str, list[str]]:
         """Header field name -> unfolded values (not RFC 2047 decoded), in order; one parse."""
@@ -133,6 +150,8 @@ def compile_script(text: str | bytes) -> Script:
             if name == "vacation-seconds":  # RFC 6131 §2: implies vacation
                 required.add("vacation")
     body = commands[position:]
+    if "encoded-character" in required:
+        _decode_strings(body)
     _Checker(required).block(body)
     return Script(body, frozenset(required), _size(body))
 
@@ -148,6 +167,23 @@ class Script:
     def run(self, message: MessageView) -> Outcome:
         """The outcome for one message; a run that hits a limit raises SieveRuntimeError."""
         return _Run(message, self.prepared, "variables" in self.required).execute(self.commands)
+
+
+def _decode_strings(commands: list[Command]) -> None:
+    """RFC 5228 §2.4.2.4: every string's encoded characters decoded, in place."""
+    stack: list[Command | Test] = list(commands)
+    while stack:
+        node = stack.pop()
+        for i, arg in enumerate(node.arguments):
+            if isinstance(arg, StringList) and any("${" in v for v in arg.values):
+                try:
+                    values = tuple(decode_encoded(v) for v in arg.values)
+                except ValueError as e:
+                    raise SieveError(str(e), arg.line, arg.column) from None
+                node.arguments[i] = StringList(values, arg.single, arg.line, arg.column)
+        stack.extend(node.tests)
+        if isinstance(node, Command) and node.block:
+            stack.extend(node.block)
 
 
 def _size(commands: list[Command]) -> int:
@@ -196,6 +232,7 @@ _TESTS: dict[str, tuple[str | None, list[str]]] = {
     "hasflag": ("imap4flags", ["l"]),
     "mailboxexists": ("mailbox", ["l"]),
     "string": ("variables", ["l", "l"]),
+    "body": ("body", ["l"]),
 }
 
 
@@ -368,18 +405,22 @@ class _Checker:
             positional = ["l", "l"]  # RFC 5232 §4: a list of variables first
         flags: set[str] = set()
         valued: dict[str, str] = {}
-        if name in ("address", "header", "envelope", "hasflag", "string"):
+        if name in ("address", "header", "envelope", "hasflag", "string", "body"):
             flags |= {"is", "contains", "matches"}
             valued |= {"comparator": "s", "count": "s", "value": "s"}
         if name in ("address", "envelope"):
             flags |= _ADDRESS_PARTS
         if name == "size":
             flags |= {"over", "under"}
+        if name == "body":  # RFC 5173 §5: one body transform
+            flags |= {"raw", "text"}
+            valued["content"] = "l"
         rest = self.arguments(test, test.arguments, flags, valued, positional)
         if name == "hasflag" and len(rest) == 2 and isinstance(rest[0], StringList):
             self.check_names(rest[0])
         tags = [a for a in test.arguments if isinstance(a, Tag)]
-        for group, label in ((_MATCH, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, "")):
+        for group, label in ((_MATCH, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, ""),
+                             ({"raw", "content", "text"}, "body transform")):
             used = [t for t in tags if t.name in group]
             if len(used) > 1:
                 raise SieveError(f"only one {label or ':over or :under'}", used[1].line, used[1].column)
@@ -404,6 +445,9 @@ class _Checker:
                                          tag.line, tag.column)
 
 
+# tags followed by a value (not a positional argument)
+_VALUED_TAGS = frozenset({"comparator", "count", "value", "flags", "content", "days", "seconds", "subject", "from",
+                          "addresses", "handle"})
 _KIND_NAMES = {"s": "string", "l": "string list", "n": "number"}
 
 
@@ -436,6 +480,7 @@ class _Run:
         self.message = message
         self.prepared = prepared
         self.vars = Variables() if variables else None
+        self._bodies: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self.source: list[Argument] | None = None  # the unexpanded arguments of the action running
         self._fields: dict[str, list[str]] | None = None
         self._addresses: dict[str, list[tuple[str, str]]] = {}  # header name -> its mailboxes
@@ -458,6 +503,28 @@ class _Run:
         if found is None:
             found = self._addresses[key] = [a for v in self.raw(name) for a in _mailboxes(v)]
         return found
+
+    def body_strings(self, args: list[Argument]) -> list[str]:
+        """What a body test matches against (RFC 5173 §5), worked out once per run and transform."""
+        transform = next((a.name for a in args if isinstance(a, Tag) and a.name in ("raw", "content")), "text")
+        types: tuple[str, ...] = ("text",)
+        if transform == "content":
+            found = _valued(args, "content")
+            types = found.values if found is not None else ()
+            if self.vars is not None:
+                types = self.vars.expand_all(types)
+        key = (transform, types)
+        strings = self._bodies.get(key)
+        if strings is None:
+            message = self.message
+            if not bodies.has_body(message.header, message.body):
+                strings = []
+            elif transform == "raw":
+                strings = bodies.raw(message.body)
+            else:
+                strings = bodies.content(message.header, message.body, list(types))
+            self._bodies[key] = strings
+        return strings
 
     def decoded(self, name: str) -> list[str]:
         """The same, RFC 2047 words decoded (RFC 5228 §5.7), for the header test."""
@@ -670,6 +737,8 @@ class _Run:
         if name == "string":  # RFC 5229 §5: an empty string counts as none
             sources = [v for v in positional[0] if v or matcher.kind != "count"]
             return matcher.match(sources, positional[1], variables)
+        if name == "body":  # RFC 5173 §6: never sets match variables
+            return matcher.match(self.body_strings(args), positional[0])
         if name == "hasflag":  # RFC 5232 §4: keys are flag lists too
             flags = self.flags
             if len(positional) == 2 and variables is not None:  # the flags in the named variables
@@ -707,7 +776,7 @@ def _positional(args: list[Argument]) -> list[StringList]:
             skip = False
             continue
         if isinstance(arg, Tag):
-            skip = arg.name in ("comparator", "count", "value", "flags") and i + 1 < len(args)
+            skip = arg.name in _VALUED_TAGS and i + 1 < len(args)
             continue
         if isinstance(arg, StringList):
             out.append(arg)

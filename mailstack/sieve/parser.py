@@ -12,10 +12,17 @@ Bounds, so a hostile script costs little: MAX_SCRIPT octets, MAX_NESTING of bloc
 and tests, MAX_LIST strings in one list, and numbers below 2^63 after the quantifier.
 What a command means (which arguments it takes, whether its extension was required)
 is checked by :mod:`.interpreter`, not here.
+
+:func:`decode_encoded` is the "encoded-character" step (§2.4.2.4): ``${hex:...}`` and
+``${unicode:...}`` decoded after escapes and dot-unstuffing. It is lexical, so it lives
+here, but it applies only where a script requires "encoded-character", which the
+checker knows: :func:`~.interpreter.compile_script` calls it on every string of such a
+script before checking it, and its errors name the string's line and column.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -357,3 +364,42 @@ class _Parser:
             if after.kind != ",":
                 raise self.error("expected , or ] in the string list", after)
         return StringList(tuple(values), False, token.line, token.column)
+
+
+# RFC 5228 §2.4.2.4: "${hex:" hex-pair-seq "}" and "${unicode:" unicode-hex-seq "}" (case-insensitive)
+_ENCODED = re.compile(r"\$\{(hex|unicode):([ \t\r\n]*[0-9A-Fa-f]+(?:[ \t\r\n]+[0-9A-Fa-f]+)*[ \t\r\n]*)\}",
+                      re.IGNORECASE)
+
+
+def decode_encoded(text: str) -> str:
+    """A string with its encoded characters decoded (one pass); a sequence that does not fit
+    the grammar stays as it is. Raises ValueError for a code point outside Unicode (or a
+    surrogate), octets that are not UTF-8, or a NUL."""
+    if "${" not in text:
+        return text
+    out: list[bytes] = []
+    at = 0
+    for m in _ENCODED.finditer(text):
+        groups = m.group(2).split()
+        if m.group(1).lower() == "hex":
+            if any(len(g) > 2 for g in groups):  # hex-pair = 1*2HEXDIG: not an encoding
+                continue
+            decoded = bytes(int(g, 16) for g in groups)
+        else:
+            points = [int(g, 16) for g in groups]
+            bad = next((p for p in points if p > 0x10FFFF or 0xD800 <= p <= 0xDFFF), None)
+            if bad is not None:
+                raise ValueError(f"{m.group(0)!r} names no Unicode character (U+{bad:X})")
+            decoded = "".join(chr(p) for p in points).encode("utf-8")
+        out += [text[at:m.start()].encode("utf-8", "surrogatepass"), decoded]
+        at = m.end()
+    if not out:
+        return text
+    out.append(text[at:].encode("utf-8", "surrogatepass"))
+    try:
+        result = b"".join(out).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("encoded octets that are not UTF-8") from None
+    if "\0" in result:
+        raise ValueError("NUL in a string")
+    return result
