@@ -222,7 +222,8 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     # The Filter step: DMARC quarantine files into the user's \Junk folder; the user's Sieve script
     # files the rest; without one, INBOX.
     sieve = SieveFilter(store, InboxFilter(), run=io, delimiter=settings.delivery.recipient_delimiter,
-                        hostname=settings.hostname, srs=srs, replied=replied, clock=reactor.seconds)
+                        hostname=settings.hostname, srs=srs, replied=replied, clock=reactor.seconds,
+                        folder_exists=lambda user, name: mail_store.exists(user, name, io))
 
     async def keyword_letters(user: str, folder: str | None, keywords: list[str]) -> str:
         return await mail_store.keyword_letters(user, folder or "INBOX", keywords, io)

@@ -42,12 +42,14 @@ log = Logger()
 COMPILED = 256  # compiled scripts kept (by text)
 INLINE_NODES = 400  # commands and tests of a script run on the reactor thread (a few hundred µs at most)
 INLINE_HEADER = 16 << 10  # octets of header a script run on the reactor thread may read
+RUNS = 3  # runs of one script for one copy: again while mailboxexists asks about folders not looked up
 
 
 class SieveFilter:
     def __init__(self, store: AccountLookup, then: Filter, *, run: Callable[..., Awaitable[Any]],
                  delimiter: str = "+", hostname: str = "localhost", srs: SRS | None = None,
-                 replied: VacationMemory | None = None, clock: Callable[[], float] = time.time) -> None:
+                 replied: VacationMemory | None = None, clock: Callable[[], float] = time.time,
+                 folder_exists: Callable[[str, str], Awaitable[bool]] | None = None) -> None:
         self.store = store
         self.then = then
         self.run = run  # blocking work on a bounded pool
@@ -56,25 +58,52 @@ class SieveFilter:
         self.srs = srs  # the envelope sender of redirected mail
         self.replied = replied  # vacation's memory; None: no vacation replies
         self.clock = clock
+        self.folder_exists = folder_exists  # (mailbox, folder) -> it exists; None: every folder does
         self._compiled: OrderedDict[str, Script | SieveSyntaxError] = OrderedDict()
 
     async def file(self, copy: LocalCopy) -> Filing:
         text = self.store.active_script(copy.mailbox)
         if text is None:
             return await self.then.file(copy)
+        folders: dict[str, bool] = {}  # folder -> it exists (asked on the pool once per copy)
         try:
             script = self._script(text)
             header = split_message(copy.message)[0]
-            view = MessageView(header, len(copy.message), copy.sender, copy.original, delimiter=self.delimiter)
             # A small script over a small header costs less than the trip to the pool: run on the
             # reactor thread; anything bigger (up to MAX_STEPS, over a long header) on the pool.
             inline = script.size <= INLINE_NODES and len(header) <= INLINE_HEADER
-            outcome: Outcome = script.run(view) if inline else await self.run(script.run, view)
+            asked: set[str] = set()
+
+            def exists(name: str) -> bool:
+                if name in folders:
+                    return folders[name]
+                asked.add(name)
+                return False
+
+            for _ in range(RUNS):
+                asked.clear()
+                view = MessageView(header, len(copy.message), copy.sender, copy.original, mailbox_exists=exists,
+                                   delimiter=self.delimiter)
+                outcome: Outcome = script.run(view) if inline else await self.run(script.run, view)
+                if not asked:  # mailboxexists asked nothing new: this run's outcome stands
+                    break
+                await self._look_up(copy.mailbox, asked, folders)
         except Exception as e:  # a limit hit, a broken script: the copy is kept (RFC 5228 §2.10.6)
             log.warn("{queue_id} Sieve script of <{mailbox}> failed ({error}); filed into INBOX",
                      queue_id=copy.queue_id, mailbox=copy.mailbox, error=e)
             return INBOX
-        copies = tuple((d.folder, d.flags) for d in outcome.deliveries)
+        await self._look_up(copy.mailbox, {d.folder for d in outcome.deliveries
+                                           if d.folder is not None and not d.create}, folders)
+        copies: tuple[tuple[str | None, tuple[str, ...]], ...] = ()
+        for d in outcome.deliveries:
+            folder = d.folder
+            if folder is not None and not d.create and not folders.get(folder, True):
+                # RFC 5490 §3.2: without :create, fileinto into a missing folder fails; the copy is kept
+                log.warn("{queue_id} Sieve script of <{mailbox}> files into {folder}, which does not exist "
+                         "(no :create); filed into INBOX", queue_id=copy.queue_id, mailbox=copy.mailbox, folder=folder)
+                folder = None
+            if all(f != folder for f, _ in copies):
+                copies += ((folder, d.flags),)
         sends: list[Outbound] = []
         if outcome.redirects:
             if actions.looped(header, copy.mailbox):
@@ -100,6 +129,17 @@ class SieveFilter:
             if reply is not None:
                 sends.append(reply)
         return Filing(copies, tuple(sends), outcome.reject)
+
+    async def _look_up(self, mailbox: str, names: set[str], found: dict[str, bool]) -> None:
+        """Whether each folder of *names* not looked up yet exists (on the pool)."""
+        for name in names - found.keys():
+            if self.folder_exists is None:
+                found[name] = True
+                continue
+            try:
+                found[name] = await self.folder_exists(mailbox, name)
+            except Exception:  # a name no folder can have
+                found[name] = False
 
     async def _vacation(self, copy: LocalCopy, header: bytes, vacation: Vacation) -> Outbound | None:
         """The reply, when this sender has not had one for this handle within the period."""

@@ -242,21 +242,24 @@ def test_a_sieve_script_put_with_the_cli_files_mail_sent_by_smtp(server):
     """The user's active script runs at delivery: fileinto with flags, discard, and a broken run kept."""
     user = "sieve@example.test"
     assert cli(server.config, "user", "add", user, "--password-stdin", stdin="pw-sieve-1\n").returncode == 0
-    script = ('require ["fileinto", "imap4flags", "envelope", "subaddress"];\n'
+    script = ('require ["fileinto", "imap4flags", "envelope", "subaddress", "mailbox"];\n'
               'if envelope :detail "to" "junk" { discard; stop; }\n'
-              'if header :contains "subject" "[dev]" { fileinto :flags "\\\\Flagged" "Lists.dev"; }\n')
+              'if header :contains "subject" "[dev]" { fileinto :create :flags "\\\\Flagged" "Lists.dev"; }\n'
+              'if header :contains "subject" "[ops]" { fileinto "Missing"; }\n')
     assert cli(server.config, "sieve", "put", user, "main", stdin=script).returncode == 0
     broken = cli(server.config, "sieve", "put", user, "bad", stdin='fileinto "x";\n')
     assert broken.returncode == 1 and "line 1, column 1" in broken.stderr
     assert cli(server.config, "sieve", "activate", user, "main").returncode == 0
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
-        for to, subject in ((user, "[dev] release"), (user, "hello"), ("sieve+junk@example.test", "[dev] x")):
+        for to, subject in ((user, "[dev] release"), (user, "hello"), ("sieve+junk@example.test", "[dev] x"),
+                            (user, "[ops] no folder")):
             assert s.sendmail("bob@remote.example", [to], f"Subject: {subject}\r\n\r\nbody\r\n".encode()) == {}
     flagged = list((server.maildir(user, "Lists.dev") / "cur").iterdir())
     assert len(flagged) == 1 and flagged[0].name.endswith(":2,F")
     assert b"Subject: [dev] release" in flagged[0].read_bytes()
-    [inbox] = server.messages(user)  # the other one; the +junk one was discarded
-    assert b"Subject: hello" in inbox
+    inbox = server.messages(user)  # "hello" and the one for a missing folder; the +junk one was discarded
+    assert len(inbox) == 2 and b"Subject: hello" in inbox[0] and b"Subject: [ops] no folder" in inbox[1]
+    assert not server.maildir(user, "Missing").exists()  # fileinto without :create (RFC 5490 §3.2)
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):

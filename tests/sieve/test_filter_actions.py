@@ -216,3 +216,37 @@ def test_keywords_a_script_sets_are_kept_in_the_folders_table(tmp_path, open_fir
     run(box.refresh(force=True))
     [message] = box.messages
     assert sorted(box.flags(message)) == ["$Important", "Project", "\\Seen"]
+
+
+def _with_folders(tmp_path, script, existing):
+    asked = []
+
+    async def folder_exists(mailbox, name):
+        asked.append(name)
+        return name in existing
+
+    local, _ = make(tmp_path, {"alice@example.test": script}, folder_exists=folder_exists)
+    return local, asked
+
+
+def test_fileinto_a_missing_folder_without_create_keeps_the_copy_in_inbox(tmp_path):
+    local, asked = _with_folders(tmp_path, 'require "fileinto"; fileinto "Nowhere";', set())
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
+    assert asked == ["Nowhere"] and files(tmp_path, "alice", "Nowhere") == {"new": [], "cur": []}
+
+
+def test_fileinto_create_makes_the_folder(tmp_path):
+    local, asked = _with_folders(tmp_path, 'require ["fileinto", "mailbox"]; fileinto :create "Made";', set())
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": "Made"}
+    assert asked == [] and len(files(tmp_path, "alice", "Made")["new"]) == 1
+
+
+def test_mailboxexists_is_answered_from_the_folders_there(tmp_path):
+    script = ('require ["fileinto", "mailbox"]; if mailboxexists "Work" { fileinto "Work"; } '
+              'elsif mailboxexists "Other" { fileinto :create "Other"; }')
+    local, asked = _with_folders(tmp_path, script, {"Work"})
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": "Work"}
+    assert sorted(asked) == ["Other", "Work"]  # each looked up once, though the script ran twice
+    local, asked = _with_folders(tmp_path, script, set())
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
+    assert sorted(asked) == ["Other", "Work"]
