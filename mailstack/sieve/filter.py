@@ -155,7 +155,15 @@ class SieveFilter:
             log.info("{queue_id} <{to}> had a vacation reply from <{mailbox}> within the period: none now",
                      queue_id=copy.queue_id, to=vacation.to, mailbox=copy.mailbox)
             return None
-        return actions.vacation(header, to=vacation.to, sender_address=vacation.from_ or copy.original,
+        sender_address = copy.original
+        if vacation.from_ is not None:
+            if self.store.owns(copy.mailbox, vacation.from_):
+                sender_address = vacation.from_
+            else:  # the reply is signed for its From domain: never as somebody else's address
+                log.warn("{queue_id} vacation :from <{address}> of <{mailbox}> is not an address of theirs; "
+                         "the reply is from <{original}>", queue_id=copy.queue_id, address=vacation.from_,
+                         mailbox=copy.mailbox, original=copy.original)
+        return actions.vacation(header, to=vacation.to, sender_address=sender_address,
                                 reason=vacation.reason, subject=vacation.subject, mime_reason=vacation.mime,
                                 hostname=self.hostname, now=now)
 

@@ -250,3 +250,17 @@ def test_mailboxexists_is_answered_from_the_folders_there(tmp_path):
     local, asked = _with_folders(tmp_path, script, set())
     assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
     assert sorted(asked) == ["Other", "Work"]
+
+
+def test_vacation_from_is_used_only_when_the_address_is_the_users(tmp_path):
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    script = 'require "vacation"; vacation :from "{}" "Away.";'
+    local, accounts = make(tmp_path, {"alice@example.test": script.format("bob@example.test")}, replied=memory,
+                           clock=Clock())
+    [(_, out)] = deliver(local, ALICE, MESSAGE).outbound
+    assert message_from_bytes(out.message, policy=SMTP)["From"] == "alice@example.test"  # not bob's
+    accounts.aliases["sales@example.test"] = ["alice@example.test"]
+    accounts.scripts["alice@example.test"] = script.format("sales@example.test")
+    [(_, out)] = deliver(local, ALICE, MESSAGE, sender="carol@example.org").outbound
+    assert message_from_bytes(out.message, policy=SMTP)["From"] == "sales@example.test"
+    memory.close()
