@@ -42,6 +42,7 @@ log = Logger()
 COMPILED = 256  # compiled scripts kept (by text)
 INLINE_NODES = 400  # commands and tests of a script run on the reactor thread (a few hundred µs at most)
 INLINE_HEADER = 16 << 10  # octets of header a script run on the reactor thread may read
+INLINE_BODY = 16 << 10  # octets of body a script with the body test may read on the reactor thread
 RUNS = 3  # runs of one script for one copy: again while mailboxexists asks about folders not looked up
 
 
@@ -71,7 +72,9 @@ class SieveFilter:
             header = split_message(copy.message)[0]
             # A small script over a small header costs less than the trip to the pool: run on the
             # reactor thread; anything bigger (up to MAX_STEPS, over a long header) on the pool.
-            inline = script.size <= INLINE_NODES and len(header) <= INLINE_HEADER
+            body = copy.message[len(header):]
+            inline = script.size <= INLINE_NODES and len(header) <= INLINE_HEADER and \
+                ("body" not in script.required or len(body) <= INLINE_BODY)
             asked: set[str] = set()
 
             def exists(name: str) -> bool:
@@ -83,7 +86,7 @@ class SieveFilter:
             for _ in range(RUNS):
                 asked.clear()
                 view = MessageView(header, len(copy.message), copy.sender, copy.original, mailbox_exists=exists,
-                                   delimiter=self.delimiter)
+                                   delimiter=self.delimiter, body=body)
                 outcome: Outcome = script.run(view) if inline else await self.run(script.run, view)
                 if not asked:  # mailboxexists asked nothing new: this run's outcome stands
                     break

@@ -264,3 +264,13 @@ def test_vacation_from_is_used_only_when_the_address_is_the_users(tmp_path):
     [(_, out)] = deliver(local, ALICE, MESSAGE, sender="carol@example.org").outbound
     assert message_from_bytes(out.message, policy=SMTP)["From"] == "sales@example.test"
     memory.close()
+
+
+def test_the_body_test_sees_the_body_of_the_copy(tmp_path):
+    script = 'require ["body", "fileinto"]; if body :text :contains "invoice" { fileinto "Bills"; }'
+    local, _ = make(tmp_path, {"alice@example.test": script})
+    assert deliver(local, ALICE, MESSAGE.replace(b"body\r\n", b"your invoice\r\n")).delivered == {
+        "alice@example.test": "Bills"}
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
+    big = MESSAGE.replace(b"body\r\n", b"x" * 100_000 + b"\r\ninvoice\r\n")  # run on the pool
+    assert deliver(local, ALICE, big).delivered == {"alice@example.test": "Bills"}
