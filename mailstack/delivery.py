@@ -145,7 +145,9 @@ class LocalDelivery:
         """
         result = LocalResult()
         sends: dict[str, tuple[Outbound, ...]] = {}
-        by_target: dict[tuple[str | None, str], list[Recipient]] = {}  # (folder, flag letters) -> copies
+        # (folder, flag letters, the copy's text) -> recipients; the text is the message unless a
+        # filter edited its header (Sieve's editheader), so copies that are the same are written together
+        by_target: dict[tuple[str | None, str, bytes], list[Recipient]] = {}
         for mailbox, original in mailboxes.items():
             copy = LocalCopy(queue_id, sender, mailbox, original, message)
             filing = await self.filter.file(copy)
@@ -159,14 +161,15 @@ class LocalDelivery:
                 continue
             user = self.store.get_user(mailbox)
             recipient = Recipient(mailbox, user.quota if user else 0, original, user.max_messages if user else 0)
-            for target in targets:
-                by_target.setdefault(target, []).append(recipient)
+            text = filing.message if filing.message is not None else message
+            for folder, letters in targets:
+                by_target.setdefault((folder, letters, text), []).append(recipient)
         remaining = sum(len(group) for group in by_target.values())
         filed: list[tuple[str, str | None]] = []
-        for (folder, letters), group in by_target.items():
+        for (folder, letters, text), group in by_target.items():
             while group:
                 try:
-                    await self.maildir.deliver(sender, group, message, folder, letters)
+                    await self.maildir.deliver(sender, group, text, folder, letters)
                 except DeliveryError as e:
                     held = self._hold(e, group, result, remaining, can_hold)
                     for r in held:

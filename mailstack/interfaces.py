@@ -108,6 +108,8 @@ class Filing:
     copies: tuple[tuple[str | None, tuple[str, ...]], ...] = ((None, ()),)
     sends: tuple[Outbound, ...] = ()
     refusal: str | None = None
+    message: bytes | None = None
+    """The copy as it is filed when the filter changed it (Sieve's editheader); None: as it came."""
 
     @classmethod
     def into(cls, folder: str | None, flags: tuple[str, ...] = ()) -> Filing:
