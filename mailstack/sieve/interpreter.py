@@ -23,12 +23,14 @@ but the ``require`` list, comparator names and relational operators, which must 
 constant; imap4flags on named variables; see :mod:`.variables` for the limits),
 encoded-character (RFC 5228 §2.4.2.4: decoded in every string before the script is
 checked, see :func:`.parser.decode_encoded`) and body (RFC 5173: :raw, :content, :text
-over MessageView.body; see :mod:`.body` for what is examined).
+over MessageView.body; see :mod:`.body` for what is examined) and regex
+(draft-ietf-sieve-regex-01: the :regex match type with i;octet and i;ascii-casemap, match
+variables, set :quoteregex; see :mod:`.regex`). Match types and comparators are in
+:mod:`.matching`.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +41,8 @@ from mailstack.addresses import InvalidAddress
 from mailstack.imap import address as addresses
 from mailstack.imap import mime
 from mailstack.sieve import body as bodies
-from mailstack.sieve import vacation
+from mailstack.sieve import regex, vacation
+from mailstack.sieve.matching import MATCH_TYPES, Matcher, tag_value
 from mailstack.sieve.parser import (
     Argument,
     Command,
@@ -59,19 +62,17 @@ from mailstack.sieve.variables import (
     ExpansionLimit,
     Variables,
     constant,
-    decoded,
     name_error,
     octets,
     reference_error,
 )
-from mailstack.sieve.variables import captures as glob_captures
 
 MAX_STEPS = 100_000  # commands and tests one run may evaluate
 MAX_REDIRECTS = 10  # redirects one run may make
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
               "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds", "variables",
-              "encoded-character", "body")
+              "encoded-character", "body", "regex")
 # RFC 5228 §6.1: every implementation has these, and a script may require them
 BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
 # RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
@@ -219,7 +220,6 @@ _COMMANDS: dict[str, tuple[str | None, set[str], dict[str, str], list[str]]] = {
     "vacation": ("vacation", {"mime"}, {"days": "n", "seconds": "n", "subject": "s", "from": "s", "addresses": "l",
                                         "handle": "s"}, ["s"]),
 }
-_MATCH = {"is", "contains", "matches", "count", "value"}
 _ADDRESS_PARTS = {"all", "localpart", "domain", "user", "detail"}
 _TESTS: dict[str, tuple[str | None, list[str]]] = {
     "address": (None, ["l", "l"]),
@@ -277,6 +277,24 @@ class _Checker:
                 raise SieveError(f":{tag.name} and :{seen[MODIFIERS[tag.name]].name} cannot go together",
                                  tag.line, tag.column)
             seen[MODIFIERS[tag.name]] = tag
+            if tag.name == "quoteregex":
+                self.need("regex", tag, ":quoteregex")
+
+    def check_regex(self, test: Test, tag: Tag, rest: list[Argument]) -> None:
+        """draft-ietf-sieve-regex: required, with i;octet or i;ascii-casemap, literal patterns valid."""
+        self.need("regex", tag, ":regex")
+        comparator = tag_value(test.arguments, "comparator") or "i;ascii-casemap"
+        if comparator not in ("i;octet", "i;ascii-casemap"):
+            raise SieveError(f":regex cannot be used with {comparator}", tag.line, tag.column)
+        keys = rest[-1]
+        assert isinstance(keys, StringList)
+        for pattern in keys.values:
+            if self.dynamic(pattern):
+                continue
+            try:
+                regex.compiled(pattern, comparator == "i;ascii-casemap")
+            except regex.RegexError as e:
+                raise SieveError(f"bad regular expression {pattern!r}: {e}", keys.line, keys.column) from None
 
     def need(self, extension: str | None, node: Command | Test | Argument, what: str) -> None:
         if extension is not None and extension not in self.required:
@@ -406,7 +424,7 @@ class _Checker:
         flags: set[str] = set()
         valued: dict[str, str] = {}
         if name in ("address", "header", "envelope", "hasflag", "string", "body"):
-            flags |= {"is", "contains", "matches"}
+            flags |= {"is", "contains", "matches", "regex"}
             valued |= {"comparator": "s", "count": "s", "value": "s"}
         if name in ("address", "envelope"):
             flags |= _ADDRESS_PARTS
@@ -419,7 +437,7 @@ class _Checker:
         if name == "hasflag" and len(rest) == 2 and isinstance(rest[0], StringList):
             self.check_names(rest[0])
         tags = [a for a in test.arguments if isinstance(a, Tag)]
-        for group, label in ((_MATCH, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, ""),
+        for group, label in ((MATCH_TYPES, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, ""),
                              ({"raw", "content", "text"}, "body transform")):
             used = [t for t in tags if t.name in group]
             if len(used) > 1:
@@ -429,13 +447,15 @@ class _Checker:
         for tag in tags:
             if tag.name in ("count", "value"):
                 self.need("relational", tag, f":{tag.name}")
-                relation = _tag_value(test.arguments, tag.name)
+                relation = tag_value(test.arguments, tag.name)
                 if relation not in _RELATIONS:
                     raise SieveError(f":{tag.name} takes one of {', '.join(sorted(_RELATIONS))}", tag.line, tag.column)
             if tag.name in ("user", "detail"):
                 self.need("subaddress", tag, f":{tag.name}")
+            if tag.name == "regex":
+                self.check_regex(test, tag, rest)
             if tag.name == "comparator":
-                comparator = _tag_value(test.arguments, "comparator")
+                comparator = tag_value(test.arguments, "comparator")
                 if comparator not in COMPARATORS:
                     raise SieveError(f"unknown comparator {comparator!r}", tag.line, tag.column)
                 if comparator == "i;ascii-numeric":
@@ -457,15 +477,6 @@ def _kind(arg: Argument | None, kind: str) -> bool:
     if not isinstance(arg, StringList):
         return False
     return kind == "l" or len(arg.values) == 1
-
-
-def _tag_value(args: list[Argument], name: str) -> str:
-    for i, arg in enumerate(args):
-        if isinstance(arg, Tag) and arg.name == name:
-            value = args[i + 1]
-            assert isinstance(value, StringList)
-            return value.values[0].lower()
-    return ""
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -542,6 +553,8 @@ class _Run:
             pass
         except ExpansionLimit as e:
             raise SieveRuntimeError(str(e)) from None
+        except regex.RegexError as e:  # a pattern made by variables at run time
+            raise SieveRuntimeError(f"bad regular expression: {e}") from None
         if self.implicit_keep and self.outcome.reject is None:
             self.deliver(None, tuple(self.flags))
         if self.outcome.reject is not None and (self.outcome.deliveries or self.outcome.redirects):
@@ -718,7 +731,7 @@ class _Run:
         found_prep = self.prepared.get(id(test))
         if found_prep is None:
             lists = [a.values for a in _positional(args)]
-            found_prep = self.prepared[id(test)] = (lists, _Matcher(args), any("${" in v for x in lists for v in x))
+            found_prep = self.prepared[id(test)] = (lists, Matcher(args), any("${" in v for x in lists for v in x))
         positional, matcher, dynamic = found_prep
         variables = self.vars
         if variables is not None and dynamic:
@@ -817,149 +830,7 @@ def _flag_list(values: Sequence[str]) -> list[str]:
     return out
 
 
-_Prepared = tuple[list[tuple[str, ...]], "_Matcher", bool]  # per test: positional values, matcher, has "${"
-
-
-class _Matcher:
-    """A match type with a comparator (RFC 5228 §2.7, RFC 5231, RFC 4790)."""
-
-    def __init__(self, args: list[Argument]) -> None:
-        tags = [a.name for a in args if isinstance(a, Tag)]
-        self.kind = next((t for t in tags if t in _MATCH), "is")
-        self.relation = _tag_value(args, self.kind) if self.kind in ("count", "value") else ""
-        self.comparator = _tag_value(args, "comparator") or "i;ascii-casemap"
-
-    def match(self, values: Sequence[str | None], keys: Sequence[str], variables: Variables | None = None) -> bool:
-        """None stands for an address part that is not there (a detail): counted, never matched.
-        With ``variables``, a successful :matches sets the match variables (RFC 5229 §3.2)."""
-        if self.kind == "count":
-            return any(_relate(_compare_numeric(str(len(values)), key), self.relation) for key in keys)
-        if variables is not None and self.kind == "matches":
-            for value in values:
-                for key in keys if value is not None else ():
-                    found = self.captures(value, key)  # type: ignore[arg-type]  # value is not None here
-                    if found is not None:
-                        variables.matches = found
-                        return True
-            return False
-        return any(self.one(value, key) for value in values if value is not None for key in keys)
-
-    def captures(self, value: str, key: str) -> list[str] | None:
-        """:matches keeping what each wildcard matched."""
-        text = value.encode("utf-8", "surrogatepass")
-        if self.comparator == "i;ascii-casemap":
-            folded = value.translate(_ASCII_UPPER).encode("utf-8", "surrogatepass")
-            key = key.translate(_ASCII_UPPER)
-        else:
-            folded = text
-        parts = glob_captures(_glob_tokens(key.encode("utf-8", "surrogatepass")), text, folded)
-        return None if parts is None else decoded(parts)
-
-    def one(self, value: str, key: str) -> bool:
-        comparator = self.comparator
-        if comparator == "i;ascii-numeric":
-            return _relate(_compare_numeric(value, key), self.relation or "eq")
-        if comparator == "i;ascii-casemap":  # RFC 4790 §9.2.1: ASCII letters to upper case
-            value, key = value.translate(_ASCII_UPPER), key.translate(_ASCII_UPPER)
-        if self.kind == "is":
-            return value == key
-        if self.kind == "contains":
-            return key in value
-        if self.kind == "matches":  # ? is one octet (RFC 5228 §2.7.1): matched as UTF-8
-            return _glob(key.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass"))
-        if self.kind == "value":
-            return _relate((value > key) - (value < key), self.relation)
-        return False
-
-
-def _relate(order: int | None, relation: str) -> bool:
-    if order is None:  # an undefined comparison (RFC 5231 §4): only "ne" holds
-        return relation == "ne"
-    return {"gt": order > 0, "ge": order >= 0, "lt": order < 0, "le": order <= 0, "eq": order == 0,
-            "ne": order != 0}[relation]
-
-
-def _compare_numeric(a: str, b: str) -> int | None:
-    """i;ascii-numeric (RFC 4790 §9.1): the leading digits as a number; none is positive
-    infinity. Compared as digit strings, so a thousand-digit value costs nothing."""
-    x, y = _leading_digits(a), _leading_digits(b)
-    if x is None and y is None:
-        return 0
-    if x is None:
-        return 1
-    if y is None:
-        return -1
-    if len(x) != len(y):
-        return -1 if len(x) < len(y) else 1
-    return (x > y) - (x < y)
-
-
-def _leading_digits(text: str) -> str | None:
-    end = 0
-    while end < len(text) and "0" <= text[end] <= "9":
-        end += 1
-    return text[:end].lstrip("0") or "0" if end else None
-
-
-_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-@functools.lru_cache(maxsize=1024)
-def _glob_tokens(pattern: bytes) -> tuple[int | None, ...]:
-    """A :matches pattern as octets, -1 for ?, None for * (a backslash quotes the next)."""
-    tokens: list[int | None] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == 0x5C and i + 1 < len(pattern):  # backslash
-            tokens.append(pattern[i + 1])
-            i += 2
-            continue
-        tokens.append(None if c == 0x2A else -1 if c == 0x3F else c)
-        i += 1
-    return tuple(tokens)
-
-
-@functools.lru_cache(maxsize=1024)
-def _glob_segments(pattern: bytes) -> tuple[bool, tuple[bytes, ...], bool] | None:
-    """A pattern without ``?``: (starts with *, the literal runs between stars, ends with *);
-    None when it has a ``?`` (the general scan is needed)."""
-    tokens = _glob_tokens(pattern)
-    if -1 in tokens:
-        return None
-    segments: list[bytes] = []
-    run: list[int] = []
-    for token in tokens:
-        if token is None:
-            segments.append(bytes(run))
-            run = []
-        else:
-            run.append(token)
-    segments.append(bytes(run))
-    return (not tokens or tokens[0] is None, tuple(segments), bool(tokens) and tokens[-1] is None)
-
-
-def _glob(pattern: bytes, text: bytes) -> bool:
-    """:matches (RFC 5228 §2.7.1): ``*`` any run, ``?`` one octet, backslash quotes the next.
-    Without ``?``, the literal runs are looked for in order with bytes.find (the first run at
-    the start, the last at the end unless a star frees them); otherwise the usual two-pointer
-    scan falling back to the last ``*`` only: no exponential backtracking either way."""
-    plain = _glob_segments(pattern)
-    if plain is not None:
-        _, segments, _ = plain
-        if len(segments) == 1:  # no star at all
-            return text == segments[0]
-        first, last = segments[0], segments[-1]
-        if not text.startswith(first) or len(text) < len(first) + len(last) or not text.endswith(last):
-            return False
-        at, end = len(first), len(text) - len(last)
-        for segment in segments[1:-1]:
-            found = text.find(segment, at, end)
-            if found < 0:
-                return False
-            at = found + len(segment)
-        return True
-    return glob_captures(_glob_tokens(pattern), text, text) is not None
+_Prepared = tuple[list[tuple[str, ...]], Matcher, bool]  # per test: positional values, matcher, has "${"
 
 
 def _addr_spec(text: str) -> str | None:

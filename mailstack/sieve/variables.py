@@ -20,13 +20,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from mailstack.sieve import regex
+
 MAX_VARIABLES = 256  # distinct variables one script may set
 MAX_NAME = 64  # characters in a variable name
 MAX_VALUE = 4096  # octets in a variable's value
 MAX_MATCH = 9  # ${0}..${9}
 MAX_EXPANDED = 16 << 20  # octets one run may produce by expansion
 
-MODIFIERS = {"lower": 40, "upper": 40, "lowerfirst": 30, "upperfirst": 30, "quotewildcard": 20, "length": 10}
+MODIFIERS = {"lower": 40, "upper": 40, "lowerfirst": 30, "upperfirst": 30, "quotewildcard": 20, "quoteregex": 20,
+             "length": 10}
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 NAME = re.compile(rf"{_IDENTIFIER}\Z")
@@ -99,6 +102,8 @@ def modify(value: str, modifiers: Sequence[str]) -> str:
             value = value[:1].translate(_UPPER) + value[1:]
         elif modifier == "quotewildcard":
             value = value.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+        elif modifier == "quoteregex":  # draft-ietf-sieve-regex (with "regex" required)
+            value = regex.quote(value)
         elif modifier == "length":
             value = str(len(value))
     return value

@@ -165,9 +165,15 @@ def test_matches_agrees_with_a_regular_expression(pattern, text):
     """:matches (RFC 5228 §2.7.1) by literal runs or by the scan: the same as the regex reading."""
     import re
 
-    from mailstack.sieve import interpreter
+    from mailstack.sieve import matching
+    from mailstack.sieve.variables import captures
 
-    tokens = interpreter._glob_tokens(pattern.encode())
-    regex = "".join(".*" if t is None else "." if t == -1 else re.escape(chr(t)) for t in tokens)
-    expected = re.fullmatch(regex, text.encode().decode("latin-1"), re.S) is not None
-    assert interpreter._glob(pattern.encode(), text.encode()) == expected
+    tokens = matching._glob_tokens(pattern.encode())
+    regex = "".join("(.*?)" if t is None else "(.)" if t == -1 else re.escape(chr(t)) for t in tokens)
+    found = re.fullmatch(regex, text.encode().decode("latin-1"), re.S)
+    assert matching._glob(pattern.encode(), text.encode()) == (found is not None)
+    # the match variables (RFC 5229 §3.2): each wildcard as short as the match allows, as the lazy regex
+    parts = captures(tokens, text.encode(), text.encode())
+    assert (parts is None) == (found is None)
+    if found is not None and parts is not None:
+        assert [p.decode("latin-1") for p in parts] == [found.group(0), *found.groups()]
