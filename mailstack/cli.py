@@ -349,8 +349,12 @@ def _alias_list(args: argparse.Namespace, ctx: Context) -> None:
 # -- sieve -----------------------------------------------------------------------------------
 
 
+GLOBAL = ":global"  # in place of an address: the global scripts any user's script may include (RFC 6609)
+
+
 def _sieve_commands(commands: SubParsers) -> None:
-    actions = _group(commands, "sieve", "users' Sieve filters (RFC 5228), one active per user")
+    actions = _group(commands, "sieve", "users' Sieve filters (RFC 5228), one active per user; "
+                                        f"{GLOBAL} in place of ADDRESS: the global scripts (RFC 6609)")
     optional_name = {"nargs": "?"}
     table: list[tuple[str, str, Callable[..., Any], dict[str, dict[str, Any]]]] = [
         ("put", "store a script (checked first), from FILE or stdin", _sieve_put,
@@ -369,7 +373,7 @@ def _sieve_commands(commands: SubParsers) -> None:
 
 
 def _sieve_put(args: argparse.Namespace, ctx: Context) -> None:
-    address = _address(args.address)
+    address = args.address if args.address == GLOBAL else _address(args.address)
     try:
         if args.file is not None:
             text = args.file.read_bytes()
@@ -382,26 +386,43 @@ def _sieve_put(args: argparse.Namespace, ctx: Context) -> None:
         compile_script(text)
     except SieveSyntaxError as e:
         raise CommandError(f"script {args.name!r} is not valid: {e}") from None
+    if address == GLOBAL:
+        ctx.store.put_global_script(args.name, text.decode("utf-8"))
+        ctx.say(f"stored global script {args.name!r}")
+        return
     ctx.store.put_script(address, args.name, text.decode("utf-8"))
     ctx.say(f"stored script {args.name!r} of {address}")
 
 
 def _sieve_get(args: argparse.Namespace, ctx: Context) -> None:
+    if args.address == GLOBAL:
+        ctx.stdout.write(ctx.store.get_global_script(args.name))
+        return
     ctx.stdout.write(ctx.store.get_script(_address(args.address), args.name))
 
 
 def _sieve_list(args: argparse.Namespace, ctx: Context) -> None:
+    if args.address == GLOBAL:
+        for name in ctx.store.list_global_scripts():
+            ctx.say(name)
+        return
     for name, active in ctx.store.list_scripts(_address(args.address)):
         ctx.say(f"{name}\t{'active' if active else ''}".rstrip())
 
 
 def _sieve_activate(args: argparse.Namespace, ctx: Context) -> None:
+    if args.address == GLOBAL:
+        raise CommandError("global scripts are included by users' scripts; none is active by itself")
     address = _address(args.address)
     ctx.store.set_active_script(address, args.name)
     ctx.say(f"active script of {address}: {args.name!r}" if args.name else f"no script runs for {address}")
 
 
 def _sieve_delete(args: argparse.Namespace, ctx: Context) -> None:
+    if args.address == GLOBAL:
+        ctx.store.delete_global_script(args.name)
+        ctx.say(f"removed global script {args.name!r}")
+        return
     address = _address(args.address)
     ctx.store.delete_script(address, args.name)
     ctx.say(f"removed script {args.name!r} of {address}")

@@ -39,6 +39,8 @@ class FakeAccounts:
         self.users = {u: User(u, "", 0) for u in users}
         self.aliases = dict(aliases or {})
         self.scripts: dict[str, str] = {}  # address -> active Sieve script
+        self.named: dict[tuple[str, str], str] = {}  # (address, name) -> a script it may include
+        self.global_scripts: dict[str, str] = {}  # name -> a global script
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -59,6 +61,12 @@ class FakeAccounts:
 
     def active_script(self, address: str) -> str | None:
         return self.scripts.get(address.lower())
+
+    def script(self, address: str, name: str) -> str | None:
+        return self.named.get((address.lower(), name))
+
+    def global_script(self, name: str) -> str | None:
+        return self.global_scripts.get(name)
 
     def owns(self, user_address: str, sender_address: str) -> bool:
         sender = sender_address.lower()

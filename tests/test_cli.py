@@ -381,3 +381,32 @@ def test_sieve_put_refuses_a_broken_script_with_its_position(conf: Path, capsys:
     assert output(capsys) == ("", "")
     assert cli(conf, "sieve", "delete", "alice@example.test", "nothing") == 1
     assert_one_error_line(output(capsys)[1], "no such script: 'nothing'")
+
+
+def test_global_sieve_scripts_are_kept_apart_and_reach_the_snapshot(conf: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailstack.accounts import SQLiteAccountStore
+    from mailstack.config import load
+
+    assert cli(conf, "user", "add", "alice@example.test", "--password-stdin", stdin="pw\n",
+               monkeypatch=monkeypatch) == 0
+    assert cli(conf, "sieve", "put", ":global", "spam", stdin="discard;\n", monkeypatch=monkeypatch) == 0
+    assert cli(conf, "sieve", "put", "alice@example.test", "main", stdin="keep;\n", monkeypatch=monkeypatch) == 0
+    assert cli(conf, "sieve", "put", "alice@example.test", "extra", stdin="stop;\n", monkeypatch=monkeypatch) == 0
+    assert cli(conf, "sieve", "list", ":global") == 0
+    assert cli(conf, "sieve", "get", ":global", "spam") == 0
+    assert cli(conf, "sieve", "activate", ":global", "spam") == 1
+    out, err = output(capsys)
+    assert out.endswith("stored global script 'spam'\nstored script 'main' of alice@example.test\n"
+                        "stored script 'extra' of alice@example.test\nspam\ndiscard;\n")
+    assert_one_error_line(err, "global scripts are included by users' scripts; none is active by itself")
+    store = SQLiteAccountStore(load(conf).storage.accounts)
+    try:
+        assert store.global_script("spam") == "discard;\n" and store.script("alice@example.test", "extra") is None
+        store.set_active_script("alice@example.test", "main")  # her scripts are known once one is active
+        assert store.script("alice@example.test", "extra") == "stop;\n"
+        assert store.script("Alice@example.test", "main") == "keep;\n"
+        store.delete_global_script("spam")
+        assert store.global_script("spam") is None and store.list_global_scripts() == []
+    finally:
+        store.close()

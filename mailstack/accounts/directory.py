@@ -71,6 +71,10 @@ class Directory:
     when no user or alias has the whole address (RFC 5233's detail). "": none."""
     scripts: Mapping[str, str] = field(default_factory=dict)
     """user address -> the text of the user's active Sieve script."""
+    named: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """(user address, name) -> the text of each script of the users who have an active one."""
+    global_scripts: Mapping[str, str] = field(default_factory=dict)
+    """name -> the text of a global script (RFC 6609 :global)."""
 
     def is_local_domain(self, domain: str) -> bool:
         try:
@@ -102,6 +106,13 @@ class Directory:
     def active_script(self, address: str) -> str | None:
         canon = _canonical_or_none(address)
         return self.scripts.get(canon) if canon is not None else None
+
+    def script(self, address: str, name: str) -> str | None:
+        canon = _canonical_or_none(address)
+        return self.named.get((canon, name)) if canon is not None else None
+
+    def global_script(self, name: str) -> str | None:
+        return self.global_scripts.get(name)
 
     def base_of(self, address: str) -> str | None:
         """``user+tag@domain`` -> ``user@domain`` (at the first delimiter); None without a tag."""

@@ -7,10 +7,11 @@ Tables (created on first open, together with the parent directory)::
                                         -- quota in bytes, max_messages a count; 0 = unlimited
     aliases(source, target, domain)                            -- source "local@domain" or "@domain"
     sieve_scripts(address, name, script, active)               -- a user's Sieve scripts, one active
+    sieve_global_scripts(name, script)                         -- scripts any user may include :global
 
 ``PRAGMA user_version`` records the schema version; a store of an older version is
-brought up to date when opened (version 2 added ``users.max_messages``), and one of a
-newer version is refused.
+brought up to date when opened (version 2 added ``users.max_messages``, 3 the Sieve
+scripts, 4 the global ones), and one of a newer version is refused.
 
 Administrative methods (:class:`~mailstack.accounts.store.AccountAdmin`) are
 synchronous and write through their own connection in short ``BEGIN
@@ -66,7 +67,7 @@ from mailstack.addresses import InvalidAddress
 
 __all__ = ["SCHEMA_VERSION", "SQLiteAccountStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_SCRIPT_NAME = 128  # characters of a Sieve script's name
 MAX_SCRIPTS = 100  # Sieve scripts per user
 MAX_SCRIPT_SIZE = 1 << 20  # octets of one script
@@ -98,6 +99,10 @@ CREATE TABLE IF NOT EXISTS sieve_scripts (
     PRIMARY KEY (address, name)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sieve_one_active ON sieve_scripts(address) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS sieve_global_scripts (
+    name TEXT PRIMARY KEY,
+    script TEXT NOT NULL
+);
 """
 
 # (version, statement): what brings a store of an older version up to that version
@@ -428,12 +433,7 @@ class SQLiteAccountStore:
         """Store (or replace) a script; checking that it is valid Sieve is the caller's job."""
         addr = _address(address)
         _check_script_name(name)
-        try:
-            script.encode("utf-8")
-        except UnicodeEncodeError:
-            raise AccountError("script is not UTF-8") from None
-        if len(script.encode("utf-8")) > MAX_SCRIPT_SIZE:
-            raise AccountError(f"script larger than {MAX_SCRIPT_SIZE} octets")
+        _check_script_text(script)
         with self._transaction() as conn:
             if not _user_exists(conn, addr):
                 raise AccountError(f"no such user: {addr}")
@@ -498,6 +498,43 @@ class SQLiteAccountStore:
         """The text of the user's active script, from the in-memory snapshot (reactor thread)."""
         return self.directory().active_script(address)
 
+    def script(self, address: str, name: str) -> str | None:
+        """A script of a user who has an active one (RFC 6609 :personal), from the snapshot."""
+        return self.directory().script(address, name)
+
+    def global_script(self, name: str) -> str | None:
+        """A global script (RFC 6609 :global), from the snapshot."""
+        return self.directory().global_script(name)
+
+    # -- global Sieve scripts (RFC 6609 :global), managed with the CLI -----------------------
+
+    def put_global_script(self, name: str, script: str) -> None:
+        _check_script_name(name)
+        _check_script_text(script)
+        with self._transaction() as conn:
+            count = conn.execute("SELECT count(*) FROM sieve_global_scripts WHERE name != ?", (name,)).fetchone()[0]
+            if count >= MAX_SCRIPTS:
+                raise AccountError(f"there are {MAX_SCRIPTS} global scripts already")
+            conn.execute("INSERT INTO sieve_global_scripts(name, script) VALUES (?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET script = excluded.script", (name, script))
+        self.log.info("stored global Sieve script {name!r}", name=name)
+
+    def get_global_script(self, name: str) -> str:
+        with self._reading() as conn:
+            row = conn.execute("SELECT script FROM sieve_global_scripts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise AccountError(f"no such global script: {name!r}")
+        return str(row[0])
+
+    def list_global_scripts(self) -> list[str]:
+        with self._reading() as conn:
+            return [str(row[0]) for row in conn.execute("SELECT name FROM sieve_global_scripts ORDER BY name")]
+
+    def delete_global_script(self, name: str) -> None:
+        with self._transaction() as conn:
+            if conn.execute("DELETE FROM sieve_global_scripts WHERE name = ?", (name,)).rowcount == 0:
+                raise AccountError(f"no such global script: {name!r}")
+
     def list_aliases(self) -> list[tuple[str, str]]:
         with self._reading() as conn:
             return [(s, t) for s, t in conn.execute("SELECT source, target FROM aliases ORDER BY source, rowid")]
@@ -517,10 +554,15 @@ def _load_directory(conn: sqlite3.Connection, recipient_delimiter: str = "+") ->
         for source, target in conn.execute("SELECT source, target FROM aliases ORDER BY rowid"):
             targets.setdefault(source, []).append(target)
         scripts = {a: s for a, s in conn.execute("SELECT address, script FROM sieve_scripts WHERE active = 1")}
+        # every script of the users with an active one, which may include them (RFC 6609), and the global ones
+        named = {(a, n): s for a, n, s in conn.execute(
+            "SELECT address, name, script FROM sieve_scripts WHERE address IN "
+            "(SELECT address FROM sieve_scripts WHERE active = 1)")}
+        global_scripts = {n: s for n, s in conn.execute("SELECT name, script FROM sieve_global_scripts")}
     finally:
         conn.execute("COMMIT")
     return Directory(domains, users, {source: tuple(t) for source, t in targets.items()}, recipient_delimiter,
-                     scripts)
+                     scripts, named, global_scripts)
 
 
 def _domain(domain: str) -> str:
@@ -577,6 +619,15 @@ def _check_script_name(name: str) -> None:
     if not 0 < len(name) <= MAX_SCRIPT_NAME or any(unicodedata.category(c) in ("Cc", "Cs") or c in "\u2028\u2029"
                                                     for c in name) or not unicodedata.is_normalized("NFC", name):
         raise AccountError(f"bad script name {name!r}: 1 to {MAX_SCRIPT_NAME} characters, no control characters")
+
+
+def _check_script_text(script: str) -> None:
+    try:
+        size = len(script.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise AccountError("script is not UTF-8") from None
+    if size > MAX_SCRIPT_SIZE:
+        raise AccountError(f"script larger than {MAX_SCRIPT_SIZE} octets")
 
 
 def _check_count(limit: int) -> None:

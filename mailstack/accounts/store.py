@@ -81,6 +81,15 @@ class AccountLookup(Protocol):
         """The text of the user's active Sieve script, or None (no filtering: INBOX)."""
         ...
 
+    def script(self, address: str, name: str) -> str | None:
+        """The text of the user's script *name* (what the active one includes :personal,
+        RFC 6609), or None; known for users who have an active script."""
+        ...
+
+    def global_script(self, name: str) -> str | None:
+        """The text of the global script *name* (RFC 6609 :global), or None."""
+        ...
+
     def owns(self, user_address: str, sender_address: str) -> bool:
         """True if the user may send as *sender_address*.
 
@@ -138,6 +147,16 @@ class AccountAdmin(Protocol):
         ...
 
     def rename_script(self, address: str, old: str, new: str) -> None: ...
+
+    def put_global_script(self, name: str, script: str) -> None:
+        """Store or replace a global script (RFC 6609 :global; checked by the caller)."""
+        ...
+
+    def get_global_script(self, name: str) -> str: ...
+
+    def list_global_scripts(self) -> list[str]: ...
+
+    def delete_global_script(self, name: str) -> None: ...
 
     def add_alias(self, source: str, targets: str | Iterable[str]) -> None:
         """*source* must be in a local domain; targets may be local or external."""

@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 
 from mailstack.accounts import AccountError, AccountLookup, SQLiteAccountStore, User
 from mailstack.accounts.passwords import verify_password
+from mailstack.accounts.sqlite import SCHEMA_VERSION
 
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
@@ -25,7 +26,7 @@ def test_first_open_creates_directory_schema_and_wal(store_path: Path, store: SQ
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"domains", "users", "aliases"} <= tables
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         conn.close()
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
@@ -62,7 +63,7 @@ def test_a_version_1_store_is_brought_up_to_date(tmp_path: Path) -> None:
         with pytest.raises(AccountError, match="message limit"):
             store.set_quota("old@example.test", 0, -1)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
