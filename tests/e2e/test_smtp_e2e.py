@@ -310,3 +310,18 @@ def test_sieve_reject_redirect_and_vacation_over_smtp(server):
     assert b"In-Reply-To: <first@x>" in reply and b"Return-Path: <>" in reply
     time.sleep(1.5)  # the queue had time to send a second reply, were one queued
     assert len(server.messages("friend@example.test")) == 1
+
+
+def test_a_sieve_run_that_fails_still_delivers_to_inbox_and_says_why(server):
+    user = "overreach@example.test"
+    assert cli(server.config, "user", "add", user, "--password-stdin", stdin="pw-over-1\n").returncode == 0
+    script = "".join(f'redirect "r{i}@example.net";\n' for i in range(11))  # one more than a run may make
+    assert cli(server.config, "sieve", "put", user, "main", stdin=script).returncode == 0
+    assert cli(server.config, "sieve", "activate", user, "main").returncode == 0
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+        assert s.sendmail("bob@remote.example", [user], b"Subject: keep me\r\n\r\nx\r\n") == {}
+    [kept] = server.messages(user)
+    assert b"Subject: keep me" in kept
+    line = wait_for(lambda: next((ln for ln in server.log_text().splitlines()
+                                  if f"Sieve script of <{user}> failed" in ln), None), what="the log line")
+    assert "more than 10 redirects" in line and "filed into INBOX" in line
