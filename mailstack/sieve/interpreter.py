@@ -26,12 +26,17 @@ checked, see :func:`.parser.decode_encoded`) and body (RFC 5173: :raw, :content,
 over MessageView.body; see :mod:`.body` for what is examined) and regex
 (draft-ietf-sieve-regex-01: the :regex match type with i;octet and i;ascii-casemap, match
 variables, set :quoteregex; see :mod:`.regex`). Match types and comparators are in
-:mod:`.matching`.
+:mod:`.matching`. Also date and index (RFC 5260: the date and currentdate tests with
+:zone/:originalzone and every date-part, see :mod:`.date`; :index/:last on header,
+address and date) and editheader (RFC 5293: addheader, deleteheader; later tests see the
+changed header, and Outcome.header carries it as it is at the end of the run for every
+copy; see :mod:`.editheader` for the protected fields and limits).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
@@ -41,7 +46,8 @@ from mailstack.addresses import InvalidAddress
 from mailstack.imap import address as addresses
 from mailstack.imap import mime
 from mailstack.sieve import body as bodies
-from mailstack.sieve import regex, vacation
+from mailstack.sieve import date as dates
+from mailstack.sieve import editheader, regex, vacation
 from mailstack.sieve.matching import MATCH_TYPES, Matcher, tag_value
 from mailstack.sieve.parser import (
     Argument,
@@ -72,7 +78,8 @@ MAX_REDIRECTS = 10  # redirects one run may make
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
               "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds", "variables",
-              "encoded-character", "body", "regex")
+              "encoded-character", "body", "regex",
+              "date", "index", "editheader")
 # RFC 5228 §6.1: every implementation has these, and a script may require them
 BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
 # RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
@@ -108,6 +115,7 @@ class Outcome:
     ereject: bool = False  # the reject was ereject (a DSN, not an MDN, when it cannot be refused in SMTP)
     discarded: bool = False
     vacation: Vacation | None = None  # a reply to send (RFC 5230), when the message allows one
+    header: bytes | None = None  # the header as editheader left it (RFC 5293), for every copy; None: unchanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,7 @@ class MessageView:
     mailbox_exists: Callable[[str], bool] = lambda name: True
     delimiter: str = "+"  # delivery.recipient_delimiter: what separates :user from :detail (RFC 5233)
     body: bytes = b""  # the message octets after the header (RFC 5173 body test)
+    now: float = 0.0  # the time of delivery, epoch seconds, for currentdate (0.0: when the run starts)
 
     def raw_fields(self) -> dict[str, list[str]]:
         """Header field name -> unfolded values (not RFC 2047 decoded), in order; one parse."""
@@ -217,6 +226,9 @@ _COMMANDS: dict[str, tuple[str | None, set[str], dict[str, str], list[str]]] = {
     "addflag": ("imap4flags", set(), {}, ["l"]),
     "removeflag": ("imap4flags", set(), {}, ["l"]),
     "set": ("variables", set(MODIFIERS), {}, ["s", "s"]),
+    "addheader": ("editheader", {"last"}, {}, ["s", "s"]),
+    "deleteheader": ("editheader", {"last", "is", "contains", "matches", "regex"},
+                     {"index": "n", "comparator": "s", "count": "s", "value": "s"}, ["s"]),
     "vacation": ("vacation", {"mime"}, {"days": "n", "seconds": "n", "subject": "s", "from": "s", "addresses": "l",
                                         "handle": "s"}, ["s"]),
 }
@@ -233,6 +245,8 @@ _TESTS: dict[str, tuple[str | None, list[str]]] = {
     "mailboxexists": ("mailbox", ["l"]),
     "string": ("variables", ["l", "l"]),
     "body": ("body", ["l"]),
+    "date": ("date", ["s", "s", "l"]),
+    "currentdate": ("date", ["s", "l"]),
 }
 
 
@@ -280,12 +294,47 @@ class _Checker:
             if tag.name == "quoteregex":
                 self.need("regex", tag, ":quoteregex")
 
-    def check_regex(self, test: Test, tag: Tag, rest: list[Argument]) -> None:
+    def check_edit(self, command: Command, rest: list[Argument]) -> None:
+        """RFC 5293 §4, §5: a valid field name (when written out); deleteheader's tags as a test's."""
+        field_name = rest[0]
+        assert isinstance(field_name, StringList)
+        if not self.dynamic(field_name.values[0]):
+            problem = editheader.name_error(field_name.values[0])
+            if problem:
+                raise SieveError(problem, field_name.line, field_name.column)
+        if command.name == "deleteheader":
+            self.check_tags(command, rest, keys=len(rest) == 2)
+
+    def check_index(self, node: Command | Test, tag: Tag, extension: str) -> None:
+        """RFC 5260 §6, RFC 5293 §5: :index counts from 1; :last only with :index."""
+        self.need(extension, tag, f":{tag.name}")
+        index = _number(node.arguments, "index")
+        if tag.name == "last" and index is None:
+            raise SieveError(":last needs :index", tag.line, tag.column)
+        if tag.name == "index" and index is not None and index < 1:
+            raise SieveError(":index counts from 1", tag.line, tag.column)
+
+    def check_date(self, test: Test, rest: list[Argument]) -> None:
+        """RFC 5260 §4.1, §4.2: a +hhmm/-hhmm zone, a known date-part (when written out)."""
+        zone = _valued(test.arguments, "zone")
+        if zone is not None and not self.dynamic(zone.values[0]):
+            problem = dates.zone_error(zone.values[0])
+            if problem:
+                raise SieveError(problem, zone.line, zone.column)
+        part = rest[-2]
+        assert isinstance(part, StringList)
+        if not self.dynamic(part.values[0]) and part.values[0].lower() not in dates.DATE_PARTS:
+            raise SieveError(f"no date-part {part.values[0]!r} (year, month, day, date, julian, hour, minute, "
+                             "second, time, iso8601, std11, zone, weekday)", part.line, part.column)
+
+    def check_regex(self, node: Command | Test, tag: Tag, rest: list[Argument]) -> None:
         """draft-ietf-sieve-regex: required, with i;octet or i;ascii-casemap, literal patterns valid."""
         self.need("regex", tag, ":regex")
-        comparator = tag_value(test.arguments, "comparator") or "i;ascii-casemap"
+        comparator = tag_value(node.arguments, "comparator") or "i;ascii-casemap"
         if comparator not in ("i;octet", "i;ascii-casemap"):
             raise SieveError(f":regex cannot be used with {comparator}", tag.line, tag.column)
+        if not rest:
+            return
         keys = rest[-1]
         assert isinstance(keys, StringList)
         for pattern in keys.values:
@@ -322,8 +371,12 @@ class _Checker:
                     raise SieveError(f"{name} takes no test or block", command.line, command.column)
                 if name in ("setflag", "addflag", "removeflag") and self.flag_variable(command.arguments):
                     positional = ["s", "l"]  # RFC 5232 §3: a variable name first
+                if name == "deleteheader" and len(_positional(command.arguments)) == 2:
+                    positional = ["s", "l"]  # RFC 5293 §5: value patterns after the name
                 rest = self.arguments(command, command.arguments, flags, valued, positional)
-                if len(rest) == 2 and name != "set" and isinstance(rest[0], StringList):
+                if name in ("addheader", "deleteheader"):
+                    self.check_edit(command, rest)
+                if len(rest) == 2 and name in ("setflag", "addflag", "removeflag") and isinstance(rest[0], StringList):
                     self.check_names(rest[0])
                 if name == "set":
                     self.check_set(command)
@@ -423,7 +476,7 @@ class _Checker:
             positional = ["l", "l"]  # RFC 5232 §4: a list of variables first
         flags: set[str] = set()
         valued: dict[str, str] = {}
-        if name in ("address", "header", "envelope", "hasflag", "string", "body"):
+        if name in ("address", "header", "envelope", "hasflag", "string", "body", "date", "currentdate"):
             flags |= {"is", "contains", "matches", "regex"}
             valued |= {"comparator": "s", "count": "s", "value": "s"}
         if name in ("address", "envelope"):
@@ -433,29 +486,44 @@ class _Checker:
         if name == "body":  # RFC 5173 §5: one body transform
             flags |= {"raw", "text"}
             valued["content"] = "l"
+        if name in ("date", "currentdate"):  # RFC 5260 §4.1
+            valued["zone"] = "s"
+            flags |= {"originalzone"} if name == "date" else set()
+        if name in ("header", "address", "date"):  # RFC 5260 §6
+            valued["index"] = "n"
+            flags.add("last")
         rest = self.arguments(test, test.arguments, flags, valued, positional)
         if name == "hasflag" and len(rest) == 2 and isinstance(rest[0], StringList):
             self.check_names(rest[0])
-        tags = [a for a in test.arguments if isinstance(a, Tag)]
+        self.check_tags(test, rest)
+        if name in ("date", "currentdate"):
+            self.check_date(test, rest)
+
+    def check_tags(self, node: Command | Test, rest: list[Argument], keys: bool = True) -> None:
+        """Tags that exclude each other, and what each needs (match types, comparators...)."""
+        name = node.name
+        tags = [a for a in node.arguments if isinstance(a, Tag)]
         for group, label in ((MATCH_TYPES, "match type"), (_ADDRESS_PARTS, "address part"), ({"over", "under"}, ""),
-                             ({"raw", "content", "text"}, "body transform")):
+                             ({"raw", "content", "text"}, "body transform"), ({"zone", "originalzone"}, "zone")):
             used = [t for t in tags if t.name in group]
             if len(used) > 1:
                 raise SieveError(f"only one {label or ':over or :under'}", used[1].line, used[1].column)
         if name == "size" and not any(t.name in ("over", "under") for t in tags):
-            raise SieveError("size takes :over or :under", test.line, test.column)
+            raise SieveError("size takes :over or :under", node.line, node.column)
         for tag in tags:
             if tag.name in ("count", "value"):
                 self.need("relational", tag, f":{tag.name}")
-                relation = tag_value(test.arguments, tag.name)
+                relation = tag_value(node.arguments, tag.name)
                 if relation not in _RELATIONS:
                     raise SieveError(f":{tag.name} takes one of {', '.join(sorted(_RELATIONS))}", tag.line, tag.column)
             if tag.name in ("user", "detail"):
                 self.need("subaddress", tag, f":{tag.name}")
             if tag.name == "regex":
-                self.check_regex(test, tag, rest)
+                self.check_regex(node, tag, rest if keys else [])
+            if tag.name in ("index", "last"):
+                self.check_index(node, tag, "editheader" if name == "deleteheader" else "index")
             if tag.name == "comparator":
-                comparator = tag_value(test.arguments, "comparator")
+                comparator = tag_value(node.arguments, "comparator")
                 if comparator not in COMPARATORS:
                     raise SieveError(f"unknown comparator {comparator!r}", tag.line, tag.column)
                 if comparator == "i;ascii-numeric":
@@ -467,7 +535,7 @@ class _Checker:
 
 # tags followed by a value (not a positional argument)
 _VALUED_TAGS = frozenset({"comparator", "count", "value", "flags", "content", "days", "seconds", "subject", "from",
-                          "addresses", "handle"})
+                          "addresses", "handle", "zone", "index"})
 _KIND_NAMES = {"s": "string", "l": "string list", "n": "number"}
 
 
@@ -492,6 +560,10 @@ class _Run:
         self.prepared = prepared
         self.vars = Variables() if variables else None
         self._bodies: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self.now = message.now or time.time()  # RFC 5260 §5: one moment for the whole run
+        self.edited: list[tuple[str, bytes]] | None = None  # the fields, once editheader changed them
+        self.added = 0
+        self.linesep = b"\n" if message.header.endswith(b"\n") and not message.header.endswith(b"\r\n") else b"\r\n"
         self.source: list[Argument] | None = None  # the unexpanded arguments of the action running
         self._fields: dict[str, list[str]] | None = None
         self._addresses: dict[str, list[tuple[str, str]]] = {}  # header name -> its mailboxes
@@ -502,10 +574,62 @@ class _Run:
         self.implicit_keep = True
 
     def raw(self, name: str) -> list[str]:
-        """Unfolded values of a header field (the header parsed once per run)."""
+        """Unfolded values of a header field (the header parsed once per run, and again after
+        editheader changed it)."""
         if self._fields is None:
-            self._fields = self.message.raw_fields()
+            if self.edited is None:
+                self._fields = self.message.raw_fields()
+            else:
+                self._fields = {}
+                for field_name, raw in self.edited:
+                    self._fields.setdefault(field_name, []).append(mime.field_value(raw))
         return self._fields.get(name.lower(), [])
+
+    def edit_fields(self) -> list[tuple[str, bytes]]:
+        """The header's fields for editheader to change; later tests read the changed ones."""
+        if self.edited is None:
+            self.edited = mime.header_fields(self.message.header)
+        self._fields = None
+        self._addresses = {}
+        return self.edited
+
+    def add_header(self, name: str, value: str, last: bool) -> None:
+        """addheader (RFC 5293 §4): at the top, or the bottom with :last."""
+        problem = editheader.name_error(name)
+        if problem:
+            raise SieveRuntimeError(problem)
+        self.added += 1
+        if self.added > editheader.MAX_ADDED:
+            raise SieveRuntimeError(f"more than {editheader.MAX_ADDED} added header fields")
+        try:
+            raw = editheader.field(name, value, self.linesep)
+        except editheader.EditError as e:
+            raise SieveRuntimeError(str(e)) from None
+        fields = self.edit_fields()
+        fields.insert(len(fields) if last else 0, (name.lower(), raw))
+
+    def delete_header(self, args: list[Argument], strings: list[StringList]) -> None:
+        """deleteheader (RFC 5293 §5): the named fields, the :index-th of them, those whose values
+        match; never a protected one (§6, silently)."""
+        name = strings[0].values[0].lower()
+        problem = editheader.name_error(name)
+        if problem:
+            raise SieveRuntimeError(problem)
+        if name in editheader.PROTECTED:
+            return
+        fields = self.edited if self.edited is not None else mime.header_fields(self.message.header)
+        found = [i for i, (field_name, _) in enumerate(fields) if field_name == name]
+        index = _number(args, "index")
+        if index is not None:
+            at = len(found) - index if any(isinstance(a, Tag) and a.name == "last" for a in args) else index - 1
+            found = [found[at]] if 0 <= at < len(found) else []
+        if len(strings) == 2:  # as the header test would match them
+            matcher = Matcher(args)
+            found = [i for i in found if matcher.match([_decoded(mime.field_value(fields[i][1]))], strings[1].values)]
+        if found:
+            fields = self.edit_fields()  # the same fields, now kept as the run's
+            for i in reversed(found):
+                del fields[i]
 
     def mailboxes(self, name: str) -> list[tuple[str, str]]:
         """The addresses of a header field's values, parsed once per run."""
@@ -514,6 +638,39 @@ class _Run:
         if found is None:
             found = self._addresses[key] = [a for v in self.raw(name) for a in _mailboxes(v)]
         return found
+
+    def field(self, names: Sequence[str], index: int, last: bool) -> list[tuple[str, str]]:
+        """The index-th of the named header fields, counted in the order of the names (from the
+        end with :last), as [(name, raw value)]; none when there are fewer."""
+        fields = [(name, value) for name in names for value in self.raw(name)]
+        at = len(fields) - index if last else index - 1
+        return [fields[at]] if 0 <= at < len(fields) else []
+
+    def date_values(self, name: str, args: list[Argument], positional: list[tuple[str, ...]]) -> list[str]:
+        """The date-part a date or currentdate test compares (RFC 5260 §4, §5): none when the
+        field has no valid date."""
+        zone_arg = _valued(args, "zone")
+        zone_text = zone_arg.values[0] if zone_arg is not None else None
+        part = positional[-2][0]
+        if self.vars is not None and zone_text is not None:
+            zone_text = self.vars.expand(zone_text)
+        problem = dates.zone_error(zone_text) if zone_text is not None else None
+        if problem:
+            raise SieveRuntimeError(problem)
+        if part.lower() not in dates.DATE_PARTS:
+            raise SieveRuntimeError(f"no date-part {part!r}")
+        if name == "currentdate":
+            moment = dates.now(self.now)
+        else:
+            index = _number(args, "index")
+            last = any(isinstance(a, Tag) and a.name == "last" for a in args)
+            chosen = self.field(positional[0][:1], index or 1, last and index is not None)
+            found = dates.field_date(chosen[0][1]) if chosen else None
+            if found is None:
+                return []
+            moment = found
+        original = any(isinstance(a, Tag) and a.name == "originalzone" for a in args)
+        return [dates.date_part(dates.shifted(moment, dates.zone(zone_text) if zone_text else None, original), part)]
 
     def body_strings(self, args: list[Argument]) -> list[str]:
         """What a body test matches against (RFC 5173 §5), worked out once per run and transform."""
@@ -562,6 +719,8 @@ class _Run:
             raise SieveRuntimeError("reject together with keep, fileinto or redirect")
         if self.outcome.reject is not None and self.vacation_run:  # RFC 5230 §4.7
             raise SieveRuntimeError("reject together with vacation")
+        if self.edited is not None:
+            self.outcome.header = b"".join(raw for _, raw in self.edited) + self.linesep
         return self.outcome
 
     def block(self, commands: list[Command]) -> None:
@@ -623,6 +782,10 @@ class _Run:
                 raise SieveRuntimeError("more than one vacation")
             self.vacation_run = True
             self.outcome.vacation = self.vacation_reply(args, strings[-1].values[0], "mime" in tags)
+        elif name == "addheader":
+            self.add_header(strings[0].values[0], strings[1].values[0], "last" in tags)
+        elif name == "deleteheader":
+            self.delete_header(args, strings)
         elif name == "setflag":
             self.flags = _flag_list(strings[-1].values)
         elif name == "addflag":
@@ -744,7 +907,15 @@ class _Run:
             return all(self.raw(h) for h in positional[0])
         if name == "mailboxexists":
             return all(self.message.mailbox_exists(m) for m in positional[0])
+        if name in ("date", "currentdate"):
+            return matcher.match(self.date_values(name, args, positional), positional[-1], variables)
+        index = _number(args, "index") if name in ("header", "address") else None
+        chosen: list[tuple[str, str]] = []
+        if index is not None:  # RFC 5260 §6: one field, counted over the named ones in order
+            chosen = self.field(positional[0], index, any(isinstance(a, Tag) and a.name == "last" for a in args))
         if name == "header":
+            if index is not None:
+                return matcher.match([_decoded(v) for _, v in chosen], positional[1], variables)
             values = [v for h in positional[0] for v in self.decoded(h)]
             return matcher.match(values, positional[1], variables)
         if name == "string":  # RFC 5229 §5: an empty string counts as none
@@ -761,6 +932,10 @@ class _Run:
         delimiter = self.message.delimiter
         if name == "address":  # RFC 5228 §5.1: address headers only, never the phrase (not decoded)
             found: list[str | None] = []
+            if index is not None:
+                found = [_part(a, part, delimiter) for h, v in chosen if h.lower() in ADDRESS_HEADERS
+                         for a in _mailboxes(v)]
+                return matcher.match(found, positional[1], variables)
             for header in positional[0]:
                 if header.lower() in ADDRESS_HEADERS:
                     found += [_part(a, part, delimiter) for a in self.mailboxes(header)]
