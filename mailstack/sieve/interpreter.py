@@ -30,11 +30,16 @@ variables, set :quoteregex; see :mod:`.regex`). Match types and comparators are 
 :zone/:originalzone and every date-part, see :mod:`.date`; :index/:last on header,
 address and date) and editheader (RFC 5293: addheader, deleteheader; later tests see the
 changed header, and Outcome.header carries it as it is at the end of the run for every
-copy; see :mod:`.editheader` for the protected fields and limits).
+copy; see :mod:`.editheader` for the protected fields and limits) and include (RFC 6609:
+include [:personal|:global] [:once] [:optional], return, global and ${global.name}; the
+scripts come from MessageView.load_script and are compiled once per text; a missing
+script (without :optional), a loop, more than MAX_INCLUDE_DEPTH scripts inside one
+another or more than MAX_INCLUDES in a run fail the run).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -75,11 +80,14 @@ from mailstack.sieve.variables import (
 
 MAX_STEPS = 100_000  # commands and tests one run may evaluate
 MAX_REDIRECTS = 10  # redirects one run may make
+MAX_INCLUDE_DEPTH = 10  # scripts running inside one another, the main one included (RFC 6609 §3.1 asks for 3)
+MAX_INCLUDES = 100  # scripts one run may include
+MAX_SCRIPT_NAME = 512  # characters of an included script's name
 
 EXTENSIONS = ("fileinto", "envelope", "copy", "imap4flags", "subaddress", "mailbox", "relational",
               "comparator-i;ascii-numeric", "reject", "ereject", "vacation", "vacation-seconds", "variables",
               "encoded-character", "body", "regex",
-              "date", "index", "editheader")
+              "date", "index", "editheader", "include")
 # RFC 5228 §6.1: every implementation has these, and a script may require them
 BUILT_IN = ("comparator-i;octet", "comparator-i;ascii-casemap")
 # RFC 5228 §5.1: the headers the address test reads (and others holding address lists)
@@ -131,6 +139,8 @@ class MessageView:
     delimiter: str = "+"  # delivery.recipient_delimiter: what separates :user from :detail (RFC 5233)
     body: bytes = b""  # the message octets after the header (RFC 5173 body test)
     now: float = 0.0  # the time of delivery, epoch seconds, for currentdate (0.0: when the run starts)
+    # include (RFC 6609): a script's text by name, from the user's scripts (False) or the site's (True)
+    load_script: Callable[[str, bool], str | None] = lambda name, is_global: None
 
     def raw_fields(self) -> dict[str, list[str]]:
         """Header field name -> unfolded values (not RFC 2047 decoded), in order; one parse."""
@@ -227,6 +237,9 @@ _COMMANDS: dict[str, tuple[str | None, set[str], dict[str, str], list[str]]] = {
     "removeflag": ("imap4flags", set(), {}, ["l"]),
     "set": ("variables", set(MODIFIERS), {}, ["s", "s"]),
     "addheader": ("editheader", {"last"}, {}, ["s", "s"]),
+    "include": ("include", {"personal", "global", "once", "optional"}, {}, ["s"]),
+    "return": ("include", set(), {}, []),
+    "global": ("include", set(), {}, ["l"]),
     "deleteheader": ("editheader", {"last", "is", "contains", "matches", "regex"},
                      {"index": "n", "comparator": "s", "count": "s", "value": "s"}, ["s"]),
     "vacation": ("vacation", {"mime"}, {"days": "n", "seconds": "n", "subject": "s", "from": "s", "addresses": "l",
@@ -254,6 +267,8 @@ class _Checker:
     def __init__(self, required: set[str]) -> None:
         self.required = required
         self.variables = "variables" in required
+        self.include = "include" in required
+        self.assigned: set[str] = set()  # names given to set so far (RFC 6609 §3.4.1)
         self.names: set[str] = set()  # the variables set anywhere in the script
 
     def dynamic(self, text: str) -> bool:
@@ -266,7 +281,7 @@ class _Checker:
 
     def check_names(self, names: StringList) -> None:
         for name in names.values:
-            problem = name_error(name)
+            problem = name_error(name, self.include)
             if problem:
                 raise SieveError(problem, names.line, names.column)
             self.names.add(name.lower())
@@ -277,10 +292,11 @@ class _Checker:
         """RFC 5229 §4: a constant, valid name; one modifier per precedence; bounded values."""
         strings = [a for a in command.arguments if isinstance(a, StringList)]
         name, value = strings[0], strings[1]
-        problem = name_error(name.values[0])
+        problem = name_error(name.values[0], self.include)
         if problem:
             raise SieveError(problem, name.line, name.column)
         self.names.add(name.values[0].lower())
+        self.assigned.add(name.values[0].lower())
         if len(self.names) > MAX_VARIABLES:
             raise SieveError(f"more than {MAX_VARIABLES} variables", name.line, name.column)
         if not self.dynamic(value.values[0]) and octets(value.values[0]) > MAX_VARIABLE_VALUE:
@@ -293,6 +309,30 @@ class _Checker:
             seen[MODIFIERS[tag.name]] = tag
             if tag.name == "quoteregex":
                 self.need("regex", tag, ":quoteregex")
+
+    def check_include(self, command: Command, rest: list[Argument]) -> None:
+        """RFC 6609 §3.2, §3.4.1: one location and a constant script name; global needs
+        variables, and names not set before it."""
+        strings = rest[0]
+        assert isinstance(strings, StringList)
+        if command.name == "global":
+            self.need("variables", command, "global")
+            for name in strings.values:
+                problem = name_error(name)
+                if problem:
+                    raise SieveError(problem, strings.line, strings.column)
+                if name.lower() in self.assigned:
+                    raise SieveError(f"{name!r} was set before it was declared global", strings.line, strings.column)
+            return
+        locations = [a for a in command.arguments if isinstance(a, Tag) and a.name in ("personal", "global")]
+        if len(locations) > 1:
+            raise SieveError("only one of :personal and :global", locations[1].line, locations[1].column)
+        name = strings.values[0]
+        if self.variables and not constant(name):
+            raise SieveError("an included script's name cannot hold variables", strings.line, strings.column)
+        if not name or len(name) > MAX_SCRIPT_NAME or any(
+                ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in name):
+            raise SieveError(f"{name!r} is not a script name (RFC 5804 §1.6)", strings.line, strings.column)
 
     def check_edit(self, command: Command, rest: list[Argument]) -> None:
         """RFC 5293 §4, §5: a valid field name (when written out); deleteheader's tags as a test's."""
@@ -376,6 +416,8 @@ class _Checker:
                 rest = self.arguments(command, command.arguments, flags, valued, positional)
                 if name in ("addheader", "deleteheader"):
                     self.check_edit(command, rest)
+                if name in ("include", "global"):
+                    self.check_include(command, rest)
                 if len(rest) == 2 and name in ("setflag", "addflag", "removeflag") and isinstance(rest[0], StringList):
                     self.check_names(rest[0])
                 if name == "set":
@@ -427,7 +469,7 @@ class _Checker:
             arg = args[i]
             if self.variables and isinstance(arg, StringList):
                 for text in arg.values:
-                    problem = reference_error(text) if "${" in text else None
+                    problem = reference_error(text, self.include) if "${" in text else None
                     if problem:
                         raise SieveError(problem, arg.line, arg.column)
             if isinstance(arg, Tag):
@@ -554,11 +596,24 @@ class _Stop(Exception):
     pass
 
 
+class _Return(Exception):
+    """return (RFC 6609 §3.3): the end of the script it is in; in the main one, as stop."""
+
+
+@functools.lru_cache(maxsize=64)
+def _included(text: str) -> Script:
+    """An included script, compiled once per text (a few are kept)."""
+    return compile_script(text)
+
+
 class _Run:
     def __init__(self, message: MessageView, prepared: dict[int, _Prepared], variables: bool = False) -> None:
         self.message = message
         self.prepared = prepared
-        self.vars = Variables() if variables else None
+        self.shared: dict[str, str] = {}  # global variables (RFC 6609 §3.4)
+        self.vars = Variables(self.shared) if variables else None
+        self.including: list[tuple[bool, str]] = []  # (global, name) of the included scripts running
+        self.included: set[tuple[bool, str]] = set()
         self._bodies: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self.now = message.now or time.time()  # RFC 5260 §5: one moment for the whole run
         self.edited: list[tuple[str, bytes]] | None = None  # the fields, once editheader changed them
@@ -706,7 +761,7 @@ class _Run:
     def execute(self, commands: list[Command]) -> Outcome:
         try:
             self.block(commands)
-        except _Stop:
+        except (_Stop, _Return):
             pass
         except ExpansionLimit as e:
             raise SieveRuntimeError(str(e)) from None
@@ -748,6 +803,13 @@ class _Run:
         name, args = command.name, command.arguments
         tags = {a.name for a in args if isinstance(a, Tag)}
         strings = [a for a in args if isinstance(a, StringList)]
+        if name == "include":  # the name is never expanded (RFC 6609 §3.2)
+            return self.include(strings[0].values[0], tags)
+        if name == "return":
+            raise _Return
+        if name == "global" and self.vars is not None:
+            self.vars.global_names.update(v.lower() for v in strings[0].values)
+            return None
         if self.vars is not None:
             return self.expanded_action(command, tags, strings)
         if name == "stop":
@@ -830,6 +892,40 @@ class _Run:
             to=message.sender,
         )
 
+    def include(self, name: str, tags: set[str]) -> None:
+        """Run another of the user's (or the site's) scripts here (RFC 6609 §3.2): with its own
+        requires and variables, sharing the globals, the actions and the header edits."""
+        key = ("global" in tags, name)
+        if "once" in tags and (key in self.included or key in self.including):
+            return
+        if key in self.including:
+            raise SieveRuntimeError(f"script {name!r} includes itself")
+        text = self.message.load_script(name, key[0])
+        if text is None:
+            if "optional" in tags:
+                return
+            raise SieveRuntimeError(f"no {'global' if key[0] else 'personal'} script {name!r} to include")
+        if len(self.including) + 1 >= MAX_INCLUDE_DEPTH:
+            raise SieveRuntimeError(f"scripts included more than {MAX_INCLUDE_DEPTH} deep")
+        self.included.add(key)
+        if len(self.included) > MAX_INCLUDES:
+            raise SieveRuntimeError(f"more than {MAX_INCLUDES} scripts included")
+        try:
+            script = _included(text)
+        except SieveSyntaxError as e:
+            raise SieveRuntimeError(f"included script {name!r}: {e}") from None
+        saved = self.prepared, self.vars
+        self.prepared = script.prepared
+        self.vars = Variables(self.shared) if "variables" in script.required else None
+        self.including.append(key)
+        try:
+            self.block(script.commands)
+        except _Return:
+            pass
+        finally:
+            self.including.pop()
+            self.prepared, self.vars = saved
+
     def expanded_action(self, command: Command, tags: set[str], strings: list[StringList]) -> None:
         """An action of a script with variables: its strings expanded first (RFC 5229 §3)."""
         assert self.vars is not None
@@ -840,7 +936,7 @@ class _Run:
         expand = self.vars.expand_all
         if command.name in ("setflag", "addflag", "removeflag") and len(strings) == 2:  # RFC 5232 §3
             name, given = strings[0].values[0], _flag_list(expand(strings[1].values))
-            current = _flag_list([self.vars.values.get(name.lower(), "")])
+            current = _flag_list([self.vars.get(name)])
             if command.name == "addflag":
                 given = _flag_list([*current, *given])
             elif command.name == "removeflag":
@@ -926,7 +1022,7 @@ class _Run:
         if name == "hasflag":  # RFC 5232 §4: keys are flag lists too
             flags = self.flags
             if len(positional) == 2 and variables is not None:  # the flags in the named variables
-                flags = [f for v in positional[0] for f in _flag_list([variables.values.get(v.lower(), "")])]
+                flags = [f for v in positional[0] for f in _flag_list([variables.get(v)])]
             return matcher.match(list(flags), _flag_list(positional[-1]), variables)
         part = next((a.name for a in args if isinstance(a, Tag) and a.name in _ADDRESS_PARTS), "all")
         delimiter = self.message.delimiter

@@ -43,12 +43,13 @@ class ExpansionLimit(Exception):
     """A run produced more than MAX_EXPANDED octets by expansion."""
 
 
-def reference_error(text: str) -> str | None:
+def reference_error(text: str, global_namespace: bool = False) -> str | None:
     """What is wrong with the variable references of a string (a namespace, a match variable
-    past ${9}), or None."""
+    past ${9}), or None. ``global_namespace``: "include" is required, so ${global.name} is
+    one (RFC 6609 §3.4.2)."""
     for m in REFERENCE.finditer(text):
         namespace, name = m.group(1), m.group(2)
-        if namespace:
+        if namespace and not (global_namespace and namespace.lower() == "global." and not name.isdigit()):
             return f"no extension provides the variable namespace {namespace[:-1]!r}"
         if name.isdigit() and int(name) > MAX_MATCH:
             return f"match variables go up to ${{{MAX_MATCH}}}, not ${{{name}}}"
@@ -56,14 +57,29 @@ def reference_error(text: str) -> str | None:
 
 
 class Variables:
-    """The variables of one run and its match variables."""
+    """The variables of one script in a run, and its match variables. ``shared`` holds the
+    run's global variables (RFC 6609 §3.4): those this script declared with ``global``
+    (``global_names``) or names as ``global.name``."""
 
-    __slots__ = ("expanded", "matches", "values")
+    __slots__ = ("expanded", "global_names", "matches", "shared", "values")
 
-    def __init__(self) -> None:
+    def __init__(self, shared: dict[str, str] | None = None) -> None:
         self.values: dict[str, str] = {}
+        self.shared: dict[str, str] = {} if shared is None else shared
+        self.global_names: set[str] = set()
         self.matches: list[str] = []  # ${0}, ${1}...: the last successful :matches
         self.expanded = 0
+
+    def scope(self, name: str) -> tuple[dict[str, str], str]:
+        """Where a variable lives, and its key there."""
+        key = name.lower()
+        if key.startswith("global."):
+            return self.shared, key[7:]
+        return (self.shared if key in self.global_names else self.values), key
+
+    def get(self, name: str) -> str:
+        where, key = self.scope(name)
+        return where.get(key, "")
 
     def expand(self, text: str) -> str:
         """The string with its references replaced (RFC 5229 §3: one pass)."""
@@ -83,10 +99,11 @@ class Variables:
         if name.isdigit():
             index = int(name)
             return self.matches[index] if index < len(self.matches) else ""
-        return self.values.get(name.lower(), "")
+        return self.get(m.group(1) + name)
 
     def set(self, name: str, value: str, modifiers: Sequence[str]) -> None:
-        self.values[name.lower()] = truncate(modify(value, modifiers))
+        where, key = self.scope(name)
+        where[key] = truncate(modify(value, modifiers))
 
 
 def modify(value: str, modifiers: Sequence[str]) -> str:
@@ -121,8 +138,11 @@ def octets(value: str) -> int:
     return len(value.encode("utf-8", "surrogatepass"))
 
 
-def name_error(name: str) -> str | None:
-    """What is wrong with a name given to set (RFC 5229 §4), or None."""
+def name_error(name: str, global_namespace: bool = False) -> str | None:
+    """What is wrong with a name given to set (RFC 5229 §4), or None; with ``global_namespace``
+    a name may be global.<identifier> (RFC 6609 §3.4.2)."""
+    if global_namespace and name.lower().startswith("global."):
+        name = name[7:]
     if not NAME.match(name):
         return f"{name!r} is not a variable name (match variables and namespaces cannot be set)"
     if len(name) > MAX_NAME:
