@@ -56,6 +56,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     LOCKED = "locked"  # too many failures from this address: refuse and disconnect
     UNAVAILABLE = "unavailable"  # the account store could not answer: a temporary failure
+    MALFORMED = "malformed"  # a SASL PLAIN response that is not one (bad base64, wrong fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,21 @@ class Authenticator:
 
     def is_locked(self, ip: str) -> bool:
         return self.throttle.is_locked(ip)
+
+    async def login_plain(self, ip: str, response: str | bytes, *, protocol: str = "",
+                          session_id: str = "") -> LoginResult:
+        """A SASL PLAIN response (base64 of RFC 4616's message) checked as :meth:`login` checks.
+
+        MALFORMED when it is not PLAIN; FAILED for a proxy login (an authorization identity
+        naming someone else), which is not offered.
+        """
+        try:
+            authzid, authcid, password = decode_plain(b64decode(response))
+        except SASLError:
+            return LoginResult(Outcome.MALFORMED)
+        if authzid and authzid != authcid:
+            return LoginResult(Outcome.FAILED)
+        return await self.login(ip, authcid, password, protocol=protocol, session_id=session_id)
 
     async def login(self, ip: str, username: str, password: str, *, protocol: str = "",
                     session_id: str = "") -> LoginResult:

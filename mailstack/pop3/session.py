@@ -211,18 +211,17 @@ class POP3Session:
             return Outcome(R.AUTH_CANCELLED)
         return self._plain(line.strip(" "))
 
-    def _plain(self, encoded: str) -> Result:
-        try:
-            authzid, authcid, password = sasl.decode_plain(sasl.b64decode(encoded))
-        except sasl.SASLError:
-            return Outcome(R.AUTH_BAD_RESPONSE)
-        if authzid and authzid != authcid:
-            return Outcome(R.AUTH_FAILED)  # no proxy logins
-        return self._login(authcid, password)
+    async def _plain(self, encoded: str) -> Outcome:
+        return await self._logged_in(await self.authenticator.login_plain(
+            self.client_ip, encoded, protocol="pop3", session_id=self.session_id))
 
     async def _login(self, username: str, password: str) -> Outcome:
-        result = await self.authenticator.login(self.client_ip, username, password, protocol="pop3",
-                                                session_id=self.session_id)
+        return await self._logged_in(await self.authenticator.login(
+            self.client_ip, username, password, protocol="pop3", session_id=self.session_id))
+
+    async def _logged_in(self, result: sasl.LoginResult) -> Outcome:
+        if result.outcome is LoginOutcome.MALFORMED:
+            return Outcome(R.AUTH_BAD_RESPONSE)
         if result.outcome is LoginOutcome.LOCKED:
             return Outcome(R.LOCKED_OUT, Action.CLOSE)
         if result.outcome is LoginOutcome.UNAVAILABLE:
