@@ -131,6 +131,7 @@ pop3 = ""
 pop3s = ""
 imap = "127.0.0.1:{self.port}"
 imaps = ""
+managesieve = ""
 [storage]
 accounts = "{root}/var/accounts.sqlite3"
 maildirs = "{root}/maildirs"

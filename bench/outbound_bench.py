@@ -118,6 +118,7 @@ pop3 = ""
 pop3s = ""
 imap = ""
 imaps = ""
+managesieve = ""
 [storage]
 accounts = "{work}/accounts.sqlite3"
 maildirs = "{work}/maildirs"

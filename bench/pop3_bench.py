@@ -115,6 +115,7 @@ pop3 = "127.0.0.1:{port}"
 pop3s = ""
 imap = ""
 imaps = ""
+managesieve = ""
 [storage]
 accounts = "{work}/var/accounts.sqlite3"
 maildirs = "{work}/maildirs"

@@ -95,6 +95,7 @@ pop3 = ""
 pop3s = ""
 imap = ""
 imaps = ""
+managesieve = ""
 
 [storage]
 accounts = "{workdir}/accounts.sqlite3"

@@ -51,6 +51,7 @@ class ListenSettings:
     pop3s: HostPort | None
     imap: HostPort | None
     imaps: HostPort | None
+    managesieve: HostPort | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "pop3s": (_optional_hostport, "127.0.0.1:9950"),
         "imap": (_optional_hostport, "127.0.0.1:1430"),
         "imaps": (_optional_hostport, "127.0.0.1:9930"),
+        "managesieve": (_optional_hostport, "127.0.0.1:41900"),
     },
     "storage": {
         "accounts": (_Str, "var/accounts.sqlite3"),

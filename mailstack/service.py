@@ -6,7 +6,7 @@ account store, thread pools, TLS options, local delivery, queue, router,
 POP3's ``Maildrops``, IMAP's ``MailStore``); each listener builder then takes
 them plus its own slice of the settings. Every listener is a named child
 (``smtp``, ``submission``, ``submissions``, ``pop3``, ``pop3s``, ``imap``,
-``imaps``); one whose ``[listen]`` entry is empty is not added. Children stop
+``imaps``, ``managesieve``); one whose ``[listen]`` entry is empty is not added. Children stop
 in reverse order, so listeners stop accepting first, then in-flight work
 drains, then the thread pools stop.
 """
@@ -27,9 +27,10 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from mailstack import pop3
+from mailstack import managesieve, pop3
 from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
+from mailstack.accounts.sqlite import MAX_SCRIPT_SIZE, MAX_SCRIPTS
 from mailstack.auth import Authenticator
 from mailstack.checks import (
     ARCVerifier,
@@ -263,7 +264,7 @@ class SequentialMultiService(MultiService):
         return d
 
 
-ListenerFactory = SMTPFactory | POP3Factory | IMAPFactory
+ListenerFactory = SMTPFactory | POP3Factory | IMAPFactory | managesieve.ManageSieveFactory
 
 
 class Drain(Service):
@@ -358,6 +359,15 @@ def _imap(implicit_tls: bool) -> ListenerBuilder:
     return build
 
 
+def _managesieve(shared: Shared, settings: Settings) -> managesieve.ManageSieveFactory:
+    config = managesieve.SessionConfig(hostname=settings.hostname,
+                                       allow_plaintext_auth=settings.tls.allow_plaintext_auth,
+                                       max_script_size=MAX_SCRIPT_SIZE, max_scripts=MAX_SCRIPTS)
+    return managesieve.build_factory(config, shared.store, authenticator=shared.authenticator,
+                                     limiter=shared.limiter, tls_options=shared.tls, clock=shared.clock,
+                                     run=shared.io)
+
+
 ListenerBuilder = Callable[[Shared, Settings], ListenerFactory]
 
 
@@ -371,6 +381,7 @@ def listener_builders() -> dict[str, ListenerBuilder]:
         "pop3s": _pop3(implicit_tls=True),
         "imap": _imap(implicit_tls=False),
         "imaps": _imap(implicit_tls=True),
+        "managesieve": _managesieve,
     }
 
 

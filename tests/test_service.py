@@ -15,6 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailstack import config
 from mailstack.imap.protocol import IMAPFactory
+from mailstack.managesieve import ManageSieveFactory
 from mailstack.pop3 import POP3Factory
 from mailstack.service import build_service, listener_builders
 from mailstack.smtp.protocol import SMTPFactory
@@ -29,6 +30,7 @@ LISTEN = {
     "pop3s": "127.0.0.1:9950",
     "imap": "[::1]:1430",
     "imaps": "127.0.0.1:9930",
+    "managesieve": "127.0.0.1:41900",
 }
 
 
@@ -81,15 +83,16 @@ def unwrapped(factory):
 def test_every_configured_listener_listens_on_its_port_and_interface(every_listener):
     assert {port: interface for port, (interface, _) in every_listener.items()} == {
         2525: "127.0.0.1", 5870: "127.0.0.1", 4650: "127.0.0.1", 1100: "127.0.0.1", 9950: "127.0.0.1",
-        1430: "::1", 9930: "127.0.0.1"}
+        1430: "::1", 9930: "127.0.0.1", 41900: "127.0.0.1"}
 
 
 def test_each_port_gets_the_factory_of_its_protocol(every_listener):
     kinds = {port: type(unwrapped(factory)) for port, (_, factory) in every_listener.items()}
     assert kinds == {2525: SMTPFactory, 5870: SMTPFactory, 4650: SMTPFactory, 1100: POP3Factory,
-                     9950: POP3Factory, 1430: IMAPFactory, 9930: IMAPFactory}
+                     9950: POP3Factory, 1430: IMAPFactory, 9930: IMAPFactory, 41900: ManageSieveFactory}
     roles = {port: unwrapped(f).role for port, (_, f) in every_listener.items() if port not in (1430, 9930)}
-    assert roles == {2525: "smtp", 5870: "submission", 4650: "submissions", 1100: "pop3", 9950: "pop3s"}
+    assert roles == {2525: "smtp", 5870: "submission", 4650: "submissions", 1100: "pop3", 9950: "pop3s",
+                     41900: "managesieve"}
 
 
 def test_implicit_tls_ports_get_tls_wrapped_factories_and_the_others_do_not(every_listener):
@@ -101,7 +104,7 @@ def test_implicit_tls_ports_get_tls_wrapped_factories_and_the_others_do_not(ever
 def test_an_empty_listen_entry_adds_no_listener(tmp_path):
     listen = dict(LISTEN, pop3="", imaps="", submission="")
     reactor, servers = start_listeners(tmp_path, listen)
-    assert sorted(servers) == [1430, 2525, 4650, 9950]
+    assert sorted(servers) == [1430, 2525, 4650, 9950, 41900]
 
 
 def test_pop3_and_pop3s_share_one_maildrops_and_imap_and_imaps_one_mail_store(every_listener):
@@ -119,7 +122,15 @@ def test_every_smtp_role_hands_mail_to_the_one_router(every_listener):
     assert len(routers) == 1
 
 
-@pytest.mark.parametrize("package", ["smtp", "pop3", "imap", "maildir"])
+def test_managesieve_logs_in_like_the_others_and_reaches_the_one_account_store(every_listener):
+    sieve, pop3 = unwrapped(every_listener[41900][1]), unwrapped(every_listener[1100][1])
+    session = sieve.make_session("192.0.2.1", False)
+    assert session.authenticator is pop3.make_session("192.0.2.1", False).authenticator
+    assert session.scripts.store is pop3.make_session("192.0.2.1", False).maildrops.store.accounts
+    assert not sieve.implicit_tls
+
+
+@pytest.mark.parametrize("package", ["smtp", "pop3", "imap", "maildir", "managesieve"])
 def test_protocol_packages_never_import_the_composition_modules(package):
     # STYLE.md §2: only service.py knows every concrete class; no import cycle back into it.
     banned = {"mailstack.service", "mailstack.config", "mailstack.tap", "twisted.internet.reactor"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LISTENERS = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+LISTENERS = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "managesieve")
 PASSWORD = "correct horse battery staple"
 
 
