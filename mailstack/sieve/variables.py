@@ -10,8 +10,8 @@ Limits (RFC 5229 §6 asks for at least 128 variables, names of 32 characters, va
 of 4000 characters): MAX_VARIABLES distinct names a script may set (checked with the
 script), MAX_NAME characters in a name, MAX_VALUE octets in a value (a longer literal
 is refused with the script; a longer value made at run time is cut at a character
-boundary, §6: not an error), and MAX_EXPANDED octets that one run may produce by
-expanding strings (a script of a thousand ``${big}${big}...`` strings would otherwise
+boundary, §6: not an error), and MAX_EXPANDED characters that one run, with the scripts
+it includes, may produce by expanding strings (a script of a thousand ``${big}${big}...`` strings would otherwise
 cost gigabytes): past it the run fails and the message is kept.
 """
 
@@ -26,7 +26,7 @@ MAX_VARIABLES = 256  # distinct variables one script may set
 MAX_NAME = 64  # characters in a variable name
 MAX_VALUE = 4096  # octets in a variable's value
 MAX_MATCH = 9  # ${0}..${9}
-MAX_EXPANDED = 16 << 20  # octets one run may produce by expansion
+MAX_EXPANDED = 16 << 20  # characters one run (its included scripts too) may produce by expansion
 
 MODIFIERS = {"lower": 40, "upper": 40, "lowerfirst": 30, "upperfirst": 30, "quotewildcard": 20, "quoteregex": 20,
              "length": 10}
@@ -40,7 +40,7 @@ _UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 
 class ExpansionLimit(Exception):
-    """A run produced more than MAX_EXPANDED octets by expansion."""
+    """A run produced more than MAX_EXPANDED characters by expansion."""
 
 
 def reference_error(text: str, global_namespace: bool = False) -> str | None:
@@ -63,12 +63,12 @@ class Variables:
 
     __slots__ = ("expanded", "global_names", "matches", "shared", "values")
 
-    def __init__(self, shared: dict[str, str] | None = None) -> None:
+    def __init__(self, shared: dict[str, str] | None = None, expanded: list[int] | None = None) -> None:
         self.values: dict[str, str] = {}
         self.shared: dict[str, str] = {} if shared is None else shared
         self.global_names: set[str] = set()
         self.matches: list[str] = []  # ${0}, ${1}...: the last successful :matches
-        self.expanded = 0
+        self.expanded = [0] if expanded is None else expanded  # characters expanded in the run, shared
 
     def scope(self, name: str) -> tuple[dict[str, str], str]:
         """Where a variable lives, and its key there."""
@@ -86,9 +86,9 @@ class Variables:
         if "${" not in text:
             return text
         out = REFERENCE.sub(self._value, text)
-        self.expanded += len(out)
-        if self.expanded > MAX_EXPANDED:
-            raise ExpansionLimit(f"more than {MAX_EXPANDED} octets of expanded strings")
+        self.expanded[0] += len(out)
+        if self.expanded[0] > MAX_EXPANDED:
+            raise ExpansionLimit(f"more than {MAX_EXPANDED} characters of expanded strings")
         return out
 
     def expand_all(self, texts: Sequence[str]) -> tuple[str, ...]:

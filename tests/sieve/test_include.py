@@ -142,3 +142,14 @@ def test_checking():
     refused_at(read, 'require "variables";\nset "a" "${global.x}";', 2, 9, "namespace 'global'")
     refused_at(read, 'require "include";\nreturn "x";', 2, 1, "return takes no arguments")
     compile_script('require ["include", "variables"];\nset "a" "${global.x}";\ninclude :global :once :optional "x";')
+
+
+def test_expansion_budget_is_the_runs(monkeypatch):
+    from mailstack.sieve import variables
+
+    monkeypatch.setattr(variables, "MAX_EXPANDED", 1000)
+    scripts = {"big": 'require "variables";\nset "a" "' + "x" * 300 + '";\nset "b" "${a}";'}
+    main = 'require ["include", "variables"];\nset "z" "${z}";\n' + 'include "big";\n' * 2
+    run(main, scripts)  # 600 characters in all
+    with pytest.raises(SieveRuntimeError, match="expanded"):
+        run(main + 'include "big";\ninclude "big";\n', scripts)  # 1200: over, though each script made 300

@@ -158,3 +158,9 @@ def test_checking():
     refused_at(read, 'require "vacation";\nvacation :mime "Subject: caf\u00e9\r\n\r\nbody";', 2, 16, "8-bit")
     refused_at(read, 'require "vacation";\nvacation :days 2 :days 3 "x";', 2, 18, "given twice")
     compile_script('require "vacation";\nvacation :mime "Content-Type: text/plain\r\n\r\ncaf\u00e9";')
+
+
+def test_mime_header_made_by_variables_is_checked_when_run():
+    script = 'require ["vacation", "variables"];\nset "h" "Subject: caf\u00e9";\nvacation :mime "${h}\r\n\r\nbody";'
+    with pytest.raises(SieveRuntimeError, match="8-bit"):
+        compile_script(script).run(view())
