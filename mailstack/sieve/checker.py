@@ -271,6 +271,9 @@ class Checker:
         tags = {a.name: a for a in command.arguments if isinstance(a, Tag)}
         if "seconds" in tags:
             self.need("vacation-seconds", tags["seconds"], ":seconds")
+            seconds = tag_number(command.arguments, "seconds")
+            if seconds is not None and seconds >= 2**31:  # RFC 6131 §2: 0 to 2**31 - 1
+                raise SieveError(":seconds is below 2147483648", tags["seconds"].line, tags["seconds"].column)
             if "days" in tags:
                 later = max(tags["seconds"], tags["days"], key=lambda t: (t.line, t.column))
                 raise SieveError("vacation takes :days or :seconds, not both", later.line, later.column)

@@ -157,6 +157,8 @@ def test_checking():
     refused_at(read, 'require "vacation";\nvacation;', 2, 1, "vacation takes string")
     refused_at(read, 'require "vacation";\nvacation :mime "Subject: caf\u00e9\r\n\r\nbody";', 2, 16, "8-bit")
     refused_at(read, 'require "vacation";\nvacation :days 2 :days 3 "x";', 2, 18, "given twice")
+    refused_at(read, 'require "vacation-seconds";\nvacation :seconds 2147483648 "x";', 2, 10, "below 2147483648")
+    refused_at(read, 'require "vacation-seconds";\nvacation :seconds 2G "x";', 2, 10, "below 2147483648")
     compile_script('require "vacation";\nvacation :mime "Content-Type: text/plain\r\n\r\ncaf\u00e9";')
 
 
