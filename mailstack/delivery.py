@@ -39,13 +39,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.logger import Logger
 
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.envelope import RecipientRoute
-from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy, Outbound
+from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy, Outbound, Outbox
 from mailstack.maildir import DeliveryError, InvalidFolder, MaildirDelivery, Recipient
 from mailstack.maildir.flags import SYSTEM_LETTERS, canonical_flag
 from mailstack.maildir.folders import normal_name
@@ -91,10 +92,11 @@ class LocalResult:
     """Mailbox -> why it did not get the message; nothing of it is visible. The caller
     queues these (temporary errors are retried, permanent ones bounced)."""
     outbound: list[tuple[str, Outbound]] = field(default_factory=list)
-    """(mailbox, message) its filter sends (redirects, replies, notices), for the done
-    mailboxes only: the caller queues them. A held mailbox's filter runs again on retry."""
+    """(mailbox, message) its filter sent (redirects, replies, notices), queued for done
+    mailboxes only. A held mailbox's filter runs again on retry."""
     refused: dict[str, str] = field(default_factory=dict)
-    """Mailbox -> the reason its filter refused the message (among ``discarded``)."""
+    """Mailbox -> the reason its filter refuses the message, for the caller to answer with
+    (``can_refuse``; the mailbox is among ``discarded``)."""
 
 
 class LocalDelivery:
@@ -107,6 +109,7 @@ class LocalDelivery:
         self.events = events
         self.filter: Filter = filter if filter is not None else InboxFilter()
         self.keywords = keywords  # None: keywords a filter sets are not kept (logged)
+        self.outbox: Outbox | None = None  # where the messages filters send go (the queue, set once built)
 
     # -- step 1: resolve ------------------------------------------------------------
 
@@ -132,7 +135,7 @@ class LocalDelivery:
     # -- steps 2 to 4 ---------------------------------------------------------------
 
     async def deliver(self, queue_id: str, sender: str, mailboxes: Mapping[str, str], message: bytes,
-                      *, can_hold: bool) -> LocalResult:
+                      *, can_hold: bool, can_refuse: bool = False) -> LocalResult:
         """File *message* for each mailbox (mapped to the address it was sent to).
 
         Returns once every delivered copy is fsynced. A failed write raises
@@ -142,28 +145,57 @@ class LocalDelivery:
         folder whose write fails after the first folder's succeeded are held
         even without ``can_hold`` (the first copies cannot be taken back); a
         caller that cannot queue them must answer with a temporary error.
+
+        The messages filters send are prepared in the queue before any copy is
+        written and committed once their mailbox is done (aborted for a held one,
+        whose filter runs again at the retry). A redirect that cannot be queued
+        leaves its copy in INBOX instead, so the message is never lost. With
+        ``can_refuse`` (the caller still talks to the client, and this is the
+        message's one recipient), a filter's refusal is not carried out here:
+        it comes back in ``LocalResult.refused`` for the caller to answer with.
         """
         result = LocalResult()
-        sends: dict[str, tuple[Outbound, ...]] = {}
+        prepared: dict[str, list[tuple[Outbound, Any]]] = {}
         # (folder, flag letters, the copy's text) -> recipients; the text is the message unless a
         # filter edited its header (Sieve's editheader), so copies that are the same are written together
         by_target: dict[tuple[str | None, str, bytes], list[Recipient]] = {}
-        for mailbox, original in mailboxes.items():
-            copy = LocalCopy(queue_id, sender, mailbox, original, message)
-            filing = await self.filter.file(copy)
-            sends[mailbox] = filing.sends
-            if filing.refusal is not None:
-                result.refused[mailbox] = filing.refusal
-            targets = await self._targets(copy, filing)
-            if not targets:  # the filter discarded it (Sieve's discard): nothing to write
-                result.discarded.add(mailbox)
-                log.info("{queue_id} discarded for <{mailbox}> by its filter", queue_id=queue_id, mailbox=mailbox)
-                continue
-            user = self.store.get_user(mailbox)
-            recipient = Recipient(mailbox, user.quota if user else 0, original, user.max_messages if user else 0)
-            text = filing.message if filing.message is not None else message
-            for folder, letters in targets:
-                by_target.setdefault((folder, letters, text), []).append(recipient)
+        try:
+            for mailbox, original in mailboxes.items():
+                copy = LocalCopy(queue_id, sender, mailbox, original, message)
+                filing = await self.filter.file(copy)
+                if can_refuse and filing.refusal is not None and len(mailboxes) == 1:
+                    result.refused[mailbox] = filing.refusal
+                    result.discarded.add(mailbox)
+                    break
+                if filing.sends:
+                    filing = await self._prepare_sends(copy, filing, prepared)
+                targets = await self._targets(copy, filing)
+                if not targets:  # the filter discarded it (Sieve's discard): nothing to write
+                    result.discarded.add(mailbox)
+                    log.info("{queue_id} discarded for <{mailbox}> by its filter", queue_id=queue_id,
+                             mailbox=mailbox)
+                    continue
+                user = self.store.get_user(mailbox)
+                recipient = Recipient(mailbox, user.quota if user else 0, original, user.max_messages if user else 0)
+                text = filing.message if filing.message is not None else message
+                for folder, letters in targets:
+                    by_target.setdefault((folder, letters, text), []).append(recipient)
+            filed = await self._file(queue_id, sender, by_target, result, can_hold)
+        except BaseException:
+            for items in prepared.values():  # nothing is done: what the filters send is withdrawn
+                for _, handle in items:
+                    await self._withdraw(queue_id, handle)
+            raise
+        for mailbox, folder in filed:
+            log.info("{queue_id} filed for <{mailbox}> in {folder}", queue_id=queue_id, mailbox=mailbox,
+                     folder=folder or "INBOX")
+            self.events.publish(mailbox, folder)
+        await self._send(queue_id, prepared, result)
+        return result
+
+    async def _file(self, queue_id: str, sender: str, by_target: dict[tuple[str | None, str, bytes], list[Recipient]],
+                    result: LocalResult, can_hold: bool) -> list[tuple[str, str | None]]:
+        """Step 3: write the copies, folder by folder; what is filed, for step 4."""
         remaining = sum(len(group) for group in by_target.values())
         filed: list[tuple[str, str | None]] = []
         for (folder, letters, text), group in by_target.items():
@@ -189,13 +221,61 @@ class LocalDelivery:
                                   mailbox=r.address, error=failed.message)
                 remaining -= len(group)
                 break
-        for mailbox, folder in filed:
-            log.info("{queue_id} filed for <{mailbox}> in {folder}", queue_id=queue_id, mailbox=mailbox,
-                     folder=folder or "INBOX")
-            self.events.publish(mailbox, folder)
-        result.outbound = [(mailbox, out) for mailbox, outs in sends.items() for out in outs
-                           if mailbox in result.delivered or mailbox in result.discarded]
-        return result
+        return filed
+
+    async def _prepare_sends(self, copy: LocalCopy, filing: Filing,
+                             prepared: dict[str, list[tuple[Outbound, Any]]]) -> Filing:
+        """Prepare the filing's messages in the queue; a redirect that cannot be queued keeps the copy."""
+        items = prepared.setdefault(copy.mailbox, [])
+        lost_redirect = False
+        for outbound in filing.sends:
+            try:
+                if self.outbox is None:
+                    raise LookupError("there is no queue")
+                items.append((outbound, await self.outbox.prepare_outbound(outbound, copy.queue_id)))
+            except Exception as e:  # a full disk, say
+                log.error("{queue_id} {kind} of <{mailbox}> to {recipients} cannot be queued: {error}",
+                          queue_id=copy.queue_id, kind=outbound.kind, mailbox=copy.mailbox,
+                          recipients=", ".join(outbound.recipients), error=getattr(e, "message", None) or str(e))
+                lost_redirect = lost_redirect or outbound.kind == "redirect"
+        if lost_redirect and not filing.copies:
+            log.warn("{queue_id} kept in INBOX for <{mailbox}> since its redirect cannot be queued",
+                     queue_id=copy.queue_id, mailbox=copy.mailbox)
+            return Filing(((None, ()), *filing.copies), (), None, filing.message)
+        return filing
+
+    async def _send(self, queue_id: str, prepared: dict[str, list[tuple[Outbound, Any]]], result: LocalResult) -> None:
+        """Step 5: commit the messages of done mailboxes (each confirmed first); withdraw the others."""
+        for mailbox, items in prepared.items():
+            done = mailbox in result.delivered or mailbox in result.discarded
+            for outbound, handle in items:
+                go = done
+                if go and outbound.confirm is not None:
+                    try:
+                        go = await outbound.confirm()
+                    except Exception as e:
+                        log.error("{queue_id} {kind} of <{mailbox}> not sent: {error}", queue_id=queue_id,
+                                  kind=outbound.kind, mailbox=mailbox, error=e)
+                        go = False
+                if not go:
+                    await self._withdraw(queue_id, handle)
+                    continue
+                assert self.outbox is not None
+                try:
+                    await self.outbox.commit(handle)
+                except Exception as e:  # the spool took the file but cannot rename it: logged, the copy is done
+                    log.error("{queue_id} {kind} of <{mailbox}> to {recipients} not queued: {error}",
+                              queue_id=queue_id, kind=outbound.kind, mailbox=mailbox,
+                              recipients=", ".join(outbound.recipients), error=e)
+                    continue
+                result.outbound.append((mailbox, outbound))
+
+    async def _withdraw(self, queue_id: str, handle: Any) -> None:
+        assert self.outbox is not None
+        try:
+            await self.outbox.abort(handle)
+        except Exception as e:  # a prepared file left behind is removed at the next start
+            log.error("{queue_id} a prepared message was not withdrawn: {error}", queue_id=queue_id, error=e)
 
     async def _targets(self, copy: LocalCopy, filing: Filing) -> list[tuple[str | None, str]]:
         """Step 2: the filter's filing, each folder checked against the Maildir layout and its

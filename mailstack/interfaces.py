@@ -7,8 +7,9 @@ classes together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from mailstack.envelope import Envelope, RecipientRoute
 
@@ -93,6 +94,22 @@ class Outbound:
     notice: bool = False
     """Written here (a reply or report, not the user's message): DKIM-signed, sent to the
     original of an SRS address, and never itself bounced."""
+    confirm: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
+    """Asked once the copy is done, just before the message is committed to the queue:
+    False withdraws it (vacation's memory: a reply went to this sender meanwhile)."""
+
+
+class Outbox(Protocol):
+    """Where the messages filters send are queued, in two steps around the filing of the copy:
+    prepared (durable but not yet visible) before it, committed once it is done, or aborted."""
+
+    async def prepare_outbound(self, outbound: Outbound, cause: str) -> Any:
+        """Spool *outbound* (sent for the message queued as *cause*); raises when it cannot."""
+        ...
+
+    async def commit(self, prepared: Any) -> None: ...
+
+    async def abort(self, prepared: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +118,9 @@ class Filing:
     name (``"Junk"``, ``"Lists.dev"``) or None for INBOX. No pair at all: discarded.
 
     ``sends`` are the messages to send once the copy is done. ``refusal`` is a reason
-    to refuse the message (Sieve's reject, RFC 5429): a caller that still talks to the
-    client and has no other recipient refuses it with 550 and drops the ``reject`` or
-    ``ereject`` notice in ``sends``; any other caller sends the notice."""
+    to refuse the message in SMTP (Sieve's reject, RFC 5429 §2.1.1): when the caller
+    still talks to the client and this is the only recipient, the message is refused
+    with it and ``sends`` are dropped (they hold the notice sent otherwise)."""
 
     copies: tuple[tuple[str | None, tuple[str, ...]], ...] = ((None, ()),)
     sends: tuple[Outbound, ...] = ()

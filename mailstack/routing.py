@@ -60,10 +60,14 @@ def reply_for(error: DeliveryError) -> Reply:
 
 
 def refusal_reply(reason: str) -> Reply:
-    """550 5.7.1 with a filter's reason, made one printable ASCII line of bounded length."""
-    text = "".join(c if " " <= c <= "~" else " " for c in reason.replace("\r\n", " ").replace("\n", " "))
-    text = " ".join(text.split())[:200] or "refused by the recipient"
-    return Reply(550, "5.7.1", f"Message refused by the recipient: {text}")
+    """550 5.7.1 with a filter's reason: each line of it a reply line (RFC 5429 §2.5), made
+    printable ASCII, at most 10 lines of 400 characters."""
+    lines = []
+    for line in reason.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        text = " ".join("".join(c if " " <= c <= "~" else " " for c in line).split())[:400]
+        if text:
+            lines.append(text)
+    return Reply(550, "5.7.1", tuple(lines[:10]) or ("Message refused by the recipient",))
 
 
 class Router:
@@ -100,8 +104,12 @@ class Router:
                     sealed = await self.signer.seal(message, alias_domain, envelope.queue_id)
                 rewritten = await self._prepare(envelope, forwarded, sealed, sender=srs_sender,
                                                 queue_id=envelope.queue_id + "S")
-            result = await self.local.deliver(envelope.queue_id, envelope.sender, envelope.local_mailboxes(),
-                                              message, can_hold=self.queue is not None)
+            mailboxes = envelope.local_mailboxes()
+            # the one recipient's filter may refuse the message (Sieve's reject, RFC 5429 §2.1.1) while
+            # the client is here: then there is nothing else to deliver or queue
+            alone = len(mailboxes) == 1 and not remote and not forwarded
+            result = await self.local.deliver(envelope.queue_id, envelope.sender, mailboxes, message,
+                                              can_hold=self.queue is not None, can_refuse=alone)
         except (DeliveryError, SMTPReplyError) as e:
             for entry in (queued, rewritten):
                 if entry is not None and self.queue is not None:
@@ -109,22 +117,12 @@ class Router:
             if isinstance(e, SMTPReplyError):
                 raise
             raise SMTPReplyError(reply_for(e), cause=f"{e.message} ({e.recipient})") from None
-        mailboxes = envelope.local_mailboxes()
-        if len(mailboxes) == 1 and not remote and not forwarded and not result.held and result.refused:
-            # The one recipient's filter refuses it (Sieve's reject, RFC 5429 §2.1.1): said to the
-            # client while it is still here, instead of a notice sent later.
-            reason = next(iter(result.refused.values()))
+        for mailbox, reason in result.refused.items():
             log.info("{queue_id} refused for <{mailbox}> by its filter: {reason}", queue_id=envelope.queue_id,
-                     mailbox=next(iter(mailboxes)), reason=reason)
+                     mailbox=mailbox, reason=reason)
             raise SMTPReplyError(refusal_reply(reason), cause="refused by the recipient's filter")
         if rewritten is not None and self.queue is not None:
             await self._commit(envelope, rewritten)
-        for mailbox, outbound in result.outbound:
-            if self.queue is None:
-                log.error("{queue_id} {kind} for <{mailbox}> not sent: there is no queue",
-                          queue_id=envelope.queue_id, kind=outbound.kind, mailbox=mailbox)
-                continue
-            await self.queue.send(outbound, envelope.queue_id)
         held = list(result.held)
         if held:
             for mailbox, error in result.held.items():

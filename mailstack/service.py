@@ -234,6 +234,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     resolver = MXResolver(make_resolver(settings.relay.resolvers, reactor), clock=reactor.seconds)
     dkim = DKIMSigner(KeyStore(KeyDirectory(settings.storage.dkim)), settings.hostname)  # keys reread on change
     queue = build_queue(settings, reactor, local, io_pool, resolver, dkim, srs)
+    local.outbox = queue  # redirects, vacation replies and rejection notices of Sieve scripts
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     return Shared(
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls,

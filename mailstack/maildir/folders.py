@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from mailstack.addresses import InvalidAddress
 from mailstack.fsutil import fsync_directory, write_file_synced
-from mailstack.maildir.flags import Keywords, TooManyKeywords
+from mailstack.maildir.flags import TooManyKeywords
 from mailstack.maildir.index import issue_uidvalidity
 from mailstack.maildir.layout import InvalidFolder, MaildirLayout
 from mailstack.maildir.mailbox import Mailbox
@@ -270,26 +270,26 @@ class MailStore:
 
     async def keyword_letters(self, user: str, name: str, keywords: list[str], io: IO) -> str:
         """The info letters of *keywords* in a folder (made if needed), for a copy delivered with
-        them (Sieve's imap4flags): letters new to the folder go into its keyword table, through
-        the open :class:`Mailbox` when there is one, else as the owner of the user's folders.
-        Keywords past the table's 26 letters are left out (logged)."""
-        path = self._path(user, name)
-        box = self._open.get(path)
+        them (Sieve's imap4flags): letters new to the folder go into its keyword table through
+        the folder's open :class:`Mailbox`, the one owner of that table. Keywords past the
+        table's 26 letters are left out (logged)."""
+        try:
+            box = await self.open(user, name, io)
+        except FolderError:  # not there yet: made, as the delivery would
+            try:
+                await self.create(user, name, io)
+            except FolderError:  # made meanwhile
+                pass
+            box = await self.open(user, name, io)
         fitting = list(keywords)
         while True:
             try:
-                if box is not None and not box.gone:
-                    return await box.letters_of(fitting)
-                letters: str = await self._on_io(user, io, self._keyword_letters, path, fitting)
-                return letters
+                return await box.letters_of(fitting)
             except TooManyKeywords as e:
+                gone = e.args[0] if e.args else None
                 log.warn("keyword {keyword} not kept for <{user}> in {folder}: the folder has 26 keywords",
-                         keyword=e.args[0] if e.args else "?", user=user, folder=name)
-                fitting = [k for k in fitting if k != (e.args[0] if e.args else k)]
-
-    def _keyword_letters(self, path: Path, keywords: list[str]) -> str:
-        self._ensure(path)
-        return Keywords(path).letters_of(keywords)
+                         keyword=gone, user=user, folder=name)
+                fitting = [k for k in fitting if gone is not None and k.lower() != str(gone).lower()]
 
     async def setup_user(self, user: str, io: IO) -> None:
         """INBOX and the RFC 6154 special-use folders, on first login (once per user at a time)."""

@@ -701,6 +701,8 @@ class Mailbox:
         return self.keywords.letters_of(flags)
 
     async def _add_keywords(self, flags: list[str]) -> None:
+        # the table as it is on disk (another process may have added to it), then what is missing
+        self.keywords.apply(await self._disk(self.keywords.read))
         missing = self.keywords.missing(flags)  # again: an earlier change may have added them
         if not missing:
             return

@@ -14,6 +14,7 @@ address type, ``message/global-headers``). ``Auto-Submitted: auto-replied``
 
 from __future__ import annotations
 
+import quopri
 import secrets
 from collections.abc import Sequence
 
@@ -35,11 +36,14 @@ def build_bounce(
     original: bytes,
     now: float,
     retry_until: float | None = None,
+    explanation: str = "",
 ) -> bytes:
     """The whole DSN message (headers and body, CRLF line ends).
 
     With ``retry_until`` it is a delay warning (``Action: delayed``) for
-    recipients still being retried, instead of a failure report.
+    recipients still being retried, instead of a failure report. ``explanation``
+    (LF lines) is added to the human-readable part, which is quoted-printable when
+    it is not short ASCII lines.
     """
     delayed = retry_until is not None
     utf8 = not sender.isascii() or any(not r.address.isascii() for r in failed)
@@ -58,10 +62,8 @@ def build_bounce(
         "",
         "This is a MIME-encapsulated message.",
         "",
-        f"--{boundary}",
-        "Content-Type: text/plain; charset=utf-8",
-        "Content-Description: Notification",
-        "",
+    ]
+    notification = [
         f"This is the mail system at host {hostname}.",
         "",
         ("Your message has not been delivered yet to the recipients below; delivery will be retried"
@@ -71,7 +73,21 @@ def build_bounce(
     ]
     for r in failed:
         reason = r.diagnostic or r.last_error or "delivery failed"
-        lines.append(f"<{r.address}>: {reason}")
+        notification.append(f"<{r.address}>: {reason}")
+    if explanation:
+        notification += ["", *explanation.split("\n")]
+    human = "\n".join(notification)
+    plain = human.isascii() and all(len(line) <= 900 for line in notification)
+    lines += [
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Description: Notification",
+    ]
+    if plain:
+        lines += ["", *notification]
+    else:
+        encoded = quopri.encodestring(human.encode("utf-8")).decode("ascii")
+        lines += ["Content-Transfer-Encoding: quoted-printable", "", *encoded.split("\n")]
     lines += [
         "",
         f"--{boundary}",

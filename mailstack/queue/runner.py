@@ -37,7 +37,6 @@ from mailstack.queue.spool import (
     QueuedMessage,
     RecipientState,
     Spool,
-    SpoolError,
 )
 from mailstack.smtp.message import count_received, header_block
 from mailstack.srs import SRS
@@ -230,26 +229,27 @@ class QueueRunner(Service):
     async def abort(self, msg: QueuedMessage) -> None:
         await self._thread(self.spool.abort, msg.queue_id)
 
-    async def send(self, outbound: Outbound, cause: str) -> bool:
-        """Queue a message a filter sends for the copy *cause* (a queue id) filed; durable when
-        it returns True. A spool that cannot take it (a full disk) is logged: the copy it
-        belongs to is filed already, and failing that now would only file it twice."""
+    async def prepare_outbound(self, outbound: Outbound, cause: str) -> QueuedMessage:
+        """Spool a message a filter sends for the message *cause* (a queue id), not yet visible:
+        :meth:`commit` or :meth:`abort` it (the ``Outbox`` of local delivery). A notice is
+        DKIM-signed and goes to the original of an SRS address."""
         recipients = {r: RecipientState(r) for r in outbound.recipients}
         if outbound.notice:  # to the original of an SRS address, or a local sender's own mailboxes
             recipients = {a: s for r in outbound.recipients for a, s in self._report_recipients(r).items()}
+        header = header_block(outbound.message)
         msg = QueuedMessage(new_queue_id(), outbound.sender, self.now(), recipients,
-                            smtputf8=not outbound.sender.isascii() or not all(r.isascii() for r in recipients),
+                            smtputf8=not outbound.sender.isascii() or not all(r.isascii() for r in recipients)
+                            or not header.isascii(),
                             body_8bit=not outbound.message.isascii(), is_bounce=outbound.notice)
-        try:
-            await self._thread(self._add_notice if outbound.notice else self.spool.add, msg, outbound.message)
-        except (SpoolError, OSError) as e:
-            log.error("{queue_id} {kind} to {recipients} not queued: {error}", queue_id=cause, kind=outbound.kind,
-                      recipients=", ".join(recipients), error=str(e))
-            return False
-        log.info("{queue_id} {kind} queued as {new_id} for {recipients}", queue_id=cause, kind=outbound.kind,
+        await self._thread(self._prepare_notice if outbound.notice else self.spool.prepare, msg, outbound.message)
+        log.info("{queue_id} {kind} prepared as {new_id} for {recipients}", queue_id=cause, kind=outbound.kind,
                  new_id=msg.queue_id, recipients=", ".join(recipients))
-        self._schedule(msg.queue_id, 0)
-        return True
+        return msg
+
+    def _prepare_notice(self, notice: QueuedMessage, data: bytes) -> None:
+        if self.signer is not None:
+            data = self.signer(data, notice.queue_id)
+        self.spool.prepare(notice, data)
 
     # -- one attempt -------------------------------------------------------------------
 
@@ -348,8 +348,6 @@ class QueueRunner(Service):
             make = _defer if e.temporary else _fail
             await self._finish(msg, [make(r, e.status, e.message) for r in known])
             return
-        for _, outbound in result.outbound:
-            await self.send(outbound, msg.queue_id)
         states = []
         for r in known:
             errors = [result.held[m] for m in owners[r.address] if m in result.held]

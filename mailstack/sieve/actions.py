@@ -21,18 +21,19 @@ Each builder is pure (the message and envelope of an :class:`~mailstack.interfac
 
 from __future__ import annotations
 
+import quopri
+import re
 import secrets
 from email import message_from_bytes
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import cast
 
 from mailstack.imap import mime
+from mailstack.imap.address import decode_words
 from mailstack.interfaces import Outbound
 from mailstack.queue.dsn import build_bounce
 from mailstack.queue.spool import FAILED, RecipientState
-from mailstack.sieve.interpreter import _decoded
 from mailstack.smtp.message import header_block, rfc2822_date
 from mailstack.srs import SRS
 
@@ -53,6 +54,11 @@ def looped(header: bytes, mailbox: str) -> bool:
                for name, raw in mime.header_fields(header))
 
 
+def _quoted_printable(text: str) -> str:
+    """Text as quoted-printable UTF-8 with CRLF line ends, no line over 76 characters."""
+    return quopri.encodestring(text.encode("utf-8")).decode("ascii").replace("\n", "\r\n").rstrip("\r\n")
+
+
 def _first(header: bytes, name: str) -> str | None:
     for field_name, raw in mime.header_fields(header):
         if field_name == name:
@@ -65,14 +71,17 @@ def _bounded(text: str) -> str:
     return text if len(data) <= MAX_REASON else data[:MAX_REASON].decode("utf-8", "ignore")
 
 
+_DOT_ATOM = re.compile(r"[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]+(?:\.[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]+)*\Z")
+
+
 def _mailbox_header(address: str) -> str:
-    """An address for a From/To field (the local part quoted when it must be)."""
+    """An address for a From/To field: as it is when its local part is a dot-atom (UTF-8 ones
+    too, RFC 6532), else with the local part quoted."""
     local, _, domain = address.rpartition("@")
-    try:
-        return str(Address(addr_spec=address)) if local else address
-    except (ValueError, IndexError):  # an odd local part: as a quoted string
-        quoted = local.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{quoted}"@{domain}'
+    if not local or _DOT_ATOM.match(local):
+        return address
+    quoted = local.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}"@{domain}'
 
 
 def vacation(header: bytes, *, to: str, sender_address: str, reason: str, subject: str | None, mime_reason: bool,
@@ -87,10 +96,11 @@ def vacation(header: bytes, *, to: str, sender_address: str, reason: str, subjec
                 if not name.lower().startswith("content-"):
                     del entity[name]
             reply = cast(EmailMessage, entity)
+            _seven_bit(reply)
         else:  # no MIME header at all: plain text
             mime_reason = False
     if subject is None:
-        original = _decoded(_first(header, "subject") or "")
+        original = decode_words(_first(header, "subject") or "")
         subject = f"Auto: {original}" if original else "Automatic reply"
     for name, value in (("From", _mailbox_header(sender_address)), ("To", _mailbox_header(to)),
                         ("Subject", " ".join(subject.split())), ("Date", rfc2822_date(now)),
@@ -105,8 +115,45 @@ def vacation(header: bytes, *, to: str, sender_address: str, reason: str, subjec
     if mime_reason:
         reply["MIME-Version"] = "1.0"
     else:
-        reply.set_content(body.replace("\r\n", "\n"), cte=None if body.isascii() else "quoted-printable")
-    return Outbound("vacation", "", (to,), reply.as_bytes(policy=SMTP), notice=True)
+        text = _lines(body)
+        reply.set_content(text, cte="7bit" if text.isascii() and _short(text) else "quoted-printable")
+    utf8 = not (to.isascii() and sender_address.isascii())  # addresses as they are (RFC 6532), not encoded
+    return Outbound("vacation", "", (to,), reply.as_bytes(policy=SMTP.clone(utf8=True) if utf8 else SMTP),
+                    notice=True)
+
+
+def _lines(text: str) -> str:
+    """Text with every line end LF (CR LF, bare CR and bare LF alike)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _short(text: str) -> bool:
+    return all(len(line) <= 76 for line in text.split("\n"))
+
+
+def _seven_bit(entity: EmailMessage) -> None:
+    """Re-encode the leaves of a MIME entity that are 8-bit or have long lines, for any next hop."""
+    for part in entity.walk():
+        if part.is_multipart() or part.get_content_maintype() == "message":
+            continue
+        encoding = str(part.get("content-transfer-encoding", "7bit")).strip().lower()
+        payload = part.get_payload(decode=False)
+        raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+        if encoding in ("base64", "quoted-printable") or (raw.isascii() and all(len(x) <= 998 for x in
+                                                                                 raw.splitlines())):
+            continue
+        data = cast(bytes, part.get_payload(decode=True) or b"")
+        maintype, subtype = part.get_content_maintype(), part.get_content_subtype()
+        part_ = cast(EmailMessage, part)
+        if maintype == "text":
+            charset = part.get_content_charset() or "utf-8"
+            try:
+                text = data.decode(charset, "replace")
+            except LookupError:  # an unknown charset: taken as UTF-8
+                text = data.decode("utf-8", "replace")
+            part_.set_content(_lines(text), subtype=subtype, cte="quoted-printable")
+        else:
+            part_.set_content(data, maintype, subtype, cte="base64")
 
 
 def rejection(message: bytes, *, sender: str, mailbox: str, original: str, reason: str, extended: bool,
@@ -114,11 +161,12 @@ def rejection(message: bytes, *, sender: str, mailbox: str, original: str, reaso
     """The notice that *mailbox*'s script refused the message: an MDN for reject, a DSN for
     ereject. Not for the null sender (the caller checks)."""
     reason = _bounded(reason)
-    if extended:
-        state = RecipientState(original or mailbox, FAILED, 1, 0.0, reason, "5.7.1", "",
-                               "550 5.7.1 " + " ".join(reason.split())[:900])
+    if extended:  # the reason in full in the text, and made one short ASCII line for the machine
+        short = " ".join("".join(c if " " <= c <= "~" else " " for c in reason).split())[:400]
+        state = RecipientState(original or mailbox, FAILED, 1, 0.0, "refused by the recipient", "5.7.1", "",
+                               f"550 5.7.1 {short}".rstrip())
         dsn = build_bounce(hostname=hostname, queue_id=queue_id, sender=sender, arrival=arrival, failed=[state],
-                           original=message, now=now)
+                           original=message, now=now, explanation=_lines(reason))
         return Outbound("ereject", "", (sender,), dsn, notice=True)
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{hostname}"
     original_id = _first(header_block(message), "message-id")
@@ -137,12 +185,10 @@ def rejection(message: bytes, *, sender: str, mailbox: str, original: str, reaso
         "",
         f"--{boundary}",
         "Content-Type: text/plain; charset=utf-8",
-        "Content-Transfer-Encoding: 8bit",
+        "Content-Transfer-Encoding: quoted-printable",
         "",
-        f"Your message to <{original or mailbox}> was refused automatically by its recipient:",
-        "",
-        *reason.replace("\r\n", "\n").split("\n"),
-        "",
+        _quoted_printable(f"Your message to <{original or mailbox}> was refused automatically by its recipient:"
+                          f"\n\n{_lines(reason)}\n"),
         f"--{boundary}",
         f"Content-Type: {'message/global-disposition-notification' if utf8 else 'message/disposition-notification'}",
         "",

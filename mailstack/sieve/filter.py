@@ -21,6 +21,7 @@ due one for this handle.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ from mailstack.accounts.store import AccountLookup
 from mailstack.imap.mime import split_message
 from mailstack.interfaces import INBOX, Filing, Filter, LocalCopy, Outbound
 from mailstack.sieve import actions
-from mailstack.sieve.interpreter import MessageView, Outcome, Script, compile_script
+from mailstack.sieve.interpreter import MessageView, Outcome, Script, SieveRuntimeError, compile_script
 from mailstack.sieve.parser import SieveSyntaxError
 from mailstack.sieve.replied import VacationMemory
 from mailstack.sieve.vacation import Vacation
@@ -43,7 +44,7 @@ COMPILED = 256  # compiled scripts kept (by text)
 INLINE_NODES = 400  # commands and tests of a script run on the reactor thread (a few hundred µs at most)
 INLINE_HEADER = 16 << 10  # octets of header a script run on the reactor thread may read
 INLINE_BODY = 16 << 10  # octets of body a script with the body test may read on the reactor thread
-RUNS = 3  # runs of one script for one copy: again while mailboxexists asks about folders not looked up
+RUNS = 8  # runs of one script for one copy: again while mailboxexists asks about folders not looked up
 
 
 class SieveFilter:
@@ -76,6 +77,10 @@ class SieveFilter:
             inline = script.size <= INLINE_NODES and len(header) <= INLINE_HEADER and \
                 ("body" not in script.required or len(body) <= INLINE_BODY)
             asked: set[str] = set()
+            now = self.clock()
+
+            def load(name: str, is_global: bool) -> str | None:  # include (RFC 6609), from the snapshot
+                return self.store.global_script(name) if is_global else self.store.script(copy.mailbox, name)
 
             def exists(name: str) -> bool:
                 if name in folders:
@@ -86,11 +91,13 @@ class SieveFilter:
             for _ in range(RUNS):
                 asked.clear()
                 view = MessageView(header, len(copy.message), copy.sender, copy.original, mailbox_exists=exists,
-                                   delimiter=self.delimiter, body=body)
+                                   delimiter=self.delimiter, body=body, now=now, load_script=load)
                 outcome: Outcome = script.run(view) if inline else await self.run(script.run, view)
                 if not asked:  # mailboxexists asked nothing new: this run's outcome stands
                     break
                 await self._look_up(copy.mailbox, asked, folders)
+            else:
+                raise SieveRuntimeError(f"mailboxexists still asks about new folders after {RUNS} runs")
         except Exception as e:  # a limit hit, a broken script: the copy is kept (RFC 5228 §2.10.6)
             log.warn("{queue_id} Sieve script of <{mailbox}> failed ({error}); filed into INBOX",
                      queue_id=copy.queue_id, mailbox=copy.mailbox, error=e)
@@ -105,9 +112,16 @@ class SieveFilter:
                 log.warn("{queue_id} Sieve script of <{mailbox}> files into {folder}, which does not exist "
                          "(no :create); filed into INBOX", queue_id=copy.queue_id, mailbox=copy.mailbox, folder=folder)
                 folder = None
-            if all(f != folder for f, _ in copies):
+            same = next((i for i, (f, _) in enumerate(copies) if f == folder), None)
+            if same is None:
                 copies += ((folder, d.flags),)
+            else:  # a copy that fell back to INBOX meets the INBOX copy: one copy, with both's flags
+                flags = copies[same][1] + tuple(f for f in d.flags if f.lower() not in
+                                                {g.lower() for g in copies[same][1]})
+                copies = copies[:same] + ((folder, flags),) + copies[same + 1:]
         sends: list[Outbound] = []
+        # editheader (RFC 5293): the copies and redirects carry the header as the script left it
+        edited = outcome.header + body if outcome.header is not None else None
         if outcome.redirects:
             if actions.looped(header, copy.mailbox):
                 log.warn("{queue_id} <{mailbox}> redirects a message it had before (a loop); filed into INBOX",
@@ -115,8 +129,8 @@ class SieveFilter:
                 if not any(folder is None for folder, _ in copies):
                     copies += ((None, ()),)
             else:
-                sends += [actions.redirect(copy.message, sender=copy.sender, mailbox=copy.mailbox, target=target,
-                                           srs=self.srs) for target in outcome.redirects]
+                sends += [actions.redirect(edited or copy.message, sender=copy.sender, mailbox=copy.mailbox,
+                                           target=target, srs=self.srs) for target in outcome.redirects]
         if outcome.reject is not None:
             if copy.sender:
                 now = self.clock()
@@ -128,10 +142,18 @@ class SieveFilter:
                 log.info("{queue_id} <{mailbox}> rejects a message from the null sender: discarded, no notice",
                          queue_id=copy.queue_id, mailbox=copy.mailbox)
         if outcome.vacation is not None and self.replied is not None:
-            reply = await self._vacation(copy, header, outcome.vacation)
+            try:
+                reply = await self._vacation(copy, header, outcome.vacation)
+            except Exception as e:  # a reply that cannot be written (a header it cannot carry): none
+                log.error("{queue_id} vacation reply of <{mailbox}> not sent: {error}", queue_id=copy.queue_id,
+                          mailbox=copy.mailbox, error=e)
+                reply = None
             if reply is not None:
                 sends.append(reply)
-        return Filing(copies, tuple(sends), outcome.reject)
+        # RFC 5429 §2.2: reject's reason goes into an SMTP reply only when it is ASCII (it would lose
+        # its text otherwise: the MDN carries it); ereject's is made ASCII (§2.1.1)
+        refusal = outcome.reject if outcome.ereject or (outcome.reject or "").isascii() else None
+        return Filing(copies, tuple(sends), refusal, edited)
 
     async def _look_up(self, mailbox: str, names: set[str], found: dict[str, bool]) -> None:
         """Whether each folder of *names* not looked up yet exists (on the pool)."""
@@ -145,19 +167,30 @@ class SieveFilter:
                 found[name] = False
 
     async def _vacation(self, copy: LocalCopy, header: bytes, vacation: Vacation) -> Outbound | None:
-        """The reply, when this sender has not had one for this handle within the period."""
-        assert self.replied is not None
+        """The reply, when this sender has not had one for this handle within the period; it is
+        confirmed (and remembered) once the copy is filed, just before it is queued."""
+        replied = self.replied
+        assert replied is not None
         now = self.clock()
         try:
-            due = await self.run(self.replied.due, copy.mailbox, vacation.handle, vacation.to, vacation.seconds, now)
-        except Exception as e:  # the memory cannot be read or written: no reply rather than one too many
+            recent = await self.run(replied.replied, copy.mailbox, vacation.handle, vacation.to, now)
+        except Exception as e:  # the memory cannot be read: no reply rather than one too many
             log.error("{queue_id} vacation reply of <{mailbox}> to <{to}> not sent: {error}",
                       queue_id=copy.queue_id, mailbox=copy.mailbox, to=vacation.to, error=e)
             return None
-        if not due:
+        if recent:
             log.info("{queue_id} <{to}> had a vacation reply from <{mailbox}> within the period: none now",
                      queue_id=copy.queue_id, to=vacation.to, mailbox=copy.mailbox)
             return None
+
+        async def confirm() -> bool:
+            due: bool = await self.run(replied.due, copy.mailbox, vacation.handle, vacation.to, vacation.seconds,
+                                       self.clock())
+            if not due:
+                log.info("{queue_id} <{to}> had a vacation reply from <{mailbox}> meanwhile: none now",
+                         queue_id=copy.queue_id, to=vacation.to, mailbox=copy.mailbox)
+            return due
+
         sender_address = copy.original
         if vacation.from_ is not None:
             if self.store.owns(copy.mailbox, vacation.from_):
@@ -166,9 +199,10 @@ class SieveFilter:
                 log.warn("{queue_id} vacation :from <{address}> of <{mailbox}> is not an address of theirs; "
                          "the reply is from <{original}>", queue_id=copy.queue_id, address=vacation.from_,
                          mailbox=copy.mailbox, original=copy.original)
-        return actions.vacation(header, to=vacation.to, sender_address=sender_address,
-                                reason=vacation.reason, subject=vacation.subject, mime_reason=vacation.mime,
-                                hostname=self.hostname, now=now)
+        reply = actions.vacation(header, to=vacation.to, sender_address=sender_address,
+                                 reason=vacation.reason, subject=vacation.subject, mime_reason=vacation.mime,
+                                 hostname=self.hostname, now=now)
+        return dataclasses.replace(reply, confirm=confirm)
 
     def _script(self, text: str) -> Script:
         """The compiled script for a text (kept, so a busy mailbox compiles it once)."""

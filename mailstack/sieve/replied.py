@@ -3,8 +3,11 @@
 RFC 5230 §4.1: a reply goes to a sender at most once per ``:days`` (RFC 6131:
 ``:seconds``) for the same ``:handle``. The memory is a small SQLite database
 (``storage.vacation``) of (mailbox, handle, sender) -> the time until which no
-other reply goes out, committed before the reply is queued: a crash between the
-two loses that one reply, and never sends it twice. Expired rows are purged as
+other reply goes out. A reply is built when :meth:`replied` says none went out;
+once the copy it answers is filed, :meth:`due` checks again and records it in one
+transaction, and only then is the reply committed to the queue: a crash between
+the two loses that one reply, and never sends it twice; two messages from one
+sender at once get one reply. Expired rows are purged as
 the memory is used, so it holds only the senders of the current periods.
 
 Blocking (SQLite with fsync): called from the io pool, never the reactor thread.
@@ -34,11 +37,18 @@ class VacationMemory:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=5)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
         self._decided = 0
+
+    def replied(self, mailbox: str, handle: str, sender: str, now: float) -> bool:
+        """True when *sender* had a reply for *handle* within its period (a read; nothing kept)."""
+        with self._lock:
+            row = self._conn.execute("SELECT until FROM replied WHERE mailbox=? AND handle=? AND sender=?",
+                                     (mailbox.lower(), handle, sender.lower())).fetchone()
+        return row is not None and row[0] > now
 
     def due(self, mailbox: str, handle: str, sender: str, seconds: int, now: float) -> bool:
         """True when *sender* gets a reply now (then remembered until ``now + seconds``);

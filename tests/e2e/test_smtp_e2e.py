@@ -308,8 +308,12 @@ def test_sieve_reject_redirect_and_vacation_over_smtp(server):
     [reply] = wait_for(lambda: server.messages("friend@example.test"), what="the vacation reply")
     assert b"Subject: Out of office" in reply and b"Auto-Submitted: auto-replied" in reply
     assert b"In-Reply-To: <first@x>" in reply and b"Return-Path: <>" in reply
-    time.sleep(1.5)  # the queue had time to send a second reply, were one queued
+    # the second message found the first reply remembered: no second one was even prepared
+    wait_for(lambda: "<friend@example.test> had a vacation reply from <away@example.test>" in server.log_text(),
+             what="the second reply withheld")
+    assert server.log_text().count("vacation prepared as") == 1
     assert len(server.messages("friend@example.test")) == 1
+    assert "reject prepared as" not in server.log_text()  # the 550 told the client: no notice besides
 
 
 def test_a_sieve_run_that_fails_still_delivers_to_inbox_and_says_why(server):

@@ -25,12 +25,38 @@ def make(tmp_path: Path, scripts: dict[str, str], **options) -> tuple[LocalDeliv
     maildir = MaildirDelivery(tmp_path / "maildirs", hostname="mail.example.test", reactor=SyncReactor(),
                               threadpool=SyncThreadPool())
     sieve = SieveFilter(accounts, InboxFilter(), run=inline, hostname="mail.example.test", **options)
-    return LocalDelivery(accounts, maildir, MailboxEvents(), sieve), accounts
+    local = LocalDelivery(accounts, maildir, MailboxEvents(), sieve)
+    local.outbox = Outbox()
+    return local, accounts
 
 
-def deliver(local: LocalDelivery, to: dict[str, str], message: bytes = MESSAGE, sender: str = "bob@example.org"):
+class Outbox:
+    """Records what local delivery prepares, commits and withdraws; ``fail`` makes prepare raise."""
+
+    def __init__(self) -> None:
+        self.prepared: list = []
+        self.committed: list = []
+        self.aborted: list = []
+        self.fail: Exception | None = None
+
+    async def prepare_outbound(self, outbound, cause):
+        if self.fail is not None:
+            raise self.fail
+        self.prepared.append(outbound)
+        return outbound
+
+    async def commit(self, prepared):
+        self.committed.append(prepared)
+
+    async def abort(self, prepared):
+        self.aborted.append(prepared)
+
+
+def deliver(local: LocalDelivery, to: dict[str, str], message: bytes = MESSAGE, sender: str = "bob@example.org",
+            **options):
     results: list = []
-    Deferred.fromCoroutine(local.deliver("QID", sender, to, message, can_hold=True)).addBoth(results.append)
+    Deferred.fromCoroutine(local.deliver("QID", sender, to, message, can_hold=True, **options)).addBoth(
+        results.append)
     return results[0]
 
 

@@ -58,7 +58,7 @@ def test_a_message_redirected_round_a_loop_is_kept_instead(tmp_path):
 def test_reject_refuses_and_sends_an_mdn_to_the_sender(tmp_path):
     local, _ = make(tmp_path, {"alice@example.test": 'require "reject"; reject "I do not want this.";'})
     result = deliver(local, ALICE, MESSAGE)
-    assert result.refused == {"alice@example.test": "I do not want this."}
+    assert result.refused == {}  # the caller cannot refuse it: the sender is told by an MDN
     assert result.discarded == {"alice@example.test"} and files(tmp_path, "alice") == {"new": [], "cur": []}
     [(_, out)] = result.outbound
     assert (out.kind, out.sender, out.recipients, out.notice) == ("reject", "", ("bob@example.org",), True)
@@ -274,3 +274,174 @@ def test_the_body_test_sees_the_body_of_the_copy(tmp_path):
     assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
     big = MESSAGE.replace(b"body\r\n", b"x" * 100_000 + b"\r\ninvoice\r\n")  # run on the pool
     assert deliver(local, ALICE, big).delivered == {"alice@example.test": "Bills"}
+
+
+def test_a_caller_that_can_refuse_gets_the_reason_and_nothing_is_sent(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "reject"; reject "Not here.\r\nGo away.";'})
+    result = deliver(local, ALICE, MESSAGE, can_refuse=True)
+    assert result.refused == {"alice@example.test": "Not here.\r\nGo away."} and result.outbound == []
+    assert local.outbox.prepared == [] and files(tmp_path, "alice") == {"new": [], "cur": []}
+
+
+def test_a_reject_reason_that_is_not_ascii_is_sent_in_an_mdn_even_when_it_could_be_refused(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'require "reject"; reject "Je suis en congé.";'})
+    result = deliver(local, ALICE, MESSAGE, can_refuse=True)
+    assert result.refused == {} and [o.kind for _, o in result.outbound] == ["reject"]
+    ereject, _ = make(tmp_path / "e", {"alice@example.test": 'require "ereject"; ereject "Je suis en congé.";'})
+    assert deliver(ereject, ALICE, MESSAGE, can_refuse=True).refused == {"alice@example.test": "Je suis en congé."}
+
+
+def test_refusal_reply_lines_are_printable_ascii():
+    from mailstack.routing import refusal_reply
+
+    reply = refusal_reply("Not here.\r\nJe suis en congé\rthird\x00line\n\n" + "x" * 1000)
+    assert reply.code == 550 and reply.enhanced == "5.7.1"
+    assert reply.lines()[:3] == ("Not here.", "Je suis en cong", "third line")
+    assert len(reply.lines()[3]) == 400
+    wire = reply.to_bytes()
+    assert wire.isascii() and wire.count(b"\r\n") == 4 and wire.startswith(b"550-5.7.1 Not here.\r\n")
+    assert refusal_reply("\x01\x02").lines() == ("Message refused by the recipient",)
+
+
+def test_a_redirect_that_cannot_be_queued_keeps_the_copy_in_inbox(tmp_path):
+    local, _ = make(tmp_path, {"alice@example.test": 'redirect "elsewhere@example.net";'})
+    local.outbox.fail = OSError(28, "No space left on device")
+    result = deliver(local, ALICE, MESSAGE)
+    assert result.delivered == {"alice@example.test": None} and result.outbound == []
+    assert len(files(tmp_path, "alice")["new"]) == 1
+
+
+def test_a_vacation_reply_waits_for_its_copy_to_be_filed(tmp_path):
+    """A held mailbox's reply is withdrawn and not remembered; at the retry it goes out."""
+    clock = Clock()
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    local, accounts = make(tmp_path, {"alice@example.test": VACATION}, replied=memory, clock=clock)
+    user = accounts.users["alice@example.test"]
+    accounts.users["alice@example.test"] = user.__class__(user.address, "", 10)  # full
+    both = {**ALICE, "bob@example.test": "bob@example.test"}
+    held = deliver(local, both, MESSAGE)
+    assert set(held.held) == {"alice@example.test"} and held.outbound == []
+    assert [o.kind for o in local.outbox.aborted] == ["vacation"]
+    accounts.users["alice@example.test"] = user  # room again: the queue's retry
+    retry = deliver(local, ALICE, MESSAGE)
+    assert [o.kind for _, o in retry.outbound] == ["vacation"] and local.outbox.committed == [retry.outbound[0][1]]
+    assert deliver(local, ALICE, MESSAGE).outbound == []  # remembered now
+    memory.close()
+
+
+def test_two_replies_prepared_at_once_send_one(tmp_path):
+    clock = Clock()
+    memory = VacationMemory(tmp_path / "vacation.sqlite3")
+    local, _ = make(tmp_path, {"alice@example.test": VACATION}, replied=memory, clock=clock)
+    first = deliver(local, ALICE, MESSAGE)
+    [(_, reply)] = first.outbound
+    assert reply.confirm is not None
+    assert not Deferred_result(reply.confirm())  # a second message's reply, confirmed after the first
+    memory.close()
+
+
+def Deferred_result(coroutine):
+    from twisted.internet.defer import Deferred
+
+    out: list = []
+    Deferred.fromCoroutine(coroutine).addBoth(out.append)
+    return out[0]
+
+
+def test_mailboxexists_several_levels_deep(tmp_path):
+    script = ('require ["fileinto", "mailbox"]; if mailboxexists "A" { if mailboxexists "B" { '
+              'if mailboxexists "C" { fileinto :create "C"; } } }')
+    local, asked = _with_folders(tmp_path, script, {"A", "B", "C"})
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": "C"}
+    assert sorted(asked) == ["A", "B", "C"]
+
+
+def test_a_copy_that_falls_back_to_inbox_keeps_the_flags_of_both(tmp_path):
+    script = 'require ["fileinto", "imap4flags"]; fileinto :flags "\\\\Flagged" "Missing"; keep :flags "\\\\Seen";'
+    local, _ = _with_folders(tmp_path, script, set())
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
+    [name] = files(tmp_path, "alice")["cur"]
+    assert name.endswith(":2,FS")
+
+
+LONG_REASON = "Je suis absent jusqu'à lundi.\r\nUne ligne\rseule\n" + "très longue " * 500
+
+
+def _all_lines_short(data: bytes) -> bool:
+    return all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+def test_rejection_notices_carry_any_reason_in_7_bit_lines(tmp_path):
+    from mailstack.sieve import actions
+
+    for extended in (False, True):
+        out = actions.rejection(MESSAGE, sender="bob@example.org", mailbox="alice@example.test",
+                                original="alice@example.test", reason=LONG_REASON, extended=extended,
+                                hostname="mail.example.test", queue_id="QID", arrival=0.0, now=0.0)
+        assert out.message.isascii() and _all_lines_short(out.message) and b"\r" not in out.message.replace(
+            b"\r\n", b"")
+        notice = message_from_bytes(out.message, policy=SMTP)
+        human = next(notice.iter_parts()).get_content().replace("\r\n", "\n")
+        assert "Je suis absent jusqu'à lundi.\nUne ligne\nseule\n" in human and human.count("très longue") == 500
+    assert b"Diagnostic-Code: smtp; 550 5.7.1 Je suis absent jusqu' lundi. Une ligne seule" in out.message
+
+
+def test_a_mime_vacation_reason_is_made_7_bit(tmp_path):
+    from mailstack.sieve import actions
+
+    reason = ("Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; "
+              "charset=utf-8\r\n\r\n" + "été " * 400 + "\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>été</p>\r\n--b--\r\n")
+    out = actions.vacation(MESSAGE, to="bob@example.org", sender_address="alice@example.test", reason=reason,
+                           subject=None, mime_reason=True, hostname="mail.example.test", now=0.0)
+    assert out.message.isascii() and _all_lines_short(out.message)
+    reply = message_from_bytes(out.message, policy=SMTP)
+    plain, html = reply.iter_parts()
+    assert plain.get_content().count("été") == 400 and "<p>été</p>" in html.get_content()
+
+
+def test_a_reply_to_an_address_that_is_not_ascii_keeps_it_whole(tmp_path):
+    from mailstack.sieve import actions
+
+    out = actions.vacation(MESSAGE, to="jörg@example.org", sender_address="alice@example.test", reason="Away.",
+                           subject=None, mime_reason=False, hostname="mail.example.test", now=0.0)
+    assert "To: jörg@example.org\r\n".encode() in out.message and b"=?" not in out.message.split(b"Subject")[0]
+
+
+def _stored(tmp_path, user: str, folder: str = "") -> list[bytes]:
+    base = tmp_path / "maildirs" / "example.test" / user / (f".{folder}" if folder else "")
+    return [p.read_bytes() for sub in ("new", "cur") if (base / sub).exists() for p in sorted((base / sub).iterdir())]
+
+
+def test_editheader_changes_the_filed_copy_and_the_redirect(tmp_path):
+    script = ('require ["editheader", "copy"]; addheader "X-Filtered" "yes"; deleteheader "Subject"; '
+              'redirect :copy "x@example.net";')
+    local, _ = make(tmp_path, {"alice@example.test": script})
+    result = deliver(local, ALICE, MESSAGE)
+    [stored] = _stored(tmp_path, "alice")
+    assert b"X-Filtered: yes\r\n" in stored and b"Subject:" not in stored and stored.endswith(b"\r\n\r\nbody\r\n")
+    [(_, out)] = result.outbound
+    assert b"X-Filtered: yes\r\n" in out.message and b"Subject:" not in out.message
+    bob = deliver(local, {"bob@example.test": "bob@example.test"}, MESSAGE)  # no script: as it came
+    assert bob.delivered == {"bob@example.test": None} and b"Subject:" in _stored(tmp_path, "bob")[0]
+
+
+def test_include_reads_the_users_and_the_global_scripts(tmp_path):
+    script = ('require ["include", "fileinto"]; include :personal "lists"; include :global "spam"; '
+              'fileinto "Rest";')
+    local, accounts = make(tmp_path, {"alice@example.test": script})
+    accounts.named[("alice@example.test", "lists")] = ('require "fileinto"; '
+                                                       'if header :contains "subject" "plans" { fileinto "Plans"; }')
+    accounts.global_scripts["spam"] = 'require "imap4flags"; addflag "\\\\Flagged";'
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": "Plans"}
+    del accounts.global_scripts["spam"]  # a missing include without :optional: the run fails, the copy is kept
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
+
+
+def test_currentdate_reads_the_delivery_clock(tmp_path):
+    clock = Clock()  # 2027-01-15 08:00:00 UTC
+    script = ('require ["date", "relational", "fileinto"]; '
+              'if currentdate :zone "+0000" :value "eq" "date" "2027-01-15" { fileinto "Today"; }')
+    local, _ = make(tmp_path, {"alice@example.test": script}, clock=clock)
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": "Today"}
+    clock.now += 86400
+    assert deliver(local, ALICE, MESSAGE).delivered == {"alice@example.test": None}
