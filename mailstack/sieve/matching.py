@@ -44,8 +44,12 @@ class Matcher:
             return any(_relate(_compare_numeric(str(len(values)), key), self.relation) for key in keys)
         if variables is not None and self.kind in ("matches", "regex"):
             for value in values:
-                for key in keys if value is not None else ():
-                    found = self.captures(value, key)  # type: ignore[arg-type]  # value is not None here
+                if value is None:
+                    continue
+                for key in keys:
+                    if self.kind == "matches" and not self.one(value, key):
+                        continue  # the quick test first: most keys do not match
+                    found = self.captures(value, key)
                     if found is not None:
                         variables.matches = found
                         return True
