@@ -67,6 +67,31 @@ def field_value(raw: bytes) -> str:
     return _text(value).strip()
 
 
+# one well-formed field, folded lines and all, at a position (field_values)
+_WHOLE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?:\r?\n|\Z)")
+
+
+def field_values(header: bytes) -> dict[str, list[str]]:
+    """Lower-case field name -> the unfolded values (:func:`field_value`) in order: one pass of
+    one pattern over a well-formed header, through :func:`header_fields` otherwise."""
+    out: dict[str, list[str]] = {}
+    match = _WHOLE_FIELD.match
+    at, end = 0, len(header)
+    while at < end and not header.startswith(b"\n", at) and not header.startswith(b"\r\n", at):
+        m = match(header, at)
+        if m is None:  # a line that is not a field, a bare CR: the line by line reading
+            out = {}
+            for name, raw in header_fields(header):
+                out.setdefault(name, []).append(field_value(raw))
+            return out
+        value = m.group(2)
+        if b"\n" in value:
+            value = _FOLD.sub(b"", value)
+        out.setdefault(m.group(1).decode("ascii").lower(), []).append(_text(value).strip())
+        at = m.end()
+    return out
+
+
 @dataclass
 class Part:
     header: bytes

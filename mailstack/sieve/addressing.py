@@ -7,6 +7,7 @@ decoded for the header test.
 
 from __future__ import annotations
 
+import re
 from email.header import decode_header, make_header
 
 from mailstack.accounts.directory import canonical_address
@@ -43,8 +44,17 @@ def decode_words(value: str) -> str:
         return value
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# the common value, one plain address with or without a phrase of atoms: read without the parser
+_PLAIN = re.compile(rf"[ \t]*(?:((?:{_ATEXT}+[ \t]*)*)<)?({_ATEXT}+(?:\.{_ATEXT}+)*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+                    rf"(>)?[ \t]*\Z")
+
+
 def mailboxes_of(value: str) -> list[tuple[str, str]]:
     """(local part, domain) of each address in a header value, groups opened."""
+    plain = _PLAIN.match(value)
+    if plain is not None and (plain.group(4) is None) == (plain.group(1) is None):
+        return [(plain.group(2), plain.group(3))]
     out = []
     for item in addresses.parse_address_list(value):
         for mailbox in item.members if isinstance(item, addresses.Group) else (item,):

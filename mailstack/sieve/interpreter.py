@@ -113,10 +113,7 @@ class MessageView:
 
     def raw_fields(self) -> dict[str, list[str]]:
         """Header field name -> unfolded values (not RFC 2047 decoded), in order; one parse."""
-        out: dict[str, list[str]] = {}
-        for name, raw in mime.header_fields(self.header):
-            out.setdefault(name, []).append(mime.field_value(raw))
-        return out
+        return mime.field_values(self.header)
 
 
 def compile_script(text: str | bytes) -> Script:
@@ -206,6 +203,8 @@ class _Run:
         self._fields: dict[str, list[str]] | None = None
         self._addresses: dict[str, list[tuple[str, str]]] = {}  # header name -> its mailboxes
         self._decoded: dict[str, list[str]] = {}  # header name -> its values, RFC 2047 decoded
+        # (test, names, part, folded, as octets) -> the values the quick header/address/envelope tests read
+        self.values: dict[tuple[str, tuple[str, ...], str, bool, bool], list[str | bytes | None]] = {}
         self.steps = 0
         self.flags: list[str] = []  # the internal variable of imap4flags
         self.vacation_run = False  # RFC 5230 §4.7: once per script
@@ -231,6 +230,7 @@ class _Run:
         self._fields = None
         self._addresses = {}
         self._decoded = {}
+        self.values = {}
         return self.edited
 
     def add_header(self, name: str, value: str, last: bool) -> None:
@@ -342,11 +342,6 @@ class _Run:
             found = self._decoded[key] = [_decoded(v) for v in self.raw(name)]
         return found
 
-    def step(self) -> None:
-        self.steps += 1
-        if self.steps > MAX_STEPS:
-            raise SieveRuntimeError(f"more than {MAX_STEPS} steps")
-
     def execute(self, commands: list[Command]) -> Outcome:
         try:
             self.block(commands)
@@ -370,7 +365,9 @@ class _Run:
     def block(self, commands: list[Command]) -> None:
         taken = False  # an if/elsif of this chain ran its block
         for command in commands:
-            self.step()
+            self.steps += 1
+            if self.steps > MAX_STEPS:
+                raise SieveRuntimeError(f"more than {MAX_STEPS} steps")
             name = command.name
             if name == "if":
                 taken = self.test(command.tests[0])
@@ -565,25 +562,21 @@ class _Run:
     # -- tests -----------------------------------------------------------------------------
 
     def test(self, test: Test) -> bool:
-        self.step()
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise SieveRuntimeError(f"more than {MAX_STEPS} steps")
+        prepared = self.prepared.get(id(test))
+        if prepared is None:
+            prepared = self.prepared[id(test)] = _Prepared(test)
+        quick = prepared.quick
+        if quick is not None and (self.vars is None or prepared.quick_with_variables):
+            return quick(self)
         name = test.name
-        if name == "true":
-            return True
-        if name == "false":
-            return False
-        if name == "not":
-            return not self.test(test.tests[0])
-        if name == "allof":
-            return all(self.test(t) for t in test.tests)
-        if name == "anyof":
-            return any(self.test(t) for t in test.tests)
         args = test.arguments
-        found_prep = self.prepared.get(id(test))
-        if found_prep is None:
-            found_prep = self.prepared[id(test)] = _prepare(args)
-        positional, matcher, dynamic, index, last, part = found_prep
+        positional, matcher, index, last, part = (prepared.positional, prepared.matcher, prepared.index,
+                                                  prepared.last, prepared.part)
         variables = self.vars
-        if variables is not None and dynamic:
+        if variables is not None and prepared.dynamic:
             positional = [variables.expand_all(values) for values in positional]
         if name == "header":
             if index is not None:  # RFC 5260 §6: one field, counted over the named ones in order
@@ -656,16 +649,97 @@ def _flag_list(values: Sequence[str]) -> list[str]:
     return out
 
 
-# per test node, worked out once: positional values, matcher, whether a value holds "${", :index, :last,
-# the address part
-_Prepared = tuple[list[tuple[str, ...]], Matcher, bool, int | None, bool, str]
+class _Prepared:
+    """A test node worked out once (the runs of a script share it): its positional values,
+    matcher, whether a value holds "${", :index, :last, the address part, and for the common
+    tests a ``quick`` function of the run that needs no more dispatching: the logical tests,
+    exists, size, and header, address and envelope with :is, :contains or :matches under
+    i;octet or i;ascii-casemap (the run keeps their values, folded, once per run)."""
+
+    __slots__ = ("positional", "matcher", "dynamic", "index", "last", "part", "quick", "quick_with_variables")
+
+    def __init__(self, test: Test) -> None:
+        args = test.arguments
+        self.positional = [a.values for a in positional_strings(args)]
+        tags = {a.name for a in args if isinstance(a, Tag)}
+        self.matcher = Matcher(args)
+        self.dynamic = any("${" in v for x in self.positional for v in x)
+        self.index = tag_number(args, "index")
+        self.last = "last" in tags
+        self.part = next((t for t in ("localpart", "domain", "user", "detail") if t in tags), "all")
+        self.quick: Callable[[_Run], bool] | None = None
+        # with variables, only where nothing is expanded and no match variable is set
+        self.quick_with_variables = not self.dynamic and self.matcher.kind != "matches"
+        name = test.name
+        if name in ("true", "false", "not", "allof", "anyof"):
+            self.quick = _logical(name, test.tests)
+        elif name == "size":
+            limit = next(a for a in args if isinstance(a, Number)).value
+            self.quick = (lambda run: run.message.size > limit) if "over" in tags else \
+                (lambda run: run.message.size < limit)
+        elif name == "exists":
+            names = self.positional[0]
+            self.quick = lambda run: all(run.raw(h) for h in names)
+        elif name in ("header", "address", "envelope") and self.index is None:
+            match = self.matcher.quick_match(self.positional[1])
+            if match is not None:
+                self.quick = _source(name, tuple(self.positional[0]), self.part, self.matcher, match)
 
 
-def _prepare(args: list[Argument]) -> _Prepared:
-    lists = [a.values for a in positional_strings(args)]
-    tags = {a.name for a in args if isinstance(a, Tag)}
-    return (lists, Matcher(args), any("${" in v for x in lists for v in x), tag_number(args, "index"), "last" in tags,
-            next((t for t in ("localpart", "domain", "user", "detail") if t in tags), "all"))
+def _logical(name: str, tests: list[Test]) -> Callable[[_Run], bool]:
+    if name in ("true", "false"):
+        value = name == "true"
+        return lambda run: value
+    if name == "not":
+        inner = tests[0]
+        return lambda run: not run.test(inner)
+    if name == "allof":
+        def allof(run: _Run) -> bool:
+            for t in tests:
+                if not run.test(t):
+                    return False
+            return True
+        return allof
+
+    def anyof(run: _Run) -> bool:
+        for t in tests:
+            if run.test(t):
+                return True
+        return False
+    return anyof
+
+
+def _source(name: str, names: tuple[str, ...], part: str, matcher: Matcher,
+            match: Callable[[Sequence[str | bytes | None]], bool]) -> Callable[[_Run], bool]:
+    """header, address or envelope over constant names and keys: the values the test reads, as
+    its comparator sees them, are kept by the run (tests asking the same share them)."""
+    key = (name, names, part, matcher.fold, matcher.kind == "matches")
+    folded = matcher.quick_value
+
+    def values(run: _Run) -> list[str | bytes | None]:
+        if name == "header":
+            return [folded(v) for h in names for v in run.decoded(h)]
+        delimiter = run.message.delimiter
+        if name == "address":  # RFC 5228 §5.1: address headers only, never the phrase
+            return [None if p is None else folded(p) for h in names if h.lower() in ADDRESS_HEADERS
+                    for p in (address_part(a, part, delimiter) for a in run.mailboxes(h))]
+        found: list[str | bytes | None] = []
+        for which in names:
+            which = which.lower()
+            address = run.message.sender if which == "from" else run.message.recipient if which == "to" else None
+            if address == "":  # RFC 5228 §5.4: the null reverse-path is "" whatever the part
+                found.append(folded(""))
+            elif address is not None:
+                p = address_part(split_address(address), part, delimiter)
+                found.append(None if p is None else folded(p))
+        return found
+
+    def quick(run: _Run) -> bool:
+        found = run.values.get(key)
+        if found is None:
+            found = run.values[key] = values(run)
+        return match(found)
+    return quick
 
 
 __all__ = ["EXTENSIONS", "Delivery", "MessageView", "Outcome", "Script", "SieveError", "SieveRuntimeError",

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mailstack.sieve import regex
 from mailstack.sieve.parser import Argument, StringList, Tag
@@ -36,6 +36,9 @@ class Matcher:
         self.kind = next((t for t in tags if t in MATCH_TYPES), "is")
         self.relation = tag_value(args, self.kind) if self.kind in ("count", "value") else ""
         self.comparator = tag_value(args, "comparator") or "i;ascii-casemap"
+        # :is, :contains and :matches under i;octet or i;ascii-casemap: matched over folded values
+        self.quick = self.kind in ("is", "contains", "matches") and self.comparator in ("i;ascii-casemap", "i;octet")
+        self.fold = self.comparator == "i;ascii-casemap"
 
     def match(self, values: Sequence[str | None], keys: Sequence[str], variables: Variables | None = None) -> bool:
         """None stands for an address part that is not there (a detail): counted, never matched.
@@ -55,6 +58,46 @@ class Matcher:
                         return True
             return False
         return any(self.one(value, key) for value in values if value is not None for key in keys)
+
+    def quick_match(self, keys: Sequence[str]) -> Callable[[Sequence[str | bytes | None]], bool] | None:
+        """For :is, :contains and :matches under i;octet or i;ascii-casemap (``self.quick``):
+        a match over values made ready by :meth:`quick_value` against these constant keys, the
+        keys worked out once. None for the other match types and comparators."""
+        if not self.quick:
+            return None
+        folded = tuple(k.translate(_ASCII_UPPER) if self.fold else k for k in keys)
+        if self.kind == "is":
+            wanted = frozenset(folded)
+            return lambda values: not wanted.isdisjoint(values)  # None is never a key
+
+        if self.kind == "contains":
+            def contains(values: Sequence[str | bytes | None]) -> bool:
+                for value in values:
+                    if value is not None:
+                        for key in folded:
+                            if key in value:  # type: ignore[operator]
+                                return True
+                return False
+            return contains
+
+        globs = tuple(_glob_function(k.encode("utf-8", "surrogatepass")) for k in folded)
+
+        def matches(values: Sequence[str | bytes | None]) -> bool:  # values as quick_value gives them
+            for value in values:
+                if value is not None:
+                    for glob in globs:
+                        if glob(value):  # type: ignore[arg-type]
+                            return True
+            return False
+        return matches
+
+    def quick_value(self, value: str) -> str | bytes:
+        """A value as the :meth:`quick_match` match takes it: folded as the comparator sees it
+        (RFC 4790 §9.2.1: ASCII letters to upper case), and for :matches as UTF-8 octets
+        (RFC 5228 §2.7.1: ``?`` is one octet)."""
+        if self.fold:
+            value = value.translate(_ASCII_UPPER)
+        return value.encode("utf-8", "surrogatepass") if self.kind == "matches" else value
 
     def captures(self, value: str, key: str) -> list[str] | None:
         """:matches keeping what each wildcard matched; :regex what its groups matched."""
@@ -153,6 +196,19 @@ def _glob_segments(pattern: bytes) -> tuple[bool, tuple[bytes, ...], bool] | Non
             run.append(token)
     segments.append(bytes(run))
     return (not tokens or tokens[0] is None, tuple(segments), bool(tokens) and tokens[-1] is None)
+
+
+def _glob_function(pattern: bytes) -> Callable[[bytes], bool]:
+    """:matches against one constant pattern, the common shapes (no star, ``*text*``) as
+    one comparison."""
+    plain = _glob_segments(pattern)
+    if plain is not None and len(plain[1]) == 1:
+        literal = plain[1][0]
+        return lambda text: text == literal
+    if plain is not None and len(plain[1]) == 3 and not plain[1][0] and not plain[1][2]:
+        inner = plain[1][1]
+        return lambda text: inner in text
+    return functools.partial(_glob, pattern)
 
 
 def _glob(pattern: bytes, text: bytes) -> bool:
