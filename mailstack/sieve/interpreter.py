@@ -147,12 +147,10 @@ class Script:
     commands: list[Command]
     required: frozenset[str]
     size: int = 0  # commands and tests in it
-    # per test node: its positional arguments and matcher, worked out once (runs share them)
-    prepared: dict[int, _Prepared] = field(default_factory=dict, compare=False)
 
     def run(self, message: MessageView) -> Outcome:
         """The outcome for one message; a run that hits a limit raises SieveRuntimeError."""
-        return _Run(message, self.prepared, "variables" in self.required).execute(self.commands)
+        return _Run(message, "variables" in self.required).execute(self.commands)
 
 
 def _size(commands: list[Command]) -> int:
@@ -186,9 +184,8 @@ def _included(text: str) -> Script:
 
 
 class _Run:
-    def __init__(self, message: MessageView, prepared: dict[int, _Prepared], variables: bool = False) -> None:
+    def __init__(self, message: MessageView, variables: bool = False) -> None:
         self.message = message
-        self.prepared = prepared
         self.shared: dict[str, str] = {}  # global variables (RFC 6609 §3.4)
         self.expanded = [0]  # characters expanded by every script of the run (variables.MAX_EXPANDED)
         self.vars = Variables(self.shared, self.expanded) if variables else None
@@ -502,8 +499,7 @@ class _Run:
             script = _included(text)
         except SieveSyntaxError as e:
             raise SieveRuntimeError(f"included script {name!r}: {e}") from None
-        saved = self.prepared, self.vars
-        self.prepared = script.prepared
+        saved = self.vars
         self.vars = Variables(self.shared, self.expanded) if "variables" in script.required else None
         self.including.append(key)
         try:
@@ -512,7 +508,7 @@ class _Run:
             pass
         finally:
             self.including.pop()
-            self.prepared, self.vars = saved
+            self.vars = saved
 
     def expanded_action(self, command: Command, tags: set[str], strings: list[StringList]) -> None:
         """An action of a script with variables: its strings expanded first (RFC 5229 §3)."""
@@ -565,9 +561,9 @@ class _Run:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise SieveRuntimeError(f"more than {MAX_STEPS} steps")
-        prepared = self.prepared.get(id(test))
-        if prepared is None:
-            prepared = self.prepared[id(test)] = _Prepared(test)
+        prepared = test.prepared
+        if prepared is None:  # the script's runs share it
+            prepared = test.prepared = _Prepared(test)
         quick = prepared.quick
         if quick is not None and (self.vars is None or prepared.quick_with_variables):
             return quick(self)

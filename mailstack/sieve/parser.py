@@ -23,8 +23,8 @@ script before checking it, and its errors name the string's line and column.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 MAX_SCRIPT = 1 << 20  # octets of one script
 MAX_NESTING = 64  # blocks and tests inside one another
@@ -78,6 +78,8 @@ class Test:
     tests: list[Test]  # a test-list (allof, anyof) or one test (not)
     line: int
     column: int
+    # what running the test needs, worked out once by the interpreter at its first run
+    prepared: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
