@@ -110,6 +110,19 @@ class WatcherService(Service):
         return None
 
 
+class Closing(Service):
+    """Closes a file or database the server holds open, when the service tree stops."""
+
+    def __init__(self, close: Callable[[], None], name: str) -> None:
+        self.close = close
+        self.setName(name)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.close()
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Shared:
     """The objects created once per service tree, which listeners are built from.
@@ -140,6 +153,8 @@ class Shared:
     """The rewritten senders of forwarded mail: made by the router, read back on port 25 and by the queue."""
     io: Callable[..., Deferred[Any]]
     """Blocking work on the io pool, results on the reactor (POP3 maildrops, DKIM)."""
+    replied: VacationMemory | None = None
+    """Who had a vacation reply (Sieve), on the io pool; closed once the pools have stopped."""
     watcher: Watcher | None = None
     """Reports of changes to open folders; None where inotify is not available."""
 
@@ -243,7 +258,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io), srs=srs), resolver=resolver,
         maildrops=Maildrops(mail_store, io=io, events=events),
-        mail_store=mail_store, srs=srs, io=io, watcher=watcher,
+        mail_store=mail_store, srs=srs, io=io, replied=replied, watcher=watcher,
     )
 
 
@@ -397,6 +412,8 @@ def build_service(
     """The whole mail system as one service tree (nothing runs until it is started)."""
     shared = build_shared(settings, reactor)
     top = SequentialMultiService()
+    if shared.replied is not None:
+        Closing(shared.replied.close, "vacation-memory").setServiceParent(top)  # stops last, after the pools
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
     if shared.watcher is not None:

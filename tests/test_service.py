@@ -7,6 +7,7 @@ The service is built with a MemoryReactorClock; starting a listener records
 from __future__ import annotations
 
 import ast
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,20 @@ def test_the_folder_watcher_is_read_by_the_reactor_while_the_service_runs(tmp_pa
     assert watcher in reactor.getReaders()
     service.stopService()
     assert watcher not in reactor.getReaders() and watcher.fileno() == -1
+
+
+def test_the_vacation_memory_is_closed_after_the_pools_when_the_service_stops(tmp_path):
+    reactor = MemoryReactorClock()
+    top = build_service(settings_for(tmp_path, {"imap": "127.0.0.1:1143"}), reactor)
+    order = [service.name for service in top]
+    assert order.index("vacation-memory") < order.index("threadpool-io")  # stopped in reverse: after it
+    memory = top.getServiceNamed("vacation-memory")
+    top.startService()
+    assert memory.running
+    top.stopService()
+    assert not memory.running
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        memory.close.__self__.replied("alice@example.test", "h", "bob@example.org", 0.0)
 
 
 def test_imap_and_pop3_share_the_watcher_of_the_one_mail_store(tmp_path):

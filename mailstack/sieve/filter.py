@@ -91,7 +91,8 @@ class SieveFilter:
             for _ in range(RUNS):
                 asked.clear()
                 view = MessageView(header, len(copy.message), copy.sender, copy.original, mailbox_exists=exists,
-                                   delimiter=self.delimiter, body=body, now=now, load_script=load)
+                                   delimiter=self.delimiter, body=body, now=now, load_script=load,
+                                   mailbox=copy.mailbox)
                 outcome: Outcome = script.run(view) if inline else await self.run(script.run, view)
                 if not asked:  # mailboxexists asked nothing new: this run's outcome stands
                     break

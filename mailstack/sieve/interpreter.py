@@ -110,6 +110,9 @@ class MessageView:
     now: float = 0.0  # the time of delivery, epoch seconds, for currentdate (0.0: when the run starts)
     # include (RFC 6609): a script's text by name, from the user's scripts (False) or the site's (True)
     load_script: Callable[[str, bool], str | None] = lambda name, is_global: None
+    # the mailbox the copy is for, when the recipient is an alias of it: vacation counts its address
+    # as the user's own too (RFC 5230 §4.5)
+    mailbox: str = ""
 
     def raw_fields(self) -> dict[str, list[str]]:
         """Header field name -> unfolded values (not RFC 2047 decoded), in order; one parse."""
@@ -443,6 +446,8 @@ class _Run:
         """The reply a vacation action asks for, or None when the message must not get one."""
         message = self.message
         own = {message.recipient.lower()}
+        if message.mailbox:
+            own.add(message.mailbox.lower())
         local, domain = split_address(message.recipient)
         user = address_part((local, domain), "user", message.delimiter)
         if user is not None and domain:

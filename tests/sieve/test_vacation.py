@@ -131,6 +131,15 @@ def test_addresses_count_as_the_users():
     assert reply('require "vacation"; vacation :addresses "RR@Home.Example.Net" "away";', header=header)
 
 
+def test_the_mailbox_an_alias_leads_to_counts_as_the_users():
+    # sent to the alias sales@, filed for roadrunner@: a To of roadrunner@ is the user's own address
+    header = b"To: Road Runner <RoadRunner@acme.example.com>\r\n\r\n"
+    assert reply(VACATION, header=header, recipient="sales@acme.example.com") is None
+    outcome = compile_script(VACATION).run(MessageView(header, 100, "coyote@desert.example.org",
+                                                       "sales@acme.example.com", mailbox="roadrunner@acme.example.com"))
+    assert outcome.vacation is not None
+
+
 def test_only_one_vacation_and_none_with_reject():
     with pytest.raises(SieveRuntimeError, match="more than one vacation"):
         compile_script('require "vacation"; vacation "a"; vacation "b";').run(view())
