@@ -10,8 +10,8 @@
 - DMARC (RFC 7489): a starting policy of ``p=none`` with aggregate reports to
   postmaster, to be raised to ``quarantine`` or ``reject`` once the reports show
   only the domain's own servers;
-- SRV (RFC 6186, RFC 8314 for ``_submissions``) so mail clients find the
-  servers; a service that is not configured gets the "not available" form
+- SRV (RFC 6186, RFC 8314 for ``_submissions``, RFC 5804 for ``_sieve``) so
+  mail clients find the servers; a service that is not configured gets the "not available" form
   (target ``.``);
 - the PTR the server's public address needs (a comment: the address is not known here).
 """
@@ -29,6 +29,7 @@ SRV_SERVICES = (  # (record, standard port, listener that provides it)
     ("_imap._tcp", 143, "imap"),
     ("_pop3s._tcp", 995, "pop3s"),
     ("_pop3._tcp", 110, "pop3"),
+    ("_sieve._tcp", 4190, "managesieve"),  # RFC 5804 §1.8
 )
 
 

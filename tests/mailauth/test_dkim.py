@@ -132,6 +132,9 @@ def test_dns_records_for_a_domain(tmp_path):
     assert found[("_dmarc.example.test.", "TXT")].value == '"v=DMARC1; p=none; rua=mailto:postmaster@example.test"'
     assert found[("_submissions._tcp.example.test.", "SRV")].value == "0 1 465 mail.example.test."
     assert found[("_pop3._tcp.example.test.", "SRV")].value == "0 0 0 ."  # RFC 6186 §3.4: not offered
+    assert found[("_sieve._tcp.example.test.", "SRV")].value == "0 0 0 ."
+    sieve = {(r.name, r.type): r for r in records("example.test", "mail.example.test", [], {"managesieve"})}
+    assert sieve[("_sieve._tcp.example.test.", "SRV")].value == "0 1 4190 mail.example.test."  # RFC 5804 §1.8
     [dkim_record] = [r for r in found.values() if "_domainkey" in r.name]
     assert dkim_record.value.startswith('( "v=DKIM1; k=rsa; p=') and all(
         len(part) <= 255 for part in dkim_record.value[3:-3].split('" "'))
