@@ -45,8 +45,9 @@ def decode_words(value: str) -> str:
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-# the common value, one plain address with or without a phrase of atoms: read without the parser
-_PLAIN = re.compile(rf"[ \t]*(?:((?:{_ATEXT}+[ \t]*)*)<)?({_ATEXT}+(?:\.{_ATEXT}+)*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+# the common value, one plain address with or without a phrase of atoms: read without the parser.
+# Each atom of the phrase ends at white space or "<", so there is one way to match it (linear time)
+_PLAIN = re.compile(rf"[ \t]*(?:((?:{_ATEXT}+[ \t]+)*(?:{_ATEXT}+)?)<)?({_ATEXT}+(?:\.{_ATEXT}+)*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
                     rf"(>)?[ \t]*\Z")
 
 

@@ -655,7 +655,9 @@ class _Prepared:
     matcher, whether a value holds "${", :index, :last, the address part, and for the common
     tests a ``quick`` function of the run that needs no more dispatching: the logical tests,
     exists, size, and header, address and envelope with :is, :contains or :matches under
-    i;octet or i;ascii-casemap (the run keeps their values, folded, once per run)."""
+    i;octet or i;ascii-casemap (the run keeps their values, folded, once per run).
+    Compiled scripts are shared by every run, user and thread (an included one across
+    users): nothing here may depend on a message, a user or a run."""
 
     __slots__ = ("positional", "matcher", "dynamic", "index", "last", "part", "quick", "quick_with_variables")
 

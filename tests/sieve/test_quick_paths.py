@@ -8,6 +8,7 @@ with one pattern. Each must answer as the general path does, for any input.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,6 +68,16 @@ def test_plain_addresses_in_common_shapes():
     assert mailboxes_of("<bob@example.org>") == [("bob", "example.org")]
     assert mailboxes_of("bob@example.org (Bob)") == [("bob", "example.org")]  # a comment: the parser
     assert mailboxes_of("a@b.c, d@e.f") == [("a", "b.c"), ("d", "e.f")]
+
+
+@pytest.mark.parametrize("value", [
+    "a" * 5000, "undisclosed-recipients:;", "postmaster-notifications-team", "Mail Delivery Subsystem "
+    "<mailer-daemon@example.com>, alice@example.org", "a " * 3000 + "<", "a" * 3000 + "@", "a." * 3000,
+    "Bob " * 2000 + "<bob@example.org>", "x@" + "a-" * 3000,
+])
+def test_long_values_are_read_in_one_pass(value):
+    # a pattern that could match a run of atoms in many ways would take 2**n steps on these
+    assert mailboxes_of(value) == _parsed(value)
 
 
 HEADER_PIECES = [b"Subject", b"To", b"X-A", b":", b" :", b" ", b"\t", b"\r\n", b"\n", b"\r", b"a", b"\x1f",
