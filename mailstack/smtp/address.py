@@ -13,16 +13,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_UTF8 = "\u0080-\U0010ffff"
-_ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~" + _UTF8
-_ATOM = f"[{_ATEXT}]+"
+# Each class holds every non-ASCII character (RFC 6531 UTF8-non-ascii), so it is written as the
+# ASCII characters it leaves out: a class spanning up to U+10FFFF costs ~1 ms to compile, its
+# complement nothing (the sets are the same)
+_ATOM = r'[^\x00-\x20"(),.:;<>@\[\\\]\x7f]+'  # atext (RFC 5322 §3.2.3) or UTF-8
 _DOT_STRING = re.compile(f"^{_ATOM}(?:\\.{_ATOM})*$")
-_QUOTED = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e' + _UTF8 + r']|\\[\x20-\x7e])*)"$')
-_SUBDOMAIN = f"[A-Za-z0-9{_UTF8}](?:[A-Za-z0-9{_UTF8}-]*[A-Za-z0-9{_UTF8}])?"
+_QUOTED = re.compile(r'^"((?:[^\x00-\x1f"\\\x7f]|\\[\x20-\x7e])*)"$')  # qtextSMTP or UTF-8, quoted-pairSMTP
+_LET_DIG = r"[^\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]"  # a letter, digit or UTF-8
+_LDH = r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]"  # and the hyphen
+_SUBDOMAIN = f"{_LET_DIG}(?:{_LDH}*{_LET_DIG})?"
 _DOMAIN = re.compile(f"^{_SUBDOMAIN}(?:\\.{_SUBDOMAIN})*$")
 _IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-_VALUE = re.compile(f"^[\\x21-\\x3c\\x3e-\\x7e{_UTF8}]+$")
+_VALUE = re.compile(r"^[^\x00-\x20=\x7f]+$")  # esmtp-value (RFC 5321 §4.1.2, RFC 6531 §3.3)
 _ADL = re.compile(f"^@{_SUBDOMAIN}(?:\\.{_SUBDOMAIN})*(?:,@{_SUBDOMAIN}(?:\\.{_SUBDOMAIN})*)*:")
 
 
