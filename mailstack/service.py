@@ -412,8 +412,9 @@ def build_service(
     """The whole mail system as one service tree (nothing runs until it is started)."""
     shared = build_shared(settings, reactor)
     top = SequentialMultiService()
+    Closing(shared.store.close, "account-store").setServiceParent(top)  # these stop last, after the pools
     if shared.replied is not None:
-        Closing(shared.replied.close, "vacation-memory").setServiceParent(top)  # stops last, after the pools
+        Closing(shared.replied.close, "vacation-memory").setServiceParent(top)
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
     if shared.watcher is not None:
@@ -425,7 +426,7 @@ def build_service(
             continue
         factory = build(shared, settings)
         Drain(factory).setServiceParent(top)
-        wire = TLSMemoryBIOFactory(shared.tls, False, factory) if name in IMPLICIT_TLS else factory
+        wire = TLSMemoryBIOFactory(shared.tls, False, factory, clock=reactor) if name in IMPLICIT_TLS else factory
         wire.noisy = False
         listener = strports.service(endpoint_description(address), wire, reactor=reactor)
         listener.setName(name)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -85,9 +84,8 @@ class Watcher:
         """A watcher, or None where inotify is not available."""
         if not sys.platform.startswith("linux"):
             return None
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name, use_errno=True)
+        try:  # the process's own symbols, libc's among them (find_library would run ldconfig)
+            libc = ctypes.CDLL(None, use_errno=True)
             libc.inotify_init1.argtypes = [ctypes.c_int]
             libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
             libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]

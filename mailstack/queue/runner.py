@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -99,7 +99,7 @@ class QueueRunner(Service):
         self.connections = DeferredSemaphore(settings.connections)
         self.per_domain: defaultdict[str, DeferredSemaphore] = defaultdict(
             lambda: DeferredSemaphore(settings.connections_per_domain))
-        self._control: LoopingCall | None = None
+        self._control: IDelayedCall | None = None  # the next look at the control requests
         self.setName("queue")
 
     # -- blocking work off the reactor thread ------------------------------------
@@ -113,10 +113,7 @@ class QueueRunner(Service):
         super().startService()
         d = Deferred.fromCoroutine(self._resume())
         d.addErrback(lambda f: log.failure("queue start-up failed", f))
-        self._control = LoopingCall(self._poll_control)
-        self._control.clock = self.clock
-        self._control.start(self.settings.control_interval, now=False).addErrback(
-            lambda f: log.failure("queue control loop failed", f))
+        self._next_control()
 
     async def _resume(self) -> None:
         await self._thread(self.spool.ensure)
@@ -131,8 +128,9 @@ class QueueRunner(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        if self._control is not None and self._control.running:
-            self._control.stop()
+        if self._control is not None and self._control.active():
+            self._control.cancel()
+        self._control = None
         for timer in self.timers.values():
             if timer.active():
                 timer.cancel()
@@ -195,6 +193,17 @@ class QueueRunner(Service):
             self.active.pop(queue_id, None)
 
         d.addBoth(finished)
+
+    def _next_control(self) -> None:
+        """Look at the control requests (``mailstack queue flush|delete``) again in a while: on
+        this runner's clock (task.LoopingCall would install the global reactor)."""
+        def look() -> None:
+            self._control = None
+            d = self._poll_control()
+            d.addErrback(lambda f: log.failure("queue control requests could not be read", f))
+            d.addBoth(lambda _: self._next_control() if self.running else None)
+
+        self._control = self.clock.callLater(self.settings.control_interval, look)
 
     def _poll_control(self) -> Deferred[None]:
         d = self._thread(self.spool.take_requests)
