@@ -271,7 +271,8 @@ class SequentialMultiService(MultiService):
 
     async def _stop_children(self) -> None:
         for child in reversed(list(self)):
-            await maybeDeferred(child.stopService)
+            if child.running:  # a start that failed part way started only those before it
+                await maybeDeferred(child.stopService)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

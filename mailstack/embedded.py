@@ -1,0 +1,403 @@
+"""The whole mail system inside another program's process, for its tests: :class:`MailServer`.
+
+A :class:`MailServer` runs the real service tree (the one ``twistd mailstack`` runs:
+SMTP on port 25's role, submission, POP3 and IMAP, with and without implicit TLS) on
+free loopback ports, with its own reactor in a background thread, so the program
+using it needs to know nothing of Twisted. Its files live in a temporary directory,
+removed by :meth:`MailServer.stop`; the TLS certificate comes from a throwaway CA
+made at start, which :meth:`MailServer.ssl_context` trusts.
+
+Every method is synchronous and may be called from any thread. Users are added to
+the account store the server reads (as ``mailstack user add`` does); messages are
+read from the Maildirs, parsed into :class:`email.message.EmailMessage`.
+
+    with MailServer() as mail:
+        mail.add_user("alice@example.test", "secret password")
+        smtplib.SMTP(*mail.smtp).sendmail("app@example.org", ["alice@example.test"], b"Subject: hi\\r\\n\\r\\nhello")
+        assert mail.wait_for_message(to="alice@example.test", subject="hi")["Subject"] == "hi"
+
+The pytest plugin (:mod:`mailstack.pytest_plugin`) hands one out as the ``mailstack``
+fixture.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+import ipaddress
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, NamedTuple
+
+LISTENERS = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+HOST = "127.0.0.1"
+
+
+class Endpoint(NamedTuple):
+    """Where one listener is: ``smtplib.SMTP(*mail.smtp)`` connects to it."""
+
+    host: str
+    port: int
+
+
+def _endpoint(name: str, doc: str) -> Any:
+    return property(lambda self: self.endpoints[name], doc=doc)
+
+
+class MailServer:
+    """mailstack on free loopback ports, in a thread of this process; see the module docstring.
+
+    ``domains`` are local from the start (a user's domain is added with the user);
+    ``settings`` are more configuration keys, as in ``mailstack.toml``
+    (``{"tls": {"allow_plaintext_auth": True}}``), over the defaults made here.
+    ``root`` keeps the files in a directory of the caller's, left in place at stop.
+    """
+
+    def __init__(self, domains: Iterable[str] = ("example.test",), *, hostname: str = "mail.example.test",
+                 settings: Mapping[str, Any] | None = None, root: Path | str | None = None) -> None:
+        self.domains = tuple(domains)
+        self.hostname = hostname
+        self.extra = dict(settings or {})
+        self._own_root = root is None
+        self.root = Path(root) if root is not None else Path()  # a temporary one is made at start
+        self.endpoints: dict[str, Endpoint] = {}
+        self._reactor: Any = None
+        self._thread: threading.Thread | None = None
+        self._service: Any = None
+        self._store: Any = None
+        self._log: Any = None
+        self._observer: Any = None
+        self._lock = threading.Lock()
+
+    # -- endpoints ------------------------------------------------------------------
+
+    smtp = _endpoint("smtp", "Port 25's role: mail for local users without AUTH (relay only after AUTH).")
+    submission = _endpoint("submission", "Port 587's role: STARTTLS, then AUTH.")
+    submissions = _endpoint("submissions", "Port 465's role: implicit TLS, then AUTH.")
+    imap = _endpoint("imap", "IMAP with STARTTLS.")
+    imaps = _endpoint("imaps", "IMAP with implicit TLS.")
+    pop3 = _endpoint("pop3", "POP3 with STLS.")
+    pop3s = _endpoint("pop3s", "POP3 with implicit TLS.")
+
+    @property
+    def ca_file(self) -> Path:
+        """The throwaway CA's certificate (PEM), for clients that take a file."""
+        return self.root / "tls" / "ca.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts this server's certificate (its names: ``hostname``,
+        localhost and 127.0.0.1) and nothing else."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    # -- running ----------------------------------------------------------------------
+
+    def start(self) -> MailServer:
+        """Listen on every port and serve; returns once each port is open."""
+        from twisted.application.internet import StreamServerEndpointService
+        from twisted.logger import globalLogPublisher, jsonFileLogObserver
+
+        from mailstack import config
+        from mailstack.accounts.sqlite import SQLiteAccountStore
+        from mailstack.service import build_service
+
+        if self._thread is not None:
+            raise RuntimeError("the mail server is already running")
+        if self._own_root:
+            self.root = Path(tempfile.mkdtemp(prefix="mailstack-"))
+        try:
+            settings = config.from_mapping(self._raw_settings(), self.root)
+            _write_tls(self.root / "tls", self.hostname)
+            self._log = open(self.root / "mailstack.log", "a", encoding="utf-8")  # noqa: SIM115 (closed at stop)
+            self._observer = jsonFileLogObserver(self._log)
+            globalLogPublisher.addObserver(self._observer)
+            reactor = _new_reactor()
+            service = build_service(settings, reactor)
+        except BaseException:
+            self._close_files()
+            self._remove_root()
+            raise
+        _route_tls_clock()
+        self._reactor, self._service = reactor, service
+        self._thread = threading.Thread(target=_run, args=(reactor,), name="mailstack-reactor", daemon=True)
+        try:
+            service.startService()  # the reactor is not running yet: ports open now, on this thread
+            for name in LISTENERS:
+                listener = service.getServiceNamed(name)
+                assert isinstance(listener, StreamServerEndpointService)
+                self.endpoints[name] = Endpoint(HOST, _bound_port(listener))
+            self._store = SQLiteAccountStore(settings.storage.accounts,
+                                             recipient_delimiter=settings.delivery.recipient_delimiter)
+        except BaseException:  # stop() closes what did start, with the reactor running
+            self._thread.start()
+            self.stop()
+            raise
+        self._thread.start()
+        return self
+
+    def _raw_settings(self) -> dict[str, Any]:
+        """The configuration, as ``mailstack.toml`` would hold it: the defaults here, then ``settings``."""
+        raw: dict[str, Any] = {
+            "hostname": self.hostname,
+            "domains": list(self.domains),
+            "listen": {name: f"{HOST}:0" if name in LISTENERS else "" for name in (*LISTENERS, "managesieve")},
+            "storage": {"accounts": "var/accounts.sqlite3", "maildirs": "maildirs", "queue": "var/queue",
+                        "dkim": "var/dkim", "srs_secret": "var/srs.key", "vacation": "var/vacation.sqlite3"},
+            "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem", "self_signed": False},
+            # the tests' own mail from loopback: not checked for SPF/DKIM/DMARC (no DNS waited on)
+            "relay": {"networks": ["127.0.0.0/8", "::1/128"]},
+        }
+        for section, values in self.extra.items():
+            if isinstance(values, Mapping) and isinstance(raw.get(section), dict):
+                raw[section] = {**raw[section], **values}
+            else:
+                raw[section] = values
+        return raw
+
+    def stop(self) -> None:
+        """Stop serving (sessions are closed as at a shutdown), join the thread, close every
+        file and remove the temporary directory."""
+        from twisted.internet.threads import blockingCallFromThread
+
+        reactor, thread, service = self._reactor, self._thread, self._service
+        if thread is None:
+            return
+        try:
+            blockingCallFromThread(reactor, service.stopService)
+        finally:
+            reactor.callFromThread(reactor.stop)
+            thread.join(30)
+            _close_reactor(reactor)
+            self._reactor = self._thread = self._service = None
+            self._close_files()
+            self._remove_root()
+
+    def _remove_root(self) -> None:
+        if self._own_root and self.root != Path():
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = Path()
+
+    def _close_files(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> MailServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- accounts ---------------------------------------------------------------------
+
+    def add_user(self, address: str, password: str) -> None:
+        """A mailbox that can log in everywhere; its domain becomes local if it was not."""
+        store = self._running_store()
+        domain = address.rpartition("@")[2]
+        with self._lock:
+            store.ensure_domains([domain])
+            store.add_user(address, password)
+
+    def _running_store(self) -> Any:
+        if self._store is None:
+            raise RuntimeError("the mail server is not running")
+        return self._store
+
+    # -- messages -----------------------------------------------------------------------
+
+    def messages(self, to: str | None = None) -> list[EmailMessage]:
+        """The messages delivered so far, oldest first: those of the mailbox *to* leads to (an
+        alias or ``user+tag`` is followed), or of every mailbox; every folder's, INBOX first."""
+        return [message for _, message in self._messages(to)]
+
+    def wait_for_message(self, to: str | None = None, subject: str | None = None,
+                         timeout: float = 10.0) -> EmailMessage:
+        """The first message for *to* whose Subject contains *subject*, waiting up to *timeout*
+        seconds for it to arrive; TimeoutError names what did arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages(to)
+            for message in found:
+                if subject is None or subject in str(message.get("Subject", "")):
+                    return message
+            if time.monotonic() >= deadline:
+                subjects = ", ".join(repr(str(m.get("Subject", ""))) for m in found) or "none"
+                raise TimeoutError(f"no message{f' for {to}' if to else ''}"
+                                   f"{f' with a subject holding {subject!r}' if subject is not None else ''}"
+                                   f" within {timeout:g} s (there: {subjects})")
+            time.sleep(0.02)
+
+    def clear(self) -> None:
+        """Remove every delivered message from every mailbox (IMAP and POP3 sessions see them
+        expunged)."""
+        for path in self._message_files(None):
+            path.unlink(missing_ok=True)
+
+    def _messages(self, to: str | None) -> list[tuple[Path, EmailMessage]]:
+        out = []
+        for path in self._message_files(to):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # read by a client meanwhile (new/ to cur/), or cleared
+                continue
+            out.append((path, email.message_from_bytes(data, policy=email.policy.default)))
+        return out  # type: ignore[return-value]
+
+    def _message_files(self, to: str | None) -> list[Path]:
+        maildirs = self.root / "maildirs"
+        if to is None:
+            boxes = [box for domain in _subdirs(maildirs) for box in _subdirs(domain)]
+        else:
+            store = self._running_store()
+            boxes = []
+            for mailbox in store.resolve(to) or (to,):
+                local, _, domain = mailbox.rpartition("@")
+                box = maildirs / domain.lower() / local
+                if box.resolve().parent.parent == maildirs.resolve():  # never outside the root
+                    boxes.append(box)
+        files: list[tuple[int, int, str, Path]] = []
+        for rank, box in enumerate(boxes):
+            folders = [box] + sorted(p for p in _subdirs(box) if p.name.startswith("."))
+            for folder in folders:
+                for sub in ("new", "cur"):
+                    try:
+                        entries = list((folder / sub).iterdir())
+                    except OSError:
+                        continue
+                    for entry in entries:
+                        try:
+                            files.append((entry.stat().st_mtime_ns, rank, entry.name, entry))
+                        except FileNotFoundError:
+                            continue
+        return [path for *_, path in sorted(files)]
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def _bound_port(listener: Any) -> int:
+    """The port a started listener bound (it was asked for port 0)."""
+    found: list[Any] = []
+
+    def keep(port: Any) -> Any:
+        found.append(port)
+        return port
+
+    listener._waitingForPort.addCallback(keep)
+    if not found:
+        raise RuntimeError(f"{listener.name} did not start listening")
+    return int(found[0].getHost().port)
+
+
+_running = threading.local()  # .reactor: the reactor a server's thread runs
+
+
+def _run(reactor: Any) -> None:
+    _running.reactor = reactor
+    reactor.run(installSignalHandlers=False)
+
+
+def _route_tls_clock() -> None:
+    """STARTTLS (``transport.startTLS``) times its buffered writes on the global reactor,
+    whichever reactor the connection is on (twisted.protocols.tls asks
+    ``_get_default_clock``, which is there to be replaced): on a server's thread it
+    answers with that server's reactor, elsewhere as before."""
+    from twisted.protocols import tls
+
+    if getattr(tls._get_default_clock, "mailstack", False):
+        return
+    original = tls._get_default_clock
+
+    def default_clock() -> Any:
+        reactor = getattr(_running, "reactor", None)
+        return reactor if reactor is not None else original()
+
+    default_clock.mailstack = True  # type: ignore[attr-defined]
+    tls._get_default_clock = default_clock
+
+
+def _new_reactor() -> Any:
+    """A reactor of this server's own: the program's (or another server's) is left alone."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+
+        return EPollReactor()
+    except ImportError:  # not Linux
+        from twisted.internet.pollreactor import PollReactor
+
+        return PollReactor()
+
+
+def _close_reactor(reactor: Any) -> None:
+    """Close what a stopped reactor holds open (its waker's pipe, the poll file)."""
+    waker = getattr(reactor, "waker", None)
+    if waker is not None:
+        try:
+            reactor.removeReader(waker)
+        except Exception:
+            pass
+        waker.connectionLost(None)
+    poller = getattr(reactor, "_poller", None)
+    if poller is not None and hasattr(poller, "close"):
+        poller.close()
+
+
+def _write_tls(directory: Path, hostname: str) -> None:
+    """A throwaway CA and a certificate it signs for *hostname*, localhost and 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost"),
+                                     x509.IPAddress(ipaddress.ip_address(HOST))]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+    key_path = directory / "key.pem"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+__all__ = ["Endpoint", "MailServer"]
