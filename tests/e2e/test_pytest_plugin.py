@@ -31,6 +31,23 @@ def test_second_sees_the_same_server(mailstack):
     assert mailstack.messages() == []
 '''
 
+ASYNC = '''
+import asyncio, smtplib
+import pytest
+
+@pytest.mark.asyncio
+async def test_an_async_test_awaits_its_mail(mailstack):
+    mailstack.add_user("carol@example.test", "a long password")
+
+    def send():
+        with smtplib.SMTP(*mailstack.smtp) as smtp:
+            smtp.sendmail("app@example.org", ["carol@example.test"], b"Subject: async\\r\\n\\r\\nx\\r\\n")
+
+    await asyncio.get_running_loop().run_in_executor(None, send)
+    message = await asyncio.to_thread(mailstack.wait_for_message, to="carol@example.test")
+    assert message["Subject"] == "async"
+'''
+
 WAITS_IN_VAIN = '''
 def test_a_mail_that_never_comes(mailstack):
     mailstack.wait_for_message(to="nobody@example.test", subject="never", timeout=0.3)
@@ -81,3 +98,8 @@ def test_a_bad_scope_is_a_usage_error(tmp_path):
     done = run_project(tmp_path / "app", {"pytest.ini": "[pytest]\nmailstack_scope = forever\n",
                                           "test_mail.py": SHARED})
     assert done.returncode != 0 and "mailstack_scope = 'forever'" in done.stdout + done.stderr
+
+
+def test_an_async_suite_under_pytest_asyncio_uses_it_too(tmp_path):
+    done = run_project(tmp_path / "app", {"pytest.ini": "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n", "test_mail.py": ASYNC})
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
