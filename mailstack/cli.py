@@ -617,6 +617,41 @@ def _dns_check(args: argparse.Namespace, ctx: Context) -> int:
     return 1 if wrong else 0
 
 
+# -- trace ------------------------------------------------------------------------------
+
+
+def _trace_command(commands: SubParsers) -> None:
+    p = commands.add_parser("trace", help="print one message's path from the JSON log ([log] format = \"json\")")
+    p.add_argument("queue_id", nargs="?", help="the queue id (\"250 OK queued as ...\")")
+    p.add_argument("--message-id", help="find the message by its Message-ID instead")
+    p.set_defaults(handler=_trace)
+
+
+def _trace(args: argparse.Namespace, ctx: Context) -> int:
+    from mailstack import trace
+
+    path = ctx.settings.log.path
+    if not path.exists():
+        hint = "" if ctx.settings.log.format == "json" else ' (set [log] format = "json" to write it)'
+        raise CommandError(f"log.path: no JSON log at {path}{hint}")
+    if (args.queue_id is None) == (args.message_id is None):
+        raise CommandError("give a queue id or --message-id, not both")
+    queue_ids = [args.queue_id] if args.queue_id else trace.queue_ids_of(path, args.message_id)
+    if not queue_ids:
+        raise CommandError(f"no message with Message-ID {args.message_id} in {path}")
+    found_any = False
+    for queue_id in queue_ids:
+        found = trace.trace(path, queue_id)
+        if not found.events:
+            ctx.say(f"{queue_id}: nothing about it in {path}")
+            continue
+        found_any = True
+        ctx.say(f"{queue_id}:")
+        for line in trace.lines(found):
+            ctx.say(f"  {line}")
+    return 0 if found_any else 1
+
+
 COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "domain": _domain_commands,
     "user": _user_commands,
@@ -625,6 +660,7 @@ COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "queue": _queue_commands,
     "check-config": _check_config_command,
     "dkim": _dkim_commands,
+    "trace": _trace_command,
 }
 """Command name -> function adding its sub-parser(s); each sets ``handler``."""
 

@@ -117,6 +117,12 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: str  # "text": twistd's log only; "json": JSON lines in ``path`` too (read by ``mailstack trace``)
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     hostname: str
     domains: tuple[str, ...]
@@ -127,6 +133,7 @@ class Settings:
     limits: LimitsSettings
     checks: ChecksSettings
     delivery: DeliverySettings
+    log: LogSettings
 
 
 # -- value parsers -----------------------------------------------------------
@@ -345,6 +352,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
     "delivery": {
         "recipient_delimiter": (_delimiter, "+"),
     },
+    "log": {
+        "format": (_one_of("text", "json"), "text"),
+        "path": (_Str, "var/log/mailstack.jsonl"),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -355,6 +366,7 @@ _SECTION_TYPES: dict[str, type] = {
     "limits": LimitsSettings,
     "checks": ChecksSettings,
     "delivery": DeliverySettings,
+    "log": LogSettings,
 }
 
 
@@ -388,9 +400,9 @@ def from_mapping(raw: Mapping[str, object], base: Path | str | None = None) -> S
         if not isinstance(section, dict):
             raise ConfigError((name,), "expected a table")
         parsed = _parse_section(name, section)
-        if name in ("storage", "tls"):
+        if name in ("storage", "tls", "log"):
             for key, value in parsed.items():
-                if isinstance(value, str):
+                if isinstance(value, str) and (name != "log" or key == "path"):
                     if not value:
                         raise ConfigError((name, key), "must not be empty")
                     parsed[key] = (base_dir / value).absolute()

@@ -26,6 +26,7 @@ import datetime
 import email
 import email.policy
 import ipaddress
+import re
 import shutil
 import ssl
 import tempfile
@@ -72,13 +73,11 @@ class MailServer:
         self._thread: threading.Thread | None = None
         self._service: Any = None
         self._store: Any = None
-        self._log: Any = None
-        self._observer: Any = None
         self._lock = threading.Lock()
 
     # -- endpoints ------------------------------------------------------------------
 
-    smtp = _endpoint("smtp", "Port 25's role: mail for local users without AUTH (relay only after AUTH).")
+    smtp = _endpoint("smtp", "Port 25's role: mail for local users without AUTH (other domains' is held).")
     submission = _endpoint("submission", "Port 587's role: STARTTLS, then AUTH.")
     submissions = _endpoint("submissions", "Port 465's role: implicit TLS, then AUTH.")
     imap = _endpoint("imap", "IMAP with STARTTLS.")
@@ -101,7 +100,6 @@ class MailServer:
     def start(self) -> MailServer:
         """Listen on every port and serve; returns once each port is open."""
         from twisted.application.internet import StreamServerEndpointService
-        from twisted.logger import globalLogPublisher, jsonFileLogObserver
 
         from mailstack import config
         from mailstack.accounts.sqlite import SQLiteAccountStore
@@ -114,9 +112,6 @@ class MailServer:
         try:
             settings = config.from_mapping(self._raw_settings(), self.root)
             _write_tls(self.root / "tls", self.hostname)
-            self._log = open(self.root / "mailstack.log", "a", encoding="utf-8")  # noqa: SIM115 (closed at stop)
-            self._observer = jsonFileLogObserver(self._log)
-            globalLogPublisher.addObserver(self._observer)
             reactor = _new_reactor()
             service = build_service(settings, reactor)
         except BaseException:
@@ -129,6 +124,8 @@ class MailServer:
         try:
             service.startService()  # the reactor is not running yet: ports open now, on this thread
             for name in LISTENERS:
+                if getattr(settings.listen, name) is None:  # turned off by the settings
+                    continue
                 listener = service.getServiceNamed(name)
                 assert isinstance(listener, StreamServerEndpointService)
                 self.endpoints[name] = Endpoint(HOST, _bound_port(listener))
@@ -150,8 +147,10 @@ class MailServer:
             "storage": {"accounts": "var/accounts.sqlite3", "maildirs": "maildirs", "queue": "var/queue",
                         "dkim": "var/dkim", "srs_secret": "var/srs.key", "vacation": "var/vacation.sqlite3"},
             "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem", "self_signed": False},
-            # the tests' own mail from loopback: not checked for SPF/DKIM/DMARC (no DNS waited on)
-            "relay": {"networks": ["127.0.0.0/8", "::1/128"]},
+            # the tests' own mail from loopback: not checked for SPF/DKIM/DMARC (no DNS waited on);
+            # mail for other domains is queued for a smarthost that is never there: it never leaves
+            "relay": {"networks": ["127.0.0.0/8", "::1/128"], "smarthost": "127.0.0.1:9"},
+            "log": {"format": "json", "path": "mailstack.log"},
         }
         for section, values in self.extra.items():
             if isinstance(values, Mapping) and isinstance(raw.get(section), dict):
@@ -165,9 +164,13 @@ class MailServer:
         file and remove the temporary directory."""
         from twisted.internet.threads import blockingCallFromThread
 
-        reactor, thread, service = self._reactor, self._thread, self._service
-        if thread is None:
-            return
+        with self._lock:
+            reactor, thread, service = self._reactor, self._thread, self._service
+            if thread is None:
+                return
+            if threading.current_thread() is thread:
+                raise RuntimeError("MailServer.stop() cannot run on the server's own thread")
+            self._thread = None
         try:
             blockingCallFromThread(reactor, service.stopService)
         finally:
@@ -184,17 +187,9 @@ class MailServer:
             self.root = Path()
 
     def _close_files(self) -> None:
-        from twisted.logger import globalLogPublisher
-
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._observer is not None:
-            globalLogPublisher.removeObserver(self._observer)
-            self._observer = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def __enter__(self) -> MailServer:
         return self.start()
@@ -210,7 +205,10 @@ class MailServer:
         domain = address.rpartition("@")[2]
         with self._lock:
             store.ensure_domains([domain])
-            store.add_user(address, password)
+            if store.get_user(address) is not None:  # a server shared by several tests: the new password
+                store.set_password(address, password)
+            else:
+                store.add_user(address, password)
 
     def _running_store(self) -> Any:
         if self._store is None:
@@ -221,7 +219,7 @@ class MailServer:
 
     def messages(self, to: str | None = None) -> list[EmailMessage]:
         """The messages delivered so far, oldest first: those of the mailbox *to* leads to (an
-        alias or ``user+tag`` is followed), or of every mailbox; every folder's, INBOX first."""
+        alias or ``user+tag`` is followed), or of every mailbox, in every folder."""
         return [message for _, message in self._messages(to)]
 
     def wait_for_message(self, to: str | None = None, subject: str | None = None,
@@ -243,21 +241,31 @@ class MailServer:
 
     def clear(self) -> None:
         """Remove every delivered message from every mailbox (IMAP and POP3 sessions see them
-        expunged)."""
-        for path in self._message_files(None):
-            path.unlink(missing_ok=True)
+        expunged). Users stay."""
+        for _ in range(20):  # a client changing flags renames files meanwhile: again until none is left
+            paths = self._message_files(None)
+            if not paths:
+                return
+            for path in paths:
+                path.unlink(missing_ok=True)
 
     def _messages(self, to: str | None) -> list[tuple[Path, EmailMessage]]:
-        out = []
-        for path in self._message_files(to):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:  # read by a client meanwhile (new/ to cur/), or cleared
-                continue
-            out.append((path, email.message_from_bytes(data, policy=email.policy.default)))
+        for _ in range(20):
+            out = []
+            moved = False
+            for path in self._message_files(to):
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:  # renamed by a client meanwhile (flags, new/ to cur/), or cleared
+                    moved = True
+                    break
+                out.append((path, email.message_from_bytes(data, policy=email.policy.default)))
+            if not moved:
+                break
         return out  # type: ignore[return-value]
 
     def _message_files(self, to: str | None) -> list[Path]:
+        self._running_store()
         maildirs = self.root / "maildirs"
         if to is None:
             boxes = [box for domain in _subdirs(maildirs) for box in _subdirs(domain)]
@@ -269,7 +277,7 @@ class MailServer:
                 box = maildirs / domain.lower() / local
                 if box.resolve().parent.parent == maildirs.resolve():  # never outside the root
                     boxes.append(box)
-        files: list[tuple[int, int, str, Path]] = []
+        files: list[tuple[int, int, int, str, Path]] = []
         for rank, box in enumerate(boxes):
             folders = [box] + sorted(p for p in _subdirs(box) if p.name.startswith("."))
             for folder in folders:
@@ -279,11 +287,13 @@ class MailServer:
                     except OSError:
                         continue
                     for entry in entries:
-                        try:
-                            files.append((entry.stat().st_mtime_ns, rank, entry.name, entry))
-                        except FileNotFoundError:
-                            continue
+                        found = _DELIVERED.match(entry.name)  # "seconds.Mmicroseconds...": delivery order
+                        seconds, micros = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+                        files.append((seconds, micros, rank, entry.name, entry))
         return [path for *_, path in sorted(files)]
+
+
+_DELIVERED = re.compile(r"(\d+)\.M(\d+)")
 
 
 def _subdirs(path: Path) -> list[Path]:

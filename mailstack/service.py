@@ -16,14 +16,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
@@ -107,6 +108,32 @@ class WatcherService(Service):
         super().stopService()
         self.reactor.removeReader(self.watcher)
         self.watcher.close()
+        return None
+
+
+class JSONLog(Service):
+    """``[log] format = "json"``: every log event, one JSON object a line, in ``log.path``
+    while the service runs (twistd's own log goes on as before); ``mailstack trace`` reads it."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed at stop)
+        except OSError as e:
+            raise StartupError(f"log.path: cannot open {path}: {e.strerror}") from None
+        self.observer = jsonFileLogObserver(self.file)
+        self.setName("json-log")
+
+    def startService(self) -> None:
+        super().startService()
+        globalLogPublisher.addObserver(self.observer)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        globalLogPublisher.removeObserver(self.observer)
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         return None
 
 
@@ -413,6 +440,8 @@ def build_service(
     """The whole mail system as one service tree (nothing runs until it is started)."""
     shared = build_shared(settings, reactor)
     top = SequentialMultiService()
+    if settings.log.format == "json":
+        JSONLog(settings.log.path).setServiceParent(top)  # first to start, last to stop
     Closing(shared.store.close, "account-store").setServiceParent(top)  # these stop last, after the pools
     if shared.replied is not None:
         Closing(shared.replied.close, "vacation-memory").setServiceParent(top)

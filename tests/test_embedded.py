@@ -195,3 +195,25 @@ def _link(fd: Path) -> str:
         return str(fd.readlink())
     except OSError:
         return ""
+
+
+def test_a_server_that_is_not_running_touches_no_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kept = tmp_path / "maildirs" / "example.test" / "bob" / "new" / "1.M1P1.host"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"Subject: mine\r\n\r\n")
+    mail = MailServer()
+    for call in (mail.messages, mail.clear):
+        with pytest.raises(RuntimeError, match="not running"):
+            call()
+    assert kept.exists()
+
+
+def test_mail_for_other_domains_is_held_not_sent_and_users_can_be_added_again(server):
+    with smtplib.SMTP(*server.smtp, timeout=10) as smtp:
+        assert smtp.sendmail("app@example.org", ["someone@elsewhere.example"], b"Subject: out\r\n\r\nx\r\n") == {}
+    server.add_user("alice@example.test", PASSWORD)  # a server shared by several tests: no error
+    with imaplib.IMAP4_SSL(*server.imaps, ssl_context=server.ssl_context(), timeout=10) as imap:
+        assert imap.login("alice@example.test", PASSWORD)[0] == "OK"
+    log = (server.root / "mailstack.log").read_text()
+    assert "127.0.0.1]:9" in log or "127.0.0.1:9" in log or "elsewhere.example" in log

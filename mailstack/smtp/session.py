@@ -42,6 +42,10 @@ def _printable(text: str) -> bool:
     return text.isascii() or all(unicodedata.category(c)[0] != "C" for c in text)
 
 
+
+# the Message-ID field's value (RFC 5322 §3.6.4), for the log
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?(<[^>\r\n]{1,998}>)", re.I | re.M)
+
 class Action(enum.Enum):
     NONE = "none"
     CLOSE = "close"
@@ -405,9 +409,13 @@ class SMTPSession:
             log.failure("{session_id} delivery of {queue_id} failed", session_id=self.session_id,
                         queue_id=envelope.queue_id)
             return Outcome(R.TRY_AGAIN)
+        found = _MESSAGE_ID.search(headers)
+        # the fields past the text are for the JSON log and `mailstack trace`
         log.info("{queue_id} accepted from <{sender}> [{ip}] for {recipients}, {size} octets",
                  queue_id=envelope.queue_id, sender=envelope.sender, ip=envelope.client_ip,
-                 recipients=", ".join(f"<{r.original}>" for r in envelope.recipients), size=len(content))
+                 recipients=", ".join(f"<{r.original}>" for r in envelope.recipients), size=len(content),
+                 session_id=self.session_id, helo=envelope.helo, tls=self.tls_info() if self.tls else None,
+                 auth=self.auth_user, message_id=found.group(1).decode("utf-8", "replace") if found else None)
         return Outcome(Reply(250, "2.0.0", f"OK queued as {envelope.queue_id}"))
 
     # -- AUTH (RFC 4954) ---------------------------------------------------------------
