@@ -389,6 +389,7 @@ class SMTPSession:
         headers = msg.header_block(content)
         if msg.count_received(headers) >= self.config.max_received:
             return Outcome(R.TOO_MANY_HOPS)
+        tls = self.tls_info() if self.tls else None  # for Received: and the log line
         try:
             content = await self.policy.check_message(self.client(), envelope, content)
             extra = self.policy.prepare_message(envelope, headers)
@@ -397,7 +398,7 @@ class SMTPSession:
                 hostname=self.config.hostname,
                 protocol=msg.protocol_name(esmtp=self.esmtp, tls=self.tls, auth=self.auth_user is not None,
                                            utf8=envelope.smtputf8),
-                queue_id=envelope.queue_id, tls=self.tls_info() if self.tls else None,
+                queue_id=envelope.queue_id, tls=tls,
                 recipient=envelope.recipients[0].original if len(envelope.recipients) == 1 else None,
             )
             await self.router.deliver(envelope, trace + extra + content)
@@ -414,7 +415,7 @@ class SMTPSession:
         log.info("{queue_id} accepted from <{sender}> [{ip}] for {recipients}, {size} octets",
                  queue_id=envelope.queue_id, sender=envelope.sender, ip=envelope.client_ip,
                  recipients=", ".join(f"<{r.original}>" for r in envelope.recipients), size=len(content),
-                 session_id=self.session_id, helo=envelope.helo, tls=self.tls_info() if self.tls else None,
+                 session_id=self.session_id, helo=envelope.helo, tls=tls,
                  auth=self.auth_user, message_id=found.group(1).decode("utf-8", "replace") if found else None)
         return Outcome(Reply(250, "2.0.0", f"OK queued as {envelope.queue_id}"))
 
