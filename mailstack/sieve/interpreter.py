@@ -609,11 +609,7 @@ class _Run:
                 else:
                     found.append(address_part(split_address(address), part, delimiter))
             return matcher.match(found, positional[1], variables)
-        if name == "size":
-            limit = next(a for a in args if isinstance(a, Number)).value
-            over = any(isinstance(a, Tag) and a.name == "over" for a in args)
-            return self.message.size > limit if over else self.message.size < limit
-        if name == "exists":
+        if name == "exists":  # size and the logical tests always run quick (_Prepared)
             return all(self.raw(h) for h in positional[0])
         if name == "mailboxexists":
             return all(self.message.mailbox_exists(m) for m in positional[0])
