@@ -13,9 +13,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from mailstack.addresses import canonical
+from mailstack.faults import Rule, RuleError, parse_rule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,6 +55,7 @@ class ListenSettings:
     imap: HostPort | None
     imaps: HostPort | None
     managesieve: HostPort | None
+    http: HostPort | None  # the HTTP API (capture mode, failure rules); off when ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,16 @@ class RelaySettings:
     max_received: int
     connections: int
     connections_per_domain: int
+    capture: bool  # mail for other domains goes into capture_mailbox, never out
+    capture_mailbox: str  # "": capture@ the first local domain
+    capture_except: tuple[str, ...]  # domains still relayed in capture mode (a lab's other domains)
+    source_address: str  # the local address outbound connections come from; "": the system's choice
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPSettings:
+    token: str  # clients other than loopback must send "Authorization: Bearer <token>"; "": refused
+    faults_api: bool  # /api/v1/faults: failure rules changed at run time
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +148,8 @@ class Settings:
     checks: ChecksSettings
     delivery: DeliverySettings
     log: LogSettings
+    http: HTTPSettings
+    faults: tuple[Rule, ...] = ()  # [[faults]]: failure injection rules (mailstack.faults)
 
 
 # -- value parsers -----------------------------------------------------------
@@ -252,6 +268,17 @@ def _optional_hostport(value: object) -> HostPort | None:
     return parse_hostport(value)
 
 
+def _ip_address(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address as a string")
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
 def _optional_duration(value: object) -> float | None:
     if value == "":
         return None
@@ -301,6 +328,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "imap": (_optional_hostport, "127.0.0.1:1430"),
         "imaps": (_optional_hostport, "127.0.0.1:9930"),
         "managesieve": (_optional_hostport, "127.0.0.1:41900"),
+        "http": (_optional_hostport, ""),
     },
     "storage": {
         "accounts": (_Str, "var/accounts.sqlite3"),
@@ -329,6 +357,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "max_received": (_positive_int, 50),
         "connections": (_positive_int, 50),
         "connections_per_domain": (_positive_int, 10),
+        "capture": (_Bool, False),
+        "capture_mailbox": (_Str, ""),
+        "capture_except": (_list_of(_domain), []),
+        "source_address": (_ip_address, ""),
     },
     "limits": {
         "message_size": (_positive_int, 36700160),
@@ -356,6 +388,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "format": (_one_of("text", "json"), "text"),
         "path": (_Str, "var/log/mailstack.jsonl"),
     },
+    "http": {
+        "token": (_Str, ""),
+        "faults_api": (_Bool, False),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -367,6 +403,7 @@ _SECTION_TYPES: dict[str, type] = {
     "checks": ChecksSettings,
     "delivery": DeliverySettings,
     "log": LogSettings,
+    "http": HTTPSettings,
 }
 
 
@@ -389,7 +426,8 @@ def _parse_section(name: str, raw: Mapping[str, object]) -> dict[str, Any]:
 def from_mapping(raw: Mapping[str, object], base: Path | str | None = None) -> Settings:
     """Validate a parsed TOML mapping; relative paths resolve against *base*."""
     base_dir = Path(base if base is not None else os.getcwd()).absolute()
-    top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    top = {k: v for k, v in raw.items() if not isinstance(v, dict) and k != "faults"}
+    faults = _faults(raw.get("faults", []))
     for key, value in raw.items():
         if isinstance(value, dict) and key not in _SECTION_TYPES:
             raise ConfigError((key,), f"unknown section (known: {', '.join(sorted(_SECTION_TYPES))})")
@@ -410,9 +448,33 @@ def from_mapping(raw: Mapping[str, object], base: Path | str | None = None) -> S
     relay: RelaySettings = sections["relay"]
     if relay.smarthost_username and relay.smarthost is None:
         raise ConfigError(("relay", "smarthost_username"), "set relay.smarthost too")
-    if not values["domains"]:
-        pass  # domains may be added at run time with `mailstack domain add`
-    return Settings(hostname=values["hostname"], domains=values["domains"], **sections)
+    if relay.capture:
+        sections["relay"] = relay = replace(relay, capture_mailbox=_capture_mailbox(relay.capture_mailbox,
+                                                                                  values["domains"]))
+    return Settings(hostname=values["hostname"], domains=values["domains"], faults=faults, **sections)
+
+
+def _faults(raw: object) -> tuple[Rule, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(("faults",), "expected an array of tables ([[faults]])")
+    rules = []
+    for i, entry in enumerate(raw):
+        try:
+            rules.append(parse_rule(entry))
+        except RuleError as e:
+            raise ConfigError((f"faults[{i}]", e.key), e.message) from None
+    return tuple(rules)
+
+
+def _capture_mailbox(value: str, domains: tuple[str, ...]) -> str:
+    if not value:
+        if not domains:
+            raise ConfigError(("relay", "capture_mailbox"), "set it: there is no local domain to put it in")
+        return f"capture@{domains[0]}"
+    try:
+        return canonical(value)
+    except ValueError as e:
+        raise ConfigError(("relay", "capture_mailbox"), str(e)) from None
 
 
 def load(path: Path | str | None = None, base: Path | str | None = None) -> Settings:
@@ -461,7 +523,11 @@ def render(settings: Settings) -> str:
         lines.append(f"[{name}]")
         for f in fields(section):
             v = getattr(section, f.name)
-            if f.name == "smarthost_password" and v:
+            if f.name in ("smarthost_password", "token") and v:
                 v = "********"
             lines.append(f"{f.name} = {value(v)}")
+    for rule in settings.faults:
+        lines += ["", "[[faults]]"]
+        lines += [f"{f.name} = {value(getattr(rule, f.name))}" for f in fields(rule)
+                  if f.name not in ("id", "hits") and getattr(rule, f.name) != f.default]
     return "\n".join(lines) + "\n"

@@ -48,6 +48,30 @@ class SMTPPolicy(Protocol):
         ...
 
 
+class Fault(Protocol):
+    """What a failure-injection rule makes a session do (``mailstack.faults``)."""
+
+    @property
+    def reply(self) -> Any: ...  # a Reply to answer with, or None
+
+    @property
+    def disconnect(self) -> bool: ...
+
+    @property
+    def delay(self) -> float: ...  # seconds to wait before the command is handled as usual
+
+    @property
+    def rule(self) -> str: ...  # the rule's id, for the log
+
+
+class FaultInjector(Protocol):
+    """Failure injection for the SMTP listeners: consulted at MAIL, RCPT and the end of DATA."""
+
+    def check(self, stage: str, role: str, client_ip: str, sender: str, recipient: str = "") -> Fault | None: ...
+
+    def sleep(self, seconds: float) -> Awaitable[None]: ...
+
+
 class MessageRouter(Protocol):
     """Takes responsibility for an accepted message.
 

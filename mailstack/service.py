@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +33,7 @@ from mailstack.accounts import AccountError, SQLiteAccountStore
 from mailstack.accounts.cred import AccountChecker
 from mailstack.accounts.sqlite import MAX_SCRIPT_SIZE, MAX_SCRIPTS
 from mailstack.auth import Authenticator
+from mailstack.capture import CaptureBox, CaptureRelay
 from mailstack.checks import (
     ARCVerifier,
     CheckPolicy,
@@ -49,6 +50,7 @@ from mailstack.delivery import InboxFilter, LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
+from mailstack.faults import FaultRules
 from mailstack.imap.listener import imap_factory
 from mailstack.imap.protocol import IMAPFactory
 from mailstack.imap.session import SessionConfig as IMAPSessionConfig
@@ -65,12 +67,16 @@ from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.routing import Router
 from mailstack.sieve.filter import SieveFilter
 from mailstack.sieve.replied import VacationMemory
+from mailstack.smtp.client import bound_endpoint
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.srs import SRS, load_secret
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
 from mailstack.tls import TLSError, client_options, server_options
+from mailstack.web import JSONResource, build_site
+from mailstack.web.capture import CaptureAPI
+from mailstack.web.faults import FaultsResource
 
 log = Logger()
 
@@ -184,6 +190,8 @@ class Shared:
     """Who had a vacation reply (Sieve), on the io pool; closed once the pools have stopped."""
     watcher: Watcher | None = None
     """Reports of changes to open folders; None where inotify is not available."""
+    faults: FaultRules | None = None
+    """Failure injection for the SMTP listeners ([[faults]], the HTTP API); None when neither is used."""
 
 
 def endpoint_description(address: HostPort) -> str:
@@ -219,16 +227,23 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
     auth = None
     if relay_settings.smarthost_username:
         auth = (relay_settings.smarthost_username, relay_settings.smarthost_password)
+    source = relay_settings.source_address
     relay = Relay(reactor=reactor, mx=mx, hostname=settings.hostname, port=relay_settings.port,
-                  tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth)
+                  tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth,
+                  endpoint_factory=bound_endpoint(source) if source else None)
     queue_settings = QueueSettings(
         hostname=settings.hostname, retry=relay_settings.retry, max_age=relay_settings.max_age,
         max_received=relay_settings.max_received, connections=relay_settings.connections,
         delay_warning=relay_settings.delay_warning,
         connections_per_domain=relay_settings.connections_per_domain,
     )
+    capture = None
+    if relay_settings.capture:
+        capture = CaptureRelay(local, relay_settings.capture_mailbox, settings.hostname,
+                               relayed=frozenset(relay_settings.capture_except))
+        log.info("capture mode: mail for other domains goes to <{mailbox}>", mailbox=relay_settings.capture_mailbox)
     return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay,
-                       signer=signer.sign if signer is not None else None, srs=srs)
+                       signer=signer.sign if signer is not None else None, srs=srs, capture=capture)
 
 
 def build_shared(settings: Settings, reactor: Any) -> Shared:
@@ -278,6 +293,11 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     queue = build_queue(settings, reactor, local, io_pool, resolver, dkim, srs)
     local.outbox = queue  # redirects, vacation replies and rejection notices of Sieve scripts
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
+    faults = None
+    if settings.faults or (settings.http.faults_api and settings.listen.http is not None):
+        faults = FaultRules(reactor)
+        for rule in settings.faults:
+            faults.add(replace(rule))
     return Shared(
         clock=reactor, threads=reactor, io_pool=io_pool, auth_pool=auth_pool, tls=tls,
         store=store,
@@ -285,7 +305,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io), srs=srs), resolver=resolver,
         maildrops=Maildrops(mail_store, io=io, events=events),
-        mail_store=mail_store, srs=srs, io=io, replied=replied, watcher=watcher,
+        mail_store=mail_store, srs=srs, io=io, replied=replied, watcher=watcher, faults=faults,
     )
 
 
@@ -342,7 +362,8 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
     def make_session(ip: str, tls: bool, tls_info: Callable[[], str | None],
                      rdns: Callable[[], str | None]) -> SMTPSession:
         return SMTPSession(config, policy, shared.router, shared.authenticator, client_ip=ip,
-                           trusted_network=limiter.is_exempt(ip), tls=tls, tls_info=tls_info, rdns=rdns)
+                           trusted_network=limiter.is_exempt(ip), tls=tls, tls_info=tls_info, rdns=rdns,
+                           faults=shared.faults, role=role)
 
     def reverse_lookup(ip: str) -> Deferred[str | None]:
         return Deferred.fromCoroutine(shared.resolver.reverse(ip))
@@ -462,7 +483,35 @@ def build_service(
         listener.setName(name)
         listener.setServiceParent(top)
         log.info("{name} on {address}", name=name, address=str(address))
+    if settings.listen.http is not None:
+        _http(shared, settings, reactor).setServiceParent(top)
     return top
+
+
+def _http(shared: Shared, settings: Settings, reactor: Any) -> MultiService:
+    """The HTTP listener with whatever the settings turn on: the capture API and page, the fault rules."""
+    assert settings.listen.http is not None
+    parts = MultiService()
+    children: dict[bytes, Any] = {}
+    closers = []
+    if settings.http.faults_api and shared.faults is not None:
+        children[b"api"] = api_root = JSONResource()
+        api_root.putChild(b"v1", v1 := JSONResource())
+        v1.putChild(b"faults", FaultsResource(shared.faults))
+    if settings.relay.capture:
+        box = CaptureBox(shared.mail_store, settings.relay.capture_mailbox, shared.io, shared.events)
+        api = CaptureAPI(box, shared.io, reactor)
+        api.add_to(children)
+        closers.append(Closing(api.close, "capture-api"))  # event streams end before the port closes
+    listener = strports.service(endpoint_description(settings.listen.http),
+                                build_site(children, settings.http.token), reactor=reactor)
+    listener.setName("http")
+    listener.setServiceParent(parts)
+    for closer in closers:
+        closer.setServiceParent(parts)
+    parts.setName("web")
+    log.info("http on {address}", address=str(settings.listen.http))
+    return parts
 
 
 __all__ = ["IService", "Shared", "build_service", "build_shared"]

@@ -42,6 +42,7 @@ from mailstack.smtp.message import count_received, header_block
 from mailstack.srs import SRS
 
 if TYPE_CHECKING:
+    from mailstack.capture import CaptureRelay
     from mailstack.queue.relay import Relay
 
 log = Logger()
@@ -83,6 +84,7 @@ class QueueRunner(Service):
         now: Callable[[], float] | None = None,
         signer: Callable[[bytes, str], bytes] | None = None,
         srs: SRS | None = None,
+        capture: CaptureRelay | None = None,
     ) -> None:
         self.spool = spool
         self.settings = settings
@@ -93,6 +95,7 @@ class QueueRunner(Service):
         self.relay = relay
         self.signer = signer  # DKIM for the notices the queue writes (blocking: runs on the pool)
         self.srs = srs  # a forwarded message's rewritten sender: its notices go to the original one
+        self.capture = capture  # capture mode: every remote recipient goes into one local mailbox instead
         self.now = now or clock.seconds
         self.timers: dict[str, Any] = {}
         self.active: dict[str, Deferred[None]] = {}
@@ -300,9 +303,14 @@ class QueueRunner(Service):
         jobs = []
         if local:
             jobs.append(Deferred.fromCoroutine(self._deliver_local(msg, local, body)))
-        for domain, rcpts in by_domain.items():
-            if not self.local.is_local_domain(domain):
-                jobs.append(Deferred.fromCoroutine(self._deliver_remote(msg, domain, rcpts, body)))
+        remote = {d: rs for d, rs in by_domain.items() if not self.local.is_local_domain(d)}
+        if self.capture is not None:  # one copy for all the captured ones, whatever their domains
+            captured = [r for d, rs in remote.items() if self.capture.captures(d) for r in rs]
+            if captured:
+                jobs.append(Deferred.fromCoroutine(self._capture(msg, captured, body)))
+            remote = {d: rs for d, rs in remote.items() if not self.capture.captures(d)}
+        for domain, rcpts in remote.items():
+            jobs.append(Deferred.fromCoroutine(self._deliver_remote(msg, domain, rcpts, body)))
         await DeferredList(jobs, consumeErrors=True)
 
     async def _finish(self, msg: QueuedMessage, states: list[RecipientState]) -> None:
@@ -388,6 +396,15 @@ class QueueRunner(Service):
                 o.attempts = r.attempts + 1
                 states.append(o)
         await self._finish(msg, states)
+
+    async def _capture(self, msg: QueuedMessage, rcpts: list[RecipientState], body: bytes) -> None:
+        assert self.capture is not None
+        error = await self.capture.deliver(msg, [r.address for r in rcpts], body)
+        if error is None:
+            await self._finish(msg, [_done(r, "capture", f"captured in <{self.capture.mailbox}>") for r in rcpts])
+        else:
+            make = _defer if error.temporary else _fail
+            await self._finish(msg, [make(r, error.status, error.message, "capture") for r in rcpts])
 
     def _add_notice(self, notice: QueuedMessage, data: bytes) -> None:
         """Spool a bounce or delay warning written here, signed like users' mail (pool thread)."""

@@ -346,6 +346,16 @@ def default_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
     return endpoint(reactor, host, port, timeout=timeout)
 
 
+def bound_endpoint(source: str) -> Callable[[Any, str, int, float], Any]:
+    """Endpoints whose connections come from the local address *source* (to a peer of its family)."""
+    def endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+        if (":" in host) != (":" in source):
+            return default_endpoint(reactor, host, port, timeout)
+        kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        return kind(reactor, host, port, timeout=timeout, bindAddress=(source, 0))
+    return endpoint
+
+
 async def send_message(
     *,
     reactor: Any,

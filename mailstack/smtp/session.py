@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from mailstack import auth as sasl
 from mailstack.envelope import Envelope, new_queue_id
-from mailstack.interfaces import ClientInfo, MessageRouter, SMTPPolicy
+from mailstack.interfaces import ClientInfo, FaultInjector, MessageRouter, SMTPPolicy
 from mailstack.smtp import message as msg
 from mailstack.smtp import reply as R
 from mailstack.smtp.address import PathSyntaxError, parse_mail_from, parse_rcpt_to
@@ -110,6 +110,8 @@ class SMTPSession:
         tls_info: Callable[[], str | None] = lambda: None,
         rdns: Callable[[], str | None] = lambda: None,
         session_id: str = "",
+        faults: FaultInjector | None = None,
+        role: str = "",
     ) -> None:
         self.config = config
         self.policy = policy
@@ -121,6 +123,8 @@ class SMTPSession:
         self.tls_info = tls_info
         self.rdns = rdns
         self.session_id = session_id or new_queue_id()
+        self.faults = faults  # failure injection (labs, tests); None in normal service
+        self.role = role
         self.helo: str | None = None
         self.esmtp = False
         self.auth_user: str | None = None
@@ -254,7 +258,7 @@ class SMTPSession:
 
     # -- transaction --------------------------------------------------------------
 
-    def mail(self, args: str) -> Outcome:
+    def mail(self, args: str) -> Result:
         self._require_hello()
         if self.txn is not None:
             return Outcome(R.BAD_SEQUENCE.with_text("Sender already specified"))
@@ -273,6 +277,11 @@ class SMTPSession:
             return Outcome(error)
         if not path.is_ascii and not envelope.smtputf8:
             return Outcome(R.UTF8_REQUIRED)
+        return self._unless_fault("mail", envelope.sender, "", lambda: self._accept_sender(envelope))
+
+    def _accept_sender(self, envelope: Envelope) -> Outcome:
+        if self.txn is not None:  # a delayed MAIL: another may have come meanwhile
+            return Outcome(R.BAD_SEQUENCE.with_text("Sender already specified"))
         self.policy.check_sender(self.client(), envelope.sender)
         self.txn = _Transaction(envelope)
         return Outcome(R.SENDER_OK)
@@ -299,7 +308,7 @@ class SMTPSession:
                 return R.PARAM_UNKNOWN.with_text(f"Unsupported parameter {key}")
         return None
 
-    def rcpt(self, args: str) -> Outcome:
+    def rcpt(self, args: str) -> Result:
         self._require_hello()
         txn = self.txn
         if txn is None:
@@ -317,7 +326,13 @@ class SMTPSession:
             return Outcome(R.UTF8_REQUIRED)
         if len(txn.envelope.recipients) >= self.config.max_recipients:
             return Outcome(R.TOO_MANY_RECIPIENTS)
-        route = self.policy.check_rcpt(self.client(), path.address)
+        return self._unless_fault("rcpt", txn.envelope.sender, path.address,
+                                  lambda: self._accept_recipient(txn, path.address))
+
+    def _accept_recipient(self, txn: _Transaction, address: str) -> Outcome:
+        if self.txn is not txn:  # a delayed RCPT whose transaction ended meanwhile
+            return Outcome(R.BAD_SEQUENCE.with_text("Need MAIL before RCPT"))
+        route = self.policy.check_rcpt(self.client(), address)
         if route.remote and not self.router.can_relay():
             return Outcome(R.NO_RELAY_YET)
         txn.envelope.recipients.append(route)
@@ -383,7 +398,38 @@ class SMTPSession:
             log.info("{session_id} message {queue_id} refused: {reason}", session_id=self.session_id,
                      queue_id=txn.envelope.queue_id, reason=problem.lines()[0])
             return Outcome(problem)
-        return self._deliver(txn.envelope, msg.normalize_line_endings(content))
+        envelope = txn.envelope
+        return self._unless_fault("data", envelope.sender, [r.original for r in envelope.recipients],
+                                  lambda: self._deliver(envelope, msg.normalize_line_endings(content)))
+
+    # -- failure injection ----------------------------------------------------------------
+
+    def _unless_fault(self, stage: str, sender: str, recipients: str | list[str],
+                      go: Callable[[], Result]) -> Result:
+        """``go()``, unless a failure-injection rule says otherwise for this command."""
+        if self.faults is None:
+            return go()
+        for recipient in [recipients] if isinstance(recipients, str) else recipients:
+            fault = self.faults.check(stage, self.role, self.client_ip, sender, recipient)
+            if fault is not None:
+                break
+        else:
+            return go()
+        what = (f"delay {fault.delay:g}s" if fault.delay else "disconnect" if fault.disconnect
+                else fault.reply.lines()[0] if fault.reply is not None else "")
+        log.info("{session_id} fault rule {rule} at {stage}: {what}", session_id=self.session_id, rule=fault.rule,
+                 stage=stage, what=what)
+        if fault.delay:
+            return self._after(fault.delay, go)
+        if fault.disconnect:
+            return Outcome(None, Action.CLOSE)
+        return Outcome(fault.reply)
+
+    async def _after(self, seconds: float, go: Callable[[], Result]) -> Outcome:
+        assert self.faults is not None
+        await self.faults.sleep(seconds)
+        result = go()
+        return result if isinstance(result, Outcome) else await result
 
     async def _deliver(self, envelope: Envelope, content: bytes) -> Outcome:
         headers = msg.header_block(content)
