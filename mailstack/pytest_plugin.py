@@ -10,9 +10,10 @@ Installed with mailstack (the ``pytest11`` entry point), so a test asks for it b
 The fixture is a started :class:`mailstack.embedded.MailServer`: SMTP, submission, IMAP
 and POP3 (with their implicit-TLS ports) on free loopback ports, a throwaway CA that
 ``mailstack.ssl_context()`` trusts, and its files in a temporary directory that is
-removed afterwards. Nothing of Twisted shows: the server runs its own reactor in a
-thread, and the fixture's calls are synchronous and thread-safe, so it works under plain
-pytest, pytest-asyncio and pytest-django alike.
+removed afterwards. Nothing of Twisted shows: the server runs Twisted's reactor in a
+background thread while it is up (or uses the one the program already runs), and the
+fixture's calls are synchronous and thread-safe, so it works under plain pytest,
+pytest-asyncio and pytest-django alike.
 
 Its scope is ``function`` (a fresh server per test) unless ``mailstack_scope`` in the
 pytest ini file or ``--mailstack-scope`` says ``module``, ``package`` or ``session``
