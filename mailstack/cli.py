@@ -100,14 +100,21 @@ def run(
 ) -> int:
     """Parse *argv*, load the configuration and run one command."""
     err = stderr if stderr is not None else sys.stderr
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        lab_at = _command_position(words)
+        if lab_at is not None and words[lab_at] == "lab":  # its words are its own (options first too)
+            args = build_parser().parse_args(words[:lab_at + 1])
+            args.words = words[lab_at + 1:]
+        else:
+            args = build_parser().parse_args(words)
     except SystemExit as e:  # argparse: usage error (2) or --help (0)
         return e.code if isinstance(e.code, int) else 2
     ctx: Context | None = None
     try:
         path = args.config if args.config is not None else config.default_path()
-        settings = config.load(path)
+        # `lab` brings its own configuration: a broken mailstack.toml must not stop it
+        settings = config.load(path) if getattr(args, "needs_config", True) else config.from_mapping({})
         ctx = Context(
             settings=settings,
             config_path=path,
@@ -127,6 +134,19 @@ def run(
     finally:
         if ctx is not None:
             ctx.close()
+
+
+def _command_position(words: list[str]) -> int | None:
+    """Where the command's name is among *words*, past the global options."""
+    i = 0
+    while i < len(words):
+        if words[i] == "--config":
+            i += 2
+        elif words[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -624,14 +644,18 @@ def _trace_command(commands: SubParsers) -> None:
     p = commands.add_parser("trace", help="print one message's path from the JSON log ([log] format = \"json\")")
     p.add_argument("queue_id", nargs="?", help="the queue id (\"250 OK queued as ...\")")
     p.add_argument("--message-id", help="find the message by its Message-ID instead")
+    p.add_argument("--log", type=Path, metavar="PATH", help="the JSON log to read (default: log.path; a lab's "
+                                                             "is mailstack.jsonl in its directory)")
     p.set_defaults(handler=_trace)
 
 
 def _trace(args: argparse.Namespace, ctx: Context) -> int:
     from mailstack import trace
 
-    path = ctx.settings.log.path
+    path = args.log if args.log is not None else ctx.settings.log.path
     if not path.exists():
+        if args.log is not None:
+            raise CommandError(f"--log: no JSON log at {path}")
         hint = "" if ctx.settings.log.format == "json" else ' (set [log] format = "json" to write it)'
         raise CommandError(f"log.path: no JSON log at {path}{hint}")
     if (args.queue_id is None) == (args.message_id is None):
@@ -652,6 +676,137 @@ def _trace(args: argparse.Namespace, ctx: Context) -> int:
     return 0 if found_any else 1
 
 
+_LAB_HELP = "run several mail domains on this machine, with their own DNS (Ctrl-C stops)"
+
+
+def _lab_commands(commands: SubParsers) -> None:
+    # `lab DOMAIN...` and `lab fail ACTION ...` share the name: the words after it are parsed in _lab
+    p = commands.add_parser("lab", help=_LAB_HELP, description=_LAB_HELP, add_help=False)
+    p.add_argument("words", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=_lab, needs_config=False)
+
+
+def _lab_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} lab", description=_LAB_HELP,
+                                epilog=f"{PROG} lab fail --help: failure rules of a running lab")
+    p.add_argument("domains", nargs="*", metavar="DOMAIN", help="the lab's domains (or --lab-config)")
+    p.add_argument("--dir", type=Path, help="where the lab keeps its files (default: ./mailstack-lab)")
+    p.add_argument("--users", type=_count, default=2, metavar="N", help="users made in each domain (default 2)")
+    p.add_argument("--ports", choices=("standard", "high"),
+                   help="25, 587, ... (the default for root) or 2525, 5870, ... (otherwise)")
+    p.add_argument("--dns", metavar="HOST:PORT", help="the lab's DNS server (default 127.0.0.10, port 53 or 5353)")
+    p.add_argument("--no-capture", action="store_true", help="send mail for other domains out instead of capturing it")
+    p.add_argument("--lab-config", type=Path, metavar="LAB.TOML", dest="lab_config",
+                   help="domains, users and failure rules in one file")
+    return p
+
+
+def _lab_fail_parser() -> argparse.ArgumentParser:
+    fail = argparse.ArgumentParser(prog=f"{PROG} lab fail", description="failure rules of a running lab's domain")
+    fail.add_argument("--dir", type=Path, help="the lab's directory (default: ./mailstack-lab)")
+    actions = fail.add_subparsers(dest="fail_action", metavar="ACTION", required=True)
+    q = actions.add_parser("add", help="add a rule (mailstack.faults says what each action does)")
+    q.add_argument("domain", help="the lab domain whose SMTP listeners misbehave")
+    q.add_argument("--action", required=True, choices=("reply", "disconnect", "delay", "greylist", "full"))
+    q.add_argument("--stage", choices=("mail", "rcpt", "data"))
+    q.add_argument("--recipient", help="recipient pattern (shell-style: bob@*, *@b.test)")
+    q.add_argument("--sender", help="sender pattern")
+    q.add_argument("--to-domain", dest="match_domain", help="recipient domain pattern")
+    q.add_argument("--role", choices=("smtp", "submission", "submissions"))
+    q.add_argument("--code", type=int)
+    q.add_argument("--status", help="enhanced status code, e.g. 4.3.0")
+    q.add_argument("--text")
+    q.add_argument("--seconds", type=float)
+    q.add_argument("--times", type=int, help="apply to the first N matches only")
+    q.add_argument("--permanent", action="store_true", help="a full mailbox for good (552 5.2.2)")
+    q = actions.add_parser("list", help="the rules in force")
+    q.add_argument("domain")
+    q = actions.add_parser("del", help="remove a rule by its id")
+    q.add_argument("domain")
+    q.add_argument("id")
+    q = actions.add_parser("clear", help="remove every rule")
+    q.add_argument("domain")
+    for sub in actions.choices.values():
+        sub.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help="the lab's directory")
+    return fail
+
+
+def _lab(args: argparse.Namespace, ctx: Context) -> int:
+    from mailstack import lab
+
+    words = list(args.words)
+    fail = bool(words) and words[0] == "fail"
+    try:
+        args = (_lab_fail_parser() if fail else _lab_parser()).parse_args(words[1:] if fail else words)
+    except SystemExit as e:  # usage error (2) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
+    directory = args.dir if args.dir is not None else Path("mailstack-lab")
+    if fail:
+        return _lab_fail(args, ctx, directory)
+    if args.lab_config is not None:
+        if args.domains:
+            raise CommandError("give DOMAIN... or --lab-config, not both")
+        spec = lab.load_spec(args.lab_config, directory=args.dir)
+    else:
+        spec = lab.make_spec(args.domains, directory=directory, users=args.users, ports=args.ports, dns=args.dns,
+                             capture=not args.no_capture)
+    return lab.run(spec, ctx.stdout)
+
+
+def _lab_fail(args: argparse.Namespace, ctx: Context, directory: Path) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mailstack import lab
+
+    state = lab.read_state(directory)
+    domain = state["domains"].get(args.domain.lower())
+    if domain is None:
+        raise CommandError(f"{args.domain} is not one of the lab's domains ({', '.join(state['domains'])})")
+    url = f"{domain['http']}/api/v1/faults"
+    body = None
+    method = {"add": "POST", "list": "GET", "del": "DELETE", "clear": "DELETE"}[args.fail_action]
+    if args.fail_action == "del":
+        url += f"/{args.id}"
+    if args.fail_action == "add":
+        rule: dict[str, Any] = {"action": args.action}
+        for key, given in (("stage", args.stage), ("recipient", args.recipient), ("sender", args.sender),
+                           ("domain", args.match_domain), ("role", args.role), ("code", args.code),
+                           ("status", args.status), ("text", args.text), ("seconds", args.seconds),
+                           ("times", args.times)):
+            if given is not None:
+                rule[key] = given
+        if args.permanent:
+            rule["permanent"] = True
+        body = json.dumps(rule).encode()
+    request = urllib.request.Request(url, data=body, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read()
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]
+        except Exception:
+            message = e.reason
+        raise CommandError(f"{args.domain}: {message}") from None
+    except OSError as e:
+        raise CommandError(f"{args.domain}: cannot reach the lab at {domain['http']}: {e}") from None
+    value: Any = json.loads(answer) if answer else {}
+    if args.fail_action == "add":
+        ctx.say(f"rule {value['id']} added to {args.domain}")
+    elif args.fail_action == "list":
+        from mailstack.faults import describe, parse_rule
+
+        for raw in value["rules"]:
+            hits = raw.pop("hits")
+            id = raw.pop("id")
+            ctx.say(f"{id}: {describe(parse_rule(raw))} (applied {hits} time(s))")
+    elif args.fail_action == "clear":
+        ctx.say(f"{value['deleted']} rule(s) removed from {args.domain}")
+    return 0
+
+
 COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "domain": _domain_commands,
     "user": _user_commands,
@@ -661,6 +816,7 @@ COMMAND_GROUPS: dict[str, Callable[[SubParsers], None]] = {
     "check-config": _check_config_command,
     "dkim": _dkim_commands,
     "trace": _trace_command,
+    "lab": _lab_commands,
 }
 """Command name -> function adding its sub-parser(s); each sets ``handler``."""
 

@@ -121,19 +121,23 @@ class AuthoritativeDNS:
         self.port = 0
         self._listeners: list[Any] = []
 
-    def start(self, reactor: Any, attempts: int = 20) -> int:
-        for _ in range(attempts):
-            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(self.factory), interface="127.0.0.1")
+    def start(self, reactor: Any, attempts: int = 20, *, interface: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on *port* of *interface* (a free one for 0); returns the port."""
+        wanted = port
+        for _ in range(attempts if wanted == 0 else 1):
+            udp = reactor.listenUDP(wanted, dns.DNSDatagramProtocol(self.factory), interface=interface)
             port = udp.getHost().port
             try:
-                tcp = reactor.listenTCP(port, self.factory, interface="127.0.0.1")
+                tcp = reactor.listenTCP(port, self.factory, interface=interface)
             except CannotListenError:
                 udp.stopListening()
+                if wanted:
+                    raise
                 continue
             self._listeners = [udp, tcp]
             self.port = int(port)
             return self.port
-        raise CannotListenError("127.0.0.1", 0, OSError("no free port for UDP and TCP"))
+        raise CannotListenError(interface, wanted, OSError("no free port for UDP and TCP"))
 
     def stop(self) -> defer.Deferred[Any]:
         listeners, self._listeners = self._listeners, []
