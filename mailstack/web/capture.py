@@ -365,6 +365,9 @@ class CaptureAPI:
             listing = await self.listing()
             self.known = {item.id for item, _ in listing}
         self.streams.append(request)
+        # the headers go out once the stream is registered: a client that loads its list when the
+        # stream opens misses nothing in between
+        request.write(b"retry: 2000\n\n")
         request.notifyFinish().addBoth(lambda _: self._close_stream(request))
         if self._ping is None:
             self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
@@ -523,7 +526,6 @@ class Events(JSONResource):
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
-        request.write(b"retry: 2000\n\n")  # the headers go out now; events follow once the stream is registered
         Deferred.fromCoroutine(self.api.open_stream(request)).addErrback(failed)
         return NOT_DONE_YET
 
