@@ -689,15 +689,15 @@ def _lab_commands(commands: SubParsers) -> None:
 def _lab_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{PROG} lab", description=_LAB_HELP,
                                 epilog=f"{PROG} lab fail --help: failure rules of a running lab")
-    p.add_argument("domains", nargs="*", metavar="DOMAIN", help="the lab's domains (or --lab-config)")
+    p.add_argument("domains", nargs="*", metavar="DOMAIN", help="the lab's domains (or --config LAB.TOML)")
     p.add_argument("--dir", type=Path, help="where the lab keeps its files (default: ./mailstack-lab)")
     p.add_argument("--users", type=_count, default=2, metavar="N", help="users made in each domain (default 2)")
     p.add_argument("--ports", choices=("standard", "high"),
                    help="25, 587, ... (the default for root) or 2525, 5870, ... (otherwise)")
     p.add_argument("--dns", metavar="HOST:PORT", help="the lab's DNS server (default 127.0.0.10, port 53 or 5353)")
     p.add_argument("--no-capture", action="store_true", help="send mail for other domains out instead of capturing it")
-    p.add_argument("--lab-config", type=Path, metavar="LAB.TOML", dest="lab_config",
-                   help="domains, users and failure rules in one file")
+    p.add_argument("--config", "--lab-config", type=Path, metavar="LAB.TOML", dest="lab_config",
+                   help="domains, users and failure rules in one file (docs/lab.md)")
     return p
 
 
@@ -745,7 +745,7 @@ def _lab(args: argparse.Namespace, ctx: Context) -> int:
         return _lab_fail(args, ctx, directory)
     if args.lab_config is not None:
         if args.domains:
-            raise CommandError("give DOMAIN... or --lab-config, not both")
+            raise CommandError("give DOMAIN... or --config LAB.TOML, not both")
         spec = lab.load_spec(args.lab_config, directory=args.dir)
     else:
         spec = lab.make_spec(args.domains, directory=directory, users=args.users, ports=args.ports, dns=args.dns,

@@ -49,7 +49,7 @@ class Lab:
         self.dir = root / "lab"
         (root / "lab.toml").write_text(LAB_TOML)
         self.out = open(root / "lab.out", "wb")  # noqa: SIM115 (closed at stop)
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailstack.cli", "lab", "--lab-config",
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailstack.cli", "lab", "--config",
                                       str(root / "lab.toml"), "--dir", str(self.dir)],
                                      stdout=self.out, stderr=subprocess.STDOUT, env=plugin_env())
         deadline = time.monotonic() + 30
