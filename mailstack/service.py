@@ -24,6 +24,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
@@ -47,7 +48,7 @@ from mailstack.checks import (
 from mailstack.checks.dmarc import organizational_domain
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import InboxFilter, LocalDelivery
-from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner
+from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner, speedups
 from mailstack.dns import MXResolver, make_resolver
 from mailstack.errors import StartupError
 from mailstack.faults import FaultRules
@@ -141,6 +142,27 @@ class JSONLog(Service):
             self.file.close()
             self.file = None
         return None
+
+
+class WarmUp(Service):
+    """One-time work done on the io pool as the service starts, not on the first message's
+    path (nor in the start itself): the Public Suffix List (DMARC's organizational domains,
+    about 40 ms) and dkimpy's speedups (a throwaway RSA key to check them against)."""
+
+    def __init__(self, reactor: Any, pool: ThreadPool) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.setName("warm-up")
+
+    def startService(self) -> None:
+        super().startService()
+        d = deferToThreadPool(self.reactor, self.pool, self._work)
+        d.addErrback(lambda f: log.failure("start-up warm-up failed", f))
+
+    @staticmethod
+    def _work() -> None:
+        organizational_domain("example.com")
+        speedups.install()
 
 
 class Closing(Service):
@@ -377,7 +399,6 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
 
 
 def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
-    organizational_domain("example.com")  # the Public Suffix List is read now, not on the first message
     wanted = settings.checks
     checks = InboundChecks(settings.hostname,
                            DKIMVerifier(shared.resolver.lookup_txt, shared.io,
@@ -467,6 +488,7 @@ def build_service(
     if shared.replied is not None:
         Closing(shared.replied.close, "vacation-memory").setServiceParent(top)
     ThreadPoolService(shared.io_pool).setServiceParent(top)
+    WarmUp(reactor, shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
     if shared.watcher is not None:
         WatcherService(shared.watcher, reactor).setServiceParent(top)

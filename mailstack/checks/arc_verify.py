@@ -49,7 +49,6 @@ class ARCVerifier:
     def __init__(self, lookup_txt: LookupTXT, run_blocking: RunBlocking) -> None:
         self.lookup_txt = lookup_txt
         self.run_blocking = run_blocking
-        speedups.install()
 
     async def verify(self, message: bytes) -> ARCResult:
         seals = header_values(message, b"arc-seal")
@@ -126,6 +125,7 @@ def _says_dmarc_pass(value: bytes) -> bool:
 
 def _validate(message: bytes, records: dict[bytes, bytes]) -> tuple[Any, Any, Any]:
     """dkimpy's chain validation with the key records given (blocking: io pool)."""
+    speedups.install()
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
         return records.get(name.lower(), b"")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from mailstack.dns import DNSError, dns_name
 POLICIES = ("none", "quarantine", "reject")
 _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _PSL: PublicSuffixList | None = None
+_PSL_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4096)  # three lookups a message, mostly of the same few domains
@@ -39,7 +41,9 @@ def organizational_domain(domain: str) -> str:
     """The registered domain under the Public Suffix List (``mail.example.co.uk`` -> ``example.co.uk``)."""
     global _PSL
     if _PSL is None:
-        _PSL = PublicSuffixList()
+        with _PSL_LOCK:  # read once (about 40 ms), by the start-up warm-up unless a message came first
+            if _PSL is None:
+                _PSL = PublicSuffixList()
     domain = domain.lower().rstrip(".")
     return str(_PSL.privatesuffix(domain) or domain)
 

@@ -271,6 +271,8 @@ def install() -> bool:
     global _installed
     if _installed is None:
         with _install_lock:
+            if _installed is not None:  # another thread did it meanwhile
+                return bool(_installed)
             rsa_functions, parsing = _rsa_functions(), _parsing_helpers()
             canonicalisation = _canonicalisation_helpers()
             for module, group in ((dkim, rsa_functions), (dkim, parsing), (canon, canonicalisation)):
