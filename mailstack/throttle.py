@@ -80,7 +80,8 @@ class AuthThrottle:
         rec.failures.append(now)
         if len(rec.failures) >= self.max_failures:
             rec.locked_until = now + self.lockout
-        return min(self.base_delay * 2 ** (len(rec.failures) - 1), self.max_delay)
+        doublings = min(len(rec.failures) - 1, 64)  # past max_delay long before: 2 ** n stays a small number
+        return min(self.base_delay * 2 ** doublings, self.max_delay)
 
     def record_success(self, ip: str) -> None:
         """A good login forgets nothing: failures expire only with time."""

@@ -50,3 +50,9 @@ def test_expired_records_are_swept_when_many_accumulate():
     clock.advance(61)
     t.record_failure("198.51.100.1")
     assert len(t._records) == 1
+
+
+def test_thousands_of_failures_keep_the_longest_delay():
+    t = AuthThrottle(Clock(), max_failures=1_000_000, lockout=900.0)
+    delays = [t.record_failure("192.0.2.1") for _ in range(2000)]
+    assert delays[-1] == 8.0 and max(delays) == 8.0
