@@ -189,6 +189,12 @@ def _count(text: str) -> int:
     return int(text.strip())
 
 
+def _user_count(text: str) -> int:
+    if not (text.strip().isdigit() and text.strip().isascii()):
+        raise argparse.ArgumentTypeError(f"invalid number of users {text!r}")
+    return int(text.strip())
+
+
 def _address(text: str) -> str:
     try:
         return canonical_address(text)
@@ -691,7 +697,7 @@ def _lab_parser() -> argparse.ArgumentParser:
                                 epilog=f"{PROG} lab fail --help: failure rules of a running lab")
     p.add_argument("domains", nargs="*", metavar="DOMAIN", help="the lab's domains (or --config LAB.TOML)")
     p.add_argument("--dir", type=Path, help="where the lab keeps its files (default: ./mailstack-lab)")
-    p.add_argument("--users", type=_count, default=2, metavar="N", help="users made in each domain (default 2)")
+    p.add_argument("--users", type=_user_count, default=2, metavar="N", help="users made in each domain (default 2)")
     p.add_argument("--ports", choices=("standard", "high"),
                    help="25, 587, ... (the default for root) or 2525, 5870, ... (otherwise)")
     p.add_argument("--dns", metavar="HOST:PORT", help="the lab's DNS server (default 127.0.0.10, port 53 or 5353)")
