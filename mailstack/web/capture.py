@@ -284,6 +284,7 @@ class CaptureAPI:
         self.summaries: dict[int, dict[str, Any]] = {}
         self.known: set[int] | None = None  # the ids the streams were told of; None: not looked yet
         self.streams: list[Request] = []
+        self.stalled: dict[Request, bool] = {}  # a stream's client is not reading: its buffer is full
         self._syncing = False
         self._again = False
         self._ping: IDelayedCall | None = None
@@ -357,22 +358,42 @@ class CaptureAPI:
 
     def _broadcast(self, event: str, value: Any) -> None:
         frame = f"event: {event}\ndata: {json.dumps(value, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        self._write_all(frame.encode("utf-8"))
+
+    def _write_all(self, data: bytes) -> None:
         for request in list(self.streams):
-            request.write(frame.encode("utf-8"))
+            if self.stalled.get(request):  # its client stopped reading: let it go (it reconnects and reloads)
+                log.info("capture: an event stream whose client stopped reading is closed")
+                self._close_stream(request)
+                request.loseConnection()
+                continue
+            request.write(data)
 
     async def open_stream(self, request: Request) -> None:
+        gone: list[bool] = []
+
+        def finished(_: object) -> None:
+            gone.append(True)
+            self._close_stream(request)
+
+        request.notifyFinish().addBoth(finished)
         if self.known is None:
             listing = await self.listing()
-            self.known = {item.id for item, _ in listing}
+            if self.known is None:
+                self.known = {item.id for item, _ in listing}
+        if gone:  # the client left while the mailbox was read
+            return
         self.streams.append(request)
+        self.stalled[request] = False
+        request.registerProducer(_Backlog(self.stalled, request), True)
         # the headers go out once the stream is registered: a client that loads its list when the
         # stream opens misses nothing in between
         request.write(b"retry: 2000\n\n")
-        request.notifyFinish().addBoth(lambda _: self._close_stream(request))
         if self._ping is None:
             self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
 
     def _close_stream(self, request: Request) -> None:
+        self.stalled.pop(request, None)
         if request in self.streams:
             self.streams.remove(request)
         if not self.streams and self._ping is not None and self._ping.active():
@@ -381,8 +402,7 @@ class CaptureAPI:
 
     def _send_ping(self) -> None:
         self._ping = None
-        for request in list(self.streams):
-            request.write(b": ping\n\n")
+        self._write_all(b": ping\n\n")
         if self.streams:
             self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
 
@@ -390,11 +410,31 @@ class CaptureAPI:
         """End every event stream (the service stops)."""
         self._unsubscribe()
         for request in list(self.streams):
-            self.streams.remove(request)
+            self._close_stream(request)
+            request.unregisterProducer()
             request.finish()
         if self._ping is not None and self._ping.active():
             self._ping.cancel()
         self._ping = None
+
+
+class _Backlog:
+    """The push producer of one event stream: the transport says when its buffer is full."""
+
+    def __init__(self, stalled: dict[Request, bool], request: Request) -> None:
+        self.stalled = stalled
+        self.request = request
+
+    def pauseProducing(self) -> None:
+        if self.request in self.stalled:
+            self.stalled[self.request] = True
+
+    def resumeProducing(self) -> None:
+        if self.request in self.stalled:
+            self.stalled[self.request] = False
+
+    def stopProducing(self) -> None:
+        self.stalled.pop(self.request, None)
 
 
 class Messages(JSONResource):

@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from mailstack.embedded import MailServer
 from mailstack.web import ErrorPage, Root, build_site
+from mailstack.web.capture import CaptureAPI
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +233,29 @@ def test_others_need_the_right_token() -> None:
 def test_build_site_hides_tracebacks() -> None:
     site = build_site({}, token="")
     assert site.displayTracebacks is False
+
+
+class _Box:
+    """Just enough of a CaptureBox for the event streams."""
+
+    async def messages(self) -> list:
+        return []
+
+    def subscribe(self, callback: Any) -> Any:
+        return lambda: None
+
+
+def test_an_event_stream_whose_client_stops_reading_is_closed_not_buffered_for_ever() -> None:
+    api = CaptureAPI(_Box(), io=None, clock=Clock())  # type: ignore[arg-type]
+    reading, stuck = DummyRequest([b""]), DummyRequest([b""])
+    for request in (reading, stuck):
+        request.loseConnection = lambda request=request: request.written.append(b"<closed>")
+        assert Deferred.fromCoroutine(api.open_stream(request)).called
+    stuck.producer.pauseProducing()
+    api._broadcast("message", {"id": "1"})
+    assert reading.written[-1] == b'event: message\ndata: {"id":"1"}\n\n'
+    assert stuck.written[-1] == b"<closed>" and stuck not in api.streams
+    reading.producer.pauseProducing()
+    reading.producer.resumeProducing()  # it caught up: it stays
+    api._broadcast("deleted", {"ids": ["1"]})
+    assert reading.written[-1].startswith(b"event: deleted") and api.streams == [reading]
