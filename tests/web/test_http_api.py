@@ -250,6 +250,11 @@ def test_an_event_stream_whose_client_stops_reading_is_closed_not_buffered_for_e
     reading, stuck = DummyRequest([b""]), DummyRequest([b""])
     for request in (reading, stuck):
         request.loseConnection = lambda request=request: request.written.append(b"<closed>")
+        # DummyRequest drives every producer as a pull producer, in a loop until it unregisters:
+        # a transport only keeps a push producer and calls it when its buffer fills or drains
+        request.registerProducer = lambda producer, streaming, request=request: setattr(
+            request, "producer", producer
+        )
         assert Deferred.fromCoroutine(api.open_stream(request)).called
     stuck.producer.pauseProducing()
     api._broadcast("message", {"id": "1"})
