@@ -337,20 +337,6 @@ def _subdirs(path: Path) -> list[Path]:
         return []
 
 
-def _bound_port(listener: Any) -> int:
-    """The port a started listener bound (it was asked for port 0)."""
-    found: list[Any] = []
-
-    def keep(port: Any) -> Any:
-        found.append(port)
-        return port
-
-    listener._waitingForPort.addCallback(keep)
-    if not found:
-        raise RuntimeError(f"{listener.name} did not start listening")
-    return int(found[0].getHost().port)
-
-
 def _stop_tree(reactor: Any, service: Any) -> None:
     """Stop the service tree (the children that did start), waiting on the reactor's thread."""
     from twisted.internet.threads import blockingCallFromThread
@@ -360,10 +346,10 @@ def _stop_tree(reactor: Any, service: Any) -> None:
 
 
 def _bound_ports(service: Any, settings: Settings) -> dict[str, Endpoint]:
-    found = {name: Endpoint(HOST, _bound_port(service.getServiceNamed(name))) for name in LISTENERS
+    found = {name: Endpoint(HOST, service.getServiceNamed(name).bound_port()) for name in LISTENERS
              if getattr(settings.listen, name) is not None}  # None: turned off by the settings
     if settings.listen.http is not None:
-        found["http"] = Endpoint(HOST, _bound_port(service.getServiceNamed("web").getServiceNamed("http")))
+        found["http"] = Endpoint(HOST, service.getServiceNamed("web").getServiceNamed("http").bound_port())
     return found
 
 

@@ -13,8 +13,9 @@ drains, then the thread pools stop.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +23,7 @@ from typing import IO, Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.threads import deferToThreadPool
@@ -50,7 +52,7 @@ from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import InboxFilter, LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner, speedups
 from mailstack.dns import MXResolver, make_resolver
-from mailstack.errors import StartupError
+from mailstack.errors import ListenError, StartupError
 from mailstack.faults import FaultRules
 from mailstack.imap.listener import imap_factory
 from mailstack.imap.protocol import IMAPFactory
@@ -214,6 +216,48 @@ class Shared:
     """Reports of changes to open folders; None where inotify is not available."""
     faults: FaultRules | None = None
     """Failure injection for the SMTP listeners ([[faults]], the HTTP API); None when neither is used."""
+
+
+class Listener(MultiService):
+    """One listening port, named by its ``[listen]`` key: a port that cannot be bound (taken, no
+    permission, no such address) is a :class:`ListenError` naming the key and the address."""
+
+    def __init__(self, name: str, address: HostPort, factory: Any, reactor: Any) -> None:
+        super().__init__()
+        self.address = address
+        self.setName(name)
+        self.port = strports.service(endpoint_description(address), factory, reactor=reactor)
+        self.port.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        with self._explained():
+            super().privilegedStartService()
+
+    def startService(self) -> None:
+        with self._explained():
+            super().startService()
+
+    def bound_port(self) -> int:
+        """The port number bound (the address may ask for port 0); RuntimeError before the start."""
+        found: list[Any] = []
+
+        def keep(port: Any) -> Any:
+            found.append(port)
+            return port
+
+        self.port._waitingForPort.addCallback(keep)  # type: ignore[union-attr]
+        if not found:
+            raise RuntimeError(f"{self.name} did not start listening")
+        return int(found[0].getHost().port)
+
+    @contextlib.contextmanager
+    def _explained(self) -> Iterator[None]:
+        try:
+            yield
+        except CannotListenError as e:
+            reason = e.socketError
+            why = getattr(reason, "strerror", None) or str(reason)
+            raise ListenError(f"listen.{self.name}: cannot listen on {self.address}: {why.lower()}") from None
 
 
 def endpoint_description(address: HostPort) -> str:
@@ -501,9 +545,7 @@ def build_service(
         Drain(factory).setServiceParent(top)
         wire = TLSMemoryBIOFactory(shared.tls, False, factory, clock=reactor) if name in IMPLICIT_TLS else factory
         wire.noisy = False
-        listener = strports.service(endpoint_description(address), wire, reactor=reactor)
-        listener.setName(name)
-        listener.setServiceParent(top)
+        Listener(name, address, wire, reactor).setServiceParent(top)
         log.info("{name} on {address}", name=name, address=str(address))
     if settings.listen.http is not None:
         _http(shared, settings, reactor).setServiceParent(top)
@@ -525,10 +567,7 @@ def _http(shared: Shared, settings: Settings, reactor: Any) -> MultiService:
         api = CaptureAPI(box, shared.io, reactor)
         api.add_to(children)
         closers.append(Closing(api.close, "capture-api"))  # event streams end before the port closes
-    listener = strports.service(endpoint_description(settings.listen.http),
-                                build_site(children, settings.http.token), reactor=reactor)
-    listener.setName("http")
-    listener.setServiceParent(parts)
+    Listener("http", settings.listen.http, build_site(children, settings.http.token), reactor).setServiceParent(parts)
     for closer in closers:
         closer.setServiceParent(parts)
     parts.setName("web")

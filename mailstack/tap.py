@@ -2,17 +2,20 @@
 
 Start-up errors (bad configuration, unusable TLS files, a store that cannot be
 opened) are printed as one line naming the key and end the process with status
-1, before any port is bound.
+1, before any port is bound; so is a listener that cannot bind its address,
+which names the ``[listen]`` key and the address.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from mailstack import config
@@ -47,6 +50,44 @@ def _exit_zero_after_sigterm(reactor: object) -> None:
         reactor._exitSignal = None  # type: ignore[attr-defined]  # twistd reads it after run()
 
 
+def _fail(message: str) -> NoReturn:
+    # once twistd logs, sys.stderr goes to the log: the line goes to the log and to the real stderr
+    for stream in {id(s): s for s in (sys.stderr, sys.__stderr__) if s is not None}.values():
+        stream.write(f"mailstack: {message}\n")
+        stream.flush()
+    raise SystemExit(1)
+
+
+class _StartupGuard(MultiService):
+    """Turns a :class:`StartupError` while the ports are bound into one line and exit status 1,
+    removing the pid file twistd wrote for this process (twistd keeps it on SystemExit)."""
+
+    def __init__(self, top: IService, pidfile: str | None) -> None:
+        super().__init__()
+        self.pidfile = pidfile
+        top.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            self._exit(str(e))
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            self._exit(str(e))
+
+    def _exit(self, message: str) -> None:
+        if self.pidfile:
+            path = Path(self.pidfile)
+            with contextlib.suppress(OSError, ValueError):
+                if int(path.read_text().strip()) == os.getpid():
+                    path.unlink()
+        _fail(message)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -59,8 +100,8 @@ def makeService(options: Options) -> IService:
     path = options["config"] or config.default_path(cwd=base)
     try:
         settings = config.load(path, base=base)
-        return build_service(settings, reactor)
+        top = build_service(settings, reactor)
     except (config.ConfigError, StartupError) as e:
-        sys.stderr.write(f"mailstack: {e}\n")
-        sys.stderr.flush()
-        raise SystemExit(1) from None
+        _fail(str(e))
+    parent = getattr(options, "parent", None)
+    return _StartupGuard(top, parent.get("pidfile") if parent is not None else None)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.embedded import LISTENERS, MailServer
+from mailstack.errors import StartupError
 
 PASSWORD = "a long test password"
 MESSAGE = b"From: app@example.org\r\nTo: alice@example.test\r\nSubject: Welcome aboard\r\n\r\nHello Alice\r\n"
@@ -231,15 +232,14 @@ def test_a_bad_setting_stops_start_with_the_key_named():
 
 
 def test_a_port_taken_fails_start_and_leaves_nothing_running():
-    from twisted.internet.error import CannotListenError
-
     before, sockets = set(threading.enumerate()), _sockets()
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     mail = MailServer(settings={"listen": {"imaps": f"127.0.0.1:{taken.getsockname()[1]}"}})
     try:
-        with pytest.raises(CannotListenError):
+        with pytest.raises(StartupError, match=rf"^listen.imaps: cannot listen on 127.0.0.1:{taken.getsockname()[1]}: "
+                           "address already in use$"):
             mail.start()
     finally:
         taken.close()

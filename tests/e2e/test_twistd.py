@@ -74,3 +74,23 @@ def test_installed_plugin_is_found_without_the_checkout(tmp_path):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout
+
+
+def test_a_port_in_use_stops_start_with_one_line_naming_the_listener_and_address(tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        ports = {"smtp": free_ports(1)[0], "submission": port}
+        command = [arg for arg in twistd_command(write_config(tmp_path, ports)) if arg != "--pidfile="]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=plugin_env(), timeout=60)
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"mailstack: listen.submission: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert "Traceback" not in result.stdout and "cannot listen on" in result.stdout  # the log has it too
+    assert not (tmp_path / "twistd.pid").exists()  # the next start is not told of a stale pid file
