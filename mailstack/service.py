@@ -25,7 +25,6 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -37,6 +36,7 @@ from mailstack.accounts.cred import AccountChecker
 from mailstack.accounts.sqlite import MAX_SCRIPT_SIZE, MAX_SCRIPTS
 from mailstack.auth import Authenticator
 from mailstack.capture import CaptureBox, CaptureRelay
+from mailstack.certwatch import CertificateWatch
 from mailstack.checks import (
     ARCVerifier,
     CheckPolicy,
@@ -76,7 +76,7 @@ from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.srs import SRS, load_secret
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
-from mailstack.tls import TLSError, client_options, server_options
+from mailstack.tls import ServerTLS, TLSError, client_options
 from mailstack.web import JSONResource, build_site
 from mailstack.web.capture import CaptureAPI
 from mailstack.web.faults import FaultsResource
@@ -193,7 +193,8 @@ class Shared:
     io_pool: ThreadPool
     auth_pool: ThreadPool
     """Where SPF evaluations wait on their DNS queries (apart from the io pool's fsyncs)."""
-    tls: CertificateOptions
+    tls: ServerTLS
+    """The certificate of every TLS listener; CertificateWatch replaces it when its files change."""
     store: SQLiteAccountStore
     authenticator: Authenticator
     limiter: ConnectionLimiter
@@ -316,7 +317,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     """Create every shared object once. ``reactor`` provides time, threads, TCP and name resolution."""
     _prepare_dirs(settings)
     try:
-        tls = server_options(settings.tls, settings.hostname)
+        tls = ServerTLS(settings.tls, settings.hostname)
     except TLSError as e:
         raise StartupError(str(e)) from None
     store = _open_store(settings)
@@ -536,6 +537,7 @@ def build_service(
     ThreadPoolService(shared.auth_pool).setServiceParent(top)
     if shared.watcher is not None:
         WatcherService(shared.watcher, reactor).setServiceParent(top)
+    CertificateWatch(shared.tls, clock=reactor, threads=reactor, run=shared.io).setServiceParent(top)
     shared.queue.setServiceParent(top)  # stops after the listeners, before the pools
     for name, build in (builders if builders is not None else listener_builders()).items():
         address = getattr(settings.listen, name)

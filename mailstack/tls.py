@@ -1,10 +1,17 @@
 """TLS context factories for every listener, and the self-signed default.
 
-Server policy: TLS 1.2 or newer (RFC 8996 retired 1.0/1.1), no compression
-(CRIME), Twisted's vetted cipher list (forward secrecy, AEAD first). When the
-configured certificate and key are both missing and ``tls.self_signed`` is true,
-a certificate for the configured hostname (with subjectAltName) is generated on
-first start; the key file is written with mode 0600.
+Server policy: Mozilla's "intermediate" profile, that is TLS 1.3, and TLS 1.2
+(RFC 8996 retired 1.0/1.1) with the ECDHE AEAD suites only (AES-GCM and
+ChaCha20-Poly1305: no CBC, no SHA-1 MACs, no static RSA key exchange); no
+compression (CRIME). When the configured certificate and key are both missing
+and ``tls.self_signed`` is true, a certificate for the configured hostname (with
+subjectAltName) is generated on first start; the key file is written with mode
+0600.
+
+:class:`ServerTLS` is what every listener is given: it hands each new
+connection the certificate in use, and :meth:`ServerTLS.reload` replaces it
+(SIGHUP, or a change to the files; :mod:`mailstack.certwatch`). Connections
+already open keep the one they started with.
 """
 
 from __future__ import annotations
@@ -19,11 +26,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailstack.config import TLSSettings
 
 log = Logger()
+
+# Mozilla's "intermediate" TLS 1.2 suites with ECDHE (their server-side order); TLS 1.3's are all AEAD.
+INTERMEDIATE_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
 
 
 class TLSError(Exception):
@@ -104,6 +120,12 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
         path = settings.cert if cert_missing else settings.key
         hint = "" if settings.self_signed else " (or set tls.self_signed = true with both files absent)"
         raise TLSError(f"tls.{which}: {path} does not exist{hint}")
+    return load_options(settings)[0]
+
+
+def load_options(settings: TLSSettings) -> tuple[ssl.CertificateOptions, x509.Certificate]:
+    """The server options of the certificate and key files as they are now, and the certificate;
+    TLSError when they are missing, malformed or do not match."""
     chain_pem = _split_pem_chain(_read(settings.cert, "cert"))
     if not chain_pem:
         raise TLSError(f"tls.cert: no PEM certificate in {settings.cert}")
@@ -120,6 +142,7 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
         certificate=chain[0],  # type: ignore[arg-type]
         extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(INTERMEDIATE_CIPHERS),
         enableSessions=True,
     )
     try:
@@ -127,7 +150,39 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
         ctx.check_privatekey()
     except SSL.Error:
         raise TLSError(f"tls.key: {settings.key} does not match the certificate {settings.cert}") from None
-    return options
+    return options, chain[0]
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """The server side of TLS for every listener, implicit and STARTTLS alike, with a certificate
+    that can be replaced while the server runs."""
+
+    def __init__(self, settings: TLSSettings, hostname: str) -> None:
+        self.settings = settings
+        self.options = server_options(settings, hostname)
+        self.stamp = file_stamp(settings)
+
+    def getContext(self) -> SSL.Context:
+        return self.options.getContext()
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.options.getContext(), None)
+
+    def use(self, options: ssl.CertificateOptions, stamp: tuple[int, ...] | None) -> None:
+        """From now on, new connections get *options* (made by :func:`load_options`)."""
+        self.options = options
+        self.stamp = stamp
+
+
+def file_stamp(settings: TLSSettings) -> tuple[int, ...] | None:
+    """What tells a changed certificate or key file apart (device, inode, size, mtime of both); None
+    when one cannot be read. Blocking: call it off the reactor."""
+    try:
+        stats = [os.stat(path) for path in (settings.cert, settings.key)]
+    except OSError:
+        return None
+    return tuple(n for st in stats for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
 
 def client_options() -> ssl.CertificateOptions:

@@ -77,3 +77,50 @@ def test_context_completes_a_tls_1_2_handshake(tmp_path):
     with client.wrap_socket(client_sock) as tls:
         assert tls.version() == "TLSv1.2"
     t.join(5)
+
+
+def _handshake(tmp_path, cipher: str | None, version: ssl.TLSVersion) -> tuple[str, str] | None:
+    """What a client offering only *cipher* at *version* negotiates; None when it is refused."""
+    ctx = server_options(settings(tmp_path), "h.test").getContext()
+    server_sock, client_sock = socket.socketpair()
+    conn = SSL.Connection(ctx, server_sock)
+    conn.set_accept_state()
+
+    def serve():
+        try:
+            conn.do_handshake()
+        except SSL.Error:
+            server_sock.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.minimum_version = client.maximum_version = version
+    if cipher:
+        client.set_ciphers(cipher + ":@SECLEVEL=0")
+    try:
+        with client.wrap_socket(client_sock) as tls:
+            return tls.version() or "", tls.cipher()[0]  # type: ignore[index]
+    except (ssl.SSLError, OSError):
+        return None
+    finally:
+        t.join(5)
+
+
+@pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                                    "ECDHE-ECDSA-CHACHA20-POLY1305"])
+def test_tls_1_2_takes_the_ecdhe_aead_suites_of_the_intermediate_profile(tmp_path, cipher):
+    assert _handshake(tmp_path, cipher, ssl.TLSVersion.TLSv1_2) == ("TLSv1.2", cipher)
+
+
+@pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES256-SHA", "ECDHE-ECDSA-AES128-SHA",
+                                    "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384"])
+def test_tls_1_2_refuses_the_cbc_suites(tmp_path, cipher):
+    assert _handshake(tmp_path, cipher, ssl.TLSVersion.TLSv1_2) is None
+
+
+def test_tls_1_3_is_offered(tmp_path):
+    result = _handshake(tmp_path, None, ssl.TLSVersion.TLSv1_3)
+    assert result is not None and result[0] == "TLSv1.3"
