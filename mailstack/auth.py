@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from mailstack import metrics
 from mailstack.accounts.store import AccountError
 from mailstack.throttle import AuthThrottle
 
@@ -108,6 +109,9 @@ class Authenticator:
             return LoginResult(Outcome.UNAVAILABLE)
         except UnauthorizedLogin:
             delay = self.throttle.record_failure(ip)
+            metrics.AUTH_FAILURES.labels(protocol).inc()
+            if self.throttle.is_locked(ip):
+                metrics.AUTH_LOCKOUTS.labels(protocol).inc()
             log.warn("{protocol} {session_id}: login failed for {username!r} from {ip}", protocol=protocol,
                      session_id=session_id, username=username, ip=ip)
             # The failure is answered ``delay`` after the attempt began, not after the check

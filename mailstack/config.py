@@ -55,7 +55,8 @@ class ListenSettings:
     imap: HostPort | None
     imaps: HostPort | None
     managesieve: HostPort | None
-    http: HostPort | None  # the HTTP API (capture mode, failure rules); off when ""
+    http: HostPort | None  # metrics, health, autoconfig, MTA-STS policy, the lab's API; off when ""
+    https: HostPort | None  # the same site over TLS with the server's certificate; off when ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,13 @@ class RelaySettings:
 class HTTPSettings:
     token: str  # clients other than loopback must send "Authorization: Bearer <token>"; "": refused
     faults_api: bool  # /api/v1/faults: failure rules changed at run time
+
+
+@dataclass(frozen=True, slots=True)
+class MTASTSSettings:
+    mode: str  # the policy's mode (RFC 8461 §3.2): "testing", "enforce" or "none"
+    max_age: float  # seconds a sender may cache the policy
+    mx: tuple[str, ...]  # MX host patterns besides hostname ("*.example.org" allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,7 @@ class Settings:
     delivery: DeliverySettings
     log: LogSettings
     http: HTTPSettings
+    mta_sts: MTASTSSettings
     faults: tuple[Rule, ...] = ()  # [[faults]]: failure injection rules (mailstack.faults)
 
 
@@ -299,6 +308,20 @@ def _delimiter(value: object) -> str:
     return value
 
 
+def _mx_pattern(value: object) -> str:
+    """An MX host name, or ``*.`` and a name (RFC 8461 §3.2)."""
+    if isinstance(value, str) and value.startswith("*."):
+        return "*." + parse_hostname(value[2:])
+    return parse_hostname(value)
+
+
+def _policy_age(value: object) -> float:
+    seconds = parse_duration(value)
+    if not 0 < seconds <= 31557600:  # RFC 8461 §3.2: at most 31557600 seconds
+        raise ValueError(f"expected a duration up to a year, got {value!r}")
+    return seconds
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
@@ -329,6 +352,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "imaps": (_optional_hostport, "127.0.0.1:9930"),
         "managesieve": (_optional_hostport, "127.0.0.1:41900"),
         "http": (_optional_hostport, ""),
+        "https": (_optional_hostport, ""),
     },
     "storage": {
         "accounts": (_Str, "var/accounts.sqlite3"),
@@ -392,6 +416,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "token": (_Str, ""),
         "faults_api": (_Bool, False),
     },
+    "mta_sts": {
+        "mode": (_one_of("testing", "enforce", "none"), "testing"),
+        "max_age": (_policy_age, "7d"),
+        "mx": (_list_of(_mx_pattern), []),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -404,6 +433,7 @@ _SECTION_TYPES: dict[str, type] = {
     "delivery": DeliverySettings,
     "log": LogSettings,
     "http": HTTPSettings,
+    "mta_sts": MTASTSSettings,
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
+from mailstack.metrics import fsync_timer
+
 
 def write_fully(fd: int, *chunks: bytes) -> None:
     """Write all chunks with as few writev calls as the kernel allows."""
@@ -20,12 +22,17 @@ def write_fully(fd: int, *chunks: bytes) -> None:
             views[0] = views[0][written:]
 
 
-def write_file_synced(path: str, flags: int, *chunks: bytes, mode: int = 0o600) -> None:
-    """Open ``path`` with ``flags``, write every chunk, fsync, close."""
+def write_file_synced(path: str, flags: int, *chunks: bytes, mode: int = 0o600, store: str = "") -> None:
+    """Open ``path`` with ``flags``, write every chunk, fsync, close; a *store* (``queue``) times
+    the fsync in ``mailstack_fsync_seconds``."""
     fd = os.open(path, flags, mode)
     try:
         write_fully(fd, *chunks)
-        os.fsync(fd)
+        if store:
+            with fsync_timer(store):
+                os.fsync(fd)
+        else:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -52,11 +52,13 @@ from typing import Any, ClassVar
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from mailstack import metrics
 
 log = Logger()
 
@@ -95,7 +97,7 @@ class LineServerFactory(Factory):
         return DeferredList([p.shutdown() for p in list(self.connections)])
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class LineServerProtocol(Protocol):
     """One connection of a line-based server; see the module docstring."""
 
@@ -214,10 +216,12 @@ class LineServerProtocol(Protocol):
         f = self.factory
         if len(f.connections) >= f.max_connections:
             log.warn("{role} refused {ip}: {n} connections open", role=f.role, ip=self.peer_ip, n=len(f.connections))
+            metrics.CONNECTIONS_REFUSED.labels(f.role).inc()
             self.close_with(self.replies.TOO_MANY_CONNECTIONS)
             return
         if not f.limiter.acquire(self.peer_ip):
             log.warn("{role} refused {ip}: too many connections", role=f.role, ip=self.peer_ip)
+            metrics.CONNECTIONS_REFUSED.labels(f.role).inc()
             self.close_with(self.replies.TOO_MANY_CONNECTIONS)
             return
         self.counted = True
@@ -225,6 +229,8 @@ class LineServerProtocol(Protocol):
             self.close_with(self.replies.SHUTTING_DOWN)
             return
         f.connections.add(self)
+        metrics.CONNECTIONS.labels(f.role).inc()
+        metrics.CONNECTIONS_OPEN.labels(f.role).inc()
         self.transport.registerProducer(self, True)
         self.session = self.make_session()
         self._timer = self.clock.callLater(self.idle_timeout(), self._timed_out)
@@ -234,11 +240,14 @@ class LineServerProtocol(Protocol):
         if reason.check(SSL.Error):
             log.warn("{role} TLS failure with {ip}: {error}", role=self.factory.role, ip=self.peer_ip,
                      error=reason.getErrorMessage())
+            metrics.TLS_HANDSHAKES.labels(self.factory.role, "failed").inc()
         self.mode = Mode.CLOSED
         if self.counted:
             self.factory.limiter.release(self.peer_ip)
             self.counted = False
-        self.factory.connections.discard(self)
+        if self in self.factory.connections:
+            self.factory.connections.discard(self)
+            metrics.CONNECTIONS_OPEN.labels(self.factory.role).dec()
         for timer in (self._timer, self._grace, self._continuation):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -246,6 +255,9 @@ class LineServerProtocol(Protocol):
             self.session_closed()
         if not self._finished.called:
             self._finished.callback(None)
+
+    def handshakeCompleted(self) -> None:
+        metrics.TLS_HANDSHAKES.labels(self.factory.role, "ok").inc()
 
     def _timed_out(self) -> None:
         log.info("{role} {session_id} timed out", role=self.factory.role,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
+from mailstack import metrics
 from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.delivery import LocalDelivery, resolve_route
@@ -121,6 +122,7 @@ class Router:
             log.info("{queue_id} refused for <{mailbox}> by its filter: {reason}", queue_id=envelope.queue_id,
                      mailbox=mailbox, reason=reason)
             raise SMTPReplyError(refusal_reply(reason), cause="refused by the recipient's filter")
+        metrics.DELIVERIES.labels("delivered").inc(len(result.delivered))
         if rewritten is not None and self.queue is not None:
             await self._commit(envelope, rewritten)
         held = list(result.held)

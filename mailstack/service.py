@@ -48,6 +48,7 @@ from mailstack.checks import (
     SPFChecker,
 )
 from mailstack.checks.dmarc import organizational_domain
+from mailstack.clientconfig import ClientSettings
 from mailstack.config import HostPort, LimitsSettings, Settings
 from mailstack.delivery import InboxFilter, LocalDelivery
 from mailstack.dkim import DKIMSigner, KeyDirectory, KeyStore, PooledSigner, speedups
@@ -77,9 +78,10 @@ from mailstack.srs import SRS, load_secret
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
 from mailstack.tls import ServerTLS, TLSError, client_options
-from mailstack.web import JSONResource, build_site
+from mailstack.web import JSONResource, build_site, wellknown
 from mailstack.web.capture import CaptureAPI
 from mailstack.web.faults import FaultsResource
+from mailstack.web.ops import HealthResource, MetricsResource
 
 log = Logger()
 
@@ -238,6 +240,13 @@ class Listener(MultiService):
         with self._explained():
             super().startService()
 
+    def listening(self) -> bool:
+        try:
+            self.bound_port()
+        except RuntimeError:
+            return False
+        return bool(self.running)
+
     def bound_port(self) -> int:
         """The port number bound (the address may ask for port 0); RuntimeError before the start."""
         found: list[Any] = []
@@ -361,7 +370,7 @@ def build_shared(settings: Settings, reactor: Any) -> Shared:
     local.outbox = queue  # redirects, vacation replies and rejection notices of Sieve scripts
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
     faults = None
-    if settings.faults or (settings.http.faults_api and settings.listen.http is not None):
+    if settings.faults or (settings.http.faults_api and (settings.listen.http or settings.listen.https)):
         faults = FaultRules(reactor)
         for rule in settings.faults:
             faults.add(replace(rule))
@@ -539,6 +548,7 @@ def build_service(
         WatcherService(shared.watcher, reactor).setServiceParent(top)
     CertificateWatch(shared.tls, clock=reactor, threads=reactor, run=shared.io).setServiceParent(top)
     shared.queue.setServiceParent(top)  # stops after the listeners, before the pools
+    listeners: dict[str, Listener] = {}
     for name, build in (builders if builders is not None else listener_builders()).items():
         address = getattr(settings.listen, name)
         if address is None:
@@ -547,18 +557,28 @@ def build_service(
         Drain(factory).setServiceParent(top)
         wire = TLSMemoryBIOFactory(shared.tls, False, factory, clock=reactor) if name in IMPLICIT_TLS else factory
         wire.noisy = False
-        Listener(name, address, wire, reactor).setServiceParent(top)
+        listeners[name] = Listener(name, address, wire, reactor)
+        listeners[name].setServiceParent(top)
         log.info("{name} on {address}", name=name, address=str(address))
-    if settings.listen.http is not None:
-        _http(shared, settings, reactor).setServiceParent(top)
+    if settings.listen.http is not None or settings.listen.https is not None:
+        _http(shared, settings, reactor, listeners).setServiceParent(top)
     return top
 
 
-def _http(shared: Shared, settings: Settings, reactor: Any) -> MultiService:
-    """The HTTP listener with whatever the settings turn on: the capture API and page, the fault rules."""
-    assert settings.listen.http is not None
+def _http(shared: Shared, settings: Settings, reactor: Any, listeners: dict[str, Listener]) -> MultiService:
+    """The HTTP listener, and the HTTPS one (the same site, with the server's certificate): metrics
+    and health, autoconfig and the MTA-STS policy, and whatever the settings turn on (the capture
+    API and page, the fault rules)."""
     parts = MultiService()
-    children: dict[bytes, Any] = {}
+    children: dict[bytes, Any] = {
+        b"metrics": MetricsResource(),
+        b"healthz": HealthResource({name: listener.listening for name, listener in listeners.items()},
+                                   lambda: shared.io(shared.store.list_domains), reactor),
+    }
+    public = {b"healthz"}
+    wellknown.add_to(children, public, ClientSettings.from_settings(settings),
+                     lambda domain: shared.io(shared.store.is_local_domain, domain),
+                     settings.domains[0] if settings.domains else "")
     closers = []
     if settings.http.faults_api and shared.faults is not None:
         children[b"api"] = api_root = JSONResource()
@@ -569,11 +589,18 @@ def _http(shared: Shared, settings: Settings, reactor: Any) -> MultiService:
         api = CaptureAPI(box, shared.io, reactor)
         api.add_to(children)
         closers.append(Closing(api.close, "capture-api"))  # event streams end before the port closes
-    Listener("http", settings.listen.http, build_site(children, settings.http.token), reactor).setServiceParent(parts)
+    site = build_site(children, settings.http.token, frozenset(public))
+    if settings.listen.http is not None:
+        Listener("http", settings.listen.http, site, reactor).setServiceParent(parts)
+        log.info("http on {address}", address=str(settings.listen.http))
+    if settings.listen.https is not None:
+        wire = TLSMemoryBIOFactory(shared.tls, False, site, clock=reactor)
+        wire.noisy = False
+        Listener("https", settings.listen.https, wire, reactor).setServiceParent(parts)
+        log.info("https on {address}", address=str(settings.listen.https))
     for closer in closers:
         closer.setServiceParent(parts)
     parts.setName("web")
-    log.info("http on {address}", address=str(settings.listen.http))
     return parts
 
 

@@ -19,8 +19,13 @@ def load_text(tmp_path, text):
     return config.load(p, base=tmp_path)
 
 
-def test_builtin_defaults_equal_the_quick_start_file():
-    assert config.load(REPO / "etc/mailstack.toml", base=REPO) == config.load(None, base=REPO)
+def test_builtin_defaults_equal_the_quick_start_file_but_for_the_http_listener():
+    from dataclasses import replace
+
+    quick = config.load(REPO / "etc/mailstack.toml", base=REPO)
+    assert quick.listen.http == config.HostPort("127.0.0.1", 8080)  # metrics, health, autoconfig on loopback
+    assert config.load(None, base=REPO).listen.http is None  # off unless a configuration asks for it
+    assert replace(quick, listen=replace(quick.listen, http=None)) == config.load(None, base=REPO)
 
 
 def test_values_are_typed_and_paths_resolve_against_the_base(tmp_path):

@@ -38,6 +38,7 @@ from mailstack.maildir.errors import (
 from mailstack.maildir.layout import FILE_MODE, InvalidFolder, MaildirLayout, mailbox_of
 from mailstack.maildir.names import escape_hostname, unique_name
 from mailstack.maildir.quota import DEFAULT_TTL, UsageCache
+from mailstack.metrics import fsync_timer
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFromThreads
@@ -291,7 +292,8 @@ class MaildirDelivery:
         try:
             try:
                 write_fully(fd, f.prefix, message)
-                os.fsync(fd)
+                with fsync_timer("maildir"):
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             complete = True

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from mailstack.maildir.names import unique_name
+from mailstack.metrics import fsync_timer
 
 
 def rename_all(moves: list[tuple[str, str]], folder: str) -> tuple[list[bool], tuple[int, int]]:
@@ -54,7 +55,8 @@ def write_tmp(folder: Path, hostname: str, data: bytes, internal_date: int | Non
     with open(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(fd)
+        with fsync_timer("maildir"):
+            os.fsync(fd)
     date = int(time.time()) if internal_date is None else internal_date
     os.utime(tmp, (date, date))
     return tmp, base, date

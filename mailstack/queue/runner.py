@@ -24,6 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailstack import metrics
 from mailstack.delivery import LocalDelivery
 from mailstack.envelope import new_queue_id
 from mailstack.interfaces import Outbound
@@ -103,6 +104,8 @@ class QueueRunner(Service):
         self.per_domain: defaultdict[str, DeferredSemaphore] = defaultdict(
             lambda: DeferredSemaphore(settings.connections_per_domain))
         self._control: IDelayedCall | None = None  # the next look at the control requests
+        self.arrived: dict[str, float] = {}  # queue id -> arrival time, of the messages known to be queued
+        self._unwatch: Callable[[], None] | None = None
         self.setName("queue")
 
     # -- blocking work off the reactor thread ------------------------------------
@@ -114,6 +117,7 @@ class QueueRunner(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._unwatch = metrics.watch_queue(self.size)
         d = Deferred.fromCoroutine(self._resume())
         d.addErrback(lambda f: log.failure("queue start-up failed", f))
         self._next_control()
@@ -125,12 +129,22 @@ class QueueRunner(Service):
             log.info("removed {n} uncommitted spool file(s)", n=cleaned)
         messages = await self._thread(self.spool.load_all)
         for msg in messages:
+            self.arrived[msg.queue_id] = msg.created
             self._schedule(msg.queue_id, msg.next_try())
         if messages:
             log.info("queue resumed with {n} message(s)", n=len(messages))
 
+    def size(self) -> tuple[int, float | None]:
+        """How many messages are queued (waiting or being tried), and when the oldest arrived."""
+        ids = self.timers.keys() | self.active.keys()
+        times = [self.arrived[i] for i in ids if i in self.arrived]
+        return len(ids), min(times) if times else None
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         if self._control is not None and self._control.active():
             self._control.cancel()
         self._control = None
@@ -220,6 +234,7 @@ class QueueRunner(Service):
                     else:
                         self.flush(queue_id)
                 elif action == "delete" and queue_id:
+                    self.arrived.pop(queue_id, None)
                     timer = self.timers.pop(queue_id, None)
                     if timer is not None and timer.active():
                         timer.cancel()
@@ -236,6 +251,7 @@ class QueueRunner(Service):
         await self._thread(self.spool.commit, msg.queue_id)
         log.info("{queue_id} queued for {recipients}", queue_id=msg.queue_id,
                  recipients=", ".join(msg.recipients))
+        self.arrived[msg.queue_id] = msg.created
         self._schedule(msg.queue_id, 0)
 
     async def abort(self, msg: QueuedMessage) -> None:
@@ -268,8 +284,10 @@ class QueueRunner(Service):
     async def _attempt(self, queue_id: str) -> None:
         msg = await self._thread(self.spool.load, queue_id)
         if msg is None:
+            self.arrived.pop(queue_id, None)
             log.info("{queue_id} is no longer in the queue", queue_id=queue_id)
             return
+        self.arrived[queue_id] = msg.created
         body = b""
         if msg.pending() or msg.failed():  # read once; bounces and warnings quote its headers
             body = await self._thread(self.spool.body, queue_id)
@@ -281,6 +299,7 @@ class QueueRunner(Service):
             await self._maybe_warn(msg, body)
         if msg.done():
             await self._thread(self.spool.remove, queue_id)
+            self.arrived.pop(queue_id, None)
             log.info("{queue_id} removed from the queue: every recipient is done", queue_id=queue_id)
         elif msg.pending():
             self._schedule(queue_id, msg.next_try())
@@ -290,11 +309,11 @@ class QueueRunner(Service):
         now = self.now()
         if now - msg.created > self.settings.max_age:
             await self._finish(msg, [_fail(r, "4.4.7", r.last_error or "delivery time expired",  # RFC 3463 X.4.7
-                                           r.remote_mta, r.diagnostic) for r in pending])
+                                           r.remote_mta, r.diagnostic) for r in pending], "")
             return
         if count_received(header_block(body)) > self.settings.max_received:
             await self._finish(msg, [_fail(r, "5.4.6", "too many Received: headers, mail loop")
-                                     for r in pending])
+                                     for r in pending], "")
             return
         by_domain: defaultdict[str, list[RecipientState]] = defaultdict(list)
         for r in pending:
@@ -313,8 +332,9 @@ class QueueRunner(Service):
             jobs.append(Deferred.fromCoroutine(self._deliver_remote(msg, domain, rcpts, body)))
         await DeferredList(jobs, consumeErrors=True)
 
-    async def _finish(self, msg: QueuedMessage, states: list[RecipientState]) -> None:
-        """Record outcomes durably (fsynced) before anything else, then update the in-memory view."""
+    async def _finish(self, msg: QueuedMessage, states: list[RecipientState], route: str) -> None:
+        """Record outcomes durably (fsynced) before anything else, then update the in-memory view.
+        *route* (``local``, ``relayed``, ``captured``) is where the delivered ones went."""
         attempts_now = self.now()
         for s in states:
             if s.status == PENDING:
@@ -329,6 +349,11 @@ class QueueRunner(Service):
             log.info("{queue_id} to <{rcpt}>: {status} {code} {error}", queue_id=msg.queue_id, rcpt=s.address,
                      status=s.status if s.status != PENDING else "deferred", code=s.status_code,
                      error=s.diagnostic or s.last_error)
+            if s.status == DELIVERED:
+                metrics.DELIVERIES.labels("delivered" if route == "local" else route).inc()
+                metrics.DELIVERY_SECONDS.labels(route).observe(max(0.0, attempts_now - msg.created))
+            else:
+                metrics.DELIVERIES.labels("deferred" if s.status == PENDING else "failed").inc()
 
     async def _deliver_local(self, msg: QueuedMessage, rcpts: list[RecipientState], body: bytes) -> None:
         """Local recipients (a bounce to a local sender, a full mailbox's retry) through local delivery.
@@ -356,14 +381,14 @@ class QueueRunner(Service):
         outcomes = [_fail(r, "5.1.1", "no such local recipient") for r in unknown]
         outcomes += [_done(r, self.settings.hostname, "") for r in finished]
         if outcomes:
-            await self._finish(msg, outcomes)
+            await self._finish(msg, outcomes, "local")
         if not known:
             return
         try:
             result = await self.local.deliver(msg.queue_id, msg.sender, mailboxes, body, can_hold=True)
         except DeliveryError as e:
             make = _defer if e.temporary else _fail
-            await self._finish(msg, [make(r, e.status, e.message) for r in known])
+            await self._finish(msg, [make(r, e.status, e.message) for r in known], "local")
             return
         states = []
         for r in known:
@@ -376,7 +401,7 @@ class QueueRunner(Service):
             # so the retry gives it only to the others: every mailbox gets it exactly once.
             state.delivered_to = sorted(m for m in owners[r.address] if m in result.delivered or m in result.discarded)
             states.append(state)
-        await self._finish(msg, states)
+        await self._finish(msg, states, "local")
 
     async def _deliver_remote(self, msg: QueuedMessage, domain: str, rcpts: list[RecipientState],
                               body: bytes) -> None:
@@ -395,16 +420,17 @@ class QueueRunner(Service):
             else:
                 o.attempts = r.attempts + 1
                 states.append(o)
-        await self._finish(msg, states)
+        await self._finish(msg, states, "relayed")
 
     async def _capture(self, msg: QueuedMessage, rcpts: list[RecipientState], body: bytes) -> None:
         assert self.capture is not None
         error = await self.capture.deliver(msg, [r.address for r in rcpts], body)
         if error is None:
-            await self._finish(msg, [_done(r, "capture", f"captured in <{self.capture.mailbox}>") for r in rcpts])
+            await self._finish(msg, [_done(r, "capture", f"captured in <{self.capture.mailbox}>") for r in rcpts],
+                               "captured")
         else:
             make = _defer if error.temporary else _fail
-            await self._finish(msg, [make(r, error.status, error.message, "capture") for r in rcpts])
+            await self._finish(msg, [make(r, error.status, error.message, "capture") for r in rcpts], "captured")
 
     def _add_notice(self, notice: QueuedMessage, data: bytes) -> None:
         """Spool a bounce or delay warning written here, signed like users' mail (pool thread)."""
@@ -437,6 +463,7 @@ class QueueRunner(Service):
         warning = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
         await self._thread(self._add_notice, warning, dsn)
+        self.arrived[warning.queue_id] = warning.created
         self._schedule(warning.queue_id, 0)
         marked = [replace(r, warned=True) for r in pending]
         await self._thread(self.spool.record, msg.queue_id, marked)
@@ -453,6 +480,8 @@ class QueueRunner(Service):
             bounce = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                    smtputf8=not msg.sender.isascii(), is_bounce=True)
             await self._thread(self._add_notice, bounce, dsn)
+            self.arrived[bounce.queue_id] = bounce.created
+            metrics.BOUNCES.inc()
             log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,
                      bounce_id=bounce.queue_id, sender=msg.sender, n=len(failed))
             self._schedule(bounce.queue_id, 0)

@@ -125,7 +125,8 @@ class Spool:
         """Write envelope + message to tmp/ and fsync it; returns the tmp path (not queued yet)."""
         path = str(self.tmp / msg.queue_id)
         try:
-            write_file_synced(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _envelope_line(msg), message)
+            write_file_synced(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _envelope_line(msg), message,
+                              store="queue")
         except OSError as e:
             self._unlink(path)
             raise SpoolError(f"cannot write {path}: {e.strerror}", e) from e
@@ -157,7 +158,7 @@ class Spool:
         path = str(self.state / queue_id)
         try:
             existed = os.path.exists(path)
-            write_file_synced(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, lines)
+            write_file_synced(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, lines, store="queue")
             if not existed:
                 self.syncer.sync(str(self.state))
         except OSError as e:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from twisted.logger import Logger
 
 from mailstack import auth as sasl
+from mailstack import metrics
 from mailstack.envelope import Envelope, new_queue_id
 from mailstack.interfaces import ClientInfo, FaultInjector, MessageRouter, SMTPPolicy
 from mailstack.smtp import message as msg
@@ -165,6 +166,8 @@ class SMTPSession:
                 result = handler(args.strip(" "))
             except SMTPReplyError as e:
                 result = Outcome(e.reply)
+            if verb == "RCPT":
+                result = self._counted(result, self._count_recipient)
             if not isinstance(result, Outcome):
                 return result
             outcome = result
@@ -368,6 +371,7 @@ class SMTPSession:
             return Outcome(e.reply, Action.BDAT_DISCARD, size=size)
         if txn.bdat_size + size > self.config.max_message_size:
             self.txn = None
+            self._count_message(R.MESSAGE_TOO_BIG)
             return Outcome(R.MESSAGE_TOO_BIG, Action.BDAT_DISCARD, size=size)
         return Outcome(None, Action.BDAT, size=size, last=last)
 
@@ -386,6 +390,11 @@ class SMTPSession:
 
     def finish_message(self, content: bytes, problem: Reply | None) -> Result:
         """The message content has been read (dot-unstuffed for DATA); deliver it."""
+        if self.txn is None:
+            return Outcome(R.BAD_SEQUENCE)
+        return self._counted(self._finish_message(content, problem), self._count_message)
+
+    def _finish_message(self, content: bytes, problem: Reply | None) -> Result:
         txn = self.txn
         self.txn = None  # RFC 5321 §4.1.1.4: the transaction ends with the reply, whatever it is
         if txn is None:
@@ -401,6 +410,29 @@ class SMTPSession:
         envelope = txn.envelope
         return self._unless_fault("data", envelope.sender, [r.original for r in envelope.recipients],
                                   lambda: self._deliver(envelope, msg.normalize_line_endings(content)))
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def _count_message(self, reply: Reply | None) -> None:
+        metrics.message_received(self.role, reply.code if reply else None, reply.enhanced if reply else None)
+
+    def _count_recipient(self, reply: Reply | None) -> None:
+        if reply is not None and not reply.is_success:
+            metrics.recipient_refused(self.role, reply.code, reply.enhanced)
+
+    @staticmethod
+    def _counted(result: Result, count: Callable[[Reply | None], None]) -> Result:
+        """*result*, counted by its reply once it is known."""
+        if isinstance(result, Outcome):
+            count(result.reply)
+            return result
+
+        async def later() -> Outcome:
+            outcome = await result
+            count(outcome.reply)
+            return outcome
+
+        return later()
 
     # -- failure injection ----------------------------------------------------------------
 

@@ -1,10 +1,13 @@
 """The HTTP listener (``[listen] http``): one twisted.web site for every HTTP resource.
 
-``build_site`` puts the resources the running services offer (the capture API
-and page, the failure rules of a lab) under one root that decides who may ask:
-clients on loopback always, any other only with ``Authorization: Bearer
-<http.token>`` (or ``?token=`` for the page's event stream, which browsers
-cannot give a header), and nobody else when no token is set. Every answer the
+``build_site`` puts the resources the running services offer (metrics and
+health, client autoconfiguration and the MTA-STS policy, the capture API and
+page, the failure rules of a lab) under one root that decides who may ask: the
+public resources (what mail clients and other servers fetch: autoconfiguration,
+the MTA-STS policy, health) anyone; the others clients on loopback always, any
+other only with ``Authorization: Bearer <http.token>`` (or ``?token=`` for the
+page's event stream, which browsers cannot give a header), and nobody else when
+no token is set. Every answer the
 site makes itself is JSON (``{"error": ...}``) with a clear status; requests
 are small (a 64 KiB body at most) and idle connections close after a minute.
 """
@@ -146,14 +149,15 @@ def _loopback(host: str) -> bool:
 class Root(JSONResource):
     """Checks the client, then hands the request to the resource named by its first path segment."""
 
-    def __init__(self, children: Mapping[bytes, IResource], token: str) -> None:
+    def __init__(self, children: Mapping[bytes, IResource], token: str, public: frozenset[bytes] = frozenset()) -> None:
         super().__init__()
         self.token = token.encode("utf-8")
+        self.public = public
         for name, child in children.items():
             self.putChild(name, child)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        refusal = self._refusal(request)
+        refusal = None if path in self.public else self._refusal(request)
         if refusal is not None:
             log.info("http: refused {client}: {why}", client=_client(request), why=refusal.message)
             return ErrorPage(refusal.status, refusal.message)
@@ -191,9 +195,10 @@ class _Site(Site):
                  path=request.path.decode("ascii", "replace")[:200], status=request.code)
 
 
-def build_site(children: Mapping[bytes, IResource], token: str) -> Site:
-    """The site for ``[listen] http``: *children* by their first path segment (``b""`` is ``/``)."""
-    site = _Site(Root(children, token), timeout=IDLE_TIMEOUT)
+def build_site(children: Mapping[bytes, IResource], token: str, public: frozenset[bytes] = frozenset()) -> Site:
+    """The site for ``[listen] http``: *children* by their first path segment (``b""`` is ``/``);
+    those named in *public* are for anyone, the others as the module docstring says."""
+    site = _Site(Root(children, token, public), timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     site.noisy = False
     return site

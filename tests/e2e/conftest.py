@@ -64,7 +64,7 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
 def write_config(root: Path, ports: dict[str, int], extra: str = "", *, hostname: str = "mail.example.test",
                  domains: tuple[str, ...] = ("example.test",), host: str = "127.0.0.1") -> Path:
     listen = "\n".join(f'{name} = "{host}:{ports[name]}"' if name in ports else f'{name} = ""'
-                       for name in LISTENERS)
+                       for name in (*LISTENERS, "http"))
     config = root / "mailstack.toml"
     config.write_text(f"""
 hostname = "{hostname}"

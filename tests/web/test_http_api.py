@@ -264,3 +264,11 @@ def test_an_event_stream_whose_client_stops_reading_is_closed_not_buffered_for_e
     reading.producer.resumeProducing()  # it caught up: it stays
     api._broadcast("deleted", {"ids": ["1"]})
     assert reading.written[-1].startswith(b"event: deleted") and api.streams == [reading]
+
+
+def test_the_public_resources_are_served_to_anyone_and_the_others_still_need_the_token() -> None:
+    root = Root({b"api": ErrorPage(200, "here"), b".well-known": ErrorPage(200, "policy")}, token="s3cret",
+                public=frozenset({b".well-known"}))
+    outsider = request_from("192.0.2.7")
+    assert root.getChildWithDefault(b".well-known", outsider).message == "policy"
+    assert decide(root, request_from("192.0.2.7")).status == 401

@@ -1,0 +1,74 @@
+"""The metrics module and /healthz without sockets."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
+
+from mailstack import metrics
+from mailstack.web.ops import STORE_TIMEOUT, HealthResource
+
+
+def _gauges() -> dict[str, float]:
+    text = metrics.exposition()[0].decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name.startswith("mailstack_queue_")}
+
+
+def test_the_queue_gauges_add_up_the_running_queues_and_forget_a_stopped_one() -> None:
+    now = time.time()
+    before = _gauges()["mailstack_queue_messages"]  # queues other tests left running
+    undo_a = metrics.watch_queue(lambda: (3, now - 100000))
+    undo_b = metrics.watch_queue(lambda: (2, None))
+    try:
+        gauges = _gauges()
+        assert gauges["mailstack_queue_messages"] == before + 5
+        assert gauges["mailstack_queue_oldest_age_seconds"] >= 100000
+    finally:
+        undo_a()
+    assert _gauges()["mailstack_queue_messages"] == before + 2
+    undo_b()
+    assert _gauges()["mailstack_queue_messages"] == before
+
+
+def test_a_refusal_is_counted_by_its_enhanced_code_and_a_drop_without_one() -> None:
+    def count(result: str, reason: str) -> float:
+        return metrics.MESSAGES.labels("smtp", result, reason)._value.get()
+
+    before = count("rejected", "5.3.4"), count("deferred", "4.3.0"), count("dropped", "")
+    metrics.message_received("smtp", 552, "5.3.4")
+    metrics.message_received("smtp", 451, "4.3.0")
+    metrics.message_received("smtp", None, None)
+    assert (count("rejected", "5.3.4"), count("deferred", "4.3.0"), count("dropped", "")) == tuple(
+        n + 1 for n in before)
+
+
+def _health(listeners: dict, store) -> tuple[int, dict]:
+    clock = Clock()
+    request = DummyRequest([b""])
+    HealthResource(listeners, store, clock).render(request)
+    clock.advance(STORE_TIMEOUT)
+    assert request.finished
+    return request.responseCode or 200, json.loads(b"".join(request.written))
+
+
+def test_healthz_is_ok_when_every_listener_listens_and_the_store_answers() -> None:
+    assert _health({"smtp": lambda: True, "imaps": lambda: True}, lambda: succeed(["example.test"])) == (
+        200, {"status": "ok", "listening": ["imaps", "smtp"]})
+
+
+def test_healthz_is_503_naming_a_listener_down_and_a_store_that_fails_or_hangs() -> None:
+    from twisted.internet.defer import Deferred
+
+    code, body = _health({"smtp": lambda: True, "imaps": lambda: False},
+                         lambda: fail(OSError("database is locked")))
+    assert code == 503 and body["status"] == "failing" and body["listening"] == ["smtp"]
+    assert body["problems"] == ["imaps is not listening",
+                                "the account store does not answer: OSError: database is locked"]
+    code, body = _health({"smtp": lambda: True}, lambda: Deferred())  # never answers
+    assert code == 503 and body["problems"] == ["the account store did not answer within 5 s"]
