@@ -4,14 +4,23 @@ Start-up errors (bad configuration, unusable TLS files, a store that cannot be
 opened) are printed as one line naming the key and end the process with status
 1, before any port is bound; so is a listener that cannot bind its address,
 which names the ``[listen]`` key and the address.
+
+Under ``twistd --uid/--gid`` as root, the ports are bound as root and the
+privileges dropped before the service starts; what the service tree creates
+while it is built (the account store, the generated certificate, the SRS key,
+the Maildir and queue folders) is created with the target user as the effective
+user, so that user owns every file the server later writes to.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
+import pwd
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -88,6 +97,28 @@ class _StartupGuard(MultiService):
         _fail(message)
 
 
+@contextlib.contextmanager
+def _as_user(options: usage.Options) -> Iterator[None]:
+    """Create files as twistd's ``--uid``/``--gid`` user (effective ids) while the tree is built."""
+    parent = getattr(options, "parent", None)
+    uid = parent.get("uid") if parent is not None else None
+    gid = parent.get("gid") if parent is not None else None
+    if os.geteuid() != 0 or uid is None:  # a --gid alone: the files keep the user's own ids
+        yield
+        return
+    for codec in ("idna", "punycode", "utf-8", "ascii", "latin-1"):  # imported at first use, by then maybe
+        codecs.lookup(codec)  # from files the --uid user cannot read (an interpreter in root's home)
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    os.setegid(int(gid))
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -100,7 +131,8 @@ def makeService(options: Options) -> IService:
     path = options["config"] or config.default_path(cwd=base)
     try:
         settings = config.load(path, base=base)
-        top = build_service(settings, reactor)
+        with _as_user(options):
+            top = build_service(settings, reactor)
     except (config.ConfigError, StartupError) as e:
         _fail(str(e))
     parent = getattr(options, "parent", None)

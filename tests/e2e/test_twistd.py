@@ -94,3 +94,66 @@ def test_a_port_in_use_stops_start_with_one_line_naming_the_listener_and_address
         f"mailstack: listen.submission: cannot listen on 127.0.0.1:{port}: address already in use"]
     assert "Traceback" not in result.stdout and "cannot listen on" in result.stdout  # the log has it too
     assert not (tmp_path / "twistd.pid").exists()  # the next start is not told of a stale pid file
+
+
+def test_uid_and_gid_drop_privileges_after_binding_and_the_files_belong_to_that_user(tmp_path):
+    """As root with --uid nobody: the ports are bound, then every file the server makes is nobody's."""
+    import os
+    import pwd
+    import shutil
+    import smtplib
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from .conftest import PASSWORD, Server, cli
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="mailstack-uid-"))  # pytest's own folders are root's alone
+    try:
+        os.chmod(root, 0o755)
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        ports = dict(zip(("smtp", "submission"), free_ports(2), strict=True))
+        config = write_config(root, ports)
+        # the administrator adds the user, then gives the folder to the mail user (the interpreter
+        # may live where that user cannot start it)
+        assert cli(config, "user", "add", "alice@example.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        server = Server(root, config, ports)
+        command = twistd_command(config)
+        server_command = [*command[:3], "--uid", "nobody", "--gid", str(nobody.pw_gid), *command[3:]]
+        log = open(root / "twistd.log", "ab")  # noqa: SIM115 (closed below)
+        server.log = root / "twistd.log"
+        server.proc = subprocess.Popen(server_command, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                                       env=plugin_env())
+        log.close()
+        try:
+            from .conftest import wait_for_port
+
+            for port in ports.values():
+                wait_for_port(port, server.proc)
+            server.wait_until_serving()
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=20) as smtp:
+                smtp.starttls(context=context)
+                smtp.login("alice@example.test", PASSWORD)
+                smtp.sendmail("alice@example.test", ["alice@example.test"], b"Subject: mine\r\n\r\nhi\r\n")
+            delivered = list((root / "maildirs/example.test/alice/new").iterdir())
+            assert len(delivered) == 1
+            made = [delivered[0], root / "var/tls/key.pem", root / "var/srs.key", root / "var/vacation.sqlite3",
+                    root / "var/queue", root / "maildirs/example.test/alice"]
+            assert {str(p): (p.stat().st_uid, p.stat().st_gid) for p in made} == {
+                str(p): (nobody.pw_uid, nobody.pw_gid) for p in made}
+            assert server.stop() == 0
+        finally:
+            if server.proc.poll() is None:
+                server.proc.kill()
+        assert "Traceback" not in server.log_text()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
