@@ -463,7 +463,15 @@ def _check_config_command(commands: SubParsers) -> None:
 
 
 def _check_config(args: argparse.Namespace, ctx: Context) -> None:
-    ctx.stdout.write(config.render(ctx.settings))
+    from mailstack.tls import certificate_warnings
+
+    settings = ctx.settings
+    ctx.stdout.write(config.render(settings))
+    names = {settings.hostname: "hostname"}
+    if settings.listen.https is not None:  # senders fetch the MTA-STS policy from mta-sts.DOMAIN over HTTPS
+        names |= {f"mta-sts.{domain}": "the MTA-STS policy" for domain in settings.domains}
+    for warning in certificate_warnings(settings.tls, names):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 # -- queue -------------------------------------------------------------------------------
@@ -605,13 +613,17 @@ def _dkim_retire(args: argparse.Namespace, ctx: Context) -> None:
 
 def _listeners(ctx: Context) -> set[str]:
     listen = ctx.settings.listen
-    return {name for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+    return {name for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve",
+                              "http", "https")
             if getattr(listen, name) is not None}
 
 
 def _dns_records(args: argparse.Namespace, ctx: Context) -> None:
     domain = _signing_domain(ctx, args.domain)
-    ctx.stdout.write(zone_text(domain, ctx.settings.hostname, _keys(ctx).keys(domain), _listeners(ctx)))
+    from mailstack.clientconfig import ClientSettings, mta_sts_id
+
+    policy = mta_sts_id(ClientSettings.from_settings(ctx.settings))
+    ctx.stdout.write(zone_text(domain, ctx.settings.hostname, _keys(ctx).keys(domain), _listeners(ctx), policy))
 
 
 def _dns_check(args: argparse.Namespace, ctx: Context) -> int:

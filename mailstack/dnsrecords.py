@@ -13,6 +13,11 @@
 - SRV (RFC 6186, RFC 8314 for ``_submissions``, RFC 5804 for ``_sieve``) so
   mail clients find the servers; a service that is not configured gets the "not available" form
   (target ``.``);
+- TLS reporting (RFC 8460): ``_smtp._tls`` asks senders for reports to postmaster;
+- with the HTTP listener: ``autoconfig``, ``autodiscover`` and ``mta-sts`` names
+  for this host (clients' autoconfiguration, and the MTA-STS policy of RFC 8461,
+  which must be fetched over HTTPS with a certificate for ``mta-sts.DOMAIN``),
+  and the ``_mta-sts`` TXT record whose id follows the policy;
 - the PTR the server's public address needs (a comment: the address is not known here).
 """
 
@@ -52,8 +57,10 @@ def txt(text: str) -> str:
     return quoted if len(parts) == 1 else f"( {quoted} )"
 
 
-def records(domain: str, hostname: str, keys: list[DKIMKey], listeners: set[str]) -> list[Record]:
-    """Every record ``domain`` needs, for a server called ``hostname`` with these listeners configured."""
+def records(domain: str, hostname: str, keys: list[DKIMKey], listeners: set[str],
+            mta_sts_id: str | None = None) -> list[Record]:
+    """Every record ``domain`` needs, for a server called ``hostname`` with these listeners configured
+    (``http`` or ``https`` among them: the web names, and ``mta_sts_id`` for the policy's record)."""
     d, host = f"{domain}.", f"{hostname}."
     out = [
         Record(d, "MX", f"10 {host}"),
@@ -67,11 +74,21 @@ def records(domain: str, hostname: str, keys: list[DKIMKey], listeners: set[str]
     for name, port, listener in SRV_SERVICES:
         value = f"0 1 {port} {host}" if listener in listeners else "0 0 0 ."
         out.append(Record(f"{name}.{d}", "SRV", value, "" if listener in listeners else "not offered"))
+    out.append(Record(f"_smtp._tls.{d}", "TXT", txt(f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"),
+                      "TLS reports (RFC 8460) from sending servers"))
+    if listeners & {"http", "https"}:
+        for name, what in (("autoconfig", "Thunderbird's autoconfiguration"), ("autodiscover", "Outlook's"),
+                           ("mta-sts", "the MTA-STS policy, over HTTPS on port 443")):
+            out.append(Record(f"{name}.{d}", "CNAME", host, what))
+        if mta_sts_id:
+            out.append(Record(f"_mta-sts.{d}", "TXT", txt(f"v=STSv1; id={mta_sts_id}"),
+                              "MTA-STS (RFC 8461): the id changes with the policy"))
     return out
 
 
-def zone_text(domain: str, hostname: str, keys: list[DKIMKey], listeners: set[str]) -> str:
-    found = records(domain, hostname, keys, listeners)
+def zone_text(domain: str, hostname: str, keys: list[DKIMKey], listeners: set[str],
+              mta_sts_id: str | None = None) -> str:
+    found = records(domain, hostname, keys, listeners, mta_sts_id)
     width = max(len(r.name) for r in found)
     lines = [f"; DNS records for {domain}, served by {hostname} (mailstack dns-records)"]
     if not keys:

@@ -175,6 +175,57 @@ class ServerTLS:
         self.stamp = stamp
 
 
+EXPIRY_WARNING = datetime.timedelta(days=21)
+
+
+def certificate_warnings(settings: TLSSettings, names: dict[str, str],
+                         now: datetime.datetime | None = None) -> list[str]:
+    """What ``mailstack check-config`` warns of: a certificate that expires within 21 days (or has
+    expired), or that does not cover one of *names* (name -> why it must be covered)."""
+    if not settings.cert.exists():
+        return [] if settings.self_signed and not settings.key.exists() else [f"tls.cert: {settings.cert} does not exist"]
+    try:
+        pem = _split_pem_chain(_read(settings.cert, "cert"))
+        cert = x509.load_pem_x509_certificate(pem[0]) if pem else None
+    except (TLSError, ValueError) as e:
+        return [str(e) if isinstance(e, TLSError) else f"tls.cert: {settings.cert} is not a valid PEM certificate"]
+    if cert is None:
+        return [f"tls.cert: no PEM certificate in {settings.cert}"]
+    now = now or datetime.datetime.now(datetime.UTC)
+    warnings = []
+    expires = cert.not_valid_after_utc
+    if expires <= now:
+        warnings.append(f"tls.cert: the certificate expired on {expires:%Y-%m-%d %H:%M} UTC")
+    elif expires - now <= EXPIRY_WARNING:
+        days = (expires - now).days
+        warnings.append(f"tls.cert: the certificate expires in {days} day{'s' if days != 1 else ''}, "
+                        f"on {expires:%Y-%m-%d %H:%M} UTC")
+    covered = certificate_names(cert)
+    for name, why in names.items():
+        if not any(_matches(pattern, name) for pattern in covered):
+            warnings.append(f"tls.cert: the certificate does not cover {name} ({why}); it names "
+                            f"{', '.join(covered) or 'no DNS name'}")
+    return warnings
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names a certificate is for: its subjectAltName, else its common name (RFC 6125 §6.4.4)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        return [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """RFC 6125 §6.4.3: a wildcard stands for the whole left-most label and nothing else."""
+    name = name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
 def file_stamp(settings: TLSSettings) -> tuple[int, ...] | None:
     """What tells a changed certificate or key file apart (device, inode, size, mtime of both); None
     when one cannot be read. Blocking: call it off the reactor."""

@@ -106,3 +106,28 @@ def test_tls_1_3_is_offered(tmp_path):
 def test_context_completes_a_tls_1_2_handshake(tmp_path):
     result = _handshake(tmp_path, None, ssl.TLSVersion.TLSv1_2)
     assert result is not None and result[0] == "TLSv1.2"
+
+
+def test_check_config_warns_of_a_certificate_near_its_end_or_not_for_the_hostname(tmp_path):
+    import datetime
+
+    import trustme
+
+    from mailstack.tls import certificate_warnings
+
+    s = settings(tmp_path, self_signed=False)
+    s.cert.parent.mkdir(parents=True)
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10, hours=1)
+    leaf = trustme.CA().issue_cert("*.example.org", not_after=soon)
+    s.cert.write_bytes(leaf.cert_chain_pems[0].bytes())
+    s.key.write_bytes(leaf.private_key_pem.bytes())
+    warnings = certificate_warnings(s, {"mail.example.org": "hostname", "a.b.example.org": "hostname",
+                                        "mta-sts.example.org": "the MTA-STS policy"})
+    assert warnings == [
+        f"tls.cert: the certificate expires in 10 days, on {soon:%Y-%m-%d %H:%M} UTC",
+        "tls.cert: the certificate does not cover a.b.example.org (hostname); it names *.example.org",
+    ]
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=400)
+    assert certificate_warnings(s, {"mail.example.org": "hostname"}, now=later)[0].startswith(
+        "tls.cert: the certificate expired on ")
+    assert certificate_warnings(settings(tmp_path / "fresh"), {"h.test": "hostname"}) == []  # made at first start
