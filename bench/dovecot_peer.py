@@ -64,10 +64,11 @@ class Dovecot:
     name = "dovecot"
 
     def __init__(self, root: Path, port: int, password: str, scheme: str = "SHA512-CRYPT",
-                 tuning: str = "default") -> None:
+                 tuning: str = "default", tls: tuple[Path, Path] | None = None) -> None:
         if tuning not in TUNINGS:
             raise ValueError(f"unknown tuning {tuning!r}; one of {', '.join(TUNINGS)}")
         self.tuning = tuning
+        self.tls = tls  # (certificate, key): STARTTLS with Dovecot's own TLS defaults
         self.root = root
         self.port = port
         self.password = password
@@ -138,7 +139,7 @@ base_dir = {self.root}/run
 state_dir = {self.root}/run
 log_path = {self.root}/dovecot.log
 info_log_path = {self.root}/dovecot.log
-ssl = no
+{f"ssl = yes{chr(10)}ssl_cert = <{self.tls[0]}{chr(10)}ssl_key = <{self.tls[1]}" if self.tls else "ssl = no"}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 0
