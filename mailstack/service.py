@@ -14,6 +14,7 @@ drains, then the thread pools stop.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -294,6 +295,8 @@ def _prepare_dirs(settings: Settings) -> None:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StartupError(f"{key}: cannot create {path}: {e.strerror}") from None
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise StartupError(f"{key}: {path} is not readable and writable by this user (uid {os.geteuid()})")
 
 
 def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: ThreadPool,

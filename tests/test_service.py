@@ -200,3 +200,25 @@ def test_an_srs_secret_that_cannot_be_made_stops_start_up_with_one_line_naming_t
         build_shared(dataclasses.replace(settings, storage=storage), MemoryReactorClock())
     assert str(failed.value).startswith("storage.srs_secret: cannot read or create ")
     assert "\n" not in str(failed.value)
+
+
+def test_a_maildir_root_the_server_cannot_use_stops_start_up_with_one_line(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from mailstack.errors import StartupError
+    from mailstack.service import build_shared
+
+    settings = settings_for(tmp_path, {"smtp": "127.0.0.1:2525"})
+    real_access = os.access
+    maildirs = settings.storage.maildirs
+
+    def access(path, mode, **kw):  # as for a folder of another user (root may use any)
+        return False if str(path) == str(maildirs) else real_access(path, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    with pytest.raises(StartupError) as failed:
+        build_shared(settings, MemoryReactorClock())
+    assert str(failed.value) == (f"storage.maildirs: {maildirs} is not readable and writable by this user "
+                                 f"(uid {os.geteuid()})")
