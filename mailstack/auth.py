@@ -108,9 +108,10 @@ class Authenticator:
                         protocol=protocol, session_id=session_id, username=username)
             return LoginResult(Outcome.UNAVAILABLE)
         except UnauthorizedLogin:
+            was_locked = self.throttle.is_locked(ip)  # another attempt's failure may have locked it meanwhile
             delay = self.throttle.record_failure(ip)
             metrics.AUTH_FAILURES.labels(protocol).inc()
-            if self.throttle.is_locked(ip):
+            if not was_locked and self.throttle.is_locked(ip):
                 metrics.AUTH_LOCKOUTS.labels(protocol).inc()
             log.warn("{protocol} {session_id}: login failed for {username!r} from {ip}", protocol=protocol,
                      session_id=session_id, username=username, ip=ip)

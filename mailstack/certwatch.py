@@ -28,6 +28,7 @@ from mailstack.tls import ServerTLS, TLSError, file_stamp, load_options
 log = Logger()
 
 CHECK_INTERVAL = 60.0
+_NOTHING = object()  # no refusal yet (a stamp may itself be None: a file that cannot be looked at)
 
 __all__ = ["CertificateWatch"]
 
@@ -42,7 +43,7 @@ class CertificateWatch(Service):
         self.threads = threads
         self.run = run
         self.interval = interval
-        self.refused: tuple[int, ...] | None = None  # the files last refused: said once, not every minute
+        self.refused: object = _NOTHING  # the files (stamp) last refused: said once, not every minute
         self._loop: LoopingCall | None = None
         self._previous: Any = None
         self._checking: Deferred[None] | None = None
@@ -104,7 +105,7 @@ class CertificateWatch(Service):
             self.refused = stamp
             return
         self.tls.use(options, stamp)
-        self.refused = None
+        self.refused = _NOTHING
         log.info("tls: certificate reloaded from {cert}: {subject}, valid until {expires}",
                  cert=str(settings.cert), subject=cert.subject.rfc4514_string(),
                  expires=cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"))

@@ -15,6 +15,7 @@ Clients log in with the whole address and a password sent over TLS only.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import plistlib
 import uuid
 from dataclasses import dataclass
@@ -43,12 +44,22 @@ class ClientSettings:
         listen = settings.listen
         wanted = (("imaps", "imap", True), ("imap", "imap", False), ("pop3s", "pop3", True),
                   ("pop3", "pop3", False), ("submissions", "smtp", True), ("submission", "smtp", False))
-        endpoints = tuple(Endpoint(protocol, address.port, tls) for name, protocol, tls in wanted
-                          if (address := getattr(listen, name)) is not None)
+        found = [(Endpoint(protocol, address.port, tls), _loopback(address.host)) for name, protocol, tls in wanted
+                 if (address := getattr(listen, name)) is not None]
+        # a listener on loopback is not for clients elsewhere, unless every one is (the quick start, a lab)
+        outside = [endpoint for endpoint, loopback in found if not loopback]
+        endpoints = tuple(outside) if outside else tuple(endpoint for endpoint, _ in found)
         return cls(settings.hostname, endpoints, settings.mta_sts)
 
     def of(self, protocol: str) -> list[Endpoint]:
         return [e for e in self.endpoints if e.protocol == protocol]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 # -- Thunderbird -------------------------------------------------------------------------

@@ -14,10 +14,10 @@
   mail clients find the servers; a service that is not configured gets the "not available" form
   (target ``.``);
 - TLS reporting (RFC 8460): ``_smtp._tls`` asks senders for reports to postmaster;
-- with the HTTP listener: ``autoconfig``, ``autodiscover`` and ``mta-sts`` names
-  for this host (clients' autoconfiguration, and the MTA-STS policy of RFC 8461,
-  which must be fetched over HTTPS with a certificate for ``mta-sts.DOMAIN``),
-  and the ``_mta-sts`` TXT record whose id follows the policy;
+- with the HTTP listener: ``autoconfig`` and ``autodiscover`` names for this
+  host (clients' autoconfiguration); with the HTTPS one also ``mta-sts`` (the
+  MTA-STS policy of RFC 8461, fetched over HTTPS only, with a certificate for
+  ``mta-sts.DOMAIN``) and the ``_mta-sts`` TXT record whose id follows the policy;
 - the PTR the server's public address needs (a comment: the address is not known here).
 """
 
@@ -77,9 +77,10 @@ def records(domain: str, hostname: str, keys: list[DKIMKey], listeners: set[str]
     out.append(Record(f"_smtp._tls.{d}", "TXT", txt(f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"),
                       "TLS reports (RFC 8460) from sending servers"))
     if listeners & {"http", "https"}:
-        for name, what in (("autoconfig", "Thunderbird's autoconfiguration"), ("autodiscover", "Outlook's"),
-                           ("mta-sts", "the MTA-STS policy, over HTTPS on port 443")):
+        for name, what in (("autoconfig", "Thunderbird's autoconfiguration"), ("autodiscover", "Outlook's")):
             out.append(Record(f"{name}.{d}", "CNAME", host, what))
+    if "https" in listeners:  # RFC 8461 §3.3: the policy is only ever fetched over HTTPS
+        out.append(Record(f"mta-sts.{d}", "CNAME", host, "the MTA-STS policy, over HTTPS on port 443"))
         if mta_sts_id:
             out.append(Record(f"_mta-sts.{d}", "TXT", txt(f"v=STSv1; id={mta_sts_id}"),
                               "MTA-STS (RFC 8461): the id changes with the policy"))

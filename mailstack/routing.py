@@ -122,7 +122,9 @@ class Router:
             log.info("{queue_id} refused for <{mailbox}> by its filter: {reason}", queue_id=envelope.queue_id,
                      mailbox=mailbox, reason=reason)
             raise SMTPReplyError(refusal_reply(reason), cause="refused by the recipient's filter")
-        metrics.DELIVERIES.labels("delivered").inc(len(result.delivered))
+        held_now = set(result.held)  # their recipients are counted when the queue delivers them
+        metrics.DELIVERIES.labels("delivered").inc(
+            sum(1 for r in envelope.recipients if r.local and not held_now.intersection(r.local)))
         if rewritten is not None and self.queue is not None:
             await self._commit(envelope, rewritten)
         held = list(result.held)

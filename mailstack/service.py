@@ -257,7 +257,7 @@ class Listener(MultiService):
             return port
 
         self.port._waitingForPort.addCallback(keep)  # type: ignore[union-attr]
-        if not found:
+        if not found or found[0] is None:  # not started, or stopped since
             raise RuntimeError(f"{self.name} did not start listening")
         return int(found[0].getHost().port)
 
@@ -325,11 +325,13 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
                        signer=signer.sign if signer is not None else None, srs=srs, capture=capture)
 
 
-def build_shared(settings: Settings, reactor: Any) -> Shared:
-    """Create every shared object once. ``reactor`` provides time, threads, TCP and name resolution."""
+def build_shared(settings: Settings, reactor: Any, tls: ServerTLS | None = None) -> Shared:
+    """Create every shared object once. ``reactor`` provides time, threads, TCP and name resolution;
+    *tls*, when given, is the server certificate already loaded (twistd loads it before the tree is
+    built as the ``--uid`` user, so a key only root may read still serves)."""
     _prepare_dirs(settings)
     try:
-        tls = ServerTLS(settings.tls, settings.hostname)
+        tls = tls or ServerTLS(settings.tls, settings.hostname)
     except TLSError as e:
         raise StartupError(str(e)) from None
     store = _open_store(settings)
@@ -535,9 +537,10 @@ def build_service(
     settings: Settings,
     reactor: Any,
     builders: dict[str, ListenerBuilder] | None = None,
+    tls: ServerTLS | None = None,
 ) -> SequentialMultiService:
     """The whole mail system as one service tree (nothing runs until it is started)."""
-    shared = build_shared(settings, reactor)
+    shared = build_shared(settings, reactor, tls)
     top = SequentialMultiService()
     if settings.log.format == "json":
         JSONLog(settings.log.path).setServiceParent(top)  # first to start, last to stop

@@ -8,8 +8,10 @@ which names the ``[listen]`` key and the address.
 Under ``twistd --uid/--gid`` as root, the ports are bound as root and the
 privileges dropped before the service starts; what the service tree creates
 while it is built (the account store, the generated certificate, the SRS key,
-the Maildir and queue folders) is created with the target user as the effective
-user, so that user owns every file the server later writes to.
+the Maildir and queue folders) is created with the target user's ids and
+groups, so that user owns every file the server later writes to. Only the
+certificate and key are read as root (certbot keeps its keys root's alone);
+a renewed pair is read by the server, as that user.
 """
 
 from __future__ import annotations
@@ -108,15 +110,18 @@ def _as_user(options: usage.Options) -> Iterator[None]:
         return
     for codec in ("idna", "punycode", "utf-8", "ascii", "latin-1"):  # imported at first use, by then maybe
         codecs.lookup(codec)  # from files the --uid user cannot read (an interpreter in root's home)
-    if gid is None:
-        gid = pwd.getpwuid(uid).pw_gid
-    os.setegid(int(gid))
-    os.seteuid(uid)
+    user = pwd.getpwuid(uid)
+    gid = user.pw_gid if gid is None else int(gid)
+    groups = os.getgroups()
     try:
+        os.setgroups(os.getgrouplist(user.pw_name, gid))  # root's own groups must not open doors
+        os.setegid(gid)
+        os.seteuid(uid)
         yield
     finally:
         os.seteuid(0)
         os.setegid(0)
+        os.setgroups(groups)
 
 
 def makeService(options: Options) -> IService:
@@ -124,6 +129,7 @@ def makeService(options: Options) -> IService:
 
     from mailstack.memory import return_large_blocks
     from mailstack.service import build_service
+    from mailstack.tls import ServerTLS, TLSError, ensure_certificate
 
     return_large_blocks()
     reactor.addSystemEventTrigger("after", "shutdown", _exit_zero_after_sigterm, reactor)
@@ -131,9 +137,13 @@ def makeService(options: Options) -> IService:
     path = options["config"] or config.default_path(cwd=base)
     try:
         settings = config.load(path, base=base)
+        if not settings.tls.cert.exists() and not settings.tls.key.exists():
+            with _as_user(options):  # a generated certificate is the user's
+                ensure_certificate(settings.tls, settings.hostname)
+        tls = ServerTLS(settings.tls, settings.hostname)  # read as root: certbot's key is root's alone
         with _as_user(options):
-            top = build_service(settings, reactor)
-    except (config.ConfigError, StartupError) as e:
+            top = build_service(settings, reactor, tls=tls)
+    except (config.ConfigError, StartupError, TLSError) as e:
         _fail(str(e))
     parent = getattr(options, "parent", None)
     return _StartupGuard(top, parent.get("pidfile") if parent is not None else None)

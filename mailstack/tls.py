@@ -90,6 +90,16 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def _exists(path: Path, key: str) -> bool:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise TLSError(f"tls.{key}: cannot look at {path}: {e.strerror}") from None
+    return True
+
+
 def _read(path: Path, key: str) -> bytes:
     try:
         return path.read_bytes()
@@ -111,8 +121,15 @@ def _split_pem_chain(data: bytes) -> list[bytes]:
 
 def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptions:
     """Load (or first generate) the certificate and key; raise TLSError when unusable."""
-    cert_missing = not settings.cert.exists()
-    key_missing = not settings.key.exists()
+    ensure_certificate(settings, hostname)
+    return load_options(settings)[0]
+
+
+def ensure_certificate(settings: TLSSettings, hostname: str) -> None:
+    """Generate the self-signed pair when both files are missing and that is allowed; TLSError when
+    one is missing and cannot be made."""
+    cert_missing = not _exists(settings.cert, "cert")
+    key_missing = not _exists(settings.key, "key")
     if cert_missing and key_missing and settings.self_signed:
         generate_self_signed(hostname, settings.cert, settings.key)
     elif cert_missing or key_missing:
@@ -120,7 +137,6 @@ def server_options(settings: TLSSettings, hostname: str) -> ssl.CertificateOptio
         path = settings.cert if cert_missing else settings.key
         hint = "" if settings.self_signed else " (or set tls.self_signed = true with both files absent)"
         raise TLSError(f"tls.{which}: {path} does not exist{hint}")
-    return load_options(settings)[0]
 
 
 def load_options(settings: TLSSettings) -> tuple[ssl.CertificateOptions, x509.Certificate]:

@@ -103,3 +103,12 @@ def test_the_mta_sts_policy_is_rfc_8461_text_and_its_id_follows_it() -> None:
 def test_bad_mta_sts_settings_name_the_key(raw: dict, error: str) -> None:
     with pytest.raises(config.ConfigError, match=error):
         config.from_mapping({"mta_sts": raw})
+
+
+def test_listeners_left_on_loopback_are_not_offered_beside_public_ones() -> None:
+    settings = config.from_mapping({"hostname": "mail.example.org", "domains": ["example.org"],
+                                    "listen": {"imaps": "0.0.0.0:993", "submission": "[::]:587"}})
+    found = ClientSettings.from_settings(settings)  # the other listeners keep their 127.0.0.1 defaults
+    assert [(e.protocol, e.port) for e in found.endpoints] == [("imap", 993), ("smtp", 587)]
+    everything_local = ClientSettings.from_settings(config.from_mapping({}))  # the quick start
+    assert [e.port for e in everything_local.of("smtp")] == [4650, 5870]

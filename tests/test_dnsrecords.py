@@ -13,6 +13,9 @@ def test_tls_reports_are_asked_for_and_web_names_need_the_http_listener() -> Non
     plain = _by_name(records("example.org", "mail.example.org", [], {"imaps", "submissions"}, "abc123"))
     assert plain["_smtp._tls.example.org."] == ("TXT", '"v=TLSRPTv1; rua=mailto:postmaster@example.org"')
     assert "mta-sts.example.org." not in plain and "_mta-sts.example.org." not in plain
+    http_only = _by_name(records("example.org", "mail.example.org", [], {"imaps", "http"}, "abc123"))
+    assert http_only["autoconfig.example.org."] == ("CNAME", "mail.example.org.")
+    assert "_mta-sts.example.org." not in http_only  # no policy id without HTTPS to fetch it over
     web = _by_name(records("example.org", "mail.example.org", [], {"imaps", "https"}, "abc123"))
     for name in ("autoconfig", "autodiscover", "mta-sts"):
         assert web[f"{name}.example.org."] == ("CNAME", "mail.example.org.")

@@ -428,7 +428,11 @@ class SMTPSession:
             return result
 
         async def later() -> Outcome:
-            outcome = await result
+            try:
+                outcome = await result
+            except SMTPReplyError as e:
+                count(e.reply)
+                raise
             count(outcome.reply)
             return outcome
 

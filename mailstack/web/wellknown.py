@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from xml.sax.saxutils import unescape
 
 from twisted.web.resource import IResource
 from twisted.web.server import Request
@@ -85,7 +86,8 @@ class Autodiscover(_ClientResource):
 
         async def work() -> Callable[[Request], None]:
             found = _EMAIL.search(data)
-            address = _address(found.group(1) if found else None)
+            address = _address(unescape(found.group(1).decode("utf-8", "replace"), {"&quot;": '"', "&apos;": "'"})
+                               if found else None)
             await self._local(address.rpartition("@")[2])
             body = autodiscover_xml(self.client, address)
             return lambda r: _send(r, body, b"application/xml; charset=utf-8")

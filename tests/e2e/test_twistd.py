@@ -133,6 +133,13 @@ def test_uid_and_gid_drop_privileges_after_binding_and_the_files_belong_to_that_
         assert cli(config, "user", "add", "alice@example.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
         for path in [root, *root.rglob("*")]:
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        from mailstack.tls import generate_self_signed
+
+        # a certificate as certbot keeps it: the key root's alone, in a folder only root may enter
+        tls = root / "certs"
+        tls.mkdir(mode=0o700)
+        generate_self_signed("mail.example.test", tls / "cert.pem", tls / "key.pem")
+        config.write_text(config.read_text().replace(f"{root}/var/tls/", f"{tls}/"))
         server = Server(root, config, ports)
         command = twistd_command(config)
         server_command = [*command[:3], "--uid", "nobody", "--gid", str(nobody.pw_gid), *command[3:]]
@@ -145,7 +152,10 @@ def test_uid_and_gid_drop_privileges_after_binding_and_the_files_belong_to_that_
             from .conftest import wait_for_port
 
             for port in ports.values():
-                wait_for_port(port, server.proc)
+                try:
+                    wait_for_port(port, server.proc)
+                except RuntimeError:
+                    raise AssertionError(server.log_text()[-2000:]) from None
             server.wait_until_serving()
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -155,8 +165,8 @@ def test_uid_and_gid_drop_privileges_after_binding_and_the_files_belong_to_that_
                 smtp.sendmail("alice@example.test", ["alice@example.test"], b"Subject: mine\r\n\r\nhi\r\n")
             delivered = list((root / "maildirs/example.test/alice/new").iterdir())
             assert len(delivered) == 1
-            made = [delivered[0], root / "var/tls/key.pem", root / "var/srs.key", root / "var/vacation.sqlite3",
-                    root / "var/queue", root / "maildirs/example.test/alice"]
+            made = [delivered[0], root / "var/srs.key", root / "var/vacation.sqlite3", root / "var/queue",
+                    root / "maildirs/example.test/alice"]
             assert {str(p): (p.stat().st_uid, p.stat().st_gid) for p in made} == {
                 str(p): (nobody.pw_uid, nobody.pw_gid) for p in made}
             assert server.stop() == 0
