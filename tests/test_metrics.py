@@ -71,3 +71,22 @@ def test_healthz_is_503_naming_a_listener_down_and_a_store_that_fails_or_hangs()
     assert body["problems"] == ["imaps is not listening", "the account store failed (see the server's log)"]
     code, body = _health({"smtp": lambda: True}, lambda: Deferred())  # never answers
     assert code == 503 and body["problems"] == ["the account store did not answer within 5 s"]
+
+
+def test_twenty_parallel_wrong_logins_past_the_limit_are_one_lockout() -> None:
+    from twisted.internet.defer import Deferred
+
+    from mailstack.auth import Authenticator
+    from mailstack.throttle import AuthThrottle
+
+    from .test_auth_timing import SlowChecker
+
+    clock = Clock()
+    auth = Authenticator(SlowChecker(clock, {b"eve@example.test": 0.05}), AuthThrottle(clock, 5, 900), clock)
+    failures, lockouts = metrics.AUTH_FAILURES.labels("imap"), metrics.AUTH_LOCKOUTS.labels("imap")
+    before = failures._value.get(), lockouts._value.get()
+    attempts = [Deferred.fromCoroutine(auth.login("192.0.2.9", "eve@example.test", "guess", protocol="imap"))
+                for _ in range(20)]
+    while not all(d.called for d in attempts):
+        clock.advance(0.05)
+    assert (failures._value.get() - before[0], lockouts._value.get() - before[1]) == (20, 1)
