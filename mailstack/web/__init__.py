@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -190,9 +190,14 @@ def _client(request: Request) -> str:
 
 class _Site(Site):
     def log(self, request: Any) -> None:  # one line per request, through the structured log
-        log.info("http: {client} {method} {path} {status}", client=_client(request),
+        # a scrape or health probe every few seconds is not news: debug, unless it failed
+        level = LogLevel.debug if request.path in _POLLED and request.code < 400 else LogLevel.info
+        log.emit(level, "http: {client} {method} {path} {status}", client=_client(request),
                  method=request.method.decode("ascii", "replace"),
                  path=request.path.decode("ascii", "replace")[:200], status=request.code)
+
+
+_POLLED = frozenset({b"/metrics", b"/healthz"})
 
 
 def build_site(children: Mapping[bytes, IResource], token: str, public: frozenset[bytes] = frozenset()) -> Site:

@@ -34,6 +34,10 @@ class MetricsResource(JSONResource):
         request.setHeader(b"cache-control", b"no-store")
         return body
 
+    def render_HEAD(self, request: Request) -> bytes:
+        self.render_GET(request)
+        return b""
+
 
 class HealthResource(JSONResource):
     """*listeners*: name -> "is it listening?"; *store_answers*: a query of the account store."""

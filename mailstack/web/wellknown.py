@@ -127,6 +127,10 @@ class MTASTSPolicy(JSONResource):
         request.setHeader(b"cache-control", f"max-age={300}".encode())
         return self.body
 
+    def render_HEAD(self, request: Request) -> bytes:
+        self.render_GET(request)
+        return b""
+
 
 def add_to(children: dict[bytes, IResource], public: set[bytes], client: ClientSettings, is_local: IsLocal,
            first_domain: str) -> None:

@@ -91,6 +91,14 @@ def test_a_delivery_a_failed_login_and_a_bounce_move_their_counters(server: Serv
     assert value(after, "mailstack_queue_oldest_age_seconds") == 0
 
 
+def test_a_head_request_gets_the_headers_alone(server: Server) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.ports['http']}/metrics", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert answer.read() == b""
+    assert "is returning a message body" not in server.log_text()
+
+
 def test_healthz_is_ok_while_every_listener_listens(server: Server) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.ports['http']}/healthz", timeout=10) as answer:
         assert answer.status == 200
