@@ -150,7 +150,9 @@ class Server:
         new = self.maildir(address) / "new"
         if not new.exists():
             return []
-        return [p.read_bytes() for p in sorted(new.iterdir(), key=lambda p: p.name)]
+        from mailstack.maildir.files import delivery_order  # names hold seconds and microseconds unpadded
+
+        return [p.read_bytes() for p in sorted(new.iterdir(), key=lambda p: delivery_order(p.name))]
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
