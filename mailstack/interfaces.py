@@ -88,6 +88,15 @@ class MessageRouter(Protocol):
     async def deliver(self, envelope: Envelope, message: bytes) -> None: ...
 
 
+class QueueStarter(Protocol):
+    """ETRN (RFC 1985): try the queued mail for a domain now."""
+
+    async def start_domain(self, domain: str, subdomains: bool) -> int:
+        """Schedule at once every queued message with a recipient still pending in *domain* (and in
+        its subdomains when asked); how many. Raises ``OSError`` when the queue cannot be read."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class LocalCopy:
     """One mailbox's copy of a message, as a :class:`Filter` sees it."""

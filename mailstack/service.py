@@ -444,7 +444,7 @@ def smtp_factory(shared: Shared, role: str, policy: SMTPPolicy, config: SessionC
                      rdns: Callable[[], str | None]) -> SMTPSession:
         return SMTPSession(config, policy, shared.router, shared.authenticator, client_ip=ip,
                            trusted_network=limiter.is_exempt(ip), tls=tls, tls_info=tls_info, rdns=rdns,
-                           faults=shared.faults, role=role)
+                           faults=shared.faults, role=role, queue=shared.queue if role == "smtp" else None)
 
     def reverse_lookup(ip: str) -> Deferred[str | None]:
         return Deferred.fromCoroutine(shared.resolver.reverse(ip))

@@ -180,6 +180,7 @@ def smtp_harness(
     connect: bool = True,
     reverse_lookup: Any = None,
     faults: Any = None,
+    queue: Any = None,
 ) -> SMTPHarness:
     """An ESMTP server of one role on a StringTransport; nothing touches the network."""
     clock = clock or Clock()
@@ -198,7 +199,7 @@ def smtp_harness(
     def make_session(ip: str, is_tls: bool, tls_info: Any, rdns: Any) -> SMTPSession:
         return SMTPSession(config, policy, router, authenticator, client_ip=ip,
                            trusted_network=limiter.is_exempt(ip), tls=is_tls, tls_info=tls_info, rdns=rdns,
-                           faults=faults, role=role)
+                           faults=faults, role=role, queue=queue)
 
     factory = SMTPFactory(
         role=role, make_session=make_session, clock=clock, limiter=limiter, tls_options=tls_options,

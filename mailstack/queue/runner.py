@@ -211,6 +211,23 @@ class QueueRunner(Service):
 
         d.addBoth(finished)
 
+    async def start_domain(self, domain: str, subdomains: bool) -> int:
+        """ETRN: every message with a recipient pending in *domain* (or below it) is tried now."""
+        def wanted(address: str) -> bool:
+            found = address.rpartition("@")[2].lower()
+            return found == domain or (subdomains and found.endswith("." + domain))
+
+        messages = await self._thread(self.spool.load_all)
+        started = 0
+        for msg in messages:
+            if any(wanted(r.address) for r in msg.pending()):
+                self.arrived.setdefault(msg.queue_id, msg.created)
+                self._schedule(msg.queue_id, 0)
+                started += 1
+        log.info("ETRN for {domain}: {n} message(s) tried now", domain=("@" if subdomains else "") + domain,
+                 n=started)
+        return started
+
     def _next_control(self) -> None:
         """Look at the control requests (``mailstack queue flush|delete``) again in a while: on
         this runner's clock (task.LoopingCall would install the global reactor)."""

@@ -24,8 +24,9 @@ from twisted.logger import Logger
 
 from mailstack import auth as sasl
 from mailstack import metrics
+from mailstack.addresses import InvalidAddress, normalize_domain
 from mailstack.envelope import Envelope, new_queue_id
-from mailstack.interfaces import ClientInfo, FaultInjector, MessageRouter, SMTPPolicy
+from mailstack.interfaces import ClientInfo, FaultInjector, MessageRouter, QueueStarter, SMTPPolicy
 from mailstack.smtp import message as msg
 from mailstack.smtp import reply as R
 from mailstack.smtp.address import PathSyntaxError, parse_mail_from, parse_rcpt_to
@@ -113,6 +114,7 @@ class SMTPSession:
         session_id: str = "",
         faults: FaultInjector | None = None,
         role: str = "",
+        queue: QueueStarter | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -126,6 +128,7 @@ class SMTPSession:
         self.session_id = session_id or new_queue_id()
         self.faults = faults  # failure injection (labs, tests); None in normal service
         self.role = role
+        self.queue = queue  # ETRN on port 25 (RFC 1985); None elsewhere
         self.helo: str | None = None
         self.esmtp = False
         self.auth_user: str | None = None
@@ -138,6 +141,8 @@ class SMTPSession:
             "QUIT": self.quit, "HELP": self.help, "VRFY": self.vrfy, "EXPN": self.expn,
             "STARTTLS": self.starttls, "AUTH": self.auth,
         }
+        if queue is not None:
+            self._commands["ETRN"] = self.etrn
 
     # -- helpers ------------------------------------------------------------
 
@@ -160,7 +165,8 @@ class SMTPSession:
         verb = verb.upper()
         handler = self._commands.get(verb)
         if handler is None:
-            outcome = Outcome(R.NOT_IMPLEMENTED if verb in ("SEND", "SOML", "SAML", "TURN") else R.UNKNOWN_COMMAND)
+            outcome = Outcome(R.NOT_IMPLEMENTED if verb in ("SEND", "SOML", "SAML", "TURN", "ATRN", "ETRN")
+                              else R.UNKNOWN_COMMAND)
         else:
             try:
                 result = handler(args.strip(" "))
@@ -207,6 +213,8 @@ class SMTPSession:
             lines.append("STARTTLS")
         if self._auth_offered():
             lines.append("AUTH PLAIN LOGIN")
+        if self.queue is not None:
+            lines.append("ETRN")
         lines.append("HELP")
         return Outcome(Reply(250, None, tuple(lines)))
 
@@ -385,6 +393,41 @@ class SMTPSession:
         content = b"".join(txn.bdat_chunks)
         txn.bdat_chunks = []
         return self.finish_message(content, None)
+
+    # -- ETRN (RFC 1985) ----------------------------------------------------------------
+
+    def etrn(self, args: str) -> Result:
+        self._require_hello()
+        if self.txn is not None:
+            return Outcome(R.BAD_SEQUENCE.with_text("ETRN is not allowed inside a mail transaction"))
+        node = args.strip(" ")
+        if not node or " " in node:
+            return Outcome(R.SYNTAX.with_text("Syntax: ETRN <domain> | @<domain>"))
+        if node.startswith("#"):  # §5.2: a named queue; there are none here
+            return Outcome(Reply(458, "4.3.0", f"Unable to queue messages for node {node[:255]}"))
+        subdomains = node.startswith("@")
+        try:
+            domain = normalize_domain(node[1:] if subdomains else node)
+        except InvalidAddress:
+            return Outcome(R.SYNTAX.with_text("Syntax: ETRN <domain> | @<domain>"))
+        shown = ("@" if subdomains else "") + domain
+        if not self.trusted_network:
+            log.info("{session_id} ETRN {node} refused for {ip}", session_id=self.session_id, node=shown,
+                     ip=self.client_ip)
+            return Outcome(Reply(459, "4.7.1", f"Node {shown} not allowed: ETRN is for the relay networks only"))
+        return self._start(domain, subdomains, shown)
+
+    async def _start(self, domain: str, subdomains: bool, shown: str) -> Outcome:
+        assert self.queue is not None
+        try:
+            started = await self.queue.start_domain(domain, subdomains)
+        except OSError:
+            log.failure("{session_id} ETRN {node}: the queue could not be read", session_id=self.session_id,
+                        node=shown)
+            return Outcome(Reply(458, "4.3.0", f"Unable to queue messages for node {shown}"))
+        if not started:
+            return Outcome(Reply(251, "2.0.0", f"OK, no messages waiting for node {shown}"))
+        return Outcome(Reply(252, "2.0.0", f"OK, pending messages for node {shown} started"))
 
     # -- end of data ----------------------------------------------------------------
 

@@ -144,3 +144,14 @@ def test_outlook_and_apple_get_their_settings_and_senders_the_mta_sts_policy(ser
     status, content_type, body = fetch(server, "/.well-known/mta-sts.txt")
     assert (status, content_type) == (200, "text/plain")
     assert body == b"version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
+
+
+def test_port_25_offers_etrn_and_refuses_it_outside_the_relay_networks(server: Server) -> None:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.has_extn("etrn")
+        assert smtp.docmd("ETRN", "example.org") == (
+            459, b"4.7.1 Node example.org not allowed: ETRN is for the relay networks only")
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=10) as smtp:
+        smtp.ehlo("client.example")
+        assert not smtp.has_extn("etrn")

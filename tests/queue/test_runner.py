@@ -434,3 +434,24 @@ def test_a_bounce_of_forwarded_mail_goes_to_the_original_sender(tmp_path):
     clock.advance(0)
     assert ("sender.example", ["alice@sender.example"]) in relay.calls
     assert spool.ids() == []
+
+
+def test_etrn_tries_a_domains_deferred_mail_now_and_leaves_the_others_waiting(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    relay = FakeRelay({"x@remote.example": [BUSY, OK], "y@mx.sub.remote.example": [BUSY, OK],
+                       "z@other.example": [BUSY, OK]})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"], qid="Q1")
+    queue(spool, clock, ["y@mx.sub.remote.example"], qid="Q2")
+    queue(spool, clock, ["z@other.example"], qid="Q3")
+    runner.startService()
+    clock.advance(0)
+    assert len(relay.calls) == 3  # each deferred for 60 s
+    started = Deferred.fromCoroutine(runner.start_domain("remote.example", False))
+    clock.advance(0)
+    assert started.result == 1 and relay.calls[3:] == [("remote.example", ["x@remote.example"])]
+    started = Deferred.fromCoroutine(runner.start_domain("remote.example", True))  # @remote.example
+    clock.advance(0)
+    assert started.result == 1 and relay.calls[4:] == [("mx.sub.remote.example", ["y@mx.sub.remote.example"])]
+    assert sorted(spool.ids()) == ["Q3"]  # other.example still waits for its retry
