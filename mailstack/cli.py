@@ -297,6 +297,34 @@ def _user_commands(commands: SubParsers) -> None:
     p = actions.add_parser("list", help="list users with their quota")
     p.add_argument("domain", nargs="?")
     p.set_defaults(handler=_user_list)
+    p = actions.add_parser("allow-sender", help="let a user send as other addresses or whole domains (@domain), "
+                                                "e.g. the account another host relays through")
+    p.add_argument("address")
+    p.add_argument("senders", nargs="+", metavar="SENDER")
+    p.set_defaults(handler=_user_allow_sender)
+    p = actions.add_parser("revoke-sender", help="take a sender grant back (all of the user's without SENDER)")
+    p.add_argument("address")
+    p.add_argument("sender", nargs="?", metavar="SENDER")
+    p.set_defaults(handler=_user_revoke_sender)
+    p = actions.add_parser("senders", help="list sender grants (of one user, or all)")
+    p.add_argument("address", nargs="?")
+    p.set_defaults(handler=_user_senders)
+
+
+def _user_allow_sender(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.store.allow_sender(args.address, args.senders)
+    for user, sender in ctx.store.list_sender_grants(args.address):
+        ctx.say(f"{user}\tmay send as\t{sender}")
+
+
+def _user_revoke_sender(args: argparse.Namespace, ctx: Context) -> None:
+    ctx.store.revoke_sender(args.address, args.sender)
+    ctx.say(f"revoked {args.sender or 'every sender grant'} of {canonical_address(args.address)}")
+
+
+def _user_senders(args: argparse.Namespace, ctx: Context) -> None:
+    for user, sender in ctx.store.list_sender_grants(args.address):
+        ctx.say(f"{user}\tmay send as\t{sender}")
 
 
 def _user_add(args: argparse.Namespace, ctx: Context) -> None:

@@ -1,7 +1,8 @@
 """The submission role, ports 587 (STARTTLS) and 465 (implicit TLS): RFC 6409, RFC 8314.
 
 MAIL needs a prior AUTH (530 5.7.0); the envelope sender must be the
-authenticated user's own address or one of its aliases (553 5.7.1), and the
+authenticated user's own address, one of its aliases, or an address or domain
+granted to it (``mailstack user allow-sender``; 553 5.7.1 otherwise), and the
 null sender is refused; any recipient domain is accepted. RFC 6409 §8.2-8.3:
 a missing ``Message-ID`` or ``Date`` header is added.
 """

@@ -75,6 +75,8 @@ class Directory:
     """(user address, name) -> the text of each script of the users who have an active one."""
     global_scripts: Mapping[str, str] = field(default_factory=dict)
     """name -> the text of a global script (RFC 6609 :global)."""
+    grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """user address -> the addresses and ``@domain``s it may also send as."""
 
     def is_local_domain(self, domain: str) -> bool:
         try:
@@ -100,6 +102,9 @@ class Directory:
         if user is None or sender is None:
             return False
         if user == sender or self.base_of(sender) == user:  # a user may send as user+tag
+            return True
+        granted = self.grants.get(user, frozenset())
+        if sender in granted or "@" + sender.rpartition("@")[2] in granted:
             return True
         return sender in self.aliases and user in self.resolve(sender)
 

@@ -8,10 +8,12 @@ Tables (created on first open, together with the parent directory)::
     aliases(source, target, domain)                            -- source "local@domain" or "@domain"
     sieve_scripts(address, name, script, active)               -- a user's Sieve scripts, one active
     sieve_global_scripts(name, script)                         -- scripts any user may include :global
+    sender_grants(address, sender)                             -- a user may also send as sender
+                                                                  ("local@domain" or "@domain")
 
 ``PRAGMA user_version`` records the schema version; a store of an older version is
 brought up to date when opened (version 2 added ``users.max_messages``, 3 the Sieve
-scripts, 4 the global ones), and one of a newer version is refused.
+scripts, 4 the global ones, 5 the sender grants), and one of a newer version is refused.
 
 Administrative methods (:class:`~mailstack.accounts.store.AccountAdmin`) are
 synchronous and write through their own connection in short ``BEGIN
@@ -67,7 +69,7 @@ from mailstack.addresses import InvalidAddress
 
 __all__ = ["SCHEMA_VERSION", "SQLiteAccountStore"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_SCRIPT_NAME = 128  # characters of a Sieve script's name
 MAX_SCRIPTS = 100  # Sieve scripts per user
 MAX_SCRIPT_SIZE = 1 << 20  # octets of one script
@@ -103,6 +105,11 @@ CREATE TABLE IF NOT EXISTS sieve_global_scripts (
     name TEXT PRIMARY KEY,
     script TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sender_grants (
+    address TEXT NOT NULL REFERENCES users(address) ON DELETE CASCADE,
+    sender TEXT NOT NULL,
+    PRIMARY KEY (address, sender)
+) WITHOUT ROWID;
 """
 
 # (version, statement): what brings a store of an older version up to that version
@@ -417,15 +424,45 @@ class SQLiteAccountStore:
         src = _alias_source(source)
         with self._transaction() as conn:
             if target is None:
-                cursor = conn.execute("DELETE FROM aliases WHERE source = ?", (src,))
-                missing = f"no such alias: {src}"
+                _delete(conn, "aliases WHERE source = ?", (src,), f"no such alias: {src}")
             else:
                 tgt = _address(target)
-                cursor = conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?", (src, tgt))
-                missing = f"no such alias: {src} -> {tgt}"
-            if cursor.rowcount == 0:
-                raise AccountError(missing)
+                _delete(conn, "aliases WHERE source = ? AND target = ?", (src, tgt), f"no such alias: {src} -> {tgt}")
         self.log.info("removed alias {source}", source=src)
+
+    # -- sender grants -----------------------------------------------------------------
+
+    def allow_sender(self, address: str, senders: Iterable[str]) -> None:
+        user = _address(address)
+        wanted = [_sender(s) for s in senders]
+        if not wanted:
+            raise AccountError("name at least one address or @domain to allow")
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE address = ?", (user,)).fetchone() is None:
+                raise AccountError(f"no such user: {user}")
+            conn.executemany("INSERT OR IGNORE INTO sender_grants(address, sender) VALUES (?, ?)",
+                             [(user, s) for s in wanted])
+        self.log.info("{user} may send as {senders}", user=user, senders=", ".join(wanted))
+
+    def revoke_sender(self, address: str, sender: str | None = None) -> None:
+        user = _address(address)
+        with self._transaction() as conn:
+            if sender is None:
+                _delete(conn, "sender_grants WHERE address = ?", (user,), f"{user} has no sender grants")
+            else:
+                name = _sender(sender)
+                _delete(conn, "sender_grants WHERE address = ? AND sender = ?", (user, name),
+                        f"{user} may not send as {name} anyway")
+        self.log.info("{user} may no longer send as {senders}", user=user, senders=sender or "granted senders")
+
+    def list_sender_grants(self, address: str | None = None) -> list[tuple[str, str]]:
+        with self._reading() as conn:
+            if address is None:
+                rows = conn.execute("SELECT address, sender FROM sender_grants ORDER BY address, sender")
+            else:
+                rows = conn.execute("SELECT address, sender FROM sender_grants WHERE address = ? ORDER BY sender",
+                                    (_address(address),))
+            return [(a, s) for a, s in rows]
 
     # -- Sieve scripts (RFC 5228; managed by ManageSieve and the CLI) -------------------------
 
@@ -559,10 +596,13 @@ def _load_directory(conn: sqlite3.Connection, recipient_delimiter: str = "+") ->
             "SELECT address, name, script FROM sieve_scripts WHERE address IN "
             "(SELECT address FROM sieve_scripts WHERE active = 1)")}
         global_scripts = {n: s for n, s in conn.execute("SELECT name, script FROM sieve_global_scripts")}
+        granted: dict[str, set[str]] = {}
+        for address, sender in conn.execute("SELECT address, sender FROM sender_grants"):
+            granted.setdefault(address, set()).add(sender)
     finally:
         conn.execute("COMMIT")
     return Directory(domains, users, {source: tuple(t) for source, t in targets.items()}, recipient_delimiter,
-                     scripts, named, global_scripts)
+                     scripts, named, global_scripts, {a: frozenset(s) for a, s in granted.items()})
 
 
 def _domain(domain: str) -> str:
@@ -577,6 +617,19 @@ def _address(address: str) -> str:
         return canonical_address(address)
     except InvalidAddress as e:
         raise AccountError(f"invalid address {address!r}: {e}") from None
+
+
+def _delete(conn: sqlite3.Connection, rows: str, params: tuple[str, ...], missing: str) -> None:
+    """``DELETE FROM`` *rows*; AccountError(*missing*) when there was none."""
+    if conn.execute(f"DELETE FROM {rows}", params).rowcount == 0:
+        raise AccountError(missing)
+
+
+def _sender(sender: str) -> str:
+    """A grant: an address, or ``@domain``."""
+    if sender.startswith("@"):
+        return "@" + _domain(sender[1:])
+    return _address(sender)
 
 
 def _alias_source(source: str) -> str:

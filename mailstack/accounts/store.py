@@ -93,8 +93,9 @@ class AccountLookup(Protocol):
     def owns(self, user_address: str, sender_address: str) -> bool:
         """True if the user may send as *sender_address*.
 
-        That is the user's own address, or an exact (not catch-all) alias
-        whose resolution includes the user.
+        That is the user's own address (or ``user+tag``), an exact (not
+        catch-all) alias whose resolution includes the user, or an address or
+        whole domain the user was granted (``mailstack user allow-sender``).
         """
         ...
 
@@ -168,4 +169,17 @@ class AccountAdmin(Protocol):
 
     def list_aliases(self) -> list[tuple[str, str]]:
         """``(source, target)`` pairs, by source, targets in the order added."""
+        ...
+
+    def allow_sender(self, address: str, senders: Iterable[str]) -> None:
+        """Let the user *address* send as each of *senders*: an address, or ``@domain`` for any
+        address of that domain (another host relaying through this one)."""
+        ...
+
+    def revoke_sender(self, address: str, sender: str | None = None) -> None:
+        """Take one grant back, or all of the user's when *sender* is None."""
+        ...
+
+    def list_sender_grants(self, address: str | None = None) -> list[tuple[str, str]]:
+        """``(user, sender)`` pairs, of one user or of all."""
         ...

@@ -25,8 +25,8 @@ def test_first_open_creates_directory_schema_and_wal(store_path: Path, store: SQ
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"domains", "users", "aliases"} <= tables
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert {"domains", "users", "aliases", "sender_grants"} <= tables
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     finally:
         conn.close()
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
