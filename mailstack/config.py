@@ -67,6 +67,7 @@ class StorageSettings:
     dkim: Path
     srs_secret: Path
     vacation: Path
+    ratelimit: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,8 @@ class LimitsSettings:
     data_timeout: float
     auth_failures: int
     auth_lockout: float
+    send_per_hour: int  # messages an authenticated user may submit an hour; 0: no limit
+    send_per_hour_domain: int  # messages submitted with senders of one domain an hour; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +234,13 @@ def _expect(kind: type | tuple[type, ...], what: str) -> Callable[[object], Any]
         return value
 
     return check
+
+
+def _count(value: object) -> int:
+    v = _expect(int, "an integer")(value)
+    if v < 0:
+        raise ValueError("must be 0 (no limit) or more")
+    return int(v)
 
 
 def _positive_int(value: object) -> int:
@@ -361,6 +371,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "dkim": (_Str, "var/dkim"),
         "srs_secret": (_Str, "var/srs.key"),
         "vacation": (_Str, "var/vacation.sqlite3"),
+        "ratelimit": (_Str, "var/ratelimit.sqlite3"),
     },
     "tls": {
         "cert": (_Str, "var/tls/cert.pem"),
@@ -394,6 +405,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "data_timeout": (parse_duration, "10m"),
         "auth_failures": (_positive_int, 10),
         "auth_lockout": (parse_duration, "15m"),
+        "send_per_hour": (_count, 0),
+        "send_per_hour_domain": (_count, 0),
     },
     "checks": {
         "dkim_max_signatures": (_positive_int, 5),

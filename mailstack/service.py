@@ -69,6 +69,7 @@ from mailstack.pop3 import Maildrops, POP3Factory
 from mailstack.queue import Spool
 from mailstack.queue.relay import Relay
 from mailstack.queue.runner import QueueRunner, QueueSettings
+from mailstack.ratelimit import SendLimits
 from mailstack.routing import Router
 from mailstack.sieve.filter import SieveFilter
 from mailstack.sieve.replied import VacationMemory
@@ -220,6 +221,8 @@ class Shared:
     """Reports of changes to open folders; None where inotify is not available."""
     faults: FaultRules | None = None
     """Failure injection for the SMTP listeners ([[faults]], the HTTP API); None when neither is used."""
+    rate: SendLimits | None = None
+    """Messages an hour at submission (limits.send_per_hour...); None without limits."""
 
 
 class Listener(MultiService):
@@ -374,6 +377,13 @@ def build_shared(settings: Settings, reactor: Any, tls: ServerTLS | None = None)
     queue = build_queue(settings, reactor, local, io_pool, resolver, dkim, srs)
     local.outbox = queue  # redirects, vacation replies and rejection notices of Sieve scripts
     throttle = AuthThrottle(reactor, settings.limits.auth_failures, settings.limits.auth_lockout)
+    rate = None
+    if settings.limits.send_per_hour or settings.limits.send_per_hour_domain:
+        try:
+            rate = SendLimits(settings.storage.ratelimit, per_user=settings.limits.send_per_hour,
+                              per_domain=settings.limits.send_per_hour_domain, clock=reactor.seconds, run=io)
+        except (OSError, sqlite3.Error) as e:
+            raise StartupError(f"storage.ratelimit: cannot open {settings.storage.ratelimit}: {e}") from None
     faults = None
     if settings.faults or (settings.http.faults_api and (settings.listen.http or settings.listen.https)):
         faults = FaultRules(reactor)
@@ -386,7 +396,7 @@ def build_shared(settings: Settings, reactor: Any, tls: ServerTLS | None = None)
         limiter=ConnectionLimiter(settings.limits.connections_per_ip, settings.relay.networks),
         events=events, local=local, queue=queue, router=Router(local, queue=queue, signer=PooledSigner(dkim, io), srs=srs), resolver=resolver,
         maildrops=Maildrops(mail_store, io=io, events=events),
-        mail_store=mail_store, srs=srs, io=io, replied=replied, watcher=watcher, faults=faults,
+        mail_store=mail_store, srs=srs, io=io, replied=replied, watcher=watcher, faults=faults, rate=rate,
     )
 
 
@@ -476,7 +486,7 @@ def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
 
 def _submission(implicit_tls: bool) -> ListenerBuilder:
     def build(shared: Shared, settings: Settings) -> SMTPFactory:
-        policy = SubmissionPolicy(shared.store, settings.hostname)
+        policy = SubmissionPolicy(shared.store, settings.hostname, shared.rate)
         return smtp_factory(shared, "submissions" if implicit_tls else "submission", policy,
                             smtp_config(settings, implicit_tls=implicit_tls), settings.limits)
     return build
@@ -547,6 +557,8 @@ def build_service(
     Closing(shared.store.close, "account-store").setServiceParent(top)  # these stop last, after the pools
     if shared.replied is not None:
         Closing(shared.replied.close, "vacation-memory").setServiceParent(top)
+    if shared.rate is not None:
+        Closing(shared.rate.close, "send-limits").setServiceParent(top)
     ThreadPoolService(shared.io_pool).setServiceParent(top)
     WarmUp(reactor, shared.io_pool).setServiceParent(top)
     ThreadPoolService(shared.auth_pool).setServiceParent(top)

@@ -3,11 +3,15 @@
 MAIL needs a prior AUTH (530 5.7.0); the envelope sender must be the
 authenticated user's own address, one of its aliases, or an address or domain
 granted to it (``mailstack user allow-sender``; 553 5.7.1 otherwise), and the
-null sender is refused; any recipient domain is accepted. RFC 6409 §8.2-8.3:
+null sender is refused; any recipient domain is accepted. A user past
+``limits.send_per_hour`` (or its sender domain past ``send_per_hour_domain``)
+gets 451 4.7.1 at MAIL. RFC 6409 §8.2-8.3:
 a missing ``Message-ID`` or ``Date`` header is added.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from mailstack.accounts.store import AccountLookup
 from mailstack.authresults import strip_claims
@@ -19,12 +23,21 @@ from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
 
 
+class SendRate(Protocol):
+    """Messages an hour (``mailstack.ratelimit.SendLimits``)."""
+
+    def over(self, user: str, domain: str) -> str | None: ...
+
+    def record(self, user: str, domain: str) -> None: ...
+
+
 class SubmissionPolicy:
     auth_required = True
 
-    def __init__(self, store: AccountLookup, hostname: str) -> None:
+    def __init__(self, store: AccountLookup, hostname: str, rate: SendRate | None = None) -> None:
         self.store = store
         self.hostname = hostname
+        self.rate = rate
 
     def check_sender(self, client: ClientInfo, sender: str) -> None:
         user = client.auth_user
@@ -32,6 +45,11 @@ class SubmissionPolicy:
             raise SMTPReplyError(R.AUTH_REQUIRED)
         if not sender or not self.store.owns(user, sender):
             raise SMTPReplyError(R.SENDER_NOT_OWNED, cause=f"{user} may not send as <{sender}>")
+        if self.rate is not None:
+            over = self.rate.over(user, sender.rpartition("@")[2].lower())
+            if over is not None:
+                raise SMTPReplyError(R.SEND_RATE.with_text(f"Sending limit reached: {over}; try again later"),
+                                     cause=over)
 
     def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute:
         return route_recipient(self.store, address, relay_allowed=True)
@@ -39,6 +57,8 @@ class SubmissionPolicy:
     async def check_message(self, client: ClientInfo, envelope: Envelope, message: bytes) -> bytes:
         # A local user's own mail: signed on its way out, not checked; but a verdict in our
         # name is ours alone to write (RFC 8601 §5), so a colleague is never shown a forged one.
+        if self.rate is not None and client.auth_user is not None:
+            self.rate.record(client.auth_user, envelope.sender.rpartition("@")[2].lower())
         return strip_claims(message, self.hostname)
 
     def prepare_message(self, envelope: Envelope, headers: bytes) -> bytes:

@@ -73,6 +73,7 @@ HELP = r(214, "2.0.0", ("Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT 
 START_DATA = r(354, None, "End data with <CR><LF>.<CR><LF>")
 # 4xx
 SHUTTING_DOWN = r(421, "4.3.2", "Service shutting down, try again later")
+SEND_RATE = r(451, "4.7.1", "Sending limit reached; try again later")
 TIMEOUT = r(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_CONNECTIONS = r(421, "4.7.0", "Too many connections from your address, try again later")
 AUTH_LOCKED_OUT = r(421, "4.7.0", "Too many failed authentications, try again later")
