@@ -122,6 +122,7 @@ class LimitsSettings:
     auth_lockout: float
     send_per_hour: int  # messages an authenticated user may submit an hour; 0: no limit
     send_per_hour_domain: int  # messages submitted with senders of one domain an hour; 0: no limit
+    send_recipients: int  # recipients of one submitted message; 0: limits.recipients
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +408,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "auth_lockout": (parse_duration, "15m"),
         "send_per_hour": (_count, 0),
         "send_per_hour_domain": (_count, 0),
+        "send_recipients": (_count, 0),
     },
     "checks": {
         "dkim_max_signatures": (_positive_int, 5),

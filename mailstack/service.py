@@ -433,12 +433,13 @@ class Drain(Service):
         return self.factory.shutdown()
 
 
-def smtp_config(settings: Settings, *, implicit_tls: bool) -> SessionConfig:
-    """The slice of the settings an ESMTP session needs."""
+def smtp_config(settings: Settings, *, implicit_tls: bool, submission: bool = False) -> SessionConfig:
+    """The slice of the settings an ESMTP session needs (a submission listener's own recipient cap)."""
+    limits = settings.limits
     return SessionConfig(
         hostname=settings.hostname,
-        max_message_size=settings.limits.message_size,
-        max_recipients=settings.limits.recipients,
+        max_message_size=limits.message_size,
+        max_recipients=limits.send_recipients if submission and limits.send_recipients else limits.recipients,
         max_received=settings.relay.max_received,
         allow_plaintext_auth=settings.tls.allow_plaintext_auth,
         starttls_available=not implicit_tls,
@@ -488,7 +489,8 @@ def _submission(implicit_tls: bool) -> ListenerBuilder:
     def build(shared: Shared, settings: Settings) -> SMTPFactory:
         policy = SubmissionPolicy(shared.store, settings.hostname, shared.rate)
         return smtp_factory(shared, "submissions" if implicit_tls else "submission", policy,
-                            smtp_config(settings, implicit_tls=implicit_tls), settings.limits)
+                            smtp_config(settings, implicit_tls=implicit_tls, submission=True),
+                            settings.limits)
     return build
 
 

@@ -222,3 +222,15 @@ def test_a_maildir_root_the_server_cannot_use_stops_start_up_with_one_line(tmp_p
         build_shared(settings, MemoryReactorClock())
     assert str(failed.value) == (f"storage.maildirs: {maildirs} is not readable and writable by this user "
                                  f"(uid {os.geteuid()})")
+
+
+def test_the_submission_ports_have_their_own_recipient_cap_and_port_25_keeps_the_general_one(tmp_path):
+    import dataclasses
+
+    from mailstack.service import smtp_config
+
+    settings = settings_for(tmp_path, {"smtp": "127.0.0.1:2525"})
+    capped = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, send_recipients=10))
+    assert smtp_config(capped, implicit_tls=False, submission=True).max_recipients == 10
+    assert smtp_config(capped, implicit_tls=False).max_recipients == settings.limits.recipients == 100
+    assert smtp_config(settings, implicit_tls=True, submission=True).max_recipients == 100  # 0: the general one
