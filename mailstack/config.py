@@ -96,6 +96,7 @@ class RelaySettings:
     capture_mailbox: str  # "": capture@ the first local domain
     capture_except: tuple[str, ...]  # domains still relayed in capture mode (a lab's other domains)
     source_address: str  # the local address outbound connections come from; "": the system's choice
+    mx_networks: tuple[IPNetwork, ...]  # non-public MX addresses mail may still go to (labs); others refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +398,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "capture_mailbox": (_Str, ""),
         "capture_except": (_list_of(_domain), []),
         "source_address": (_ip_address, ""),
+        "mx_networks": (_list_of(_network), []),
     },
     "limits": {
         "message_size": (_positive_int, 36700160),

@@ -163,7 +163,8 @@ class MailServer:
             "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem", "self_signed": False},
             # the tests' own mail from loopback: not checked for SPF/DKIM/DMARC (no DNS waited on);
             # mail for other domains never leaves: it is captured (capture@ the first domain)
-            "relay": {"networks": ["127.0.0.0/8", "::1/128"], "capture": True},
+            "relay": {"networks": ["127.0.0.0/8", "::1/128"], "capture": True,
+                      "mx_networks": ["127.0.0.0/8", "::1/128"]},  # other test servers, when not captured
             "log": {"format": "json", "path": "mailstack.log"},
             # a suite that tries wrong passwords on purpose is never locked out, and each failure
             # is forgotten at once, so it is answered after the throttle's first, shortest delay

@@ -239,7 +239,7 @@ def domain_settings(spec: LabSpec, domain: LabDomain) -> config.Settings:
         "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem", "self_signed": False},
         "relay": {"networks": [], "resolvers": [str(spec.dns)], "port": spec.ports["smtp"],
                   "source_address": domain.address, "retry": LAB_RETRY, "capture": domain.capture,
-                  "capture_except": others},
+                  "capture_except": others, "mx_networks": ["127.0.0.0/8", "::1/128"]},  # the lab's MXs
         "checks": {"temperror": "defer"},
         "http": {"faults_api": True, "token": spec.token},
         "faults": [_rule_table(rule) for rule in domain.faults],

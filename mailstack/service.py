@@ -17,7 +17,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,7 +67,7 @@ from mailstack.maildir.watch import Watcher
 from mailstack.notify import MailboxEvents
 from mailstack.pop3 import Maildrops, POP3Factory
 from mailstack.queue import Spool
-from mailstack.queue.relay import Relay
+from mailstack.queue.relay import Relay, mx_filter
 from mailstack.queue.runner import QueueRunner, QueueSettings
 from mailstack.ratelimit import SendLimits
 from mailstack.routing import Router
@@ -310,7 +310,10 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
     if relay_settings.smarthost_username:
         auth = (relay_settings.smarthost_username, relay_settings.smarthost_password)
     source = relay_settings.source_address
+    listening = [getattr(settings.listen, f.name) for f in fields(settings.listen)]
+    own = [a.host for a in listening if a is not None and a.host not in ("0.0.0.0", "::")]
     relay = Relay(reactor=reactor, mx=mx, hostname=settings.hostname, port=relay_settings.port,
+                  mx_allowed=mx_filter(relay_settings.mx_networks, [*own, relay_settings.source_address]),
                   tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth,
                   endpoint_factory=bound_endpoint(source) if source else None)
     queue_settings = QueueSettings(

@@ -12,12 +12,19 @@ except for a smarthost with credentials, which requires TLS.
 Per-recipient results: 2xx delivered, 4xx deferred (retried later), 5xx
 failed (bounced). DNS: a temporary failure defers (4.4.3), no such domain or
 a null MX fails at once.
+
+An MX address that is not a public one (loopback, private, link-local,
+shared, reserved: ``ipaddress``'s ``is_global``) or is one of this server's
+own, is skipped unless ``relay.mx_networks`` names it: a domain whose MX points
+there is a loop or a misconfiguration, and mail to it is deferred (4.4.4) until
+its DNS changes, then bounced. A smarthost is configured, not looked up, and is
+never skipped.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -41,6 +48,33 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def mx_filter(allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+              own: Sequence[str] = ()) -> Callable[[str], bool]:
+    """Whether an MX address may be tried: a public address not among *own*, or one in *allowed*."""
+    mine = frozenset(ipaddress.ip_address(a) for a in own if a and _is_ip(a))
+
+    def check(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if any(ip in net for net in allowed):
+            return True
+        return ip.is_global and ip not in mine
+
+    return check
+
+
+def _usable(hosts: list[MXHost], allowed: Callable[[str], bool]) -> tuple[list[MXHost], list[str]]:
+    kept, skipped = [], []
+    for host in hosts:
+        addresses = tuple(a for a in host.addresses if allowed(a))
+        skipped += [f"{host.name}[{a}]" for a in host.addresses if a not in addresses]
+        if addresses:
+            kept.append(MXHost(host.name, host.preference, addresses))
+    return kept, skipped
 
 
 def _reply_text(reply: Reply) -> str:
@@ -67,6 +101,7 @@ class Relay:
         smarthost_auth: tuple[str, str] | None = None,
         send: Any = send_message,
         endpoint_factory: Any = None,
+        mx_allowed: Callable[[str], bool] | None = None,
     ) -> None:
         self.reactor = reactor
         self.mx = mx
@@ -77,6 +112,7 @@ class Relay:
         self.smarthost_auth = smarthost_auth
         self.send = send
         self.endpoint_factory = endpoint_factory
+        self.mx_allowed = mx_allowed  # None: every MX address is tried
 
     async def _hosts(self, domain: str) -> tuple[list[MXHost], int]:
         if self.smarthost is None:
@@ -98,6 +134,13 @@ class Relay:
         last_error = "no usable mail exchanger"
         last_status = "4.4.1"
         last_remote = ""
+        if self.smarthost is None and self.mx_allowed is not None:
+            hosts, skipped = _usable(hosts, self.mx_allowed)
+            if skipped:
+                log.warn("{queue_id} MX of {domain} not tried (not public, or this server's own): {skipped}",
+                         queue_id=msg.queue_id, domain=domain, skipped=", ".join(skipped))
+                last_error = f"the MX hosts of {domain} are not public addresses: {', '.join(skipped)}"
+                last_status = "4.4.4"
         for host in hosts:
             for address in host.addresses:
                 try:

@@ -86,6 +86,7 @@ self_signed = true
 
 [relay]
 networks = []
+mx_networks = ["127.0.0.0/8", "::1/128"]
 {extra}
 """)
     return config

@@ -76,3 +76,44 @@ def test_per_recipient_results_in_one_transaction():
     states = run(relay, ["a@remote.example", "b@remote.example", "c@remote.example"])
     assert [s.status for s in states] == [DELIVERED, FAILED, PENDING]
     assert states[1].diagnostic == "550 5.1.1 no such user"
+
+
+def test_an_mx_on_a_non_public_or_own_address_is_not_tried_unless_allowed() -> None:
+    import ipaddress
+
+    from mailstack.queue.relay import mx_filter
+
+    relay, calls = relay_with({"192.0.2.1": ok(["a@remote.example"]), "192.0.2.2": ok(["a@remote.example"])})
+    relay.mx_allowed = mx_filter([])  # 192.0.2.0/24 is for documentation: not a public address
+    [state] = run(relay, ["a@remote.example"])
+    assert calls == [] and state.status == PENDING and state.status_code == "4.4.4"
+    assert state.last_error == ("the MX hosts of remote.example are not public addresses: "
+                                "mx1.remote.example[192.0.2.1], mx2.remote.example[192.0.2.2]")
+    relay.mx_allowed = mx_filter([ipaddress.ip_network("192.0.2.2/32")])  # a lab's own network
+    [state] = run(relay, ["a@remote.example"])
+    assert calls == ["192.0.2.2"] and state.status == DELIVERED
+
+
+def test_the_filter_refuses_loopback_private_and_own_addresses_and_takes_public_ones() -> None:
+    from mailstack.queue.relay import mx_filter
+
+    allowed = mx_filter([], own=["203.0.113.9", "8.8.4.4"])
+    assert [allowed(a) for a in ("127.0.0.1", "::1", "10.1.2.3", "192.168.1.1", "169.254.1.1", "100.64.0.1",
+                                 "0.0.0.0", "fd00::1", "8.8.4.4", "not an address")] == [False] * 10
+    assert allowed("8.8.8.8") and allowed("2001:4860:4860::8888")
+
+
+def test_a_smarthost_on_loopback_is_used_whatever_the_filter_says() -> None:
+    from mailstack.config import HostPort
+    from mailstack.queue.relay import mx_filter
+
+    calls = []
+
+    async def send(**kw):
+        calls.append(kw["host"])
+        return ok(["a@remote.example"])
+
+    relay = Relay(reactor=None, mx=FakeMX(), hostname="mail.example.test", port=25, tls_options=None, send=send,
+                  smarthost=HostPort("127.0.0.1", 2525), mx_allowed=mx_filter([]))
+    [state] = run(relay, ["a@remote.example"])
+    assert calls == ["127.0.0.1"] and state.status == DELIVERED
