@@ -22,15 +22,19 @@ import os
 import pwd
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from mailstack import config
 from mailstack.errors import StartupError
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -48,6 +52,17 @@ def _base_dir(options: usage.Options) -> Path:
     parent = getattr(options, "parent", None)
     rundir = parent.get("rundir") if parent is not None else None
     return Path(rundir or os.getcwd()).absolute()
+
+
+def _ignore_further_stops() -> None:
+    """Once shutdown has begun, another SIGTERM or SIGINT (a supervisor and a wrapper both sending
+    one) is noted, not handed to a reactor that is no longer running (a traceback in the log)."""
+    def already(signum: int, frame: object) -> None:
+        _log.info("signal {signum} received while already stopping", signum=signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, already)
 
 
 def _exit_zero_after_sigterm(reactor: object) -> None:
@@ -133,6 +148,7 @@ def makeService(options: Options) -> IService:
 
     return_large_blocks()
     reactor.addSystemEventTrigger("after", "shutdown", _exit_zero_after_sigterm, reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", _ignore_further_stops)
     base = _base_dir(options)
     path = options["config"] or config.default_path(cwd=base)
     try:
