@@ -16,7 +16,8 @@ from mailstack.accounts.directory import domain_of
 from mailstack.accounts.store import AccountLookup
 from mailstack.checks import InboundChecks
 from mailstack.envelope import Envelope, RecipientRoute
-from mailstack.interfaces import ClientInfo
+from mailstack.interfaces import ClientInfo, SendRate
+from mailstack.ratelimit import admit, refuse_if_over
 from mailstack.routing import route_recipient
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
@@ -26,16 +27,19 @@ from mailstack.srs import SRS
 class InboundPolicy:
     auth_required = False
 
-    def __init__(self, store: AccountLookup, checks: InboundChecks | None = None, srs: SRS | None = None) -> None:
+    def __init__(self, store: AccountLookup, checks: InboundChecks | None = None, srs: SRS | None = None,
+                 rate: SendRate | None = None) -> None:
         self.store = store
         self.checks = checks
         self.srs = srs
+        self.rate = rate  # a client that logged in here counts against its sending limits as on 587
 
     def check_sender(self, client: ClientInfo, sender: str) -> None:
         """An authenticated client sends as itself, as on submission (RFC 6409 §4.3)."""
         user = client.auth_user
         if user is not None and (not sender or not self.store.owns(user, sender)):
             raise SMTPReplyError(R.SENDER_NOT_OWNED, cause=f"{user} may not send as <{sender}>")
+        refuse_if_over(self.rate, user, sender)
 
     def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute:
         if self.srs is not None and SRS.is_srs(address) and self.store.is_local_domain(domain_of(address)):
@@ -50,6 +54,7 @@ class InboundPolicy:
         return b""
 
     async def check_message(self, client: ClientInfo, envelope: Envelope, message: bytes) -> bytes:
+        admit(self.rate, client.auth_user, envelope.sender)
         if self.checks is None:
             return message
         return await self.checks.check(client, envelope, message)

@@ -88,12 +88,23 @@ class MessageRouter(Protocol):
     async def deliver(self, envelope: Envelope, message: bytes) -> None: ...
 
 
+class SendRate(Protocol):
+    """Messages an hour of an authenticated user (``mailstack.ratelimit.SendLimits``)."""
+
+    def over(self, user: str, domain: str) -> str | None:
+        """Which limit *user* sending from *domain* has reached, as a sentence; None when neither."""
+        ...
+
+    def record(self, user: str, domain: str) -> None: ...
+
+
 class QueueStarter(Protocol):
     """ETRN (RFC 1985): try the queued mail for a domain now."""
 
     async def start_domain(self, domain: str, subdomains: bool) -> int:
         """Schedule at once every queued message with a recipient still pending in *domain* (and in
-        its subdomains when asked); how many. Raises ``OSError`` when the queue cannot be read."""
+        its subdomains when asked); how many (-1: started, how many not known yet). Raises
+        ``OSError`` when the queue cannot be read or is stopping."""
         ...
 
 

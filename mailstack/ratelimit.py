@@ -11,6 +11,7 @@ more than were in flight to the pool).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -20,6 +21,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+
+from mailstack.interfaces import SendRate
+from mailstack.smtp import reply as R
+from mailstack.smtp.reply import SMTPReplyError
 
 log = Logger()
 
@@ -32,6 +37,23 @@ CREATE INDEX IF NOT EXISTS sent_at ON sent (at);
 PURGE_EVERY = 500  # writes between two purges of rows older than the window
 
 
+def refuse_if_over(rate: SendRate | None, user: str | None, sender: str) -> None:
+    """451 4.7.1 when the authenticated *user* (or *sender*'s domain) has reached a limit."""
+    if rate is None or user is None:
+        return
+    over = rate.over(user, sender.rpartition("@")[2].lower())
+    if over is not None:
+        raise SMTPReplyError(R.SEND_RATE.with_text(f"Sending limit reached: {over}; try again later"), cause=over)
+
+
+def admit(rate: SendRate | None, user: str | None, sender: str) -> None:
+    """At the end of DATA: refused as at MAIL (sessions in parallel all passed MAIL), else counted.
+    Both on the reactor thread, one after the other: no two messages take the last place."""
+    refuse_if_over(rate, user, sender)
+    if rate is not None and user is not None:
+        rate.record(user, sender.rpartition("@")[2].lower())
+
+
 class SendLimits:
     """*per_user* and *per_domain* messages an hour (0: no limit); *run* puts blocking work on the io pool."""
 
@@ -42,6 +64,7 @@ class SendLimits:
         self.run = run
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # who sent when: the owner's alone
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=5)
         self._conn.execute("PRAGMA journal_mode=WAL")

@@ -484,7 +484,7 @@ def _smtp(shared: Shared, settings: Settings) -> SMTPFactory:
                                        arc_trusted=wanted.arc_trusted),
                            DNSLists(shared.resolver, wanted.dnsbl, wanted.dnswl) if wanted.dnsbl else None,
                            ARCVerifier(shared.resolver.lookup_txt, shared.io))
-    return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks, shared.srs),
+    return smtp_factory(shared, "smtp", InboundPolicy(shared.store, checks, shared.srs, shared.rate),
                         smtp_config(settings, implicit_tls=False), settings.limits)
 
 

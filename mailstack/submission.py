@@ -11,24 +11,15 @@ a missing ``Message-ID`` or ``Date`` header is added.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from mailstack.accounts.store import AccountLookup
 from mailstack.authresults import strip_claims
 from mailstack.envelope import Envelope, RecipientRoute
-from mailstack.interfaces import ClientInfo
+from mailstack.interfaces import ClientInfo, SendRate
+from mailstack.ratelimit import admit, refuse_if_over
 from mailstack.routing import route_recipient
 from mailstack.smtp import message as msg
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import SMTPReplyError
-
-
-class SendRate(Protocol):
-    """Messages an hour (``mailstack.ratelimit.SendLimits``)."""
-
-    def over(self, user: str, domain: str) -> str | None: ...
-
-    def record(self, user: str, domain: str) -> None: ...
 
 
 class SubmissionPolicy:
@@ -45,11 +36,7 @@ class SubmissionPolicy:
             raise SMTPReplyError(R.AUTH_REQUIRED)
         if not sender or not self.store.owns(user, sender):
             raise SMTPReplyError(R.SENDER_NOT_OWNED, cause=f"{user} may not send as <{sender}>")
-        if self.rate is not None:
-            over = self.rate.over(user, sender.rpartition("@")[2].lower())
-            if over is not None:
-                raise SMTPReplyError(R.SEND_RATE.with_text(f"Sending limit reached: {over}; try again later"),
-                                     cause=over)
+        refuse_if_over(self.rate, user, sender)  # told before the message is sent
 
     def check_rcpt(self, client: ClientInfo, address: str) -> RecipientRoute:
         return route_recipient(self.store, address, relay_allowed=True)
@@ -57,8 +44,7 @@ class SubmissionPolicy:
     async def check_message(self, client: ClientInfo, envelope: Envelope, message: bytes) -> bytes:
         # A local user's own mail: signed on its way out, not checked; but a verdict in our
         # name is ours alone to write (RFC 8601 §5), so a colleague is never shown a forged one.
-        if self.rate is not None and client.auth_user is not None:
-            self.rate.record(client.auth_user, envelope.sender.rpartition("@")[2].lower())
+        admit(self.rate, client.auth_user, envelope.sender)  # parallel sessions past MAIL are counted here
         return strip_claims(message, self.hostname)
 
     def prepare_message(self, envelope: Envelope, headers: bytes) -> bytes:

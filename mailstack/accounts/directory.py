@@ -104,8 +104,9 @@ class Directory:
         if user == sender or self.base_of(sender) == user:  # a user may send as user+tag
             return True
         granted = self.grants.get(user, frozenset())
-        if sender in granted or "@" + sender.rpartition("@")[2] in granted:
-            return True
+        domain = sender.rpartition("@")[2]
+        if domain not in self.domains and (sender in granted or "@" + domain in granted):
+            return True  # never a local address: a domain made local later takes its grants back
         return sender in self.aliases and user in self.resolve(sender)
 
     def active_script(self, address: str) -> str | None:

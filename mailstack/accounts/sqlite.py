@@ -440,6 +440,10 @@ class SQLiteAccountStore:
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM users WHERE address = ?", (user,)).fetchone() is None:
                 raise AccountError(f"no such user: {user}")
+            for sender in wanted:  # a local address has its owner, or is an alias: that is how it is shared
+                if _domain_exists(conn, sender.rpartition("@")[2]):
+                    raise AccountError(f"{sender} is in a local domain: make {user} a target of an alias "
+                                       "instead (mailstack alias add)")
             conn.executemany("INSERT OR IGNORE INTO sender_grants(address, sender) VALUES (?, ?)",
                              [(user, s) for s in wanted])
         self.log.info("{user} may send as {senders}", user=user, senders=", ".join(wanted))

@@ -53,18 +53,25 @@ def _is_ip(text: str) -> bool:
 def mx_filter(allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
               own: Sequence[str] = ()) -> Callable[[str], bool]:
     """Whether an MX address may be tried: a public address not among *own*, or one in *allowed*."""
-    mine = frozenset(ipaddress.ip_address(a) for a in own if a and _is_ip(a))
+    mine = frozenset(_plain(ipaddress.ip_address(a)) for a in own if a and _is_ip(a))
 
     def check(address: str) -> bool:
         try:
-            ip = ipaddress.ip_address(address)
+            ip = _plain(ipaddress.ip_address(address))
         except ValueError:
             return False
         if any(ip in net for net in allowed):
             return True
-        return ip.is_global and ip not in mine
+        public = ip.is_global and not ip.is_multicast and not getattr(ip, "is_site_local", False)
+        return public and ip not in mine
 
     return check
+
+
+def _plain(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``::ffff:192.0.2.1`` is ``192.0.2.1``."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped if mapped is not None else ip
 
 
 def _usable(hosts: list[MXHost], allowed: Callable[[str], bool]) -> tuple[list[MXHost], list[str]]:

@@ -12,6 +12,7 @@ any message; then the message is removed once every recipient is final.
 
 from __future__ import annotations
 
+import errno
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 RETRY_AFTER_ERROR = 60.0  # seconds before retrying a message whose attempt failed unexpectedly
+ETRN_INTERVAL = 60.0  # one spool read per ETRN node and minute, however often it is asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ class QueueRunner(Service):
             lambda: DeferredSemaphore(settings.connections_per_domain))
         self._control: IDelayedCall | None = None  # the next look at the control requests
         self.arrived: dict[str, float] = {}  # queue id -> arrival time, of the messages known to be queued
+        self._etrn: dict[tuple[str, bool], tuple[float, int]] = {}  # node -> (when asked, messages started)
         self._unwatch: Callable[[], None] | None = None
         self.setName("queue")
 
@@ -212,7 +215,28 @@ class QueueRunner(Service):
         d.addBoth(finished)
 
     async def start_domain(self, domain: str, subdomains: bool) -> int:
-        """ETRN: every message with a recipient pending in *domain* (or below it) is tried now."""
+        """ETRN: every message with a recipient pending in *domain* (or below it) is tried now.
+
+        The spool is read once per node and ``ETRN_INTERVAL``: a repeat within it gets the first
+        answer and starts nothing more (-1 while the first read still runs: started, count unknown)."""
+        if not self.running:
+            raise OSError(errno.ESHUTDOWN, "the queue is stopping")
+        now = self.now()
+        for old in [k for k, (at, _) in self._etrn.items() if now - at >= ETRN_INTERVAL]:
+            del self._etrn[old]
+        key = (domain, subdomains)
+        if key in self._etrn:
+            return self._etrn[key][1]
+        self._etrn[key] = (now, -1)
+        try:
+            started = await self._start_domain(domain, subdomains)
+        except BaseException:
+            self._etrn.pop(key, None)
+            raise
+        self._etrn[key] = (now, started)
+        return started
+
+    async def _start_domain(self, domain: str, subdomains: bool) -> int:
         def wanted(address: str) -> bool:
             found = address.rpartition("@")[2].lower()
             return found == domain or (subdomains and found.endswith("." + domain))

@@ -401,21 +401,19 @@ class SMTPSession:
         if self.txn is not None:
             return Outcome(R.BAD_SEQUENCE.with_text("ETRN is not allowed inside a mail transaction"))
         node = args.strip(" ")
-        if not node or " " in node:
+        if not node or " " in node or not _printable(node):
             return Outcome(R.SYNTAX.with_text("Syntax: ETRN <domain> | @<domain>"))
+        if not self.trusted_network:
+            log.info("{session_id} ETRN refused for {ip}", session_id=self.session_id, ip=self.client_ip)
+            return Outcome(Reply(459, "4.7.1", "Node not allowed: ETRN is for the relay networks only"))
         if node.startswith("#"):  # §5.2: a named queue; there are none here
-            return Outcome(Reply(458, "4.3.0", f"Unable to queue messages for node {node[:255]}"))
+            return Outcome(Reply(458, "4.3.0", "Unable to queue messages for that node: there are no named queues"))
         subdomains = node.startswith("@")
         try:
             domain = normalize_domain(node[1:] if subdomains else node)
         except InvalidAddress:
             return Outcome(R.SYNTAX.with_text("Syntax: ETRN <domain> | @<domain>"))
-        shown = ("@" if subdomains else "") + domain
-        if not self.trusted_network:
-            log.info("{session_id} ETRN {node} refused for {ip}", session_id=self.session_id, node=shown,
-                     ip=self.client_ip)
-            return Outcome(Reply(459, "4.7.1", f"Node {shown} not allowed: ETRN is for the relay networks only"))
-        return self._start(domain, subdomains, shown)
+        return self._start(domain, subdomains, ("@" if subdomains else "") + domain)
 
     async def _start(self, domain: str, subdomains: bool, shown: str) -> Outcome:
         assert self.queue is not None
@@ -425,6 +423,8 @@ class SMTPSession:
             log.failure("{session_id} ETRN {node}: the queue could not be read", session_id=self.session_id,
                         node=shown)
             return Outcome(Reply(458, "4.3.0", f"Unable to queue messages for node {shown}"))
+        if started < 0:  # asked again while the first look runs
+            return Outcome(Reply(250, "2.0.0", f"OK, queuing for node {shown} started"))
         if not started:
             return Outcome(Reply(251, "2.0.0", f"OK, no messages waiting for node {shown}"))
         return Outcome(Reply(252, "2.0.0", f"OK, pending messages for node {shown} started"))

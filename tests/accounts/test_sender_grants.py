@@ -50,6 +50,16 @@ def test_bad_grants_are_refused_with_a_reason(relay: SQLiteAccountStore) -> None
         relay.allow_sender("relay@example.test", ["../etc@home.example"])
     with pytest.raises(AccountError, match="at least one"):
         relay.allow_sender("relay@example.test", [])
+    for local in ("@example.test", "bob@example.test", "postmaster@example.test"):  # would take others' names
+        with pytest.raises(AccountError, match="is in a local domain"):
+            relay.allow_sender("relay@example.test", [local])
+
+
+def test_a_granted_domain_that_becomes_local_is_no_longer_a_licence(relay: SQLiteAccountStore) -> None:
+    relay.allow_sender("relay@example.test", ["@home.example"])
+    relay.add_domain("home.example")
+    relay.add_user("boss@home.example", "secret")
+    assert not relay.owns("relay@example.test", "boss@home.example")
 
 
 def test_the_cli_grants_lists_and_revokes(relay: SQLiteAccountStore, store_path, tmp_path, capsys) -> None:

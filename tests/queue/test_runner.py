@@ -455,3 +455,6 @@ def test_etrn_tries_a_domains_deferred_mail_now_and_leaves_the_others_waiting(tm
     clock.advance(0)
     assert started.result == 1 and relay.calls[4:] == [("mx.sub.remote.example", ["y@mx.sub.remote.example"])]
     assert sorted(spool.ids()) == ["Q3"]  # other.example still waits for its retry
+    again = Deferred.fromCoroutine(runner.start_domain("remote.example", True))  # within the minute
+    clock.advance(0)
+    assert again.result == 1 and len(relay.calls) == 5  # the same answer, no second read, nothing restarted

@@ -35,13 +35,16 @@ def test_etrn_from_elsewhere_a_named_queue_bad_syntax_and_a_transaction_are_refu
     queue = Queue({"example.org": 3})
     outsider = smtp_harness(queue=queue)  # 192.0.2.10 is not a relay network here
     outsider.replies("EHLO client.example\r\n")
-    assert outsider.replies("ETRN example.org\r\n") == [
-        "459 4.7.1 Node example.org not allowed: ETRN is for the relay networks only"]
+    assert outsider.replies("ETRN example.org\r\n") == ["459 4.7.1 Node not allowed: ETRN is for the relay networks only"]
+    assert outsider.replies("ETRN #queue1\r\n")[0].startswith("459 ")
     h = smtp_harness(trusted=RELAY, queue=queue)
     h.read()  # the greeting
     assert h.replies("ETRN example.org\r\n")[0].startswith("503 ")  # EHLO first
     h.replies("EHLO client.example\r\n")
-    assert h.replies("ETRN #queue1\r\n") == ["458 4.3.0 Unable to queue messages for node #queue1"]
+    assert h.replies("ETRN #queue1\r\n") == [
+        "458 4.3.0 Unable to queue messages for that node: there are no named queues"]
+    assert h.replies("ETRN #a\rb\r\n") == [  # what the client named is not echoed
+        "458 4.3.0 Unable to queue messages for that node: there are no named queues"]
     assert h.replies("ETRN\r\n")[0].startswith("501 5.5.4 ")
     assert h.replies("ETRN bad..domain\r\n")[0].startswith("501 5.5.4 ")
     h.replies("MAIL FROM:<a@example.org>\r\n")
