@@ -119,11 +119,17 @@ class JSONResource(Resource):
 
     def render(self, request: Request) -> Any:
         method = request.method.decode("ascii", "replace")
-        if not hasattr(self, f"render_{method}"):
-            allowed = sorted(name[7:] for name in dir(self) if name.startswith("render_") and name[7:].isupper())
+        if not hasattr(self, f"render_{'GET' if method == 'HEAD' else method}"):
+            allowed = sorted(name[7:] for name in dir(self) if name.startswith("render_") and name[7:].isupper()
+                             and (name != "render_HEAD" or hasattr(self, "render_GET")))
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
             return send_error(request, 405, f"{method} is not allowed here (allowed: {', '.join(allowed)})")
         return super().render(request)
+
+    def render_HEAD(self, request: Request) -> Any:
+        """GET's headers without its body (twisted.web's own HEAD writes the body, and warns)."""
+        answer = self.render_GET(request)  # type: ignore[attr-defined]
+        return b"" if isinstance(answer, bytes) else answer
 
 
 class ErrorPage(Resource):

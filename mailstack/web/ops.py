@@ -8,7 +8,7 @@ asks before sending traffic.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -34,10 +34,6 @@ class MetricsResource(JSONResource):
         request.setHeader(b"cache-control", b"no-store")
         return body
 
-    def render_HEAD(self, request: Request) -> bytes:
-        self.render_GET(request)
-        return b""
-
 
 class HealthResource(JSONResource):
     """*listeners*: name -> "is it listening?"; *store_answers*: a query of the account store."""
@@ -45,7 +41,7 @@ class HealthResource(JSONResource):
     isLeaf = True
 
     def __init__(self, listeners: Mapping[str, Callable[[], bool]],
-                 store_answers: Callable[[], Awaitable[object]], clock: IReactorTime) -> None:
+                 store_answers: Callable[[], Deferred[Any]], clock: IReactorTime) -> None:
         super().__init__()
         self.listeners = listeners
         self.store_answers = store_answers
@@ -57,9 +53,7 @@ class HealthResource(JSONResource):
     async def _check(self) -> Callable[[Request], None]:
         problems = [f"{name} is not listening" for name, up in self.listeners.items() if not up()]
         try:
-            query = Deferred.fromCoroutine(_await(self.store_answers()))
-            query.addTimeout(STORE_TIMEOUT, self.clock)
-            await query
+            await self.store_answers().addTimeout(STORE_TIMEOUT, self.clock)
         except defer.TimeoutError:
             log.error("healthz: the account store did not answer within {seconds:g} s", seconds=STORE_TIMEOUT)
             problems.append(f"the account store did not answer within {STORE_TIMEOUT:g} s")
@@ -72,6 +66,3 @@ class HealthResource(JSONResource):
                                                        "listening": listening}, 503)
         return lambda request: send_json(request, {"status": "ok", "listening": listening})
 
-
-async def _await(awaitable: Awaitable[object]) -> object:
-    return await awaitable

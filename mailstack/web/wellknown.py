@@ -8,13 +8,13 @@
 
 Only addresses in a local domain get an answer (404 otherwise): the server
 says nothing about domains it does not serve. Whether a domain is local is
-asked of the account store on the io pool.
+asked of the account store's in-memory snapshot, as SMTP asks it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import unescape
 
@@ -27,7 +27,7 @@ from mailstack.web import MAX_BODY, HTTPError, JSONResource, respond
 
 _EMAIL = re.compile(rb"<EMailAddress>\s*([^<\s]{1,320})\s*</EMailAddress>", re.IGNORECASE)
 
-IsLocal = Callable[[str], Awaitable[bool]]
+IsLocal = Callable[[str], bool]
 
 
 def _send(request: Request, body: bytes, content_type: bytes, filename: str | None = None) -> None:
@@ -58,8 +58,8 @@ class _ClientResource(JSONResource):
         self.is_local = is_local
         self.first_domain = first_domain
 
-    async def _local(self, domain: str) -> str:
-        if not await self.is_local(domain):
+    def _local(self, domain: str) -> str:
+        if not self.is_local(domain):
             raise HTTPError(404, "no such domain here")
         return domain
 
@@ -70,7 +70,7 @@ class Autoconfig(_ClientResource):
 
         async def work() -> Callable[[Request], None]:
             domain = _address(given).rpartition("@")[2] if given else self.first_domain
-            body = autoconfig_xml(self.client, await self._local(domain))
+            body = autoconfig_xml(self.client, self._local(domain))
             return lambda r: _send(r, body, b"application/xml; charset=utf-8")
 
         return respond(request, work)
@@ -88,7 +88,7 @@ class Autodiscover(_ClientResource):
             found = _EMAIL.search(data)
             address = _address(unescape(found.group(1).decode("utf-8", "replace"), {"&quot;": '"', "&apos;": "'"})
                                if found else None)
-            await self._local(address.rpartition("@")[2])
+            self._local(address.rpartition("@")[2])
             body = autodiscover_xml(self.client, address)
             return lambda r: _send(r, body, b"application/xml; charset=utf-8")
 
@@ -104,7 +104,7 @@ class MobileConfig(_ClientResource):
 
         async def work() -> Callable[[Request], None]:
             address = _address(given)
-            await self._local(address.rpartition("@")[2])
+            self._local(address.rpartition("@")[2])
             try:
                 body = mobileconfig(self.client, address)
             except LookupError as e:
@@ -126,10 +126,6 @@ class MTASTSPolicy(JSONResource):
         request.setHeader(b"content-type", b"text/plain")  # RFC 8461 §3.2: media type text/plain
         request.setHeader(b"cache-control", f"max-age={300}".encode())
         return self.body
-
-    def render_HEAD(self, request: Request) -> bytes:
-        self.render_GET(request)
-        return b""
 
 
 def add_to(children: dict[bytes, IResource], public: set[bytes], client: ClientSettings, is_local: IsLocal,

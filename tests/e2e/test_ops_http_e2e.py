@@ -155,3 +155,15 @@ def test_port_25_offers_etrn_and_refuses_it_outside_the_relay_networks(server: S
     with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=10) as smtp:
         smtp.ehlo("client.example")
         assert not smtp.has_extn("etrn")
+
+
+def test_bad_addresses_and_bodies_get_a_clear_400(server: Server) -> None:
+    status, _, body = fetch(server, "/mobileconfig?emailaddress=not-an-address")
+    assert status == 400 and json.loads(body) == {"error": "emailaddress is not a mail address"}
+    status, _, body = fetch(server, "/mobileconfig")
+    assert status == 400 and json.loads(body) == {"error": "emailaddress is required"}
+    status, _, body = fetch(server, "/autodiscover/autodiscover.xml", data=b"<Autodiscover>no address</Autodiscover>")
+    assert status == 400 and json.loads(body) == {"error": "emailaddress is required"}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.ports['http']}/healthz", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as answer:  # a JSON resource's HEAD: its headers alone
+        assert answer.status == 200 and answer.read() == b""
