@@ -52,7 +52,7 @@ class CertificateWatch(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self._tick)
+        self._loop = LoopingCall(self.check)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False).addErrback(
             lambda f: log.failure("tls: the certificate check stopped", f))
@@ -70,9 +70,6 @@ class CertificateWatch(Service):
 
     def _sighup(self, signum: int, frame: object) -> None:
         self.threads.callFromThread(self.check, True)
-
-    def _tick(self) -> Deferred[None]:
-        return self.check()
 
     def check(self, force: bool = False) -> Deferred[None]:
         """Reload if the files changed (or always, with *force*); one check at a time."""

@@ -313,8 +313,7 @@ def _user_commands(commands: SubParsers) -> None:
 
 def _user_allow_sender(args: argparse.Namespace, ctx: Context) -> None:
     ctx.store.allow_sender(args.address, args.senders)
-    for user, sender in ctx.store.list_sender_grants(args.address):
-        ctx.say(f"{user}\tmay send as\t{sender}")
+    _user_senders(args, ctx)
 
 
 def _user_revoke_sender(args: argparse.Namespace, ctx: Context) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -28,10 +29,7 @@ def write_file_synced(path: str, flags: int, *chunks: bytes, mode: int = 0o600, 
     fd = os.open(path, flags, mode)
     try:
         write_fully(fd, *chunks)
-        if store:
-            with fsync_timer(store):
-                os.fsync(fd)
-        else:
+        with fsync_timer(store) if store else contextlib.nullcontext():
             os.fsync(fd)
     finally:
         os.close(fd)

@@ -226,14 +226,17 @@ class Shared:
 
 
 class Listener(MultiService):
-    """One listening port, named by its ``[listen]`` key: a port that cannot be bound (taken, no
-    permission, no such address) is a :class:`ListenError` naming the key and the address."""
+    """One listening port, named by its ``[listen]`` key, with implicit TLS when given *tls*: a port
+    that cannot be bound (taken, no permission, no such address) is a :class:`ListenError` naming the
+    key and the address."""
 
-    def __init__(self, name: str, address: HostPort, factory: Any, reactor: Any) -> None:
+    def __init__(self, name: str, address: HostPort, factory: Any, reactor: Any, tls: ServerTLS | None = None) -> None:
         super().__init__()
         self.address = address
         self.setName(name)
-        self.port = strports.service(endpoint_description(address), factory, reactor=reactor)
+        wire = TLSMemoryBIOFactory(tls, False, factory, clock=reactor) if tls is not None else factory
+        wire.noisy = False
+        self.port = strports.service(endpoint_description(address), wire, reactor=reactor)
         self.port.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -578,9 +581,7 @@ def build_service(
             continue
         factory = build(shared, settings)
         Drain(factory).setServiceParent(top)
-        wire = TLSMemoryBIOFactory(shared.tls, False, factory, clock=reactor) if name in IMPLICIT_TLS else factory
-        wire.noisy = False
-        listeners[name] = Listener(name, address, wire, reactor)
+        listeners[name] = Listener(name, address, factory, reactor, shared.tls if name in IMPLICIT_TLS else None)
         listeners[name].setServiceParent(top)
         log.info("{name} on {address}", name=name, address=str(address))
     if settings.listen.http is not None or settings.listen.https is not None:
@@ -600,7 +601,7 @@ def _http(shared: Shared, settings: Settings, reactor: Any, listeners: dict[str,
     }
     public = {b"healthz"}
     wellknown.add_to(children, public, ClientSettings.from_settings(settings),
-                     lambda domain: shared.io(shared.store.is_local_domain, domain),
+                     shared.store.is_local_domain,
                      settings.domains[0] if settings.domains else "")
     closers = []
     if settings.http.faults_api and shared.faults is not None:
@@ -617,9 +618,7 @@ def _http(shared: Shared, settings: Settings, reactor: Any, listeners: dict[str,
         Listener("http", settings.listen.http, site, reactor).setServiceParent(parts)
         log.info("http on {address}", address=str(settings.listen.http))
     if settings.listen.https is not None:
-        wire = TLSMemoryBIOFactory(shared.tls, False, site, clock=reactor)
-        wire.noisy = False
-        Listener("https", settings.listen.https, wire, reactor).setServiceParent(parts)
+        Listener("https", settings.listen.https, site, reactor, shared.tls).setServiceParent(parts)
         log.info("https on {address}", address=str(settings.listen.https))
     for closer in closers:
         closer.setServiceParent(parts)

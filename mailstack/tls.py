@@ -9,7 +9,7 @@ subjectAltName) is generated on first start; the key file is written with mode
 0600.
 
 :class:`ServerTLS` is what every listener is given: it hands each new
-connection the certificate in use, and :meth:`ServerTLS.reload` replaces it
+connection the certificate in use, and :meth:`ServerTLS.use` replaces it
 (SIGHUP, or a change to the files; :mod:`mailstack.certwatch`). Connections
 already open keep the one they started with.
 """
@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import extract_patterns, verify_certificate_hostname
+from service_identity.hazmat import DNSPattern
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -139,16 +142,21 @@ def ensure_certificate(settings: TLSSettings, hostname: str) -> None:
         raise TLSError(f"tls.{which}: {path} does not exist{hint}")
 
 
-def load_options(settings: TLSSettings) -> tuple[ssl.CertificateOptions, x509.Certificate]:
-    """The server options of the certificate and key files as they are now, and the certificate;
-    TLSError when they are missing, malformed or do not match."""
+def _load_chain(settings: TLSSettings) -> list[x509.Certificate]:
+    """The certificate chain of ``tls.cert``, leaf first; TLSError when there is none."""
     chain_pem = _split_pem_chain(_read(settings.cert, "cert"))
     if not chain_pem:
         raise TLSError(f"tls.cert: no PEM certificate in {settings.cert}")
     try:
-        chain = [x509.load_pem_x509_certificate(pem) for pem in chain_pem]
+        return [x509.load_pem_x509_certificate(pem) for pem in chain_pem]
     except ValueError:
         raise TLSError(f"tls.cert: {settings.cert} is not a valid PEM certificate") from None
+
+
+def load_options(settings: TLSSettings) -> tuple[ssl.CertificateOptions, x509.Certificate]:
+    """The server options of the certificate and key files as they are now, and the certificate;
+    TLSError when they are missing, malformed or do not match."""
+    chain = _load_chain(settings)
     try:
         key = serialization.load_pem_private_key(_read(settings.key, "key"), password=None)
     except (ValueError, TypeError):
@@ -179,9 +187,6 @@ class ServerTLS:
         self.options = server_options(settings, hostname)
         self.stamp = file_stamp(settings)
 
-    def getContext(self) -> SSL.Context:
-        return self.options.getContext()
-
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self.options.getContext(), None)
 
@@ -201,12 +206,9 @@ def certificate_warnings(settings: TLSSettings, names: dict[str, str],
     if not settings.cert.exists():
         return [] if settings.self_signed and not settings.key.exists() else [f"tls.cert: {settings.cert} does not exist"]
     try:
-        pem = _split_pem_chain(_read(settings.cert, "cert"))
-        cert = x509.load_pem_x509_certificate(pem[0]) if pem else None
-    except (TLSError, ValueError) as e:
-        return [str(e) if isinstance(e, TLSError) else f"tls.cert: {settings.cert} is not a valid PEM certificate"]
-    if cert is None:
-        return [f"tls.cert: no PEM certificate in {settings.cert}"]
+        cert = _load_chain(settings)[0]
+    except TLSError as e:
+        return [str(e)]
     now = now or datetime.datetime.now(datetime.UTC)
     warnings = []
     expires = cert.not_valid_after_utc
@@ -216,30 +218,14 @@ def certificate_warnings(settings: TLSSettings, names: dict[str, str],
         days = (expires - now).days
         warnings.append(f"tls.cert: the certificate expires in {days} day{'s' if days != 1 else ''}, "
                         f"on {expires:%Y-%m-%d %H:%M} UTC")
-    covered = certificate_names(cert)
     for name, why in names.items():
-        if not any(_matches(pattern, name) for pattern in covered):
+        try:  # the matching clients do (RFC 6125), by service-identity
+            verify_certificate_hostname(cert, name)
+        except (VerificationError, CertificateError):
+            named = [p.pattern.decode("ascii", "replace") for p in extract_patterns(cert) if isinstance(p, DNSPattern)]
             warnings.append(f"tls.cert: the certificate does not cover {name} ({why}); it names "
-                            f"{', '.join(covered) or 'no DNS name'}")
+                            f"{', '.join(named) or 'no DNS name'}")
     return warnings
-
-
-def certificate_names(cert: x509.Certificate) -> list[str]:
-    """The DNS names a certificate is for: its subjectAltName, else its common name (RFC 6125 §6.4.4)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        return [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-
-
-def _matches(pattern: str, name: str) -> bool:
-    """RFC 6125 §6.4.3: a wildcard stands for the whole left-most label and nothing else."""
-    name = name.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, _, rest = name.partition(".")
-        return bool(head) and rest == pattern[2:]
-    return pattern == name
 
 
 def file_stamp(settings: TLSSettings) -> tuple[int, ...] | None:

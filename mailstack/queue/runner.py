@@ -106,7 +106,8 @@ class QueueRunner(Service):
         self.per_domain: defaultdict[str, DeferredSemaphore] = defaultdict(
             lambda: DeferredSemaphore(settings.connections_per_domain))
         self._control: IDelayedCall | None = None  # the next look at the control requests
-        self.arrived: dict[str, float] = {}  # queue id -> arrival time, of the messages known to be queued
+        # queue id -> arrival time, of the messages loaded (at the start or an attempt): the metrics' oldest
+        self.arrived: dict[str, float] = {}
         self._etrn: dict[tuple[str, bool], tuple[float, int]] = {}  # node -> (when asked, messages started)
         self._unwatch: Callable[[], None] | None = None
         self.setName("queue")
@@ -245,7 +246,6 @@ class QueueRunner(Service):
         started = 0
         for msg in messages:
             if any(wanted(r.address) for r in msg.pending()):
-                self.arrived.setdefault(msg.queue_id, msg.created)
                 self._schedule(msg.queue_id, 0)
                 started += 1
         log.info("ETRN for {domain}: {n} message(s) tried now", domain=("@" if subdomains else "") + domain,
@@ -292,7 +292,6 @@ class QueueRunner(Service):
         await self._thread(self.spool.commit, msg.queue_id)
         log.info("{queue_id} queued for {recipients}", queue_id=msg.queue_id,
                  recipients=", ".join(msg.recipients))
-        self.arrived[msg.queue_id] = msg.created
         self._schedule(msg.queue_id, 0)
 
     async def abort(self, msg: QueuedMessage) -> None:
@@ -504,7 +503,6 @@ class QueueRunner(Service):
         warning = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
         await self._thread(self._add_notice, warning, dsn)
-        self.arrived[warning.queue_id] = warning.created
         self._schedule(warning.queue_id, 0)
         marked = [replace(r, warned=True) for r in pending]
         await self._thread(self.spool.record, msg.queue_id, marked)
@@ -521,7 +519,6 @@ class QueueRunner(Service):
             bounce = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                    smtputf8=not msg.sender.isascii(), is_bounce=True)
             await self._thread(self._add_notice, bounce, dsn)
-            self.arrived[bounce.queue_id] = bounce.created
             metrics.BOUNCES.inc()
             log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,
                      bounce_id=bounce.queue_id, sender=msg.sender, n=len(failed))

@@ -439,9 +439,8 @@ class SMTPSession:
 
     def _finish_message(self, content: bytes, problem: Reply | None) -> Result:
         txn = self.txn
+        assert txn is not None  # finish_message checked
         self.txn = None  # RFC 5321 §4.1.1.4: the transaction ends with the reply, whatever it is
-        if txn is None:
-            return Outcome(R.BAD_SEQUENCE)
         if problem is None and len(content) > self.config.max_message_size:
             problem = R.MESSAGE_TOO_BIG
         if problem is None and msg.has_long_line(content):
