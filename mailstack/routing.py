@@ -12,6 +12,7 @@ mailbox is full, go to the outbound queue.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -24,7 +25,7 @@ from mailstack.dkim.signer import from_address
 from mailstack.envelope import Envelope, RecipientRoute
 from mailstack.interfaces import MessageSigner
 from mailstack.maildir import DeliveryError
-from mailstack.queue.spool import QueuedMessage, RecipientState, SpoolError
+from mailstack.queue.spool import DELIVERED, QueuedMessage, RecipientState, SpoolError
 from mailstack.smtp import reply as R
 from mailstack.smtp.reply import Reply, SMTPReplyError
 from mailstack.srs import SRS
@@ -140,6 +141,31 @@ class Router:
             queued = await self._prepare(envelope, remote + held, message)
         if queued is not None and self.queue is not None:
             await self._commit(envelope, queued)
+        await self._report_success(envelope, result.delivered.keys() | result.discarded, message)
+
+    async def _report_success(self, envelope: Envelope, filed: Iterable[str], message: bytes) -> None:
+        """RFC 3461 §6.2: tell the sender of the deliveries it asked to hear of (NOTIFY=SUCCESS),
+        mailboxes filed now and aliases expanded, before the 250. The message is delivered
+        whatever happens here: a report that cannot be queued is logged, not refused."""
+        dsn = envelope.target_dsn()
+        entries = [(RecipientState(m, DELIVERED, 1, 0.0, "", "2.0.0"), "delivered")
+                   for m in sorted(filed) if m in dsn and dsn[m].wants("SUCCESS")]
+        entries += [(RecipientState(r.original, DELIVERED, 1, 0.0, "", "2.0.0"), "expanded")
+                    for r in envelope.expanded()]
+        if not entries or not envelope.sender:
+            return
+        orcpt = {m: d.orcpt for m, d in dsn.items() if d.orcpt is not None}
+        orcpt.update({r.original: r.dsn.orcpt for r in envelope.expanded() if r.dsn and r.dsn.orcpt})
+        if self.queue is None:
+            log.warn("{queue_id} no delivery report to <{sender}>: there is no queue", queue_id=envelope.queue_id,
+                     sender=envelope.sender)
+            return
+        try:
+            await self.queue.notify(queue_id=envelope.queue_id, sender=envelope.sender, arrival=time.time(),
+                                    entries=entries, body=message, envid=envelope.envid, orcpt=orcpt)
+        except SpoolError as e:
+            log.error("{queue_id} delivery report to <{sender}> not queued: {error}", queue_id=envelope.queue_id,
+                      sender=envelope.sender, error=str(e))
 
     async def _commit(self, envelope: Envelope, queued: QueuedMessage) -> None:
         assert self.queue is not None
@@ -181,10 +207,13 @@ class Router:
                        sender: str | None = None, queue_id: str | None = None) -> QueuedMessage:
         if self.queue is None:
             raise SMTPReplyError(R.NO_RELAY_YET, cause="no outbound queue")
+        dsn = envelope.target_dsn()
         queued = QueuedMessage(queue_id or envelope.queue_id, envelope.sender if sender is None else sender,
                                time.time(),
                                {a: RecipientState(a) for a in addresses},
-                               smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit)
+                               smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
+                               ret=envelope.ret, envid=envelope.envid,
+                               dsn={a: dsn[a] for a in addresses if a in dsn})
         try:
             await self.queue.prepare(queued, message)
         except SpoolError as e:

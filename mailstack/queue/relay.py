@@ -10,7 +10,9 @@ once more without STARTTLS (opportunistic TLS, RFC 3207 §4.1 between MTAs),
 except for a smarthost with credentials, which requires TLS.
 
 Per-recipient results: 2xx delivered, 4xx deferred (retried later), 5xx
-failed (bounced). DNS: a temporary failure defers (4.4.3), no such domain or
+failed (bounced). The sender's DSN requests (RFC 3461) go to a next hop that
+offers DSN; a success the sender asked to hear of, handed to one that does
+not, is marked for a ``relayed`` report. DNS: a temporary failure defers (4.4.3), no such domain or
 a null MX fails at once.
 
 An MX address that is not a public one (loopback, private, link-local,
@@ -172,6 +174,8 @@ class Relay:
                       tls_options=self.tls_options, auth=self.smarthost_auth if self.smarthost else None)
         if self.endpoint_factory is not None:
             kwargs["endpoint_factory"] = self.endpoint_factory
+        if msg.ret or msg.envid is not None or msg.dsn:  # passed on when the peer offers DSN
+            kwargs.update(ret=msg.ret, envid=msg.envid, rcpt_dsn=msg.dsn)
         try:
             return await self.send(starttls="required" if required else "opportunistic", **kwargs)
         except TLSFailed as e:
@@ -190,14 +194,17 @@ class Relay:
                 out.append(RecipientState(r, PENDING, 0, 0.0, "no reply", "4.4.2", host.name))
                 continue
             text = _reply_text(reply)
+            notice = ""
             if reply.code < 400:
                 status = DELIVERED
+                if not getattr(result, "dsn", False) and msg.wants(r, "SUCCESS"):
+                    notice = "relayed"  # RFC 3461 §5.2.2: the next hop will not report delivery
             elif reply.code < 500:
                 status = PENDING
             else:
                 status = FAILED
             out.append(RecipientState(r, status, 0, 0.0, "" if status == DELIVERED else text, _status(reply),
-                                      host.name, text))
+                                      host.name, text, notice=notice))
         log.info("{queue_id} relayed via {host}[{address}]{tls}: {summary}", queue_id=msg.queue_id,
                  host=host.name, address=address, tls=" with TLS" if getattr(result, "tls", False) else "",
                  summary=", ".join(f"<{o.address}> {o.status}" for o in out))

@@ -30,7 +30,7 @@ from mailstack.delivery import LocalDelivery
 from mailstack.envelope import new_queue_id
 from mailstack.interfaces import Outbound
 from mailstack.maildir import DeliveryError
-from mailstack.queue.dsn import build_bounce
+from mailstack.queue.dsn import build_bounce, build_report
 from mailstack.queue.spool import (
     BOUNCED,
     DELIVERED,
@@ -329,12 +329,14 @@ class QueueRunner(Service):
             return
         self.arrived[queue_id] = msg.created
         body = b""
-        if msg.pending() or msg.failed():  # read once; bounces and warnings quote its headers
+        if msg.pending() or msg.failed() or msg.unreported():  # read once; notices quote its headers
             body = await self._thread(self.spool.body, queue_id)
         if msg.pending():
             await self._deliver_pending(msg, body)
         if msg.failed():
             await self._bounce(msg, body)
+        if msg.unreported():
+            await self._report_success(msg, body)
         if msg.pending():
             await self._maybe_warn(msg, body)
         if msg.done():
@@ -381,6 +383,8 @@ class QueueRunner(Service):
                 s.next_try = attempts_now + retry_delay(self.settings.retry, s.attempts)
             previous = msg.recipients.get(s.address)
             s.warned = s.warned or (previous is not None and previous.warned)
+            if s.status == DELIVERED and route != "relayed" and msg.wants(s.address, "SUCCESS"):
+                s.notice = "delivered"  # RFC 3461 §6.2.4 (the relay says "relayed" itself)
             if previous is not None and previous.delivered_to and s.status != DELIVERED:
                 s.delivered_to = sorted(set(s.delivered_to) | set(previous.delivered_to))
         await self._thread(self.spool.record, msg.queue_id, states)
@@ -491,31 +495,66 @@ class QueueRunner(Service):
         return {t: RecipientState(t) for t in targets}
 
     async def _maybe_warn(self, msg: QueuedMessage, body: bytes) -> None:
-        """Once, after ``delay_warning``: tell the sender delivery is still being retried."""
+        """Once, after ``delay_warning``: tell the sender delivery is still being retried (for the
+        recipients whose NOTIFY, if any, asks for DELAY)."""
         after = self.settings.delay_warning
-        pending = msg.pending()
-        if (after is None or not msg.sender or msg.is_bounce or self.now() - msg.created < after
+        pending = [r for r in msg.pending() if msg.wants(r.address, "DELAY")]
+        if (after is None or not msg.sender or msg.is_bounce or not pending or self.now() - msg.created < after
                 or any(r.warned for r in msg.recipients.values())):
             return
         dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
                            arrival=msg.created, failed=pending, original=body, now=self.now(),
-                           retry_until=msg.created + self.settings.max_age)
+                           retry_until=msg.created + self.settings.max_age, **_dsn_fields(msg))
         warning = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                 smtputf8=not msg.sender.isascii(), is_bounce=True)
         await self._thread(self._add_notice, warning, dsn)
         self._schedule(warning.queue_id, 0)
-        marked = [replace(r, warned=True) for r in pending]
+        marked = [replace(r, warned=True) for r in msg.pending()]
         await self._thread(self.spool.record, msg.queue_id, marked)
         for s in marked:
             msg.recipients[s.address] = s
         log.info("{queue_id} delay warning {warning_id} to <{sender}>", queue_id=msg.queue_id,
                  warning_id=warning.queue_id, sender=msg.sender)
 
-    async def _bounce(self, msg: QueuedMessage, body: bytes) -> None:
-        failed = msg.failed()
+    async def notify(self, *, queue_id: str, sender: str, arrival: float,
+                     entries: Sequence[tuple[RecipientState, str]], body: bytes, envid: str | None = None,
+                     orcpt: dict[str, tuple[str, str]] | None = None) -> str:
+        """Queue a success report (RFC 3461: ``delivered``, ``relayed``, ``expanded``) to *sender*
+        about the message *queue_id*; returns the report's queue id. Raises SpoolError."""
+        report = build_report(hostname=self.settings.hostname, queue_id=queue_id, sender=sender, arrival=arrival,
+                              entries=entries, original=body, now=self.now(), envid=envid, orcpt=orcpt)
+        notice = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(sender),
+                               smtputf8=not sender.isascii(), is_bounce=True)
+        await self._thread(self._add_notice, notice, report)
+        self._schedule(notice.queue_id, 0)
+        log.info("{queue_id} delivery report {report_id} to <{sender}> for {recipients}", queue_id=queue_id,
+                 report_id=notice.queue_id, sender=sender,
+                 recipients=", ".join(f"<{r.address}> {a}" for r, a in entries))
+        return notice.queue_id
+
+    async def _report_success(self, msg: QueuedMessage, body: bytes) -> None:
+        """The successes the sender asked to hear of, in one report; then they are marked told."""
+        told = msg.unreported()
         if msg.sender and not msg.is_bounce:
+            fields = _dsn_fields(msg)
+            await self.notify(queue_id=msg.queue_id, sender=msg.sender, arrival=msg.created,
+                              entries=[(r, r.notice) for r in told], body=body, envid=fields["envid"],
+                              orcpt=fields["orcpt"])
+        done = [replace(r, notice="") for r in told]
+        await self._thread(self.spool.record, msg.queue_id, done)
+        for s in done:
+            msg.recipients[s.address] = s
+
+    async def _bounce(self, msg: QueuedMessage, body: bytes) -> None:
+        failed = [r for r in msg.failed() if msg.wants(r.address, "FAILURE")]
+        unwanted = [r for r in msg.failed() if r not in failed]
+        if unwanted:
+            log.info("{queue_id} failed for {recipients}; no bounce, as the sender asked (NOTIFY)",
+                     queue_id=msg.queue_id, recipients=", ".join(f"<{r.address}>" for r in unwanted))
+        if failed and msg.sender and not msg.is_bounce:
             dsn = build_bounce(hostname=self.settings.hostname, queue_id=msg.queue_id, sender=msg.sender,
-                               arrival=msg.created, failed=failed, original=body, now=self.now())
+                               arrival=msg.created, failed=failed, original=body, now=self.now(),
+                               **_dsn_fields(msg))
             bounce = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(msg.sender),
                                    smtputf8=not msg.sender.isascii(), is_bounce=True)
             await self._thread(self._add_notice, bounce, dsn)
@@ -523,14 +562,20 @@ class QueueRunner(Service):
             log.info("{queue_id} bounce {bounce_id} to <{sender}> for {n} recipient(s)", queue_id=msg.queue_id,
                      bounce_id=bounce.queue_id, sender=msg.sender, n=len(failed))
             self._schedule(bounce.queue_id, 0)
-        else:
+        elif failed:
             log.warn("{queue_id} failed for {n} recipient(s); no bounce for a null sender",
                      queue_id=msg.queue_id, n=len(failed))
         done = [RecipientState(r.address, BOUNCED, r.attempts, 0.0, r.last_error, r.status_code, r.remote_mta,
-                               r.diagnostic) for r in failed]
+                               r.diagnostic) for r in msg.failed()]
         await self._thread(self.spool.record, msg.queue_id, done)
         for s in done:
             msg.recipients[s.address] = s
+
+
+def _dsn_fields(msg: QueuedMessage) -> dict[str, Any]:
+    """What a report about *msg* returns of the sender's DSN request: ENVID, RET, the ORCPTs."""
+    return {"envid": msg.envid, "ret": msg.ret,
+            "orcpt": {a: d.orcpt for a, d in msg.dsn.items() if d.orcpt is not None}}
 
 
 def _done(r: RecipientState, remote: str, diagnostic: str) -> RecipientState:

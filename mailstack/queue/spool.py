@@ -29,6 +29,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mailstack.envelope import NO_DSN, RecipientDSN
 from mailstack.fsutil import write_file_synced
 from mailstack.maildir.dirsync import DirectorySyncer
 
@@ -63,6 +64,9 @@ class RecipientState:
     delivered_to: list[str] = field(default_factory=list)
     """Local mailboxes that already have the message, for an address that stands for several
     (an alias queued unresolved, a bounce to a local sender): a retry skips them."""
+    notice: str = ""
+    """A success the sender asked to be told of (RFC 3461 NOTIFY=SUCCESS) and not told yet: the
+    DSN action, ``delivered`` or ``relayed``. Cleared once the notice is queued."""
 
 
 @dataclass(slots=True)
@@ -77,6 +81,13 @@ class QueuedMessage:
     body_8bit: bool = False
     is_bounce: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    ret: str | None = None  # RFC 3461 RET and ENVID of the message
+    envid: str | None = None
+    dsn: dict[str, RecipientDSN] = field(default_factory=dict)  # address -> NOTIFY/ORCPT, when asked
+
+    def wants(self, address: str, event: str) -> bool:
+        """Whether the sender is to be told of *event* (SUCCESS, FAILURE, DELAY) for *address*."""
+        return self.dsn.get(address, NO_DSN).wants(event)
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients.values() if r.status == PENDING]
@@ -84,8 +95,11 @@ class QueuedMessage:
     def failed(self) -> list[RecipientState]:
         return [r for r in self.recipients.values() if r.status == FAILED]
 
+    def unreported(self) -> list[RecipientState]:
+        return [r for r in self.recipients.values() if r.status == DELIVERED and r.notice]
+
     def done(self) -> bool:
-        return all(r.status in FINAL for r in self.recipients.values())
+        return all(r.status in FINAL and not r.notice for r in self.recipients.values())
 
     def next_try(self) -> float:
         times = [r.next_try for r in self.pending()]
@@ -101,6 +115,12 @@ def _envelope_line(msg: QueuedMessage) -> bytes:
         "recipients": list(msg.recipients), "smtputf8": msg.smtputf8, "body_8bit": msg.body_8bit,
         "is_bounce": msg.is_bounce,
     }
+    if msg.ret:
+        head["ret"] = msg.ret
+    if msg.envid is not None:
+        head["envid"] = msg.envid
+    if msg.dsn:
+        head["dsn"] = {a: d.to_json() for a, d in msg.dsn.items()}
     return json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
@@ -194,7 +214,9 @@ class Spool:
             return None
         recipients = {a: RecipientState(a) for a in head["recipients"]}
         msg = QueuedMessage(head["id"], head["sender"], head["created"], recipients,
-                            head.get("smtputf8", False), head.get("body_8bit", False), head.get("is_bounce", False))
+                            head.get("smtputf8", False), head.get("body_8bit", False), head.get("is_bounce", False),
+                            ret=head.get("ret"), envid=head.get("envid"),
+                            dsn={a: RecipientDSN.from_json(d) for a, d in head.get("dsn", {}).items()})
         for state in self._states(queue_id):
             if state.address in recipients:
                 recipients[state.address] = state

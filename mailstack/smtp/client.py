@@ -7,7 +7,8 @@
 authenticates with AUTH PLAIN when asked (only over TLS), checks SIZE,
 SMTPUTF8 and 8BITMIME against what the peer advertises, then sends MAIL, every
 RCPT and DATA, pipelined when the peer offers PIPELINING (RFC 2920), and the
-dot-stuffed content. It returns a :class:`TransactionResult`; failures that
+dot-stuffed content. The sender's DSN requests (RFC 3461) go on MAIL and RCPT when
+the peer offers DSN; ``TransactionResult.dsn`` says whether it did. It returns a :class:`TransactionResult`; failures that
 end the whole transaction raise :class:`ClientError`.
 
 TLS fallback policy (RFC 3207 §4.1, RFC 7435 opportunistic security):
@@ -34,7 +35,7 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -46,6 +47,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailstack.envelope import RecipientDSN
+from mailstack.smtp.dsnparams import rcpt_params, xtext
 from mailstack.smtp.reply import Reply
 
 log = Logger()
@@ -86,6 +89,8 @@ class TransactionResult:
     data_reply: Reply | None
     remote_host: str
     tls: bool
+    dsn: bool = False
+    """The peer offers DSN (RFC 3461): the sender's requests were passed on, and it reports."""
 
 
 class ClientError(Exception):
@@ -372,6 +377,9 @@ async def send_message(
     auth: tuple[str, str] | None = None,
     timeouts: ClientTimeouts = ClientTimeouts(),
     endpoint_factory: Callable[[Any, str, int, float], Any] | None = None,
+    ret: str | None = None,
+    envid: str | None = None,
+    rcpt_dsn: Mapping[str, RecipientDSN] | None = None,
 ) -> TransactionResult:
     """Deliver *message* to *recipients* through the SMTP server at *host*:*port*.
 
@@ -379,6 +387,8 @@ async def send_message(
     client ``CertificateOptions`` (``mailstack.tls.client_options()``); without
     it STARTTLS is not attempted. *endpoint_factory(reactor, host, port,
     connect_timeout)* returns an ``IStreamClientEndpoint`` (tests, proxies).
+    *ret*, *envid* and *rcpt_dsn* (recipient -> NOTIFY/ORCPT) are the sender's DSN
+    requests, passed on when the peer offers DSN (RFC 3461 §5.2.2).
     """
     if starttls not in STARTTLS_MODES:
         raise ValueError(f"starttls must be one of {STARTTLS_MODES}")
@@ -396,7 +406,7 @@ async def send_message(
     except (error.ConnectError, error.TimeoutError, defer.TimeoutError, defer.CancelledError, OSError) as e:
         raise ClientError(_local(421, "4.4.1", f"Cannot connect to {host}:{port}: {_describe(e)}"),
                           True, "connect") from None
-    dialogue = _Dialogue(proto, host, timeouts)
+    dialogue = _Dialogue(proto, host, timeouts, ret, envid, rcpt_dsn or {})
     try:
         return await dialogue.run(helo=helo, sender=sender, recipients=list(recipients), message=message,
                                   smtputf8=smtputf8, body_8bit=body_8bit, tls_options=tls_options,
@@ -417,10 +427,14 @@ def _describe(e: BaseException) -> str:
 class _Dialogue:
     """The command sequence of one connection."""
 
-    def __init__(self, proto: SMTPClientProtocol, host: str, timeouts: ClientTimeouts) -> None:
+    def __init__(self, proto: SMTPClientProtocol, host: str, timeouts: ClientTimeouts, ret: str | None = None,
+                 envid: str | None = None, rcpt_dsn: Mapping[str, RecipientDSN] | None = None) -> None:
         self.proto = proto
         self.host = host
         self.t = timeouts
+        self.ret = ret
+        self.envid = envid
+        self.rcpt_dsn = rcpt_dsn or {}
         self.extensions: dict[str, str] = {}
         self.must_abort = False
 
@@ -543,13 +557,22 @@ class _Dialogue:
             params.append("BODY=8BITMIME")
         if smtputf8:
             params.append("SMTPUTF8")
+        if "DSN" in self.extensions:
+            if self.ret:
+                params.append(f"RET={self.ret}")
+            if self.envid is not None:
+                params.append(f"ENVID={xtext(self.envid)}")
         return " ".join([f"MAIL FROM:<{sender}>", *params])
+
+    def rcpt_command(self, recipient: str) -> str:
+        params = rcpt_params(self.rcpt_dsn.get(recipient)) if "DSN" in self.extensions else []
+        return " ".join([f"RCPT TO:<{recipient}>", *params])
 
     async def transaction(self, sender: str, recipients: list[str], message: bytes, smtputf8: bool,
                           body_8bit: bool) -> TransactionResult:
         content = dot_stuff(message) + b".\r\n"
         mail = self.mail_command(sender, len(message), smtputf8, body_8bit)
-        rcpts = [f"RCPT TO:<{r}>" for r in recipients]
+        rcpts = [self.rcpt_command(r) for r in recipients]
         per_recipient: dict[str, Reply] = {}
         if "PIPELINING" in self.extensions:
             self.proto.send("".join(f"{c}\r\n" for c in [mail, *rcpts, "DATA"]).encode("utf-8"))
@@ -569,14 +592,14 @@ class _Dialogue:
                 per_recipient[r] = self.check(await self.command(line, self.t.rcpt, "rcpt"), "rcpt")
             if not any(rep.is_success for rep in per_recipient.values()):
                 await self.reset_and_quit()
-                return TransactionResult(per_recipient, None, self.host, self.proto.tls)
+                return TransactionResult(per_recipient, None, self.host, self.proto.tls, "DSN" in self.extensions)
             data_reply = self.check(await self.command("DATA", self.t.data_init, "data"), "data")
         accepted = [r for r, rep in per_recipient.items() if rep.is_success]
         if not accepted:
             if data_reply.code == 354:
                 await self.abandon_data()
             await self.reset_and_quit()
-            return TransactionResult(per_recipient, None, self.host, self.proto.tls)
+            return TransactionResult(per_recipient, None, self.host, self.proto.tls, "DSN" in self.extensions)
         if data_reply.code != 354:
             final = data_reply
         else:
@@ -584,7 +607,7 @@ class _Dialogue:
         for r in accepted:
             per_recipient[r] = final
         await self.quit()
-        return TransactionResult(per_recipient, final, self.host, self.proto.tls)
+        return TransactionResult(per_recipient, final, self.host, self.proto.tls, "DSN" in self.extensions)
 
     async def send_content(self, content: bytes) -> Reply:
         producer = _ContentProducer(self.proto, content, self.t.data_block)

@@ -28,7 +28,9 @@ from mailstack.smtp.reply import Reply, SMTPReplyError
 from mailstack.smtp.session import Action, Outcome, SMTPSession
 from mailstack.throttle import ConnectionLimiter
 
-MAX_COMMAND_LINE = 512  # RFC 5321 §4.5.3.1.4
+# RFC 5321 §4.5.3.1.4's 512, plus what the extensions add: 500 for RCPT's NOTIFY and ORCPT
+# (RFC 3461 §4), 100 + 500 for MAIL's ENVID/RET and AUTH (RFC 3461, RFC 4954 §5), 26 for SIZE
+MAX_COMMAND_LINE = 512 + 100 + 500 + 26
 MAX_AUTH_LINE = 12288  # RFC 4954 §4
 MAX_BUFFER = 1 << 20  # pause reading when this much pipelined input waits
 

@@ -2,7 +2,8 @@
 
 RFC 5321 (commands, sequencing §4.1.4, replies §4.2), RFC 1870 (SIZE), RFC 6152
 (8BITMIME), RFC 2920 (PIPELINING), RFC 2034 (ENHANCEDSTATUSCODES), RFC 6531
-(SMTPUTF8), RFC 3030 (CHUNKING/BDAT), RFC 3207 (STARTTLS), RFC 4954 (AUTH).
+(SMTPUTF8), RFC 3030 (CHUNKING/BDAT), RFC 3207 (STARTTLS), RFC 4954 (AUTH),
+RFC 3461 (DSN: its parameters are kept in the envelope), RFC 1985 (ETRN).
 
 The protocol layer (``protocol.py``) hands in complete command lines and
 message content; the session answers with an :class:`Outcome` (a reply plus
@@ -18,18 +19,19 @@ import enum
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.logger import Logger
 
 from mailstack import auth as sasl
 from mailstack import metrics
 from mailstack.addresses import InvalidAddress, normalize_domain
-from mailstack.envelope import Envelope, new_queue_id
+from mailstack.envelope import Envelope, RecipientDSN, new_queue_id
 from mailstack.interfaces import ClientInfo, FaultInjector, MessageRouter, QueueStarter, SMTPPolicy
 from mailstack.smtp import message as msg
 from mailstack.smtp import reply as R
 from mailstack.smtp.address import PathSyntaxError, parse_mail_from, parse_rcpt_to
+from mailstack.smtp.dsnparams import DSNParamError, parse_envid, parse_ret, rcpt_dsn
 from mailstack.smtp.reply import Reply, SMTPReplyError
 
 log = Logger()
@@ -208,6 +210,7 @@ class SMTPSession:
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
             "CHUNKING",
+            "DSN",
         ]
         if self.config.starttls_available and not self.tls:
             lines.append("STARTTLS")
@@ -315,6 +318,14 @@ class SMTPSession:
                 envelope.smtputf8 = True
             elif key == "AUTH":  # RFC 4954 §5: accepted, not trusted
                 continue
+            elif key in ("RET", "ENVID"):  # RFC 3461 §4.3, §4.4
+                try:
+                    if key == "RET":
+                        envelope.ret = parse_ret(value)
+                    else:
+                        envelope.envid = parse_envid(value)
+                except DSNParamError as e:
+                    return R.SYNTAX.with_text(str(e))
             else:
                 return R.PARAM_UNKNOWN.with_text(f"Unsupported parameter {key}")
         return None
@@ -331,22 +342,29 @@ class SMTPSession:
             path = parse_rcpt_to(args, self.config.postmaster_domain)
         except PathSyntaxError as e:
             return Outcome(R.PARAM_UNKNOWN.with_text(str(e)) if e.param else R.BAD_RCPT_SYNTAX)
-        if path.params:
-            return Outcome(R.PARAM_UNKNOWN.with_text(f"Unsupported parameter {next(iter(path.params))}"))
+        params = dict(path.params)
+        try:
+            dsn = rcpt_dsn(params)  # RFC 3461 §4.1, §4.2
+        except DSNParamError as e:
+            return Outcome(R.SYNTAX.with_text(str(e)))
+        if params:
+            return Outcome(R.PARAM_UNKNOWN.with_text(f"Unsupported parameter {next(iter(params))}"))
+        if dsn is not None and dsn.orcpt is not None and not dsn.orcpt[1].isascii() and not txn.envelope.smtputf8:
+            return Outcome(R.UTF8_REQUIRED)
         if not path.is_ascii and not txn.envelope.smtputf8:
             return Outcome(R.UTF8_REQUIRED)
         if len(txn.envelope.recipients) >= self.config.max_recipients:
             return Outcome(R.TOO_MANY_RECIPIENTS)
         return self._unless_fault("rcpt", txn.envelope.sender, path.address,
-                                  lambda: self._accept_recipient(txn, path.address))
+                                  lambda: self._accept_recipient(txn, path.address, dsn))
 
-    def _accept_recipient(self, txn: _Transaction, address: str) -> Outcome:
+    def _accept_recipient(self, txn: _Transaction, address: str, dsn: RecipientDSN | None = None) -> Outcome:
         if self.txn is not txn:  # a delayed RCPT whose transaction ended meanwhile
             return Outcome(R.BAD_SEQUENCE.with_text("Need MAIL before RCPT"))
         route = self.policy.check_rcpt(self.client(), address)
         if route.remote and not self.router.can_relay():
             return Outcome(R.NO_RELAY_YET)
-        txn.envelope.recipients.append(route)
+        txn.envelope.recipients.append(route if dsn is None else replace(route, dsn=dsn))
         return Outcome(R.RECIPIENT_OK)
 
     def _require_recipients(self) -> _Transaction:

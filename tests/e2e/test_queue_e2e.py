@@ -384,3 +384,103 @@ def test_mail_submitted_on_a_arrives_at_b_with_signatures_mail_dkim_accepts(mesh
         return next((z["TXT"][0].encode() for n, z in zones.items() if f"{n}.".encode() == name), b"")
 
     assert [dkim.DKIM(stored).verify(idx=i, dnsfunc=lookup) for i in range(2)] == [True, True]
+
+
+# -- delivery status notifications (RFC 3461) ---------------------------------------------------------
+
+def submit_dsn(port: int, rcpts: list[str], subject: str, mail_options: list[str], rcpt_options: list[str]) -> None:
+    message = (f"From: alice@a.test\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{uuid.uuid4().hex}@a.test>\r\n\r\nAsk me how it went.\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.starttls(context=tls_context())
+        s.login("alice@a.test", PASSWORD)
+        s.ehlo()
+        assert s.has_extn("dsn")
+        s.sendmail("alice@a.test", rcpts, message, mail_options=mail_options, rcpt_options=rcpt_options)
+
+
+def report_for(server: Server, subject: str):
+    def look():
+        for m in server.messages("alice@a.test"):
+            if m.startswith(b"Return-Path: <>") and f"Subject: {subject}".encode() in m:
+                return m
+        return None
+
+    return email.message_from_bytes(wait_for(look, what="a delivery report"), policy=email.policy.default)
+
+
+def test_success_asked_on_a_is_reported_by_b_that_delivered_it(mesh):
+    """A passes NOTIFY, ORCPT, RET and ENVID on to B, which offers DSN; B files the message and
+    tells the sender itself, through its queue back to A."""
+    subject = "dsn success " + uuid.uuid4().hex
+    submit_dsn(mesh.a.ports["submission"], ["bob@b.test"], subject, ["RET=HDRS", "ENVID=track+2B42"],
+               ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Bob@b.test"])
+    report = report_for(mesh.a, subject)
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    fields = report.get_payload()[1].get_payload()
+    assert fields[0]["Reporting-MTA"] == "dns; mx.b.test"
+    assert fields[0]["Original-Envelope-Id"] == "track+42"
+    assert fields[1]["Action"] == "delivered"
+    assert fields[1]["Final-Recipient"] == "rfc822; bob@b.test"
+    assert fields[1]["Original-Recipient"] == "rfc822; Bob@b.test"
+    assert len(find(mesh.b, "bob@b.test", subject)) == 1
+
+
+def test_notify_never_means_no_bounce_even_when_the_next_hop_refuses(mesh):
+    subject = "dsn never " + uuid.uuid4().hex
+    submit_dsn(mesh.a.ports["submission"], ["nobody@b.test", "bob@b.test"], subject, [], ["NOTIFY=NEVER"])
+    wait_for(lambda: find(mesh.b, "bob@b.test", subject), what="delivery of the good recipient")
+    wait_for(lambda: "queue is empty" in cli(mesh.a.config, "queue", "list").stdout, what="an empty queue")
+    time.sleep(1)
+    assert not any(f"Subject: {subject}".encode() in m for m in mesh.a.messages("alice@a.test"))
+
+
+@pytest.mark.skipif(shutil.which("smtp-sink") is None and not Path("/usr/sbin/smtp-sink").exists(),
+                    reason="Postfix smtp-sink is not installed (.ci/run installs postfix)")
+@pytest.mark.parametrize("sink_dsn", [True, False], ids=["sink-offers-dsn", "sink-without-dsn"])
+def test_dsn_requests_with_postfix_smtp_sink_as_the_next_hop(tmp_path, sink_dsn):
+    """Postfix's sink offering DSN receives the requests (its dump shows the MAIL and RCPT
+    arguments) and no report comes from here; without DSN (``-N``) the sender is told "relayed"."""
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    port = free_ports(1)[0]
+    dump = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    dump.chmod(0o777)
+    flags = [] if sink_dsn else ["-N"]
+    proc = subprocess.Popen([sink, *user, *flags, "-d", str(dump / "%M%S."), f"127.0.0.1:{port}", "10"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), what="smtp-sink")
+        c = make_server(tmp_path, "c", hostname="mail.c-sender.test", domains=("a.test",),
+                        extra=f'smarthost = "127.0.0.1:{port}"')
+        assert cli(c.config, "user", "add", "alice@a.test", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+        c.start()
+        try:
+            subject = "dsn sink " + uuid.uuid4().hex
+            submit_dsn(c.ports["submission"], ["someone@elsewhere.test"], subject, ["RET=FULL", "ENVID=e-1"],
+                       ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;someone+2Bx@elsewhere.test"])
+
+            def dumped() -> bytes:
+                return b"".join(p.read_bytes() for p in dump.iterdir())
+
+            data = wait_for(lambda: subject.encode() in dumped() and dumped(), what="smtp-sink to get the message")
+            wait_for(lambda: "queue is empty" in cli(c.config, "queue", "list").stdout, what="an empty queue")
+            if sink_dsn:
+                assert b"RET=FULL" in data and b"ENVID=e-1" in data, data[:600]
+                assert b"NOTIFY=SUCCESS,DELAY" in data and b"ORCPT=rfc822;someone+2Bx@elsewhere.test" in data
+                time.sleep(1)
+                assert not any(subject.encode() in m for m in c.messages("alice@a.test"))
+            else:
+                assert b"NOTIFY=" not in data and b"ENVID=" not in data
+                report = report_for(c, subject)
+                fields = report.get_payload()[1].get_payload()
+                assert fields[0]["Original-Envelope-Id"] == "e-1"
+                assert fields[1]["Action"] == "relayed"
+                assert fields[1]["Original-Recipient"] == "rfc822; someone+x@elsewhere.test"
+        finally:
+            c.stop()
+        assert "Traceback" not in c.log_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(dump, ignore_errors=True)

@@ -24,6 +24,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailstack.config import TLSSettings
+from mailstack.envelope import RecipientDSN
 from mailstack.smtp.client import (
     MAX_LINE,
     ClientError,
@@ -711,3 +712,27 @@ class LoopbackTests(TestCase):
             self.assertIn(b"\n.one", content.replace(b"\r\n", b"\n"))
             self.assertIn(b"\n..two", content.replace(b"\r\n", b"\n"))
         return defer.Deferred.fromCoroutine(go())
+
+
+class DSNTests(ClientTestCase):
+    """RFC 3461 §5.2.2: the sender's DSN requests go to a next hop that offers DSN, and only then."""
+
+    DSN_REQUEST = dict(ret="HDRS", envid="id+1 2", recipients=["bob@peer.test", "carol@peer.test"],
+                       rcpt_dsn={"bob@peer.test": RecipientDSN(frozenset({"SUCCESS", "FAILURE"}),
+                                                               ("rfc822", "bob+x@peer.test"))})
+
+    def test_passed_on_when_offered(self) -> None:
+        server = ScriptedServer(extensions=(*DEFAULT_EHLO, b"DSN"))
+        result = self.send(server, **self.DSN_REQUEST)
+        self.assertTrue(result.dsn)
+        self.assertEqual(server.commands[1:4], [
+            f"MAIL FROM:<alice@example.test> SIZE={len(MESSAGE)} RET=HDRS ENVID=id+2B1+202",
+            "RCPT TO:<bob@peer.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@peer.test",
+            "RCPT TO:<carol@peer.test>"])
+
+    def test_left_out_when_not_offered(self) -> None:
+        server = ScriptedServer()
+        result = self.send(server, **self.DSN_REQUEST)
+        self.assertFalse(result.dsn)
+        self.assertEqual(server.commands[1:4], [f"MAIL FROM:<alice@example.test> SIZE={len(MESSAGE)}",
+                                                "RCPT TO:<bob@peer.test>", "RCPT TO:<carol@peer.test>"])
