@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mailstack.queue.spool import RecipientState
+from mailstack.smtp.dsnparams import utf8_addr_xtext
 from mailstack.smtp.message import header_block, rfc2822_date
 
 FULL_LIMIT = 2 * 1024 * 1024
@@ -40,8 +41,11 @@ _SUBJECTS = {
 _SUCCESS = frozenset({"delivered", "relayed", "expanded"})
 
 
-def _address_field(kind: str, address: str) -> str:
-    return f"{kind}; {address}" if address.isascii() or kind != "rfc822" else f"utf-8; {address}"
+def _address_field(kind: str, address: str, utf8: bool = True) -> str:
+    """``type; address``; a UTF-8 address in an ASCII report in RFC 6533's utf-8-addr-xtext form."""
+    if address.isascii():
+        return f"{kind}; {address}"
+    return f"utf-8; {address}" if utf8 else f"utf-8; {utf8_addr_xtext(address)}"
 
 
 def _explain(action: str, retry_until: float | None) -> str:
@@ -50,7 +54,7 @@ def _explain(action: str, retry_until: float | None) -> str:
     if action == "delayed":
         return ("Your message has not been delivered yet to the recipients below; delivery will be retried"
                 f" until {rfc2822_date(retry_until or 0)}. You do not need to send it again.")
-    return "Your message was delivered as you asked to be told; this is the report."
+    return "This is the report on your message's delivery that you asked for."
 
 
 def _line_for(action: str, state: RecipientState, hostname: str) -> str:
@@ -92,8 +96,7 @@ def build_report(
     orcpt = orcpt or {}
     actions = {a for _, a in entries}
     kind = "failed" if "failed" in actions else "delayed" if "delayed" in actions else "success"
-    utf8 = (not sender.isascii() or any(not r.address.isascii() for r, _ in entries)
-            or any(not o[1].isascii() for o in orcpt.values()))
+    utf8 = not sender.isascii() or any(not r.address.isascii() for r, _ in entries)
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{hostname}"
     status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
     headers = header_block(original)
@@ -156,11 +159,11 @@ def build_report(
         lines.append("")
         original_rcpt = orcpt.get(r.address)
         if original_rcpt is not None:
-            lines.append(f"Original-Recipient: {_address_field(*original_rcpt)}")
+            lines.append(f"Original-Recipient: {_address_field(*original_rcpt, utf8=utf8)}")
         default_status = {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
         lines += [f"Final-Recipient: {_address_field('rfc822', r.address)}", f"Action: {action}",
                   f"Status: {r.status_code or default_status}"]
-        if r.remote_mta:
+        if r.remote_mta and action not in ("delivered", "expanded"):  # filed here: there is no remote MTA
             lines.append(f"Remote-MTA: dns; {r.remote_mta}")
         if r.diagnostic:
             lines.append(f"Diagnostic-Code: smtp; {r.diagnostic}")
@@ -171,9 +174,12 @@ def build_report(
             lines.append(f"Will-Retry-Until: {rfc2822_date(retry_until)}")
     description = "Undelivered message" if full else ("Undelivered message headers" if kind != "success"
                                                       else "Message headers")
-    lines += ["", f"--{boundary}", f"Content-Type: {returned_type}", f"Content-Description: {description}", ""]
-    text = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     returned = original if full else headers
+    lines += ["", f"--{boundary}", f"Content-Type: {returned_type}", f"Content-Description: {description}"]
+    if not returned.isascii():  # RFC 6152: the queue sends the report with BODY=8BITMIME
+        lines.append("Content-Transfer-Encoding: 8bit")
+    lines.append("")
+    text = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     if returned and not returned.endswith(b"\r\n"):
         returned += b"\r\n"
     return text + returned + f"\r\n--{boundary}--\r\n".encode()

@@ -345,6 +345,8 @@ class QueueRunner(Service):
             log.info("{queue_id} removed from the queue: every recipient is done", queue_id=queue_id)
         elif msg.pending():
             self._schedule(queue_id, msg.next_try())
+        elif msg.unreported():  # the success report could not be queued: again later
+            self._schedule(queue_id, self.now() + retry_delay(self.settings.retry, msg.attempts()))
 
     async def _deliver_pending(self, msg: QueuedMessage, body: bytes) -> None:
         pending = msg.pending()
@@ -477,7 +479,9 @@ class QueueRunner(Service):
             await self._finish(msg, [make(r, error.status, error.message, "capture") for r in rcpts], "captured")
 
     def _add_notice(self, notice: QueuedMessage, data: bytes) -> None:
-        """Spool a bounce or delay warning written here, signed like users' mail (pool thread)."""
+        """Spool a report written here, signed like users' mail (pool thread). One that returns
+        8-bit content (the RFC 6532/6533 types are body parts) goes with BODY=8BITMIME."""
+        notice.body_8bit = not data.isascii()
         if self.signer is not None:
             data = self.signer(data, notice.queue_id)
         self.spool.add(notice, data)
@@ -537,9 +541,17 @@ class QueueRunner(Service):
         told = msg.unreported()
         if msg.sender and not msg.is_bounce:
             fields = _dsn_fields(msg)
-            await self.notify(queue_id=msg.queue_id, sender=msg.sender, arrival=msg.created,
-                              entries=[(r, r.notice) for r in told], body=body, envid=fields["envid"],
-                              orcpt=fields["orcpt"])
+            try:
+                await self.notify(queue_id=msg.queue_id, sender=msg.sender, arrival=msg.created,
+                                  entries=[(r, r.notice) for r in told], body=body, envid=fields["envid"],
+                                  orcpt=fields["orcpt"])
+            except Exception as e:  # a full spool, say: tried again later, given up after max_age
+                if self.now() - msg.created <= self.settings.max_age:
+                    log.error("{queue_id} delivery report not queued, tried again later: {error}",
+                              queue_id=msg.queue_id, error=str(e))
+                    return
+                log.error("{queue_id} delivery report given up after relay.max_age: {error}",
+                          queue_id=msg.queue_id, error=str(e))
         done = [replace(r, notice="") for r in told]
         await self._thread(self.spool.record, msg.queue_id, done)
         for s in done:

@@ -207,16 +207,16 @@ class Spool:
         try:
             with open(self.msg / queue_id, "rb") as f:
                 head = json.loads(f.readline())
+            recipients = {a: RecipientState(a) for a in head["recipients"]}
+            msg = QueuedMessage(head["id"], head["sender"], head["created"], recipients,
+                                head.get("smtputf8", False), head.get("body_8bit", False),
+                                head.get("is_bounce", False), ret=head.get("ret"), envid=head.get("envid"),
+                                dsn={a: RecipientDSN.from_json(d) for a, d in head.get("dsn", {}).items()})
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             log.error("unreadable spool file {queue_id}: {error}", queue_id=queue_id, error=e)
             return None
-        recipients = {a: RecipientState(a) for a in head["recipients"]}
-        msg = QueuedMessage(head["id"], head["sender"], head["created"], recipients,
-                            head.get("smtputf8", False), head.get("body_8bit", False), head.get("is_bounce", False),
-                            ret=head.get("ret"), envid=head.get("envid"),
-                            dsn={a: RecipientDSN.from_json(d) for a, d in head.get("dsn", {}).items()})
         for state in self._states(queue_id):
             if state.address in recipients:
                 recipients[state.address] = state

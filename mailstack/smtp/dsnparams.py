@@ -9,6 +9,7 @@ and :func:`orcpt_param` encode them again for the next hop. Each parser raises
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from mailstack.envelope import NOTIFY_VALUES, RecipientDSN
 
@@ -16,6 +17,7 @@ MAX_ENVID = 100  # RFC 3461 §4.4, the value as sent
 MAX_ORCPT = 500  # RFC 3461 §4.2
 _ADDR_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _HEX = "0123456789ABCDEF"
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _UNICODE_ESCAPE = re.compile(r"\\x\{([0-9A-Fa-f]{2,6})\}")
 
 
@@ -60,6 +62,12 @@ def utf8_addr_decode(value: str, name: str) -> str:
             raise DSNParamError(f"{name}: bad \\x{{}} escape")
         return chr(code)
 
+    def visible(text: str) -> str:
+        """No controls, format characters (bidi overrides) or line separators in an address."""
+        if any(not c.isascii() and unicodedata.category(c) in _HIDDEN for c in text):
+            raise DSNParamError(f"{name}: invisible or control characters in the address")
+        return text
+
     out = []
     for part in re.split(r"(\+[0-9A-F]{2})", value):
         if part.startswith("+") and len(part) == 3:
@@ -70,12 +78,13 @@ def utf8_addr_decode(value: str, name: str) -> str:
         if "\\" in _UNICODE_ESCAPE.sub("", part):
             raise DSNParamError(f"{name}: a backslash that starts no \\x{{}} escape")
         out.append(_UNICODE_ESCAPE.sub(unicode, part))
-    return "".join(out)
+    return visible("".join(out))
 
 
 def utf8_addr_xtext(value: str) -> str:
-    """The utf-8-addr-xtext form (ASCII only: non-ASCII as ``\\x{HEX}``)."""
-    return "".join(f"\\x{{{ord(c):X}}}" if not c.isascii() or c == "\\" else xtext(c) for c in value)
+    """The utf-8-addr-xtext form: ASCII only, with non-ASCII, controls, space, ``+``, ``=`` and
+    ``\\`` as ``\\x{HEX}`` (RFC 6533 §3 has no ``+HH`` form)."""
+    return "".join(f"\\x{{{ord(c):X}}}" if not "!" <= c <= "~" or c in "+=\\" else c for c in value)
 
 
 def parse_notify(value: str | None) -> frozenset[str]:

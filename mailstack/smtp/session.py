@@ -349,8 +349,8 @@ class SMTPSession:
             return Outcome(R.SYNTAX.with_text(str(e)))
         if params:
             return Outcome(R.PARAM_UNKNOWN.with_text(f"Unsupported parameter {next(iter(params))}"))
-        if dsn is not None and dsn.orcpt is not None and not dsn.orcpt[1].isascii() and not txn.envelope.smtputf8:
-            return Outcome(R.UTF8_REQUIRED)
+        if not (path.params.get("ORCPT") or "").isascii() and not txn.envelope.smtputf8:
+            return Outcome(R.UTF8_REQUIRED)  # RFC 6533 §3: raw UTF-8 (unitext) under SMTPUTF8 only
         if not path.is_ascii and not txn.envelope.smtputf8:
             return Outcome(R.UTF8_REQUIRED)
         if len(txn.envelope.recipients) >= self.config.max_recipients:

@@ -207,3 +207,41 @@ def test_queued_entries_keep_the_requests_across_a_restart(tmp_path):
     loaded = spool.load("Q1")
     assert (loaded.ret, loaded.envid, loaded.dsn) == ("FULL", "e+1", {"x@remote.example": SUCCESS})
     assert dataclasses.replace(loaded, dsn={}).dsn == {}
+
+
+def test_a_report_that_returns_8bit_content_is_queued_as_8bit(tmp_path):
+    runner, spool, clock, _ = make(tmp_path, Peer(code=550))
+    body = "From: s@example.test\r\nSubject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()
+    msg = QueuedMessage("Q1", "s@example.test", clock.seconds(), {"x@remote.example": RecipientState("x@remote.example")},
+                        body_8bit=True, ret="FULL")
+    spool.add(msg, body)
+    queued = []
+    real_add = spool.add
+    spool.add = lambda m, data: (queued.append((m, data)), real_add(m, data))[1]
+    run_queue(runner, clock)
+    [(notice, data)] = queued
+    assert notice.body_8bit and not notice.smtputf8
+    assert b"Content-Type: message/global\r\nContent-Description: Undelivered message\r\n" \
+           b"Content-Transfer-Encoding: 8bit\r\n" in data
+
+
+def test_a_report_that_cannot_be_queued_is_tried_again_later_then_given_up(tmp_path):
+    runner, spool, clock, _ = make(tmp_path, Peer(), )
+    runner.settings = dataclasses.replace(runner.settings, retry=(60.0,), max_age=600.0)
+    add(spool, clock, SUCCESS)
+    calls = []
+
+    async def broken(**kw):
+        calls.append(clock.seconds())
+        raise OSError(28, "No space left on device")
+
+    runner.notify = broken
+    run_queue(runner, clock)
+    assert len(calls) == 1 and spool.ids() == ["Q1"]  # the notice is kept on disk
+    clock.advance(30)
+    assert len(calls) == 1  # no tight loop: the retry schedule applies
+    clock.advance(30)
+    assert len(calls) == 2
+    for _ in range(12):
+        clock.advance(60)
+    assert spool.ids() == []  # past max_age the report is given up, the message removed

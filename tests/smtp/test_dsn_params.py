@@ -104,15 +104,18 @@ def test_bad_mail_parameters_are_refused(command, words):
     assert h.replies("MAIL FROM:<a@b.example>\r\n") == ["250 2.1.0 Sender OK"]
 
 
-def test_utf8_orcpt_needs_smtputf8():
+def test_utf8_orcpt_raw_needs_smtputf8_its_ascii_form_does_not():
+    """RFC 6533 §3: utf-8-addr-xtext is 7-bit and safe anywhere; raw UTF-8 only under SMTPUTF8."""
     h = smtp_harness()
     h.read()
     ehlo(h)
     h.replies("MAIL FROM:<a@b.example>\r\n")
-    assert h.replies("RCPT TO:<alice@example.test> ORCPT=utf-8;j\\x{F6}rg@example.test\r\n")[0].startswith("553")
+    assert h.replies("RCPT TO:<alice@example.test> ORCPT=utf-8;jörg@example.test\r\n")[0].startswith("553")
+    assert h.replies("RCPT TO:<alice@example.test> ORCPT=utf-8;j\\x{F6}rg@example.test\r\n") == [
+        "250 2.1.5 Recipient OK"]
     h.replies("RSET\r\n")
     h.replies("MAIL FROM:<a@b.example> SMTPUTF8\r\n")
-    assert h.replies("RCPT TO:<alice@example.test> ORCPT=utf-8;j\\x{F6}rg@example.test\r\n") == [
+    assert h.replies("RCPT TO:<alice@example.test> ORCPT=utf-8;jörg@example.test\r\n") == [
         "250 2.1.5 Recipient OK"]
 
 
@@ -129,9 +132,13 @@ def test_utf8_addresses():
     assert utf8_addr_decode("j\\x{F6}rg@example.test", "ORCPT") == "jörg@example.test"
     assert utf8_addr_decode("jörg@example.test", "ORCPT") == "jörg@example.test"
     assert utf8_addr_decode("a+2Bb@example.test", "ORCPT") == "a+b@example.test"
-    with pytest.raises(DSNParamError):
-        utf8_addr_decode("a\\x{0}@example.test", "ORCPT")
+    for bad in ("a\\x{0}@example.test", "a\\b@example.test", "a\\x{202E}gnp.exe@example.test",
+                "a\u2028b@example.test", "a\x85b@example.test"):
+        with pytest.raises(DSNParamError):
+            utf8_addr_decode(bad, "ORCPT")
     assert orcpt_param(("rfc822", "jörg@example.test")) == "utf-8;j\\x{F6}rg@example.test"
+    assert orcpt_param(("utf-8", "a+b=c@example.test")) == "utf-8;a\\x{2B}b\\x{3D}c@example.test"
+    assert parse_orcpt("utf-8;a\\x{2B}b@example.test") == ("utf-8", "a+b@example.test")
     assert parse_orcpt(orcpt_param(("rfc822", "jörg@example.test"))) == ("utf-8", "jörg@example.test")
     assert parse_orcpt(orcpt_param(("rfc822", "a+b@example.test"))) == ("rfc822", "a+b@example.test")
 
