@@ -499,6 +499,13 @@ def _check_config(args: argparse.Namespace, ctx: Context) -> None:
         names |= {f"mta-sts.{domain}": "the MTA-STS policy" for domain in settings.domains}
     for warning in certificate_warnings(settings.tls, names):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if settings.relay.ca_file:
+        from mailstack.mtasts import trust_root
+
+        try:
+            trust_root(Path(settings.relay.ca_file))
+        except (OSError, ValueError) as e:
+            print(f"{PROG}: warning: relay.ca_file: cannot load {settings.relay.ca_file}: {e}", file=sys.stderr)
 
 
 # -- queue -------------------------------------------------------------------------------

@@ -97,6 +97,9 @@ class RelaySettings:
     capture_except: tuple[str, ...]  # domains still relayed in capture mode (a lab's other domains)
     source_address: str  # the local address outbound connections come from; "": the system's choice
     mx_networks: tuple[IPNetwork, ...]  # non-public MX addresses mail may still go to (labs); others refused
+    mta_sts: bool = True  # obey recipient domains' MTA-STS policies (RFC 8461)
+    ca_file: str = ""  # extra CA certificates (PEM) outbound TLS verification trusts besides the system's
+    https_port: int = 443  # where MTA-STS policies are fetched (443; labs and tests may differ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +402,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "capture_except": (_list_of(_domain), []),
         "source_address": (_ip_address, ""),
         "mx_networks": (_list_of(_network), []),
+        "mta_sts": (_Bool, True),
+        "ca_file": (_Str, ""),
+        "https_port": (_port, 443),
     },
     "limits": {
         "message_size": (_positive_int, 36700160),
@@ -493,6 +499,8 @@ def from_mapping(raw: Mapping[str, object], base: Path | str | None = None) -> S
                     parsed[key] = (base_dir / value).absolute()
         sections[name] = cls(**parsed)
     relay: RelaySettings = sections["relay"]
+    if relay.ca_file:
+        sections["relay"] = relay = replace(relay, ca_file=str((base_dir / relay.ca_file).absolute()))
     if relay.smarthost_username and relay.smarthost is None:
         raise ConfigError(("relay", "smarthost_username"), "set relay.smarthost too")
     if relay.capture:

@@ -64,6 +64,7 @@ from mailstack.interfaces import SMTPPolicy
 from mailstack.maildir import MaildirDelivery, MaildirLayout, MailStore
 from mailstack.maildir.names import escape_hostname
 from mailstack.maildir.watch import Watcher
+from mailstack.mtasts import MTASTS, HTTPSFetcher, trust_root
 from mailstack.notify import MailboxEvents
 from mailstack.pop3 import Maildrops, POP3Factory
 from mailstack.queue import Spool
@@ -315,8 +316,18 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
     source = relay_settings.source_address
     listening = [getattr(settings.listen, f.name) for f in fields(settings.listen)]
     own = [a.host for a in listening if a is not None and a.host not in ("0.0.0.0", "::")]
+    allowed = mx_filter(relay_settings.mx_networks, [*own, relay_settings.source_address])
+    try:
+        trust = trust_root(Path(relay_settings.ca_file) if relay_settings.ca_file else None)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"relay.ca_file: cannot load {relay_settings.ca_file}: {e}") from None
+    mta_sts = None
+    if relay_settings.mta_sts and relay_settings.smarthost is None:
+        fetcher = HTTPSFetcher(reactor, mx, trust, port=relay_settings.https_port, allowed=allowed)
+        mta_sts = MTASTS(mx, fetcher, cache_path=settings.storage.queue / "mta-sts.json", clock=reactor.seconds,
+                         save=lambda write: pool.callInThread(write))
     relay = Relay(reactor=reactor, mx=mx, hostname=settings.hostname, port=relay_settings.port,
-                  mx_allowed=mx_filter(relay_settings.mx_networks, [*own, relay_settings.source_address]),
+                  mx_allowed=allowed, mta_sts=mta_sts, trust=trust,
                   tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth,
                   endpoint_factory=bound_endpoint(source) if source else None)
     queue_settings = QueueSettings(

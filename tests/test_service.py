@@ -234,3 +234,21 @@ def test_the_submission_ports_have_their_own_recipient_cap_and_port_25_keeps_the
     assert smtp_config(capped, implicit_tls=False, submission=True).max_recipients == 10
     assert smtp_config(capped, implicit_tls=False).max_recipients == settings.limits.recipients == 100
     assert smtp_config(settings, implicit_tls=True, submission=True).max_recipients == 100  # 0: the general one
+
+
+def test_a_ca_file_that_does_not_load_stops_start_up_with_one_line_naming_the_key(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from mailstack.errors import StartupError
+    from mailstack.service import build_shared
+
+    settings = settings_for(tmp_path, {"smtp": "127.0.0.1:2525"})
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    for path in (tmp_path / "ca.pem", tmp_path / "missing.pem"):
+        relay = dataclasses.replace(settings.relay, ca_file=str(path))
+        with pytest.raises(StartupError) as failed:
+            build_shared(dataclasses.replace(settings, relay=relay), MemoryReactorClock())
+        assert str(failed.value).startswith(f"relay.ca_file: cannot load {path}: ")
+        assert "\n" not in str(failed.value)

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from mailstack.config import HostPort
 from mailstack.dns import DNSError, MXHost, MXResolver
+from mailstack.mtasts import MTASTS, Policy, verified_options
 from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState
 from mailstack.smtp.client import ClientError, TLSFailed, send_message
 from mailstack.smtp.reply import Reply
@@ -111,6 +112,8 @@ class Relay:
         send: Any = send_message,
         endpoint_factory: Any = None,
         mx_allowed: Callable[[str], bool] | None = None,
+        mta_sts: MTASTS | None = None,
+        trust: Any = None,
     ) -> None:
         self.reactor = reactor
         self.mx = mx
@@ -122,6 +125,8 @@ class Relay:
         self.send = send
         self.endpoint_factory = endpoint_factory
         self.mx_allowed = mx_allowed  # None: every MX address is tried
+        self.mta_sts = mta_sts  # None: recipient domains' MTA-STS policies are not looked at
+        self.trust = trust  # the CAs MX certificates are verified against (MTA-STS)
 
     async def _hosts(self, domain: str) -> tuple[list[MXHost], int]:
         if self.smarthost is None:
@@ -150,10 +155,23 @@ class Relay:
                          queue_id=msg.queue_id, domain=domain, skipped=", ".join(skipped))
                 last_error = f"the MX hosts of {domain} are not public addresses: {', '.join(skipped)}"
                 last_status = "4.4.4"
+        policy = None
+        if self.smarthost is None and self.mta_sts is not None and hosts:
+            policy = await self.mta_sts.policy(domain)
+            if policy is not None and policy.mode != "none":
+                named = [h for h in hosts if policy.matches(h.name)]
+                if len(named) < len(hosts):
+                    others = ", ".join(h.name for h in hosts if h not in named)
+                    log.warn("{queue_id} MTA-STS policy of {domain} ({mode}) does not name MX {others}",
+                             queue_id=msg.queue_id, domain=domain, mode=policy.mode, others=others)
+                    if policy.mode == "enforce":
+                        hosts = named
+                        last_error = f"the MTA-STS policy of {domain} names none of its MX hosts ({others})"
+                        last_status = "4.7.5"
         for host in hosts:
             for address in host.addresses:
                 try:
-                    result = await self._send(host, address, port, msg, recipients, body)
+                    result = await self._send(host, address, port, msg, recipients, body, policy)
                 except ClientError as e:
                     last_error = f"{host.name}[{address}]: {_reply_text(e.reply)}"
                     last_status, last_remote = _status(e.reply), host.name
@@ -167,7 +185,7 @@ class Relay:
         return [RecipientState(r, PENDING, 0, 0.0, last_error, last_status, last_remote) for r in recipients]
 
     async def _send(self, host: MXHost, address: str, port: int, msg: QueuedMessage,
-                    recipients: Sequence[str], body: bytes) -> Any:
+                    recipients: Sequence[str], body: bytes, policy: Policy | None = None) -> Any:
         required = self.smarthost is not None and self.smarthost_auth is not None
         kwargs = dict(reactor=self.reactor, host=address, port=port, helo=self.hostname, sender=msg.sender,
                       recipients=list(recipients), message=body, smtputf8=msg.smtputf8, body_8bit=msg.body_8bit,
@@ -176,6 +194,22 @@ class Relay:
             kwargs["endpoint_factory"] = self.endpoint_factory
         if msg.ret or msg.envid is not None or msg.dsn:  # passed on when the peer offers DSN
             kwargs.update(ret=msg.ret, envid=msg.envid, rcpt_dsn=msg.dsn)
+        if policy is not None and policy.mode != "none" and policy.matches(host.name):
+            try:
+                result = await self.send(starttls="required",
+                                         **{**kwargs, "tls_options": verified_options(host.name, self.trust)})
+                result.verified = True
+                return result
+            except ClientError as e:
+                if e.stage not in ("starttls", "ehlo") and not isinstance(e, TLSFailed):
+                    raise  # past TLS: the transaction's own outcome
+                reason = f"no valid TLS with {host.name} as its MTA-STS policy asks: {_reply_text(e.reply)}"
+                if policy.mode == "enforce":
+                    log.warn("{queue_id} {host}[{address}] {reason}", queue_id=msg.queue_id, host=host.name,
+                             address=address, reason=reason)
+                    raise ClientError(Reply(451, "4.7.5", reason), True, "starttls") from None
+                log.warn("{queue_id} {host}[{address}] {reason} (testing mode: sent anyway)",
+                         queue_id=msg.queue_id, host=host.name, address=address, reason=reason)
         try:
             return await self.send(starttls="required" if required else "opportunistic", **kwargs)
         except TLSFailed as e:
@@ -206,6 +240,7 @@ class Relay:
             out.append(RecipientState(r, status, 0, 0.0, "" if status == DELIVERED else text, _status(reply),
                                       host.name, text, notice=notice))
         log.info("{queue_id} relayed via {host}[{address}]{tls}: {summary}", queue_id=msg.queue_id,
-                 host=host.name, address=address, tls=" with TLS" if getattr(result, "tls", False) else "",
+                 host=host.name, address=address,
+                 tls=" with TLS" + (" (certificate verified)" if result.verified else "") if result.tls else "",
                  summary=", ".join(f"<{o.address}> {o.status}" for o in out))
         return out

@@ -91,6 +91,8 @@ class TransactionResult:
     tls: bool
     dsn: bool = False
     """The peer offers DSN (RFC 3461): the sender's requests were passed on, and it reports."""
+    verified: bool = False
+    """The peer's certificate was verified (set by the relay when a policy asked for it)."""
 
 
 class ClientError(Exception):

@@ -1,0 +1,337 @@
+"""MTA-STS (RFC 8461) for outbound mail: policy and record grammar, the cache's rules, the HTTPS
+fetch against a real TLS server on loopback (a throwaway CA trusted as relay.ca_file would be),
+and the relay refusing what an enforce policy does not allow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import pytest
+import trustme
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from mailstack.dns import MXHost, MXResolver
+from mailstack.mtasts import (
+    MAX_POLICY,
+    MTASTS,
+    HTTPSFetcher,
+    Policy,
+    PolicyError,
+    mx_matches,
+    parse_policy,
+    parse_record,
+    trust_root,
+)
+from mailstack.queue.relay import Relay
+from mailstack.queue.spool import DELIVERED, PENDING, QueuedMessage, RecipientState
+from mailstack.smtp.client import ClientError, TLSFailed, TransactionResult
+from mailstack.smtp.reply import Reply
+from mailstack.testing_dns import FakeResolver
+
+GOOD = b"version: STSv1\r\nmode: enforce\r\nmx: mx.sts.test\r\nmx: *.backup.sts.test\r\nmax_age: 86400\r\n"
+
+
+def run(coro: Any) -> Any:
+    out: list[Any] = []
+    defer.Deferred.fromCoroutine(coro).addBoth(out.append)
+    return out[0]
+
+
+# -- grammar -------------------------------------------------------------------------------------
+
+def test_policy_parses():
+    assert parse_policy(GOOD) == ("enforce", ("mx.sts.test", "*.backup.sts.test"), 86400)
+    assert parse_policy(b"version: STSv1\nmode: none\nmax_age: 9999999999\n")[2] == 31557600
+
+
+@pytest.mark.parametrize("body", [
+    b"mode: enforce\nmx: a.test\nmax_age: 1\n",  # no version
+    b"version: STSv2\nmode: enforce\nmx: a.test\nmax_age: 1\n",
+    b"version: STSv1\nmode: strict\nmx: a.test\nmax_age: 1\n",
+    b"version: STSv1\nmode: enforce\nmax_age: 1\n",  # no mx
+    b"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: soon\n",
+    b"version: STSv1\nmode: enforce\nmx: *.*.a.test\nmax_age: 1\n",
+    b"<html>not a policy</html>",
+    b"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 1\n" + b"#" * MAX_POLICY,
+    b"\xff\xfe",
+])
+def test_bad_policies_are_refused(body):
+    with pytest.raises(PolicyError):
+        parse_policy(body)
+
+
+def test_record_and_mx_patterns():
+    assert parse_record([b"v=STSv1; id=20260101T000000;"]) == "20260101T000000"
+    assert parse_record([b"v=spf1 -all", b"v=STSv1; id=abc"]) == "abc"
+    assert parse_record([b"v=STSv1; id=a", b"v=STSv1; id=b"]) is None  # two: none (§3.1)
+    assert parse_record([b"v=STSv1"]) is None and parse_record([b"v=STSv1; id=no-dash"]) is None
+    assert parse_record([]) is None
+    assert mx_matches("*.sts.test", "mx1.sts.test") and not mx_matches("*.sts.test", "a.b.sts.test")
+    assert not mx_matches("*.sts.test", "sts.test") and mx_matches("MX.sts.test.", "mx.sts.test")
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+class Fetcher:
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def fetch(self, domain):
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def sts(zones, fetcher, tmp_path=None, clock=None):
+    path = tmp_path / "mta-sts.json" if tmp_path else None
+    return MTASTS(MXResolver(FakeResolver(zones)), fetcher, cache_path=path, clock=clock or Clock())
+
+
+def test_fetched_once_then_cached_while_the_id_holds(tmp_path):
+    zones = {"_mta-sts.sts.test": {"TXT": ["v=STSv1; id=1"]}}
+    fetcher = Fetcher(GOOD)
+    resolver = sts(zones, fetcher, tmp_path)
+    first = run(resolver.policy("sts.test"))
+    assert first.mode == "enforce" and first.matches("mx.sts.test") and not first.matches("evil.test")
+    assert run(resolver.policy("STS.test")) == first and fetcher.calls == 1
+    # a restart keeps it: the cache file is read back
+    again = sts(zones, Fetcher(), tmp_path)
+    assert run(again.policy("sts.test")) == first
+
+
+def test_a_new_id_refetches_and_a_failed_fetch_keeps_the_cached_policy():
+    zones = {"_mta-sts.sts.test": {"TXT": ["v=STSv1; id=1"]}}
+    fetcher = Fetcher(GOOD, PolicyError("hung"))
+    resolver = sts(zones, fetcher)
+    first = run(resolver.policy("sts.test"))
+    zones["_mta-sts.sts.test"]["TXT"] = ["v=STSv1; id=2"]
+    resolver.mx = MXResolver(FakeResolver(zones))
+    assert run(resolver.policy("sts.test")) == first and fetcher.calls == 2
+
+
+def test_a_stripped_record_does_not_drop_a_cached_policy_until_it_expires():
+    zones: dict[str, Any] = {"_mta-sts.sts.test": {"TXT": ["v=STSv1; id=1"]}}
+    clock = Clock()
+    resolver = sts(zones, Fetcher(GOOD), clock=clock)
+    first = run(resolver.policy("sts.test"))
+    resolver.mx = MXResolver(FakeResolver({}))  # the attacker removes the TXT record
+    assert run(resolver.policy("sts.test")) == first
+    clock.now += 86400
+    assert run(resolver.policy("sts.test")) is None
+
+
+def test_no_record_or_a_failed_first_fetch_means_no_policy():
+    assert run(sts({}, Fetcher()).policy("plain.test")) is None
+    zones = {"_mta-sts.sts.test": {"TXT": ["v=STSv1; id=1"]}}
+    assert run(sts(zones, Fetcher(PolicyError("redirected"))).policy("sts.test")) is None
+    assert run(sts(zones, Fetcher(b"garbage")).policy("sts.test")) is None
+
+
+# -- the relay under a policy ---------------------------------------------------------------------
+
+class FakeMX:
+    def __init__(self, *hosts):
+        self.hosts = list(hosts)
+
+    async def lookup(self, domain):
+        return self.hosts
+
+
+class FixedPolicy:
+    def __init__(self, policy):
+        self.value = policy
+
+    async def policy(self, domain):
+        return self.value
+
+
+def enforce(mode="enforce"):
+    return Policy("sts.test", "1", mode, ("mx.sts.test",), 86400, 0.0)
+
+
+def relay_with(policy, answer, hosts=(MXHost("mx.sts.test", 10, ("192.0.2.1",)),)):
+    calls = []
+
+    async def send(**kw):
+        calls.append(kw)
+        result = answer(kw) if callable(answer) else answer
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    relay = Relay(reactor=None, mx=FakeMX(*hosts), hostname="out.test", port=25, tls_options="opportunistic",
+                  send=send, mta_sts=FixedPolicy(policy), trust=trust_root(None))
+    return relay, calls
+
+
+def deliver(relay):
+    msg = QueuedMessage("Q1", "s@out.test", 0.0, {"u@sts.test": RecipientState("u@sts.test")})
+    return run(relay.deliver("sts.test", msg, ["u@sts.test"], b"x\r\n"))
+
+
+def ok(kw):
+    reply = Reply(250, "2.0.0", "ok")
+    return TransactionResult({r: reply for r in kw["recipients"]}, reply, "mx", True)
+
+
+def test_enforce_sends_only_with_verified_tls_to_named_hosts():
+    relay, calls = relay_with(enforce(), ok)
+    [state] = deliver(relay)
+    assert state.status == DELIVERED
+    assert calls[0]["starttls"] == "required" and calls[0]["tls_options"] != "opportunistic"
+
+
+def test_enforce_refuses_a_downgraded_mx_and_defers():
+    """No STARTTLS offered, or a certificate that does not verify: deferred (4.7.5), never sent in clear."""
+    for error in (ClientError(Reply(451, "4.7.10", "does not offer STARTTLS"), True, "starttls"),
+                  TLSFailed(Reply(421, "4.7.5", "certificate verify failed"), True, "starttls")):
+        relay, calls = relay_with(enforce(), error)
+        [state] = deliver(relay)
+        assert state.status == PENDING and state.status_code == "4.7.5", state
+        assert "MTA-STS" in state.last_error
+        assert [c["starttls"] for c in calls] == ["required"]
+
+
+def test_enforce_skips_mx_hosts_the_policy_does_not_name():
+    relay, calls = relay_with(enforce(), ok, hosts=(MXHost("evil.test", 5, ("192.0.2.9",)),))
+    [state] = deliver(relay)
+    assert state.status == PENDING and state.status_code == "4.7.5" and calls == []
+    assert "names none of its MX hosts" in state.last_error
+
+
+def test_testing_mode_reports_and_sends_anyway():
+    def answer(kw):
+        if kw["starttls"] == "required":
+            return TLSFailed(Reply(421, "4.7.5", "certificate verify failed"), True, "starttls")
+        return ok(kw)
+
+    relay, calls = relay_with(enforce("testing"), answer)
+    [state] = deliver(relay)
+    assert state.status == DELIVERED
+    assert [c["starttls"] for c in calls] == ["required", "opportunistic"]
+
+
+# -- fetching over real HTTPS ------------------------------------------------------------------------
+
+class PolicyHost(Resource):
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.mode = "good"
+        self.pending = []
+
+    def render_GET(self, request):
+        if request.path != b"/.well-known/mta-sts.txt":
+            request.setResponseCode(404)
+            return b""
+        if self.mode == "redirect":
+            request.redirect(b"https://elsewhere.test/.well-known/mta-sts.txt")
+            return b""
+        if self.mode == "hang":
+            self.pending.append(request)
+            return NOT_DONE_YET
+        request.setHeader(b"content-type", b"text/plain")
+        if self.mode == "huge":
+            return GOOD + b"#" * (MAX_POLICY * 4)
+        return GOOD
+
+
+class HTTPSFetchTests(TestCase):
+    def mktemp(self):
+        """A file name in a directory of its own, removed after the test (not under the cwd)."""
+        directory = tempfile.mkdtemp(prefix="mta-sts-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return os.path.join(directory, "file")
+
+    def setUp(self):
+        ca = trustme.CA()
+        self.ca_file = self.mktemp()
+        ca.cert_pem.write_to_path(self.ca_file)
+        cert = ca.issue_cert("mta-sts.sts.test")
+        from twisted.internet.ssl import PrivateCertificate
+
+        options = PrivateCertificate.loadPEM(cert.private_key_pem.bytes() + b"".join(
+            c.bytes() for c in cert.cert_chain_pems)).options()
+        self.host = PolicyHost()
+        d = SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(Site(self.host))
+
+        def listening(port):
+            self.port = port
+            self.addCleanup(port.stopListening)
+
+        return d.addCallback(listening)
+
+    def fetcher(self, ca_file=None, timeout=5.0):
+        from pathlib import Path
+
+        zones = {"mta-sts.sts.test": {"A": ["127.0.0.1"]}}
+        trust = trust_root(Path(ca_file or self.ca_file))
+        return HTTPSFetcher(reactor, MXResolver(FakeResolver(zones)), trust, port=self.port.getHost().port,
+                            timeout=timeout)
+
+    @defer.inlineCallbacks
+    def test_a_policy_is_fetched_over_verified_tls(self):
+        body = yield defer.Deferred.fromCoroutine(self.fetcher().fetch("sts.test"))
+        self.assertEqual(body, GOOD)
+
+    @defer.inlineCallbacks
+    def test_an_untrusted_certificate_fails_the_fetch(self):
+        other = trustme.CA()
+        path = self.mktemp()
+        other.cert_pem.write_to_path(path)
+        with self.assertRaises(PolicyError):
+            yield defer.Deferred.fromCoroutine(self.fetcher(path).fetch("sts.test"))
+
+    @defer.inlineCallbacks
+    def test_redirects_are_not_followed(self):
+        self.host.mode = "redirect"
+        with self.assertRaises(PolicyError) as caught:
+            yield defer.Deferred.fromCoroutine(self.fetcher().fetch("sts.test"))
+        self.assertIn("HTTP 302", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_an_enormous_body_is_cut_off(self):
+        self.host.mode = "huge"
+        with self.assertRaises(PolicyError) as caught:
+            yield defer.Deferred.fromCoroutine(self.fetcher().fetch("sts.test"))
+        self.assertIn("larger than", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_a_hanging_host_times_out(self):
+        self.host.mode = "hang"
+        with self.assertRaises(PolicyError) as caught:
+            yield defer.Deferred.fromCoroutine(self.fetcher(timeout=0.5).fetch("sts.test"))
+        self.assertIn("no answer within", str(caught.exception))
+        for request in self.host.pending:
+            if not request.finished and not request._disconnected:
+                request.finish()
+
+    @defer.inlineCallbacks
+    def test_cache_file_survives_with_a_real_fetch(self):
+        cache = self.mktemp()
+        from pathlib import Path
+
+        zones = {"_mta-sts.sts.test": {"TXT": ["v=STSv1; id=7"]}}
+        resolver = MTASTS(MXResolver(FakeResolver(zones)), self.fetcher(), cache_path=Path(cache))
+        policy = yield defer.Deferred.fromCoroutine(resolver.policy("sts.test"))
+        self.assertEqual((policy.mode, policy.id), ("enforce", "7"))
+        self.assertEqual(json.loads(Path(cache).read_text())["sts.test"]["mx"], ["mx.sts.test", "*.backup.sts.test"])
