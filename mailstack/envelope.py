@@ -82,6 +82,7 @@ class Envelope:
     declared_size: int | None = None
     ret: str | None = None  # RFC 3461 RET: FULL or HDRS
     envid: str | None = None  # RFC 3461 ENVID, decoded
+    requiretls: bool = False  # RFC 8689: relayed only over verified TLS to servers that promise the same
 
     def target_dsn(self) -> dict[str, RecipientDSN]:
         """The DSN request of each target address (mailbox or forward) that has one: passed on as

@@ -212,7 +212,7 @@ class Router:
                                time.time(),
                                {a: RecipientState(a) for a in addresses},
                                smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
-                               ret=envelope.ret, envid=envelope.envid,
+                               ret=envelope.ret, envid=envelope.envid, requiretls=envelope.requiretls,
                                dsn={a: dsn[a] for a in addresses if a in dsn})
         try:
             await self.queue.prepare(queued, message)

@@ -15,6 +15,12 @@ offers DSN; a success the sender asked to hear of, handed to one that does
 not, is marked for a ``relayed`` report. DNS: a temporary failure defers (4.4.3), no such domain or
 a null MX fails at once.
 
+A recipient domain's MTA-STS policy (``mailstack.mtasts``) decides which MX
+hosts may be used and whether their certificates must verify; a REQUIRETLS
+message (RFC 8689) goes only where a policy allows verification, to a server
+that offers REQUIRETLS, else it fails with 5.7.30; ``TLS-Required: No`` sets a
+policy aside for its message.
+
 An MX address that is not a public one (loopback, private, link-local,
 shared, reserved: ``ipaddress``'s ``is_global``) or is one of this server's
 own, is skipped unless ``relay.mx_networks`` names it: a domain whose MX points
@@ -26,7 +32,9 @@ never skipped.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -36,6 +44,7 @@ from mailstack.dns import DNSError, MXHost, MXResolver
 from mailstack.mtasts import MTASTS, Policy, verified_options
 from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState
 from mailstack.smtp.client import ClientError, TLSFailed, send_message
+from mailstack.smtp.message import header_block
 from mailstack.smtp.reply import Reply
 
 log = Logger()
@@ -85,6 +94,14 @@ def _usable(hosts: list[MXHost], allowed: Callable[[str], bool]) -> tuple[list[M
         if addresses:
             kept.append(MXHost(host.name, host.preference, addresses))
     return kept, skipped
+
+
+_TLS_REQUIRED_NO = re.compile(rb"^tls-required[ \t]*:[ \t]*no[ \t]*\r?$", re.I | re.M)
+
+
+def tls_not_required(message: bytes) -> bool:
+    """The sender's ``TLS-Required: No`` (RFC 8689 §5): deliver even where a policy says no TLS, no mail."""
+    return _TLS_REQUIRED_NO.search(header_block(message)) is not None
 
 
 def _reply_text(reply: Reply) -> str:
@@ -158,16 +175,28 @@ class Relay:
         policy = None
         if self.smarthost is None and self.mta_sts is not None and hosts:
             policy = await self.mta_sts.policy(domain)
-            if policy is not None and policy.mode != "none":
-                named = [h for h in hosts if policy.matches(h.name)]
-                if len(named) < len(hosts):
-                    others = ", ".join(h.name for h in hosts if h not in named)
-                    log.warn("{queue_id} MTA-STS policy of {domain} ({mode}) does not name MX {others}",
-                             queue_id=msg.queue_id, domain=domain, mode=policy.mode, others=others)
-                    if policy.mode == "enforce":
-                        hosts = named
-                        last_error = f"the MTA-STS policy of {domain} names none of its MX hosts ({others})"
-                        last_status = "4.7.5"
+        if msg.requiretls:
+            refusal = self._requiretls_refusal(domain, policy)
+            if refusal is not None:
+                log.info("{queue_id} REQUIRETLS for {domain}: {refusal}", queue_id=msg.queue_id, domain=domain,
+                         refusal=refusal)
+                return [RecipientState(r, FAILED, 0, 0.0, refusal, "5.7.30") for r in recipients]
+            if policy is not None and policy.mode == "testing":  # RFC 8689 §4.2.1: testing counts as enforce
+                policy = replace(policy, mode="enforce")
+        elif policy is not None and policy.mode != "none" and tls_not_required(body):
+            log.info("{queue_id} TLS-Required: No: the MTA-STS policy of {domain} is not applied",
+                     queue_id=msg.queue_id, domain=domain)
+            policy = None
+        if policy is not None and policy.mode != "none":
+            named = [h for h in hosts if policy.matches(h.name)]
+            if len(named) < len(hosts):
+                others = ", ".join(h.name for h in hosts if h not in named)
+                log.warn("{queue_id} MTA-STS policy of {domain} ({mode}) does not name MX {others}",
+                         queue_id=msg.queue_id, domain=domain, mode=policy.mode, others=others)
+                if policy.mode == "enforce":
+                    hosts = named
+                    last_error = f"the MTA-STS policy of {domain} names none of its MX hosts ({others})"
+                    last_status = "4.7.5"
         for host in hosts:
             for address in host.addresses:
                 try:
@@ -182,7 +211,20 @@ class Relay:
                     return [RecipientState(r, FAILED, 0, 0.0, last_error, last_status, host.name,
                                            _reply_text(e.reply)) for r in recipients]
                 return self._outcomes(host, address, recipients, result, msg)
+        if msg.requiretls and last_status == "5.7.30":  # no server of the domain offers REQUIRETLS
+            return [RecipientState(r, FAILED, 0, 0.0, last_error, last_status, last_remote) for r in recipients]
         return [RecipientState(r, PENDING, 0, 0.0, last_error, last_status, last_remote) for r in recipients]
+
+    def _requiretls_refusal(self, domain: str, policy: Policy | None) -> str | None:
+        """Why a REQUIRETLS message can never go to *domain* from here (RFC 8689 §4.2.1); None if it can."""
+        if self.smarthost is not None:
+            if _is_ip(self.smarthost.host):
+                return "REQUIRETLS: the smarthost is configured by address, so its certificate cannot be verified"
+            return None
+        if policy is None or policy.mode == "none":
+            return (f"REQUIRETLS: {domain} publishes no MTA-STS policy, so its servers' certificates cannot be "
+                    "verified as the sender asked")
+        return None
 
     async def _send(self, host: MXHost, address: str, port: int, msg: QueuedMessage,
                     recipients: Sequence[str], body: bytes, policy: Policy | None = None) -> Any:
@@ -194,6 +236,13 @@ class Relay:
             kwargs["endpoint_factory"] = self.endpoint_factory
         if msg.ret or msg.envid is not None or msg.dsn:  # passed on when the peer offers DSN
             kwargs.update(ret=msg.ret, envid=msg.envid, rcpt_dsn=msg.dsn)
+        if msg.requiretls:
+            kwargs["requiretls"] = True
+            if self.smarthost is not None:  # RFC 8689: verified TLS to the smarthost's name, and its promise
+                result = await self.send(starttls="required",
+                                         **{**kwargs, "tls_options": verified_options(host.name, self.trust)})
+                result.verified = True
+                return result
         if policy is not None and policy.mode != "none" and policy.matches(host.name):
             try:
                 result = await self.send(starttls="required",
@@ -201,8 +250,8 @@ class Relay:
                 result.verified = True
                 return result
             except ClientError as e:
-                if e.stage not in ("starttls", "ehlo") and not isinstance(e, TLSFailed):
-                    raise  # past TLS: the transaction's own outcome
+                if (e.stage not in ("starttls", "ehlo") and not isinstance(e, TLSFailed)) or e.reply.enhanced == "5.7.30":
+                    raise  # past TLS (the transaction's own outcome), or no REQUIRETLS there
                 reason = f"no valid TLS with {host.name} as its MTA-STS policy asks: {_reply_text(e.reply)}"
                 if policy.mode == "enforce":
                     log.warn("{queue_id} {host}[{address}] {reason}", queue_id=msg.queue_id, host=host.name,

@@ -586,7 +586,8 @@ class QueueRunner(Service):
 
 def _dsn_fields(msg: QueuedMessage) -> dict[str, Any]:
     """What a report about *msg* returns of the sender's DSN request: ENVID, RET, the ORCPTs."""
-    return {"envid": msg.envid, "ret": msg.ret,
+    # RFC 8689 §5: a report on a REQUIRETLS message may travel without TLS: never with its body
+    return {"envid": msg.envid, "ret": None if msg.requiretls else msg.ret,
             "orcpt": {a: d.orcpt for a, d in msg.dsn.items() if d.orcpt is not None}}
 
 

@@ -84,6 +84,7 @@ class QueuedMessage:
     ret: str | None = None  # RFC 3461 RET and ENVID of the message
     envid: str | None = None
     dsn: dict[str, RecipientDSN] = field(default_factory=dict)  # address -> NOTIFY/ORCPT, when asked
+    requiretls: bool = False  # RFC 8689: only over verified TLS, to servers that offer REQUIRETLS
 
     def wants(self, address: str, event: str) -> bool:
         """Whether the sender is to be told of *event* (SUCCESS, FAILURE, DELAY) for *address*."""
@@ -121,6 +122,8 @@ def _envelope_line(msg: QueuedMessage) -> bytes:
         head["envid"] = msg.envid
     if msg.dsn:
         head["dsn"] = {a: d.to_json() for a, d in msg.dsn.items()}
+    if msg.requiretls:
+        head["requiretls"] = True
     return json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
@@ -211,7 +214,8 @@ class Spool:
             msg = QueuedMessage(head["id"], head["sender"], head["created"], recipients,
                                 head.get("smtputf8", False), head.get("body_8bit", False),
                                 head.get("is_bounce", False), ret=head.get("ret"), envid=head.get("envid"),
-                                dsn={a: RecipientDSN.from_json(d) for a, d in head.get("dsn", {}).items()})
+                                dsn={a: RecipientDSN.from_json(d) for a, d in head.get("dsn", {}).items()},
+                                requiretls=head.get("requiretls") is True)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:

@@ -382,6 +382,7 @@ async def send_message(
     ret: str | None = None,
     envid: str | None = None,
     rcpt_dsn: Mapping[str, RecipientDSN] | None = None,
+    requiretls: bool = False,
 ) -> TransactionResult:
     """Deliver *message* to *recipients* through the SMTP server at *host*:*port*.
 
@@ -390,7 +391,9 @@ async def send_message(
     it STARTTLS is not attempted. *endpoint_factory(reactor, host, port,
     connect_timeout)* returns an ``IStreamClientEndpoint`` (tests, proxies).
     *ret*, *envid* and *rcpt_dsn* (recipient -> NOTIFY/ORCPT) are the sender's DSN
-    requests, passed on when the peer offers DSN (RFC 3461 §5.2.2).
+    requests, passed on when the peer offers DSN (RFC 3461 §5.2.2). With *requiretls*
+    (RFC 8689) the peer must offer REQUIRETLS once TLS is up, and MAIL carries it; a peer
+    that does not is refused with 550 5.7.30 at stage ``ehlo`` (the next host may).
     """
     if starttls not in STARTTLS_MODES:
         raise ValueError(f"starttls must be one of {STARTTLS_MODES}")
@@ -408,7 +411,7 @@ async def send_message(
     except (error.ConnectError, error.TimeoutError, defer.TimeoutError, defer.CancelledError, OSError) as e:
         raise ClientError(_local(421, "4.4.1", f"Cannot connect to {host}:{port}: {_describe(e)}"),
                           True, "connect") from None
-    dialogue = _Dialogue(proto, host, timeouts, ret, envid, rcpt_dsn or {})
+    dialogue = _Dialogue(proto, host, timeouts, ret, envid, rcpt_dsn or {}, requiretls)
     try:
         return await dialogue.run(helo=helo, sender=sender, recipients=list(recipients), message=message,
                                   smtputf8=smtputf8, body_8bit=body_8bit, tls_options=tls_options,
@@ -430,13 +433,15 @@ class _Dialogue:
     """The command sequence of one connection."""
 
     def __init__(self, proto: SMTPClientProtocol, host: str, timeouts: ClientTimeouts, ret: str | None = None,
-                 envid: str | None = None, rcpt_dsn: Mapping[str, RecipientDSN] | None = None) -> None:
+                 envid: str | None = None, rcpt_dsn: Mapping[str, RecipientDSN] | None = None,
+                 requiretls: bool = False) -> None:
         self.proto = proto
         self.host = host
         self.t = timeouts
         self.ret = ret
         self.envid = envid
         self.rcpt_dsn = rcpt_dsn or {}
+        self.requiretls = requiretls
         self.extensions: dict[str, str] = {}
         self.must_abort = False
 
@@ -486,6 +491,9 @@ class _Dialogue:
         await self.maybe_starttls(helo, tls_options, starttls)
         if auth is not None:
             await self.authenticate(*auth)
+        if self.requiretls and not (self.proto.tls and "REQUIRETLS" in self.extensions):
+            await self.fail(_local(550, "5.7.30", f"{self.host} does not support REQUIRETLS, which the sender "
+                                   "asked for"), "ehlo", False)
         await self.check_capabilities(message, smtputf8, body_8bit)
         return await self.transaction(sender, recipients, message, smtputf8, body_8bit)
 
@@ -559,6 +567,8 @@ class _Dialogue:
             params.append("BODY=8BITMIME")
         if smtputf8:
             params.append("SMTPUTF8")
+        if self.requiretls:
+            params.append("REQUIRETLS")
         if "DSN" in self.extensions:
             if self.ret:
                 params.append(f"RET={self.ret}")

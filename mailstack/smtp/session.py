@@ -218,6 +218,8 @@ class SMTPSession:
             lines.append("AUTH PLAIN LOGIN")
         if self.queue is not None:
             lines.append("ETRN")
+        if self.tls:  # RFC 8689 §4: only where the client's own hop was encrypted
+            lines.append("REQUIRETLS")
         lines.append("HELP")
         return Outcome(Reply(250, None, tuple(lines)))
 
@@ -318,6 +320,12 @@ class SMTPSession:
                 envelope.smtputf8 = True
             elif key == "AUTH":  # RFC 4954 §5: accepted, not trusted
                 continue
+            elif key == "REQUIRETLS":  # RFC 8689 §4.1
+                if value is not None:
+                    return R.SYNTAX.with_text("REQUIRETLS takes no value")
+                if not self.tls:
+                    return R.REQUIRETLS_NEEDS_TLS
+                envelope.requiretls = True
             elif key in ("RET", "ENVID"):  # RFC 3461 §4.3, §4.4
                 try:
                     if key == "RET":

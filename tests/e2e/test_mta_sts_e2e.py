@@ -24,6 +24,7 @@ import pytest
 import trustme
 
 from .conftest import PASSWORD, Server, cli, free_ports, plugin_env, write_config
+from .test_queue_e2e import _listening
 from .test_smtp_e2e import tls_context, wait_for
 
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx.sts.test\r\nmax_age: 604800\r\n"
@@ -132,11 +133,12 @@ def world(tmp_path_factory):
         assert "Traceback" not in server.log_text(), server.log_text()
 
 
-def submit(world: World, rcpt: str, subject: str) -> None:
+def submit(world: World, rcpt: str, subject: str, mail_options: tuple[str, ...] = ()) -> None:
     with smtplib.SMTP("127.0.0.1", world.sender.ports["submission"], timeout=20) as s:
         s.starttls(context=tls_context())
         s.login("alice@a.test", PASSWORD)
-        s.sendmail("alice@a.test", [rcpt], f"From: alice@a.test\r\nSubject: {subject}\r\n\r\nhi\r\n".encode())
+        s.sendmail("alice@a.test", [rcpt], f"From: alice@a.test\r\nSubject: {subject}\r\n\r\nhi\r\n".encode(),
+                   mail_options=list(mail_options))
 
 
 def arrived(server: Server, address: str, subject: str) -> bool:
@@ -207,11 +209,29 @@ def test_enforce_policy_refuses_a_man_in_the_middle_and_a_stripped_starttls(worl
         good.stop()
 
 
-def _listening(port: int) -> bool:
-    import socket
 
+def test_requiretls_goes_over_verified_tls_or_bounces_with_5_7_30(world):
+    """RFC 8689: a REQUIRETLS message reaches the domain with a policy and a verified MX that
+    offers REQUIRETLS; to a domain without a policy it comes back to the sender with 5.7.30."""
+    good = world.receiver("requiretls", world.mx_port, trusted=True)
+    good.start()
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+        kept = "requiretls ok " + uuid.uuid4().hex
+        refused = "requiretls refused " + uuid.uuid4().hex
+        submit(world, "rcpt@sts.test", kept, ("REQUIRETLS",))
+        submit(world, "rcpt@plain.test", refused, ("REQUIRETLS",))
+        wait_for(lambda: arrived(good, "rcpt@sts.test", kept), what="the REQUIRETLS message")
+
+        def bounce() -> bytes | None:
+            for m in world.sender.messages("alice@a.test"):
+                if m.startswith(b"Return-Path: <>") and refused.encode() in m:
+                    return m
+            return None
+
+        report = wait_for(bounce, what="the 5.7.30 bounce")
+        assert b"Action: failed\r\nStatus: 5.7.30\r\n" in report
+        assert b"publishes no MTA-STS policy" in report
+        assert not arrived(good, "rcpt@plain.test", refused)
+        assert b"Subject: " + refused.encode() in report and b"\r\n\r\nhi\r\n" not in report.split(b"text/rfc822-headers")[-1]
+    finally:
+        good.stop()

@@ -335,3 +335,53 @@ class HTTPSFetchTests(TestCase):
         policy = yield defer.Deferred.fromCoroutine(resolver.policy("sts.test"))
         self.assertEqual((policy.mode, policy.id), ("enforce", "7"))
         self.assertEqual(json.loads(Path(cache).read_text())["sts.test"]["mx"], ["mx.sts.test", "*.backup.sts.test"])
+
+
+# -- REQUIRETLS (RFC 8689) and TLS-Required: No ------------------------------------------------------
+
+def deliver_message(relay, requiretls=False, body=b"Subject: x\r\n\r\nx\r\n"):
+    msg = QueuedMessage("Q1", "s@out.test", 0.0, {"u@sts.test": RecipientState("u@sts.test")},
+                        requiretls=requiretls)
+    return run(relay.deliver("sts.test", msg, ["u@sts.test"], body))
+
+
+def test_requiretls_without_a_policy_bounces_with_5_7_30_and_sends_nothing():
+    relay, calls = relay_with(None, ok)
+    [state] = deliver_message(relay, requiretls=True)
+    assert (state.status, state.status_code) == ("failed", "5.7.30") and calls == []
+    assert "publishes no MTA-STS policy" in state.last_error
+
+
+def test_requiretls_goes_over_verified_tls_and_asks_the_next_hop_to_keep_it():
+    relay, calls = relay_with(enforce("testing"), ok)  # testing mode counts as enforce here
+    [state] = deliver_message(relay, requiretls=True)
+    assert state.status == DELIVERED
+    assert calls[0]["requiretls"] is True and calls[0]["starttls"] == "required"
+
+
+def test_requiretls_to_a_server_that_does_not_offer_it_bounces_with_5_7_30():
+    refusal = ClientError(Reply(550, "5.7.30", "mx.sts.test does not support REQUIRETLS"), False, "ehlo")
+    relay, calls = relay_with(enforce(), refusal)
+    [state] = deliver_message(relay, requiretls=True)
+    assert (state.status, state.status_code) == ("failed", "5.7.30") and len(calls) == 1
+
+
+def test_requiretls_with_a_certificate_that_fails_waits_rather_than_bounces():
+    relay, _ = relay_with(enforce(), TLSFailed(Reply(421, "4.7.5", "certificate verify failed"), True, "starttls"))
+    [state] = deliver_message(relay, requiretls=True)
+    assert (state.status, state.status_code) == (PENDING, "4.7.5")
+
+
+def test_tls_required_no_sets_the_policy_aside():
+    def answer(kw):
+        if kw["starttls"] == "required":
+            return TLSFailed(Reply(421, "4.7.5", "certificate verify failed"), True, "starttls")
+        return ok(kw)
+
+    relay, calls = relay_with(enforce(), answer)
+    [state] = deliver_message(relay, body=b"Subject: x\r\nTLS-Required: No\r\n\r\nx\r\n")
+    assert state.status == DELIVERED and [c["starttls"] for c in calls] == ["opportunistic"]
+    # with REQUIRETLS the header is ignored (RFC 8689 §5)
+    relay, calls = relay_with(enforce(), answer)
+    [state] = deliver_message(relay, requiretls=True, body=b"Subject: x\r\nTLS-Required: No\r\n\r\nx\r\n")
+    assert state.status == PENDING and [c["starttls"] for c in calls] == ["required"]

@@ -736,3 +736,10 @@ class DSNTests(ClientTestCase):
         self.assertFalse(result.dsn)
         self.assertEqual(server.commands[1:4], [f"MAIL FROM:<alice@example.test> SIZE={len(MESSAGE)}",
                                                 "RCPT TO:<bob@peer.test>", "RCPT TO:<carol@peer.test>"])
+
+
+class RequireTLSTests(ClientTestCase):
+    def test_not_sent_to_a_server_without_tls_or_requiretls(self) -> None:
+        failure = self.error(ScriptedServer(extensions=(*DEFAULT_EHLO, b"REQUIRETLS")), requiretls=True)
+        self.assertEqual((failure.reply.code, failure.reply.enhanced, failure.stage), (550, "5.7.30", "ehlo"))
+        self.assertFalse(failure.temporary)

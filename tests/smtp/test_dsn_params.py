@@ -167,3 +167,18 @@ def test_alias_targets_get_the_request_without_success():
     assert [r.original for r in envelope.expanded()] == ["team@example.test"]
     only_success = RecipientDSN(frozenset({"SUCCESS"}))
     assert only_success.without_success().notify == frozenset({"NEVER"})
+
+
+def test_requiretls_is_offered_and_accepted_on_tls_sessions_only():
+    plain = smtp_harness()
+    plain.read()
+    assert "250-REQUIRETLS" not in ehlo(plain)
+    assert plain.replies("MAIL FROM:<a@b.example> REQUIRETLS\r\n") == [
+        "530 5.7.10 REQUIRETLS needs a TLS session: issue STARTTLS first"]
+    secure = smtp_harness(tls=True)
+    secure.read()
+    assert "250-REQUIRETLS" in ehlo(secure)
+    assert secure.replies("MAIL FROM:<a@b.example> REQUIRETLS=yes\r\n")[0].startswith("501 ")
+    replies, final = send(secure, "MAIL FROM:<a@b.example> REQUIRETLS", "RCPT TO:<alice@example.test>")
+    assert final[0].startswith("250 ")
+    assert secure.router.deliveries[0][0].requiretls
