@@ -129,6 +129,7 @@ key = "{work}/key.pem"
 [relay]
 resolvers = ["127.0.0.1:{(work / 'dns.port').read_text()}"]
 port = {sink_port}
+mx_networks = ["127.0.0.0/8"]
 """)
         log = open(work / "twistd.log", "wb")
         server = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",

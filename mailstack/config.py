@@ -100,6 +100,7 @@ class RelaySettings:
     mta_sts: bool = True  # obey recipient domains' MTA-STS policies (RFC 8461)
     ca_file: str = ""  # extra CA certificates (PEM) outbound TLS verification trusts besides the system's
     https_port: int = 443  # where MTA-STS policies are fetched (443; labs and tests may differ)
+    messages_per_connection: int = 100  # a session to a server is kept for the next message up to this; 1: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +406,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
         "mta_sts": (_Bool, True),
         "ca_file": (_Str, ""),
         "https_port": (_port, 443),
+        "messages_per_connection": (_positive_int, 100),
     },
     "limits": {
         "message_size": (_positive_int, 36700160),

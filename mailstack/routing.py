@@ -162,7 +162,8 @@ class Router:
             return
         try:
             await self.queue.notify(queue_id=envelope.queue_id, sender=envelope.sender, arrival=time.time(),
-                                    entries=entries, body=message, envid=envelope.envid, orcpt=orcpt)
+                                    entries=entries, body=message, envid=envelope.envid, orcpt=orcpt,
+                                    quote=not envelope.requiretls)
         except Exception as e:  # delivered already: a report that cannot be queued must not fail the 250
             log.error("{queue_id} delivery report to <{sender}> not queued: {error}", queue_id=envelope.queue_id,
                       sender=envelope.sender, error=str(e))

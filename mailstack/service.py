@@ -74,7 +74,7 @@ from mailstack.ratelimit import SendLimits
 from mailstack.routing import Router
 from mailstack.sieve.filter import SieveFilter
 from mailstack.sieve.replied import VacationMemory
-from mailstack.smtp.client import bound_endpoint
+from mailstack.smtp.client import ConnectionCache, bound_endpoint
 from mailstack.smtp.protocol import SMTPFactory
 from mailstack.smtp.session import SessionConfig, SMTPSession
 from mailstack.srs import SRS, load_secret
@@ -323,11 +323,13 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
         raise StartupError(f"relay.ca_file: cannot load {relay_settings.ca_file}: {e}") from None
     mta_sts = None
     if relay_settings.mta_sts and relay_settings.smarthost is None:
-        fetcher = HTTPSFetcher(reactor, mx, trust, port=relay_settings.https_port, allowed=allowed)
+        fetcher = HTTPSFetcher(reactor, mx, trust, port=relay_settings.https_port, allowed=allowed, source=source)
         mta_sts = MTASTS(mx, fetcher, cache_path=settings.storage.queue / "mta-sts.json", clock=reactor.seconds,
-                         save=lambda write: pool.callInThread(write))
+                         save=lambda write: deferToThreadPool(reactor, pool, write))
     relay = Relay(reactor=reactor, mx=mx, hostname=settings.hostname, port=relay_settings.port,
                   mx_allowed=allowed, mta_sts=mta_sts, trust=trust,
+                  connections=ConnectionCache(reactor, per_connection=relay_settings.messages_per_connection,
+                                              max_idle=relay_settings.connections),
                   tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth,
                   endpoint_factory=bound_endpoint(source) if source else None)
     queue_settings = QueueSettings(
@@ -461,6 +463,8 @@ def smtp_config(settings: Settings, *, implicit_tls: bool, submission: bool = Fa
         allow_plaintext_auth=settings.tls.allow_plaintext_auth,
         starttls_available=not implicit_tls,
         postmaster_domain=settings.domains[0] if settings.domains else settings.hostname,
+        # REQUIRETLS mail can leave only where certificates can be verified (MTA-STS or a smarthost)
+        requiretls=settings.relay.mta_sts or settings.relay.smarthost is not None,
     )
 
 

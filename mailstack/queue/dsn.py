@@ -83,6 +83,7 @@ def build_report(
     envid: str | None = None,
     ret: str | None = None,
     orcpt: Mapping[str, tuple[str, str]] | None = None,
+    quote: bool = True,
 ) -> bytes:
     """The whole DSN message (headers and body, CRLF line ends) for *entries*: each recipient's
     state with its RFC 3464 action (``failed``, ``delayed``, ``delivered``, ``relayed``, ``expanded``).
@@ -92,6 +93,8 @@ def build_report(
     message comes back whole (``message/rfc822``) in a failure report when the sender asked
     ``RET=FULL``, else by its header (RFC 3461 §4.3); ``envid`` and ``orcpt`` (address ->
     ORCPT) are the sender's identifiers, returned as Original-Envelope-Id and Original-Recipient.
+    Without *quote* nothing of the message is returned (a REQUIRETLS message's report, which
+    may travel without TLS: RFC 8689 §5).
     """
     orcpt = orcpt or {}
     actions = {a for _, a in entries}
@@ -174,6 +177,9 @@ def build_report(
             lines.append(f"Will-Retry-Until: {rfc2822_date(retry_until)}")
     description = "Undelivered message" if full else ("Undelivered message headers" if kind != "success"
                                                       else "Message headers")
+    if not quote:
+        text = "\r\n".join(lines).encode("utf-8") + b"\r\n"
+        return text + f"\r\n--{boundary}--\r\n".encode()
     returned = original if full else headers
     lines += ["", f"--{boundary}", f"Content-Type: {returned_type}", f"Content-Description: {description}"]
     if not returned.isascii():  # RFC 6152: the queue sends the report with BODY=8BITMIME

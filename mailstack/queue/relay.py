@@ -43,7 +43,7 @@ from mailstack.config import HostPort
 from mailstack.dns import DNSError, MXHost, MXResolver
 from mailstack.mtasts import MTASTS, Policy, verified_options
 from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, RecipientState
-from mailstack.smtp.client import ClientError, TLSFailed, send_message
+from mailstack.smtp.client import ClientError, ConnectionCache, TLSFailed, send_message
 from mailstack.smtp.message import header_block
 from mailstack.smtp.reply import Reply
 
@@ -101,7 +101,8 @@ _TLS_REQUIRED_NO = re.compile(rb"^tls-required[ \t]*:[ \t]*no[ \t]*\r?$", re.I |
 
 def tls_not_required(message: bytes) -> bool:
     """The sender's ``TLS-Required: No`` (RFC 8689 §5): deliver even where a policy says no TLS, no mail."""
-    return _TLS_REQUIRED_NO.search(header_block(message)) is not None
+    header = re.sub(rb"\r?\n[ \t]+", b" ", header_block(message))  # unfolded
+    return _TLS_REQUIRED_NO.search(header) is not None
 
 
 def _reply_text(reply: Reply) -> str:
@@ -131,6 +132,7 @@ class Relay:
         mx_allowed: Callable[[str], bool] | None = None,
         mta_sts: MTASTS | None = None,
         trust: Any = None,
+        connections: ConnectionCache | None = None,
     ) -> None:
         self.reactor = reactor
         self.mx = mx
@@ -144,6 +146,12 @@ class Relay:
         self.mx_allowed = mx_allowed  # None: every MX address is tried
         self.mta_sts = mta_sts  # None: recipient domains' MTA-STS policies are not looked at
         self.trust = trust  # the CAs MX certificates are verified against (MTA-STS)
+        self.connections = connections  # sessions kept for the next message to the same server
+
+    def close(self) -> None:
+        """Say QUIT on the kept sessions (the queue is stopping)."""
+        if self.connections is not None:
+            self.connections.close()
 
     async def _hosts(self, domain: str) -> tuple[list[MXHost], int]:
         if self.smarthost is None:
@@ -172,10 +180,13 @@ class Relay:
                          queue_id=msg.queue_id, domain=domain, skipped=", ".join(skipped))
                 last_error = f"the MX hosts of {domain} are not public addresses: {', '.join(skipped)}"
                 last_status = "4.4.4"
-        policy = None
+        policy, known = None, True
         if self.smarthost is None and self.mta_sts is not None and hosts:
-            policy = await self.mta_sts.policy(domain)
-        if msg.requiretls:
+            policy, known = await self.mta_sts.lookup(domain)
+        if msg.requiretls and hosts:
+            if not known:
+                why = f"REQUIRETLS: the MTA-STS policy of {domain} cannot be looked up now"
+                return [RecipientState(r, PENDING, 0, 0.0, why, "4.7.5") for r in recipients]
             refusal = self._requiretls_refusal(domain, policy)
             if refusal is not None:
                 log.info("{queue_id} REQUIRETLS for {domain}: {refusal}", queue_id=msg.queue_id, domain=domain,
@@ -197,11 +208,14 @@ class Relay:
                     hosts = named
                     last_error = f"the MTA-STS policy of {domain} names none of its MX hosts ({others})"
                     last_status = "4.7.5"
+        tries = refusals = 0  # sessions, and those refused for want of REQUIRETLS
         for host in hosts:
             for address in host.addresses:
+                tries += 1
                 try:
                     result = await self._send(host, address, port, msg, recipients, body, policy)
                 except ClientError as e:
+                    refusals += e.reply.enhanced == "5.7.30"
                     last_error = f"{host.name}[{address}]: {_reply_text(e.reply)}"
                     last_status, last_remote = _status(e.reply), host.name
                     if e.temporary or e.stage in NEXT_HOST_STAGES:
@@ -211,7 +225,7 @@ class Relay:
                     return [RecipientState(r, FAILED, 0, 0.0, last_error, last_status, host.name,
                                            _reply_text(e.reply)) for r in recipients]
                 return self._outcomes(host, address, recipients, result, msg)
-        if msg.requiretls and last_status == "5.7.30":  # no server of the domain offers REQUIRETLS
+        if msg.requiretls and tries and refusals == tries:  # no server of the domain offers REQUIRETLS
             return [RecipientState(r, FAILED, 0, 0.0, last_error, last_status, last_remote) for r in recipients]
         return [RecipientState(r, PENDING, 0, 0.0, last_error, last_status, last_remote) for r in recipients]
 
@@ -236,19 +250,26 @@ class Relay:
             kwargs["endpoint_factory"] = self.endpoint_factory
         if msg.ret or msg.envid is not None or msg.dsn:  # passed on when the peer offers DSN
             kwargs.update(ret=msg.ret, envid=msg.envid, rcpt_dsn=msg.dsn)
+        user = self.smarthost_auth[0] if self.smarthost and self.smarthost_auth else ""
+
+        async def go(starttls: str, verify: bool = False) -> Any:
+            extra: dict[str, Any] = {}
+            if verify:
+                extra["tls_options"] = verified_options(host.name, self.trust)
+            if self.connections is not None:  # one kept session per server, TLS mode and its checks
+                extra.update(cache=self.connections,
+                             cache_key=(address, port, starttls, host.name if verify else "", user))
+            result = await self.send(starttls=starttls, **{**kwargs, **extra})
+            result.verified = verify
+            return result
+
         if msg.requiretls:
             kwargs["requiretls"] = True
             if self.smarthost is not None:  # RFC 8689: verified TLS to the smarthost's name, and its promise
-                result = await self.send(starttls="required",
-                                         **{**kwargs, "tls_options": verified_options(host.name, self.trust)})
-                result.verified = True
-                return result
+                return await go("required", verify=True)
         if policy is not None and policy.mode != "none" and policy.matches(host.name):
             try:
-                result = await self.send(starttls="required",
-                                         **{**kwargs, "tls_options": verified_options(host.name, self.trust)})
-                result.verified = True
-                return result
+                return await go("required", verify=True)
             except ClientError as e:
                 if (e.stage not in ("starttls", "ehlo") and not isinstance(e, TLSFailed)) or e.reply.enhanced == "5.7.30":
                     raise  # past TLS (the transaction's own outcome), or no REQUIRETLS there
@@ -260,13 +281,13 @@ class Relay:
                 log.warn("{queue_id} {host}[{address}] {reason} (testing mode: sent anyway)",
                          queue_id=msg.queue_id, host=host.name, address=address, reason=reason)
         try:
-            return await self.send(starttls="required" if required else "opportunistic", **kwargs)
+            return await go("required" if required else "opportunistic")
         except TLSFailed as e:
             if required:
                 raise
             log.warn("{queue_id} TLS with {host}[{address}] failed ({error}); retrying without STARTTLS",
                      queue_id=msg.queue_id, host=host.name, address=address, error=_reply_text(e.reply))
-            return await self.send(starttls="off", **kwargs)
+            return await go("off")
 
     def _outcomes(self, host: MXHost, address: str, recipients: Sequence[str], result: Any,
                   msg: QueuedMessage) -> list[RecipientState]:

@@ -16,7 +16,8 @@ import errno
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
@@ -35,6 +36,7 @@ from mailstack.queue.spool import (
     BOUNCED,
     DELIVERED,
     FAILED,
+    FINAL,
     PENDING,
     QueuedMessage,
     RecipientState,
@@ -160,7 +162,10 @@ class QueueRunner(Service):
         # still talking to a slow remote after stop_grace is cancelled and simply retried after
         # the restart (its recipients were not recorded as delivered).
         in_flight = list(self.active.values())
+        close = getattr(self.relay, "close", None)
         if not in_flight:
+            if close is not None:
+                close()
             return DeferredList([])
 
         def cancel_stragglers() -> None:
@@ -173,6 +178,8 @@ class QueueRunner(Service):
         def stopped(result: object) -> object:
             if straggler_timer.active():
                 straggler_timer.cancel()
+            if close is not None:
+                close()  # the kept sessions say QUIT
             return result
 
         return done.addBoth(stopped)
@@ -340,7 +347,8 @@ class QueueRunner(Service):
         if msg.pending():
             await self._maybe_warn(msg, body)
         if msg.done():
-            await self._thread(self.spool.remove, queue_id)
+            if not msg.extra.get("removed"):
+                await self._thread(self.spool.remove, queue_id)
             self.arrived.pop(queue_id, None)
             log.info("{queue_id} removed from the queue: every recipient is done", queue_id=queue_id)
         elif msg.pending():
@@ -374,7 +382,10 @@ class QueueRunner(Service):
             remote = {d: rs for d, rs in remote.items() if not self.capture.captures(d)}
         for domain, rcpts in remote.items():
             jobs.append(Deferred.fromCoroutine(self._deliver_remote(msg, domain, rcpts, body)))
-        await DeferredList(jobs, consumeErrors=True)
+        results = await DeferredList(jobs, consumeErrors=True)
+        for ok, result in results:
+            if not ok:  # e.g. the outcome could not be recorded (a full disk): the whole attempt failed,
+                cast(Failure, result).raiseException()  # and is retried after RETRY_AFTER_ERROR, not at once
 
     async def _finish(self, msg: QueuedMessage, states: list[RecipientState], route: str) -> None:
         """Record outcomes durably (fsynced) before anything else, then update the in-memory view.
@@ -389,7 +400,15 @@ class QueueRunner(Service):
                 s.notice = "delivered"  # RFC 3461 §6.2.4 (the relay says "relayed" itself)
             if previous is not None and previous.delivered_to and s.status != DELIVERED:
                 s.delivered_to = sorted(set(s.delivered_to) | set(previous.delivered_to))
-        await self._thread(self.spool.record, msg.queue_id, states)
+        given = {s.address for s in states}
+        if (all(s.status == DELIVERED and not s.notice for s in states)
+                and all(r.status in FINAL and not r.notice for a, r in msg.recipients.items() if a not in given)):
+            # The last outcomes finish the message: removing it (durably) is their record, one
+            # state write and its fsyncs fewer. Nothing is left that could be sent again.
+            await self._thread(partial(self.spool.remove, msg.queue_id, strict=True))
+            msg.extra["removed"] = True
+        else:
+            await self._thread(self.spool.record, msg.queue_id, states)
         for s in states:
             msg.recipients[s.address] = s
             log.info("{queue_id} to <{rcpt}>: {status} {code} {error}", queue_id=msg.queue_id, rcpt=s.address,
@@ -522,11 +541,12 @@ class QueueRunner(Service):
 
     async def notify(self, *, queue_id: str, sender: str, arrival: float,
                      entries: Sequence[tuple[RecipientState, str]], body: bytes, envid: str | None = None,
-                     orcpt: dict[str, tuple[str, str]] | None = None) -> str:
+                     orcpt: dict[str, tuple[str, str]] | None = None, quote: bool = True) -> str:
         """Queue a success report (RFC 3461: ``delivered``, ``relayed``, ``expanded``) to *sender*
         about the message *queue_id*; returns the report's queue id. Raises SpoolError."""
         report = build_report(hostname=self.settings.hostname, queue_id=queue_id, sender=sender, arrival=arrival,
-                              entries=entries, original=body, now=self.now(), envid=envid, orcpt=orcpt)
+                              entries=entries, original=body, now=self.now(), envid=envid, orcpt=orcpt,
+                              quote=quote)
         notice = QueuedMessage(new_queue_id(), "", self.now(), self._report_recipients(sender),
                                smtputf8=not sender.isascii(), is_bounce=True)
         await self._thread(self._add_notice, notice, report)
@@ -544,7 +564,7 @@ class QueueRunner(Service):
             try:
                 await self.notify(queue_id=msg.queue_id, sender=msg.sender, arrival=msg.created,
                                   entries=[(r, r.notice) for r in told], body=body, envid=fields["envid"],
-                                  orcpt=fields["orcpt"])
+                                  orcpt=fields["orcpt"], quote=fields["quote"])
             except Exception as e:  # a full spool, say: tried again later, given up after max_age
                 if self.now() - msg.created <= self.settings.max_age:
                     log.error("{queue_id} delivery report not queued, tried again later: {error}",
@@ -587,7 +607,7 @@ class QueueRunner(Service):
 def _dsn_fields(msg: QueuedMessage) -> dict[str, Any]:
     """What a report about *msg* returns of the sender's DSN request: ENVID, RET, the ORCPTs."""
     # RFC 8689 §5: a report on a REQUIRETLS message may travel without TLS: never with its body
-    return {"envid": msg.envid, "ret": None if msg.requiretls else msg.ret,
+    return {"envid": msg.envid, "ret": None if msg.requiretls else msg.ret, "quote": not msg.requiretls,
             "orcpt": {a: d.orcpt for a, d in msg.dsn.items() if d.orcpt is not None}}
 
 

@@ -187,16 +187,20 @@ class Spool:
         except OSError as e:
             raise SpoolError(f"cannot record state of {queue_id}: {e.strerror}", e) from e
 
-    def remove(self, queue_id: str) -> None:
+    def remove(self, queue_id: str, *, strict: bool = False) -> None:
         """Forget a finished (or deleted) message: the message first (durably), then its state.
 
         In that order a crash in between leaves an orphan state log (cleaned at
-        start-up), never a message whose recorded outcomes are gone.
+        start-up), never a message whose recorded outcomes are gone. With *strict* the
+        removal stands for the last outcomes, which are not recorded otherwise (see the
+        runner): a directory that cannot be synced raises :class:`SpoolError`.
         """
         self._unlink(str(self.msg / queue_id))
         try:
             self.syncer.sync(str(self.msg))
         except OSError as e:
+            if strict:
+                raise SpoolError(f"cannot remove {queue_id} durably: {e.strerror}", e) from e
             log.warn("cannot sync spool directory after removing {queue_id}: {error}", queue_id=queue_id, error=e)
         self._unlink(str(self.state / queue_id))
 

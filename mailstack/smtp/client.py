@@ -35,7 +35,7 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -276,6 +276,11 @@ class SMTPClientProtocol(Protocol):
             d.errback(_ReplyTimeout())
             self.abort()
 
+    def usable(self) -> bool:
+        """Still connected, with nothing unread: a kept connection may carry another transaction."""
+        return (self._failure is None and self.transport is not None and not self._replies
+                and not getattr(self.transport, "disconnecting", False))
+
     @property
     def _tcp(self) -> Any:
         """The transport with its TCP/TLS methods (``ITransport`` declares none of them)."""
@@ -383,6 +388,8 @@ async def send_message(
     envid: str | None = None,
     rcpt_dsn: Mapping[str, RecipientDSN] | None = None,
     requiretls: bool = False,
+    cache: ConnectionCache | None = None,
+    cache_key: Hashable = None,
 ) -> TransactionResult:
     """Deliver *message* to *recipients* through the SMTP server at *host*:*port*.
 
@@ -394,6 +401,12 @@ async def send_message(
     requests, passed on when the peer offers DSN (RFC 3461 §5.2.2). With *requiretls*
     (RFC 8689) the peer must offer REQUIRETLS once TLS is up, and MAIL carries it; a peer
     that does not is refused with 550 5.7.30 at stage ``ehlo`` (the next host may).
+
+    With a *cache*, the connection is left open after the transaction for the next message
+    with the same *cache_key* (which the caller makes name everything the session depends
+    on: address, port, TLS mode and its checks, credentials), and a connection left there
+    is used instead of a new one. A kept connection that the server closed meanwhile is
+    noticed before any reply and replaced by a new one, so the message goes once.
     """
     if starttls not in STARTTLS_MODES:
         raise ValueError(f"starttls must be one of {STARTTLS_MODES}")
@@ -402,6 +415,25 @@ async def send_message(
             raise ValueError("CR or LF in an SMTP argument")
     if not recipients:
         raise ValueError("no recipients")
+    args: dict[str, Any] = dict(sender=sender, recipients=list(recipients), message=message, smtputf8=smtputf8,
+                body_8bit=body_8bit)
+    if cache is not None:
+        kept = cache.take(cache_key)
+        if kept is not None:
+            proto, dialogue = kept
+            dialogue.ret, dialogue.envid, dialogue.rcpt_dsn = ret, envid, rcpt_dsn or {}
+            dialogue.requiretls = requiretls
+            try:
+                result = await dialogue.again(**args)
+            except _Stale:
+                proto.abort()
+                log.debug("a kept connection to {host} was closed by the server; opening another", host=host)
+            except BaseException:
+                _finish_connection(proto, dialogue, None, None)
+                raise
+            else:
+                _finish_connection(proto, dialogue, cache, cache_key)
+                return result
     proto = SMTPClientProtocol(reactor)
     factory = endpoint_factory or default_endpoint
     try:
@@ -411,16 +443,107 @@ async def send_message(
     except (error.ConnectError, error.TimeoutError, defer.TimeoutError, defer.CancelledError, OSError) as e:
         raise ClientError(_local(421, "4.4.1", f"Cannot connect to {host}:{port}: {_describe(e)}"),
                           True, "connect") from None
-    dialogue = _Dialogue(proto, host, timeouts, ret, envid, rcpt_dsn or {}, requiretls)
+    dialogue = _Dialogue(proto, host, timeouts, ret, envid, rcpt_dsn or {}, requiretls, keep=cache is not None)
     try:
-        return await dialogue.run(helo=helo, sender=sender, recipients=list(recipients), message=message,
-                                  smtputf8=smtputf8, body_8bit=body_8bit, tls_options=tls_options,
-                                  starttls=starttls, auth=auth)
-    finally:
-        if dialogue.must_abort:
+        result = await dialogue.run(helo=helo, tls_options=tls_options, starttls=starttls, auth=auth, **args)
+    except BaseException:
+        _finish_connection(proto, dialogue, None, None)
+        raise
+    _finish_connection(proto, dialogue, cache, cache_key)
+    return result
+
+
+def _finish_connection(proto: SMTPClientProtocol, dialogue: _Dialogue, cache: ConnectionCache | None,
+                       key: Hashable) -> None:
+    """After a transaction: into the cache when it takes it, else QUIT (abort when unusable)."""
+    if dialogue.must_abort:
+        proto.abort()
+        return
+    if dialogue.finished:  # QUIT was said
+        proto.close()
+        return
+    dialogue.sent += 1
+    if cache is not None and cache.give(key, proto, dialogue):
+        return
+    if dialogue.keep:  # the transaction left the session open for another: close it properly
+        d = Deferred.fromCoroutine(dialogue.quit())
+        d.addBoth(lambda _: proto.close())
+    else:
+        proto.close()
+
+
+class _Stale(Exception):
+    """A kept connection turned out closed before the server said anything about this message."""
+
+
+class ConnectionCache:
+    """Connections kept after a transaction for the next one to the same server (RFC 5321 §3.3:
+    another MAIL may follow a completed transaction), as Postfix's connection cache does.
+
+    A connection is kept for ``idle`` seconds and used for at most ``per_connection``
+    messages; at most ``max_idle`` are kept in all. :meth:`close` says QUIT to every kept one.
+    """
+
+    def __init__(self, clock: Any, *, idle: float = 2.0, per_connection: int = 100, max_idle: int = 50) -> None:
+        self.clock = clock
+        self.idle = idle
+        self.per_connection = per_connection
+        self.max_idle = max_idle
+        self._kept: dict[Hashable, list[tuple[SMTPClientProtocol, _Dialogue, Any]]] = {}
+        self._count = 0
+        self.closed = False
+
+    def take(self, key: Hashable) -> tuple[SMTPClientProtocol, _Dialogue] | None:
+        entries = self._kept.get(key)
+        while entries:
+            proto, dialogue, timer = entries.pop()
+            self._count -= 1
+            if timer.active():
+                timer.cancel()
+            if proto.usable():
+                if not entries:
+                    del self._kept[key]
+                return proto, dialogue
             proto.abort()
-        else:
-            proto.close()
+        self._kept.pop(key, None)
+        return None
+
+    def give(self, key: Hashable, proto: SMTPClientProtocol, dialogue: _Dialogue) -> bool:
+        if (self.closed or not dialogue.keep or dialogue.sent >= self.per_connection or self._count >= self.max_idle
+                or not proto.usable()):
+            return False
+        entry: list[Any] = [proto, dialogue, None]
+        entry[2] = self.clock.callLater(self.idle, self._expire, key, entry)
+        self._kept.setdefault(key, []).append((proto, dialogue, entry[2]))
+        self._count += 1
+        return True
+
+    def _expire(self, key: Hashable, entry: list[Any]) -> None:
+        proto, dialogue, timer = entry
+        entries = self._kept.get(key, [])
+        for i, (p, _, _) in enumerate(entries):
+            if p is proto:
+                del entries[i]
+                self._count -= 1
+                break
+        if not entries:
+            self._kept.pop(key, None)
+        self._quit(proto, dialogue)
+
+    @staticmethod
+    def _quit(proto: SMTPClientProtocol, dialogue: _Dialogue) -> None:
+        d = Deferred.fromCoroutine(dialogue.quit())
+        d.addBoth(lambda _: proto.close())
+
+    def close(self) -> None:
+        """QUIT every kept connection; none is kept from now on."""
+        self.closed = True
+        kept, self._kept, self._count = self._kept, {}, 0
+        for entries in kept.values():
+            for proto, dialogue, timer in entries:
+                if timer.active():
+                    timer.cancel()
+                self._quit(proto, dialogue)
 
 
 def _describe(e: BaseException) -> str:
@@ -434,7 +557,7 @@ class _Dialogue:
 
     def __init__(self, proto: SMTPClientProtocol, host: str, timeouts: ClientTimeouts, ret: str | None = None,
                  envid: str | None = None, rcpt_dsn: Mapping[str, RecipientDSN] | None = None,
-                 requiretls: bool = False) -> None:
+                 requiretls: bool = False, keep: bool = False) -> None:
         self.proto = proto
         self.host = host
         self.t = timeouts
@@ -442,6 +565,11 @@ class _Dialogue:
         self.envid = envid
         self.rcpt_dsn = rcpt_dsn or {}
         self.requiretls = requiretls
+        self.keep = keep  # the session stays open after the transaction (a connection cache)
+        self.sent = 0  # transactions finished on this connection
+        self.lost = False  # the connection went away
+        self.finished = False  # QUIT was sent
+        self.replies = 0  # replies read in the current transaction
         self.extensions: dict[str, str] = {}
         self.must_abort = False
 
@@ -451,12 +579,14 @@ class _Dialogue:
 
     async def reply(self, timeout: float, stage: str) -> Reply:
         try:
-            return await self.proto.next_reply(timeout)
+            reply = await self.proto.next_reply(timeout)
+            self.replies += 1
+            return reply
         except _ReplyTimeout:
             self.must_abort = True
             raise ClientError(_local(421, "4.4.2", f"Timeout waiting for {self.host} ({stage})"), True, stage) from None
         except _Lost:
-            self.must_abort = True
+            self.must_abort = self.lost = True
             raise ClientError(_local(421, "4.4.2", f"Connection to {self.host} lost ({stage})"), True, stage) from None
         except _ProtocolViolation as e:
             self.must_abort = True
@@ -468,8 +598,9 @@ class _Dialogue:
         raise ClientError(reply, reply.is_temporary if temporary is None else temporary, stage)
 
     async def quit(self) -> None:
-        if self.must_abort:
+        if self.must_abort or self.finished:
             return
+        self.finished = True
         try:
             await self.command("QUIT", self.t.quit, "quit")
         except ClientError:
@@ -482,6 +613,19 @@ class _Dialogue:
             raise ClientError(reply, True, stage)
         return reply
 
+    async def again(self, *, sender: str, recipients: list[str], message: bytes, smtputf8: bool,
+                    body_8bit: bool) -> TransactionResult:
+        """The next transaction on a kept connection; :class:`_Stale` when the server had closed it
+        before answering anything of this one (nothing was delivered: a new connection may try)."""
+        self.replies = 0
+        try:
+            await self.check_capabilities(message, smtputf8, body_8bit)
+            return await self.transaction(sender, recipients, message, smtputf8, body_8bit)
+        except ClientError as e:
+            if (self.replies == 0 and self.lost) or (self.replies == 1 and e.reply.code == 421 and e.stage == "mail"):
+                raise _Stale() from None
+            raise
+
     async def run(self, *, helo: str, sender: str, recipients: list[str], message: bytes, smtputf8: bool,
                   body_8bit: bool, tls_options: Any, starttls: str, auth: tuple[str, str] | None) -> TransactionResult:
         greeting = self.check(await self.reply(self.t.greeting, "greeting"), "greeting")
@@ -491,9 +635,6 @@ class _Dialogue:
         await self.maybe_starttls(helo, tls_options, starttls)
         if auth is not None:
             await self.authenticate(*auth)
-        if self.requiretls and not (self.proto.tls and "REQUIRETLS" in self.extensions):
-            await self.fail(_local(550, "5.7.30", f"{self.host} does not support REQUIRETLS, which the sender "
-                                   "asked for"), "ehlo", False)
         await self.check_capabilities(message, smtputf8, body_8bit)
         return await self.transaction(sender, recipients, message, smtputf8, body_8bit)
 
@@ -548,6 +689,9 @@ class _Dialogue:
             await self.fail(reply, "auth", True)
 
     async def check_capabilities(self, message: bytes, smtputf8: bool, body_8bit: bool) -> None:
+        if self.requiretls and not (self.proto.tls and "REQUIRETLS" in self.extensions):
+            await self.fail(_local(550, "5.7.30", f"{self.host} does not support REQUIRETLS, which the sender "
+                                   "asked for"), "ehlo", False)
         size = self.extensions.get("SIZE", "")
         if size.isdigit() and int(size) > 0 and len(message) > int(size):
             await self.fail(_local(552, "5.3.4", f"Message size exceeds the maximum of {self.host} ({size})"),
@@ -618,7 +762,8 @@ class _Dialogue:
             final = await self.send_content(content)
         for r in accepted:
             per_recipient[r] = final
-        await self.quit()
+        if not self.keep:
+            await self.quit()
         return TransactionResult(per_recipient, final, self.host, self.proto.tls, "DSN" in self.extensions)
 
     async def send_content(self, content: bytes) -> Reply:
@@ -638,11 +783,13 @@ class _Dialogue:
         await self.reply(self.t.data_end, "data")
 
     async def reset_and_quit(self) -> None:
+        """After a transaction with no recipient: RSET, then QUIT unless the session is kept."""
         try:
             await self.command("RSET", self.t.mail, "rset")
         except ClientError:
             return
-        await self.quit()
+        if not self.keep:
+            await self.quit()
 
 
 def _extensions(reply: Reply) -> dict[str, str]:

@@ -79,6 +79,7 @@ class SessionConfig:
     allow_plaintext_auth: bool
     starttls_available: bool
     postmaster_domain: str
+    requiretls: bool = True  # RFC 8689 offered (on TLS sessions)
 
 
 @dataclass(slots=True)
@@ -218,7 +219,7 @@ class SMTPSession:
             lines.append("AUTH PLAIN LOGIN")
         if self.queue is not None:
             lines.append("ETRN")
-        if self.tls:  # RFC 8689 §4: only where the client's own hop was encrypted
+        if self.tls and self.config.requiretls:  # RFC 8689 §4: only where the client's own hop was encrypted
             lines.append("REQUIRETLS")
         lines.append("HELP")
         return Outcome(Reply(250, None, tuple(lines)))
@@ -320,7 +321,7 @@ class SMTPSession:
                 envelope.smtputf8 = True
             elif key == "AUTH":  # RFC 4954 §5: accepted, not trusted
                 continue
-            elif key == "REQUIRETLS":  # RFC 8689 §4.1
+            elif key == "REQUIRETLS" and self.config.requiretls:  # RFC 8689 §4.1
                 if value is not None:
                     return R.SYNTAX.with_text("REQUIRETLS takes no value")
                 if not self.tls:

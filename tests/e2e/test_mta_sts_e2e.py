@@ -224,7 +224,7 @@ def test_requiretls_goes_over_verified_tls_or_bounces_with_5_7_30(world):
 
         def bounce() -> bytes | None:
             for m in world.sender.messages("alice@a.test"):
-                if m.startswith(b"Return-Path: <>") and refused.encode() in m:
+                if m.startswith(b"Return-Path: <>") and b"Final-Recipient: rfc822; rcpt@plain.test" in m:
                     return m
             return None
 
@@ -232,6 +232,7 @@ def test_requiretls_goes_over_verified_tls_or_bounces_with_5_7_30(world):
         assert b"Action: failed\r\nStatus: 5.7.30\r\n" in report
         assert b"publishes no MTA-STS policy" in report
         assert not arrived(good, "rcpt@plain.test", refused)
-        assert b"Subject: " + refused.encode() in report and b"\r\n\r\nhi\r\n" not in report.split(b"text/rfc822-headers")[-1]
+        # it may travel without TLS, so nothing of the message comes back in it (RFC 8689 §5)
+        assert refused.encode() not in report and b"rfc822-headers" not in report
     finally:
         good.stop()

@@ -59,6 +59,10 @@ def test_policy_parses():
     b"version: STSv1\nmode: enforce\nmax_age: 1\n",  # no mx
     b"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: soon\n",
     b"version: STSv1\nmode: enforce\nmx: *.*.a.test\nmax_age: 1\n",
+    b"version: STSv1\nmode: enforce\nmx: a.test b.test\nmax_age: 1\n",
+    b"version: STSv1\nmode: none\nmx: a_b.test\nmax_age: 1\n",
+    "version: STSv1\nmode: enforce\nmx: jörg.test\nmax_age: 1\n".encode(),
+    b"version: STSv1\nmode: enforce\n" + b"".join(b"mx: m%d.a.test\n" % i for i in range(101)) + b"max_age: 1\n",
     b"<html>not a policy</html>",
     b"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 1\n" + b"#" * MAX_POLICY,
     b"\xff\xfe",
@@ -72,6 +76,7 @@ def test_record_and_mx_patterns():
     assert parse_record([b"v=STSv1; id=20260101T000000;"]) == "20260101T000000"
     assert parse_record([b"v=spf1 -all", b"v=STSv1; id=abc"]) == "abc"
     assert parse_record([b"v=STSv1; id=a", b"v=STSv1; id=b"]) is None  # two: none (§3.1)
+    assert parse_record([b"v=STSv10; id=a", b"v=STSv1; id=b"]) == "b"  # not a second STSv1 record
     assert parse_record([b"v=STSv1"]) is None and parse_record([b"v=STSv1; id=no-dash"]) is None
     assert parse_record([]) is None
     assert mx_matches("*.sts.test", "mx1.sts.test") and not mx_matches("*.sts.test", "a.b.sts.test")
@@ -156,18 +161,18 @@ class FakeMX:
 
 
 class FixedPolicy:
-    def __init__(self, policy):
-        self.value = policy
+    def __init__(self, policy, known=True):
+        self.value, self.known = policy, known
 
-    async def policy(self, domain):
-        return self.value
+    async def lookup(self, domain):
+        return self.value, self.known
 
 
 def enforce(mode="enforce"):
     return Policy("sts.test", "1", mode, ("mx.sts.test",), 86400, 0.0)
 
 
-def relay_with(policy, answer, hosts=(MXHost("mx.sts.test", 10, ("192.0.2.1",)),)):
+def relay_with(policy, answer, hosts=(MXHost("mx.sts.test", 10, ("192.0.2.1",)),), known=True):
     calls = []
 
     async def send(**kw):
@@ -178,7 +183,7 @@ def relay_with(policy, answer, hosts=(MXHost("mx.sts.test", 10, ("192.0.2.1",)),
         return result
 
     relay = Relay(reactor=None, mx=FakeMX(*hosts), hostname="out.test", port=25, tls_options="opportunistic",
-                  send=send, mta_sts=FixedPolicy(policy), trust=trust_root(None))
+                  send=send, mta_sts=FixedPolicy(policy, known), trust=trust_root(None))
     return relay, calls
 
 
@@ -249,6 +254,14 @@ class PolicyHost(Resource):
         if self.mode == "hang":
             self.pending.append(request)
             return NOT_DONE_YET
+        if self.mode == "html":
+            request.setHeader(b"content-type", b"text/html")
+            return GOOD
+        if self.mode == "cut":  # part of a policy, then the connection dies: no length, no end
+            request.setHeader(b"content-type", b"text/plain")
+            request.write(GOOD[:40])
+            request.channel.transport.abortConnection()
+            return NOT_DONE_YET
         request.setHeader(b"content-type", b"text/plain")
         if self.mode == "huge":
             return GOOD + b"#" * (MAX_POLICY * 4)
@@ -314,6 +327,14 @@ class HTTPSFetchTests(TestCase):
         with self.assertRaises(PolicyError) as caught:
             yield defer.Deferred.fromCoroutine(self.fetcher().fetch("sts.test"))
         self.assertIn("larger than", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_a_policy_served_as_html_or_cut_short_is_refused(self):
+        for mode, words in (("html", ("not text/plain",)), ("cut", ("cut short", "lost"))):
+            self.host.mode = mode
+            with self.assertRaises(PolicyError) as caught:
+                yield defer.Deferred.fromCoroutine(self.fetcher().fetch("sts.test"))
+            self.assertTrue(any(w in str(caught.exception) for w in words), str(caught.exception))
 
     @defer.inlineCallbacks
     def test_a_hanging_host_times_out(self):
@@ -385,3 +406,67 @@ def test_tls_required_no_sets_the_policy_aside():
     relay, calls = relay_with(enforce(), answer)
     [state] = deliver_message(relay, requiretls=True, body=b"Subject: x\r\nTLS-Required: No\r\n\r\nx\r\n")
     assert state.status == PENDING and [c["starttls"] for c in calls] == ["required"]
+
+
+def test_requiretls_waits_when_the_policy_cannot_be_looked_up_now():
+    relay, calls = relay_with(None, ok, known=False)
+    [state] = deliver_message(relay, requiretls=True)
+    assert (state.status, state.status_code) == (PENDING, "4.7.5") and calls == []
+
+
+def test_requiretls_bounces_only_when_every_server_refuses_it():
+    hosts = (MXHost("mx.sts.test", 10, ("192.0.2.1", "192.0.2.2")),)
+    answers = {"192.0.2.1": ClientError(Reply(550, "5.7.30", "no REQUIRETLS"), False, "ehlo"),
+               "192.0.2.2": TLSFailed(Reply(421, "4.7.5", "handshake failed"), True, "starttls")}
+    relay, calls = relay_with(enforce(), lambda kw: answers[kw["host"]], hosts=hosts)
+    [state] = deliver_message(relay, requiretls=True)
+    assert state.status == PENDING  # the second one may still offer it once its TLS works
+    answers["192.0.2.2"] = answers["192.0.2.1"]
+    relay, calls = relay_with(enforce(), lambda kw: answers[kw["host"]], hosts=hosts)
+    [state] = deliver_message(relay, requiretls=True)
+    assert (state.status, state.status_code) == ("failed", "5.7.30")
+
+
+def test_a_folded_tls_required_header_counts():
+    from mailstack.queue.relay import tls_not_required
+
+    assert tls_not_required(b"Subject: x\r\nTLS-Required:\r\n No\r\n\r\nbody\r\n")
+    assert not tls_not_required(b"Subject: x\r\n\r\nTLS-Required: No\r\n")  # in the body: no
+    assert not tls_not_required(b"TLS-Required: Yes\r\n\r\n")
+
+
+def test_the_cache_evicts_expired_then_lax_then_least_recently_used_policies():
+    zones = {f"_mta-sts.d{i}.test": {"TXT": [f"v=STSv1; id={i}"]} for i in range(6)}
+    clock = Clock()
+    bodies = [GOOD.replace(b"enforce", b"testing") if i == 1 else GOOD for i in range(6)]
+    resolver = MTASTS(MXResolver(FakeResolver(zones)), Fetcher(*bodies), clock=clock, max_cached=4)
+    for i in range(4):
+        run(resolver.policy(f"d{i}.test"))
+    run(resolver.policy("d0.test"))  # d0 used again: d2 is now the least recently used enforce policy
+    run(resolver.policy("d4.test"))
+    assert "d1.test" not in resolver.cache  # testing mode goes first
+    run(resolver.policy("d5.test"))
+    assert sorted(resolver.cache) == ["d0.test", "d3.test", "d4.test", "d5.test"]
+
+
+def test_a_fetch_that_breaks_unexpectedly_gives_every_waiter_the_cached_answer():
+    zones = {"_mta-sts.sts.test": {"TXT": ["v=STSv1; id=1"]}}
+    resolver = sts(zones, Fetcher())
+    gate: defer.Deferred[None] = defer.Deferred()
+
+    async def broken(domain, ident, cached):
+        await gate
+        raise RuntimeError("a bug")
+
+    resolver._refresh = broken
+    out: list[Any] = []
+    for _ in range(2):
+        defer.Deferred.fromCoroutine(resolver.lookup("sts.test")).addBoth(out.append)
+    assert out == []  # both wait for the one fetch
+    gate.callback(None)
+    assert out == [(None, False), (None, False)]
+    assert resolver._fetching == {}
+    # the failure was logged, not left in a Deferred
+    import gc
+
+    gc.collect()

@@ -233,17 +233,42 @@ def test_bounce_to_unknown_local_sender_is_dropped_not_looped(tmp_path):
     assert spool.ids() == [] and maildir_messages(tmp_path) == []
 
 
-def test_success_is_recorded_before_the_message_is_removed(tmp_path, monkeypatch):
+def test_the_last_success_is_recorded_by_removing_the_message_durably(tmp_path, monkeypatch):
+    """No state line for outcomes that finish the message: its durable removal records them
+    (one write and its fsyncs fewer); a partial success is still recorded first."""
+    relay = FakeRelay({"x@remote.example": [OK], "y@remote.example": [BUSY, OK]})
+    runner, spool, clock = make_runner(tmp_path, relay, retry=(60.0,))
+    queue(spool, clock, ["x@remote.example"])
+    queue(spool, clock, ["y@remote.example"], qid="Q2")
+    events = []
+    real_record, real_remove = spool.record, spool.remove
+    monkeypatch.setattr(spool, "record", lambda qid, states: (events.append(("record", qid)),
+                                                              real_record(qid, states)))
+    monkeypatch.setattr(spool, "remove", lambda qid, **kw: (events.append(("remove", qid, kw)),
+                                                            real_remove(qid, **kw)))
+    runner.startService()
+    clock.advance(0)
+    assert ("remove", "Q1", {"strict": True}) in events and ("record", "Q1") not in events
+    assert ("record", "Q2") in events and spool.ids() == ["Q2"]
+    clock.advance(60)
+    assert spool.ids() == [] and events[-1] == ("remove", "Q2", {"strict": True})
+
+
+def test_a_removal_that_cannot_be_made_durable_is_an_error_not_a_silent_success(tmp_path):
     relay = FakeRelay({"x@remote.example": [OK]})
     runner, spool, clock = make_runner(tmp_path, relay)
     queue(spool, clock, ["x@remote.example"])
-    events = []
-    real_record, real_remove = spool.record, spool.remove
-    monkeypatch.setattr(spool, "record", lambda qid, states: (events.append("record"), real_record(qid, states)))
-    monkeypatch.setattr(spool, "remove", lambda qid: (events.append("remove"), real_remove(qid)))
-    runner.startService()
-    clock.advance(0)
-    assert spool.ids() == [] and events == ["record", "remove"]
+
+    def broken(path):
+        raise OSError(5, "Input/output error")
+
+    spool.syncer.sync = broken
+    import pytest
+
+    from mailstack.queue.spool import SpoolError
+
+    with pytest.raises(SpoolError):
+        spool.remove("Q1", strict=True)
 
 
 def test_a_crash_inside_remove_never_forgets_a_delivery(tmp_path):
@@ -458,3 +483,27 @@ def test_etrn_tries_a_domains_deferred_mail_now_and_leaves_the_others_waiting(tm
     again = Deferred.fromCoroutine(runner.start_domain("remote.example", True))  # within the minute
     clock.advance(0)
     assert again.result == 1 and len(relay.calls) == 5  # the same answer, no second read, nothing restarted
+
+
+def test_an_outcome_that_cannot_be_recorded_is_retried_later_not_in_a_loop(tmp_path):
+    from mailstack.queue.spool import SpoolError
+
+    relay = FakeRelay({"x@remote.example": [BUSY] * 5})
+    runner, spool, clock = make_runner(tmp_path, relay)
+    queue(spool, clock, ["x@remote.example"])
+
+    real_record, failures = spool.record, []
+
+    def full(queue_id, states):
+        if len(failures) < 3:  # the disk is full for a while (bounded, so a loop shows as a count)
+            failures.append(queue_id)
+            raise SpoolError("cannot record state of Q1: No space left on device")
+        real_record(queue_id, states)
+
+    spool.record = full
+    runner.startService()
+    clock.advance(0)
+    clock.advance(0)
+    assert len(relay.calls) == 1  # not tried again at once, over and over
+    clock.advance(60)
+    assert len(relay.calls) == 2

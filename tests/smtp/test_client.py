@@ -29,6 +29,7 @@ from mailstack.smtp.client import (
     MAX_LINE,
     ClientError,
     ClientTimeouts,
+    ConnectionCache,
     SMTPClientProtocol,
     TLSFailed,
     TransactionResult,
@@ -743,3 +744,66 @@ class RequireTLSTests(ClientTestCase):
         failure = self.error(ScriptedServer(extensions=(*DEFAULT_EHLO, b"REQUIRETLS")), requiretls=True)
         self.assertEqual((failure.reply.code, failure.reply.enhanced, failure.stage), (550, "5.7.30", "ehlo"))
         self.assertFalse(failure.temporary)
+
+
+class ConnectionCacheTests(SynchronousTestCase):
+    """Several messages to one server over one session; a session the server closed meanwhile
+    is replaced before anything is sent twice."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.servers: list[ScriptedServer] = []
+        self.endpoints: list[MemoryEndpoint] = []
+        self.cache = ConnectionCache(self.clock, idle=2.0, per_connection=3)
+
+    def endpoint(self, reactor: Any, host: str, port: int, timeout: float) -> MemoryEndpoint:
+        server = ScriptedServer()
+        self.servers.append(server)
+        ep = MemoryEndpoint(server, self.clock)
+        self.endpoints.append(ep)
+        return ep
+
+    def send(self, rcpt: str) -> TransactionResult:
+        d = defer.Deferred.fromCoroutine(send_message(
+            reactor=self.clock, host="192.0.2.1", port=25, helo="out.example.test", sender="alice@example.test",
+            recipients=[rcpt], message=MESSAGE, endpoint_factory=self.endpoint, cache=self.cache,
+            cache_key=("192.0.2.1", 25)))
+        for ep in self.endpoints:
+            ep.flush()
+        return self.successResultOf(d)
+
+    def test_one_session_carries_several_messages_up_to_the_limit(self) -> None:
+        for rcpt in ("a@peer.test", "b@peer.test", "c@peer.test", "d@peer.test"):
+            self.assertEqual(self.send(rcpt).per_recipient[rcpt].code, 250)
+        first, second = self.servers
+        self.assertEqual([c.split(":")[0] for c in first.commands if c.startswith(("EHLO", "MAIL"))],
+                         ["EHLO out.example.test", "MAIL FROM", "MAIL FROM", "MAIL FROM"])
+        self.assertEqual(first.commands[-1], "QUIT")  # the third message was its last
+        self.assertEqual(len(first.messages), 3)
+        self.assertEqual(len(second.messages), 1)
+        self.cache.close()
+        self.endpoints[1].flush()
+        self.assertEqual(second.commands[-1], "QUIT")
+
+    def test_an_idle_session_is_closed_after_its_time(self) -> None:
+        self.send("a@peer.test")
+        self.clock.advance(2.0)
+        self.endpoints[0].flush()
+        self.assertEqual(self.servers[0].commands[-1], "QUIT")
+        self.send("b@peer.test")
+        self.assertEqual(len(self.servers), 2)
+
+    def test_a_session_the_server_closed_is_replaced_without_a_second_copy(self) -> None:
+        self.send("a@peer.test")
+        self.servers[0].transport.loseConnection()  # the server's own idle timeout
+        self.endpoints[0].flush()
+        result = self.send("b@peer.test")
+        self.assertEqual(result.per_recipient["b@peer.test"].code, 250)
+        self.assertEqual([len(s.messages) for s in self.servers], [1, 1])
+
+    def test_a_421_at_the_next_mail_is_a_closed_session_too(self) -> None:
+        self.send("a@peer.test")
+        self.servers[0].answers["MAIL"] = b"421 4.4.2 idle too long\r\n"
+        result = self.send("b@peer.test")
+        self.assertEqual(result.per_recipient["b@peer.test"].code, 250)
+        self.assertEqual([len(s.messages) for s in self.servers], [1, 1])
