@@ -7,7 +7,7 @@ Before mail goes to a domain's MX hosts the relay asks :meth:`MTASTS.policy`:
 2. A cached policy whose id is the record's, or that has not expired while there is no
    record or the lookup failed, is used as it is (§5.1: a policy holds until its max_age
    even when its record goes away, which is what defeats a stripped TXT record).
-3. Otherwise ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` is fetched with treq:
+3. Otherwise ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` is fetched with twisted.web's Agent:
    the host's address from the same resolvers and the same address policy as MX hosts,
    its certificate verified against the system's CAs and ``relay.ca_file``, no redirect
    followed (§3.3), 200 only, at most 64 KiB (``MAX_POLICY``), ``FETCH_TIMEOUT`` for all of
