@@ -120,6 +120,9 @@ _MIGRATIONS = (
 _BUSY_TIMEOUT = 5.0  # seconds an admin write waits for another writer
 
 
+FRESH_INTERVAL = 0.05  # seconds a checked snapshot answers even a "no" (see SQLiteAccountStore.directory)
+
+
 class SQLiteAccountStore:
     """Accounts in one SQLite file; implements AccountLookup and AccountAdmin.
 
@@ -224,17 +227,20 @@ class SQLiteAccountStore:
 
     # -- lookups (reactor thread) -------------------------------------------------
 
-    def directory(self, *, fresh: bool = True) -> Directory:
+    def directory(self, *, fresh: bool = True, within: float = 0.0) -> Directory:
         """The current snapshot, rebuilt first if the database changed.
 
         With ``fresh=False`` a snapshot checked within ``recheck_interval``
         seconds is used as it is: ``PRAGMA data_version`` costs a file lock, and
-        SMTP asks several questions per recipient. A "no" answer is always
-        re-asked of a fresh snapshot (see the lookups below), so a user the CLI
-        just added is found at once; a removal shows within the interval.
+        SMTP asks several questions per recipient. A "no" answer is re-asked of a
+        fresh snapshot (see the lookups below), so a user the CLI just added is found
+        at once; a removal shows within the interval. A fresh snapshot may be one
+        checked *within* seconds: ``is_local_domain`` takes one of ``FRESH_INTERVAL``
+        (50 ms), since every message for another domain is a "no" to it, and a stream of
+        them must cost one check per interval, not one per question.
         """
-        if not fresh and self._directory is not None and \
-                self._monotonic() - self._checked_at < self._recheck_interval:
+        if self._directory is not None and self._monotonic() - self._checked_at < (
+                self._recheck_interval if not fresh else within):
             return self._directory
         with self._reader_lock:
             try:
@@ -266,7 +272,8 @@ class SQLiteAccountStore:
         return self._directory
 
     def is_local_domain(self, domain: str) -> bool:
-        return self.directory(fresh=False).is_local_domain(domain) or self.directory().is_local_domain(domain)
+        return (self.directory(fresh=False).is_local_domain(domain)
+                or self.directory(within=FRESH_INTERVAL).is_local_domain(domain))
 
     def get_user(self, address: str) -> User | None:
         return self.directory(fresh=False).get_user(address) or self.directory().get_user(address)

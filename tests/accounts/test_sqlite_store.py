@@ -329,13 +329,15 @@ def test_changes_by_another_connection_are_seen_without_reopening(store_path: Pa
         store.add_user("alice@example.test", "pw")
         assert server.get_user("alice@example.test") is not None  # a "no" is always rechecked
         store.add_domain("late.test")
+        assert not server.is_local_domain("late.test")  # a domain "no" may be 50 ms old
+        now[0] += 0.05
         assert server.is_local_domain("late.test")
         store.add_alias("info@example.test", "alice@example.test")
         assert server.resolve("info@example.test") == ("alice@example.test",)
         store.remove_user("alice@example.test")
-        now[0] += 0.1
+        now[0] += 0.05
         assert server.get_user("alice@example.test") is not None  # a "yes" may be 0.25 s old
-        now[0] += 0.2
+        now[0] += 0.25
         assert server.get_user("alice@example.test") is None
     finally:
         server.close()
@@ -414,3 +416,20 @@ def test_sieve_scripts_one_active_per_user(store: SQLiteAccountStore) -> None:
     store.remove_user("alice@example.test")  # the scripts go with the user
     store.add_user("alice@example.test", "pw")
     assert store.list_scripts("alice@example.test") == []
+
+
+def test_a_no_is_checked_again_after_50_ms_not_for_every_question(tmp_path):
+    """A stream of questions about other domains costs one data_version check per 50 ms."""
+    from mailstack.accounts import SQLiteAccountStore
+
+    now = [100.0]
+    reader = SQLiteAccountStore(tmp_path / "a.sqlite3")
+    reader._monotonic = lambda: now[0]
+    writer = SQLiteAccountStore(tmp_path / "a.sqlite3")
+    assert not reader.is_local_domain("new.test")
+    writer.add_domain("new.test")
+    assert not reader.is_local_domain("new.test")  # within 50 ms of the last check
+    now[0] += 0.06
+    assert reader.is_local_domain("new.test")
+    reader.close()
+    writer.close()
