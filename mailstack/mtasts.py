@@ -73,6 +73,10 @@ class Policy:
     def expired(self, now: float) -> bool:
         return now >= self.fetched + self.max_age
 
+    def text(self) -> list[str]:
+        """The policy's lines, as TLS reports give them (RFC 8460 §4.4 ``policy-string``)."""
+        return ["version: STSv1", f"mode: {self.mode}", *(f"mx: {m}" for m in self.mx), f"max_age: {self.max_age}"]
+
     def matches(self, host: str) -> bool:
         """Whether MX host *host* is one the policy names (a ``*.`` pattern covers one label)."""
         return any(mx_matches(pattern, host) for pattern in self.mx)

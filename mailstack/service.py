@@ -81,6 +81,7 @@ from mailstack.srs import SRS, load_secret
 from mailstack.submission import SubmissionPolicy
 from mailstack.throttle import AuthThrottle, ConnectionLimiter
 from mailstack.tls import ServerTLS, TLSError, client_options
+from mailstack.tlsrpt import TLSReports, TLSReportService
 from mailstack.web import JSONResource, build_site, wellknown
 from mailstack.web.capture import CaptureAPI
 from mailstack.web.faults import FaultsResource
@@ -326,8 +327,14 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
         fetcher = HTTPSFetcher(reactor, mx, trust, port=relay_settings.https_port, allowed=allowed, source=source)
         mta_sts = MTASTS(mx, fetcher, cache_path=settings.storage.queue / "mta-sts.json", clock=reactor.seconds,
                          save=lambda write: deferToThreadPool(reactor, pool, write))
+    reports = None
+    if mta_sts is not None:
+        contact = f"postmaster@{settings.domains[0] if settings.domains else settings.hostname}"
+        reports = TLSReports(hostname=settings.hostname, contact=contact, mx=mx, outbox=None,
+                             path=settings.storage.queue / "tls-reports.json", clock=reactor.seconds,
+                             save=lambda write: deferToThreadPool(reactor, pool, write))
     relay = Relay(reactor=reactor, mx=mx, hostname=settings.hostname, port=relay_settings.port,
-                  mx_allowed=allowed, mta_sts=mta_sts, trust=trust,
+                  mx_allowed=allowed, mta_sts=mta_sts, trust=trust, tls_reports=reports,
                   connections=ConnectionCache(reactor, per_connection=relay_settings.messages_per_connection,
                                               max_idle=relay_settings.connections),
                   tls_options=client_options(), smarthost=relay_settings.smarthost, smarthost_auth=auth,
@@ -343,8 +350,11 @@ def build_queue(settings: Settings, reactor: Any, local: LocalDelivery, pool: Th
         capture = CaptureRelay(local, relay_settings.capture_mailbox, settings.hostname,
                                relayed=frozenset(relay_settings.capture_except))
         log.info("capture mode: mail for other domains goes to <{mailbox}>", mailbox=relay_settings.capture_mailbox)
-    return QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay,
-                       signer=signer.sign if signer is not None else None, srs=srs, capture=capture)
+    runner = QueueRunner(spool, queue_settings, reactor=reactor, clock=reactor, pool=pool, local=local, relay=relay,
+                         signer=signer.sign if signer is not None else None, srs=srs, capture=capture)
+    if reports is not None:
+        reports.outbox = runner  # the reports go out through the queue, signed like other notices
+    return runner
 
 
 def build_shared(settings: Settings, reactor: Any, tls: ServerTLS | None = None) -> Shared:
@@ -589,6 +599,9 @@ def build_service(
         WatcherService(shared.watcher, reactor).setServiceParent(top)
     CertificateWatch(shared.tls, clock=reactor, threads=reactor, run=shared.io).setServiceParent(top)
     shared.queue.setServiceParent(top)  # stops after the listeners, before the pools
+    reports = shared.queue.relay.tls_reports
+    if reports is not None:
+        TLSReportService(reports, reactor).setServiceParent(top)  # counts written before the queue stops
     listeners: dict[str, Listener] = {}
     for name, build in (builders if builders is not None else listener_builders()).items():
         address = getattr(settings.listen, name)

@@ -46,6 +46,7 @@ from mailstack.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, Rec
 from mailstack.smtp.client import ClientError, ConnectionCache, TLSFailed, send_message
 from mailstack.smtp.message import header_block
 from mailstack.smtp.reply import Reply
+from mailstack.tlsrpt import TLSReports, result_type
 
 log = Logger()
 
@@ -133,6 +134,7 @@ class Relay:
         mta_sts: MTASTS | None = None,
         trust: Any = None,
         connections: ConnectionCache | None = None,
+        tls_reports: TLSReports | None = None,
     ) -> None:
         self.reactor = reactor
         self.mx = mx
@@ -147,6 +149,7 @@ class Relay:
         self.mta_sts = mta_sts  # None: recipient domains' MTA-STS policies are not looked at
         self.trust = trust  # the CAs MX certificates are verified against (MTA-STS)
         self.connections = connections  # sessions kept for the next message to the same server
+        self.tls_reports = tls_reports  # what became of TLS under MTA-STS policies (RFC 8460)
 
     def close(self) -> None:
         """Say QUIT on the kept sessions (the queue is stopping)."""
@@ -204,6 +207,11 @@ class Relay:
                 others = ", ".join(h.name for h in hosts if h not in named)
                 log.warn("{queue_id} MTA-STS policy of {domain} ({mode}) does not name MX {others}",
                          queue_id=msg.queue_id, domain=domain, mode=policy.mode, others=others)
+                if self.tls_reports is not None:
+                    for h in hosts:
+                        if h not in named:
+                            self.tls_reports.failure(domain, policy.text(), list(policy.mx), "validation-failure",
+                                                     h.name, h.addresses[0] if h.addresses else "")
                 if policy.mode == "enforce":
                     hosts = named
                     last_error = f"the MTA-STS policy of {domain} names none of its MX hosts ({others})"
@@ -268,11 +276,17 @@ class Relay:
             if self.smarthost is not None:  # RFC 8689: verified TLS to the smarthost's name, and its promise
                 return await go("required", verify=True)
         if policy is not None and policy.mode != "none" and policy.matches(host.name):
+            reports = self.tls_reports
             try:
-                return await go("required", verify=True)
+                result = await go("required", verify=True)
             except ClientError as e:
                 if (e.stage not in ("starttls", "ehlo") and not isinstance(e, TLSFailed)) or e.reply.enhanced == "5.7.30":
+                    if reports is not None and e.stage not in ("connect", "greeting", "ehlo", "starttls"):
+                        reports.success(policy.domain, policy.text(), list(policy.mx))  # TLS held; the rest failed
                     raise  # past TLS (the transaction's own outcome), or no REQUIRETLS there
+                if reports is not None and e.stage != "connect":
+                    reports.failure(policy.domain, policy.text(), list(policy.mx), result_type(_reply_text(e.reply)),
+                                    host.name, address)
                 reason = f"no valid TLS with {host.name} as its MTA-STS policy asks: {_reply_text(e.reply)}"
                 if policy.mode == "enforce":
                     log.warn("{queue_id} {host}[{address}] {reason}", queue_id=msg.queue_id, host=host.name,
@@ -280,6 +294,10 @@ class Relay:
                     raise ClientError(Reply(451, "4.7.5", reason), True, "starttls") from None
                 log.warn("{queue_id} {host}[{address}] {reason} (testing mode: sent anyway)",
                          queue_id=msg.queue_id, host=host.name, address=address, reason=reason)
+            else:
+                if reports is not None:
+                    reports.success(policy.domain, policy.text(), list(policy.mx))
+                return result
         try:
             return await go("required" if required else "opportunistic")
         except TLSFailed as e:
