@@ -1,17 +1,24 @@
-"""Outbound benchmark: messages queued per second and relayed per second.
+"""Outbound benchmark: messages queued per second and relayed per second, mailstack and
+Postfix on the same workload in the same run.
 
-mailstack runs as its own process with an in-process authoritative DNS server
-(``python -m mailstack.testing_dns``) answering MX records for D destination
-domains, all pointing at Postfix's ``smtp-sink`` on a loopback port (the remote
-MTA). A load generator submits N messages on port 25 from 127.0.0.1 (a relay
-network), each to one recipient, spread over the D domains, with C sessions.
+Each server runs as its own process and relays to Postfix's ``smtp-sink`` on a loopback port
+(the remote MTA). A load generator submits N messages of 4 KB on its SMTP port from
+127.0.0.1 (a relay network), each to one recipient, with C sessions. Workloads:
 
-Reported: queued/s (N over the time until the last 250: every message was
-fsynced into the spool) and relayed/s (N over the time until the spool is empty:
-every message was accepted by the sink and its outcome recorded).
+- ``smarthost``: everything goes to one configured next hop (mailstack ``relay.smarthost``,
+  Postfix ``relayhost``);
+- ``mx:D``: recipients spread over D destination domains. mailstack looks up their MX
+  records in an in-process authoritative DNS server (``python -m mailstack.testing_dns``)
+  pointing at the sink; Postfix, which reads the system's resolver, gets each domain's next
+  hop from a transport map instead (the same SMTP work, no DNS).
 
-    python bench/outbound_bench.py                       # D = 1 and 20, 2000 messages, 10 sessions
-    python bench/outbound_bench.py --domains 1,20 --messages 1000 --sessions 20
+Reported, median of ``--runs``: queued/s (N over the time until the last 250: every message
+was fsynced into the queue) and relayed/s (N over the time until the queue is empty: every
+message accepted by the sink and its outcome recorded), and mailstack's ratio to Postfix.
+Postfix needs root and Debian's ``postfix`` package (``bench/postfix_peer.py``).
+
+    python bench/outbound_bench.py                             # smarthost, mx:1, mx:20; 2000 messages
+    python bench/outbound_bench.py --workloads mx:20 --messages 1000 --sessions 20 --runs 1
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,16 +98,57 @@ async def session(port: int, jobs: list[str], latencies: list[float]) -> None:
     writer.close()
 
 
-def run_once(domains: int, messages: int, sessions: int, sink: str) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="outbound-bench-", dir=REPO / "var" if (REPO / "var").exists() else None))
+def start_sink(sink: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "256"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def load(port: int, rcpts: list[str], sessions: int) -> tuple[float, list[float]]:
+    per_session = [rcpts[i::sessions] for i in range(sessions)]
+    latencies: list[float] = []
+
+    async def run() -> None:
+        await asyncio.gather(*(session(port, jobs, latencies) for jobs in per_session))
+
+    start = time.monotonic()
+    asyncio.run(run())
+    return start, latencies
+
+
+def drained(start: float, empty: Any, what: str) -> float:
+    while not empty():
+        if time.monotonic() - start > 300:
+            raise RuntimeError(f"{what}: the queue did not drain within 300 s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def result(messages: int, start: float, queued_at: float, relayed: float, latencies: list[float],
+           failed: int) -> dict[str, float]:
+    latencies.sort()
+    return {"queued_per_s": messages / (queued_at - start), "relayed_per_s": messages / relayed,
+            "p50_ms": latencies[len(latencies) // 2] * 1000,
+            "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, "failed": failed}
+
+
+def recipients(workload: str, messages: int) -> list[str]:
+    domains = 1 if workload == "smarthost" else int(workload.split(":")[1])
+    return [f"user{i}@d{i % domains}.bench.test" for i in range(messages)]
+
+
+def run_mailstack(workload: str, messages: int, sessions: int, sink: str, profile: str = "") -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="outbound-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        sink_port = free_port()
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        procs.append(subprocess.Popen([sink, *user, f"127.0.0.1:{sink_port}", "256"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        names = [f"d{i}.bench.test" for i in range(domains)]
-        zones = {n: {"MX": [[10, "mx.bench.test"]]} for n in names}
+        sink_proc, sink_port = start_sink(sink)
+        procs.append(sink_proc)
+        rcpts = recipients(workload, messages)
+        names = sorted({r.split("@")[1] for r in rcpts})
+        zones: dict[str, Any] = {n: {"MX": [[10, "mx.bench.test"]]} for n in names}
         zones["mx.bench.test"] = {"A": ["127.0.0.1"]}
         (work / "zones.json").write_text(json.dumps(zones))
         procs.append(subprocess.Popen([sys.executable, "-m", "mailstack.testing_dns", str(work / "zones.json"),
@@ -106,6 +156,8 @@ def run_once(domains: int, messages: int, sessions: int, sink: str) -> dict[str,
         while not (work / "dns.port").exists():
             time.sleep(0.05)
         smtp_port = free_port()
+        route = (f'smarthost = "127.0.0.1:{sink_port}"' if workload == "smarthost"
+                 else f'port = {sink_port}\nmx_networks = ["127.0.0.0/8"]')
         config = work / "mailstack.toml"
         config.write_text(f"""
 hostname = "mail.bench.test"
@@ -128,65 +180,100 @@ cert = "{work}/cert.pem"
 key = "{work}/key.pem"
 [relay]
 resolvers = ["127.0.0.1:{(work / 'dns.port').read_text()}"]
-port = {sink_port}
-mx_networks = ["127.0.0.0/8"]
+{route}
 """)
         log = open(work / "twistd.log", "wb")
+        profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
         server = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-                                   "--pidfile=", "mailstack", "--config", str(config)], stdout=log,
+                                   "--pidfile=", *profiling, "mailstack", "--config", str(config)], stdout=log,
                                   stderr=subprocess.STDOUT, env=env(), cwd=work)
         procs.insert(0, server)
         wait_port(smtp_port)
-        wait_port(sink_port)
-        rcpts = [f"user{i}@{names[i % domains]}" for i in range(messages)]
-        per_session = [rcpts[i::sessions] for i in range(sessions)]
-        latencies: list[float] = []
-
-        async def load() -> None:
-            await asyncio.gather(*(session(smtp_port, jobs, latencies) for jobs in per_session))
-
-        start = time.monotonic()
-        asyncio.run(load())
-        queued = time.monotonic() - start
+        start, latencies = load(smtp_port, rcpts, sessions)
+        queued_at = time.monotonic()
         spool = work / "queue" / "msg"
-        while any(spool.iterdir()):
-            if time.monotonic() - start > 300:
-                raise RuntimeError("the queue did not drain within 300 s")
-            time.sleep(0.02)
-        relayed = time.monotonic() - start
-        failures = (work / "twistd.log").read_bytes().count(b": failed ")
-        latencies.sort()
-        return {"domains": domains, "messages": messages, "sessions": sessions,
-                "queued_per_s": messages / queued, "relayed_per_s": messages / relayed,
-                "p50_ms": latencies[len(latencies) // 2] * 1000,
-                "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000, "failed": failures}
+        relayed = drained(start, lambda: not any(spool.iterdir()), "mailstack")
+        failed = (work / "twistd.log").read_bytes().count(b": failed ")
+        return result(messages, start, queued_at, relayed, latencies, failed)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_postfix(workload: str, messages: int, sessions: int, sink: str) -> dict[str, float]:
+    from postfix_peer import PostfixRelay
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        sink_proc, sink_port = start_sink(sink)
+        procs.append(sink_proc)
+        rcpts = recipients(workload, messages)
+        hop = f"[127.0.0.1]:{sink_port}"
+        if workload == "smarthost":
+            relay = PostfixRelay(free_port(), relayhost=hop)
+        else:
+            relay = PostfixRelay(free_port(), transports={d: hop for d in sorted({r.split("@")[1] for r in rcpts})})
+        with relay:
+            wait_port(relay.port)
+            start, latencies = load(relay.port, rcpts, sessions)
+            queued_at = time.monotonic()
+            relayed = drained(start, lambda: relay.queued() == 0, "Postfix")
+            log = relay.log()
+            failed = log.count("status=bounced") + log.count("status=deferred")
+        return result(messages, start, queued_at, relayed, latencies, failed)
+    finally:
+        stop(procs)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--domains", default="1,20")
+    parser.add_argument("--workloads", default="smarthost,mx:1,mx:20")
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-postfix", action="store_true", help="mailstack alone")
+    parser.add_argument("--profile", default="", help="mailstack runs under cProfile; its stats go to this file "
+                        "(one run: read them with python -m pstats)")
     args = parser.parse_args()
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if not Path(sink).exists():
         sys.exit("smtp-sink (Debian package postfix) is needed as the remote MTA")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from postfix_peer import available
+
+    why = "left out (--no-postfix)" if args.no_postfix else available()
     print(f"# outbound_bench {time.strftime('%Y-%m-%d %H:%M:%S %z')}: {os.cpu_count()} CPUs, "
-          f"{args.messages} messages of {len(MESSAGE)} octets, {args.sessions} sessions")
-    print(f"{'domains':>7} {'messages':>8} {'queued/s':>9} {'relayed/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}")
-    for d in (int(x) for x in args.domains.split(",")):
-        r = run_once(d, args.messages, args.sessions, sink)
-        print(f"{r['domains']:>7} {r['messages']:>8} {r['queued_per_s']:>9.0f} {r['relayed_per_s']:>9.0f} "
-              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['failed']:>6}")
+          f"{args.messages} messages of {len(MESSAGE)} octets, {args.sessions} sessions, median of {args.runs}")
+    if why:
+        print(f"# Postfix: {why}")
+    print(f"{'workload':>10} {'server':>9} {'queued/s':>9} {'relayed/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'failed':>6} {'ratio':>6}")
+    for workload in args.workloads.split(","):
+        ours = [run_mailstack(workload, args.messages, args.sessions, sink, args.profile) for _ in range(args.runs)]
+        theirs = [] if why else [run_postfix(workload, args.messages, args.sessions, sink) for _ in range(args.runs)]
+        for name, runs in (("mailstack", ours), ("Postfix", theirs)):
+            if not runs:
+                continue
+            ratio = ""
+            if name == "mailstack" and theirs:
+                ratio = f"{median(ours, 'relayed_per_s') / median(theirs, 'relayed_per_s'):.2f}x"
+            print(f"{workload:>10} {name:>9} {median(runs, 'queued_per_s'):>9.0f} {median(runs, 'relayed_per_s'):>9.0f} "
+                  f"{median(runs, 'p50_ms'):>7.1f} {median(runs, 'p99_ms'):>7.1f} "
+                  f"{max(r['failed'] for r in runs):>6.0f} {ratio:>6}", flush=True)
 
 
 if __name__ == "__main__":
