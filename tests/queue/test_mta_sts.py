@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trustme
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -285,6 +285,9 @@ class HTTPSFetchTests(TestCase):
         options = PrivateCertificate.loadPEM(cert.private_key_pem.bytes() + b"".join(
             c.bytes() for c in cert.cert_chain_pems)).options()
         self.host = PolicyHost()
+        from twisted.internet import reactor  # the one installed now (an embedded server's test may have replaced it)
+
+        self.reactor = reactor
         d = SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(Site(self.host))
 
         def listening(port):
@@ -298,7 +301,7 @@ class HTTPSFetchTests(TestCase):
 
         zones = {"mta-sts.sts.test": {"A": ["127.0.0.1"]}}
         trust = trust_root(Path(ca_file or self.ca_file))
-        return HTTPSFetcher(reactor, MXResolver(FakeResolver(zones)), trust, port=self.port.getHost().port,
+        return HTTPSFetcher(self.reactor, MXResolver(FakeResolver(zones)), trust, port=self.port.getHost().port,
                             timeout=timeout)
 
     @defer.inlineCallbacks
