@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
+from pathlib import Path
 
 from mailstack.metrics import fsync_timer
 
@@ -42,3 +44,18 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write *data* to a unique temporary file beside *path*, then rename it over *path*: a reader
+    sees the old file or the new one, never a part (no fsync: for caches and counters, which a
+    crash may take back to an earlier state). The temporary file goes if anything fails."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

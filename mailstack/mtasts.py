@@ -23,12 +23,9 @@ temporary failure, so mail is deferred, and bounced when it has waited ``relay.m
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import ssl as stdlib_ssl
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -46,6 +43,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from zope.interface import implementer
 
 from mailstack.dns import DNSError, MXResolver, to_ascii
+from mailstack.fsutil import replace_file
 
 log = Logger()
 
@@ -470,16 +468,10 @@ class MTASTS:
         path, snapshot = self.cache_path, dict(self.cache)
 
         def write() -> None:
-            data = json.dumps({d: asdict(p) for d, p in snapshot.items()}).encode()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+                replace_file(path, json.dumps({d: asdict(p) for d, p in snapshot.items()}).encode())
             except OSError as e:
                 log.warn("MTA-STS cache {path} not written: {error}", path=str(path), error=e)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
         def written(_: object) -> None:
             self._writing = False

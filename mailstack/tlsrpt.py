@@ -19,9 +19,7 @@ import base64
 import calendar
 import gzip
 import json
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailstack.dns import DNSError, MXResolver
+from mailstack.fsutil import replace_file
 from mailstack.interfaces import Outbound
 from mailstack.smtp.message import rfc2822_date
 
@@ -237,11 +236,8 @@ class TLSReports:
                                  for dom, pols in doms.items()} for day, doms in self.days.items()})
 
         def write() -> None:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
             try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+                replace_file(path, data.encode())
             except OSError as e:
                 log.warn("TLS report counts {path} not written: {error}", path=str(path), error=e)
 
